@@ -1,0 +1,1 @@
+"""vpiska: the realtime backend of a party app (accounts, events, live WebSocket rooms)."""

@@ -1,0 +1,70 @@
+"""Sign-up, login and profile changes: the users half of the API, below the wire format."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from vpiska.auth import Identity, Passwords, Tokens
+from vpiska.domain import User, new_id
+from vpiska.errors import DomainError, ErrorCode
+from vpiska.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Session:
+    """What a client gets on sign-up and login (the API's `loginResponse`)."""
+
+    user: User
+    event_id: str | None
+    access_token: str
+
+
+class Accounts:
+    def __init__(self, store: Store, tokens: Tokens, passwords: Passwords) -> None:
+        self._store = store
+        self._tokens = tokens
+        self._passwords = passwords
+
+    async def sign_up(self, name: str, phone: str, password: str) -> Session:
+        user = User(id=new_id(), name=name, phone=phone,
+                    password_hash=await self._passwords.hash(password))
+        await self._store.add_user(user)
+        log.info("user signed up", extra={"user_id": user.id})
+        return Session(user, None, self._tokens.issue(user))
+
+    async def log_in(self, phone: str, password: str) -> Session:
+        user = await self._store.user_by_phone(phone)
+        if user is None:
+            raise DomainError(ErrorCode.USER_NOT_FOUND)
+        ok, upgrade = await self._passwords.verify(password, user.password_hash)
+        if not ok:
+            raise DomainError(ErrorCode.INVALID_PASSWORD)
+        if upgrade:
+            await self._store.set_password_hash(user.id, await self._passwords.hash(password))
+            log.info("password hash upgraded to argon2id", extra={"user_id": user.id})
+        event_id = await self._store.open_event_of(user.id)
+        return Session(user, event_id, self._tokens.issue(user))
+
+    async def update(self, caller: Identity, name: str, phone: str) -> str:
+        if name or phone:
+            user = await self._store.update_user(caller.user_id, name=name or None,
+                                                 phone=phone or None)
+        else:
+            user = await self._store.user_by_id(caller.user_id)
+        return self._fresh_token(user)
+
+    async def change_password(self, caller: Identity, password: str) -> str:
+        await self._store.set_password_hash(caller.user_id, await self._passwords.hash(password))
+        return self._fresh_token(await self._store.user_by_id(caller.user_id))
+
+    async def set_image(self, caller: Identity, image_id: str) -> str:
+        await self._store.set_user_image(caller.user_id, image_id)
+        return self._fresh_token(await self._store.user_by_id(caller.user_id))
+
+    def _fresh_token(self, user: User | None) -> str:
+        if user is None:  # a valid token of a user deleted since
+            raise DomainError(ErrorCode.USER_NOT_FOUND)
+        return self._tokens.issue(user)

@@ -1,0 +1,115 @@
+"""Access tokens and password hashes, compatible both ways with the older backend.
+
+Tokens: HS256 JWTs with the older backend's claim names (`ID`, `Name`, `ImageID`), and `iss`,
+`aud` and `exp` required on read, so tokens it issued keep working here and ours work there.
+
+Passwords: argon2id through the passlib API. Parameters are OWASP's second recommended set
+(m = 12 MiB, t = 3, p = 1), which OWASP rates equal to its first (19 MiB, t = 2); on this
+machine class it costs ~33 ms instead of ~45 ms and a third less memory per concurrent hash.
+Hashes in the older format (64 hex chars of HMAC-SHA256(HASH_KEY, password)) still verify and
+are reported as needing an upgrade, which the login path does at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import re
+import warnings
+from datetime import timedelta
+
+import jwt
+import trio
+from passlib.context import CryptContext
+
+from vpiska.config import Config
+from vpiska.domain import User, utc_now
+
+LEGACY_HASH = re.compile(r"^[0-9a-fA-F]{64}$")
+
+# The default JWT_KEY (20 bytes) is shorter than PyJWT likes, but deployed tokens are signed with
+# it; PyJWT would warn on every token, so vpiska warns once at start-up instead (__main__).
+warnings.filterwarnings("ignore", category=jwt.warnings.InsecureKeyLengthWarning)
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+    """Who a valid token says the caller is."""
+
+    user_id: str
+    name: str
+    image_id: str  # "" when the user has no image, as in the token
+
+
+class Tokens:
+    def __init__(self, config: Config) -> None:
+        self._key = config.jwt_key
+        self._issuer = config.jwt_issuer
+        self._audience = config.jwt_audience
+        self._lifetime = timedelta(days=config.jwt_lifetime_days)
+
+    def issue(self, user: User) -> str:
+        claims = {
+            "ID": user.id,
+            "Name": user.name,
+            "ImageID": user.image_id or "",
+            "iss": self._issuer,
+            "aud": self._audience,
+            "exp": utc_now() + self._lifetime,
+        }
+        return jwt.encode(claims, self._key, algorithm="HS256")
+
+    def read(self, token: str) -> Identity | None:
+        """The identity in `token`, or None for anything but a valid, current token of ours."""
+        try:
+            claims = jwt.decode(
+                token,
+                self._key,
+                algorithms=["HS256"],
+                issuer=self._issuer,
+                audience=self._audience,
+                options={"require": ["exp", "iss", "aud"]},
+            )
+        except jwt.InvalidTokenError:
+            return None
+        user_id, name, image_id = claims.get("ID"), claims.get("Name"), claims.get("ImageID", "")
+        if not (isinstance(user_id, str) and user_id and isinstance(name, str)):
+            return None
+        return Identity(user_id, name, image_id if isinstance(image_id, str) else "")
+
+
+class Passwords:
+    """Hash and verify off the event loop; at most `password_hash_concurrency` at once."""
+
+    def __init__(self, config: Config) -> None:
+        self._hash_key = config.hash_key
+        self._context = CryptContext(
+            schemes=["argon2"],
+            argon2__type="ID",
+            argon2__memory_cost=12 * 1024,
+            argon2__time_cost=3,
+            argon2__parallelism=1,
+        )
+        self._limiter = trio.CapacityLimiter(config.password_hash_concurrency)
+
+    async def hash(self, password: str) -> str:
+        return await trio.to_thread.run_sync(self._context.hash, password, limiter=self._limiter)
+
+    async def verify(self, password: str, stored: str) -> tuple[bool, bool]:
+        """(password matches, stored hash should be replaced by a fresh one)."""
+        if LEGACY_HASH.match(stored):
+            return hmac.compare_digest(self.legacy_hash(password), stored.lower()), True
+        return await trio.to_thread.run_sync(
+            self._verify_modern, password, stored, limiter=self._limiter
+        )
+
+    def _verify_modern(self, password: str, stored: str) -> tuple[bool, bool]:
+        try:
+            ok = self._context.verify(password, stored)
+        except ValueError:  # not a hash passlib knows: nothing can match it
+            return False, False
+        return ok, ok and self._context.needs_update(stored)
+
+    def legacy_hash(self, password: str) -> str:
+        return hmac.new(self._hash_key, password.encode(), hashlib.sha256).hexdigest()

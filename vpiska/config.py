@@ -1,0 +1,217 @@
+"""Configuration: read once from the environment into one immutable object.
+
+Every variable has a default so a bare machine can `make run`; an invalid value stops start-up
+with one line naming the variable, because a server that half-starts with a typo in its port or
+key is worse than one that refuses to start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+DEFAULT_JWT_KEY = "vpiska_secretkey!123"
+_N = TypeVar("_N", int, float)
+
+
+class ConfigError(Exception):
+    """An environment variable holds a value vpiska cannot use."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreLocation:
+    """Where data lives: `kind` is "sqlite" (a file path) or "mongodb" (a URI)."""
+
+    kind: str
+    target: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    host: str = "0.0.0.0"
+    port: int = 5000
+    store: StoreLocation = StoreLocation("sqlite", "data/vpiska.db")
+    db_name: str = "vpiska"
+    media_path: Path = Path("data/media")
+    jwt_key: str = DEFAULT_JWT_KEY
+    jwt_issuer: str = "VpiskaServer"
+    jwt_audience: str = "VpiskaClient"
+    jwt_lifetime_days: int = 3
+    hash_key: bytes = bytes.fromhex("fbac497e4b44564f831f78d539b81a0c")
+    trace_requests: bool = False
+    log_level: str = "INFO"
+    max_json_bytes: int = 64 * 1024
+    max_upload_bytes: int = 20 * 1024 * 1024
+    # Concurrent argon2 computations; each holds ~12 MiB, and more than the core count only queues.
+    password_hash_concurrency: int = 2
+    # Events: the live room.
+    actor_inbox_size: int = 1024
+    member_outbox_frames: int = 256
+    event_update_interval_ms: int = 250
+    actor_reply_timeout_seconds: float = 10.0
+    actor_max_restarts: int = 3
+    actor_restart_window_seconds: float = 5.0
+    max_chat_chars: int = 2000
+    chat_rate_per_second: float = 10.0
+    chat_burst: int = 20
+    ws_ping_seconds: float = 20.0
+    ws_max_frame_bytes: int = 64 * 1024
+    shutdown_grace_seconds: float = 10.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
+        """Build the configuration from `env` (default: `os.environ`); raise ConfigError."""
+        env = os.environ if env is None else env
+        read = _Reader(env)
+        data_dir = Path(read.text("DATA_DIR", "data"))
+        return cls(
+            host=read.text("SERVER_HOST", cls.host),
+            port=read.integer("SERVER_PORT", cls.port, low=0, high=65535),
+            store=_store_location(env.get("DB_CONNECTION", ""), data_dir),
+            db_name=read.text("DB_NAME", cls.db_name),
+            media_path=Path(read.text("MEDIA_PATH", str(data_dir / "media"))),
+            jwt_key=read.text("JWT_KEY", cls.jwt_key, allow_empty=False),
+            jwt_issuer=read.text("JWT_ISSUER", cls.jwt_issuer),
+            jwt_audience=read.text("JWT_AUDIENCE", cls.jwt_audience),
+            jwt_lifetime_days=read.integer("JWT_LIFETIME_DAYS", cls.jwt_lifetime_days, low=1),
+            hash_key=read.hex("HASH_KEY", cls.hash_key),
+            trace_requests=read.boolean("LOGGING_TRACE_REQUESTS", cls.trace_requests),
+            log_level=read.choice(
+                "LOG_LEVEL", cls.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")
+            ),
+            max_json_bytes=read.integer("MAX_JSON_BYTES", cls.max_json_bytes, low=1024),
+            max_upload_bytes=read.integer("MAX_UPLOAD_BYTES", cls.max_upload_bytes, low=1),
+            password_hash_concurrency=read.integer(
+                "PASSWORD_HASH_CONCURRENCY", cls.password_hash_concurrency, low=1
+            ),
+            actor_inbox_size=read.integer("ACTOR_INBOX_SIZE", cls.actor_inbox_size, low=1),
+            member_outbox_frames=read.integer(
+                "MEMBER_OUTBOX_FRAMES", cls.member_outbox_frames, low=1
+            ),
+            event_update_interval_ms=read.integer(
+                "EVENT_UPDATE_INTERVAL_MS", cls.event_update_interval_ms, low=0
+            ),
+            actor_reply_timeout_seconds=read.number(
+                "ACTOR_REPLY_TIMEOUT_SECONDS", cls.actor_reply_timeout_seconds, low=0.001
+            ),
+            actor_max_restarts=read.integer("ACTOR_MAX_RESTARTS", cls.actor_max_restarts, low=0),
+            actor_restart_window_seconds=read.number(
+                "ACTOR_RESTART_WINDOW_SECONDS", cls.actor_restart_window_seconds, low=0.001
+            ),
+            max_chat_chars=read.integer("MAX_CHAT_CHARS", cls.max_chat_chars, low=1),
+            chat_rate_per_second=read.number(
+                "CHAT_RATE_PER_SECOND", cls.chat_rate_per_second, low=0.001
+            ),
+            chat_burst=read.integer("CHAT_BURST", cls.chat_burst, low=1),
+            ws_ping_seconds=read.number("WS_PING_SECONDS", cls.ws_ping_seconds, low=0.01),
+            ws_max_frame_bytes=read.integer("WS_MAX_FRAME_BYTES", cls.ws_max_frame_bytes, low=256),
+            shutdown_grace_seconds=read.number(
+                "SHUTDOWN_GRACE_SECONDS", cls.shutdown_grace_seconds, low=0
+            ),
+        )
+
+    @property
+    def uses_default_jwt_key(self) -> bool:
+        return self.jwt_key == DEFAULT_JWT_KEY
+
+
+def _store_location(value: str, data_dir: Path) -> StoreLocation:
+    """`mongodb://` and `mongodb+srv://` select MongoDB; empty selects `<DATA_DIR>/vpiska.db`;
+    `sqlite:///path` or a bare path selects that sqlite file; any other scheme is a typo."""
+    if not value:
+        return StoreLocation("sqlite", str(data_dir / "vpiska.db"))
+    scheme = urlsplit(value).scheme.lower()
+    if scheme in ("mongodb", "mongodb+srv"):
+        return StoreLocation("mongodb", value)
+    if value.startswith("sqlite:///"):
+        # SQLAlchemy's spelling: sqlite:///relative.db, sqlite:////absolute.db
+        path = value.removeprefix("sqlite:///")
+        if not path:
+            raise ConfigError("DB_CONNECTION", "sqlite:/// needs a file path: sqlite:///data/x.db")
+        return StoreLocation("sqlite", path)
+    if scheme and "://" in value:
+        raise ConfigError(
+            "DB_CONNECTION",
+            f"unknown scheme {scheme!r}; use mongodb://, mongodb+srv://, sqlite:/// or a file path",
+        )
+    return StoreLocation("sqlite", value)
+
+
+class _Reader:
+    """Parses one variable at a time so every error names the variable it came from."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def text(self, name: str, default: str, *, allow_empty: bool = True) -> str:
+        value = self._env.get(name)
+        if value is None:
+            return default
+        if not value and not allow_empty:
+            raise ConfigError(name, "must not be empty")
+        return value
+
+    def integer(self, name: str, default: int, *, low: int | None = None,
+                high: int | None = None) -> int:
+        raw = self._env.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(name, f"{raw!r} is not a whole number") from None
+        return self._bounded(name, value, low, high)
+
+    def number(self, name: str, default: float, *, low: float | None = None) -> float:
+        raw = self._env.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(name, f"{raw!r} is not a number") from None
+        return self._bounded(name, value, low, None)
+
+    def boolean(self, name: str, default: bool) -> bool:
+        raw = self._env.get(name)
+        if raw is None or raw == "":
+            return default
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(name, f"{raw!r} is not true or false")
+
+    def hex(self, name: str, default: bytes) -> bytes:
+        raw = self._env.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            return bytes.fromhex(raw)
+        except ValueError:
+            raise ConfigError(name, f"{raw!r} is not a hex string") from None
+
+    def choice(self, name: str, default: str, options: tuple[str, ...]) -> str:
+        raw = self._env.get(name)
+        if raw is None or raw == "":
+            return default
+        if raw.upper() not in options:
+            raise ConfigError(name, f"{raw!r} is not one of {', '.join(options)}")
+        return raw.upper()
+
+    @staticmethod
+    def _bounded(name: str, value: _N, low: _N | None, high: _N | None) -> _N:
+        if low is not None and value < low:
+            raise ConfigError(name, f"{value} is below the minimum {low}")
+        if high is not None and value > high:
+            raise ConfigError(name, f"{value} is above the maximum {high}")
+        return value

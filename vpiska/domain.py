@@ -1,0 +1,75 @@
+"""The records vpiska keeps, as the store hands them over: plain frozen values, no behaviour."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import uuid
+from datetime import UTC, datetime
+
+UUID4 = re.compile(
+    r"^[a-fA-F0-9]{8}-[a-fA-F0-9]{4}-4[a-fA-F0-9]{3}-[89abAB][a-fA-F0-9]{3}-[a-fA-F0-9]{12}$"
+)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def is_id(value: str) -> bool:
+    return UUID4.fullmatch(value) is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class Coordinates:
+    x: float
+    y: float
+
+
+@dataclasses.dataclass(frozen=True)
+class User:
+    id: str
+    name: str
+    phone: str
+    password_hash: str
+    image_id: str | None = None
+    phone_code: str = "+7"
+
+
+@dataclasses.dataclass(frozen=True)
+class Media:
+    id: str
+    name: str
+    content_type: str
+    size: int
+    last_modified: datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class EventMedia:
+    id: str
+    content_type: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatMessage:
+    user_id: str
+    user_name: str
+    user_image_id: str
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    id: str
+    owner_id: str
+    name: str
+    address: str
+    coordinates: Coordinates
+    created_at: datetime
+    is_open: bool = True
+    media: tuple[EventMedia, ...] = ()

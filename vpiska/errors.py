@@ -1,0 +1,58 @@
+"""Error codes of the wire contract and the one exception that carries them to a client.
+
+The codes are the older backend's strings, which deployed clients match on, so they are kept
+byte for byte (including the lower-case transport codes).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    # Transport: the request could not be read as the endpoint expects.
+    INVALID_CONTENT_TYPE = "invalid Content-Type"
+    INVALID_METHOD = "invalid method"
+    UNAUTHORIZED = "unauthorized"
+    INTERNAL_ERROR = "InternalError"
+    # (new) bodies and uploads are bounded; over the bound gets this code.
+    PAYLOAD_TOO_LARGE = "PayloadTooLarge"
+    # (new) a path that no endpoint serves.
+    NOT_FOUND = "NotFound"
+    # Domain.
+    PHONE_ALREADY_USE = "PhoneAlreadyUse"
+    NAME_ALREADY_USE = "NameAlreadyUse"
+    NAME_AND_PHONE_ALREADY_USE = "NameAndPhoneAlreadyUse"
+    USER_NOT_FOUND = "UserNotFound"
+    INVALID_PASSWORD = "InvalidPassword"
+    MEDIA_NOT_FOUND = "MediaNotFound"
+    EVENT_NOT_FOUND = "EventNotFound"
+    OWNER_ALREADY_HAS_EVENT = "OwnerAlreadyHasEvent"
+    USER_ALREADY_EXIST = "UserAlreadyExist"
+    USER_IS_NOT_OWNER = "UserIsNotOwner"
+    # Validation.
+    NAME_IS_EMPTY = "NameIsEmpty"
+    PHONE_IS_EMPTY = "PhoneIsEmpty"
+    PASSWORD_IS_EMPTY = "PasswordIsEmpty"
+    PHONE_REGEX_INVALID = "PhoneRegexInvalid"
+    PASSWORD_LENGTH_INVALID = "PasswordLengthInvalid"
+    CONFIRM_PASSWORD_INVALID = "ConfirmPasswordInvalid"
+    ADDRESS_IS_EMPTY = "AddressIsEmpty"
+    COORDINATES_IS_EMPTY = "CoordinatesIsEmpty"
+    HORIZONTAL_RANGE_IS_EMPTY = "HorizontalRangeIsEmpty"
+    VERTICAL_RANGE_IS_EMPTY = "VerticalRangeIsEmpty"
+    ID_IS_EMPTY = "IdIsEmpty"
+    INVALID_ID_FORMAT = "InvalidIdFormat"
+
+
+class DomainError(Exception):
+    """The request was understood and refused; `codes` go to the client in this order.
+
+    Raised anywhere below the HTTP layer, which turns it into the error envelope. It is never
+    logged with a traceback: it is an answer, not a fault.
+    """
+
+    def __init__(self, *codes: ErrorCode) -> None:
+        assert codes, "a DomainError names at least one code"
+        super().__init__(", ".join(codes))
+        self.codes = codes

@@ -1,0 +1,1 @@
+"""The wire: parse and validate a request, make one call below, format the envelope."""

@@ -1,0 +1,21 @@
+"""Who is calling: the `Authorization: Bearer` token of a 🔒 endpoint."""
+
+from __future__ import annotations
+
+from quart import request
+
+from vpiska.auth import Identity, Tokens
+from vpiska.errors import DomainError, ErrorCode
+
+
+def bearer_token() -> str:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def caller(tokens: Tokens) -> Identity:
+    """The identity of a valid bearer token; `unauthorized` for anything else."""
+    identity = tokens.read(bearer_token())
+    if identity is None:
+        raise DomainError(ErrorCode.UNAUTHORIZED)
+    return identity

@@ -1,0 +1,88 @@
+"""Reading a JSON request body and its fields, leniently typed as the older backend was.
+
+A field of the wrong JSON type reads as missing (`"name": 5` is `NameIsEmpty`), so a client
+mistake always gets a validation code, never a server error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from quart import request
+
+from vpiska.domain import Coordinates, is_id
+from vpiska.errors import DomainError, ErrorCode
+
+log = logging.getLogger(__name__)
+
+JSON_TYPES = ("application/json",)
+
+
+async def json_object(max_bytes: int) -> dict[str, Any]:
+    """The request body as a JSON object, read at most `max_bytes` far."""
+    if request.mimetype not in JSON_TYPES:
+        raise DomainError(ErrorCode.INVALID_CONTENT_TYPE)
+    raw = await read_bounded(max_bytes)
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        log.info("request body is not JSON", extra={"path": request.path, "cause": str(exc)})
+        raise DomainError(ErrorCode.INTERNAL_ERROR) from None
+    if not isinstance(body, dict):
+        log.info("request body is not a JSON object", extra={"path": request.path})
+        raise DomainError(ErrorCode.INTERNAL_ERROR)
+    return body
+
+
+async def read_bounded(max_bytes: int) -> bytes:
+    """The whole body, refusing it (PayloadTooLarge) as soon as it passes `max_bytes`, whether
+    Content-Length announced it or chunked encoding only revealed it on the way."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise DomainError(ErrorCode.PAYLOAD_TOO_LARGE)
+    data = bytearray()
+    async for chunk in request.body:
+        data += chunk
+        if len(data) > max_bytes:
+            raise DomainError(ErrorCode.PAYLOAD_TOO_LARGE)
+    return bytes(data)
+
+
+def text(body: dict[str, Any], key: str) -> str:
+    value = body.get(key)
+    return value if isinstance(value, str) else ""
+
+
+def number(body: dict[str, Any], key: str) -> float | None:
+    value = body.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value
+
+
+def coordinates(body: dict[str, Any], key: str = "coordinates") -> Coordinates | None:
+    value = body.get(key)
+    if not isinstance(value, dict):
+        return None
+    x, y = number(value, "x"), number(value, "y")
+    return None if x is None or y is None else Coordinates(x, y)
+
+
+def id_codes(value: str) -> list[ErrorCode]:
+    """The validation codes of one id field: none, IdIsEmpty or InvalidIdFormat."""
+    if not value:
+        return [ErrorCode.ID_IS_EMPTY]
+    return [] if is_id(value) else [ErrorCode.INVALID_ID_FORMAT]
+
+
+def require(*checks: tuple[bool, ErrorCode] | list[ErrorCode]) -> None:
+    """Raise every failing code, in the order given: `(failed, code)` pairs or code lists."""
+    codes: list[ErrorCode] = []
+    for check in checks:
+        if isinstance(check, list):
+            codes += check
+        elif check[0]:
+            codes.append(check[1])
+    if codes:
+        raise DomainError(*codes)

@@ -1,0 +1,101 @@
+"""`/api/v1/users/*`: sign-up, login, profile, password and avatar."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from quart import Blueprint
+
+from vpiska.accounts import Accounts, Session
+from vpiska.auth import Tokens
+from vpiska.config import Config
+from vpiska.errors import ErrorCode
+from vpiska.http.auth import caller
+from vpiska.http.body import json_object, require, text
+from vpiska.http.envelope import success
+from vpiska.http.multipart import read_multipart
+from vpiska.media import MediaLibrary
+
+PHONE = re.compile(r"[0-9]{10}")  # ASCII digits only, as the older backend's RE2 \d
+MIN_PASSWORD = 6
+
+
+def users_routes(config: Config, accounts: Accounts, tokens: Tokens,
+                 media: MediaLibrary) -> Blueprint:
+    routes = Blueprint("users", __name__, url_prefix="/api/v1/users")
+
+    async def body() -> dict[str, Any]:
+        return await json_object(config.max_json_bytes)
+
+    @routes.post("/create")
+    async def create() -> Any:
+        data = await body()
+        name, phone = text(data, "name"), text(data, "phone")
+        password, confirm = text(data, "password"), text(data, "confirmPassword")
+        require(
+            (not name, ErrorCode.NAME_IS_EMPTY),
+            phone_codes(phone),
+            password_codes(password),
+            (password != confirm, ErrorCode.CONFIRM_PASSWORD_INVALID),
+        )
+        return success(login_response(await accounts.sign_up(name, phone, password)))
+
+    @routes.post("/login")
+    async def login() -> Any:
+        data = await body()
+        phone, password = text(data, "phone"), text(data, "password")
+        require(phone_codes(phone), (not password, ErrorCode.PASSWORD_IS_EMPTY))
+        return success(login_response(await accounts.log_in(phone, password)))
+
+    @routes.post("/update")
+    async def update() -> Any:
+        identity = caller(tokens)
+        data = await body()
+        name, phone = text(data, "name"), text(data, "phone")
+        require(phone_codes(phone) if phone else [])
+        return success({"accessToken": await accounts.update(identity, name, phone)})
+
+    @routes.post("/password/change")
+    async def change_password() -> Any:
+        identity = caller(tokens)
+        data = await body()
+        password, confirm = text(data, "password"), text(data, "confirmPassword")
+        require(password_codes(password), (password != confirm, ErrorCode.CONFIRM_PASSWORD_INVALID))
+        return success({"accessToken": await accounts.change_password(identity, password)})
+
+    @routes.post("/media/set")
+    async def set_image() -> Any:
+        identity = caller(tokens)
+        with await read_multipart("image", config.max_upload_bytes, media.files.root) as form:
+            image = await media.add(form.file())
+        token = await accounts.set_image(identity, image.id)
+        return success({"imageId": image.id, "accessToken": token})
+
+    return routes
+
+
+def phone_codes(phone: str) -> list[ErrorCode]:
+    if not phone:
+        return [ErrorCode.PHONE_IS_EMPTY]
+    return [] if PHONE.fullmatch(phone) else [ErrorCode.PHONE_REGEX_INVALID]
+
+
+def password_codes(password: str) -> list[ErrorCode]:
+    if not password:
+        return [ErrorCode.PASSWORD_IS_EMPTY]
+    # Measured in UTF-8 bytes, as the older backend did.
+    too_short = len(password.encode()) < MIN_PASSWORD
+    return [ErrorCode.PASSWORD_LENGTH_INVALID] if too_short else []
+
+
+def login_response(session: Session) -> dict[str, Any]:
+    user = session.user
+    return {
+        "id": user.id,
+        "name": user.name,
+        "phone": user.phone,
+        "imageId": user.image_id,
+        "eventId": session.event_id,
+        "accessToken": session.access_token,
+    }

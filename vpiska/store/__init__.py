@@ -1,0 +1,30 @@
+"""Persistence: the Store interface, its sqlite and MongoDB implementations, and media files."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from vpiska.config import Config
+from vpiska.store.base import Store
+from vpiska.store.files import MediaFiles
+
+__all__ = ["MediaFiles", "Store", "open_store"]
+
+
+@asynccontextmanager
+async def open_store(config: Config) -> AsyncIterator[Store]:
+    """Open the store `config` selects; close it on exit."""
+    store: Store
+    if config.store.kind == "mongodb":
+        from vpiska.store.mongo import MongoStore
+
+        store = await MongoStore.open(config.store.target, config.db_name)
+    else:
+        from vpiska.store.sqlite import SqliteStore
+
+        store = await SqliteStore.open(config.store.target)
+    try:
+        yield store
+    finally:
+        await store.aclose()

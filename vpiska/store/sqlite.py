@@ -1,0 +1,312 @@
+"""The embedded store: one sqlite file in WAL mode, so `make run` needs no database server.
+
+sqlite serialises writers anyway, so one connection behind a one-slot CapacityLimiter is both
+the simplest correct use of its thread rules (the connection is only ever used by one thread at a
+time) and as fast as a pool for writes. `synchronous=NORMAL` in WAL mode survives a killed
+process (the WAL is in the OS page cache); only a power cut can lose the last transactions.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import trio
+
+from vpiska.domain import ChatMessage, Coordinates, Event, EventMedia, Media, User
+from vpiska.errors import DomainError, ErrorCode
+from vpiska.store.base import clash_error
+
+_T = TypeVar("_T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    phone_code TEXT NOT NULL,
+    phone TEXT NOT NULL UNIQUE,
+    image_id TEXT,
+    password TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS media (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    last_modified_date TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    id TEXT PRIMARY KEY,
+    owner_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    address TEXT NOT NULL,
+    state INTEGER NOT NULL,
+    x REAL NOT NULL,
+    y REAL NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS one_open_event_per_owner ON events(owner_id) WHERE state = 0;
+CREATE INDEX IF NOT EXISTS events_by_state ON events(state, created_at);
+CREATE TABLE IF NOT EXISTS event_media (
+    event_id TEXT NOT NULL,
+    media_id TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    UNIQUE (event_id, media_id)
+);
+CREATE TABLE IF NOT EXISTS chat_messages (
+    event_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    user_id TEXT NOT NULL,
+    user_name TEXT NOT NULL,
+    user_image_id TEXT NOT NULL,
+    message TEXT NOT NULL,
+    PRIMARY KEY (event_id, seq)
+) WITHOUT ROWID;
+"""
+
+OPEN, CLOSED = 0, 1
+
+
+class SqliteStore:
+    """Store on one sqlite file. Resource handling: `open` creates the file and schema;
+    `aclose` closes the connection after the call in flight finishes."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._db = connection
+        self._limiter = trio.CapacityLimiter(1)
+
+    @classmethod
+    async def open(cls, path: str | Path) -> SqliteStore:
+        def connect() -> sqlite3.Connection:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA busy_timeout=5000")
+            db.executescript(SCHEMA)
+            return db
+
+        return cls(await trio.to_thread.run_sync(connect))
+
+    async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    async def aclose(self) -> None:
+        await self._run(self._db.close)
+
+    async def ping(self) -> None:
+        await self._run(lambda: self._db.execute("SELECT 1").fetchone())
+
+    # Users.
+
+    async def add_user(self, user: User) -> None:
+        def insert() -> None:
+            try:
+                self._db.execute(
+                    "INSERT INTO users (id, name, phone_code, phone, image_id, password)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (user.id, user.name, user.phone_code, user.phone, user.image_id,
+                     user.password_hash),
+                )
+            except sqlite3.IntegrityError:
+                raise self._user_clash(user.id, user.name, user.phone) from None
+
+        await self._run(insert)
+
+    def _user_clash(self, user_id: str, name: str | None, phone: str | None) -> DomainError:
+        """After a failed write, name every field that another user already holds."""
+        name_taken = name is not None and self._db.execute(
+            "SELECT 1 FROM users WHERE name = ? AND id != ?", (name, user_id)).fetchone()
+        phone_taken = phone is not None and self._db.execute(
+            "SELECT 1 FROM users WHERE phone = ? AND id != ?", (phone, user_id)).fetchone()
+        return clash_error(bool(name_taken), bool(phone_taken))
+
+    async def user_by_id(self, user_id: str) -> User | None:
+        return await self._run(self._one_user, "id", user_id)
+
+    async def user_by_phone(self, phone: str) -> User | None:
+        return await self._run(self._one_user, "phone", phone)
+
+    def _one_user(self, column: str, value: str) -> User | None:
+        row = self._db.execute(
+            f"SELECT id, name, phone, password, image_id, phone_code FROM users WHERE {column} = ?",
+            (value,),
+        ).fetchone()
+        return User(*row) if row else None
+
+    async def update_user(self, user_id: str, *, name: str | None, phone: str | None) -> User | None:
+        def update() -> User | None:
+            try:
+                self._db.execute(
+                    "UPDATE users SET name = coalesce(?, name), phone = coalesce(?, phone)"
+                    " WHERE id = ?",
+                    (name, phone, user_id),
+                )
+            except sqlite3.IntegrityError:
+                raise self._user_clash(user_id, name, phone) from None
+            return self._one_user("id", user_id)
+
+        return await self._run(update)
+
+    async def set_password_hash(self, user_id: str, password_hash: str) -> None:
+        await self._execute("UPDATE users SET password = ? WHERE id = ?", password_hash, user_id)
+
+    async def set_user_image(self, user_id: str, image_id: str) -> None:
+        await self._execute("UPDATE users SET image_id = ? WHERE id = ?", image_id, user_id)
+
+    async def _execute(self, sql: str, *params: Any) -> int:
+        return await self._run(lambda: self._db.execute(sql, params).rowcount)
+
+    # Media.
+
+    async def add_media(self, media: Media) -> None:
+        await self._execute(
+            "INSERT INTO media (id, name, content_type, size, last_modified_date)"
+            " VALUES (?, ?, ?, ?, ?)",
+            media.id, media.name, media.content_type, media.size, media.last_modified.isoformat(),
+        )
+
+    async def media(self, media_id: str) -> Media | None:
+        def select() -> Media | None:
+            row = self._db.execute(
+                "SELECT id, name, content_type, size, last_modified_date FROM media WHERE id = ?",
+                (media_id,),
+            ).fetchone()
+            return Media(*row[:4], datetime.fromisoformat(row[4])) if row else None
+
+        return await self._run(select)
+
+    async def delete_media(self, media_id: str) -> bool:
+        return await self._execute("DELETE FROM media WHERE id = ?", media_id) > 0
+
+    # Events.
+
+    async def add_event(self, event: Event) -> None:
+        def insert() -> None:
+            try:
+                self._db.execute(
+                    "INSERT INTO events (id, owner_id, name, address, state, x, y, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (event.id, event.owner_id, event.name, event.address,
+                     OPEN if event.is_open else CLOSED, event.coordinates.x, event.coordinates.y,
+                     event.created_at.isoformat()),
+                )
+            except sqlite3.IntegrityError:
+                raise DomainError(ErrorCode.OWNER_ALREADY_HAS_EVENT) from None
+
+        await self._run(insert)
+
+    _EVENT_COLUMNS = "id, owner_id, name, address, x, y, created_at, state"
+
+    def _event_from_row(self, row: tuple[Any, ...]) -> Event:
+        event_id, owner_id, name, address, x, y, created_at, state = row
+        media = self._db.execute(
+            "SELECT media_id, content_type FROM event_media WHERE event_id = ? ORDER BY rowid",
+            (event_id,),
+        ).fetchall()
+        return Event(
+            id=event_id, owner_id=owner_id, name=name, address=address,
+            coordinates=Coordinates(x, y), created_at=datetime.fromisoformat(created_at),
+            is_open=state == OPEN, media=tuple(EventMedia(*m) for m in media),
+        )
+
+    async def event(self, event_id: str) -> Event | None:
+        def select() -> Event | None:
+            row = self._db.execute(
+                f"SELECT {self._EVENT_COLUMNS} FROM events WHERE id = ?", (event_id,)
+            ).fetchone()
+            return self._event_from_row(row) if row else None
+
+        return await self._run(select)
+
+    async def open_event_of(self, owner_id: str) -> str | None:
+        def select() -> str | None:
+            row = self._db.execute(
+                "SELECT id FROM events WHERE owner_id = ? AND state = ?", (owner_id, OPEN)
+            ).fetchone()
+            return row[0] if row else None
+
+        return await self._run(select)
+
+    async def open_events(self) -> list[Event]:
+        def select() -> list[Event]:
+            rows = self._db.execute(
+                f"SELECT {self._EVENT_COLUMNS} FROM events WHERE state = ?"
+                " ORDER BY created_at, rowid",
+                (OPEN,),
+            ).fetchall()
+            return [self._event_from_row(row) for row in rows]
+
+        return await self._run(select)
+
+    async def update_event(self, event_id: str, address: str, coordinates: Coordinates) -> None:
+        await self._execute(
+            "UPDATE events SET address = ?, x = ?, y = ? WHERE id = ?",
+            address, coordinates.x, coordinates.y, event_id,
+        )
+
+    async def close_event(self, event_id: str) -> None:
+        await self._execute("UPDATE events SET state = ? WHERE id = ?", CLOSED, event_id)
+
+    async def add_event_media(self, event_id: str, media: EventMedia) -> None:
+        await self._execute(
+            "INSERT OR IGNORE INTO event_media (event_id, media_id, content_type) VALUES (?, ?, ?)",
+            event_id, media.id, media.content_type,
+        )
+
+    async def remove_event_media(self, event_id: str, media_id: str) -> bool:
+        return await self._execute(
+            "DELETE FROM event_media WHERE event_id = ? AND media_id = ?", event_id, media_id
+        ) > 0
+
+    # Chat.
+
+    async def append_chat(
+        self, event_id: str, first_seq: int, messages: Sequence[ChatMessage]
+    ) -> None:
+        rows = [
+            (event_id, first_seq + i, m.user_id, m.user_name, m.user_image_id, m.message)
+            for i, m in enumerate(messages)
+        ]
+
+        def insert() -> None:
+            # One transaction per batch (autocommit mode would commit every row): this is
+            # what makes group commit pay.
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(
+                    "INSERT INTO chat_messages"
+                    " (event_id, seq, user_id, user_name, user_image_id, message)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+        await self._run(insert)
+
+    async def chat(self, event_id: str, start: int = 0) -> list[ChatMessage]:
+        def select() -> list[ChatMessage]:
+            rows = self._db.execute(
+                "SELECT user_id, user_name, user_image_id, message FROM chat_messages"
+                " WHERE event_id = ? AND seq >= ? ORDER BY seq",
+                (event_id, start),
+            ).fetchall()
+            return [ChatMessage(*row) for row in rows]
+
+        return await self._run(select)
+
+    async def chat_length(self, event_id: str) -> int:
+        def count() -> int:
+            row = self._db.execute(
+                "SELECT max(seq) FROM chat_messages WHERE event_id = ?", (event_id,)
+            ).fetchone()
+            return 0 if row[0] is None else row[0] + 1
+
+        return await self._run(count)
+
