@@ -9,6 +9,7 @@ from quart_trio import QuartTrio
 from vpiska.accounts import Accounts
 from vpiska.auth import Passwords, Tokens
 from vpiska.config import Config
+from vpiska.http.body import close_if_body_unread
 from vpiska.http.errors import install_error_handlers
 from vpiska.http.media import media_routes
 from vpiska.http.users import users_routes
@@ -50,4 +51,5 @@ def create_app(services: Services) -> QuartTrio:
     app.register_blueprint(users_routes(config, services.accounts, services.tokens, services.media))
     app.register_blueprint(media_routes(config, services.media))
     install_error_handlers(app)
+    close_if_body_unread(app)
     return app

@@ -10,7 +10,7 @@ import json
 import logging
 from typing import Any
 
-from quart import request
+from quart import Quart, Response, g, request
 
 from vpiska.domain import Coordinates, is_id
 from vpiska.errors import DomainError, ErrorCode
@@ -46,7 +46,29 @@ async def read_bounded(max_bytes: int) -> bytes:
         data += chunk
         if len(data) > max_bytes:
             raise DomainError(ErrorCode.PAYLOAD_TOO_LARGE)
+    mark_body_read()
     return bytes(data)
+
+
+def mark_body_read() -> None:
+    g.body_read = True
+
+
+def close_if_body_unread(app: Quart) -> None:
+    """Answer with `Connection: close` when a request body was left (partly) unread.
+
+    A refusal (unauthorized, oversize, wrong type) is sent before the body is consumed; on a
+    kept-alive connection the unread rest would sit in hypercorn's bounded queue and stall the
+    next request on that connection, so the connection is closed instead.
+    """
+
+    @app.after_request
+    async def close_connection(response: Response) -> Response:
+        has_body = request.content_length or "chunked" in request.headers.get(
+            "Transfer-Encoding", "").lower()
+        if has_body and not g.get("body_read", False):
+            response.headers["Connection"] = "close"
+        return response
 
 
 def text(body: dict[str, Any], key: str) -> str:

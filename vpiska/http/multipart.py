@@ -18,6 +18,7 @@ from quart import request
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 
 from vpiska.errors import DomainError, ErrorCode
+from vpiska.http.body import mark_body_read
 from vpiska.media import Upload
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ async def read_multipart(file_field: str, max_bytes: int, spool_dir: Path) -> Mu
                 raise DomainError(ErrorCode.PAYLOAD_TOO_LARGE)
             decoder.receive_data(chunk)
             await reader.drain(decoder)
+        mark_body_read()
         decoder.receive_data(None)
         await reader.drain(decoder)
         if not reader.finished:

@@ -45,7 +45,7 @@ def users_routes(config: Config, accounts: Accounts, tokens: Tokens,
     async def login() -> Any:
         data = await body()
         phone, password = text(data, "phone"), text(data, "password")
-        require(phone_codes(phone), (not password, ErrorCode.PASSWORD_IS_EMPTY))
+        require(phone_codes(phone), password_codes(password))
         return success(login_response(await accounts.log_in(phone, password)))
 
     @routes.post("/update")

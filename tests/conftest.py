@@ -1,0 +1,91 @@
+"""A real vpiska server per test: hypercorn on 127.0.0.1, an ephemeral port, a fresh store."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from vpiska.config import Config, StoreLocation
+from vpiska.server import serve
+
+
+def make_config(tmp_path: Path, **overrides: Any) -> Config:
+    return Config(
+        host="127.0.0.1",
+        port=0,
+        store=StoreLocation("sqlite", str(tmp_path / "vpiska.db")),
+        media_path=tmp_path / "media",
+        **overrides,
+    )
+
+
+@dataclasses.dataclass
+class Server:
+    url: str
+    config: Config
+    http: httpx.AsyncClient
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://", 1)
+
+    async def call(self, path: str, body: Any = None, *, token: str | None = None,
+                   **kwargs: Any) -> dict[str, Any]:
+        """POST a JSON body (or the given content) and return the envelope, checking its form."""
+        headers = dict(kwargs.pop("headers", {}))
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        if body is not None:
+            kwargs["json"] = body
+        response = await self.http.post(path, headers=headers, **kwargs)
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == "application/json"
+        envelope = response.json()
+        assert list(envelope) == ["isSuccess", "errors", "result"]
+        return envelope
+
+    async def ok(self, path: str, body: Any = None, *, token: str | None = None,
+                 **kwargs: Any) -> Any:
+        envelope = await self.call(path, body, token=token, **kwargs)
+        assert envelope["isSuccess"] is True, envelope
+        assert envelope["errors"] is None
+        return envelope["result"]
+
+    async def codes(self, path: str, body: Any = None, *, token: str | None = None,
+                    **kwargs: Any) -> list[str]:
+        envelope = await self.call(path, body, token=token, **kwargs)
+        assert envelope["isSuccess"] is False, envelope
+        assert envelope["result"] is None
+        return [error["errorCode"] for error in envelope["errors"]]
+
+    async def sign_up(self, name: str = "ann", phone: str = "9001234567",
+                      password: str = "secret1") -> dict[str, Any]:
+        return await self.ok(
+            "/api/v1/users/create",
+            {"name": name, "phone": phone, "password": password, "confirmPassword": password},
+        )
+
+
+@pytest.fixture
+def config_overrides() -> dict[str, Any]:
+    """Override in a test module to start its servers with other settings."""
+    return {}
+
+
+@pytest.fixture
+async def server(
+    nursery: trio.Nursery, tmp_path: Path, config_overrides: dict[str, Any]
+) -> AsyncIterator[Server]:
+    config = make_config(tmp_path, **config_overrides)
+    stop = trio.Event()
+    binds = await nursery.start(partial(serve, config, shutdown_trigger=stop.wait))
+    async with httpx.AsyncClient(base_url=binds[0], timeout=30) as http:
+        yield Server(binds[0], config, http)
+    stop.set()

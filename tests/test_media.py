@@ -1,0 +1,110 @@
+"""`/api/v1/media*` over a real socket, and the bytes-before-record rule."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Server
+from vpiska.domain import Media, new_id
+from vpiska.media import MediaLibrary, Upload
+from vpiska.store import MediaFiles
+
+MAX_UPLOAD = 4096
+
+
+@pytest.fixture
+def config_overrides() -> dict[str, Any]:
+    return {"max_upload_bytes": MAX_UPLOAD}
+
+
+async def upload(server: Server, data: bytes, content_type: str = "image/jpeg") -> str:
+    result = await server.ok("/api/v1/media", files={"file": ("cat.jpg", data, content_type)})
+    assert isinstance(result, str)
+    return result
+
+
+async def test_upload_download_metadata_delete(server: Server) -> None:
+    media_id = await upload(server, b"\xff\xd8jpeg bytes")
+    response = await server.http.get(f"/api/v1/media/{media_id}")
+    assert response.status_code == 200
+    assert response.content == b"\xff\xd8jpeg bytes"
+    assert response.headers["content-type"] == "image/jpeg"
+    assert response.headers["content-length"] == "12"
+    meta = (await server.http.get(f"/api/v1/media/metadata/{media_id}")).json()
+    assert meta["result"] == {"id": media_id, "name": "cat.jpg", "size": 12,
+                              "contentType": "image/jpeg"}
+    deleted = (await server.http.delete(f"/api/v1/media/{media_id}")).json()
+    assert deleted == {"isSuccess": True, "errors": None, "result": None}
+    assert (await server.http.get(f"/api/v1/media/{media_id}")).status_code == 404
+    assert not (server.config.media_path / media_id).exists()
+    again = (await server.http.delete(f"/api/v1/media/{media_id}")).json()
+    assert again["errors"] == [{"errorCode": "MediaNotFound"}]
+
+
+async def test_unknown_and_malformed_ids(server: Server) -> None:
+    missing = new_id()
+    response = await server.http.get(f"/api/v1/media/{missing}")
+    assert (response.status_code, response.content) == (404, b"")
+    response = await server.http.get("/api/v1/media/not-a-uuid")
+    assert (response.status_code, response.content) == (400, b"")
+    meta = (await server.http.get("/api/v1/media/metadata/not-a-uuid")).json()
+    assert meta["errors"] == [{"errorCode": "InvalidIdFormat"}]
+    meta = (await server.http.get(f"/api/v1/media/metadata/{missing}")).json()
+    assert meta["errors"] == [{"errorCode": "MediaNotFound"}]
+    deleted = (await server.http.delete("/api/v1/media/1234")).json()
+    assert deleted["errors"] == [{"errorCode": "InvalidIdFormat"}]
+
+
+async def test_upload_without_file_field_is_internal_error(server: Server) -> None:
+    codes = await server.codes("/api/v1/media", files={"other": ("x", b"x", "text/plain")})
+    assert codes == ["InternalError"]
+
+
+async def test_upload_needs_multipart(server: Server) -> None:
+    assert await server.codes("/api/v1/media", {"file": "x"}) == ["invalid Content-Type"]
+    assert await server.codes("/api/v1/media", content=b"x",
+                              headers={"Content-Type": "multipart/form-data"}) == ["InternalError"]
+
+
+async def test_truncated_multipart_is_internal_error(server: Server) -> None:
+    body = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\nabc'
+    codes = await server.codes("/api/v1/media", content=body,
+                               headers={"Content-Type": "multipart/form-data; boundary=b"})
+    assert codes == ["InternalError"]
+
+
+async def test_oversize_upload_is_refused_and_nothing_is_kept(server: Server) -> None:
+    codes = await server.codes("/api/v1/media",
+                               files={"file": ("big", b"x" * (MAX_UPLOAD + 1), "image/png")})
+    assert codes == ["PayloadTooLarge"]
+
+    async def chunked() -> Any:  # no Content-Length: the bound must hold as bytes arrive
+        prefix = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\n'
+        yield prefix
+        for _ in range(10):
+            yield b"y" * 1024
+
+    codes = await server.codes("/api/v1/media", content=chunked(),
+                               headers={"Content-Type": "multipart/form-data; boundary=b"})
+    assert codes == ["PayloadTooLarge"]
+    assert [p.name for p in server.config.media_path.iterdir()] == []
+    assert await upload(server, b"small")  # the server is still healthy
+
+
+class FailingStore:
+    """A store whose media insert fails, as a crash or lost database connection would."""
+
+    async def add_media(self, media: Media) -> None:
+        raise ConnectionError("database went away")
+
+
+async def test_failed_record_removes_the_bytes(tmp_path: Path) -> None:
+    files = MediaFiles(tmp_path / "media")
+    library = MediaLibrary(FailingStore(), files)  # type: ignore[arg-type]
+    with pytest.raises(ConnectionError):
+        await library.add(Upload("a.png", "image/png", io.BytesIO(b"bytes")))
+    assert list(files.root.iterdir()) == []
