@@ -175,7 +175,10 @@ class SqliteStore:
                 "SELECT id, name, content_type, size, last_modified_date FROM media WHERE id = ?",
                 (media_id,),
             ).fetchone()
-            return Media(*row[:4], datetime.fromisoformat(row[4])) if row else None
+            if row is None:
+                return None
+            found_id, name, content_type, size, modified = row
+            return Media(found_id, name, content_type, size, datetime.fromisoformat(modified))
 
         return await self._run(select)
 
@@ -186,6 +189,7 @@ class SqliteStore:
 
     async def add_event(self, event: Event) -> None:
         def insert() -> None:
+            self._db.execute("BEGIN")
             try:
                 self._db.execute(
                     "INSERT INTO events (id, owner_id, name, address, state, x, y, created_at)"
@@ -194,8 +198,16 @@ class SqliteStore:
                      OPEN if event.is_open else CLOSED, event.coordinates.x, event.coordinates.y,
                      event.created_at.isoformat()),
                 )
-            except sqlite3.IntegrityError:
-                raise DomainError(ErrorCode.OWNER_ALREADY_HAS_EVENT) from None
+                self._db.executemany(
+                    "INSERT INTO event_media (event_id, media_id, content_type) VALUES (?, ?, ?)",
+                    [(event.id, m.id, m.content_type) for m in event.media],
+                )
+            except BaseException as exc:
+                self._db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.IntegrityError):
+                    raise DomainError(ErrorCode.OWNER_ALREADY_HAS_EVENT) from None
+                raise
+            self._db.execute("COMMIT")
 
         await self._run(insert)
 

@@ -1,0 +1,482 @@
+"""One contract for every Store: the server must not be able to tell sqlite from MongoDB.
+
+Each test runs on sqlite, on MongoStore over mongomock, and on a real MongoDB when
+VPISKA_TEST_MONGODB_URL is set. The tests on the `mongo` fixture check what only MongoDB has: the
+older Go backend's document shapes, its embedded chat arrays, and an older database whose data
+breaks an index.
+
+Timestamps are whole milliseconds: BSON dates keep no more.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import mongomock
+import pymongo
+import pymongo.errors
+import pytest
+import trio
+from bson.int64 import Int64
+
+from vpiska.domain import ChatMessage, Coordinates, Event, EventMedia, Media, User, new_id
+from vpiska.errors import DomainError, ErrorCode
+from vpiska.store import Store
+from vpiska.store.mongo import MongoStore
+from vpiska.store.sqlite import SqliteStore
+
+MONGODB_URL = "VPISKA_TEST_MONGODB_URL"
+T0 = datetime(2024, 5, 1, 12, 0, 0, 123000, tzinfo=UTC)
+
+
+@dataclasses.dataclass
+class MongoServer:
+    """A MongoDB (real or mongomock) that tests open stores on, in throwaway databases."""
+
+    client: Any  # pymongo or mongomock client, to seed and inspect raw documents
+    connect: Callable[[str], Awaitable[MongoStore]]
+    db_names: list[str] = dataclasses.field(default_factory=list)
+
+    def new_database(self) -> Any:
+        name = f"vpiska_test_{uuid.uuid4().hex}"
+        self.db_names.append(name)
+        return self.client[name]
+
+    @asynccontextmanager
+    async def store(self, db: Any) -> AsyncIterator[MongoStore]:
+        store = await self.connect(db.name)
+        try:
+            yield store
+        finally:
+            await store.aclose()
+
+
+@contextmanager
+def mongo_server(kind: str) -> Iterator[MongoServer]:
+    if kind == "mongomock":
+        fake: Any = mongomock.MongoClient()
+        # One thread: mongomock's unique check is not atomic across threads (see from_client).
+        yield MongoServer(fake, lambda name: MongoStore.from_client(fake, name, threads=1))
+        return
+    url = os.environ.get(MONGODB_URL)
+    if not url:
+        pytest.skip(f"{MONGODB_URL} is not set: no MongoDB server on this machine")
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(url)
+    server = MongoServer(client, partial(MongoStore.open, url))
+    try:
+        yield server
+    finally:
+        for name in server.db_names:
+            client.drop_database(name)
+        client.close()
+
+
+@pytest.fixture(params=["sqlite", "mongomock", "mongodb"])
+def open_store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[[], Awaitable[Store]]]:
+    """How to open this param's store: a sync fixture, so that a skip keeps its reason."""
+    if request.param == "sqlite":
+        yield partial(SqliteStore.open, tmp_path / "db.sqlite")
+        return
+    with mongo_server(request.param) as server:
+        yield lambda: server.connect(server.new_database().name)
+
+
+@pytest.fixture
+async def store(open_store: Callable[[], Awaitable[Store]]) -> AsyncIterator[Store]:
+    opened = await open_store()
+    try:
+        yield opened
+    finally:
+        await opened.aclose()
+
+
+@pytest.fixture(params=["mongomock", "mongodb"])
+def mongo(request: pytest.FixtureRequest) -> Iterator[MongoServer]:
+    with mongo_server(request.param) as server:
+        yield server
+
+
+def a_user(name: str = "alice", phone: str = "9001112233") -> User:
+    return User(id=new_id(), name=name, phone=phone, password_hash="hash-" + name)
+
+
+def an_event(owner_id: str, *, at: datetime = T0, name: str = "party") -> Event:
+    return Event(
+        id=new_id(), owner_id=owner_id, name=name, address="Lenina 1",
+        coordinates=Coordinates(55.75, 37.5), created_at=at,
+    )
+
+
+def a_line(n: int) -> ChatMessage:
+    return ChatMessage(user_id=f"user-{n % 3}", user_name=f"name-{n % 3}", user_image_id="",
+                       message=f"line {n}")
+
+
+async def refused(call: Awaitable[object]) -> tuple[ErrorCode, ...]:
+    with pytest.raises(DomainError) as caught:
+        await call
+    return caught.value.codes
+
+
+# Users.
+
+
+async def test_user_round_trip(store: Store) -> None:
+    user = a_user()
+    await store.add_user(user)
+    assert await store.user_by_id(user.id) == user
+    assert await store.user_by_phone(user.phone) == user
+    assert user.image_id is None
+    assert await store.user_by_id(new_id()) is None
+    assert await store.user_by_phone("0000000000") is None
+
+
+async def test_user_name_and_phone_are_unique(store: Store) -> None:
+    alice = a_user("alice", "9000000001")
+    await store.add_user(alice)
+    assert await refused(store.add_user(a_user("alice", "9000000002"))) == (
+        ErrorCode.NAME_ALREADY_USE,)
+    assert await refused(store.add_user(a_user("bob", "9000000001"))) == (
+        ErrorCode.PHONE_ALREADY_USE,)
+    await store.add_user(a_user("bob", "9000000002"))
+    # Both taken, even by two different users.
+    assert await refused(store.add_user(a_user("alice", "9000000002"))) == (
+        ErrorCode.NAME_AND_PHONE_ALREADY_USE,)
+    assert await store.user_by_phone("9000000001") == alice
+
+
+async def test_update_user(store: Store) -> None:
+    alice, bob = a_user("alice", "9000000001"), a_user("bob", "9000000002")
+    await store.add_user(alice)
+    await store.add_user(bob)
+
+    renamed = await store.update_user(alice.id, name="alicia", phone=None)
+    assert renamed == dataclasses.replace(alice, name="alicia")
+    moved = await store.update_user(alice.id, name=None, phone="9000000003")
+    assert moved == dataclasses.replace(alice, name="alicia", phone="9000000003")
+    assert await store.update_user(alice.id, name=None, phone=None) == moved
+    # Her own current values never clash with herself.
+    assert await store.update_user(alice.id, name="alicia", phone="9000000003") == moved
+    assert await store.update_user(new_id(), name="carol", phone=None) is None
+
+
+async def test_update_user_clash(store: Store) -> None:
+    alice, bob = a_user("alice", "9000000001"), a_user("bob", "9000000002")
+    await store.add_user(alice)
+    await store.add_user(bob)
+
+    assert await refused(store.update_user(alice.id, name="bob", phone=None)) == (
+        ErrorCode.NAME_ALREADY_USE,)
+    assert await refused(store.update_user(alice.id, name="alice", phone="9000000002")) == (
+        ErrorCode.PHONE_ALREADY_USE,)
+    assert await refused(store.update_user(alice.id, name="bob", phone="9000000002")) == (
+        ErrorCode.NAME_AND_PHONE_ALREADY_USE,)
+    assert await store.user_by_id(alice.id) == alice
+
+
+async def test_password_and_image(store: Store) -> None:
+    user = a_user()
+    await store.add_user(user)
+    await store.set_password_hash(user.id, "new-hash")
+    image_id = new_id()
+    await store.set_user_image(user.id, image_id)
+    assert await store.user_by_id(user.id) == dataclasses.replace(
+        user, password_hash="new-hash", image_id=image_id)
+
+
+async def test_concurrent_sign_ups_with_one_phone(store: Store) -> None:
+    refusals: list[tuple[ErrorCode, ...]] = []
+    accepted: list[User] = []
+
+    async def sign_up(n: int) -> None:
+        user = a_user(f"user{n}", "9005550000")
+        try:
+            await store.add_user(user)
+        except DomainError as error:
+            refusals.append(error.codes)
+        else:
+            accepted.append(user)
+
+    async with trio.open_nursery() as nursery:
+        for n in range(50):
+            nursery.start_soon(sign_up, n)
+
+    assert len(accepted) == 1
+    assert refusals == [(ErrorCode.PHONE_ALREADY_USE,)] * 49
+    assert await store.user_by_phone("9005550000") == accepted[0]
+
+
+# Media metadata.
+
+
+async def test_media(store: Store) -> None:
+    media = Media(id=new_id(), name="cat.jpg", content_type="image/jpeg", size=5 * 2**30,
+                  last_modified=T0)
+    await store.add_media(media)
+    assert await store.media(media.id) == media
+    assert await store.media(new_id()) is None
+    assert await store.delete_media(media.id) is True
+    assert await store.media(media.id) is None
+    assert await store.delete_media(media.id) is False
+
+
+# Events.
+
+
+async def test_event_round_trip(store: Store) -> None:
+    owner = new_id()
+    event = an_event(owner)
+    await store.add_event(event)
+    assert await store.event(event.id) == event
+    assert await store.open_event_of(owner) == event.id
+    assert await store.event(new_id()) is None
+    assert await store.open_event_of(new_id()) is None
+
+
+async def test_event_inserted_with_media_keeps_it(store: Store) -> None:
+    event = dataclasses.replace(
+        an_event(new_id()), media=(EventMedia(new_id(), "image/png"), EventMedia(new_id(), "a/b")))
+    await store.add_event(event)
+    assert await store.event(event.id) == event
+
+
+async def test_one_open_event_per_owner(store: Store) -> None:
+    owner = new_id()
+    first = an_event(owner)
+    await store.add_event(first)
+    assert await refused(store.add_event(an_event(owner))) == (ErrorCode.OWNER_ALREADY_HAS_EVENT,)
+
+    await store.close_event(first.id)
+    assert await store.event(first.id) == dataclasses.replace(first, is_open=False)
+    assert await store.open_event_of(owner) is None
+    # A closed event does not block a new one, nor does a second closed one clash.
+    second = an_event(owner)
+    await store.add_event(second)
+    assert await store.open_event_of(owner) == second.id
+    await store.close_event(second.id)
+    await store.add_event(an_event(owner))
+
+
+async def test_open_events_oldest_first(store: Store) -> None:
+    late = an_event(new_id(), at=T0 + timedelta(minutes=5), name="late")
+    early = an_event(new_id(), at=T0 - timedelta(days=1), name="early")
+    middle = an_event(new_id(), at=T0 + timedelta(milliseconds=1), name="middle")
+    closed = an_event(new_id(), at=T0, name="closed")
+    for event in (late, closed, early, middle):
+        await store.add_event(event)
+    await store.close_event(closed.id)
+    assert await store.open_events() == [early, middle, late]
+
+
+async def test_update_event(store: Store) -> None:
+    event = an_event(new_id())
+    await store.add_event(event)
+    await store.update_event(event.id, "Tverskaya 7", Coordinates(-1.25, 0))
+    assert await store.event(event.id) == dataclasses.replace(
+        event, address="Tverskaya 7", coordinates=Coordinates(-1.25, 0.0))
+
+
+async def test_event_media(store: Store) -> None:
+    event = an_event(new_id())
+    await store.add_event(event)
+    one, two, three = (EventMedia(new_id(), f"image/{n}") for n in ("png", "jpeg", "gif"))
+    for media in (one, two, three, two):  # attaching twice keeps one, in its first place
+        await store.add_event_media(event.id, media)
+    assert (await store.event(event.id)).media == (one, two, three)  # type: ignore[union-attr]
+
+    assert await store.remove_event_media(event.id, two.id) is True
+    assert await store.remove_event_media(event.id, two.id) is False
+    assert await store.remove_event_media(event.id, new_id()) is False
+    await store.add_event_media(event.id, two)
+    assert (await store.event(event.id)).media == (one, three, two)  # type: ignore[union-attr]
+    assert (await store.open_events())[0].media == (one, three, two)
+
+
+# Chat.
+
+
+async def test_chat_in_batches(store: Store) -> None:
+    event = an_event(new_id())
+    await store.add_event(event)
+    assert await store.chat_length(event.id) == 0
+    assert await store.chat(event.id) == []
+
+    lines = [a_line(n) for n in range(1000)]
+    seq = 0
+    for size in (1, 0, 7, 92, 400, 500):
+        await store.append_chat(event.id, seq, lines[seq:seq + size])
+        seq += size
+        assert await store.chat_length(event.id) == seq
+
+    assert await store.chat(event.id) == lines
+    assert await store.chat(event.id, 990) == lines[990:]
+    assert await store.chat(event.id, 1000) == []
+    assert await store.chat(event.id, 5000) == []
+    # Chats are per event.
+    assert await store.chat(new_id()) == []
+    assert await store.chat_length(new_id()) == 0
+
+
+async def test_chat_seq_is_unique(store: Store) -> None:
+    event = an_event(new_id())
+    await store.add_event(event)
+    await store.append_chat(event.id, 0, [a_line(0), a_line(1)])
+    with pytest.raises((sqlite3.IntegrityError, pymongo.errors.BulkWriteError)):
+        await store.append_chat(event.id, 1, [a_line(2)])
+    assert await store.chat(event.id) == [a_line(0), a_line(1)]
+
+
+async def test_ping(store: Store) -> None:
+    await store.ping()
+
+
+# MongoDB only: the older backend's documents.
+
+
+async def test_documents_have_the_older_backends_shapes(mongo: MongoServer) -> None:
+    db = mongo.new_database()
+    user, event = a_user(), an_event(new_id())
+    event = dataclasses.replace(event, coordinates=Coordinates(1, 2))  # ints, as JSON gives them
+    media = Media(id=new_id(), name="a.png", content_type="image/png", size=42, last_modified=T0)
+    async with mongo.store(db) as store:
+        await store.add_user(user)
+        await store.add_media(media)
+        await store.add_event(event)
+        await store.add_event_media(event.id, EventMedia(media.id, media.content_type))
+        await store.update_event(event.id, "Arbat 2", Coordinates(3, 4.5))
+        await store.append_chat(event.id, 0, [a_line(0)])
+
+        raw_user = db.users.find_one({"_id": user.id})
+        assert list(raw_user) == ["_id", "name", "phone_code", "phone", "image_id", "password"]
+        assert raw_user == {"_id": user.id, "name": user.name, "phone_code": "+7",
+                            "phone": user.phone, "image_id": "", "password": user.password_hash}
+        await store.set_user_image(user.id, media.id)
+        assert db.users.find_one({"_id": user.id})["image_id"] == media.id
+
+        raw_media = db.media.find_one({"_id": media.id})
+        assert list(raw_media) == ["_id", "name", "content_type", "size", "last_modified_date"]
+        assert type(raw_media["size"]) is Int64
+        assert raw_media["last_modified_date"].replace(tzinfo=UTC) == T0
+
+        raw_event = db.events.find_one({"_id": event.id})
+        assert list(raw_event) == ["_id", "owner_id", "name", "address", "state", "coordinates",
+                                   "created_at", "users", "media", "chat_messages"]
+        assert raw_event["state"] == 0
+        assert type(raw_event["state"]) is int
+        assert raw_event["name"] == event.name
+        assert raw_event["address"] == "Arbat 2"
+        assert raw_event["coordinates"] == {"x": 3.0, "y": 4.5}
+        assert all(type(v) is float for v in raw_event["coordinates"].values())
+        assert raw_event["created_at"].replace(tzinfo=UTC) == T0
+        assert raw_event["users"] == []
+        assert raw_event["chat_messages"] == []
+        assert raw_event["media"] == [{"_id": media.id, "content_type": "image/png"}]
+        await store.close_event(event.id)
+        assert db.events.find_one({"_id": event.id})["state"] == 1
+
+        raw_line = db.chat_messages.find_one({"event_id": event.id}, {"_id": 0})
+        assert raw_line == {"event_id": event.id, "seq": 0, "user_id": "user-0",
+                            "user_name": "name-0", "user_image_id": "", "message": "line 0"}
+
+        users_indexes = db.users.index_information()
+        assert users_indexes["users_name_unique"]["unique"] is True
+        assert users_indexes["users_phone_unique"]["unique"] is True
+        one_open = db.events.index_information()["events_one_open_per_owner"]
+        assert one_open["unique"] is True
+        assert one_open["partialFilterExpression"] == {"state": 0}
+        assert db.chat_messages.index_information()["chat_messages_event_seq"]["unique"] is True
+
+
+async def test_reads_an_older_backends_event(mongo: MongoServer) -> None:
+    db = mongo.new_database()
+    event_id, owner_id, media_id = new_id(), new_id(), new_id()
+    legacy = [ChatMessage(new_id(), f"old{n}", "", f"old line {n}") for n in range(3)]
+    db.events.insert_one({
+        "_id": event_id, "owner_id": owner_id, "name": "old party", "address": "Old street",
+        "state": 0, "coordinates": {"x": 10.0, "y": 20.5},
+        "created_at": datetime(2023, 1, 2, 3, 4, 5, 6000),  # what the Go driver gives: naive UTC
+        "users": [{"_id": new_id()}, {"_id": new_id()}],
+        "media": [{"_id": media_id, "content_type": "image/jpeg"}],
+        "chat_messages": [
+            {"user_id": m.user_id, "user_name": m.user_name, "user_image_id": m.user_image_id,
+             "message": m.message}
+            for m in legacy
+        ],
+    })
+    expected = Event(
+        id=event_id, owner_id=owner_id, name="old party", address="Old street",
+        coordinates=Coordinates(10.0, 20.5), created_at=datetime(2023, 1, 2, 3, 4, 5, 6000, UTC),
+        media=(EventMedia(media_id, "image/jpeg"),),
+    )
+    async with mongo.store(db) as store:
+        assert await store.event(event_id) == expected
+        assert await store.open_events() == [expected]
+        assert await store.open_event_of(owner_id) == event_id
+        assert await refused(store.add_event(an_event(owner_id))) == (
+            ErrorCode.OWNER_ALREADY_HAS_EVENT,)
+
+        assert await store.chat_length(event_id) == 3
+        assert await store.chat(event_id) == legacy
+        new = [a_line(3), a_line(4)]
+        await store.append_chat(event_id, 3, new)
+        assert await store.chat_length(event_id) == 5
+        assert await store.chat(event_id) == legacy + new
+        assert await store.chat(event_id, 2) == legacy[2:] + new
+        assert await store.chat(event_id, 3) == new
+        assert await store.chat(event_id, 4) == new[1:]
+        assert await store.chat(event_id, 5) == []
+
+        await store.add_event_media(event_id, EventMedia(new_id(), "video/mp4"))
+        raw = db.events.find_one({"_id": event_id})
+        assert len(raw["users"]) == 2  # left as they were
+        assert len(raw["chat_messages"]) == 3
+        assert len(raw["media"]) == 2
+
+
+async def test_legacy_chat_longer_than_the_collection(mongo: MongoServer) -> None:
+    db = mongo.new_database()
+    event_id = new_id()
+    db.events.insert_one({
+        "_id": event_id, "owner_id": new_id(), "name": "n", "address": "a", "state": 1,
+        "coordinates": {"x": 0.0, "y": 0.0}, "created_at": datetime(2023, 1, 1), "users": [],
+        "media": [], "chat_messages": [{"user_id": "u", "user_name": "n", "user_image_id": "i",
+                                        "message": str(n)} for n in range(10)],
+    })
+    async with mongo.store(db) as store:
+        assert await store.chat_length(event_id) == 10
+        assert [m.message for m in await store.chat(event_id, 8)] == ["8", "9"]
+        assert await store.chat(event_id, 10) == []
+        assert await store.chat(event_id, 11) == []
+
+
+async def test_an_index_the_old_data_breaks_is_logged_and_skipped(
+    mongo: MongoServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = mongo.new_database()
+    # The older backend checked before inserting, so a race could store one phone twice.
+    twins = [a_user("twin1", "9001234567"), a_user("twin2", "9001234567")]
+    db.users.insert_many([{"_id": u.id, "name": u.name, "phone_code": "+7", "phone": u.phone,
+                           "image_id": "", "password": u.password_hash} for u in twins])
+    with caplog.at_level(logging.ERROR, logger="vpiska.store.mongo"):
+        async with mongo.store(db) as store:
+            await store.ping()
+            assert await store.user_by_id(twins[1].id) == twins[1]
+            # The other indexes were created all the same.
+            assert await refused(store.add_user(a_user("twin1", "9009999999"))) == (
+                ErrorCode.NAME_ALREADY_USE,)
+    [record] = [r for r in caplog.records if r.name == "vpiska.store.mongo"]
+    assert record.index == "users_phone_unique"  # type: ignore[attr-defined]
+    assert record.collection == "users"  # type: ignore[attr-defined]
+    assert "dup" in record.cause.lower()  # type: ignore[attr-defined]
