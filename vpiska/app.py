@@ -7,12 +7,15 @@ import dataclasses
 from quart_trio import QuartTrio
 
 from vpiska.accounts import Accounts
+from vpiska.actors import EventSupervisor
 from vpiska.auth import Passwords, Tokens
 from vpiska.config import Config
 from vpiska.http.body import close_if_body_unread
 from vpiska.http.errors import install_error_handlers
+from vpiska.http.events import events_routes
 from vpiska.http.media import media_routes
 from vpiska.http.users import users_routes
+from vpiska.http.websocket import install_event_socket
 from vpiska.media import MediaLibrary
 from vpiska.store import MediaFiles, Store
 
@@ -27,9 +30,10 @@ class Services:
     tokens: Tokens
     accounts: Accounts
     media: MediaLibrary
+    events: EventSupervisor
 
     @classmethod
-    def build(cls, config: Config, store: Store) -> Services:
+    def build(cls, config: Config, store: Store, events: EventSupervisor) -> Services:
         tokens = Tokens(config)
         return cls(
             config=config,
@@ -37,6 +41,7 @@ class Services:
             tokens=tokens,
             accounts=Accounts(store, tokens, Passwords(config)),
             media=MediaLibrary(store, MediaFiles(config.media_path)),
+            events=events,
         )
 
 
@@ -50,6 +55,9 @@ def create_app(services: Services) -> QuartTrio:
     )
     app.register_blueprint(users_routes(config, services.accounts, services.tokens, services.media))
     app.register_blueprint(media_routes(config, services.media))
+    app.register_blueprint(events_routes(config, services.tokens, services.events,
+                                         services.store, services.media))
+    install_event_socket(app, config, services.tokens, services.events, services.store)
     install_error_handlers(app)
     close_if_body_unread(app)
     return app

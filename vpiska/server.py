@@ -11,6 +11,7 @@ import hypercorn.trio
 import trio
 from hypercorn.config import Config as HypercornConfig
 
+from vpiska.actors import EventSupervisor
 from vpiska.app import Services, create_app
 from vpiska.config import Config
 from vpiska.store import open_store
@@ -30,14 +31,24 @@ async def serve(
     the listening socket accepts connections.
     """
     async with open_store(config) as store:
-        app = create_app(Services.build(config, store))
+        supervisor = EventSupervisor(store, config)
+        # The supervisor's nursery is ours, outside hypercorn's: under hypercorn.trio.serve,
+        # tasks in quart-trio's app.nursery are cancelled the moment serving ends, with no
+        # grace; here the rooms get to finish their queued writes and close their sockets.
         async with trio.open_nursery() as nursery:
+            await nursery.start(supervisor.run)
+            app = create_app(Services.build(config, store, supervisor))
+
+            async def drain_then_stop_serving() -> None:
+                await (shutdown_trigger or _signalled)()
+                await supervisor.stop()
+
             binds = await nursery.start(
                 partial(
                     hypercorn.trio.serve,
                     app,
                     _hypercorn_config(config),
-                    shutdown_trigger=shutdown_trigger or _signalled,
+                    shutdown_trigger=drain_then_stop_serving,
                 )
             )
             log.info("serving", extra={"binds": binds, "store": config.store.kind})
@@ -59,4 +70,8 @@ def _hypercorn_config(config: Config) -> HypercornConfig:
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
     hc.websocket_max_message_size = config.ws_max_frame_bytes
+    hc.websocket_ping_interval = config.ws_ping_seconds
+    # A live peer answers every ping, so something is read at least once per interval; a peer
+    # silent for two intervals is gone (hypercorn sends pings but leaves timing out to us).
+    hc.read_timeout = 2 * config.ws_ping_seconds  # type: ignore[assignment]
     return hc

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from quart import request
+from werkzeug.datastructures import Headers
 
 from vpiska.auth import Identity, Tokens
 from vpiska.errors import DomainError, ErrorCode
 
 
-def bearer_token() -> str:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+def bearer_token(headers: Headers | None = None) -> str:
+    headers = request.headers if headers is None else headers
+    scheme, _, token = headers.get("Authorization", "").partition(" ")
     return token.strip() if scheme.lower() == "bearer" else ""
 
 

@@ -26,14 +26,18 @@ async def json_object(max_bytes: int) -> dict[str, Any]:
         raise DomainError(ErrorCode.INVALID_CONTENT_TYPE)
     raw = await read_bounded(max_bytes)
     try:
-        body = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        body = json.loads(raw.decode("utf-8"), parse_constant=_not_json)
+    except (UnicodeDecodeError, ValueError) as exc:
         log.info("request body is not JSON", extra={"path": request.path, "cause": str(exc)})
         raise DomainError(ErrorCode.INTERNAL_ERROR) from None
     if not isinstance(body, dict):
         log.info("request body is not a JSON object", extra={"path": request.path})
         raise DomainError(ErrorCode.INTERNAL_ERROR)
     return body
+
+
+def _not_json(constant: str) -> None:
+    raise ValueError(f"{constant} is not JSON")  # Python accepts NaN and Infinity; JSON does not
 
 
 async def read_bounded(max_bytes: int) -> bytes:

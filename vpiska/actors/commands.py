@@ -1,0 +1,81 @@
+"""What an event's room is asked to do: frozen values on its inbox, one at a time.
+
+Commands that need an answer carry a one-shot `reply` channel. The actor answers with an
+`outcome` (a value or a DomainError) and always closes the channel, also when it crashes, so a
+caller waiting for the answer sees EndOfChannel at once rather than waiting out its deadline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import outcome
+import trio
+
+from vpiska.actors.member import Member
+from vpiska.auth import Identity
+from vpiska.domain import Coordinates, EventMedia
+
+Reply = trio.MemorySendChannel[outcome.Outcome[object]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Join:
+    """A socket joins; the answer is the chat length at the moment it starts getting frames."""
+
+    member: Member
+    reply: Reply
+
+
+@dataclasses.dataclass(frozen=True)
+class Leave:
+    member: Member
+
+
+@dataclasses.dataclass(frozen=True)
+class Chat:
+    sender: Identity
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """The answer is an EventView: what `events/get` shows."""
+
+    reply: Reply
+
+
+@dataclasses.dataclass(frozen=True)
+class Update:
+    by: str
+    address: str
+    coordinates: Coordinates
+    reply: Reply
+
+
+@dataclasses.dataclass(frozen=True)
+class AddMedia:
+    by: str
+    media: EventMedia
+    reply: Reply
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoveMedia:
+    by: str
+    media_id: str
+    reply: Reply
+
+
+@dataclasses.dataclass(frozen=True)
+class Close:
+    by: str
+    reply: Reply
+
+
+@dataclasses.dataclass(frozen=True)
+class Stop:
+    """Server shutdown: finish what is queued before this, then close every socket (1001)."""
+
+
+Command = Join | Leave | Chat | Snapshot | Update | AddMedia | RemoveMedia | Close | Stop

@@ -1,0 +1,135 @@
+"""EventSupervisor: one nursery that owns a task per open event, and restarts crashed ones.
+
+Supervision (OTP style): an actor that raises is logged and started again from the store, with
+the same Room, so its members stay connected and its queued commands are still answered. At
+most `actor_max_restarts` restarts in `actor_restart_window_seconds`; past that the room fails:
+its sockets are closed with 1011, its commands answer InternalError, and the event stays open
+in the store, so the next server start serves it again.
+
+The supervisor also keeps the map index of open events that `events/range` reads.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from typing import Any
+
+import trio
+
+from vpiska.actors.commands import Stop
+from vpiska.actors.event import EventActor, Exit
+from vpiska.actors.geo import MapIndex, Spot
+from vpiska.actors.member import CloseCode
+from vpiska.actors.room import Room
+from vpiska.config import Config
+from vpiska.domain import Coordinates, Event, new_id, utc_now
+from vpiska.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class EventSupervisor:
+    def __init__(self, store: Store, config: Config) -> None:
+        self._store = store
+        self._config = config
+        self._rooms: dict[str, Room] = {}
+        self._index = MapIndex()
+        self._nursery: trio.Nursery | None = None
+        self._stopping = trio.Event()
+        self.restarts = 0  # total actor restarts, for metrics and tests
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start a room for every open event in the store, then supervise until `stop`.
+
+        Resource handling: returns only when every room task has ended.
+        """
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            events = await self._store.open_events()
+            for event in events:
+                self._start(event)
+            log.info("event rooms started", extra={"open_events": len(events)})
+            task_status.started()
+            await self._stopping.wait()
+        self._nursery = None
+
+    async def stop(self) -> None:
+        """Shutdown: each room handles what it has queued, then closes its sockets (1001)."""
+        for room in list(self._rooms.values()):
+            await room.tell(Stop())
+        self._stopping.set()
+
+    def room(self, event_id: str) -> Room | None:
+        return self._rooms.get(event_id)
+
+    @property
+    def open_events(self) -> int:
+        return len(self._rooms)
+
+    async def open_event(self, owner_id: str, name: str, address: str,
+                         coordinates: Coordinates) -> Event:
+        """Persist a new open event (OwnerAlreadyHasEvent if the owner has one) and start it."""
+        event = Event(new_id(), owner_id, name, address, coordinates, utc_now())
+        await self._store.add_event(event)
+        self._start(event)
+        return event
+
+    def users_count(self, event_id: str) -> int:
+        room = self._rooms.get(event_id)
+        return 0 if room is None else room.users_count
+
+    def in_range(self, x_low: float, x_high: float, y_low: float, y_high: float) -> list[Spot]:
+        return self._index.within(x_low, x_high, y_low, y_high)
+
+    def _start(self, event: Event) -> None:
+        assert self._nursery is not None, "EventSupervisor.run must be running"
+        room = Room(event.id, event.owner_id, inbox_size=self._config.actor_inbox_size,
+                    reply_timeout=self._config.actor_reply_timeout_seconds)
+        self._rooms[event.id] = room
+        self._index.put(event.id, event.name, event.coordinates)
+        self._nursery.start_soon(self._supervise, room, event, name=f"event {event.id}")
+
+    async def _supervise(self, room: Room, event: Event | None) -> None:
+        crashes: collections.deque[float] = collections.deque()
+        exit_reason = "closed"
+        while True:
+            crashed = False
+            try:
+                exit_reason = (await self._incarnate(room, event)).value
+            except* Exception as failure:
+                crashed = True
+                log.error("event room crashed", exc_info=failure, extra=self._about(room))
+            if not crashed:
+                break
+            event = None  # restart from the store
+            now = trio.current_time()
+            crashes.append(now)
+            while crashes[0] < now - self._config.actor_restart_window_seconds:
+                crashes.popleft()
+            if len(crashes) > self._config.actor_max_restarts:
+                room.failed = True
+                room.shut(CloseCode.INTERNAL_ERROR)
+                self._index.remove(room.event_id)
+                log.error("event room failed: restart limit reached; the event stays open in "
+                          "the store until the next server start", extra=self._about(room))
+                return  # a failed room stays registered so callers get InternalError
+            self.restarts += 1
+            log.warning("event room restarting", extra=self._about(room))
+        room.shut(CloseCode.GOING_AWAY if exit_reason == Exit.STOPPED.value else CloseCode.NORMAL)
+        self._index.remove(room.event_id)
+        del self._rooms[room.event_id]
+        log.info("event room ended", extra=self._about(room) | {"reason": exit_reason})
+
+    async def _incarnate(self, room: Room, event: Event | None) -> Exit:
+        if event is None:
+            event = await self._store.event(room.event_id)
+            if event is None or not event.is_open:
+                return Exit.CLOSED
+        chat_length = await self._store.chat_length(room.event_id)
+        actor = EventActor(room, event, chat_length, self._store, self._index, self._config)
+        return await actor.run()
+
+    @staticmethod
+    def _about(room: Room) -> dict[str, Any]:
+        return {"event_id": room.event_id, "users_count": room.users_count}

@@ -1,0 +1,134 @@
+"""`/api/v1/events/*`: each request becomes one command to the event's actor.
+
+Creation goes through the supervisor (which starts the actor) and `events/range` reads the
+supervisor's map index; nothing here keeps state of its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quart import Blueprint
+
+from vpiska.actors import EventSupervisor, EventView, Room
+from vpiska.actors.commands import AddMedia, Close, RemoveMedia, Snapshot, Update
+from vpiska.actors.frames import chat_json, coordinates_json
+from vpiska.auth import Tokens
+from vpiska.config import Config
+from vpiska.domain import ChatMessage, Event, EventMedia
+from vpiska.errors import DomainError, ErrorCode
+from vpiska.http.auth import caller
+from vpiska.http.body import coordinates, id_codes, json_object, number, require, text
+from vpiska.http.envelope import success
+from vpiska.http.multipart import read_multipart
+from vpiska.media import MediaLibrary
+from vpiska.store import Store
+
+
+def events_routes(config: Config, tokens: Tokens, supervisor: EventSupervisor, store: Store,
+                  media: MediaLibrary) -> Blueprint:
+    routes = Blueprint("events", __name__, url_prefix="/api/v1/events")
+
+    async def body() -> dict[str, Any]:
+        return await json_object(config.max_json_bytes)
+
+    def room_of(event_id: str) -> Room:
+        room = supervisor.room(event_id)
+        if room is None:
+            raise DomainError(ErrorCode.EVENT_NOT_FOUND)
+        return room
+
+    @routes.post("/create")
+    async def create() -> Any:
+        identity = caller(tokens)
+        data = await body()
+        name, address, where = text(data, "name"), text(data, "address"), coordinates(data)
+        require((not name, ErrorCode.NAME_IS_EMPTY), (not address, ErrorCode.ADDRESS_IS_EMPTY),
+                (where is None, ErrorCode.COORDINATES_IS_EMPTY))
+        assert where is not None
+        event = await supervisor.open_event(identity.user_id, name, address, where)
+        return success(event_response(event, 0, []))
+
+    @routes.post("/get")
+    async def get() -> Any:
+        event_id = text(await body(), "eventId")
+        require(id_codes(event_id))
+        view = await room_of(event_id).ask(Snapshot)
+        assert isinstance(view, EventView)
+        chat = await store.chat(event_id)
+        return success(event_response(view.event, view.users_count, chat[: view.chat_length]))
+
+    @routes.post("/range")
+    async def in_range() -> Any:
+        data = await body()
+        width, height = number(data, "horizontalRange"), number(data, "verticalRange")
+        centre = coordinates(data)
+        require((width is None, ErrorCode.HORIZONTAL_RANGE_IS_EMPTY),
+                (height is None, ErrorCode.VERTICAL_RANGE_IS_EMPTY),
+                (centre is None, ErrorCode.COORDINATES_IS_EMPTY))
+        assert width is not None and height is not None and centre is not None
+        spots = supervisor.in_range(centre.x - width / 2, centre.x + width / 2,
+                                    centre.y - height / 2, centre.y + height / 2)
+        return success([
+            {"id": spot.event_id, "name": spot.name,
+             "usersCount": supervisor.users_count(spot.event_id),
+             "coordinates": coordinates_json(spot.coordinates)}
+            for spot in spots
+        ])
+
+    @routes.post("/update")
+    async def update() -> Any:
+        identity = caller(tokens)
+        data = await body()
+        event_id, address, where = text(data, "eventId"), text(data, "address"), coordinates(data)
+        require(id_codes(event_id), (not address, ErrorCode.ADDRESS_IS_EMPTY),
+                (where is None, ErrorCode.COORDINATES_IS_EMPTY))
+        assert where is not None
+        await room_of(event_id).ask(lambda reply: Update(identity.user_id, address, where, reply))
+        return success(None)
+
+    @routes.post("/close")
+    async def close() -> Any:
+        identity = caller(tokens)
+        event_id = text(await body(), "eventId")
+        require(id_codes(event_id))
+        await room_of(event_id).ask(lambda reply: Close(identity.user_id, reply))
+        return success(None)
+
+    @routes.post("/media/add")
+    async def add_media() -> Any:
+        identity = caller(tokens)
+        with await read_multipart("media", config.max_upload_bytes, media.files.root) as form:
+            event_id = form.fields.get("eventId", "")
+            require(id_codes(event_id))
+            room = room_of(event_id)
+            if room.owner_id != identity.user_id:  # checked before the upload is stored
+                raise DomainError(ErrorCode.USER_IS_NOT_OWNER)
+            stored = await media.add(form.file())
+        attached = EventMedia(stored.id, stored.content_type)
+        await room.ask(lambda reply: AddMedia(identity.user_id, attached, reply))
+        return success(None)
+
+    @routes.post("/media/remove")
+    async def remove_media() -> Any:
+        identity = caller(tokens)
+        data = await body()
+        event_id, media_id = text(data, "eventId"), text(data, "mediaId")
+        require(id_codes(event_id), id_codes(media_id))
+        await room_of(event_id).ask(lambda reply: RemoveMedia(identity.user_id, media_id, reply))
+        return success(None)
+
+    return routes
+
+
+def event_response(event: Event, users_count: int, chat: list[ChatMessage]) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "ownerId": event.owner_id,
+        "name": event.name,
+        "address": event.address,
+        "coordinates": coordinates_json(event.coordinates),
+        "usersCount": users_count,
+        "media": [{"id": m.id, "contentType": m.content_type} for m in event.media],
+        "chatMessages": [chat_json(line) for line in chat],
+    }
