@@ -89,3 +89,13 @@ async def server(
     async with httpx.AsyncClient(base_url=binds[0], timeout=30) as http:
         yield Server(binds[0], config, http)
     stop.set()
+
+
+@pytest.fixture
+async def crowd(nursery: trio.Nursery, server: Server) -> AsyncIterator[Any]:
+    """WebSocket members of the test's event rooms, all closed when the test ends."""
+    from tests.clients import Crowd
+
+    members = Crowd(nursery, server)
+    yield members
+    await members.aclose()

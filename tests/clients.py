@@ -1,0 +1,130 @@
+"""Test clients of the live room: trio-websocket members that record every frame they get."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable
+from typing import Any
+
+import trio
+from urllib.parse import urlsplit
+
+from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
+
+from tests.conftest import Server
+from vpiska.auth import Tokens
+from vpiska.domain import User, new_id
+
+_phones = itertools.count(9100000000)
+
+
+class Member:
+    """One WebSocket, read continuously by a task of the test's nursery."""
+
+    def __init__(self, ws: WebSocketConnection) -> None:
+        self.ws = ws
+        self.frames: list[str] = []
+        self.close_code: int | None = None
+        self.closed = trio.Event()
+        self._changed = trio.Event()
+
+    async def collect(self) -> None:
+        try:
+            while True:
+                self.frames.append(await self.ws.get_message())  # type: ignore[arg-type]
+                self._changed.set()
+                self._changed = trio.Event()
+        except ConnectionClosed as closed:
+            self.close_code = closed.reason.code
+        finally:
+            self.closed.set()
+            self._changed.set()
+
+    async def wait_for(self, done: Callable[[Member], bool], timeout: float = 15) -> None:
+        with trio.fail_after(timeout):
+            while not done(self):
+                if self.closed.is_set():
+                    raise AssertionError(f"closed ({self.close_code}) before the condition; "
+                                         f"frames: {self.frames[-5:]}")
+                await self._changed.wait()
+
+    async def wait_closed(self, timeout: float = 15) -> int | None:
+        with trio.fail_after(timeout):
+            await self.closed.wait()
+        return self.close_code
+
+    def chat(self) -> list[str]:
+        """Message texts of the chatMessage frames received, in order."""
+        return [json.loads(f.split("/", 1)[1])["message"] for f in self.frames
+                if f.startswith("chatMessage/")]
+
+    def counts(self) -> list[int]:
+        """usersCount of every eventUpdated frame received, in order."""
+        return [json.loads(f.split("/", 1)[1])["usersCount"] for f in self.frames
+                if f.startswith("eventUpdated/")]
+
+    async def say(self, text: str) -> None:
+        await self.ws.send_message(f"chatMessage/{text}")
+
+
+def socket_url(server: Server, token: str, event_id: str, **params: Any) -> str:
+    query = "&".join(f"{k}={v}" for k, v in
+                     {"accessToken": token, "eventId": event_id, **params}.items())
+    return f"{server.ws_url}/api/v1/websockets/event?{query}"
+
+
+class Crowd:
+    """The WebSocket clients of one test; `aclose` closes every one of them."""
+
+    def __init__(self, nursery: trio.Nursery, server: Server) -> None:
+        self._nursery = nursery
+        self._server = server
+        self.members: list[Member] = []
+        self._streams: list[trio.SocketStream] = []
+
+    async def join(self, token: str, event_id: str, **params: Any) -> Member:
+        """Connect a member. The TCP stream is opened here, not by trio-websocket, because
+        after a server-initiated close trio-websocket never closes the stream itself."""
+        url = urlsplit(socket_url(self._server, token, event_id, **params))
+        stream = await trio.open_tcp_stream(url.hostname, url.port)  # type: ignore[arg-type]
+        try:
+            ws = await wrap_client_stream(
+                self._nursery, stream, url.hostname,  # type: ignore[arg-type]
+                f"{url.path}?{url.query}", message_queue_size=0)
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+        self._streams.append(stream)
+        member = Member(ws)
+        self.members.append(member)
+        self._nursery.start_soon(member.collect)
+        return member
+
+    async def aclose(self) -> None:
+        async def close(member: Member, stream: trio.SocketStream) -> None:
+            with trio.move_on_after(5):
+                await member.ws.aclose()
+            await stream.aclose()
+
+        async with trio.open_nursery() as nursery:
+            for member, stream in zip(self.members, self._streams, strict=True):
+                nursery.start_soon(close, member, stream)
+
+
+def token_for(server: Server, name: str | None = None) -> tuple[str, str]:
+    """(user id, token) of a user the server trusts without a sign-up (argon2 is slow)."""
+    user_id = new_id()
+    user = User(user_id, name or f"guest-{user_id[:8]}", "0000000000", "")
+    return user_id, Tokens(server.config).issue(user)
+
+
+async def host_event(server: Server, name: str = "party", x: float = 10, y: float = 20
+                     ) -> tuple[str, str]:
+    """Sign up an owner and open an event: (owner token, event id)."""
+    owner = await server.sign_up(f"host{next(_phones)}", str(next(_phones)))
+    token = owner["accessToken"]
+    event = await server.ok("/api/v1/events/create",
+                            {"name": name, "address": "street 1", "coordinates": {"x": x, "y": y}},
+                            token=token)
+    return token, event["id"]
