@@ -68,9 +68,9 @@ class Member:
         await self.ws.send_message(f"chatMessage/{text}")
 
 
-def socket_url(server: Server, token: str, event_id: str, **params: Any) -> str:
-    query = "&".join(f"{k}={v}" for k, v in
-                     {"accessToken": token, "eventId": event_id, **params}.items())
+def socket_url(server: Server, token: str | None, event_id: str, **params: Any) -> str:
+    fields = {"accessToken": token, "eventId": event_id, **params}
+    query = "&".join(f"{k}={v}" for k, v in fields.items() if v is not None)
     return f"{server.ws_url}/api/v1/websockets/event?{query}"
 
 
@@ -83,7 +83,8 @@ class Crowd:
         self.members: list[Member] = []
         self._streams: list[trio.SocketStream] = []
 
-    async def join(self, token: str, event_id: str, **params: Any) -> Member:
+    async def join(self, token: str | None, event_id: str, *,
+                   headers: dict[str, str] | None = None, **params: Any) -> Member:
         """Connect a member. The TCP stream is opened here, not by trio-websocket, because
         after a server-initiated close trio-websocket never closes the stream itself."""
         url = urlsplit(socket_url(self._server, token, event_id, **params))
@@ -91,7 +92,8 @@ class Crowd:
         try:
             ws = await wrap_client_stream(
                 self._nursery, stream, url.hostname,  # type: ignore[arg-type]
-                f"{url.path}?{url.query}", message_queue_size=0)
+                f"{url.path}?{url.query}", message_queue_size=0,
+                extra_headers=[(k.encode(), v.encode()) for k, v in (headers or {}).items()])
         except BaseException:
             await trio.aclose_forcefully(stream)
             raise

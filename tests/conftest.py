@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import resource
 from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
@@ -14,6 +15,17 @@ import trio
 
 from vpiska.config import Config, StoreLocation
 from vpiska.server import serve
+
+
+def _raise_open_file_limit() -> None:
+    """The crowd tests hold a few thousand sockets (both ends in this process)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 16384 if hard == resource.RLIM_INFINITY else min(hard, 16384)
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+_raise_open_file_limit()
 
 
 def make_config(tmp_path: Path, **overrides: Any) -> Config:

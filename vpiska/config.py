@@ -65,6 +65,8 @@ class Config:
     ws_ping_seconds: float = 20.0
     ws_max_frame_bytes: int = 64 * 1024
     shutdown_grace_seconds: float = 10.0
+    # Use vpiska/http/hypercorn_adapter.py (only ever on the hypercorn versions it was tested on).
+    hypercorn_adapter: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -116,6 +118,7 @@ class Config:
             shutdown_grace_seconds=read.number(
                 "SHUTDOWN_GRACE_SECONDS", cls.shutdown_grace_seconds, low=0
             ),
+            hypercorn_adapter=read.boolean("HYPERCORN_ADAPTER", cls.hypercorn_adapter),
         )
 
     @property

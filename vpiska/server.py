@@ -14,6 +14,7 @@ from hypercorn.config import Config as HypercornConfig
 from vpiska.actors import EventSupervisor
 from vpiska.app import Services, create_app
 from vpiska.config import Config
+from vpiska.http import hypercorn_adapter
 from vpiska.store import open_store
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ async def serve(
     `task_status.started` gets hypercorn's bound addresses, e.g. ["http://127.0.0.1:5000"], once
     the listening socket accepts connections.
     """
+    adapted = hypercorn_adapter.install(enabled=config.hypercorn_adapter)
     async with open_store(config) as store:
         supervisor = EventSupervisor(store, config)
         # The supervisor's nursery is ours, outside hypercorn's: under hypercorn.trio.serve,
@@ -51,7 +53,8 @@ async def serve(
                     shutdown_trigger=drain_then_stop_serving,
                 )
             )
-            log.info("serving", extra={"binds": binds, "store": config.store.kind})
+            log.info("serving", extra={"binds": binds, "store": config.store.kind,
+                                       "hypercorn_adapter": adapted})
             task_status.started(binds)
     log.info("stopped")
 

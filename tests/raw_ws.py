@@ -1,0 +1,88 @@
+"""A hand-rolled WebSocket client for what well-behaved libraries refuse to do: send invalid
+frames, or never answer a ping."""
+
+from __future__ import annotations
+
+import base64
+import os
+import struct
+
+import trio
+
+
+class RawSocket:
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buffer = b""
+
+    @classmethod
+    async def connect(cls, port: int, resource: str, *, receive_buffer: int | None = None
+                      ) -> RawSocket:
+        """An upgraded WebSocket; fails the test if the server refuses the upgrade."""
+        raw, status = await cls._upgrade(port, resource, receive_buffer)
+        if status != 101:
+            await raw.stream.aclose()
+            raise AssertionError(f"upgrade refused with HTTP {status}")
+        return raw
+
+    @classmethod
+    async def handshake_status(cls, port: int, resource: str) -> int:
+        """The HTTP status the server answers an upgrade request with."""
+        raw, status = await cls._upgrade(port, resource, None)
+        await raw.stream.aclose()
+        return status
+
+    @classmethod
+    async def _upgrade(cls, port: int, resource: str, receive_buffer: int | None
+                       ) -> tuple[RawSocket, int]:
+        sock = trio.socket.socket()
+        if receive_buffer is not None:
+            sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, receive_buffer)
+        await sock.connect(("127.0.0.1", port))
+        raw = cls(trio.SocketStream(sock))
+        key = base64.b64encode(os.urandom(16)).decode()
+        await raw.stream.send_all(
+            f"GET {resource} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            f"Sec-WebSocket-Version: 13\r\n\r\n".encode())
+        while b"\r\n\r\n" not in raw.buffer:
+            raw.buffer += await raw.stream.receive_some(65536)
+        head, raw.buffer = raw.buffer.split(b"\r\n\r\n", 1)
+        return raw, int(head.split(b" ", 2)[1])
+
+    async def send_frame(self, opcode: int, payload: bytes) -> None:
+        mask = os.urandom(4)
+        length = len(payload)
+        if length < 126:
+            header = struct.pack("!BB", 0x80 | opcode, 0x80 | length)
+        elif length < 65536:
+            header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, length)
+        else:
+            header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, length)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        await self.stream.send_all(header + mask + masked)
+
+    async def _read(self, n: int) -> bytes:
+        while len(self.buffer) < n:
+            data = await self.stream.receive_some(65536)
+            if not data:
+                raise EOFError("connection closed")
+            self.buffer += data
+        out, self.buffer = self.buffer[:n], self.buffer[n:]
+        return out
+
+    async def next_frame(self) -> tuple[int, bytes]:
+        first, second = await self._read(2)
+        length = second & 0x7F
+        if length == 126:
+            (length,) = struct.unpack("!H", await self._read(2))
+        elif length == 127:
+            (length,) = struct.unpack("!Q", await self._read(8))
+        return first & 0x0F, await self._read(length)
+
+    async def close_code(self) -> int:
+        """Read frames until the server's close frame; its status code."""
+        while True:
+            opcode, payload = await self.next_frame()
+            if opcode == 0x8:
+                return int(struct.unpack("!H", payload[:2])[0])

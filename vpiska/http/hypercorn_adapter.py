@@ -1,0 +1,109 @@
+"""What vpiska needs from hypercorn below its public API, in one place, for pinned versions.
+
+1. Failing a WebSocket properly. When wsproto cannot parse a client frame (invalid UTF-8 in a
+   text message, a bad opcode, …) it reports a CloseConnection with the RFC 6455 code (1007,
+   1002) while the connection is still OPEN; hypercorn 0.18 then drops the TCP connection
+   without sending that close frame. RFC 6455 §7.1.7 says the endpoint SHOULD send it, so the
+   client learns why. `VpiskaWSStream` sends it.
+
+2. Surviving a close during a send. hypercorn's `_close` sends EOF without taking the send
+   lock, so a WebSocket ping (its own task) can call `send_all` while EOF is in flight; trio
+   raises BusyResourceError there, which hypercorn does not catch, and it escapes the
+   connection task and stops the whole server. One client that sends an invalid frame right
+   after connecting was enough (tests/test_websocket.py). `VpiskaTCPServer` treats it as the
+   connection closing, as hypercorn already does for Broken/ClosedResourceError.
+
+The adapter is installed only for the hypercorn versions it was written against
+(`TESTED_HYPERCORN`); on any other version vpiska runs on hypercorn as it is and logs that it
+did. Tests run both ways.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+
+import hypercorn.protocol.h11
+import hypercorn.protocol.h2
+import hypercorn.trio.run
+import trio
+from hypercorn.events import Closed, Event, RawData
+from hypercorn.protocol.events import StreamClosed
+from hypercorn.protocol.ws_stream import FrameTooLargeError, WSStream
+from hypercorn.trio.tcp_server import TCPServer
+from wsproto.connection import ConnectionState
+from wsproto.events import CloseConnection, Message, Ping
+from wsproto.frame_protocol import CloseReason
+from wsproto.utilities import LocalProtocolError
+
+log = logging.getLogger(__name__)
+
+TESTED_HYPERCORN = frozenset({"0.18.0"})
+
+
+class VpiskaWSStream(WSStream):
+    async def _handle_events(self) -> None:
+        # hypercorn 0.18.0's loop, with one change: a CloseConnection wsproto raises on its own
+        # (state still OPEN) is sent to the peer before the stream closes.
+        for event in self.connection.events():
+            if isinstance(event, Message):
+                try:
+                    self.buffer.extend(event)
+                except FrameTooLargeError:
+                    await self._send_wsproto_event(
+                        CloseConnection(code=CloseReason.MESSAGE_TOO_BIG))
+                    break
+                if event.message_finished:
+                    await self.app_put(self.buffer.to_message())
+                    self.buffer.clear()
+            elif isinstance(event, Ping):
+                await self._send_wsproto_event(event.response())
+            elif isinstance(event, CloseConnection):
+                if self.connection.state == ConnectionState.REMOTE_CLOSING:
+                    await self._send_wsproto_event(event.response())
+                elif self.connection.state == ConnectionState.OPEN:
+                    await self._fail(event)
+                await self.send(StreamClosed(stream_id=self.stream_id))
+
+    async def _fail(self, event: CloseConnection) -> None:
+        log.info("websocket failed", extra={"code": event.code, "cause": event.reason})
+        try:
+            await self._send_wsproto_event(CloseConnection(code=event.code))
+        except LocalProtocolError:
+            pass
+
+
+class VpiskaTCPServer(TCPServer):
+    async def protocol_send(self, event: Event) -> None:
+        if not isinstance(event, RawData):
+            await super().protocol_send(event)
+            return
+        async with self.send_lock:
+            try:
+                with trio.CancelScope(shield=True):
+                    await self.stream.send_all(event.data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+                await self.protocol.handle(Closed())
+
+
+def installed_hypercorn() -> str:
+    return importlib.metadata.version("hypercorn")
+
+
+def install(*, enabled: bool = True) -> bool:
+    """Use the adapter if `enabled` and hypercorn is a tested version; True if in use.
+
+    It swaps the classes hypercorn instantiates (its trio TCPServer, and the WSStream of its
+    HTTP/1.1 and HTTP/2 protocols), and swaps them back when not in use, so the choice can be
+    made per server start.
+    """
+    version = installed_hypercorn()
+    use = enabled and version in TESTED_HYPERCORN
+    stream_class = VpiskaWSStream if use else WSStream
+    hypercorn.protocol.h11.WSStream = stream_class  # type: ignore[misc]
+    hypercorn.protocol.h2.WSStream = stream_class  # type: ignore[misc]
+    hypercorn.trio.run.TCPServer = VpiskaTCPServer if use else TCPServer  # type: ignore[misc]
+    if enabled and not use:
+        log.warning("hypercorn adapter not used: written for hypercorn %s, found %s",
+                    ", ".join(sorted(TESTED_HYPERCORN)), version)
+    return use
