@@ -73,16 +73,17 @@ class EventSession:
     async def run(self, since: int | None) -> None:
         member = Member(self._identity, self._config.member_outbox_frames)
         try:
+            # Inside the try: the client may vanish while the join is being answered, and
+            # the room must then still be told the member left.
             chat_length = await self._room.ask(lambda reply: Join(member, reply))
-        except DomainError:  # closed or failed between the handshake and the join
-            await websocket.close(CloseCode.NORMAL)
-            return
-        assert isinstance(chat_length, int)
-        try:
+            assert isinstance(chat_length, int)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write, member, since, chat_length, nursery.cancel_scope)
                 nursery.start_soon(self._read, nursery.cancel_scope)
+        except DomainError:  # closed or failed between the handshake and the join
+            self._close_code = CloseCode.NORMAL
         finally:
+            member.frames.close()
             with trio.CancelScope(shield=True):
                 await self._room.tell(Leave(member))
         if self._close_code is not None:
@@ -95,11 +96,10 @@ class EventSession:
             missed = await self._store.chat(self._room.event_id, since)
             for line in missed[: chat_length - since]:
                 await websocket.send(frames.chat_message(line))
-        async with member.frames:
-            async for frame in member.frames:
-                if member.kicked:
-                    break
-                await websocket.send(frame)
+        async for frame in member.frames:
+            if member.kicked:
+                break
+            await websocket.send(frame)
         self._end(member.close_code, session)
 
     async def _read(self, session: trio.CancelScope) -> None:
