@@ -25,6 +25,8 @@ class Member:
     def __init__(self, ws: WebSocketConnection) -> None:
         self.ws = ws
         self.frames: list[str] = []
+        self.received_at: list[float] = []  # trio.current_time() of each frame
+        self._counts: list[int] = []  # usersCount of each eventUpdated, parsed on arrival
         self.close_code: int | None = None
         self.closed = trio.Event()
         self._changed = trio.Event()
@@ -32,7 +34,11 @@ class Member:
     async def collect(self) -> None:
         try:
             while True:
-                self.frames.append(await self.ws.get_message())  # type: ignore[arg-type]
+                frame = await self.ws.get_message()
+                self.frames.append(frame)  # type: ignore[arg-type]
+                self.received_at.append(trio.current_time())
+                if frame.startswith("eventUpdated/"):  # type: ignore[union-attr]
+                    self._counts.append(json.loads(frame[13:])["usersCount"])
                 self._changed.set()
                 self._changed = trio.Event()
         except ConnectionClosed as closed:
@@ -61,8 +67,7 @@ class Member:
 
     def counts(self) -> list[int]:
         """usersCount of every eventUpdated frame received, in order."""
-        return [json.loads(f.split("/", 1)[1])["usersCount"] for f in self.frames
-                if f.startswith("eventUpdated/")]
+        return self._counts
 
     async def say(self, text: str) -> None:
         await self.ws.send_message(f"chatMessage/{text}")

@@ -1,0 +1,216 @@
+"""Many members, many rooms, storms and slow phones: what the actor design promises under load."""
+
+from __future__ import annotations
+
+import gc
+import json
+from typing import Any
+
+import pytest
+import trio
+
+from tests.clients import Crowd, Member, host_event, token_for
+from tests.conftest import Server
+from tests.raw_ws import RawMember, RawSocket
+from tests.test_websocket import port_of, resource
+from vpiska.actors.member import Member as RoomMember
+from vpiska.actors.room import Room
+
+UNLIMITED_CHAT = {"chat_rate_per_second": 1e6, "chat_burst": 10**6}
+
+
+async def join_all(crowd: Crowd, tokens: list[str], event_id: str, in_flight: int = 100
+                   ) -> list[Member]:
+    members: list[Member | None] = [None] * len(tokens)
+    limit = trio.CapacityLimiter(in_flight)
+
+    async def one(i: int) -> None:
+        async with limit:
+            members[i] = await crowd.join(tokens[i], event_id)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(len(tokens)):
+            nursery.start_soon(one, i)
+    return [m for m in members if m is not None]
+
+
+async def settle(members: list[Member], count: int) -> None:
+    async with trio.open_nursery() as nursery:
+        for member in members:
+            nursery.start_soon(member.wait_for, lambda m: m.counts()[-1:] == [count], 60)
+
+
+async def test_three_hundred_members_see_every_line_once_in_one_order(
+    server: Server, crowd: Crowd
+) -> None:
+    _, event_id = await host_event(server)
+    tokens = [token_for(server)[1] for _ in range(300)]
+    members = await join_all(crowd, tokens, event_id)
+    await settle(members, 300)
+    marks = [len(m.frames) for m in members]
+    async with trio.open_nursery() as nursery:
+        for i, member in enumerate(members[:30]):
+            for k in range(3):
+                nursery.start_soon(member.say, f"m{i}-{k}")
+    await settle_chat(members, 90)
+    tails = [m.frames[mark:] for m, mark in zip(members, marks, strict=True)]
+    assert all(tail == tails[0] for tail in tails)  # one order for everyone
+    lines = [json.loads(f.split("/", 1)[1])["message"] for f in tails[0]]
+    assert sorted(lines) == sorted(f"m{i}-{k}" for i in range(30) for k in range(3))
+    stored = await server.ok("/api/v1/events/get", {"eventId": event_id})
+    assert [c["message"] for c in stored["chatMessages"]] == lines
+
+
+async def settle_chat(members: list[Member], lines: int) -> None:
+    async with trio.open_nursery() as nursery:
+        for member in members:
+            nursery.start_soon(member.wait_for, lambda m: len(m.chat()) >= lines, 60)
+
+
+async def test_fifty_rooms_of_ten_do_not_leak_into_each_other(
+    server: Server, crowd: Crowd
+) -> None:
+    rooms: list[tuple[str, list[Member]]] = []
+    for r in range(50):
+        _, owner = token_for(server)
+        event = await server.ok("/api/v1/events/create", {
+            "name": f"room{r}", "address": "a", "coordinates": {"x": r, "y": r}}, token=owner)
+        rooms.append((event["id"], await join_all(
+            crowd, [token_for(server)[1] for _ in range(10)], event["id"])))
+    for _, members in rooms:
+        await settle(members, 10)
+    async with trio.open_nursery() as nursery:
+        for r, (_, members) in enumerate(rooms):
+            for i, member in enumerate(members):
+                for k in range(2):
+                    nursery.start_soon(member.say, f"r{r}-m{i}-{k}")
+    for r, (_, members) in enumerate(rooms):
+        await settle_chat(members, 20)
+        chats = [m.chat() for m in members]
+        assert all(chat == chats[0] for chat in chats)
+        assert sorted(chats[0]) == sorted(f"r{r}-m{i}-{k}" for i in range(10) for k in range(2))
+
+
+@pytest.mark.parametrize("config_overrides", [{"ws_ping_seconds": 600}], ids=["no-pings"])
+async def test_join_storm_costs_a_bounded_number_of_count_frames(
+    server: Server, nursery: trio.Nursery
+) -> None:
+    _, event_id = await host_event(server)
+    members: list[RawMember] = []
+    limit = trio.CapacityLimiter(100)
+
+    async def arrive() -> None:
+        async with limit:
+            raw = await RawSocket.connect(port_of(server),
+                                          resource(server, token_for(server)[1], event_id))
+            member = RawMember(raw)
+            members.append(member)
+            nursery.start_soon(member.collect)
+
+    started = trio.current_time()
+    async with trio.open_nursery() as arrivals:
+        for _ in range(1000):
+            arrivals.start_soon(arrive)
+    async with trio.open_nursery() as waiting:
+        for member in members:
+            waiting.start_soon(member.wait_for_count, 1000)
+    storm = trio.current_time() - started
+    try:
+        interval = server.config.event_update_interval_ms / 1000
+        per_member = [len(m.counts) for m in members]
+        # At most one count frame per interval, plus one at each edge; announcing every
+        # join to everyone would average ~500 frames per member.
+        assert max(per_member) <= storm / interval + 2, (max(per_member), storm)
+        assert sum(per_member) / len(per_member) < storm / interval + 2
+    finally:
+        for member in members:
+            await member.raw.stream.aclose()
+
+
+@pytest.mark.parametrize("config_overrides", [UNLIMITED_CHAT], ids=["no-limit"])
+async def test_close_under_load_ends_everything(
+    server: Server, crowd: Crowd, nursery: trio.Nursery
+) -> None:
+    owner, event_id = await host_event(server)
+    members = await join_all(crowd, [token_for(server)[1] for _ in range(20)], event_id)
+    await settle(members, 20)
+
+    async def chatter(member: Member, i: int) -> None:
+        k = 0
+        while not member.closed.is_set():
+            try:
+                await member.say(f"m{i}-{k}")
+            except Exception:  # the socket closed under us: that is the point
+                return
+            k += 1
+            await trio.sleep(0.2)  # 20 members x 5 lines/s: a lively room, not a flood
+
+    for i, member in enumerate(members):
+        nursery.start_soon(chatter, member, i)
+    await settle_chat(members, 60)
+    await server.ok("/api/v1/events/close", {"eventId": event_id}, token=owner)
+    for member in members:
+        assert await member.wait_closed() == 1000
+        assert member.frames[-1] == "closeEvent/"
+    assert await server.codes("/api/v1/events/get", {"eventId": event_id}) == ["EventNotFound"]
+    with trio.fail_after(10):  # server-side sessions finish and drop their members
+        while live(RoomMember) or live(Room) or room_tasks(event_id):
+            await trio.sleep(0.05)
+
+
+def live(kind: type) -> list[Any]:
+    gc.collect()
+    return [o for o in gc.get_objects() if isinstance(o, kind)]
+
+
+def room_tasks(event_id: str) -> list[str]:
+    names: list[str] = []
+
+    def walk(task: trio.lowlevel.Task) -> None:
+        if event_id in task.name:
+            names.append(task.name)
+        for nursery in task.child_nurseries:
+            for child in nursery.child_tasks:
+                walk(child)
+
+    walk(trio.lowlevel.current_root_task())
+    return names
+
+
+@pytest.mark.parametrize(
+    "config_overrides",
+    # Pings off the table: the stuck socket must be dropped as slow, not as silent.
+    [{**UNLIMITED_CHAT, "member_outbox_frames": 16, "ws_ping_seconds": 600}],
+    ids=["outbox-16"])
+async def test_slow_consumer_is_dropped_and_does_not_delay_the_room(
+    server: Server, crowd: Crowd
+) -> None:
+    _, event_id = await host_event(server)
+    _, talker_token = token_for(server)
+    _, good_token = token_for(server)
+    _, slow_token = token_for(server)
+    talker = await crowd.join(talker_token, event_id)
+    good = await crowd.join(good_token, event_id)
+    slow = await RawSocket.connect(port_of(server), resource(server, slow_token, event_id),
+                                   receive_buffer=4096)
+    async with slow.stream:
+        await good.wait_for(lambda m: m.counts()[-1:] == [3])
+        sent_at: dict[str, float] = {}
+        for i in range(5000):  # up to ~7.5 MB: far more than the slow socket's buffers hold
+            if good.counts()[-1] == 2:  # the slow one was dropped
+                break
+            # Stay a few lines ahead of the good reader: it keeps up, the slow one cannot.
+            await good.wait_for(lambda m, i=i: len(m.chat()) >= i - 8)
+            line = f"{i:05d}" + "x" * 1500
+            sent_at[line[:5]] = trio.current_time()
+            await talker.say(line)
+        else:
+            raise AssertionError("the slow consumer was never dropped")
+        await good.wait_for(lambda m: len(m.chat()) == len(sent_at))
+        received = {f.split('"message":"', 1)[1][:5]: t
+                    for f, t in zip(good.frames, good.received_at, strict=True)
+                    if f.startswith("chatMessage/")}
+        worst = max(received[key] - sent for key, sent in sent_at.items())
+        assert worst < 5, worst  # the stuck phone never held the room up
+        with trio.fail_after(30):  # once it reads again it learns why
+            assert await slow.close_code() == 4008
