@@ -53,6 +53,29 @@ async def wait_until_serving(url: str) -> None:
                     await trio.sleep(0.05)
 
 
+@pytest.mark.parametrize("adapter", ["true", "false"], ids=["adapted", "stock-hypercorn"])
+async def test_idle_keep_alive_connection_is_closed(tmp_path: Path, adapter: str) -> None:
+    """hypercorn 0.18 never closes an idle kept-alive HTTP connection (hypercorn_adapter.py)."""
+    port = free_port()
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "vpiska"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env(tmp_path, SERVER_PORT=str(port), HYPERCORN_ADAPTER=adapter))
+    try:
+        await wait_until_serving(f"http://127.0.0.1:{port}")
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(b"GET /api/v1/nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+            received = b""
+            with trio.move_on_after(8):  # hypercorn's keep_alive_timeout is 5 s
+                while chunk := await stream.receive_some(65536):
+                    received += chunk
+            closed = bool(received) and not chunk
+        assert closed is (adapter == "true")
+    finally:
+        process.kill()
+        await process.wait()
+
+
 async def test_sigterm_stops_cleanly_and_default_key_warns(tmp_path: Path) -> None:
     port = free_port()
     process = await trio.lowlevel.open_process(

@@ -13,6 +13,17 @@
    after connecting was enough (tests/test_websocket.py). `VpiskaTCPServer` treats it as the
    connection closing, as hypercorn already does for Broken/ClosedResourceError.
 
+3. Closing idle keep-alive connections. After a response hypercorn restarts the connection's
+   idle timer from the finishing app task; that task is being cancelled, so `nursery.start`
+   never runs the timer: an idle HTTP connection is then never closed after
+   keep_alive_timeout, and holds a graceful shutdown for its full grace period.
+   `VpiskaTCPServer` restarts the timer shielded.
+
+4. Ending the ping loop with the connection. hypercorn's WebSocket ping task sleeps a whole
+   ping interval before it notices the stream closed, and the connection task waits for it:
+   every closed WebSocket lingered up to WS_PING_SECONDS, and so did a graceful shutdown.
+   `VpiskaWSStream` cancels the ping loop as soon as the stream is closed.
+
 The adapter is installed only for the hypercorn versions it was written against
 (`TESTED_HYPERCORN`); on any other version vpiska runs on hypercorn as it is and logs that it
 did. Tests run both ways.
@@ -27,7 +38,7 @@ import hypercorn.protocol.h11
 import hypercorn.protocol.h2
 import hypercorn.trio.run
 import trio
-from hypercorn.events import Closed, Event, RawData
+from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.protocol.events import StreamClosed
 from hypercorn.protocol.ws_stream import FrameTooLargeError, WSStream
 from hypercorn.trio.tcp_server import TCPServer
@@ -42,6 +53,17 @@ TESTED_HYPERCORN = frozenset({"0.18.0"})
 
 
 class VpiskaWSStream(WSStream):
+    _pings: trio.CancelScope | None = None
+
+    async def _send_pings(self) -> None:
+        with trio.CancelScope() as self._pings:
+            await super()._send_pings()
+
+    async def handle(self, event: Event) -> None:
+        await super().handle(event)
+        if self.closed and self._pings is not None:
+            self._pings.cancel()
+
     async def _handle_events(self) -> None:
         # hypercorn 0.18.0's loop, with one change: a CloseConnection wsproto raises on its own
         # (state still OPEN) is sent to the peer before the stream closes.
@@ -75,6 +97,10 @@ class VpiskaWSStream(WSStream):
 
 class VpiskaTCPServer(TCPServer):
     async def protocol_send(self, event: Event) -> None:
+        if isinstance(event, Updated) and event.idle:
+            with trio.CancelScope(shield=True):
+                await self.idle_task.restart(self._task_group, self._idle_timeout)
+            return
         if not isinstance(event, RawData):
             await super().protocol_send(event)
             return

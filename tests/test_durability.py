@@ -1,0 +1,122 @@
+"""What survives a killed or stopped server process: every line a member saw is stored."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+from tests.clients import Crowd, Member, token_for
+from tests.conftest import Server, make_config
+from tests.test_process import env, free_port, wait_until_serving
+
+JWT_KEY = "a test key that is long enough for HS256!"
+
+
+@asynccontextmanager
+async def server_process(tmp_path: Path, port: int) -> AsyncIterator[trio.Process]:
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "vpiska"],
+        env=env(tmp_path, SERVER_PORT=str(port), JWT_KEY=JWT_KEY,
+                CHAT_RATE_PER_SECOND="1000", CHAT_BURST="1000"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        await wait_until_serving(f"http://127.0.0.1:{port}")
+        yield process
+    finally:
+        process.kill()
+        await process.wait()
+
+
+def as_server(tmp_path: Path, port: int, http: httpx.AsyncClient) -> Server:
+    config = make_config(tmp_path, jwt_key=JWT_KEY)
+    return Server(f"http://127.0.0.1:{port}", config, http)
+
+
+async def steady_chat(members: list[Member], stop: trio.Event) -> None:
+    async def talk(member: Member, i: int) -> None:
+        k = 0
+        while not stop.is_set() and not member.closed.is_set():
+            try:
+                await member.say(f"m{i}-{k}")
+            except Exception:  # the server went away mid-send
+                return
+            k += 1
+            await trio.sleep(0.01)
+
+    async with trio.open_nursery() as nursery:
+        for i, member in enumerate(members):
+            nursery.start_soon(talk, member, i)
+
+
+async def start_room(server: Server, crowd: Crowd, members: int) -> tuple[str, list[Member]]:
+    _, owner = token_for(server)
+    event = await server.ok("/api/v1/events/create", {
+        "name": "party", "address": "a", "coordinates": {"x": 1, "y": 2}}, token=owner)
+    joined = [await crowd.join(token_for(server)[1], event["id"]) for _ in range(members)]
+    for member in joined:
+        await member.wait_for(lambda m: m.counts()[-1:] == [members])
+    return event["id"], joined
+
+
+def assert_stored_covers(stored: list[dict[str, Any]], members: list[Member]) -> None:
+    lines = [c["message"] for c in stored]
+    assert len(lines) == len(set(lines))
+    for member in members:
+        seen = member.chat()
+        assert seen, "the member saw no chat before the stop"
+        start = lines.index(seen[0])
+        assert lines[start:start + len(seen)] == seen  # every line seen, in the order seen
+
+
+async def test_sigkill_loses_no_line_any_member_saw(tmp_path: Path, nursery: trio.Nursery) -> None:
+    port = free_port()
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+        server = as_server(tmp_path, port, http)
+        async with server_process(tmp_path, port) as process:
+            crowd = Crowd(nursery, server)
+            event_id, members = await start_room(server, crowd, 5)
+            stop = trio.Event()
+            nursery.start_soon(steady_chat, members, stop)
+            await members[0].wait_for(lambda m: len(m.chat()) >= 200)
+            process.send_signal(signal.SIGKILL)
+            for member in members:
+                await member.wait_closed()
+            stop.set()
+            await crowd.aclose()
+        async with server_process(tmp_path, port):
+            event = await server.ok("/api/v1/events/get", {"eventId": event_id})
+            assert event["usersCount"] == 0  # nobody is connected after a restart
+            assert_stored_covers(event["chatMessages"], members)
+
+
+async def test_sigterm_drains_the_room_and_closes_sockets_with_1001(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    port = free_port()
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+        server = as_server(tmp_path, port, http)
+        async with server_process(tmp_path, port) as process:
+            crowd = Crowd(nursery, server)
+            event_id, members = await start_room(server, crowd, 3)
+            stop = trio.Event()
+            nursery.start_soon(steady_chat, members, stop)
+            await members[0].wait_for(lambda m: len(m.chat()) >= 100)
+            process.send_signal(signal.SIGTERM)
+            for member in members:
+                assert await member.wait_closed() == 1001
+            stop.set()
+            with trio.fail_after(5):  # well inside the 10 s grace: nothing lingers
+                assert await process.wait() == 0
+            await crowd.aclose()
+        async with server_process(tmp_path, port):
+            event = await server.ok("/api/v1/events/get", {"eventId": event_id})
+            assert_stored_covers(event["chatMessages"], members)
