@@ -91,11 +91,23 @@ def config_overrides() -> dict[str, Any]:
     return {}
 
 
+# The live-room modules run every test on both write paths: hypercorn with vpiska's adapter
+# (direct socket writes) and plain hypercorn (ASGI sends), which serves when the adapter does
+# not fit the installed hypercorn.
+BOTH_WRITE_PATHS = pytest.mark.parametrize("write_path", ["adapted", "stock-hypercorn"])
+
+
+@pytest.fixture
+def write_path() -> str:
+    return "adapted"
+
+
 @pytest.fixture
 async def server(
-    nursery: trio.Nursery, tmp_path: Path, config_overrides: dict[str, Any]
+    nursery: trio.Nursery, tmp_path: Path, config_overrides: dict[str, Any], write_path: str
 ) -> AsyncIterator[Server]:
-    config = make_config(tmp_path, **config_overrides)
+    config = make_config(
+        tmp_path, **{"hypercorn_adapter": write_path == "adapted", **config_overrides})
     stop = trio.Event()
     binds = await nursery.start(partial(serve, config, shutdown_trigger=stop.wait))
     async with httpx.AsyncClient(base_url=binds[0], timeout=30) as http:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import trio
 
 from tests.clients import Crowd, host_event, token_for
-from tests.conftest import Server
-from vpiska.actors.geo import MapIndex
-from vpiska.domain import Coordinates, new_id
+from tests.conftest import BOTH_WRITE_PATHS, Server
+from vpiska.domain import new_id
+
+pytestmark = BOTH_WRITE_PATHS
 
 CREATE, GET, RANGE = "/api/v1/events/create", "/api/v1/events/get", "/api/v1/events/range"
 UPDATE, CLOSE = "/api/v1/events/update", "/api/v1/events/close"
@@ -104,32 +103,6 @@ async def test_range_validation_and_bounds(server: Server) -> None:
     assert [e["id"] for e in await server.ok(RANGE, query(10, 20, 0, 0))] == [first]
     assert await server.ok(RANGE, query(100, 100, 1, 1)) == []
     assert await server.ok(RANGE, query(11, 21, -2, 2)) == []
-
-
-def test_map_index_matches_brute_force_on_random_data() -> None:
-    rng = random.Random(7)
-    index, truth = MapIndex(), {}
-    for i in range(2000):
-        event_id = f"e{i}"
-        where = Coordinates(rng.choice([rng.uniform(-50, 50), rng.randint(-5, 5)]),
-                            rng.uniform(-50, 50))
-        index.put(event_id, event_id, where)
-        truth[event_id] = where
-    for event_id in rng.sample(sorted(truth), 500):
-        if rng.random() < 0.5:
-            index.remove(event_id)
-            del truth[event_id]
-        else:
-            truth[event_id] = Coordinates(rng.randint(-5, 5), rng.uniform(-50, 50))
-            index.move(event_id, truth[event_id])
-    order = {event_id: i for i, event_id in enumerate(truth)}  # put order = age
-    for _ in range(300):
-        x, y = rng.uniform(-60, 60), rng.uniform(-60, 60)
-        h, v = rng.choice([0, rng.uniform(0, 40)]), rng.uniform(0, 40)
-        found = [s.event_id for s in index.within(x - h, x + h, y - v, y + v)]
-        expected = sorted((e for e, c in truth.items()
-                           if x - h <= c.x <= x + h and y - v <= c.y <= y + v), key=order.get)
-        assert found == expected
 
 
 async def test_update_is_owner_only_and_broadcast_at_once(

@@ -10,11 +10,13 @@ import pytest
 import trio
 
 from tests.clients import Crowd, Member, host_event, token_for
-from tests.conftest import Server
+from tests.conftest import BOTH_WRITE_PATHS, Server
 from tests.raw_ws import RawMember, RawSocket
 from tests.test_websocket import port_of, resource
 from vpiska.actors.member import Member as RoomMember
 from vpiska.actors.room import Room
+
+pytestmark = BOTH_WRITE_PATHS
 
 UNLIMITED_CHAT = {"chat_rate_per_second": 1e6, "chat_burst": 10**6}
 

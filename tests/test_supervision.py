@@ -12,11 +12,13 @@ import trio
 from trio_websocket import ConnectionClosed
 
 from tests.clients import Crowd, host_event, token_for
-from tests.conftest import Server
+from tests.conftest import BOTH_WRITE_PATHS, Server
 from tests.test_websocket import port_of, resource
 from tests.raw_ws import RawSocket
 from vpiska.domain import ChatMessage, Coordinates
 from vpiska.store.sqlite import SqliteStore
+
+pytestmark = BOTH_WRITE_PATHS
 
 
 def crash_on(monkeypatch: pytest.MonkeyPatch, poison: str) -> None:

@@ -169,19 +169,19 @@ class EventActor:
         self._broadcast(self._event_updated())
         self._next_count_at = trio.current_time() + self._update_interval
 
-    def _event_updated(self) -> str:
+    def _event_updated(self) -> frames.Frame:
         e = self._event
         self._announced_count = self._room.users_count
         return frames.event_updated(e.id, e.name, e.address, self._announced_count,
                                     e.coordinates)
 
-    def _broadcast(self, frame: str) -> None:
-        """Queue `frame` for every member; a member whose outbox is full is dropped (4008)."""
+    def _broadcast(self, frame: frames.Frame) -> None:
+        """Deliver `frame` to every member; a member whose outbox is full is dropped (4008)."""
         slow: list[Member] = []
         for sockets in self._room.members.values():
             for member in sockets:
                 try:
-                    member.outbox.send_nowait(frame)
+                    member.deliver(frame)
                 except trio.WouldBlock:
                     slow.append(member)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):

@@ -1,5 +1,9 @@
 """The server's WebSocket frames: `prefix/payload` text, encoded once per broadcast.
 
+A broadcast hands one Frame to every member. Its `wire` form (the complete WebSocket frame:
+header and UTF-8 payload) is built on first use and shared, so a frame for a thousand members
+is encoded once, not a thousand times.
+
 JSON payloads keep the older backend's key order, and integral coordinates are written as
 integers (`10`, not `10.0`) as Go's encoder wrote them, so clients that parse strictly see no
 difference.
@@ -8,11 +12,40 @@ difference.
 from __future__ import annotations
 
 import json
+import struct
 from typing import Any
 
 from vpiska.domain import ChatMessage, Coordinates
 
-CLOSE_EVENT = "closeEvent/"
+
+
+class Frame:
+    __slots__ = ("text", "_wire")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._wire: bytes | None = None
+
+    def __repr__(self) -> str:
+        return f"Frame({self.text[:60]!r})"
+
+    @property
+    def wire(self) -> bytes:
+        """The frame as a server sends it: FIN + text opcode, unmasked length, payload."""
+        if self._wire is None:
+            payload = self.text.encode()
+            size = len(payload)
+            if size < 126:
+                header = struct.pack("!BB", 0x81, size)
+            elif size < 65536:
+                header = struct.pack("!BBH", 0x81, 126, size)
+            else:
+                header = struct.pack("!BBQ", 0x81, 127, size)
+            self._wire = header + payload
+        return self._wire
+
+
+CLOSE_EVENT = Frame("closeEvent/")
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
@@ -33,19 +66,19 @@ def chat_json(m: ChatMessage) -> dict[str, str]:
 
 
 def event_updated(event_id: str, name: str, address: str, users_count: int,
-                  coordinates: Coordinates) -> str:
+                  coordinates: Coordinates) -> Frame:
     payload = {"eventId": event_id, "name": name, "address": address, "usersCount": users_count,
                "coordinates": coordinates_json(coordinates)}
-    return "eventUpdated/" + _encode(payload)
+    return Frame("eventUpdated/" + _encode(payload))
 
 
-def chat_message(message: ChatMessage) -> str:
-    return "chatMessage/" + _encode(chat_json(message))
+def chat_message(message: ChatMessage) -> Frame:
+    return Frame("chatMessage/" + _encode(chat_json(message)))
 
 
-def media_added(media_id: str) -> str:
-    return "mediaAdded/" + media_id
+def media_added(media_id: str) -> Frame:
+    return Frame("mediaAdded/" + media_id)
 
 
-def media_removed(media_id: str) -> str:
-    return "mediaRemoved/" + media_id
+def media_removed(media_id: str) -> Frame:
+    return Frame("mediaRemoved/" + media_id)

@@ -24,6 +24,14 @@
    every closed WebSocket lingered up to WS_PING_SECONDS, and so did a graceful shutdown.
    `VpiskaWSStream` cancels the ping loop as soon as the stream is closed.
 
+5. Writing frames without a task switch (the fast write path). Sending one frame through
+   ASGI costs a task wake-up, a lock and a shielded cancel scope; for a broadcast to N members
+   that is N of each per line. `DirectSink` lets a member's frames go to its socket in one
+   non-blocking write when nothing else is queued or being sent on that connection, and lets
+   the member's writer send everything queued with one `send_all`. Frames are complete
+   WebSocket frames (vpiska/actors/frames.py), written in order; wsproto keeps owning the
+   handshake, control frames and the close.
+
 The adapter is installed only for the hypercorn versions it was written against
 (`TESTED_HYPERCORN`); on any other version vpiska runs on hypercorn as it is and logs that it
 did. Tests run both ways.
@@ -33,6 +41,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import os
+from typing import Any
 
 import hypercorn.protocol.h11
 import hypercorn.protocol.h2
@@ -52,8 +62,17 @@ log = logging.getLogger(__name__)
 TESTED_HYPERCORN = frozenset({"0.18.0"})
 
 
+SINK = "vpiska.direct_sink"  # the ASGI scope extension that carries a connection's DirectSink
+
+
 class VpiskaWSStream(WSStream):
     _pings: trio.CancelScope | None = None
+
+    async def _accept(self, message: Any) -> None:
+        await super()._accept(message)
+        sink = DirectSink.for_stream(self)
+        if sink is not None:
+            self.scope["extensions"][SINK] = sink
 
     async def _send_pings(self) -> None:
         with trio.CancelScope() as self._pings:
@@ -110,6 +129,55 @@ class VpiskaTCPServer(TCPServer):
                     await self.stream.send_all(event.data)
             except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
                 await self.protocol.handle(Closed())
+
+
+class DirectSink:
+    """Writes whole WebSocket frames to one connection, in order with hypercorn's own sends.
+
+    Resource handling: owns nothing; it stops writing once the WebSocket is no longer OPEN or
+    the socket is closed, and hypercorn closes the connection as usual.
+    """
+
+    def __init__(self, stream: VpiskaWSStream, server: VpiskaTCPServer,
+                 sock: trio.socket.SocketType) -> None:
+        self._stream = stream
+        self._server = server
+        self._sock = sock
+
+    @classmethod
+    def for_stream(cls, stream: VpiskaWSStream) -> DirectSink | None:
+        # The HTTP/1.1 protocol's send is the TCPServer's protocol_send; over TLS or HTTP/2
+        # there is no plain socket to write to, and members use the ASGI path.
+        protocol = getattr(stream.send, "__self__", None)
+        server = getattr(getattr(protocol, "send", None), "__self__", None)
+        if not isinstance(server, VpiskaTCPServer):
+            return None
+        sock = getattr(server.stream, "socket", None)
+        return cls(stream, server, sock) if isinstance(sock, trio.socket.SocketType) else None
+
+    def write_now(self, data: bytes) -> int:
+        """Write what the socket takes at once; 0 if another send is under way, the socket is
+        full or the WebSocket is closing. The caller sends the rest with `send`."""
+        if (self._stream.closed or self._server.send_lock.locked()
+                or self._stream.connection.state is not ConnectionState.OPEN):
+            return 0
+        fd = self._sock.fileno()
+        if fd < 0:
+            return 0
+        try:
+            return os.write(fd, data)
+        except OSError:  # full (EAGAIN) or broken: `send` waits or notices the close
+            return 0
+
+    async def send(self, data: bytes) -> None:
+        if self._stream.connection.state is ConnectionState.OPEN:
+            await self._server.protocol_send(RawData(data=data))
+
+
+def sink_of(scope: dict[str, Any]) -> DirectSink | None:
+    """The DirectSink of a WebSocket connection, if the adapter made one."""
+    sink = scope.get("extensions", {}).get(SINK)
+    return sink if isinstance(sink, DirectSink) else None
 
 
 def installed_hypercorn() -> str:

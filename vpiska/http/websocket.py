@@ -26,12 +26,15 @@ from vpiska.config import Config
 from vpiska.errors import DomainError
 from vpiska.http.auth import bearer_token
 from vpiska.http.body import id_codes
+from vpiska.http import hypercorn_adapter
 from vpiska.http.flood import ChatFlood
 from vpiska.store import Store
 
 log = logging.getLogger(__name__)
 
 CHAT_PREFIX = "chatMessage"
+# Frames one write may carry: large enough to amortise a send, small enough to keep it short.
+MAX_WRITE_BATCH = 256
 
 
 def install_event_socket(app: Quart, config: Config, tokens: Tokens,
@@ -71,7 +74,8 @@ class EventSession:
         self._close_code: CloseCode | None = None
 
     async def run(self, since: int | None) -> None:
-        member = Member(self._identity, self._config.member_outbox_frames)
+        member = Member(self._identity, self._config.member_outbox_frames,
+                        hypercorn_adapter.sink_of(websocket.scope), hold=since is not None)
         try:
             # Inside the try: the client may vanish while the join is being answered, and
             # the room must then still be told the member left.
@@ -92,15 +96,36 @@ class EventSession:
 
     async def _write(self, member: Member, since: int | None, chat_length: int,
                      session: trio.CancelScope) -> None:
-        if since is not None and since < chat_length:
-            missed = await self._store.chat(self._room.event_id, since)
-            for line in missed[: chat_length - since]:
-                await websocket.send(frames.chat_message(line))
-        async for frame in member.frames:
+        if since is not None:  # the member was joined on hold: catch up, then release it
+            if since < chat_length:
+                missed = await self._store.chat(self._room.event_id, since)
+                for line in missed[: chat_length - since]:
+                    await self._send(member, [frames.chat_message(line).wire
+                                              if member.sink else
+                                              frames.chat_message(line).text])
+            member.written(1)
+        batch: list[bytes | str] = []
+        async for first in member.frames:
+            batch.append(first)
+            while len(batch) < MAX_WRITE_BATCH:  # everything queued goes out in one send
+                try:
+                    batch.append(member.frames.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):  # the loop sees the end next
+                    break
             if member.kicked:
                 break
-            await websocket.send(frame)
+            await self._send(member, batch)
+            member.written(len(batch))
+            batch.clear()
         self._end(member.close_code, session)
+
+    @staticmethod
+    async def _send(member: Member, batch: list[bytes | str]) -> None:
+        if member.sink is not None:
+            await member.sink.send(b"".join(batch))  # type: ignore[arg-type]
+        else:
+            for text in batch:
+                await websocket.send(text)
 
     async def _read(self, session: trio.CancelScope) -> None:
         while True:
