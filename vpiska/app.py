@@ -15,7 +15,6 @@ from vpiska.http.errors import install_error_handlers
 from vpiska.http.events import events_routes
 from vpiska.http.media import media_routes
 from vpiska.http.users import users_routes
-from vpiska.http.websocket import install_event_socket
 from vpiska.media import MediaLibrary
 from vpiska.store import MediaFiles, Store
 
@@ -57,7 +56,6 @@ def create_app(services: Services) -> QuartTrio:
     app.register_blueprint(media_routes(config, services.media))
     app.register_blueprint(events_routes(config, services.tokens, services.events,
                                          services.store, services.media))
-    install_event_socket(app, config, services.tokens, services.events, services.store)
     install_error_handlers(app)
     close_if_body_unread(app)
     return app

@@ -15,6 +15,7 @@ from vpiska.actors import EventSupervisor
 from vpiska.app import Services, create_app
 from vpiska.config import Config
 from vpiska.http import hypercorn_adapter
+from vpiska.http.websocket import EventSocketEndpoint
 from vpiska.store import open_store
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,9 @@ async def serve(
         # grace; here the rooms get to finish their queued writes and close their sockets.
         async with trio.open_nursery() as nursery:
             await nursery.start(supervisor.run)
-            app = create_app(Services.build(config, store, supervisor))
+            services = Services.build(config, store, supervisor)
+            app = EventSocketEndpoint(create_app(services), config, services.tokens,
+                                      supervisor, store)
 
             async def drain_then_stop_serving() -> None:
                 await (shutdown_trigger or _signalled)()
