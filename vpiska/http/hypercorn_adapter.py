@@ -22,7 +22,8 @@
 4. Ending the ping loop with the connection. hypercorn's WebSocket ping task sleeps a whole
    ping interval before it notices the stream closed, and the connection task waits for it:
    every closed WebSocket lingered up to WS_PING_SECONDS, and so did a graceful shutdown.
-   `VpiskaWSStream` cancels the ping loop as soon as the stream is closed.
+   `VpiskaWSStream` cancels the ping loop as soon as the stream is closed (and skips the
+   ping hypercorn sends the instant a socket is accepted).
 
 5. Writing frames without a task switch (the fast write path). Sending one frame through
    ASGI costs a task wake-up, a lock and a shielded cancel scope; for a broadcast to N members
@@ -76,6 +77,9 @@ class VpiskaWSStream(WSStream):
 
     async def _send_pings(self) -> None:
         with trio.CancelScope() as self._pings:
+            # hypercorn pings at once on accept: a send per handshake for a peer that has
+            # just proved it is there. Start one interval later.
+            await trio.sleep(self.config.websocket_ping_interval or 0)
             await super()._send_pings()
 
     async def handle(self, event: Event) -> None:
