@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test clean
+.PHONY: run test clean bench bench-quick
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,3 +21,54 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache
+
+# Benchmarks (bench/README.md): a venv of their own with vpiska and the load tools, Node's `ws`
+# for the Node peer, and Debian's wrk for the HTTP scenario.
+BENCH_VENV := bench/.venv
+BENCH_PY := $(BENCH_VENV)/bin/python
+BENCH_STAMP := $(BENCH_VENV)/.installed
+NODE_STAMP := bench/node_modules/.installed
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+ENSURE_WRK := command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk; }
+
+$(BENCH_STAMP): pyproject.toml bench/requirements.txt
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_PY) -m pip install --quiet --upgrade pip
+	$(BENCH_PY) -m pip install --quiet -e . -r bench/requirements.txt
+	touch $(BENCH_STAMP)
+
+$(NODE_STAMP): bench/package.json
+	cd bench && npm install --no-audit --no-fund --no-package-lock --loglevel=error
+	touch $(NODE_STAMP)
+
+bench: $(BENCH_STAMP) $(NODE_STAMP)
+	@$(ENSURE_WRK)
+	$(BENCH_PY) -m bench.run
+
+bench-quick: $(BENCH_STAMP) $(NODE_STAMP)
+	@$(ENSURE_WRK)
+	$(BENCH_PY) -m bench.run --quick
+
+# A longer schemathesis run than `make test`'s (tests/test_fuzz.py; FUZZ_SEED=<n> replays a run).
+FUZZ_EXAMPLES ?= 300
+
+.PHONY: fuzz
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -s -p no:cacheprovider tests/test_fuzz.py
+
+# Docker (README "Docker"): `infrastructure` starts MongoDB alone, for `make run` with
+# DB_CONNECTION=mongodb://127.0.0.1:27017; `up` runs vpiska and MongoDB together.
+COMPOSE ?= docker compose
+
+.PHONY: infrastructure build up down
+infrastructure:
+	$(COMPOSE) up -d mongodb
+
+build:
+	$(COMPOSE) build vpiska
+
+up:
+	$(COMPOSE) up -d --build
+
+down:
+	$(COMPOSE) down

@@ -14,8 +14,15 @@ from vpiska.http.body import close_if_body_unread
 from vpiska.http.errors import install_error_handlers
 from vpiska.http.events import events_routes
 from vpiska.http.media import media_routes
+from vpiska.http.probes import probe_routes
+from vpiska.http.request_id import install_request_ids
+from vpiska.http.scrape import count_requests, metrics_routes
+from vpiska.http.swagger import swagger_routes
+from vpiska.http.tracing import install_request_tracing
+from vpiska.http.upgrade_required import upgrade_required_routes
 from vpiska.http.users import users_routes
 from vpiska.media import MediaLibrary
+from vpiska.metrics import registry_for
 from vpiska.store import MediaFiles, Store
 
 # Multipart framing around an upload of exactly MAX_UPLOAD_BYTES.
@@ -46,7 +53,8 @@ class Services:
 
 def create_app(services: Services) -> QuartTrio:
     config = services.config
-    app = QuartTrio("vpiska")
+    app = QuartTrio("vpiska", static_folder=None)  # no /static route: every route is documented
+    install_request_ids(app)  # first: every hook and handler after it logs with the id
     # The outer cap: handlers bound what they read themselves; this stops Quart buffering a
     # body no handler reads.
     app.config["MAX_CONTENT_LENGTH"] = (
@@ -56,6 +64,13 @@ def create_app(services: Services) -> QuartTrio:
     app.register_blueprint(media_routes(config, services.media))
     app.register_blueprint(events_routes(config, services.tokens, services.events,
                                          services.store, services.media))
+    app.register_blueprint(upgrade_required_routes())
+    app.register_blueprint(swagger_routes())
+    app.register_blueprint(probe_routes(app, services.store, config.ready_timeout_seconds))
+    app.register_blueprint(metrics_routes(registry_for(services.events)))
     install_error_handlers(app)
     close_if_body_unread(app)
+    count_requests(app)
+    if config.trace_requests:
+        install_request_tracing(app)
     return app

@@ -65,6 +65,8 @@ class Config:
     ws_ping_seconds: float = 20.0
     ws_max_frame_bytes: int = 64 * 1024
     shutdown_grace_seconds: float = 10.0
+    # GET /readyz answers 503 when a store ping takes longer than this.
+    ready_timeout_seconds: float = 2.0
     # Use vpiska/http/hypercorn_adapter.py (only ever on the hypercorn versions it was tested on).
     hypercorn_adapter: bool = True
 
@@ -117,6 +119,9 @@ class Config:
             ws_max_frame_bytes=read.integer("WS_MAX_FRAME_BYTES", cls.ws_max_frame_bytes, low=256),
             shutdown_grace_seconds=read.number(
                 "SHUTDOWN_GRACE_SECONDS", cls.shutdown_grace_seconds, low=0
+            ),
+            ready_timeout_seconds=read.number(
+                "READY_TIMEOUT_SECONDS", cls.ready_timeout_seconds, low=0.001
             ),
             hypercorn_adapter=read.boolean("HYPERCORN_ADAPTER", cls.hypercorn_adapter),
         )

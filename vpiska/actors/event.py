@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 import outcome
 import trio
 
+from vpiska import metrics
 from vpiska.actors import frames
 from vpiska.actors.commands import (
     AddMedia, Chat, Close, Command, Join, Leave, RemoveMedia, Reply, Snapshot, Stop, Update,
@@ -178,10 +179,12 @@ class EventActor:
     def _broadcast(self, frame: frames.Frame) -> None:
         """Deliver `frame` to every member; a member whose outbox is full is dropped (4008)."""
         slow: list[Member] = []
+        delivered = 0
         for sockets in self._room.members.values():
             for member in sockets:
                 try:
                     member.deliver(frame)
+                    delivered += 1
                 except trio.WouldBlock:
                     slow.append(member)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -191,7 +194,9 @@ class EventActor:
                 log.info("slow consumer disconnected",
                          extra={"event_id": self._event.id, "user_id": member.identity.user_id})
                 member.kick(CloseCode.SLOW_CONSUMER)
+                metrics.SLOW_CONSUMER_DISCONNECTS.inc()
             self._remove(member)
+        metrics.FRAMES_SENT.inc(delivered)
 
     def _finish_all(self, code: CloseCode) -> None:
         for sockets in self._room.members.values():
@@ -205,6 +210,7 @@ class EventActor:
         lines = [ChatMessage(c.sender.user_id, c.sender.name, c.sender.image_id, c.text)
                  for c in batch]
         await self._store.append_chat(self._event.id, self._chat_length, lines)
+        metrics.CHAT_BATCH_LINES.observe(len(lines))
         self._chat_length += len(lines)
         for line in lines:
             self._broadcast(frames.chat_message(line))

@@ -30,10 +30,16 @@ async def json_object(max_bytes: int) -> dict[str, Any]:
     except (UnicodeDecodeError, ValueError) as exc:
         log.info("request body is not JSON", extra={"path": request.path, "cause": str(exc)})
         raise DomainError(ErrorCode.INTERNAL_ERROR) from None
+    g.json_body = body  # for LOGGING_TRACE_REQUESTS (vpiska/http/tracing.py)
     if not isinstance(body, dict):
         log.info("request body is not a JSON object", extra={"path": request.path})
         raise DomainError(ErrorCode.INTERNAL_ERROR)
     return body
+
+
+def parsed_json_body() -> Any:
+    """The request's body as `json_object` parsed it; None if it was not read or not JSON."""
+    return g.get("json_body")
 
 
 def _not_json(constant: str) -> None:

@@ -2,8 +2,6 @@
 
 Older-backend behaviour kept: refusals, a wrong method and oversize bodies are HTTP 200 with an
 error envelope (clients read the envelope, not the status). A path no endpoint serves is a 404.
-A plain HTTP request to the WebSocket endpoint is a 426 with an empty body, like the
-handshake's other refusals (vpiska/http/websocket.py).
 """
 
 from __future__ import annotations
@@ -11,9 +9,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from quart import Quart, Response, has_websocket_context, request, websocket
+from quart import Quart, has_websocket_context, request, websocket
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
-from werkzeug.routing import WebsocketMismatch
 
 from vpiska.errors import DomainError, ErrorCode
 from vpiska.http.envelope import failure
@@ -36,8 +33,6 @@ def install_error_handlers(app: Quart) -> None:
             return failure(ErrorCode.INVALID_METHOD)
         if isinstance(error, RequestEntityTooLarge):
             return failure(ErrorCode.PAYLOAD_TOO_LARGE)
-        if isinstance(error, WebsocketMismatch) and not has_websocket_context():
-            return Response("", status=426, headers={"Upgrade": "websocket"})
         return failure(ErrorCode.INTERNAL_ERROR)
 
     @app.errorhandler(Exception)

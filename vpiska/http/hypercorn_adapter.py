@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import math
 import os
 from typing import Any
 
@@ -52,11 +53,13 @@ import trio
 from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.protocol.events import StreamClosed
 from hypercorn.protocol.ws_stream import FrameTooLargeError, WSStream
-from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 from wsproto.connection import ConnectionState
 from wsproto.events import CloseConnection, Message, Ping
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError
+
+from vpiska import metrics
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +122,24 @@ class VpiskaWSStream(WSStream):
 
 
 class VpiskaTCPServer(TCPServer):
+    async def _read_data(self) -> None:
+        # hypercorn 0.18.0's loop, with one change: a WebSocket whose read times out (a peer
+        # silent for two ping intervals, server.py) is counted as a keep-alive disconnect.
+        while True:
+            try:
+                with trio.fail_after(self.config.read_timeout or math.inf):
+                    data = await self.stream.receive_some(MAX_RECV)
+            except trio.TooSlowError:
+                if isinstance(getattr(self.protocol.protocol, "stream", None), WSStream):
+                    metrics.KEEP_ALIVE_DISCONNECTS.inc()
+                break
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                break
+            await self.protocol.handle(RawData(bytes(data)))
+            if data == b"":
+                break
+        await self.protocol.handle(Closed())
+
     async def protocol_send(self, event: Event) -> None:
         if isinstance(event, Updated) and event.idle:
             with trio.CancelScope(shield=True):

@@ -20,6 +20,7 @@ from urllib.parse import parse_qs
 import trio
 from werkzeug.datastructures import Headers
 
+from vpiska import metrics
 from vpiska.actors import CloseCode, EventSupervisor, Member, Room
 from vpiska.actors import frames
 from vpiska.actors.commands import Chat, Join, Leave
@@ -30,6 +31,8 @@ from vpiska.http.auth import bearer_token
 from vpiska.http.body import id_codes
 from vpiska.http import hypercorn_adapter
 from vpiska.http.flood import ChatFlood
+from vpiska.http.request_id import name_socket
+from vpiska.http.tracing import trace_handshake
 from vpiska.store import Store
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,7 @@ class EventSocketEndpoint:
             query = parse_qs(scope["query_string"].decode("latin-1"))
             headers = Headers([(k.decode("latin-1"), v.decode("latin-1"))
                                for k, v in scope["headers"]])
+            request_id = name_socket(headers)
             token = (query.get("accessToken") or [""])[0] or bearer_token(headers)
             identity = self._tokens.read(token) if token else None
             event_id = (query.get("eventId") or [""])[0]
@@ -79,9 +83,12 @@ class EventSocketEndpoint:
                 status = 404
             else:
                 status = 503 if room.failed else 101
+            if self._config.trace_requests:
+                trace_handshake(PATH, query, status)
             if status != 101:
                 await send({"type": "websocket.http.response.start", "status": status,
-                            "headers": [(b"content-length", b"0")]})
+                            "headers": [(b"content-length", b"0"),
+                                        (b"x-request-id", request_id.encode())]})
                 await send({"type": "websocket.http.response.body", "body": b""})
                 return
             assert room is not None and identity is not None
@@ -193,6 +200,7 @@ class EventSession:
                 log.info("chat flood: member disconnected",
                          extra={"event_id": self._room.event_id,
                                 "user_id": self._identity.user_id})
+                metrics.FLOODING_DISCONNECTS.inc()
                 self._end(CloseCode.FLOODING, session)
                 return
 

@@ -29,6 +29,7 @@ from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
+from vpiska import metrics
 from vpiska.domain import ChatMessage, Coordinates, Event, EventMedia, Media, User
 from vpiska.errors import DomainError, ErrorCode
 from vpiska.store.base import clash_error
@@ -36,6 +37,7 @@ from vpiska.store.base import clash_error
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+_CALL_DURATION = metrics.STORE_CALL_DURATION.labels(store="mongodb")
 Document = dict[str, Any]
 
 OPEN, CLOSED = 0, 1
@@ -105,7 +107,8 @@ class MongoStore:
         return store
 
     async def _run(self, fn: Callable[[], _T]) -> _T:
-        return await trio.to_thread.run_sync(fn, limiter=self._limiter)
+        with _CALL_DURATION.time():
+            return await trio.to_thread.run_sync(fn, limiter=self._limiter)
 
     async def aclose(self) -> None:
         await self._run(self._client.close)

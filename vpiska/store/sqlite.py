@@ -16,11 +16,13 @@ from typing import Any, TypeVar
 
 import trio
 
+from vpiska import metrics
 from vpiska.domain import ChatMessage, Coordinates, Event, EventMedia, Media, User
 from vpiska.errors import DomainError, ErrorCode
 from vpiska.store.base import clash_error
 
 _T = TypeVar("_T")
+_CALL_DURATION = metrics.STORE_CALL_DURATION.labels(store="sqlite")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
@@ -92,7 +94,8 @@ class SqliteStore:
         return cls(await trio.to_thread.run_sync(connect))
 
     async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
-        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+        with _CALL_DURATION.time():
+            return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 
     async def aclose(self) -> None:
         await self._run(self._db.close)

@@ -1,0 +1,145 @@
+"""`GET /metrics`: Prometheus text with requests, live rooms, store calls and room events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.clients import Crowd, host_event, token_for
+from tests.conftest import Server
+from tests.raw_ws import RawSocket
+from tests.test_websocket import port_of, resource
+from vpiska.metrics import LiveEvents
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+async def scrape(server: Server) -> Samples:
+    # A connection of its own: with short ping intervals the server drops idle pooled ones.
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        response = await http.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    return {(sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(response.text)
+            for sample in family.samples}
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+async def test_requests_are_counted_by_route_template_and_status(server: Server) -> None:
+    media_id = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
+    before = await scrape(server)
+    await server.http.get(f"/api/v1/media/metadata/{media_id}")
+    await server.http.get(f"/api/v1/media/{media_id}")
+    await server.http.get("/api/v1/no/such/path")
+    after = await scrape(server)
+
+    def grew(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert grew("vpiska_http_requests_total", route="/api/v1/media/metadata/<media_id>",
+                method="GET", status="200") == 1
+    assert grew("vpiska_http_requests_total", route="/api/v1/media/<media_id>",
+                method="GET", status="404") == 1
+    assert grew("vpiska_http_requests_total", route="unmatched", method="GET",
+                status="404") == 1
+    assert grew("vpiska_http_request_duration_seconds_count",
+                route="/api/v1/media/<media_id>", method="GET") == 1
+    assert not any(media_id in str(labels) for _, labels in after)  # ids never become labels
+
+
+async def test_live_rooms_are_read_at_scrape_time(server: Server, crowd: Crowd) -> None:
+    assert value(await scrape(server), "vpiska_open_events") == 0
+    _, first_event = await host_event(server)
+    _, second_event = await host_event(server)
+    _, ann = token_for(server)
+    _, bob = token_for(server)
+    phone = await crowd.join(ann, first_event)
+    await crowd.join(ann, first_event)  # ann's second device
+    await crowd.join(bob, first_event)
+    await crowd.join(bob, second_event)
+    await phone.wait_for(lambda m: m.counts()[-1:] == [2])
+    samples = await scrape(server)
+    assert value(samples, "vpiska_open_events") == 2
+    assert value(samples, "vpiska_ws_connected_sockets") == 4
+    assert value(samples, "vpiska_event_members") == 3  # ann and bob in one, bob in the other
+    assert value(samples, "vpiska_actor_restarts_total") == 0
+
+
+async def test_store_calls_are_timed(server: Server) -> None:
+    before = value(await scrape(server), "vpiska_store_call_duration_seconds_count",
+                   store="sqlite")
+    await server.sign_up()
+    after = value(await scrape(server), "vpiska_store_call_duration_seconds_count",
+                  store="sqlite")
+    assert after > before
+
+
+async def test_every_room_metric_is_exposed_before_anything_happens(server: Server) -> None:
+    names = {name for name, _ in await scrape(server)}
+    assert {
+        "vpiska_ws_frames_sent_total", "vpiska_ws_disconnects_total",
+        "vpiska_chat_batch_lines_count", "vpiska_store_call_duration_seconds_count",
+        "vpiska_http_requests_total", "process_resident_memory_bytes",
+    } <= names
+
+
+def test_restarts_are_read_from_the_supervisor() -> None:
+    class Supervisor:  # the part of EventSupervisor the collector reads
+        open_events = 1
+        restarts = 2
+
+        def in_range(self, *bounds: float) -> list[Any]:
+            return []
+
+    families = {family.name: family for family in LiveEvents(Supervisor()).collect()}  # type: ignore[arg-type]
+    assert families["vpiska_actor_restarts"].samples[0].value == 2
+    assert families["vpiska_open_events"].samples[0].value == 1
+
+
+async def test_frames_and_chat_batches_are_counted(server: Server, crowd: Crowd) -> None:
+    _, event_id = await host_event(server)
+    before = await scrape(server)
+    member = await crowd.join(token_for(server)[1], event_id)
+    await member.say("hello")
+    await member.wait_for(lambda m: m.chat() == ["hello"])
+    after = await scrape(server)
+    assert (value(after, "vpiska_ws_frames_sent_total")
+            - value(before, "vpiska_ws_frames_sent_total")) >= 2  # its join and its line
+    assert (value(after, "vpiska_chat_batch_lines_count")
+            - value(before, "vpiska_chat_batch_lines_count")) == 1
+
+
+@pytest.mark.parametrize("config_overrides", [{"chat_burst": 3, "chat_rate_per_second": 0.5}])
+async def test_flooding_disconnects_are_counted(server: Server, crowd: Crowd) -> None:
+    _, event_id = await host_event(server)
+    before = value(await scrape(server), "vpiska_ws_disconnects_total", reason="flooding")
+    flooder = await crowd.join(token_for(server)[1], event_id)
+    for i in range(10):
+        try:
+            await flooder.say(f"spam {i}")
+        except Exception:  # disconnected mid-flood
+            break
+    assert await flooder.wait_closed() == 4009
+    after = value(await scrape(server), "vpiska_ws_disconnects_total", reason="flooding")
+    assert after - before == 1
+
+
+@pytest.mark.parametrize("config_overrides", [{"ws_ping_seconds": 0.3}])
+async def test_keep_alive_disconnects_are_counted(server: Server, crowd: Crowd) -> None:
+    _, event_id = await host_event(server)
+    watcher = await crowd.join(token_for(server)[1], event_id)
+    before = value(await scrape(server), "vpiska_ws_disconnects_total", reason="keep_alive")
+    silent = await RawSocket.connect(port_of(server),
+                                     resource(server, token_for(server)[1], event_id))
+    async with silent.stream:
+        await watcher.wait_for(lambda m: m.counts()[-1:] == [2])
+        await watcher.wait_for(lambda m: m.counts()[-1:] == [1], timeout=5)
+    after = value(await scrape(server), "vpiska_ws_disconnects_total", reason="keep_alive")
+    assert after - before == 1
