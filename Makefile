@@ -20,7 +20,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 clean:
-	rm -rf $(VENV) data .pytest_cache
+	rm -rf $(VENV) data .pytest_cache bench/.venv bench/node_modules bench/.cache
 
 # Benchmarks (bench/README.md): a venv of their own with vpiska and the load tools, Node's `ws`
 # for the Node peer, and Debian's wrk for the HTTP scenario.
@@ -44,10 +44,12 @@ $(NODE_STAMP): bench/package.json
 bench: $(BENCH_STAMP) $(NODE_STAMP)
 	@$(ENSURE_WRK)
 	$(BENCH_PY) -m bench.run
+	$(BENCH_PY) -m bench.persist
 
 bench-quick: $(BENCH_STAMP) $(NODE_STAMP)
 	@$(ENSURE_WRK)
 	$(BENCH_PY) -m bench.run --quick
+	$(BENCH_PY) -m bench.persist --quick
 
 # A longer schemathesis run than `make test`'s (tests/test_fuzz.py; FUZZ_SEED=<n> replays a run).
 FUZZ_EXAMPLES ?= 300

@@ -1,0 +1,190 @@
+"""Chat persistence and accounts throughput: the figures the actor and store are judged by.
+
+- Chat: K senders in one event, each sending a line and waiting until the room broadcasts it
+  (so it is in the store), through the real EventActor and a real sqlite file. With one
+  sender every line is its own write; with many, group commit writes what queued meanwhile in
+  one transaction. Figure: lines persisted per second, and the mean lines per write.
+- Accounts: sign-ups and logins per second through HTTP against `python -m vpiska`, argon2id
+  included, with 8 requests in flight (httpx).
+
+Run: `make bench` (after the peer comparison) or `python -m bench.persist [--quick]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import trio
+
+from vpiska.actors.commands import Chat, Join
+from vpiska.actors.member import Member
+from vpiska.actors.supervisor import EventSupervisor
+from vpiska.auth import Identity
+from vpiska.config import Config, StoreLocation
+from vpiska.domain import Coordinates, new_id
+from vpiska.store.sqlite import SqliteStore
+
+
+async def chat_lines_per_second(senders: int, seconds: float) -> tuple[float, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Config(store=StoreLocation("sqlite", f"{tmp}/db"), media_path=Path(tmp) / "m",
+                        member_outbox_frames=100_000)
+        store = await SqliteStore.open(config.store.target)
+        writes = 0
+        append = store.append_chat
+
+        async def counted(*args: object) -> None:
+            nonlocal writes
+            writes += 1
+            await append(*args)  # type: ignore[arg-type]
+
+        store.append_chat = counted  # type: ignore[method-assign]
+        supervisor = EventSupervisor(store, config)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(supervisor.run)
+            event = await supervisor.open_event(new_id(), "bench", "a", Coordinates(0, 0))
+            room = supervisor.room(event.id)
+            assert room is not None
+            done = 0
+            deadline = trio.current_time() + seconds
+            # One observer member sees every line and wakes the sender waiting for it, so a
+            # line costs one delivery, not one per sender: this measures the store path.
+            stored: dict[str, trio.Event] = {}
+            observer = Member(Identity(new_id(), "observer", ""), config.member_outbox_frames)
+            await room.ask(lambda reply: Join(observer, reply))
+
+            async def observe() -> None:
+                async for frame in observer.frames:
+                    if isinstance(frame, str) and frame.startswith("chatMessage/"):
+                        text = frame.rsplit('"message":"', 1)[1][:-2]
+                        stored.pop(text).set()
+
+            nursery.start_soon(observe)
+
+            async def sender(i: int) -> None:
+                nonlocal done
+                identity = Identity(new_id(), f"u{i}", "")
+                k = 0
+                while trio.current_time() < deadline:
+                    text = f"s{i}-{k}"
+                    stored[text] = landed = trio.Event()
+                    await room.tell(Chat(identity, text))
+                    await landed.wait()  # broadcast, so in the store
+                    done += 1
+                    k += 1
+
+            started = trio.current_time()
+            async with trio.open_nursery() as crowd:
+                for i in range(senders):
+                    crowd.start_soon(sender, i)
+            elapsed = trio.current_time() - started
+            await supervisor.stop()
+        await store.aclose()
+        return done / elapsed, done / max(writes, 1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def accounts_per_second(seconds: float) -> tuple[float, float]:
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "DATA_DIR": tmp, "SERVER_PORT": str(port), "LOG_LEVEL": "WARNING",
+               "SERVER_HOST": "127.0.0.1"}
+        server = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "vpiska"], env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+                with trio.fail_after(30):
+                    while True:
+                        try:
+                            await http.get("/api/v1/nothing")
+                            break
+                        except httpx.TransportError:
+                            await trio.sleep(0.1)
+                phones = iter(range(9_000_000_000, 9_999_999_999))
+
+                async def run(kind: str) -> float:
+                    count = 0
+                    deadline = time.perf_counter() + seconds
+
+                    async def worker() -> None:
+                        nonlocal count
+                        while time.perf_counter() < deadline:
+                            if kind == "signup":
+                                phone = str(next(phones))
+                                body = {"name": phone, "phone": phone, "password": "secret1",
+                                        "confirmPassword": "secret1"}
+                                path = "/api/v1/users/create"
+                            else:
+                                body = {"phone": "9000000000", "password": "secret1"}
+                                path = "/api/v1/users/login"
+                            answer = (await http.post(path, json=body)).json()
+                            assert answer["isSuccess"], answer
+                            count += 1
+
+                    started = time.perf_counter()
+                    async with trio.open_nursery() as nursery:
+                        for _ in range(8):
+                            nursery.start_soon(worker)
+                    return count / (time.perf_counter() - started)
+
+                signups = await run("signup")
+                logins = await run("login")  # 9000000000 was the first sign-up
+                return signups, logins
+        finally:
+            server.terminate()
+            await server.wait()
+
+
+async def main(quick: bool) -> str:
+    seconds = 2.0 if quick else 5.0
+    rounds = 1 if quick else 3
+    rows = []
+    for senders in (1, 10, 100):
+        runs = [await chat_lines_per_second(senders, seconds) for _ in range(rounds)]
+        rate = statistics.median(r[0] for r in runs)
+        batch = statistics.median(r[1] for r in runs)
+        rows.append(f"| {senders} | {rate:,.0f} | {batch:.1f} |")
+    accounts = [await accounts_per_second(seconds) for _ in range(rounds)]
+    signups = statistics.median(a[0] for a in accounts)
+    logins = statistics.median(a[1] for a in accounts)
+    return "\n".join([
+        "",
+        "## 5. Chat persistence and accounts (vpiska only)",
+        "",
+        f"`python -m bench.persist` ({'quick' if quick else 'full'}: medians of {rounds}, "
+        f"{seconds:.0f} s each). Chat: senders in one event, each waiting for its own line to "
+        "be broadcast (so stored) before sending the next, through the EventActor and a sqlite "
+        "file; one observer member receives the lines.",
+        "",
+        "| senders | lines persisted/s | lines per store write |",
+        "|---|---|---|",
+        *rows,
+        "",
+        "Accounts through HTTP, 8 requests in flight, argon2id (m=12 MiB, t=3, p=1) included: "
+        f"**{signups:,.1f} sign-ups/s**, **{logins:,.1f} logins/s**.",
+        "",
+    ])
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    section = trio.run(main, parser.parse_args().quick)
+    print(section)
+    with open("BENCHMARKS.md", "a") as out:
+        out.write(section)

@@ -1,0 +1,98 @@
+"""Store files seeded before start-up, without the HTTP API.
+
+Why: vpiska loads every open event of its store at start-up, so a seeded file is a server with
+10,000 open events the moment it listens, where creating them over HTTP would cost an argon2
+sign-up (~33 ms) each. Seeding goes through vpiska's own store API, so the rows are exactly
+what the server writes. It takes ~8 s, so the files are kept in bench/.cache under a hash of
+the code that decides their contents (the store, the records, the password hash, this file)
+and made again whenever any of it changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import trio
+
+from vpiska.auth import Passwords
+from vpiska.config import Config
+from vpiska.domain import Coordinates, Event, User, utc_now
+from vpiska.store.sqlite import SqliteStore
+
+LOGIN_PHONE = "9000000000"
+LOGIN_PASSWORD = "bench-password"
+MAP_SIDE = 100  # the map of the HTTP scenario is a MAP_SIDE × MAP_SIDE grid of open events
+
+
+@dataclass(frozen=True)
+class Seeds:
+    """Template store files, copied into each fresh server's data directory."""
+
+    room_db: Path  # one owner, one open event: the room every WebSocket scenario joins
+    room_event_id: str
+    map_db: Path  # MAP_SIDE² open events (one per owner) plus the login user
+    map_event_id: str  # one of them, for events/get
+
+
+def make_seeds(cache: Path) -> Seeds:
+    """The seeded files for the current code: from the cache, or made now."""
+    directory = cache / f"seeds-{_code_hash()}"
+    index = directory / "seeds.json"
+    if index.exists():
+        saved = json.loads(index.read_text())
+        return Seeds(Path(saved["room_db"]), saved["room_event_id"], Path(saved["map_db"]),
+                     saved["map_event_id"])
+    shutil.rmtree(cache, ignore_errors=True)  # older seeds are of older code
+    directory.mkdir(parents=True)
+    seeds = trio.run(_make_seeds, directory)
+    index.write_text(json.dumps({k: str(v) for k, v in asdict(seeds).items()}))
+    return seeds
+
+
+def _code_hash() -> str:
+    import vpiska
+
+    package = Path(vpiska.__file__).parent
+    digest = hashlib.sha256()
+    for path in [*sorted((package / "store").glob("*.py")), package / "domain.py",
+                 package / "auth.py", Path(__file__)]:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+async def _make_seeds(directory: Path) -> Seeds:
+    password_hash = await Passwords(Config()).hash(LOGIN_PASSWORD)  # argon2id, once
+    room_db, map_db = directory / "room.db", directory / "map.db"
+    room_ids = await _seed(room_db, 1, password_hash)
+    map_ids = await _seed(map_db, MAP_SIDE * MAP_SIDE, password_hash)
+    return Seeds(room_db, room_ids[0], map_db, map_ids[len(map_ids) // 2])
+
+
+async def _seed(path: Path, events: int, password_hash: str) -> list[str]:
+    """`events` owners with one open event each on a grid (x, y) ∈ [0, MAP_SIDE)², and the
+    login user (who owns nothing). Returns the event ids in creation order."""
+    store = await SqliteStore.open(path)
+    try:
+        await store.add_user(User(str(uuid.uuid4()), "bench-login", LOGIN_PHONE, password_hash))
+        ids = []
+        for i in range(events):
+            owner = User(str(uuid.uuid4()), f"owner-{i}", f"8{i:09d}", password_hash)
+            await store.add_user(owner)
+            event = Event(str(uuid.uuid4()), owner.id, f"party {i}", f"street {i}",
+                          Coordinates(float(i % MAP_SIDE), float(i // MAP_SIDE)), utc_now())
+            await store.add_event(event)
+            ids.append(event.id)
+    finally:
+        await store.aclose()
+    return ids
+
+
+def install_store(template: Path, data_dir: Path) -> None:
+    """Give a fresh server its own copy of a template (vpiska's default path in DATA_DIR)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template, data_dir / "vpiska.db")

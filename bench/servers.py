@@ -1,0 +1,109 @@
+"""The servers under test: each started fresh, pinned to core 0, on a free port of 127.0.0.1.
+
+A fresh process per measurement keeps one measurement's leftovers (sockets still closing, chat
+rows, heap growth) out of the next, and makes "RSS before" a clean baseline. Every server gets
+RLIMIT_NOFILE raised to its hard limit (inherited from the harness, which raises its own).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.seed import install_store
+from bench.tokens import JWT_KEY
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+SERVER_CORE, CLIENT_CORE = "0", "1"
+SERVERS = ("vpiska", "websockets", "node-ws")  # the order of every interleaved round
+
+# Relaxed limits so vpiska's flood control and slow-consumer guard never fire under load.
+VPISKA_ENV = {
+    "SERVER_HOST": "127.0.0.1",
+    "LOG_LEVEL": "WARNING",
+    "JWT_KEY": JWT_KEY,
+    "CHAT_RATE_PER_SECOND": "1000000",
+    "CHAT_BURST": "1000000",
+    "MAX_CHAT_CHARS": "65536",
+    "MEMBER_OUTBOX_FRAMES": "4096",
+    "SHUTDOWN_GRACE_SECONDS": "0.5",
+}
+
+
+@dataclass(frozen=True)
+class Running:
+    name: str
+    port: int
+    pid: int
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _command(name: str, port: int, data_dir: Path) -> tuple[list[str], dict[str, str]]:
+    env = dict(os.environ, PORT=str(port), JWT_KEY=JWT_KEY)
+    if name == "vpiska":
+        env |= VPISKA_ENV | {"SERVER_PORT": str(port), "DATA_DIR": str(data_dir)}
+        return [sys.executable, "-m", "vpiska"], env
+    if name == "websockets":
+        return [sys.executable, str(BENCH / "peers" / "ws_peer.py")], env
+    if name == "node-ws":
+        return ["node", str(BENCH / "peers" / "node_peer.js")], env
+    raise ValueError(f"unknown server {name!r}; expected one of {SERVERS}")
+
+
+@contextlib.contextmanager
+def running(name: str, store_template: Path) -> Iterator[Running]:
+    """Start `name` (vpiska on a copy of `store_template`), yield once it accepts TCP
+    connections, and stop it on the way out (SIGTERM, SIGKILL after 3 s: the store is thrown
+    away, and vpiska's graceful stop of 10,000 rooms alone takes several seconds)."""
+    with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
+        data_dir = Path(tmp) / "data"
+        if name == "vpiska":
+            install_store(store_template, data_dir)
+        port = free_port()
+        command, env = _command(name, port, data_dir)
+        log_path = Path(tmp) / "server.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(["taskset", "-c", SERVER_CORE, *command], env=env, cwd=REPO,
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        try:
+            _wait_listening(proc, port, log_path)
+            yield Running(name, port, proc.pid)
+        finally:
+            _stop(proc)
+
+
+def _wait_listening(proc: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n"
+                               + log_path.read_text(errors="replace")[-2000:])
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"server did not listen on port {port} within 60 s")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(3)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
