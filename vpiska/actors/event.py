@@ -30,7 +30,17 @@ import trio
 from vpiska import metrics
 from vpiska.actors import frames
 from vpiska.actors.commands import (
-    AddMedia, Chat, Close, Command, Join, Leave, RemoveMedia, Reply, Snapshot, Stop, Update,
+    AddMedia,
+    Chat,
+    Close,
+    Command,
+    Join,
+    Leave,
+    RemoveMedia,
+    Reply,
+    Snapshot,
+    Stop,
+    Update,
 )
 from vpiska.actors.geo import MapIndex
 from vpiska.actors.member import CloseCode, Member
@@ -119,7 +129,7 @@ class EventActor:
                 if not self._event.is_open:
                     return Exit.CLOSED
             elif isinstance(command, Stop):
-                self._finish_all(CloseCode.GOING_AWAY)
+                self._room.finish_members(CloseCode.GOING_AWAY)
                 return Exit.STOPPED
             else:
                 raise TypeError(f"EventActor got {command!r}; expected one of commands.Command")
@@ -198,12 +208,6 @@ class EventActor:
             self._remove(member)
         metrics.FRAMES_SENT.inc(delivered)
 
-    def _finish_all(self, code: CloseCode) -> None:
-        for sockets in self._room.members.values():
-            for member in sockets:
-                member.finish(code)
-        self._room.members.clear()
-
     # Changes.
 
     async def _chat(self, batch: list[Chat]) -> None:
@@ -251,4 +255,4 @@ class EventActor:
         await self._store.close_event(self._event.id)
         self._event = dataclasses.replace(self._event, is_open=False)
         self._broadcast(frames.CLOSE_EVENT)
-        self._finish_all(CloseCode.NORMAL)
+        self._room.finish_members(CloseCode.NORMAL)

@@ -18,7 +18,6 @@ from typing import Any
 from vpiska.domain import ChatMessage, Coordinates
 
 
-
 class Frame:
     __slots__ = ("text", "_wire")
 

@@ -48,11 +48,15 @@ class Member:
         self.kicked = False
         self.done = False  # the room will deliver nothing more
 
+    def form(self, frame: Frame) -> bytes | str:
+        """What the writer sends for `frame`: wire bytes with a sink, the text without."""
+        return frame.text if self.sink is None else frame.wire
+
     def deliver(self, frame: Frame) -> None:
         """Send `frame` now or queue it. Raises trio.WouldBlock when the outbox is full, and
         Broken/ClosedResourceError when the session is gone."""
         if self.sink is None:
-            self.outbox.send_nowait(frame.text)
+            self.outbox.send_nowait(self.form(frame))
         else:
             data = frame.wire
             if self.queued == 0:

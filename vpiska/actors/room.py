@@ -82,6 +82,10 @@ class Room:
             if reply is not None:
                 reply.close()
         self.commands.close()
+        self.finish_members(code)
+
+    def finish_members(self, code: CloseCode) -> None:
+        """Close every member's socket with `code` once its queued frames are out."""
         for sockets in self.members.values():
             for member in sockets:
                 member.finish(code)

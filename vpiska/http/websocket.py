@@ -14,22 +14,20 @@ from __future__ import annotations
 
 import logging
 from typing import Any
-
 from urllib.parse import parse_qs
 
 import trio
 from werkzeug.datastructures import Headers
 
 from vpiska import metrics
-from vpiska.actors import CloseCode, EventSupervisor, Member, Room
-from vpiska.actors import frames
+from vpiska.actors import CloseCode, EventSupervisor, Member, Room, frames
 from vpiska.actors.commands import Chat, Join, Leave
 from vpiska.auth import Identity, Tokens
 from vpiska.config import Config
 from vpiska.errors import DomainError
+from vpiska.http import hypercorn_adapter
 from vpiska.http.auth import bearer_token
 from vpiska.http.body import id_codes
-from vpiska.http import hypercorn_adapter
 from vpiska.http.flood import ChatFlood
 from vpiska.http.request_id import name_socket
 from vpiska.http.tracing import trace_handshake
@@ -86,10 +84,7 @@ class EventSocketEndpoint:
             if self._config.trace_requests:
                 trace_handshake(PATH, query, status)
             if status != 101:
-                await send({"type": "websocket.http.response.start", "status": status,
-                            "headers": [(b"content-length", b"0"),
-                                        (b"x-request-id", request_id.encode())]})
-                await send({"type": "websocket.http.response.body", "body": b""})
+                await _refuse(send, status, [(b"x-request-id", request_id.encode())])
                 return
             assert room is not None and identity is not None
             await send({"type": "websocket.accept"})
@@ -103,9 +98,15 @@ class EventSocketEndpoint:
             if accepted:
                 await send({"type": "websocket.close", "code": CloseCode.INTERNAL_ERROR})
             else:
-                await send({"type": "websocket.http.response.start", "status": 500,
-                            "headers": [(b"content-length", b"0")]})
-                await send({"type": "websocket.http.response.body", "body": b""})
+                await _refuse(send, 500)
+
+
+async def _refuse(send: Any, status: int, headers: list[tuple[bytes, bytes]] | None = None
+                  ) -> None:
+    """Answer the upgrade request with a bodiless HTTP status instead of accepting it."""
+    await send({"type": "websocket.http.response.start", "status": status,
+                "headers": [(b"content-length", b"0"), *(headers or [])]})
+    await send({"type": "websocket.http.response.body", "body": b""})
 
 
 class EventSession:
@@ -152,9 +153,7 @@ class EventSession:
             if since < chat_length:
                 missed = await self._store.chat(self._room.event_id, since)
                 for line in missed[: chat_length - since]:
-                    await self._send(member, [frames.chat_message(line).wire
-                                              if member.sink else
-                                              frames.chat_message(line).text])
+                    await self._send(member, [member.form(frames.chat_message(line))])
             member.written(1)
         batch: list[bytes | str] = []
         async for first in member.frames:
