@@ -24,7 +24,7 @@ import trio
 from passlib.context import CryptContext
 
 from vpiska.config import Config
-from vpiska.domain import User, utc_now
+from vpiska.domain import User, is_id, is_text, utc_now
 
 LEGACY_HASH = re.compile(r"^[0-9a-fA-F]{64}$")
 
@@ -61,7 +61,11 @@ class Tokens:
         return jwt.encode(claims, self._key, algorithm="HS256")
 
     def read(self, token: str) -> Identity | None:
-        """The identity in `token`, or None for anything but a valid, current token of ours."""
+        """The identity in `token`, or None for anything but a valid, current token of ours.
+
+        The default key is public, so claims are client input like any other: `ID` must be a
+        UUID v4 and `Name`/`ImageID` valid text, or the token is refused.
+        """
         try:
             claims = jwt.decode(
                 token,
@@ -71,12 +75,15 @@ class Tokens:
                 audience=self._audience,
                 options={"require": ["exp", "iss", "aud"]},
             )
-        except jwt.InvalidTokenError:
+        except (jwt.InvalidTokenError, RecursionError, ValueError, TypeError, OverflowError):
             return None
         user_id, name, image_id = claims.get("ID"), claims.get("Name"), claims.get("ImageID", "")
-        if not (isinstance(user_id, str) and user_id and isinstance(name, str)):
+        if not (isinstance(user_id, str) and is_id(user_id)
+                and isinstance(name, str) and is_text(name)):
             return None
-        return Identity(user_id, name, image_id if isinstance(image_id, str) else "")
+        if not (isinstance(image_id, str) and is_text(image_id)):
+            image_id = ""
+        return Identity(user_id, name, image_id)
 
 
 class Passwords:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import uuid
 from datetime import UTC, datetime
@@ -20,8 +21,23 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+# UTF-16 surrogate code points: JSON's "\\ud800" decodes to one, but no UTF-8 text (the wire,
+# sqlite, BSON, our logs) can carry it. A str holding one is not text anyone can store or send.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def is_id(value: str) -> bool:
     return UUID4.fullmatch(value) is not None
+
+
+def is_text(value: str) -> bool:
+    """True if `value` is a sequence of Unicode scalar values (no lone surrogates)."""
+    return value.isascii() or _SURROGATE.search(value) is None
+
+
+def is_place(coordinates: Coordinates) -> bool:
+    """True if both coordinates are finite doubles: JSON has no NaN or Infinity."""
+    return math.isfinite(coordinates.x) and math.isfinite(coordinates.y)
 
 
 @dataclasses.dataclass(frozen=True)

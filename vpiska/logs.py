@@ -42,7 +42,12 @@ class JsonFormatter(logging.Formatter):
                 line[key] = value
         if record.exc_info:
             line["traceback"] = self.formatException(record.exc_info)
-        return json.dumps(line, ensure_ascii=False, default=str).translate(_LINE_BREAKS)
+        text = json.dumps(line, ensure_ascii=False, default=str)
+        try:
+            text.encode()
+        except UnicodeEncodeError:  # a lone surrogate from a client: escaped, not a logging error
+            text = json.dumps(line, default=str)
+        return text.translate(_LINE_BREAKS)
 
 
 def configure(level: str) -> None:

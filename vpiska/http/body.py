@@ -1,18 +1,21 @@
 """Reading a JSON request body and its fields, leniently typed as the older backend was.
 
 A field of the wrong JSON type reads as missing (`"name": 5` is `NameIsEmpty`), so a client
-mistake always gets a validation code, never a server error.
+mistake always gets a validation code, never a server error. So does a value no store or wire
+can carry (API.md): text with a lone surrogate (`"\\ud800"`), a number that is not a finite
+double (`1e999`, `10**400`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from typing import Any
 
 from quart import Quart, Response, g, request
 
-from vpiska.domain import Coordinates, is_id
+from vpiska.domain import Coordinates, is_id, is_text
 from vpiska.errors import DomainError, ErrorCode
 
 log = logging.getLogger(__name__)
@@ -27,7 +30,7 @@ async def json_object(max_bytes: int) -> dict[str, Any]:
     raw = await read_bounded(max_bytes)
     try:
         body = json.loads(raw.decode("utf-8"), parse_constant=_not_json)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         log.info("request body is not JSON", extra={"path": request.path, "cause": str(exc)})
         raise DomainError(ErrorCode.INTERNAL_ERROR) from None
     g.json_body = body  # for LOGGING_TRACE_REQUESTS (vpiska/http/tracing.py)
@@ -82,15 +85,21 @@ def close_if_body_unread(app: Quart) -> None:
 
 
 def text(body: dict[str, Any], key: str) -> str:
+    """The field as text; "" (the field's empty code) for anything else."""
     value = body.get(key)
-    return value if isinstance(value, str) else ""
+    return value if isinstance(value, str) and is_text(value) else ""
 
 
 def number(body: dict[str, Any], key: str) -> float | None:
+    """The field as a finite double; None (the field's empty code) for anything else."""
     value = body.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return value
+    try:
+        as_float = float(value)
+    except OverflowError:  # an integer beyond any double
+        return None
+    return as_float if math.isfinite(as_float) else None
 
 
 def coordinates(body: dict[str, Any], key: str = "coordinates") -> Coordinates | None:
