@@ -6,10 +6,11 @@ import itertools
 import json
 from collections.abc import Callable
 from typing import Any
-
-import trio
 from urllib.parse import urlsplit
 
+import httpx
+import trio
+from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
 
 from tests.conftest import Server
@@ -115,10 +116,11 @@ class Crowd:
             await trio.aclose_forcefully(stream)
 
 
-def token_for(server: Server, name: str | None = None) -> tuple[str, str]:
-    """(user id, token) of a user the server trusts without a sign-up (argon2 is slow)."""
+async def token_for(server: Server, name: str | None = None) -> tuple[str, str]:
+    """(user id, token) of a user put straight into the server's store (argon2 is slow)."""
     user_id = new_id()
-    user = User(user_id, name or f"guest-{user_id[:8]}", "0000000000", "")
+    user = User(user_id, name or f"guest-{user_id}", str(next(_phones)), "")
+    await server.store.add_user(user)
     return user_id, Tokens(server.config).issue(user)
 
 
@@ -131,3 +133,19 @@ async def host_event(server: Server, name: str = "party", x: float = 10, y: floa
                             {"name": name, "address": "street 1", "coordinates": {"x": x, "y": y}},
                             token=token)
     return token, event["id"]
+
+
+async def connected_sockets(server: Server) -> int:
+    """`vpiska_ws_connected_sockets` from GET /metrics: sockets the rooms hold right now."""
+    # A connection of its own: with short ping intervals the server drops idle pooled ones.
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        text = (await http.get("/metrics")).text
+    return next(int(sample.value) for family in text_string_to_metric_families(text)
+                for sample in family.samples if sample.name == "vpiska_ws_connected_sockets")
+
+
+async def wait_for_sockets(server: Server, count: int, timeout: float = 15) -> None:
+    """Wait until the rooms hold `count` sockets: every join and leave before it processed."""
+    with trio.fail_after(timeout):
+        while await connected_sockets(server) != count:
+            await trio.sleep(0.01)

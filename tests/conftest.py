@@ -1,10 +1,14 @@
-"""A real vpiska server per test: hypercorn on 127.0.0.1, an ephemeral port, a fresh store."""
+"""A real vpiska server per test: hypercorn on 127.0.0.1, an ephemeral port, a fresh store file.
+
+The test holds the store the server runs on (`Server.store`), so it can put users in directly
+(argon2 sign-ups are slow) and, through `wrap_store`, serve on a store that fails on purpose.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import resource
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -15,6 +19,8 @@ import trio
 
 from vpiska.config import Config, StoreLocation
 from vpiska.server import serve
+from vpiska.store import Store
+from vpiska.store.sqlite import SqliteStore
 
 
 def _raise_open_file_limit() -> None:
@@ -43,6 +49,7 @@ class Server:
     url: str
     config: Config
     http: httpx.AsyncClient
+    store: Store  # the store the server runs on
 
     @property
     def ws_url(self) -> str:
@@ -103,16 +110,34 @@ def write_path() -> str:
 
 
 @pytest.fixture
+def wrap_store() -> Callable[[Store], Store]:
+    """Override in a test module to serve on a wrapper of the real store (tests/fakes.py)."""
+    return lambda store: store
+
+
+@pytest.fixture
 async def server(
-    nursery: trio.Nursery, tmp_path: Path, config_overrides: dict[str, Any], write_path: str
+    tmp_path: Path, config_overrides: dict[str, Any], write_path: str,
+    wrap_store: Callable[[Store], Store],
 ) -> AsyncIterator[Server]:
     config = make_config(
         tmp_path, **{"hypercorn_adapter": write_path == "adapted", **config_overrides})
-    stop = trio.Event()
-    binds = await nursery.start(partial(serve, config, shutdown_trigger=stop.wait))
-    async with httpx.AsyncClient(base_url=binds[0], timeout=30) as http:
-        yield Server(binds[0], config, http)
-    stop.set()
+    store = await SqliteStore.open(config.store.target)
+    try:
+        served = wrap_store(store)
+        async with trio.open_nursery() as nursery:
+            stop = trio.Event()
+            binds = await nursery.start(
+                partial(serve, config, store=served, shutdown_trigger=stop.wait))
+            async with httpx.AsyncClient(base_url=binds[0], timeout=30) as http:
+                yield Server(binds[0], config, http, served)
+            stop.set()
+            if not config.hypercorn_adapter:
+                # Stock hypercorn keeps idle and closed sockets open (hypercorn_adapter.py), so
+                # its graceful shutdown would take the whole grace period: cut it short.
+                nursery.cancel_scope.cancel()
+    finally:
+        await store.aclose()
 
 
 @pytest.fixture

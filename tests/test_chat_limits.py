@@ -18,7 +18,7 @@ def config_overrides() -> dict[str, Any]:
 
 async def test_overlong_line_is_dropped(server: Server, crowd: Crowd) -> None:
     _, event_id = await host_event(server)
-    _, ann = token_for(server)
+    _, ann = await token_for(server)
     member = await crowd.join(ann, event_id)
     await member.say("x" * 11)
     await member.say("x" * 10)
@@ -27,8 +27,8 @@ async def test_overlong_line_is_dropped(server: Server, crowd: Crowd) -> None:
 
 async def test_flooding_member_is_disconnected_with_4009(server: Server, crowd: Crowd) -> None:
     _, event_id = await host_event(server)
-    _, flooder_token = token_for(server)
-    _, bystander_token = token_for(server)
+    _, flooder_token = await token_for(server)
+    _, bystander_token = await token_for(server)
     bystander = await crowd.join(bystander_token, event_id)
     flooder = await crowd.join(flooder_token, event_id)
     for i in range(20):

@@ -16,6 +16,7 @@ import trio
 from tests.clients import Crowd, Member, token_for
 from tests.conftest import Server, make_config
 from tests.test_process import env, free_port, wait_until_serving
+from vpiska.store.sqlite import SqliteStore
 
 JWT_KEY = "a test key that is long enough for HS256!"
 
@@ -36,9 +37,16 @@ async def server_process(tmp_path: Path, port: int) -> AsyncIterator[trio.Proces
         await process.wait()
 
 
-def as_server(tmp_path: Path, port: int, http: httpx.AsyncClient) -> Server:
+@asynccontextmanager
+async def as_server(tmp_path: Path, port: int, http: httpx.AsyncClient) -> AsyncIterator[Server]:
+    """The server process as tests/conftest.py's Server, with its store file opened beside it
+    (sqlite in WAL mode takes a second connection) to put users in."""
     config = make_config(tmp_path, jwt_key=JWT_KEY)
-    return Server(f"http://127.0.0.1:{port}", config, http)
+    store = await SqliteStore.open(tmp_path / "data" / "vpiska.db")
+    try:
+        yield Server(f"http://127.0.0.1:{port}", config, http, store)
+    finally:
+        await store.aclose()
 
 
 async def steady_chat(members: list[Member], stop: trio.Event) -> None:
@@ -58,10 +66,10 @@ async def steady_chat(members: list[Member], stop: trio.Event) -> None:
 
 
 async def start_room(server: Server, crowd: Crowd, members: int) -> tuple[str, list[Member]]:
-    _, owner = token_for(server)
+    _, owner = await token_for(server)
     event = await server.ok("/api/v1/events/create", {
         "name": "party", "address": "a", "coordinates": {"x": 1, "y": 2}}, token=owner)
-    joined = [await crowd.join(token_for(server)[1], event["id"]) for _ in range(members)]
+    joined = [await crowd.join((await token_for(server))[1], event["id"]) for _ in range(members)]
     for member in joined:
         await member.wait_for(lambda m: m.counts()[-1:] == [members])
     return event["id"], joined
@@ -79,8 +87,8 @@ def assert_stored_covers(stored: list[dict[str, Any]], members: list[Member]) ->
 
 async def test_sigkill_loses_no_line_any_member_saw(tmp_path: Path, nursery: trio.Nursery) -> None:
     port = free_port()
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
-        server = as_server(tmp_path, port, http)
+    async with (httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http,
+                as_server(tmp_path, port, http) as server):
         async with server_process(tmp_path, port) as process:
             crowd = Crowd(nursery, server)
             event_id, members = await start_room(server, crowd, 5)
@@ -102,8 +110,8 @@ async def test_sigterm_drains_the_room_and_closes_sockets_with_1001(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
     port = free_port()
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
-        server = as_server(tmp_path, port, http)
+    async with (httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http,
+                as_server(tmp_path, port, http) as server):
         async with server_process(tmp_path, port) as process:
             crowd = Crowd(nursery, server)
             event_id, members = await start_room(server, crowd, 3)

@@ -41,7 +41,7 @@ async def test_create_returns_event_response(server: Server) -> None:
     ],
 )
 async def test_create_validation(server: Server, body: dict[str, object], codes: list[str]) -> None:
-    _, token = token_for(server)
+    _, token = await token_for(server)
     assert await server.codes(CREATE, body, token=token) == codes
 
 
@@ -50,14 +50,14 @@ async def test_create_needs_a_token(server: Server) -> None:
 
 
 async def test_nan_coordinates_are_not_json(server: Server) -> None:
-    _, token = token_for(server)
+    _, token = await token_for(server)
     body = b'{"name": "a", "address": "b", "coordinates": {"x": NaN, "y": 1}}'
     assert await server.codes(CREATE, content=body, token=token,
                               headers={"Content-Type": "application/json"}) == ["InternalError"]
 
 
 async def test_one_open_event_per_owner_also_under_concurrency(server: Server) -> None:
-    _, token = token_for(server)
+    _, token = await token_for(server)
     body = {"name": "a", "address": "b", "coordinates": {"x": 1, "y": 2}}
     outcomes: list[bool] = []
 
@@ -109,7 +109,7 @@ async def test_update_is_owner_only_and_broadcast_at_once(
     server: Server, crowd: Crowd
 ) -> None:
     token, event_id = await host_event(server)
-    _, guest = token_for(server)
+    _, guest = await token_for(server)
     member = await crowd.join(guest, event_id)
     await member.wait_for(lambda m: m.counts() == [1])
     body = {"eventId": event_id, "address": "new street", "coordinates": {"x": 1.5, "y": 2}}
@@ -134,7 +134,7 @@ async def test_close_is_owner_only_and_drops_everyone(
     server: Server, crowd: Crowd
 ) -> None:
     token, event_id = await host_event(server)
-    _, guest = token_for(server)
+    _, guest = await token_for(server)
     member = await crowd.join(guest, event_id)
     await member.wait_for(lambda m: m.counts() == [1])
     assert await server.codes(CLOSE, {"eventId": event_id}, token=guest) == ["UserIsNotOwner"]
@@ -148,7 +148,7 @@ async def test_close_is_owner_only_and_drops_everyone(
 
 async def test_media_add_and_remove(server: Server, crowd: Crowd) -> None:
     token, event_id = await host_event(server)
-    _, guest = token_for(server)
+    _, guest = await token_for(server)
     member = await crowd.join(guest, event_id)
     photo = {"media": ("p.jpg", b"jpeg", "image/jpeg")}
     assert await server.codes(ADD_MEDIA, token=token, files=photo) == ["IdIsEmpty"]

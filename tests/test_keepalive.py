@@ -22,8 +22,8 @@ def config_overrides() -> dict[str, Any]:
 
 async def test_silent_peer_is_dropped_and_live_peer_stays(server: Server, crowd: Crowd) -> None:
     _, event_id = await host_event(server)
-    _, watcher_token = token_for(server)
-    _, silent_token = token_for(server)
+    _, watcher_token = await token_for(server)
+    _, silent_token = await token_for(server)
     watcher = await crowd.join(watcher_token, event_id)  # trio-websocket answers pings
     silent = await RawSocket.connect(port_of(server), resource(server, silent_token, event_id))
     async with silent.stream:

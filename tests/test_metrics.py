@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
 
 import httpx
 import pytest
@@ -12,7 +11,7 @@ from tests.clients import Crowd, host_event, token_for
 from tests.conftest import Server
 from tests.raw_ws import RawSocket
 from tests.test_websocket import port_of, resource
-from vpiska.metrics import LiveEvents
+from vpiska.metrics import LiveEvents, LiveStats
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -58,8 +57,8 @@ async def test_live_rooms_are_read_at_scrape_time(server: Server, crowd: Crowd) 
     assert value(await scrape(server), "vpiska_open_events") == 0
     _, first_event = await host_event(server)
     _, second_event = await host_event(server)
-    _, ann = token_for(server)
-    _, bob = token_for(server)
+    _, ann = await token_for(server)
+    _, bob = await token_for(server)
     phone = await crowd.join(ann, first_event)
     await crowd.join(ann, first_event)  # ann's second device
     await crowd.join(bob, first_event)
@@ -90,23 +89,20 @@ async def test_every_room_metric_is_exposed_before_anything_happens(server: Serv
     } <= names
 
 
-def test_restarts_are_read_from_the_supervisor() -> None:
-    class Supervisor:  # the part of EventSupervisor the collector reads
-        open_events = 1
-        restarts = 2
-
-        def in_range(self, *bounds: float) -> list[Any]:
-            return []
-
-    families = {family.name: family for family in LiveEvents(Supervisor()).collect()}  # type: ignore[arg-type]
+def test_live_figures_are_read_when_scraped() -> None:
+    stats = [LiveStats(open_events=1, sockets=3, members=2, restarts=2)]
+    families = {family.name: family for family in LiveEvents(lambda: stats[-1]).collect()}
     assert families["vpiska_actor_restarts"].samples[0].value == 2
     assert families["vpiska_open_events"].samples[0].value == 1
+    stats.append(LiveStats(open_events=0, sockets=0, members=0, restarts=5))
+    families = {family.name: family for family in LiveEvents(lambda: stats[-1]).collect()}
+    assert families["vpiska_actor_restarts"].samples[0].value == 5
 
 
 async def test_frames_and_chat_batches_are_counted(server: Server, crowd: Crowd) -> None:
     _, event_id = await host_event(server)
     before = await scrape(server)
-    member = await crowd.join(token_for(server)[1], event_id)
+    member = await crowd.join((await token_for(server))[1], event_id)
     await member.say("hello")
     await member.wait_for(lambda m: m.chat() == ["hello"])
     after = await scrape(server)
@@ -120,7 +116,7 @@ async def test_frames_and_chat_batches_are_counted(server: Server, crowd: Crowd)
 async def test_flooding_disconnects_are_counted(server: Server, crowd: Crowd) -> None:
     _, event_id = await host_event(server)
     before = value(await scrape(server), "vpiska_ws_disconnects_total", reason="flooding")
-    flooder = await crowd.join(token_for(server)[1], event_id)
+    flooder = await crowd.join((await token_for(server))[1], event_id)
     for i in range(10):
         try:
             await flooder.say(f"spam {i}")
@@ -134,10 +130,10 @@ async def test_flooding_disconnects_are_counted(server: Server, crowd: Crowd) ->
 @pytest.mark.parametrize("config_overrides", [{"ws_ping_seconds": 0.3}])
 async def test_keep_alive_disconnects_are_counted(server: Server, crowd: Crowd) -> None:
     _, event_id = await host_event(server)
-    watcher = await crowd.join(token_for(server)[1], event_id)
+    watcher = await crowd.join((await token_for(server))[1], event_id)
     before = value(await scrape(server), "vpiska_ws_disconnects_total", reason="keep_alive")
     silent = await RawSocket.connect(port_of(server),
-                                     resource(server, token_for(server)[1], event_id))
+                                     resource(server, (await token_for(server))[1], event_id))
     async with silent.stream:
         await watcher.wait_for(lambda m: m.counts()[-1:] == [2])
         await watcher.wait_for(lambda m: m.counts()[-1:] == [1], timeout=5)

@@ -12,7 +12,7 @@ from quart_trio import QuartTrio
 
 from tests.conftest import Server, make_config
 from vpiska.actors import EventSupervisor
-from vpiska.app import Services, create_app
+from vpiska.app import Services, create_quart_app
 from vpiska.http import websocket
 from vpiska.http.openapi import DOCUMENT, UNDOCUMENTED
 from vpiska.store import open_store
@@ -26,7 +26,7 @@ HTTP_METHODS = {"get", "post", "put", "patch", "delete"}
 async def app(tmp_path: Path) -> AsyncIterator[QuartTrio]:
     config = make_config(tmp_path)
     async with open_store(config) as store:
-        yield create_app(Services.build(config, store, EventSupervisor(store, config)))
+        yield create_quart_app(Services.build(config, store, EventSupervisor(store, config)))
 
 
 def routes(app: QuartTrio) -> set[tuple[str, str]]:

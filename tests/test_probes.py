@@ -14,7 +14,7 @@ from quart import typing as quart_types
 
 from tests.conftest import Server, make_config
 from vpiska.actors import EventSupervisor
-from vpiska.app import Services, create_app
+from vpiska.app import Services, create_quart_app
 from vpiska.store import Store, open_store
 
 READY_TIMEOUT = 2.0
@@ -49,7 +49,7 @@ async def client_of(tmp_path: Path, ping: Callable[[], Awaitable[None]]
     config = make_config(tmp_path, ready_timeout_seconds=READY_TIMEOUT)
     async with open_store(config) as real:
         store = PingingStore(real, ping)
-        app = create_app(Services.build(config, store, EventSupervisor(store, config)))  # type: ignore[arg-type]
+        app = create_quart_app(Services.build(config, store, EventSupervisor(store, config)))  # type: ignore[arg-type]
         async with app.test_app() as running:
             yield running.test_client()
 

@@ -46,7 +46,7 @@ async def test_three_hundred_members_see_every_line_once_in_one_order(
     server: Server, crowd: Crowd
 ) -> None:
     _, event_id = await host_event(server)
-    tokens = [token_for(server)[1] for _ in range(300)]
+    tokens = [(await token_for(server))[1] for _ in range(300)]
     members = await join_all(crowd, tokens, event_id)
     await settle(members, 300)
     marks = [len(m.frames) for m in members]
@@ -74,11 +74,11 @@ async def test_fifty_rooms_of_ten_do_not_leak_into_each_other(
 ) -> None:
     rooms: list[tuple[str, list[Member]]] = []
     for r in range(50):
-        _, owner = token_for(server)
+        _, owner = await token_for(server)
         event = await server.ok("/api/v1/events/create", {
             "name": f"room{r}", "address": "a", "coordinates": {"x": r, "y": r}}, token=owner)
         rooms.append((event["id"], await join_all(
-            crowd, [token_for(server)[1] for _ in range(10)], event["id"])))
+            crowd, [(await token_for(server))[1] for _ in range(10)], event["id"])))
     for _, members in rooms:
         await settle(members, 10)
     async with trio.open_nursery() as nursery:
@@ -104,7 +104,7 @@ async def test_join_storm_costs_a_bounded_number_of_count_frames(
     async def arrive() -> None:
         async with limit:
             raw = await RawSocket.connect(port_of(server),
-                                          resource(server, token_for(server)[1], event_id))
+                                          resource(server, (await token_for(server))[1], event_id))
             member = RawMember(raw)
             members.append(member)
             nursery.start_soon(member.collect)
@@ -134,7 +134,7 @@ async def test_close_under_load_ends_everything(
     server: Server, crowd: Crowd, nursery: trio.Nursery
 ) -> None:
     owner, event_id = await host_event(server)
-    members = await join_all(crowd, [token_for(server)[1] for _ in range(20)], event_id)
+    members = await join_all(crowd, [(await token_for(server))[1] for _ in range(20)], event_id)
     await settle(members, 20)
 
     async def chatter(member: Member, i: int) -> None:
@@ -188,9 +188,9 @@ async def test_slow_consumer_is_dropped_and_does_not_delay_the_room(
     server: Server, crowd: Crowd
 ) -> None:
     _, event_id = await host_event(server)
-    _, talker_token = token_for(server)
-    _, good_token = token_for(server)
-    _, slow_token = token_for(server)
+    _, talker_token = await token_for(server)
+    _, good_token = await token_for(server)
+    _, slow_token = await token_for(server)
     talker = await crowd.join(talker_token, event_id)
     good = await crowd.join(good_token, event_id)
     slow = await RawSocket.connect(port_of(server), resource(server, slow_token, event_id),

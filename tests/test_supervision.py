@@ -4,44 +4,48 @@ connected; past the restart limit its sockets close with 1011 and the event stay
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
 import trio
-from trio_websocket import ConnectionClosed
 
 from tests.clients import Crowd, host_event, token_for
 from tests.conftest import BOTH_WRITE_PATHS, Server
-from tests.test_websocket import port_of, resource
+from tests.fakes import FaultyStore
 from tests.raw_ws import RawSocket
-from vpiska.domain import ChatMessage, Coordinates
-from vpiska.store.sqlite import SqliteStore
+from tests.test_websocket import port_of, resource
+from vpiska.domain import ChatMessage
+from vpiska.store import Store
 
 pytestmark = BOTH_WRITE_PATHS
 
 
-def crash_on(monkeypatch: pytest.MonkeyPatch, poison: str) -> None:
+@pytest.fixture
+def wrap_store() -> Callable[[Store], Store]:
+    return FaultyStore  # type: ignore[return-value]
+
+
+def faults(server: Server) -> FaultyStore:
+    assert isinstance(server.store, FaultyStore)
+    return server.store
+
+
+def crash_on(server: Server, poison: str) -> None:
     """Make the store fail a chat write that contains `poison`, as a lost database would."""
-    original = SqliteStore.append_chat
+    def poisoned(event_id: str, first_seq: int, messages: Sequence[ChatMessage]) -> bool:
+        return any(poison in m.message for m in messages)
 
-    async def append_chat(self: SqliteStore, event_id: str, first_seq: int,
-                          messages: Sequence[ChatMessage]) -> None:
-        if any(poison in m.message for m in messages):
-            raise ConnectionError("injected store failure")
-        await original(self, event_id, first_seq, messages)
-
-    monkeypatch.setattr(SqliteStore, "append_chat", append_chat)
+    faults(server).fail("append_chat", poisoned)
 
 
 async def test_crashed_actor_restarts_and_members_stay_connected(
-    server: Server, crowd: Crowd, monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
+    server: Server, crowd: Crowd, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    crash_on(monkeypatch, "boom")
+    crash_on(server, "boom")
     _, event_id = await host_event(server)
-    _, ann = token_for(server)
-    _, bob = token_for(server)
+    _, ann = await token_for(server)
+    _, bob = await token_for(server)
     first = await crowd.join(ann, event_id)
     second = await crowd.join(bob, event_id)
     await second.wait_for(lambda m: m.counts()[-1:] == [2])
@@ -58,27 +62,21 @@ async def test_crashed_actor_restarts_and_members_stay_connected(
     event = await server.ok("/api/v1/events/get", {"eventId": event_id})
     assert [c["message"] for c in event["chatMessages"]] == ["before", "after"]
     assert event["usersCount"] == 2
-    third = await crowd.join(token_for(server)[1], event_id)  # the room still admits people
+    third = await crowd.join((await token_for(server))[1], event_id)  # the room still admits people
     await second.wait_for(lambda m: m.counts()[-1] == 3)
     await third.say("hello")
     await second.wait_for(lambda m: m.chat()[-1:] == ["hello"])
 
 
 async def test_crash_during_a_request_answers_internal_error_not_a_hang(
-    server: Server, crowd: Crowd, monkeypatch: pytest.MonkeyPatch
+    server: Server, crowd: Crowd
 ) -> None:
     token, event_id = await host_event(server)
-    member = await crowd.join(token_for(server)[1], event_id)
-    original = SqliteStore.update_event
-
-    async def broken(self: SqliteStore, event_id: str, address: str,
-                     coordinates: Coordinates) -> None:
-        raise ConnectionError("injected store failure")
-
-    monkeypatch.setattr(SqliteStore, "update_event", broken)
+    member = await crowd.join((await token_for(server))[1], event_id)
+    faults(server).fail("update_event")
     body = {"eventId": event_id, "address": "x", "coordinates": {"x": 1, "y": 1}}
     assert await server.codes("/api/v1/events/update", body, token=token) == ["InternalError"]
-    monkeypatch.setattr(SqliteStore, "update_event", original)
+    faults(server).heal("update_event")
     assert await server.ok("/api/v1/events/update", body, token=token) is None
     await member.wait_for(lambda m: any('"address":"x"' in f for f in m.frames))
     assert member.close_code is None
@@ -90,28 +88,24 @@ def config_overrides() -> dict[str, Any]:
 
 
 async def test_restart_limit_closes_sockets_with_1011_and_keeps_the_event_open(
-    server: Server, crowd: Crowd, monkeypatch: pytest.MonkeyPatch
+    server: Server, crowd: Crowd
 ) -> None:
-    crash_on(monkeypatch, "boom")
+    crash_on(server, "boom")
     _, event_id = await host_event(server)
-    member = await crowd.join(token_for(server)[1], event_id)
+    member = await crowd.join((await token_for(server))[1], event_id)
     await member.wait_for(lambda m: m.counts() == [1])
-    # Group commit may put several lines in one (crashing) write, so keep crashing the room
-    # one line at a time until it gives up: three crashes in the window are one too many.
-    for i in range(20):
-        try:
-            await member.say(f"boom {i}")
-        except ConnectionClosed:
-            break
-        await trio.sleep(0.05)
+    # One line per crashing write (group commit would put lines sent at once into one): each
+    # line is sent once the store has seen the previous one. Three crashes in the window are
+    # one too many.
+    for i in range(3):
+        await member.say(f"boom {i}")
+        with trio.fail_after(15):
+            await faults(server).wait_calls("append_chat", i + 1)
     assert await member.wait_closed() == 1011
     assert await server.codes("/api/v1/events/get", {"eventId": event_id}) == ["InternalError"]
     status = await RawSocket.handshake_status(
-        port_of(server), resource(server, token_for(server)[1], event_id))
+        port_of(server), resource(server, (await token_for(server))[1], event_id))
     assert status == 503
-    store = await SqliteStore.open(server.config.store.target)
-    try:
-        stored = await store.event(event_id)
-        assert stored is not None and stored.is_open  # served again after the next start
-    finally:
-        await store.aclose()
+    stored = await server.store.event(event_id)
+    assert stored is not None
+    assert stored.is_open  # served again after the next start

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import trio
 
-from tests.clients import Crowd, host_event, socket_url, token_for
+from tests.clients import Crowd, host_event, socket_url, token_for, wait_for_sockets
 from tests.conftest import BOTH_WRITE_PATHS, Server
 from tests.raw_ws import RawSocket
 from vpiska.domain import new_id
@@ -26,7 +26,7 @@ def resource(server: Server, token: str | None, event_id: str, **params: Any) ->
 
 async def test_handshake_is_checked_before_the_upgrade(server: Server) -> None:
     token, event_id = await host_event(server)
-    _, guest = token_for(server)
+    _, guest = await token_for(server)
     async def status(token: str | None, event_id: str, **params: Any) -> int:
         return await RawSocket.handshake_status(
             port_of(server), resource(server, token, event_id, **params))
@@ -43,7 +43,7 @@ async def test_handshake_is_checked_before_the_upgrade(server: Server) -> None:
 
 async def test_bearer_header_is_accepted(server: Server, crowd: Crowd) -> None:
     _, event_id = await host_event(server)
-    _, guest = token_for(server)
+    _, guest = await token_for(server)
     member = await crowd.join(None, event_id, headers={"Authorization": f"Bearer {guest}"})
     await member.wait_for(lambda m: m.counts() == [1])
 
@@ -52,8 +52,8 @@ async def test_chat_reaches_every_member_including_the_sender(
     server: Server, crowd: Crowd
 ) -> None:
     _, event_id = await host_event(server)
-    ann_id, ann = token_for(server, "ann")
-    _, bob = token_for(server, "bob")
+    ann_id, ann = await token_for(server, "ann")
+    _, bob = await token_for(server, "bob")
     first = await crowd.join(ann, event_id)
     second = await crowd.join(bob, event_id)
     await first.say("hi / there")
@@ -72,7 +72,7 @@ async def test_chat_reaches_every_member_including_the_sender(
 
 async def test_unknown_client_frames_are_ignored(server: Server, crowd: Crowd) -> None:
     _, event_id = await host_event(server)
-    _, guest = token_for(server)
+    _, guest = await token_for(server)
     member = await crowd.join(guest, event_id)
     for frame in ("hello", "ping/x", "chatmessage/x", "/x"):
         await member.ws.send_message(frame)
@@ -85,23 +85,23 @@ async def test_users_count_counts_a_user_once_across_devices(
     server: Server, crowd: Crowd
 ) -> None:
     _, event_id = await host_event(server)
-    _, ann = token_for(server)
-    _, bob = token_for(server)
+    _, ann = await token_for(server)
+    _, bob = await token_for(server)
     watcher = await crowd.join(bob, event_id)
     await watcher.wait_for(lambda m: m.counts() == [1])
     phone = await crowd.join(ann, event_id)
     await watcher.wait_for(lambda m: m.counts()[-1:] == [2])
-    tablet = await crowd.join(ann, event_id)  # same user: no count change, no frame
+    tablet = await crowd.join(ann, event_id)  # same user: no count change for the others
+    await tablet.wait_for(lambda m: m.counts() == [2])  # but the state at once (API.md)
     await tablet.say("from the tablet")
     await watcher.wait_for(lambda m: m.chat() == ["from the tablet"])
-    assert tablet.counts() == []
     assert (await server.ok("/api/v1/events/get", {"eventId": event_id}))["usersCount"] == 2
     await phone.ws.aclose()
-    # The leave travels on the closed socket's session, unordered with anything observable
-    # on the others; give it time to land (a real, short wait: the only one in this suite).
-    await trio.sleep(0.5)
-    assert watcher.counts()[-1] == 2  # one device left: the user is still there
+    await wait_for_sockets(server, 2)  # the phone's leave has been processed
     assert (await server.ok("/api/v1/events/get", {"eventId": event_id}))["usersCount"] == 2
+    await tablet.say("still two")  # a sentinel through the room after the leave
+    await watcher.wait_for(lambda m: m.chat()[-1:] == ["still two"])
+    assert watcher.counts()[-1] == 2  # one device left: the user is still there
     await tablet.ws.aclose()
     await watcher.wait_for(lambda m: m.counts()[-1] == 1)
     found = await server.ok("/api/v1/events/range", {"coordinates": {"x": 10, "y": 20},
@@ -118,8 +118,8 @@ async def test_catch_up_since_has_no_gap_and_no_duplicate(
     server: Server, crowd: Crowd, nursery: trio.Nursery
 ) -> None:
     _, event_id = await host_event(server)
-    _, ann = token_for(server)
-    _, bob = token_for(server)
+    _, ann = await token_for(server)
+    _, bob = await token_for(server)
     talker = await crowd.join(ann, event_id)
     for i in range(5):
         await talker.say(f"early {i}")
@@ -135,7 +135,7 @@ async def test_catch_up_since_has_no_gap_and_no_duplicate(
     expected = [f"early {i}" for i in range(2, 5)] + lines
     await late.wait_for(lambda m: len(m.chat()) >= len(expected))
     assert late.chat() == expected
-    _, cid = token_for(server)
+    _, cid = await token_for(server)
     old_client = await crowd.join(cid, event_id)  # no `since`: no history, as before
     await old_client.wait_for(lambda m: m.counts() != [])
     assert old_client.chat() == []
@@ -164,8 +164,8 @@ async def test_protocol_violations_close_only_that_socket(
     if not server.config.hypercorn_adapter and code in (1002, 1007):
         pytest.skip("stock hypercorn 0.18 can crash the server on this; the adapter fixes it")
     _, event_id = await host_event(server)
-    _, guest = token_for(server)
-    _, other = token_for(server)
+    _, guest = await token_for(server)
+    _, other = await token_for(server)
     bystander = await crowd.join(guest, event_id)
     raw = await RawSocket.connect(port_of(server), resource(server, other, event_id))
     async with raw.stream:
@@ -185,7 +185,7 @@ async def test_many_clients_failing_at_once_do_not_stop_the_server(server: Serve
     _, event_id = await host_event(server)
 
     async def misbehave(i: int) -> None:
-        _, token = token_for(server)
+        _, token = await token_for(server)
         raw = await RawSocket.connect(port_of(server), resource(server, token, event_id))
         async with raw.stream:
             await raw.send_frame(0x1 if i % 2 else 0x3, b"\xff\xfe" * 3)

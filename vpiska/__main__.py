@@ -1,15 +1,24 @@
-"""`python -m vpiska`: read the configuration, then serve until SIGINT or SIGTERM."""
+"""`python -m vpiska`: read the configuration, then serve until SIGINT or SIGTERM.
+
+Exit codes: 0 after a clean shutdown; 2 when the server cannot start as configured (an invalid
+variable, an address it cannot listen on); 3 when a shutdown ran past SHUTDOWN_GRACE_SECONDS;
+1 for a crash. Whatever ends the process is one JSON log line, a traceback included.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
+from types import TracebackType
 
 import trio
 
 from vpiska import logs
 from vpiska.config import Config, ConfigError
-from vpiska.server import serve
+from vpiska.server import EXIT_SHUTDOWN_TIMED_OUT, ListenError, ShutdownTimedOut, serve
+
+log = logging.getLogger("vpiska")
 
 
 def main() -> int:
@@ -19,12 +28,34 @@ def main() -> int:
         print(f"vpiska: invalid configuration: {error}", file=sys.stderr)
         return 2
     logs.configure(config.log_level)
+    sys.excepthook = _log_crash
+    threading.excepthook = _log_thread_crash
     if config.uses_default_jwt_key:
-        logging.getLogger("vpiska").warning(
-            "JWT_KEY is the public default: anyone can forge tokens; set JWT_KEY in production"
-        )
-    trio.run(serve, config)
+        log.warning("JWT_KEY is the public default: anyone can forge tokens; set JWT_KEY in "
+                    "production (until then vpiska listens on %s only unless SERVER_HOST is set)",
+                    config.host)
+    try:
+        trio.run(serve, config)
+    except ListenError as error:
+        log.error("cannot start: %s", error)
+        return 2
+    except ShutdownTimedOut as error:
+        log.error("shutdown timed out", extra={"events": error.events})
+        return EXIT_SHUTDOWN_TIMED_OUT
     return 0
+
+
+def _log_crash(kind: type[BaseException], error: BaseException,
+               traceback: TracebackType | None) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        return
+    log.critical("server crashed", exc_info=(kind, error, traceback))
+
+
+def _log_thread_crash(args: threading.ExceptHookArgs) -> None:
+    if args.exc_value is not None:
+        log.critical("thread crashed", exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+                     extra={"thread": getattr(args.thread, "name", None)})
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 
@@ -11,6 +12,10 @@ from vpiska.errors import DomainError, ErrorCode
 from vpiska.store import Store
 
 log = logging.getLogger(__name__)
+
+# User ids known to exist, kept so a token's user is looked up once, not on every request.
+# Users are never deleted, so an entry never goes stale; the bound only caps memory.
+KNOWN_USERS = 100_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,11 +32,36 @@ class Accounts:
         self._store = store
         self._tokens = tokens
         self._passwords = passwords
+        self._known: collections.OrderedDict[str, None] = collections.OrderedDict()
+
+    async def identify(self, token: str) -> Identity | None:
+        """Who `token` says the caller is, if it is a valid token of a user that exists.
+
+        A well-signed token of a user the store does not have (forged with the public default
+        key, or from another deployment) is refused like any invalid token.
+        """
+        identity = self._tokens.read(token)
+        if identity is None:
+            return None
+        if identity.user_id in self._known:
+            self._known.move_to_end(identity.user_id)
+            return identity
+        if await self._store.user_by_id(identity.user_id) is None:
+            log.info("token refused: no such user", extra={"user_id": identity.user_id})
+            return None
+        self._remember(identity.user_id)
+        return identity
+
+    def _remember(self, user_id: str) -> None:
+        self._known[user_id] = None
+        if len(self._known) > KNOWN_USERS:
+            self._known.popitem(last=False)
 
     async def sign_up(self, name: str, phone: str, password: str) -> Session:
         user = User(id=new_id(), name=name, phone=phone,
                     password_hash=await self._passwords.hash(password))
         await self._store.add_user(user)
+        self._remember(user.id)
         log.info("user signed up", extra={"user_id": user.id})
         return Session(user, None, self._tokens.issue(user))
 

@@ -1,8 +1,9 @@
-"""Wiring: the services one running server shares, and the Quart app that exposes them."""
+"""Wiring: the services one running server shares, and the ASGI app that exposes them."""
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from quart_trio import QuartTrio
 
@@ -21,6 +22,7 @@ from vpiska.http.swagger import swagger_routes
 from vpiska.http.tracing import install_request_tracing
 from vpiska.http.upgrade_required import upgrade_required_routes
 from vpiska.http.users import users_routes
+from vpiska.http.websocket import EventSocketEndpoint
 from vpiska.media import MediaLibrary
 from vpiska.metrics import registry_for
 from vpiska.store import MediaFiles, Store
@@ -51,7 +53,14 @@ class Services:
         )
 
 
-def create_app(services: Services) -> QuartTrio:
+def create_app(services: Services) -> Any:
+    """The whole ASGI app: the event WebSocket in front of the Quart app of every other route."""
+    quart_app = create_quart_app(services)
+    return EventSocketEndpoint(quart_app, services.config, services.accounts, services.events,
+                               services.store)
+
+
+def create_quart_app(services: Services) -> QuartTrio:
     config = services.config
     app = QuartTrio("vpiska", static_folder=None)  # no /static route: every route is documented
     install_request_ids(app)  # first: every hook and handler after it logs with the id
@@ -60,14 +69,14 @@ def create_app(services: Services) -> QuartTrio:
     app.config["MAX_CONTENT_LENGTH"] = (
         max(config.max_upload_bytes, config.max_json_bytes) + MULTIPART_OVERHEAD
     )
-    app.register_blueprint(users_routes(config, services.accounts, services.tokens, services.media))
+    app.register_blueprint(users_routes(config, services.accounts, services.media))
     app.register_blueprint(media_routes(config, services.media))
-    app.register_blueprint(events_routes(config, services.tokens, services.events,
+    app.register_blueprint(events_routes(config, services.accounts, services.events,
                                          services.store, services.media))
     app.register_blueprint(upgrade_required_routes())
     app.register_blueprint(swagger_routes())
     app.register_blueprint(probe_routes(app, services.store, config.ready_timeout_seconds))
-    app.register_blueprint(metrics_routes(registry_for(services.events)))
+    app.register_blueprint(metrics_routes(registry_for(services.events.live_stats)))
     install_error_handlers(app)
     close_if_body_unread(app)
     count_requests(app)

@@ -36,7 +36,9 @@ class StoreLocation:
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    host: str = "0.0.0.0"
+    # Loopback unless told otherwise: with the public default JWT_KEY anyone could forge tokens,
+    # so such a server is reachable from elsewhere only when SERVER_HOST says so.
+    host: str = "127.0.0.1"
     port: int = 5000
     store: StoreLocation = StoreLocation("sqlite", "data/vpiska.db")
     db_name: str = "vpiska"
@@ -76,13 +78,14 @@ class Config:
         env = os.environ if env is None else env
         read = _Reader(env)
         data_dir = Path(read.text("DATA_DIR", "data"))
+        jwt_key = read.text("JWT_KEY", cls.jwt_key, allow_empty=False)
         return cls(
-            host=read.text("SERVER_HOST", cls.host),
+            host=read.text("SERVER_HOST", cls.host if jwt_key == DEFAULT_JWT_KEY else "0.0.0.0"),
             port=read.integer("SERVER_PORT", cls.port, low=0, high=65535),
             store=_store_location(env.get("DB_CONNECTION", ""), data_dir),
             db_name=read.text("DB_NAME", cls.db_name),
             media_path=Path(read.text("MEDIA_PATH", str(data_dir / "media"))),
-            jwt_key=read.text("JWT_KEY", cls.jwt_key, allow_empty=False),
+            jwt_key=jwt_key,
             jwt_issuer=read.text("JWT_ISSUER", cls.jwt_issuer),
             jwt_audience=read.text("JWT_AUDIENCE", cls.jwt_audience),
             jwt_lifetime_days=read.integer("JWT_LIFETIME_DAYS", cls.jwt_lifetime_days, low=1),

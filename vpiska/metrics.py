@@ -6,28 +6,26 @@ Two kinds, chosen by where the truth lives:
   where they happen, on the process-wide objects below, so each count is one line at its
   place: `metrics.FRAMES_SENT.inc()`.
 - Things that are (open events, connected sockets and members, actor restarts) are read from
-  the EventSupervisor at scrape time by `LiveEvents`, so they can never drift from the rooms
-  they describe and the hot path pays nothing for them.
+  the rooms at scrape time through `LiveEvents`, so they can never drift from the rooms they
+  describe and the hot path pays nothing for them.
 
 The process-wide objects belong to no registry of their own: `registry_for` puts them, with one
 server's `LiveEvents`, in that server's registry, so several servers in one process (the tests)
 each scrape their own rooms.
+
+This module imports nothing of vpiska: every layer may count what it does here.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+import dataclasses
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
-
-if TYPE_CHECKING:  # the actors import this module to count what they do
-    from vpiska.actors import EventSupervisor, Room
 
 HTTP_REQUESTS = Counter(
     "vpiska_http_requests", "HTTP requests answered, by route template, method and status.",
@@ -42,10 +40,12 @@ FRAMES_SENT = Counter(
 WS_DISCONNECTS = Counter(
     "vpiska_ws_disconnects",
     "Sockets the server dropped: slow_consumer (outbox full, 4008), keep_alive (silent for two "
-    "ping intervals), flooding (chat over its rate, 4009).", ["reason"], registry=None)
+    "ping intervals), flooding (chat over its rate, 4009), overloaded (the event's inbox stayed "
+    "full, 1013).", ["reason"], registry=None)
 SLOW_CONSUMER_DISCONNECTS = WS_DISCONNECTS.labels(reason="slow_consumer")
 KEEP_ALIVE_DISCONNECTS = WS_DISCONNECTS.labels(reason="keep_alive")
 FLOODING_DISCONNECTS = WS_DISCONNECTS.labels(reason="flooding")
+OVERLOADED_DISCONNECTS = WS_DISCONNECTS.labels(reason="overloaded")
 STORE_CALL_DURATION = Histogram(
     "vpiska_store_call_duration_seconds",
     "Store calls as the caller waits for them: a free worker thread, then the database.",
@@ -64,43 +64,46 @@ _PROCESS_WIDE: tuple[Collector, ...] = (
 )
 
 
+@dataclasses.dataclass(frozen=True)
+class LiveStats:
+    """The rooms as they are at one moment."""
+
+    open_events: int  # each with its actor
+    sockets: int  # open WebSockets in event rooms
+    members: int  # distinct users per event, summed over events
+    restarts: int  # event actors restarted after a crash, since start
+
+
 class LiveEvents(Collector):
-    """The supervisor's rooms, read when Prometheus scrapes (on the trio thread, so the member
+    """The rooms' `LiveStats`, read when Prometheus scrapes (on the trio thread, so the member
     tables are not changing underneath)."""
 
-    def __init__(self, supervisor: EventSupervisor) -> None:
-        self._supervisor = supervisor
+    def __init__(self, read: Callable[[], LiveStats]) -> None:
+        self._read = read
 
     def collect(self) -> Iterator[Metric]:
-        rooms = self._rooms()
+        stats = self._read()
         yield GaugeMetricFamily(
-            "vpiska_open_events", "Open events, each with its actor.",
-            value=self._supervisor.open_events)
+            "vpiska_open_events", "Open events, each with its actor.", value=stats.open_events)
         yield GaugeMetricFamily(
             "vpiska_ws_connected_sockets", "Open WebSockets in event rooms.",
-            value=sum(len(sockets) for room in rooms for sockets in room.members.values()))
+            value=stats.sockets)
         yield GaugeMetricFamily(
             "vpiska_event_members",
             "Distinct users connected to each event, summed over events (the usersCount "
             "clients see; several devices of one user count once).",
-            value=sum(room.users_count for room in rooms))
+            value=stats.members)
         yield CounterMetricFamily(
             "vpiska_actor_restarts", "Event actors restarted after a crash.",
-            value=self._supervisor.restarts)
-
-    def _rooms(self) -> list[Room]:
-        # Every open event with a live room is on the map; a failed room has no members left.
-        everywhere = self._supervisor.in_range(-math.inf, math.inf, -math.inf, math.inf)
-        return [room for spot in everywhere
-                if (room := self._supervisor.room(spot.event_id)) is not None]
+            value=stats.restarts)
 
 
-def registry_for(supervisor: EventSupervisor) -> CollectorRegistry:
-    """One server's registry: the process-wide metrics, its rooms, and the process itself."""
+def registry_for(live: Callable[[], LiveStats]) -> CollectorRegistry:
+    """One server's registry: the process-wide metrics, its rooms (`live`), and the process."""
     registry = CollectorRegistry()
     for collector in _PROCESS_WIDE:
         registry.register(collector)
-    registry.register(LiveEvents(supervisor))
+    registry.register(LiveEvents(live))
     ProcessCollector(registry=registry)
     GCCollector(registry=registry)
     return registry

@@ -1,65 +1,138 @@
-"""One server process: store, app and hypercorn under one trio nursery."""
+"""One server process: store, event rooms and hypercorn under one trio nursery, and its shutdown.
+
+Shutdown runs in the order of ARCHITECTURE.md: stop accepting, then drain. When the trigger
+fires (SIGINT/SIGTERM by default) hypercorn closes its listening sockets; once they are closed
+every room handles what it has queued, closes its sockets with 1001 and ends, while hypercorn
+lets the other connections finish. All of it within SHUTDOWN_GRACE_SECONDS: past that deadline
+whatever is left is cancelled, the events whose rooms were still running are logged, and
+`serve` raises ShutdownTimedOut so the process exits non-zero. A room stuck where cancellation
+cannot reach it (a store call in a worker thread that never returns) cannot hold the process
+either: a watchdog thread ends it shortly after the deadline.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from functools import partial
 
-import hypercorn.trio
 import trio
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.config import Sockets
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import wrap_app
 
 from vpiska.actors import EventSupervisor
 from vpiska.app import Services, create_app
 from vpiska.config import Config
 from vpiska.http import hypercorn_adapter
-from vpiska.http.websocket import EventSocketEndpoint
-from vpiska.store import open_store
+from vpiska.store import Store, open_store
 
 log = logging.getLogger(__name__)
+
+# How long past the shutdown deadline the watchdog waits for the cancelled tasks to unwind
+# before it ends the process itself.
+WATCHDOG_MARGIN_SECONDS = 2.0
+EXIT_SHUTDOWN_TIMED_OUT = 3
+
+
+class ShutdownTimedOut(Exception):
+    """Draining did not finish within SHUTDOWN_GRACE_SECONDS; `events` were still open."""
+
+    def __init__(self, events: list[str]) -> None:
+        super().__init__(f"{len(events)} event room(s) abandoned")
+        self.events = events
+
+
+class ListenError(Exception):
+    """The server could not listen on its address (in use, not ours, …)."""
 
 
 async def serve(
     config: Config,
     *,
+    store: Store | None = None,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve until `shutdown_trigger` returns (default: SIGINT or SIGTERM), then drain and return.
+    """Serve until `shutdown_trigger` returns (default: SIGINT or SIGTERM), then shut down.
 
-    `task_status.started` gets hypercorn's bound addresses, e.g. ["http://127.0.0.1:5000"], once
-    the listening socket accepts connections.
+    `task_status.started` gets the bound addresses, e.g. ["http://127.0.0.1:5000"], once the
+    listening socket accepts connections. `store`, when given, is used instead of the one the
+    configuration names, and stays open: its owner closes it.
+
+    Error handling: ListenError before anything starts if the address cannot be had;
+    ShutdownTimedOut after a shutdown that ran past its deadline.
     """
     adapted = hypercorn_adapter.install(enabled=config.hypercorn_adapter)
-    async with open_store(config) as store:
-        supervisor = EventSupervisor(store, config)
-        # The supervisor's nursery is ours, outside hypercorn's: under hypercorn.trio.serve,
-        # tasks in quart-trio's app.nursery are cancelled the moment serving ends, with no
-        # grace; here the rooms get to finish their queued writes and close their sockets.
-        async with trio.open_nursery() as nursery:
-            await nursery.start(supervisor.run)
-            services = Services.build(config, store, supervisor)
-            app = EventSocketEndpoint(create_app(services), config, services.tokens,
-                                      supervisor, store)
-
-            async def drain_then_stop_serving() -> None:
-                await (shutdown_trigger or _signalled)()
-                await supervisor.stop()
-
-            binds = await nursery.start(
-                partial(
-                    hypercorn.trio.serve,
-                    app,
-                    _hypercorn_config(config),
-                    shutdown_trigger=drain_then_stop_serving,
-                )
-            )
-            log.info("serving", extra={"binds": binds, "store": config.store.kind,
-                                       "hypercorn_adapter": adapted})
-            task_status.started(binds)
+    hypercorn_config = _hypercorn_config(config)
+    sockets = _listen(hypercorn_config, config)
+    deadline_passed = _DeadlinePassed()
+    try:
+        await _serve(config, store, hypercorn_config, sockets, adapted, deadline_passed,
+                     shutdown_trigger, task_status)
+    finally:
+        deadline_passed.disarm()
+        for sock in sockets.insecure_sockets:
+            sock.close()  # hypercorn's if it started; ours if it never did
+    if deadline_passed.events is not None:
+        raise ShutdownTimedOut(deadline_passed.events)
     log.info("stopped")
+
+
+async def _serve(
+    config: Config,
+    store: Store | None,
+    hypercorn_config: HypercornConfig,
+    sockets: Sockets,
+    adapted: bool,
+    deadline_passed: _DeadlinePassed,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None,
+    task_status: trio.TaskStatus[list[str]],
+) -> None:
+    async with _store(config, store) as opened:
+        supervisor = EventSupervisor(opened, config)
+        app = wrap_app(create_app(Services.build(config, opened, supervisor)),
+                       hypercorn_config.wsgi_max_body_size, "asgi")
+        stopping = trio.Event()
+
+        async def stop_serving() -> None:
+            await (shutdown_trigger or _signalled)()
+            stopping.set()
+
+        # The rooms' nursery is ours, outside hypercorn's: under hypercorn, tasks of quart-trio's
+        # app.nursery are cancelled the moment serving ends; here they drain first.
+        async with trio.open_nursery() as watchdog:
+            async with trio.open_nursery() as rooms:
+                await rooms.start(supervisor.run)
+                async with trio.open_nursery() as connections:
+                    binds = await connections.start(partial(
+                        worker_serve, app, hypercorn_config, sockets=sockets,
+                        shutdown_trigger=stop_serving))
+                    log.info("serving", extra={"binds": binds, "store": config.store.kind,
+                                               "hypercorn_adapter": adapted})
+                    task_status.started(binds)
+                    await stopping.wait()
+                    deadline = trio.current_time() + config.shutdown_grace_seconds
+                    rooms.cancel_scope.deadline = deadline
+                    connections.cancel_scope.deadline = deadline
+                    watchdog.start_soon(deadline_passed.watch, deadline, supervisor)
+                    await _closed(sockets)  # hypercorn stops accepting as the trigger returns
+                    await supervisor.stop()
+            watchdog.cancel_scope.cancel()  # everything ended: nothing to watch any more
+
+
+@asynccontextmanager
+async def _store(config: Config, given: Store | None) -> AsyncIterator[Store]:
+    if given is not None:
+        yield given
+        return
+    async with open_store(config) as store:
+        yield store
 
 
 async def _signalled() -> None:
@@ -67,6 +140,64 @@ async def _signalled() -> None:
         async for signum in signals:
             log.info("shutting down", extra={"signal": signal.Signals(signum).name})
             return
+
+
+async def _closed(sockets: Sockets) -> None:
+    """Return once hypercorn has closed every listening socket.
+
+    hypercorn closes them when its shutdown trigger returns, in a task of its own, and offers
+    no hook for it; the sockets are ours (`_listen`), so their file descriptors tell.
+    """
+    while any(sock.fileno() != -1 for sock in sockets.insecure_sockets):  # noqa: ASYNC110
+        await trio.sleep(0.001)
+
+
+class _DeadlinePassed:
+    """The shutdown's watchdog; `events` are the rooms it found still open at the deadline."""
+
+    events: list[str] | None = None
+    _timer: threading.Timer | None = None
+
+    async def watch(self, deadline: float, supervisor: EventSupervisor) -> None:
+        """At the deadline: log what is abandoned, and make sure the process ends.
+
+        Rooms still running are a failed shutdown (their queued writes may be lost). Only
+        connections still open (a client that keeps its request going, hypercorn's own
+        lingering sockets) are cut, as hypercorn's graceful timeout means to.
+        """
+        await trio.sleep_until(deadline)
+        if not supervisor.event_ids:
+            log.warning("shutdown deadline passed; closing the connections still open")
+            return
+        self.events = supervisor.event_ids
+        log.error("shutdown deadline passed; abandoning event rooms still draining",
+                  extra={"events": self.events})
+        self._timer = threading.Timer(WATCHDOG_MARGIN_SECONDS, _exit_stuck)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def disarm(self) -> None:
+        """`serve` is returning after all: the process need not be ended for it."""
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+def _exit_stuck() -> None:
+    log.critical("shutdown stuck past its deadline (a store call that never returns?); exiting")
+    logging.shutdown()
+    os._exit(EXIT_SHUTDOWN_TIMED_OUT)
+
+
+def _listen(hypercorn_config: HypercornConfig, config: Config) -> Sockets:
+    try:
+        sockets = hypercorn_config.create_sockets()
+    except OSError as error:
+        raise ListenError(
+            f"cannot listen on {config.host}:{config.port}: {error.strerror or error}"
+        ) from None
+    for sock in sockets.insecure_sockets:
+        sock.listen(hypercorn_config.backlog)
+    return sockets
 
 
 def _hypercorn_config(config: Config) -> HypercornConfig:

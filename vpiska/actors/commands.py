@@ -21,7 +21,8 @@ Reply = trio.MemorySendChannel[outcome.Outcome[object]]
 
 @dataclasses.dataclass(frozen=True)
 class Join:
-    """A socket joins; the answer is the chat length at the moment it starts getting frames."""
+    """A socket joins; the answer is the chat length at the moment it starts getting frames.
+    The member is sent the event's current state (`eventUpdated`) at once."""
 
     member: Member
     reply: Reply

@@ -13,7 +13,13 @@ the inbox and go into the next single write, so a busy room costs one write per 
 
 Count-only `eventUpdated` frames (joins and leaves) are coalesced to at most one per
 `event_update_interval_ms`, carrying the latest count: announcing every join to every member
-would cost N² frames when N people arrive at once.
+would cost N² frames when N people arrive at once. A joining socket is sent the current state
+at once, so a second device of a user (which changes no count) is not left without it.
+
+A command is checked against the domain's rules before it touches the store (valid text, finite
+coordinates; the edge checks the same, so a client sees the field's code): a value no store or
+wire could carry fails that command, never the room. What remains to crash the actor is a fault
+of the room or of the store, which is what supervision is for.
 """
 
 from __future__ import annotations
@@ -43,10 +49,10 @@ from vpiska.actors.commands import (
     Update,
 )
 from vpiska.actors.geo import MapIndex
-from vpiska.actors.member import CloseCode, Member
+from vpiska.actors.member import CloseCode, Member, OutboxClosed, OutboxFull
 from vpiska.actors.room import Room
 from vpiska.config import Config
-from vpiska.domain import ChatMessage, Event
+from vpiska.domain import ChatMessage, Event, is_place, is_text
 from vpiska.errors import DomainError, ErrorCode
 from vpiska.store import Store
 
@@ -76,8 +82,9 @@ class EventActor:
     Resource handling: the actor closes every reply channel it takes, answered or not, and on
     Close or Stop it closes every member's outbox. It never awaits a socket.
 
-    Error handling: refusals (not the owner, unknown media) are answered as DomainErrors.
-    Anything else (a store failure, a bug) escapes `run` and the supervisor decides.
+    Error handling: refusals (not the owner, unknown media, values the domain does not allow)
+    are answered as DomainErrors. Anything else (a store failure, a bug) escapes `run` and the
+    supervisor decides.
     """
 
     def __init__(self, room: Room, event: Event, chat_length: int, store: Store,
@@ -133,6 +140,8 @@ class EventActor:
                 return Exit.STOPPED
             else:
                 raise TypeError(f"EventActor got {command!r}; expected one of commands.Command")
+            while self._room.departures:
+                self._room.remove(self._room.departures.pop())
             self._announce_count_if_due()
 
     async def _next_command(self) -> Command | None:
@@ -157,67 +166,53 @@ class EventActor:
     # Membership.
 
     async def _join(self, member: Member) -> int:
-        self._room.members.setdefault(member.identity.user_id, set()).add(member)
+        self._room.add(member)
+        if not self._count_due():  # else the announcement after this command includes it
+            try:
+                member.outbox.deliver(self._event_updated())
+            except (OutboxFull, OutboxClosed):
+                self._room.remove(member)  # gone already: its Leave is on the way
         return self._chat_length
 
     def _leave(self, member: Member) -> None:
-        self._remove(member)
-        member.finish(member.close_code)  # a no-op if the room already finished it
+        self._room.remove(member)
 
-    def _remove(self, member: Member) -> None:
-        sockets = self._room.members.get(member.identity.user_id)
-        if sockets is not None:
-            sockets.discard(member)
-            if not sockets:
-                del self._room.members[member.identity.user_id]
+    def _count_due(self) -> bool:
+        return (self._room.users_count != self._announced_count
+                and trio.current_time() >= self._next_count_at)
 
     def _announce_count_if_due(self) -> None:
-        if (self._room.users_count != self._announced_count
-                and trio.current_time() >= self._next_count_at):
+        if self._count_due():
             self._announce_count()
 
     def _announce_count(self) -> None:
-        self._broadcast(self._event_updated())
+        self._announced_count = self._room.users_count
+        self._room.broadcast(self._event_updated())
         self._next_count_at = trio.current_time() + self._update_interval
 
     def _event_updated(self) -> frames.Frame:
-        e = self._event
-        self._announced_count = self._room.users_count
-        return frames.event_updated(e.id, e.name, e.address, self._announced_count,
-                                    e.coordinates)
-
-    def _broadcast(self, frame: frames.Frame) -> None:
-        """Deliver `frame` to every member; a member whose outbox is full is dropped (4008)."""
-        slow: list[Member] = []
-        delivered = 0
-        for sockets in self._room.members.values():
-            for member in sockets:
-                try:
-                    member.deliver(frame)
-                    delivered += 1
-                except trio.WouldBlock:
-                    slow.append(member)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    slow.append(member)  # its session is gone; its Leave is on the way
-        for member in slow:
-            if not member.done:
-                log.info("slow consumer disconnected",
-                         extra={"event_id": self._event.id, "user_id": member.identity.user_id})
-                member.kick(CloseCode.SLOW_CONSUMER)
-                metrics.SLOW_CONSUMER_DISCONNECTS.inc()
-            self._remove(member)
-        metrics.FRAMES_SENT.inc(delivered)
+        return frames.event_updated(self._event, self._room.users_count)
 
     # Changes.
 
     async def _chat(self, batch: list[Chat]) -> None:
         lines = [ChatMessage(c.sender.user_id, c.sender.name, c.sender.image_id, c.text)
                  for c in batch]
+        lines = [line for line in lines if self._storable(line)]
+        if not lines:
+            return
         await self._store.append_chat(self._event.id, self._chat_length, lines)
         metrics.CHAT_BATCH_LINES.observe(len(lines))
         self._chat_length += len(lines)
         for line in lines:
-            self._broadcast(frames.chat_message(line))
+            self._room.broadcast(frames.chat_message(line))
+
+    def _storable(self, line: ChatMessage) -> bool:
+        if all(map(is_text, (line.user_id, line.user_name, line.user_image_id, line.message))):
+            return True
+        log.warning("chat line dropped: not valid text",
+                    extra={"event_id": self._event.id, "user_id": line.user_id[:64]})
+        return False
 
     async def _snapshot(self) -> EventView:
         return EventView(self._event, self._room.users_count, self._chat_length)
@@ -228,18 +223,23 @@ class EventActor:
 
     async def _update(self, command: Update) -> None:
         self._check_owner(command.by)
+        codes = [code for failed, code in (
+            (not command.address or not is_text(command.address), ErrorCode.ADDRESS_IS_EMPTY),
+            (not is_place(command.coordinates), ErrorCode.COORDINATES_IS_EMPTY)) if failed]
+        if codes:
+            raise DomainError(*codes)
         await self._store.update_event(self._event.id, command.address, command.coordinates)
         self._event = dataclasses.replace(self._event, address=command.address,
                                           coordinates=command.coordinates)
         self._index.move(self._event.id, command.coordinates)
-        self._broadcast(self._event_updated())  # announced at once, with the current count
+        self._announce_count()  # announced at once, with the current count
 
     async def _add_media(self, command: AddMedia) -> None:
         self._check_owner(command.by)
         await self._store.add_event_media(self._event.id, command.media)
         media = tuple(m for m in self._event.media if m.id != command.media.id)
         self._event = dataclasses.replace(self._event, media=(*media, command.media))
-        self._broadcast(frames.media_added(command.media.id))
+        self._room.broadcast(frames.media_added(command.media.id))
 
     async def _remove_media(self, command: RemoveMedia) -> None:
         self._check_owner(command.by)
@@ -248,11 +248,11 @@ class EventActor:
         await self._store.remove_event_media(self._event.id, command.media_id)
         self._event = dataclasses.replace(
             self._event, media=tuple(m for m in self._event.media if m.id != command.media_id))
-        self._broadcast(frames.media_removed(command.media_id))
+        self._room.broadcast(frames.media_removed(command.media_id))
 
     async def _close(self, command: Close) -> None:
         self._check_owner(command.by)
         await self._store.close_event(self._event.id)
         self._event = dataclasses.replace(self._event, is_open=False)
-        self._broadcast(frames.CLOSE_EVENT)
+        self._room.broadcast(frames.CLOSE_EVENT)
         self._room.finish_members(CloseCode.NORMAL)

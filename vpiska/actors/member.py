@@ -1,21 +1,19 @@
-"""One open WebSocket of a user in an event, as the room sees it: an identity and an outbox.
+"""A member: one open socket of a user in an event, as the room sees it.
 
-The room never awaits a socket. `deliver` either writes a frame to the socket at once (the
-DirectSink fast path, when nothing of this member's is queued or being written) or puts it in
-the outbox with `send_nowait` for the socket's writer task, which drains it. A full outbox means
-the consumer is too slow; the room then `kick`s the member, which closes the outbox and records
-the close code the writer must use.
+The room needs three things of a socket, and nothing else: deliver a frame without waiting,
+close it after what is queued, close it now. That is the `Outbox` interface; the transport
+(vpiska/http/outbox.py) implements it with whatever it takes to write quickly, and unit tests
+implement it with a list.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
-
-import trio
+from typing import Protocol
 
 from vpiska.actors.frames import Frame
 from vpiska.auth import Identity
-from vpiska.http.hypercorn_adapter import DirectSink
 
 
 class CloseCode(enum.IntEnum):
@@ -25,60 +23,36 @@ class CloseCode(enum.IntEnum):
     GOING_AWAY = 1001  # the server is shutting down
     UNSUPPORTED_DATA = 1003  # a binary frame
     INTERNAL_ERROR = 1011  # the event's room failed beyond its restart limit
+    TRY_AGAIN_LATER = 1013  # the event's inbox stayed full: the room is overloaded
     SLOW_CONSUMER = 4008  # the member's outbox filled up: it does not read fast enough
     FLOODING = 4009  # the member kept sending chat lines over its rate limit
 
 
-class Member:
-    """Resource handling: the room owns `outbox` (the send side) and closes it on leave or kick;
-    the session owns `frames` (the receive side)."""
+class OutboxFull(Exception):
+    """The socket has fallen too far behind: the member is a slow consumer."""
 
-    def __init__(self, identity: Identity, outbox_frames: int, sink: DirectSink | None = None,
-                 *, hold: bool = False) -> None:
-        self.identity = identity
-        # With a sink the outbox carries wire bytes (whole frames or a frame's unwritten rest);
-        # without one, frame texts for the ASGI path.
-        self.outbox, self.frames = trio.open_memory_channel[bytes | str](outbox_frames)
-        self.sink = sink
-        # Items handed to the writer and not yet written. Direct writes wait for zero, so
-        # frames never overtake each other; `hold` starts at one for a writer that must send
-        # something first (the catch-up) and then calls `written(1)`.
-        self.queued = 1 if hold else 0
-        self.close_code = CloseCode.NORMAL
-        self.kicked = False
-        self.done = False  # the room will deliver nothing more
 
-    def form(self, frame: Frame) -> bytes | str:
-        """What the writer sends for `frame`: wire bytes with a sink, the text without."""
-        return frame.text if self.sink is None else frame.wire
+class OutboxClosed(Exception):
+    """The socket is finished or gone; it takes no more frames."""
 
+
+class Outbox(Protocol):
     def deliver(self, frame: Frame) -> None:
-        """Send `frame` now or queue it. Raises trio.WouldBlock when the outbox is full, and
-        Broken/ClosedResourceError when the session is gone."""
-        if self.sink is None:
-            self.outbox.send_nowait(self.form(frame))
-        else:
-            data = frame.wire
-            if self.queued == 0:
-                written = self.sink.write_now(data)
-                if written == len(data):
-                    return
-                data = data[written:]
-            self.outbox.send_nowait(data)
-        self.queued += 1
+        """Send `frame` now or queue it, never waiting.
 
-    def written(self, items: int) -> None:
-        """The writer has written `items` queued items."""
-        self.queued -= items
-
-    def kick(self, code: CloseCode) -> None:
-        """Stop delivery now: the writer sends nothing more and closes with `code`."""
-        self.kicked = True
-        self.finish(code)
+        Raises OutboxFull when the queue is full, OutboxClosed when the socket is finished or
+        its connection is gone.
+        """
 
     def finish(self, code: CloseCode) -> None:
-        """Stop delivery after what is queued: the writer drains, then closes with `code`."""
-        if not self.done:
-            self.done = True
-            self.close_code = code
-            self.outbox.close()
+        """Take no more frames; close with `code` once the queued ones are written.
+        A no-op when already finished."""
+
+    def abort(self, code: CloseCode) -> None:
+        """Take no more frames and drop the queued ones; close with `code` at once."""
+
+
+@dataclasses.dataclass(eq=False)  # members are told apart by identity: two devices of one user
+class Member:
+    identity: Identity
+    outbox: Outbox

@@ -2,7 +2,15 @@
 
 It holds the event's inbox and its live member table, so a restarted actor takes over the same
 queue and the same sockets: members stay connected across a restart (see EventSupervisor).
-Only the running EventActor writes the member table; others may read `users_count`.
+Only the running EventActor changes the member table (and the supervisor, once no actor runs);
+anyone may read it.
+
+How callers reach the actor, by what they need:
+- `ask`: a request with an answer (events endpoints, a join), bounded by the reply deadline;
+- `send`: a chat line; waits while the inbox is full (back-pressure on the socket's reader), up
+  to the same deadline, then reports the room as overloaded;
+- `leave`: never waits and is never lost, because a member that cannot leave would be counted
+  forever.
 """
 
 from __future__ import annotations
@@ -13,8 +21,10 @@ from collections.abc import Callable
 import outcome
 import trio
 
-from vpiska.actors.commands import Command, Join, Reply
-from vpiska.actors.member import CloseCode, Member
+from vpiska import metrics
+from vpiska.actors.commands import Command, Join, Leave, Reply
+from vpiska.actors.frames import Frame
+from vpiska.actors.member import CloseCode, Member, OutboxClosed, OutboxFull
 from vpiska.errors import DomainError, ErrorCode
 
 log = logging.getLogger(__name__)
@@ -27,12 +37,19 @@ class Room:
         self.owner_id = owner_id  # never changes, so callers may check ownership up front
         self.inbox, self.commands = trio.open_memory_channel[Command](inbox_size)
         self.members: dict[str, set[Member]] = {}  # user id -> that user's open sockets
+        # Members that left while the inbox was full; the actor removes them after its
+        # current command.
+        self.departures: list[Member] = []
         self.failed = False
         self._reply_timeout = reply_timeout
 
     @property
     def users_count(self) -> int:
         return len(self.members)
+
+    @property
+    def sockets(self) -> int:
+        return sum(len(sockets) for sockets in self.members.values())
 
     async def ask(self, make: Callable[[Reply], Command]) -> object:
         """Send the command `make(reply)` and return its answer, or raise its DomainError.
@@ -61,13 +78,59 @@ class Room:
         log.error("event command failed", extra={"event_id": self.event_id, "cause": cause})
         raise DomainError(ErrorCode.INTERNAL_ERROR)
 
-    async def tell(self, command: Command) -> None:
-        """Send a command that needs no answer; dropped if the room has ended."""
+    async def send(self, command: Command) -> bool:
+        """Queue a command that needs no answer; False if the inbox stayed full for the whole
+        reply deadline (the room is overloaded). A room that has ended takes nothing: its
+        members are being closed already."""
         try:
-            with trio.fail_after(self._reply_timeout):
+            with trio.move_on_after(self._reply_timeout):
                 await self.inbox.send(command)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
-            log.debug("command dropped: room ended", extra={"event_id": self.event_id})
+                return True
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            log.debug("command dropped: the room has ended", extra={"event_id": self.event_id})
+            return True
+        return False
+
+    def leave(self, member: Member) -> None:
+        """Take `member` out of the room, now or after the actor's current command."""
+        try:
+            self.inbox.send_nowait(Leave(member))
+        except trio.WouldBlock:
+            self.departures.append(member)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the room has ended and finished every member
+
+    def add(self, member: Member) -> None:
+        self.members.setdefault(member.identity.user_id, set()).add(member)
+
+    def remove(self, member: Member) -> None:
+        sockets = self.members.get(member.identity.user_id)
+        if sockets is not None:
+            sockets.discard(member)
+            if not sockets:
+                del self.members[member.identity.user_id]
+
+    def broadcast(self, frame: Frame) -> None:
+        """Deliver `frame` to every member, never waiting; a member too slow to take it is
+        dropped with 4008, so one stuck phone never holds up the room."""
+        dropped: list[Member] = []
+        delivered = 0
+        for sockets in self.members.values():
+            for member in sockets:
+                try:
+                    member.outbox.deliver(frame)
+                    delivered += 1
+                except OutboxFull:
+                    log.info("slow consumer disconnected", extra={
+                        "event_id": self.event_id, "user_id": member.identity.user_id})
+                    member.outbox.abort(CloseCode.SLOW_CONSUMER)
+                    metrics.SLOW_CONSUMER_DISCONNECTS.inc()
+                    dropped.append(member)
+                except OutboxClosed:
+                    dropped.append(member)  # its connection is gone; its Leave is on the way
+        for member in dropped:
+            self.remove(member)
+        metrics.FRAMES_SENT.inc(delivered)
 
     def shut(self, code: CloseCode) -> None:
         """End the room for good: refuse queued and future commands, close every socket."""
@@ -76,17 +139,18 @@ class Room:
                 command = self.commands.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                 break
-            reply = getattr(command, "reply", None)
             if isinstance(command, Join):
-                command.member.finish(code)
+                command.member.outbox.finish(code)
+            reply = getattr(command, "reply", None)
             if reply is not None:
                 reply.close()
         self.commands.close()
+        self.departures.clear()
         self.finish_members(code)
 
     def finish_members(self, code: CloseCode) -> None:
         """Close every member's socket with `code` once its queued frames are out."""
         for sockets in self.members.values():
             for member in sockets:
-                member.finish(code)
+                member.outbox.finish(code)
         self.members.clear()

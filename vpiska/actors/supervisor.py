@@ -7,6 +7,10 @@ its sockets are closed with 1011, its commands answer InternalError, and the eve
 in the store, so the next server start serves it again.
 
 The supervisor also keeps the map index of open events that `events/range` reads.
+
+Shutdown (`stop`): no new event is opened; every room handles the commands queued before its
+Stop, closes its sockets with 1001 and ends; `run` returns when the last room has ended. The
+server bounds how long that may take (vpiska/server.py).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 
 import trio
 
+from vpiska import metrics
 from vpiska.actors.commands import Stop
 from vpiska.actors.event import EventActor, Exit
 from vpiska.actors.geo import MapIndex, Spot
@@ -24,6 +29,7 @@ from vpiska.actors.member import CloseCode
 from vpiska.actors.room import Room
 from vpiska.config import Config
 from vpiska.domain import Coordinates, Event, new_id, utc_now
+from vpiska.errors import DomainError, ErrorCode
 from vpiska.store import Store
 
 log = logging.getLogger(__name__)
@@ -55,10 +61,30 @@ class EventSupervisor:
         self._nursery = None
 
     async def stop(self) -> None:
-        """Shutdown: each room handles what it has queued, then closes its sockets (1001)."""
-        for room in list(self._rooms.values()):
-            await room.tell(Stop())
+        """Shutdown: open no new event, and tell every room to stop after what it has queued.
+
+        Returns once every room has its Stop; `run` returns once they have all ended.
+        """
         self._stopping.set()
+        async with trio.open_nursery() as nursery:
+            for room in list(self._rooms.values()):
+                nursery.start_soon(self._stop_room, room)
+
+    @staticmethod
+    async def _stop_room(room: Room) -> None:
+        try:
+            await room.inbox.send(Stop())
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # ended or failed already
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    @property
+    def event_ids(self) -> list[str]:
+        """The events that still have a room (for the log of a shutdown that ran out of time)."""
+        return list(self._rooms)
 
     def room(self, event_id: str) -> Room | None:
         return self._rooms.get(event_id)
@@ -69,7 +95,15 @@ class EventSupervisor:
 
     async def open_event(self, owner_id: str, name: str, address: str,
                          coordinates: Coordinates) -> Event:
-        """Persist a new open event (OwnerAlreadyHasEvent if the owner has one) and start it."""
+        """Persist a new open event (OwnerAlreadyHasEvent if the owner has one) and start it.
+
+        Error handling: InternalError while the server shuts down: a room started now would
+        only be stopped again.
+        """
+        if self.stopping:
+            log.info("event not opened: the server is shutting down",
+                     extra={"owner_id": owner_id})
+            raise DomainError(ErrorCode.INTERNAL_ERROR)
         event = Event(new_id(), owner_id, name, address, coordinates, utc_now())
         await self._store.add_event(event)
         self._start(event)
@@ -82,13 +116,28 @@ class EventSupervisor:
     def in_range(self, x_low: float, x_high: float, y_low: float, y_high: float) -> list[Spot]:
         return self._index.within(x_low, x_high, y_low, y_high)
 
+    def live_stats(self) -> metrics.LiveStats:
+        """What `GET /metrics` reports of the rooms, read when Prometheus scrapes."""
+        rooms = self._rooms.values()
+        return metrics.LiveStats(
+            open_events=len(self._rooms),
+            sockets=sum(room.sockets for room in rooms),
+            members=sum(room.users_count for room in rooms),
+            restarts=self.restarts,
+        )
+
     def _start(self, event: Event) -> None:
-        assert self._nursery is not None, "EventSupervisor.run must be running"
+        if self._nursery is None:  # run() has returned: the event is served at the next start
+            log.warning("event room not started: the supervisor has stopped",
+                        extra={"event_id": event.id})
+            return
         room = Room(event.id, event.owner_id, inbox_size=self._config.actor_inbox_size,
                     reply_timeout=self._config.actor_reply_timeout_seconds)
         self._rooms[event.id] = room
         self._index.put(event.id, event.name, event.coordinates)
         self._nursery.start_soon(self._supervise, room, event, name=f"event {event.id}")
+        if self.stopping:  # created while stop() was telling the others
+            room.inbox.send_nowait(Stop())
 
     async def _supervise(self, room: Room, event: Event | None) -> None:
         crashes: collections.deque[float] = collections.deque()

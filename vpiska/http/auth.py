@@ -5,7 +5,8 @@ from __future__ import annotations
 from quart import request
 from werkzeug.datastructures import Headers
 
-from vpiska.auth import Identity, Tokens
+from vpiska.accounts import Accounts
+from vpiska.auth import Identity
 from vpiska.errors import DomainError, ErrorCode
 
 
@@ -15,9 +16,9 @@ def bearer_token(headers: Headers | None = None) -> str:
     return token.strip() if scheme.lower() == "bearer" else ""
 
 
-def caller(tokens: Tokens) -> Identity:
-    """The identity of a valid bearer token; `unauthorized` for anything else."""
-    identity = tokens.read(bearer_token())
+async def caller(accounts: Accounts) -> Identity:
+    """The identity of a valid bearer token of an existing user; `unauthorized` otherwise."""
+    identity = await accounts.identify(bearer_token())
     if identity is None:
         raise DomainError(ErrorCode.UNAUTHORIZED)
     return identity

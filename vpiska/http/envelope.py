@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from quart import Response
 
 from vpiska.errors import ErrorCode
-
-
-def encode(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+from vpiska.wire import encode
 
 
 def success(result: Any = None) -> Response:

@@ -10,12 +10,11 @@ from typing import Any
 
 from quart import Blueprint
 
+from vpiska.accounts import Accounts
 from vpiska.actors import EventSupervisor, EventView, Room
 from vpiska.actors.commands import AddMedia, Close, RemoveMedia, Snapshot, Update
-from vpiska.actors.frames import chat_json, coordinates_json
-from vpiska.auth import Tokens
 from vpiska.config import Config
-from vpiska.domain import ChatMessage, Event, EventMedia
+from vpiska.domain import EventMedia
 from vpiska.errors import DomainError, ErrorCode
 from vpiska.http.auth import caller
 from vpiska.http.body import coordinates, id_codes, json_object, number, require, text
@@ -23,10 +22,11 @@ from vpiska.http.envelope import success
 from vpiska.http.multipart import read_multipart
 from vpiska.media import MediaLibrary
 from vpiska.store import Store
+from vpiska.wire import coordinates_json, event_json
 
 
-def events_routes(config: Config, tokens: Tokens, supervisor: EventSupervisor, store: Store,
-                  media: MediaLibrary) -> Blueprint:
+def events_routes(config: Config, accounts: Accounts, supervisor: EventSupervisor,
+                  store: Store, media: MediaLibrary) -> Blueprint:
     routes = Blueprint("events", __name__, url_prefix="/api/v1/events")
 
     async def body() -> dict[str, Any]:
@@ -40,14 +40,14 @@ def events_routes(config: Config, tokens: Tokens, supervisor: EventSupervisor, s
 
     @routes.post("/create")
     async def create() -> Any:
-        identity = caller(tokens)
+        identity = await caller(accounts)
         data = await body()
         name, address, where = text(data, "name"), text(data, "address"), coordinates(data)
         require((not name, ErrorCode.NAME_IS_EMPTY), (not address, ErrorCode.ADDRESS_IS_EMPTY),
                 (where is None, ErrorCode.COORDINATES_IS_EMPTY))
         assert where is not None
         event = await supervisor.open_event(identity.user_id, name, address, where)
-        return success(event_response(event, 0, []))
+        return success(event_json(event, 0, []))
 
     @routes.post("/get")
     async def get() -> Any:
@@ -56,7 +56,7 @@ def events_routes(config: Config, tokens: Tokens, supervisor: EventSupervisor, s
         view = await room_of(event_id).ask(Snapshot)
         assert isinstance(view, EventView)
         chat = await store.chat(event_id)
-        return success(event_response(view.event, view.users_count, chat[: view.chat_length]))
+        return success(event_json(view.event, view.users_count, chat[: view.chat_length]))
 
     @routes.post("/range")
     async def in_range() -> Any:
@@ -66,7 +66,9 @@ def events_routes(config: Config, tokens: Tokens, supervisor: EventSupervisor, s
         require((width is None, ErrorCode.HORIZONTAL_RANGE_IS_EMPTY),
                 (height is None, ErrorCode.VERTICAL_RANGE_IS_EMPTY),
                 (centre is None, ErrorCode.COORDINATES_IS_EMPTY))
-        assert width is not None and height is not None and centre is not None
+        assert width is not None
+        assert height is not None
+        assert centre is not None
         spots = supervisor.in_range(centre.x - width / 2, centre.x + width / 2,
                                     centre.y - height / 2, centre.y + height / 2)
         return success([
@@ -78,7 +80,7 @@ def events_routes(config: Config, tokens: Tokens, supervisor: EventSupervisor, s
 
     @routes.post("/update")
     async def update() -> Any:
-        identity = caller(tokens)
+        identity = await caller(accounts)
         data = await body()
         event_id, address, where = text(data, "eventId"), text(data, "address"), coordinates(data)
         require(id_codes(event_id), (not address, ErrorCode.ADDRESS_IS_EMPTY),
@@ -89,7 +91,7 @@ def events_routes(config: Config, tokens: Tokens, supervisor: EventSupervisor, s
 
     @routes.post("/close")
     async def close() -> Any:
-        identity = caller(tokens)
+        identity = await caller(accounts)
         event_id = text(await body(), "eventId")
         require(id_codes(event_id))
         await room_of(event_id).ask(lambda reply: Close(identity.user_id, reply))
@@ -97,7 +99,7 @@ def events_routes(config: Config, tokens: Tokens, supervisor: EventSupervisor, s
 
     @routes.post("/media/add")
     async def add_media() -> Any:
-        identity = caller(tokens)
+        identity = await caller(accounts)
         with await read_multipart("media", config.max_upload_bytes, media.files.root) as form:
             event_id = form.fields.get("eventId", "")
             require(id_codes(event_id))
@@ -111,7 +113,7 @@ def events_routes(config: Config, tokens: Tokens, supervisor: EventSupervisor, s
 
     @routes.post("/media/remove")
     async def remove_media() -> Any:
-        identity = caller(tokens)
+        identity = await caller(accounts)
         data = await body()
         event_id, media_id = text(data, "eventId"), text(data, "mediaId")
         require(id_codes(event_id), id_codes(media_id))
@@ -119,16 +121,3 @@ def events_routes(config: Config, tokens: Tokens, supervisor: EventSupervisor, s
         return success(None)
 
     return routes
-
-
-def event_response(event: Event, users_count: int, chat: list[ChatMessage]) -> dict[str, Any]:
-    return {
-        "id": event.id,
-        "ownerId": event.owner_id,
-        "name": event.name,
-        "address": event.address,
-        "coordinates": coordinates_json(event.coordinates),
-        "usersCount": users_count,
-        "media": [{"id": m.id, "contentType": m.content_type} for m in event.media],
-        "chatMessages": [chat_json(line) for line in chat],
-    }

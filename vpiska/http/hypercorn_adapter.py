@@ -30,7 +30,7 @@
    that is N of each per line. `DirectSink` lets a member's frames go to its socket in one
    non-blocking write when nothing else is queued or being sent on that connection, and lets
    the member's writer send everything queued with one `send_all`. Frames are complete
-   WebSocket frames (vpiska/actors/frames.py), written in order; wsproto keeps owning the
+   WebSocket frames (vpiska/http/outbox.py), written in order; wsproto keeps owning the
    handshake, control frames and the close.
 
 The adapter is installed only for the hypercorn versions it was written against
@@ -182,7 +182,11 @@ class DirectSink:
 
     def write_now(self, data: bytes) -> int:
         """Write what the socket takes at once; 0 if another send is under way, the socket is
-        full or the WebSocket is closing. The caller sends the rest with `send`."""
+        full or the WebSocket is closing. The caller sends the rest with `send`.
+
+        Error handling: trio.BrokenResourceError when the connection has broken (the peer
+        reset it), so a vanished client is told apart from a slow one.
+        """
         if (self._stream.closed or self._server.send_lock.locked()
                 or self._stream.connection.state is not ConnectionState.OPEN):
             return 0
@@ -191,8 +195,10 @@ class DirectSink:
             return 0
         try:
             return os.write(fd, data)
-        except OSError:  # full (EAGAIN) or broken: `send` waits or notices the close
+        except BlockingIOError:  # the socket's buffer is full: `send` waits for room
             return 0
+        except OSError as exc:
+            raise trio.BrokenResourceError(exc) from exc
 
     async def send(self, data: bytes) -> None:
         if self._stream.connection.state is ConnectionState.OPEN:

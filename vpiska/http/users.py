@@ -8,7 +8,6 @@ from typing import Any
 from quart import Blueprint
 
 from vpiska.accounts import Accounts, Session
-from vpiska.auth import Tokens
 from vpiska.config import Config
 from vpiska.errors import ErrorCode
 from vpiska.http.auth import caller
@@ -21,8 +20,7 @@ PHONE = re.compile(r"[0-9]{10}")  # ASCII digits only, as the older backend's RE
 MIN_PASSWORD = 6
 
 
-def users_routes(config: Config, accounts: Accounts, tokens: Tokens,
-                 media: MediaLibrary) -> Blueprint:
+def users_routes(config: Config, accounts: Accounts, media: MediaLibrary) -> Blueprint:
     routes = Blueprint("users", __name__, url_prefix="/api/v1/users")
 
     async def body() -> dict[str, Any]:
@@ -50,7 +48,7 @@ def users_routes(config: Config, accounts: Accounts, tokens: Tokens,
 
     @routes.post("/update")
     async def update() -> Any:
-        identity = caller(tokens)
+        identity = await caller(accounts)
         data = await body()
         name, phone = text(data, "name"), text(data, "phone")
         require(phone_codes(phone) if phone else [])
@@ -58,7 +56,7 @@ def users_routes(config: Config, accounts: Accounts, tokens: Tokens,
 
     @routes.post("/password/change")
     async def change_password() -> Any:
-        identity = caller(tokens)
+        identity = await caller(accounts)
         data = await body()
         password, confirm = text(data, "password"), text(data, "confirmPassword")
         require(password_codes(password), (password != confirm, ErrorCode.CONFIRM_PASSWORD_INVALID))
@@ -66,7 +64,7 @@ def users_routes(config: Config, accounts: Accounts, tokens: Tokens,
 
     @routes.post("/media/set")
     async def set_image() -> Any:
-        identity = caller(tokens)
+        identity = await caller(accounts)
         with await read_multipart("image", config.max_upload_bytes, media.files.root) as form:
             image = await media.add(form.file())
         token = await accounts.set_image(identity, image.id)

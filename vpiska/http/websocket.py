@@ -1,9 +1,14 @@
 """`GET /api/v1/websockets/event`: a member's live connection to an event's room.
 
-The handshake is checked before the upgrade (401 token, 400 event id or `since`, 404 unknown or
-closed event, 503 failed room). A session is then a reader (the session's own task: client
-frames become commands) and a writer task (the member's outbox to the socket) in one nursery.
-When either ends, both end, and the member leaves the room exactly once.
+The handshake is checked before the upgrade (401 token or unknown user, 400 event id or `since`,
+404 unknown or closed event, 503 failed room or server shutting down). A session is then a
+reader (the session's own task: client frames become commands) and a writer task (the member's
+outbox to the socket) in one nursery. When either ends, both end, and the member leaves the room
+exactly once.
+
+Back-pressure: a chat line waits for room in the event's inbox, and while it waits nothing more
+is read from that socket. A line that cannot enter within ACTOR_REPLY_TIMEOUT_SECONDS closes the
+socket with 1013 (try again later): the room is overloaded, and the client is told so.
 
 Keep-alive: hypercorn pings every WS_PING_SECONDS; pongs are not visible through ASGI, so the
 server drops a peer from which nothing at all (frames or pongs) was read for two intervals
@@ -13,6 +18,7 @@ server drops a peer from which nothing at all (frames or pongs) was read for two
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -20,15 +26,16 @@ import trio
 from werkzeug.datastructures import Headers
 
 from vpiska import metrics
-from vpiska.actors import CloseCode, EventSupervisor, Member, Room, frames
-from vpiska.actors.commands import Chat, Join, Leave
-from vpiska.auth import Identity, Tokens
+from vpiska.accounts import Accounts
+from vpiska.actors import ChatFlood, CloseCode, EventSupervisor, Member, Room, frames
+from vpiska.actors.commands import Chat, Join
+from vpiska.auth import Identity
 from vpiska.config import Config
-from vpiska.errors import DomainError
+from vpiska.errors import DomainError, ErrorCode
 from vpiska.http import hypercorn_adapter
 from vpiska.http.auth import bearer_token
 from vpiska.http.body import id_codes
-from vpiska.http.flood import ChatFlood
+from vpiska.http.outbox import MAX_WRITE_BATCH, Item, OutboxState, SocketOutbox
 from vpiska.http.request_id import name_socket
 from vpiska.http.tracing import trace_handshake
 from vpiska.store import Store
@@ -37,8 +44,8 @@ log = logging.getLogger(__name__)
 
 PATH = "/api/v1/websockets/event"
 CHAT_PREFIX = "chatMessage"
-# Frames one write may carry: large enough to amortise a send, small enough to keep it short.
-MAX_WRITE_BATCH = 256
+# `since`: ASCII digits only (str.isdigit also takes "²" and "٣"), and few enough of them.
+SINCE = re.compile(r"[0-9]{1,10}")
 
 
 class EventSocketEndpoint:
@@ -49,11 +56,11 @@ class EventSocketEndpoint:
     memory) and most of a handshake's CPU.
     """
 
-    def __init__(self, fallback: Any, config: Config, tokens: Tokens,
+    def __init__(self, fallback: Any, config: Config, accounts: Accounts,
                  supervisor: EventSupervisor, store: Store) -> None:
         self._fallback = fallback
         self._config = config
-        self._tokens = tokens
+        self._accounts = accounts
         self._supervisor = supervisor
         self._store = store
 
@@ -69,24 +76,26 @@ class EventSocketEndpoint:
                                for k, v in scope["headers"]])
             request_id = name_socket(headers)
             token = (query.get("accessToken") or [""])[0] or bearer_token(headers)
-            identity = self._tokens.read(token) if token else None
+            identity = await self._accounts.identify(token) if token else None
             event_id = (query.get("eventId") or [""])[0]
             since_text = (query.get("since") or [None])[0]
             room = None
             if identity is None:
                 status = 401
-            elif id_codes(event_id) or (since_text is not None and not since_text.isdigit()):
+            elif id_codes(event_id) or (since_text is not None
+                                        and SINCE.fullmatch(since_text) is None):
                 status = 400
             elif (room := self._supervisor.room(event_id)) is None:
                 status = 404
             else:
-                status = 503 if room.failed else 101
+                status = 503 if room.failed or self._supervisor.stopping else 101
             if self._config.trace_requests:
                 trace_handshake(PATH, query, status)
             if status != 101:
                 await _refuse(send, status, [(b"x-request-id", request_id.encode())])
                 return
-            assert room is not None and identity is not None
+            assert room is not None
+            assert identity is not None
             await send({"type": "websocket.accept"})
             accepted = True
             since = int(since_text) if since_text is not None else None
@@ -110,9 +119,13 @@ async def _refuse(send: Any, status: int, headers: list[tuple[bytes, bytes]] | N
 
 
 class EventSession:
-    """One member's socket. Resource handling: the member is handed to the room on join and
-    taken back with Leave in a shielded `finally`, so it leaves exactly once even when the
-    client vanishes (quart-trio cancels the handler) or the server shuts down."""
+    """One member's socket: a reader (the session's own task: client frames become commands)
+    and a writer task (the outbox to the socket) in one nursery; when either ends, both end.
+
+    Resource handling: the member joins once and leaves exactly once, in a `finally`, also when
+    the client vanishes (the handler is cancelled) or the server shuts down; its outbox is
+    closed first, so the room never counts a socket that is gone as a slow one.
+    """
 
     def __init__(self, config: Config, store: Store, room: Room, identity: Identity,
                  receive: Any, send: Any, sink: hypercorn_adapter.DirectSink | None) -> None:
@@ -127,52 +140,46 @@ class EventSession:
         self._close_code: CloseCode | None = None
 
     async def run(self, since: int | None) -> None:
-        member = Member(self._identity, self._config.member_outbox_frames, self._sink,
-                        hold=since is not None)
+        outbox = SocketOutbox(self._config.member_outbox_frames, self._sink,
+                              hold=since is not None)
+        member = Member(self._identity, outbox)
         try:
             # Inside the try: the client may vanish while the join is being answered, and
             # the room must then still be told the member left.
             chat_length = await self._room.ask(lambda reply: Join(member, reply))
             assert isinstance(chat_length, int)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write, member, since, chat_length, nursery.cancel_scope)
+                nursery.start_soon(self._write, outbox, since, chat_length, nursery.cancel_scope)
                 await self._read(nursery.cancel_scope)  # in this task: one task fewer a socket
-        except DomainError:  # closed or failed between the handshake and the join
-            self._close_code = CloseCode.NORMAL
+        except DomainError as refusal:  # closed or failed between the handshake and the join
+            failed = ErrorCode.INTERNAL_ERROR in refusal.codes
+            self._close_code = CloseCode.INTERNAL_ERROR if failed else CloseCode.NORMAL
         finally:
-            member.frames.close()
-            with trio.CancelScope(shield=True):
-                await self._room.tell(Leave(member))
+            outbox.close()
+            self._room.leave(member)
         if self._close_code is not None:
             with trio.move_on_after(self._config.shutdown_grace_seconds):
                 await self._send_message({"type": "websocket.close", "code": self._close_code})
 
-    async def _write(self, member: Member, since: int | None, chat_length: int,
+    async def _write(self, outbox: SocketOutbox, since: int | None, chat_length: int,
                      session: trio.CancelScope) -> None:
-        if since is not None:  # the member was joined on hold: catch up, then release it
+        if since is not None:  # the member joined on hold: catch up, then release it
             if since < chat_length:
                 missed = await self._store.chat(self._room.event_id, since)
-                for line in missed[: chat_length - since]:
-                    await self._send(member, [member.form(frames.chat_message(line))])
-            member.written(1)
-        batch: list[bytes | str] = []
-        async for first in member.frames:
-            batch.append(first)
-            while len(batch) < MAX_WRITE_BATCH:  # everything queued goes out in one send
-                try:
-                    batch.append(member.frames.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):  # the loop sees the end next
-                    break
-            if member.kicked:
-                break
-            await self._send(member, batch)
-            member.written(len(batch))
-            batch.clear()
-        self._end(member.close_code, session)
+                lines = [outbox.form(frames.chat_message(line))
+                         for line in missed[: chat_length - since]]
+                for start in range(0, len(lines), MAX_WRITE_BATCH):
+                    await self._send(lines[start:start + MAX_WRITE_BATCH])
+            outbox.release()
+        await outbox.write_to(self._send)
+        if outbox.state is OutboxState.CLOSED:  # the connection broke under a write
+            session.cancel()
+        else:  # the room finished or aborted the member
+            self._end(outbox.close_code, session)
 
-    async def _send(self, member: Member, batch: list[bytes | str]) -> None:
-        if member.sink is not None:
-            await member.sink.send(b"".join(batch))  # type: ignore[arg-type]
+    async def _send(self, batch: list[Item]) -> None:
+        if self._sink is not None:
+            await self._sink.send(b"".join(batch))  # type: ignore[arg-type]
         else:
             for text in batch:
                 await self._send_message({"type": "websocket.send", "text": text})
@@ -193,8 +200,13 @@ class EventSession:
                 continue
             if len(text) > self._config.max_chat_chars:
                 self._flood.drop()
-            elif self._flood.admit():
-                await self._room.tell(Chat(self._identity, text))
+            elif self._flood.admit() and not await self._room.send(Chat(self._identity, text)):
+                log.warning("member disconnected: the event's inbox stayed full", extra={
+                    "event_id": self._room.event_id, "user_id": self._identity.user_id,
+                    "waited_seconds": self._config.actor_reply_timeout_seconds})
+                metrics.OVERLOADED_DISCONNECTS.inc()
+                self._end(CloseCode.TRY_AGAIN_LATER, session)
+                return
             if self._flood.abusive:
                 log.info("chat flood: member disconnected",
                          extra={"event_id": self._room.event_id,

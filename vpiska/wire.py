@@ -1,0 +1,55 @@
+"""The JSON shapes of the wire contract, shared by HTTP answers and WebSocket frames.
+
+One module, so an event's coordinates or a chat line look the same in `events/get`, in
+`events/range` and in the `eventUpdated/` and `chatMessage/` frames. Key order is the older
+backend's, and integral coordinates are written as integers (`10`, not `10.0`) as Go's encoder
+wrote them, so clients that parse strictly see no difference.
+
+Every encoder here refuses NaN and infinities (`allow_nan=False`): they are not JSON, and a
+strict client parser would reject the whole answer. Values are validated where they come in
+(vpiska/domain.py); a non-finite number reaching this module is a bug, and raises.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from vpiska.domain import ChatMessage, Coordinates, Event
+
+encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+def number(value: float) -> float | int:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
+
+
+def coordinates_json(c: Coordinates) -> dict[str, Any]:
+    return {"x": number(c.x), "y": number(c.y)}
+
+
+def chat_json(m: ChatMessage) -> dict[str, str]:
+    return {"userId": m.user_id, "userName": m.user_name, "userImageId": m.user_image_id,
+            "message": m.message}
+
+
+def event_json(event: Event, users_count: int, chat: list[ChatMessage]) -> dict[str, Any]:
+    """API.md's `eventResponse`."""
+    return {
+        "id": event.id,
+        "ownerId": event.owner_id,
+        "name": event.name,
+        "address": event.address,
+        "coordinates": coordinates_json(event.coordinates),
+        "usersCount": users_count,
+        "media": [{"id": m.id, "contentType": m.content_type} for m in event.media],
+        "chatMessages": [chat_json(line) for line in chat],
+    }
+
+
+def event_updated_json(event: Event, users_count: int) -> dict[str, Any]:
+    """The payload of an `eventUpdated/` frame."""
+    return {"eventId": event.id, "name": event.name, "address": event.address,
+            "usersCount": users_count, "coordinates": coordinates_json(event.coordinates)}
