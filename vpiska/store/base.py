@@ -26,7 +26,9 @@ class Store(Protocol):
 
     async def user_by_phone(self, phone: str) -> User | None: ...
 
-    async def update_user(self, user_id: str, *, name: str | None, phone: str | None) -> User | None:
+    async def update_user(
+        self, user_id: str, *, name: str | None, phone: str | None
+    ) -> User | None:
         """Change the given fields; None if the user is gone; the same codes as add_user."""
 
     async def set_password_hash(self, user_id: str, password_hash: str) -> None: ...

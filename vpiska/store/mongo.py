@@ -275,6 +275,7 @@ class MongoStore:
         self, event_id: str, first_seq: int, messages: Sequence[ChatMessage]
     ) -> None:
         if not messages:  # insert_many refuses an empty batch
+            await trio.lowlevel.checkpoint()  # still a checkpoint, as every store call is
             return
         documents = [
             {

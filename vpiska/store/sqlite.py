@@ -140,7 +140,9 @@ class SqliteStore:
         ).fetchone()
         return User(*row) if row else None
 
-    async def update_user(self, user_id: str, *, name: str | None, phone: str | None) -> User | None:
+    async def update_user(
+        self, user_id: str, *, name: str | None, phone: str | None
+    ) -> User | None:
         def update() -> User | None:
             try:
                 self._db.execute(
