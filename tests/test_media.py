@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.clients import host_event
 from tests.conftest import Server
 from vpiska.domain import Media, new_id
 from vpiska.media import MediaLibrary, Upload
@@ -43,6 +44,66 @@ async def test_upload_download_metadata_delete(server: Server) -> None:
     assert not (server.config.media_path / media_id).exists()
     again = (await server.http.delete(f"/api/v1/media/{media_id}")).json()
     assert again["errors"] == [{"errorCode": "MediaNotFound"}]
+
+
+async def delete_codes(server: Server, media_id: str) -> list[str] | None:
+    """The codes of `DELETE /api/v1/media/{media_id}`; None when it succeeded."""
+    envelope = (await server.http.delete(f"/api/v1/media/{media_id}")).json()
+    assert list(envelope) == ["isSuccess", "errors", "result"]
+    assert envelope["result"] is None
+    return None if envelope["isSuccess"] else [e["errorCode"] for e in envelope["errors"]]
+
+
+async def is_served(server: Server, media_id: str) -> bool:
+    status = (await server.http.get(f"/api/v1/media/{media_id}")).status_code
+    assert status in (200, 404)
+    return status == 200
+
+
+async def test_a_users_image_is_in_use_until_replaced(server: Server) -> None:
+    token = (await server.sign_up())["accessToken"]
+
+    async def set_image() -> str:
+        result = await server.ok("/api/v1/users/media/set", token=token,
+                                 files={"image": ("me.png", b"png", "image/png")})
+        assert isinstance(result["imageId"], str)
+        return result["imageId"]
+
+    first = await set_image()
+    assert await delete_codes(server, first) == ["MediaInUse"]
+    assert await is_served(server, first)
+    second = await set_image()
+    assert await delete_codes(server, first) is None
+    assert not await is_served(server, first)
+    assert await delete_codes(server, second) == ["MediaInUse"]
+
+
+async def test_an_events_media_is_in_use_until_removed_and_after_close(server: Server) -> None:
+    token, event_id = await host_event(server)
+    for name in ("kept.png", "removed.png"):
+        await server.ok("/api/v1/events/media/add", token=token, data={"eventId": event_id},
+                        files={"media": (name, b"png", "image/png")})
+    event = await server.ok("/api/v1/events/get", {"eventId": event_id})
+    kept, removed = (media["id"] for media in event["media"])
+
+    assert await delete_codes(server, kept) == ["MediaInUse"]
+    assert await delete_codes(server, removed) == ["MediaInUse"]
+    await server.ok("/api/v1/events/media/remove", {"eventId": event_id, "mediaId": removed},
+                    token=token)
+    assert await delete_codes(server, removed) is None
+    assert not await is_served(server, removed)
+
+    await server.ok("/api/v1/events/close", {"eventId": event_id}, token=token)
+    assert await delete_codes(server, kept) == ["MediaInUse"]
+    assert await is_served(server, kept)
+
+
+async def test_media_nothing_refers_to_is_deleted(server: Server) -> None:
+    await host_event(server)  # an event and a user exist, neither refers to this media
+    media_id = await upload(server, b"loose")
+    assert await delete_codes(server, media_id) is None
+    assert not await is_served(server, media_id)
+    assert await delete_codes(server, media_id) == ["MediaNotFound"]
 
 
 async def test_unknown_and_malformed_ids(server: Server) -> None:

@@ -241,6 +241,64 @@ async def test_media(store: Store) -> None:
     assert await store.delete_media(media.id) is False
 
 
+def some_media(content_type: str = "image/png") -> Media:
+    return Media(id=new_id(), name="m", content_type=content_type, size=1, last_modified=T0)
+
+
+async def test_media_an_event_lists_is_in_use_open_or_closed(store: Store) -> None:
+    attached, listed_at_creation, detached = some_media(), some_media(), some_media()
+    for media in (attached, listed_at_creation, detached):
+        await store.add_media(media)
+    event = dataclasses.replace(
+        an_event(new_id()), media=(EventMedia(listed_at_creation.id, "image/png"),))
+    await store.add_event(event)
+    await store.add_event_media(event.id, EventMedia(attached.id, "image/png"))
+    await store.add_event_media(event.id, EventMedia(detached.id, "image/png"))
+    await store.remove_event_media(event.id, detached.id)
+
+    assert await refused(store.delete_media(attached.id)) == (ErrorCode.MEDIA_IN_USE,)
+    assert await refused(store.delete_media(listed_at_creation.id)) == (ErrorCode.MEDIA_IN_USE,)
+    assert await store.delete_media(detached.id) is True
+    await store.close_event(event.id)
+    assert await refused(store.delete_media(attached.id)) == (ErrorCode.MEDIA_IN_USE,)
+    assert await store.media(attached.id) == attached
+    assert await store.media(listed_at_creation.id) == listed_at_creation
+
+
+async def test_media_a_user_has_as_image_is_in_use(store: Store) -> None:
+    old, new = some_media(), some_media()
+    await store.add_media(old)
+    await store.add_media(new)
+    user = a_user()
+    await store.add_user(user)
+    await store.set_user_image(user.id, old.id)
+
+    assert await refused(store.delete_media(old.id)) == (ErrorCode.MEDIA_IN_USE,)
+    assert await store.media(old.id) == old
+    await store.set_user_image(user.id, new.id)
+    assert await store.delete_media(old.id) is True
+    assert await refused(store.delete_media(new.id)) == (ErrorCode.MEDIA_IN_USE,)
+
+
+async def test_unknown_media_is_not_found_even_when_referred_to(store: Store) -> None:
+    """A reference to media that is gone (an older backend's data) does not make it exist."""
+    gone = new_id()
+    user = a_user()
+    await store.add_user(user)
+    await store.set_user_image(user.id, gone)
+    event = an_event(new_id())
+    await store.add_event(event)
+    await store.add_event_media(event.id, EventMedia(gone, "image/png"))
+    assert await store.delete_media(gone) is False
+
+
+async def test_media_of_an_unknown_event_is_not_in_use(store: Store) -> None:
+    media = some_media()
+    await store.add_media(media)
+    await store.add_event_media(new_id(), EventMedia(media.id, media.content_type))
+    assert await store.delete_media(media.id) is True
+
+
 # Events.
 
 

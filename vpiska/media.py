@@ -2,7 +2,8 @@
 
 Upload writes the bytes durably first and the record second, removing the bytes if the record
 fails; delete removes the record first and the bytes second. Either way a crash leaves at worst
-an orphan file, never a record the API would serve as broken.
+an orphan file, never a record the API would serve as broken. Whether media is still in use
+(an event lists it, a user's image is it) is the store's decision, taken with the delete.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class MediaLibrary:
         return media
 
     async def delete(self, media_id: str) -> None:
+        """MediaNotFound, or MediaInUse (from the store, which then deleted nothing)."""
         if not await self._store.delete_media(media_id):
             raise DomainError(ErrorCode.MEDIA_NOT_FOUND)
         await self.files.remove(media_id)

@@ -246,6 +246,11 @@ PATHS: dict[str, dict[str, Any]] = {
             },
         },
         "delete": {"tags": [MEDIA], "summary": "Delete a file",
+                   "description": "InvalidIdFormat for an id that is not a UUID v4; "
+                                  "MediaNotFound for an unknown file; MediaInUse while an event "
+                                  "(open or closed) lists the file or a user's image is it. An "
+                                  "event's media is detached with `events/media/remove` first, "
+                                  "a user's image by setting another.",
                    "responses": {"200": json_answer(NULL), "404": UNROUTED}},
     },
     "/api/v1/media/metadata/{media_id}": {

@@ -41,7 +41,8 @@ class Store(Protocol):
     async def media(self, media_id: str) -> Media | None: ...
 
     async def delete_media(self, media_id: str) -> bool:
-        """True if a record was deleted."""
+        """Delete the record: True if there was one, False if not. MediaInUse, deleting nothing,
+        while an event (open or closed) lists the media or a user's image is the media."""
 
     # Events.
     async def add_event(self, event: Event) -> None:

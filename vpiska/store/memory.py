@@ -158,7 +158,17 @@ class MemoryStore:
 
     async def delete_media(self, media_id: str) -> bool:
         await self._enter()
-        return self._media.pop(media_id, None) is not None
+        if media_id not in self._media:
+            return False
+        if self._in_use(media_id):
+            raise DomainError(ErrorCode.MEDIA_IN_USE)
+        del self._media[media_id]
+        return True
+
+    def _in_use(self, media_id: str) -> bool:
+        return any(
+            media.id == media_id for event in self._events.values() for media in event.media
+        ) or any(user.image_id == media_id for user in self._users.values())
 
     # Events.
 
