@@ -1,9 +1,9 @@
 """One contract for every Store: the server must not be able to tell sqlite from MongoDB.
 
-Each test runs on sqlite, on MongoStore over mongomock, and on a real MongoDB when
-VPISKA_TEST_MONGODB_URL is set. The tests on the `mongo` fixture check what only MongoDB has: the
-older Go backend's document shapes, its embedded chat arrays, and an older database whose data
-breaks an index.
+Each test runs on sqlite, on MongoStore over mongomock, on the in-memory store the actor tests
+use as a fake, and on a real MongoDB when VPISKA_TEST_MONGODB_URL is set. The tests on the
+`mongo` fixture check what only MongoDB has: the older Go backend's document shapes, its
+embedded chat arrays, and an older database whose data breaks an index.
 
 Timestamps are whole milliseconds: BSON dates keep no more.
 """
@@ -29,9 +29,11 @@ import pytest
 import trio
 from bson.int64 import Int64
 
+from vpiska.config import Config, StoreLocation
 from vpiska.domain import ChatMessage, Coordinates, Event, EventMedia, Media, User, new_id
 from vpiska.errors import DomainError, ErrorCode
-from vpiska.store import Store
+from vpiska.store import MemoryStore, Store, open_store
+from vpiska.store import memory as memory_store
 from vpiska.store.mongo import MongoStore
 from vpiska.store.sqlite import SqliteStore
 
@@ -81,21 +83,28 @@ def mongo_server(kind: str) -> Iterator[MongoServer]:
         client.close()
 
 
-@pytest.fixture(params=["sqlite", "mongomock", "mongodb"])
-def open_store(
+@pytest.fixture(params=["sqlite", "mongomock", "memory", "mongodb"])
+def store_opener(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[Callable[[], Awaitable[Store]]]:
     """How to open this param's store: a sync fixture, so that a skip keeps its reason."""
     if request.param == "sqlite":
         yield partial(SqliteStore.open, tmp_path / "db.sqlite")
         return
+    if request.param == "memory":
+
+        async def new_memory_store() -> Store:
+            return MemoryStore()
+
+        yield new_memory_store
+        return
     with mongo_server(request.param) as server:
         yield lambda: server.connect(server.new_database().name)
 
 
 @pytest.fixture
-async def store(open_store: Callable[[], Awaitable[Store]]) -> AsyncIterator[Store]:
-    opened = await open_store()
+async def store(store_opener: Callable[[], Awaitable[Store]]) -> AsyncIterator[Store]:
+    opened = await store_opener()
     try:
         yield opened
     finally:
@@ -232,6 +241,64 @@ async def test_media(store: Store) -> None:
     assert await store.delete_media(media.id) is False
 
 
+def some_media(content_type: str = "image/png") -> Media:
+    return Media(id=new_id(), name="m", content_type=content_type, size=1, last_modified=T0)
+
+
+async def test_media_an_event_lists_is_in_use_open_or_closed(store: Store) -> None:
+    attached, listed_at_creation, detached = some_media(), some_media(), some_media()
+    for media in (attached, listed_at_creation, detached):
+        await store.add_media(media)
+    event = dataclasses.replace(
+        an_event(new_id()), media=(EventMedia(listed_at_creation.id, "image/png"),))
+    await store.add_event(event)
+    await store.add_event_media(event.id, EventMedia(attached.id, "image/png"))
+    await store.add_event_media(event.id, EventMedia(detached.id, "image/png"))
+    await store.remove_event_media(event.id, detached.id)
+
+    assert await refused(store.delete_media(attached.id)) == (ErrorCode.MEDIA_IN_USE,)
+    assert await refused(store.delete_media(listed_at_creation.id)) == (ErrorCode.MEDIA_IN_USE,)
+    assert await store.delete_media(detached.id) is True
+    await store.close_event(event.id)
+    assert await refused(store.delete_media(attached.id)) == (ErrorCode.MEDIA_IN_USE,)
+    assert await store.media(attached.id) == attached
+    assert await store.media(listed_at_creation.id) == listed_at_creation
+
+
+async def test_media_a_user_has_as_image_is_in_use(store: Store) -> None:
+    old, new = some_media(), some_media()
+    await store.add_media(old)
+    await store.add_media(new)
+    user = a_user()
+    await store.add_user(user)
+    await store.set_user_image(user.id, old.id)
+
+    assert await refused(store.delete_media(old.id)) == (ErrorCode.MEDIA_IN_USE,)
+    assert await store.media(old.id) == old
+    await store.set_user_image(user.id, new.id)
+    assert await store.delete_media(old.id) is True
+    assert await refused(store.delete_media(new.id)) == (ErrorCode.MEDIA_IN_USE,)
+
+
+async def test_unknown_media_is_not_found_even_when_referred_to(store: Store) -> None:
+    """A reference to media that is gone (an older backend's data) does not make it exist."""
+    gone = new_id()
+    user = a_user()
+    await store.add_user(user)
+    await store.set_user_image(user.id, gone)
+    event = an_event(new_id())
+    await store.add_event(event)
+    await store.add_event_media(event.id, EventMedia(gone, "image/png"))
+    assert await store.delete_media(gone) is False
+
+
+async def test_media_of_an_unknown_event_is_not_in_use(store: Store) -> None:
+    media = some_media()
+    await store.add_media(media)
+    await store.add_event_media(new_id(), EventMedia(media.id, media.content_type))
+    assert await store.delete_media(media.id) is True
+
+
 # Events.
 
 
@@ -333,13 +400,85 @@ async def test_chat_seq_is_unique(store: Store) -> None:
     event = an_event(new_id())
     await store.add_event(event)
     await store.append_chat(event.id, 0, [a_line(0), a_line(1)])
-    with pytest.raises((sqlite3.IntegrityError, pymongo.errors.BulkWriteError)):
+    with pytest.raises(
+        (sqlite3.IntegrityError, pymongo.errors.BulkWriteError, memory_store.IntegrityError)
+    ):
         await store.append_chat(event.id, 1, [a_line(2)])
     assert await store.chat(event.id) == [a_line(0), a_line(1)]
 
 
 async def test_ping(store: Store) -> None:
     await store.ping()
+
+
+# Calls as trio sees them.
+
+
+async def test_every_call_is_a_checkpoint_and_a_cancelled_call_changes_nothing(
+    store: Store,
+) -> None:
+    """A call cancelled before it runs raises Cancelled and leaves the store as it was."""
+    user, event = a_user(), an_event(new_id())
+    media = Media(new_id(), "a.png", "image/png", 1, T0)
+    attached = EventMedia(media.id, media.content_type)
+    calls: list[Callable[[], Awaitable[object]]] = [
+        partial(store.add_user, user), partial(store.user_by_id, user.id),
+        partial(store.user_by_phone, user.phone),
+        partial(store.update_user, user.id, name="bob", phone=None),
+        partial(store.set_password_hash, user.id, "h"),
+        partial(store.set_user_image, user.id, media.id),
+        partial(store.add_media, media), partial(store.media, media.id),
+        partial(store.delete_media, media.id), partial(store.add_event, event),
+        partial(store.event, event.id), partial(store.open_event_of, event.owner_id),
+        store.open_events, partial(store.update_event, event.id, "x", Coordinates(1, 2)),
+        partial(store.close_event, event.id), partial(store.add_event_media, event.id, attached),
+        partial(store.remove_event_media, event.id, media.id),
+        partial(store.append_chat, event.id, 0, [a_line(0)]),
+        partial(store.append_chat, event.id, 0, []),
+        partial(store.chat, event.id), partial(store.chat_length, event.id), store.ping,
+    ]
+    for call in calls:
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await call()
+        assert scope.cancelled_caught, call
+
+    assert await store.user_by_id(user.id) is None
+    assert await store.media(media.id) is None
+    assert await store.event(event.id) is None
+    assert await store.open_events() == []
+    assert await store.chat_length(event.id) == 0
+
+
+async def test_what_a_call_returns_is_not_the_stores_state(store: Store) -> None:
+    event = an_event(new_id())
+    await store.add_event(event)
+    await store.append_chat(event.id, 0, [a_line(0)])
+
+    (await store.open_events()).clear()
+    (await store.chat(event.id)).append(a_line(1))
+    assert await store.open_events() == [event]
+    assert await store.chat(event.id) == [a_line(0)]
+
+
+# The in-memory store only.
+
+
+async def test_memory_store_refuses_calls_once_closed() -> None:
+    store = MemoryStore()
+    await store.aclose()
+    with pytest.raises(trio.ClosedResourceError):
+        await store.ping()
+    with pytest.raises(trio.ClosedResourceError):
+        await store.user_by_id(new_id())
+    await store.aclose()  # closing twice is fine, as with the real stores
+
+
+async def test_a_test_server_can_select_the_memory_store(tmp_path: Path) -> None:
+    config = Config(store=StoreLocation("memory", ""), media_path=tmp_path / "media")
+    async with open_store(config) as store:
+        assert isinstance(store, MemoryStore)
+        await store.add_user(a_user())
 
 
 # MongoDB only: the older backend's documents.

@@ -30,6 +30,8 @@ class ErrorCode(StrEnum):
     OWNER_ALREADY_HAS_EVENT = "OwnerAlreadyHasEvent"
     USER_ALREADY_EXIST = "UserAlreadyExist"
     USER_IS_NOT_OWNER = "UserIsNotOwner"
+    # (fix) DELETE of media that an event or a user's image still refers to.
+    MEDIA_IN_USE = "MediaInUse"
     # Validation.
     NAME_IS_EMPTY = "NameIsEmpty"
     PHONE_IS_EMPTY = "PhoneIsEmpty"

@@ -2,13 +2,19 @@
 
 Upload writes the bytes durably first and the record second, removing the bytes if the record
 fails; delete removes the record first and the bytes second. Either way a crash leaves at worst
-an orphan file, never a record the API would serve as broken.
+an orphan file, never a record the API would serve as broken. Whether media is still in use
+(an event lists it, a user's image is it) is the store's decision, taken with the delete.
+
+What a client says of its file is kept only as far as it is safe: the type is sent back as the
+`Content-Type` of the download, so it must be a well-formed media type, and the name must be
+text any store can hold (sqlite refuses a lone surrogate) and any client can read.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import BinaryIO
+import re
+from typing import IO
 
 import trio
 
@@ -16,14 +22,49 @@ from vpiska.domain import Media, new_id, utc_now
 from vpiska.errors import DomainError, ErrorCode
 from vpiska.store import MediaFiles, Store
 
+OCTET_STREAM = "application/octet-stream"
+# RFC 6838 bounds type and subtype at 127 characters each; parameters (a charset) fit in the
+# rest. Longer is not a type any client means.
+MAX_MEDIA_TYPE_CHARS = 255
+# What common file systems allow in one name.
+MAX_NAME_CHARS = 255
+
+_NAME = r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"  # RFC 6838 restricted-name
+_TOKEN = r"[A-Za-z0-9!#$%&'*+.^_`|~-]+"  # RFC 9110 token: a parameter's name or value
+_QUOTED = r'"(?:[\t !#-\[\]-~]|\\[\t -~])*"'  # RFC 9110 quoted-string, ASCII only
+_MEDIA_TYPE = re.compile(
+    rf"{_NAME}/{_NAME}(?:[ \t]*;[ \t]*(?:{_TOKEN}=(?:{_TOKEN}|{_QUOTED}))?)*"
+)
+# Control characters and lone surrogates (undecodable bytes, as Python's surrogateescape
+# keeps them): nothing a file name means, and the latter cannot be encoded as UTF-8 at all.
+_NOT_TEXT = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def is_media_type(value: str) -> bool:
+    """Whether `value` is a well-formed media type: RFC 6838 `type/subtype`, then RFC 9110
+    parameters, all ASCII, at most MAX_MEDIA_TYPE_CHARS long."""
+    return len(value) <= MAX_MEDIA_TYPE_CHARS and _MEDIA_TYPE.fullmatch(value) is not None
+
+
+def stored_content_type(said: str) -> str:
+    """The type a client gave its file, if well-formed, else application/octet-stream."""
+    return said if is_media_type(said) else OCTET_STREAM
+
+
+def stored_name(said: str) -> str:
+    """The name a client gave its file as valid text: each control character or lone surrogate
+    replaced by U+FFFD, cut to MAX_NAME_CHARS."""
+    return _NOT_TEXT.sub("\ufffd", said[:MAX_NAME_CHARS])
+
 
 @dataclasses.dataclass(frozen=True)
 class Upload:
-    """A file a client sent: its bytes (already bounded and on disk) and what it said of them."""
+    """A file a client sent: its bytes (already bounded and on disk) and what it said of them,
+    as it said it. `MediaLibrary.add` keeps what is safe to store and to send back."""
 
     filename: str
     content_type: str
-    data: BinaryIO
+    data: IO[bytes]
 
 
 class MediaLibrary:
@@ -34,7 +75,8 @@ class MediaLibrary:
     async def add(self, upload: Upload) -> Media:
         media_id = new_id()
         size = await self.files.save(media_id, upload.data)
-        media = Media(media_id, upload.filename, upload.content_type, size, utc_now())
+        media = Media(media_id, stored_name(upload.filename),
+                      stored_content_type(upload.content_type), size, utc_now())
         try:
             await self._store.add_media(media)
         except BaseException:
@@ -50,6 +92,7 @@ class MediaLibrary:
         return media
 
     async def delete(self, media_id: str) -> None:
+        """MediaNotFound, or MediaInUse (from the store, which then deleted nothing)."""
         if not await self._store.delete_media(media_id):
             raise DomainError(ErrorCode.MEDIA_NOT_FOUND)
         await self.files.remove(media_id)

@@ -1,4 +1,11 @@
-"""`/api/v1/media*`: upload, download, metadata and delete of stored files."""
+"""`/api/v1/media*`: upload, download, metadata and delete of stored files.
+
+Stored bytes are whatever a client uploaded, served from the API's own origin, so a download
+must never run as a page of it (API.md, Media (fix)). Every download says `nosniff`, so a
+browser believes the stored type rather than guessing from the bytes; only types a browser
+shows passively are served inline, and anything else is a download whose CSP would sandbox it
+even if opened. The `Content-Type` stays the stored one: clients read it.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +18,38 @@ from vpiska.errors import DomainError
 from vpiska.http.body import id_codes, require
 from vpiska.http.envelope import success
 from vpiska.http.multipart import read_multipart
-from vpiska.media import MediaLibrary
+from vpiska.media import OCTET_STREAM, MediaLibrary, is_media_type
+
+# Types a browser renders without running anything of theirs: raster images, sound, video and
+# plain text (which, not sniffed, stays text). Not here on purpose: SVG and every XML (scripts),
+# HTML, JavaScript, PDF (a viewer that runs scripts) and types we do not know.
+INLINE_TYPES = frozenset({
+    "image/jpeg", "image/png", "image/apng", "image/gif", "image/webp", "image/avif",
+    "image/bmp", "text/plain",
+})
+INLINE_TOP_LEVEL_TYPES = frozenset({"audio", "video"})
+
+NOSNIFF = {"X-Content-Type-Options": "nosniff"}
+SANDBOXED_DOWNLOAD = {
+    "Content-Disposition": "attachment",
+    "Content-Security-Policy": "sandbox; default-src 'none'",
+}
+
+
+def shown_inline(content_type: str) -> bool:
+    essence = content_type.partition(";")[0].strip(" \t").lower()
+    return (essence in INLINE_TYPES
+            or essence.partition("/")[0] in INLINE_TOP_LEVEL_TYPES)
+
+
+def download_headers(content_type: str) -> dict[str, str]:
+    """The headers stored bytes of `content_type` are sent with."""
+    if not is_media_type(content_type):  # a record from before uploads were checked
+        content_type = OCTET_STREAM
+    headers = {"Content-Type": content_type, **NOSNIFF}
+    if not shown_inline(content_type):
+        headers |= SANDBOXED_DOWNLOAD
+    return headers
 
 
 def media_routes(config: Config, media: MediaLibrary) -> Blueprint:
@@ -27,13 +65,13 @@ def media_routes(config: Config, media: MediaLibrary) -> Blueprint:
     async def download(media_id: str) -> Any:
         # A raw-bytes endpoint: errors are bare HTTP statuses, as the older backend sent them.
         if id_codes(media_id):
-            return Response(b"", status=400)
+            return Response(b"", status=400, headers=NOSNIFF)
         try:
             found = await media.get(media_id)
         except DomainError:
-            return Response(b"", status=404)
+            return Response(b"", status=404, headers=NOSNIFF)
         response = await send_file(media.files.path(found.id), conditional=False)
-        response.headers["Content-Type"] = found.content_type
+        response.headers.update(download_headers(found.content_type))
         return response
 
     @routes.get("/metadata/<media_id>")
@@ -52,4 +90,3 @@ def media_routes(config: Config, media: MediaLibrary) -> Blueprint:
         return success(None)
 
     return routes
-

@@ -4,6 +4,9 @@ Quart's own form parser bounds a body by Content-Length only, so a chunked uploa
 without limit; here werkzeug's sans-IO decoder is fed chunk by chunk, every byte is counted, and
 the file part is spooled to disk (in memory up to SPOOL_IN_MEMORY), so memory stays bounded
 whatever the client sends.
+
+What a part says of its file (name, type) is handed over as said; `MediaLibrary.add` decides
+what of it is stored.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import IO, NoReturn
 
 import trio
 from quart import request
+from werkzeug.datastructures import Headers
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 
 from vpiska.errors import DomainError, ErrorCode
@@ -66,7 +70,7 @@ async def read_multipart(file_field: str, max_bytes: int, spool_dir: Path) -> Mu
     boundary = request.mimetype_params.get("boundary", "")
     if not boundary:
         _malformed("multipart body without a boundary")
-    decoder = MultipartDecoder(boundary.encode("latin-1"), max_parts=MAX_PARTS)
+    decoder = _LenientDecoder(boundary.encode("latin-1"), max_parts=MAX_PARTS)
     form = MultipartForm(file_field)
     try:
         reader = _PartReader(form, spool_dir)
@@ -89,6 +93,21 @@ async def read_multipart(file_field: str, max_bytes: int, spool_dir: Path) -> Mu
         form.__exit__()
         raise
     return form
+
+
+class _LenientDecoder(MultipartDecoder):
+    """werkzeug's decoder, taking part headers that are not UTF-8.
+
+    werkzeug decodes a part's headers as strict UTF-8, so one other byte (a file name in a
+    legacy encoding) fails the whole body; the older backend took any bytes. Here each such
+    byte becomes U+FFFD before werkzeug reads the headers: the name keeps the rest, and a type
+    with U+FFFD is not a media type, so it is stored as application/octet-stream.
+    `_parse_headers` is werkzeug's private method (3.x); should a release drop it, these
+    bodies are refused as malformed again, and tests/test_media.py says so.
+    """
+
+    def _parse_headers(self, data: bytes | bytearray) -> Headers:
+        return super()._parse_headers(bytes(data).decode("utf-8", "replace").encode())
 
 
 def _malformed(cause: str) -> NoReturn:
@@ -126,9 +145,9 @@ class _PartReader:
         self._field = None
         if event.name != self._form.file_field or self._form.upload is not None:
             return  # a part nobody asked for: its bytes are counted, then dropped
-        self._spool = tempfile.SpooledTemporaryFile(SPOOL_IN_MEMORY, dir=self._spool_dir)
-        content_type = event.headers.get("content-type") or "application/octet-stream"
-        self._form.upload = Upload(event.filename or "", content_type, self._spool)  # type: ignore[arg-type]
+        self._spool = tempfile.SpooledTemporaryFile(SPOOL_IN_MEMORY, dir=str(self._spool_dir))
+        content_type = event.headers.get("content-type", "")
+        self._form.upload = Upload(event.filename or "", content_type, self._spool)
 
     async def _data(self, event: Data) -> None:
         if self._field is not None:

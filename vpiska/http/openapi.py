@@ -46,6 +46,23 @@ REQUEST_ID_HEADER = {
 }
 
 
+# vpiska/http/media.py: how stored bytes are served.
+DOWNLOAD_HEADERS = {
+    "X-Content-Type-Options": {
+        "description": "Always `nosniff`: a browser takes the stored type as it is.",
+        "required": True, "schema": {"type": "string", "enum": ["nosniff"]},
+    },
+    "Content-Disposition": {
+        "description": "`attachment` for every type that is not shown inline.",
+        "schema": {"type": "string", "enum": ["attachment"]},
+    },
+    "Content-Security-Policy": {
+        "description": "Sent with `attachment`: opened anyway, the file runs nothing.",
+        "schema": {"type": "string", "enum": ["sandbox; default-src 'none'"]},
+    },
+}
+
+
 def ref(name: str) -> Schema:
     return {"$ref": f"#/components/schemas/{name}"}
 
@@ -98,10 +115,10 @@ def envelope(result: Schema) -> Schema:
 
 
 def answer(description: str, content: dict[str, Any] | None = None, *,
-           request_id: bool = True) -> dict[str, Any]:
+           request_id: bool = True, headers: dict[str, Any] | None = None) -> dict[str, Any]:
     response: dict[str, Any] = {"description": description}
-    if request_id:
-        response["headers"] = REQUEST_ID_HEADER
+    if request_id or headers:
+        response["headers"] = {**(REQUEST_ID_HEADER if request_id else {}), **(headers or {})}
     if content is not None:
         response["content"] = content
     return response
@@ -140,8 +157,11 @@ def upload_operation(summary: str, form: Schema, result: Schema, *, tag: str,
     operation = json_operation(summary, {}, result, tag=tag, locked=locked)
     operation["requestBody"] = {"required": True,
                                 "content": {"multipart/form-data": {"schema": form}}}
-    operation["description"] = ("Over MAX_UPLOAD_BYTES → `PayloadTooLarge`; without the file "
-                                "field → `InternalError`.")
+    operation["description"] = (
+        "Over MAX_UPLOAD_BYTES → `PayloadTooLarge`; without the file field → `InternalError`. "
+        "The file part's Content-Type is stored if it is a well-formed media type, else "
+        "`application/octet-stream`; its file name is stored as valid text (a control "
+        "character or undecodable byte becomes U+FFFD), at most 255 characters.")
     return operation
 
 
@@ -235,8 +255,11 @@ PATHS: dict[str, dict[str, Any]] = {
         "get": {
             "tags": [MEDIA], "summary": "Download a file",
             "responses": {
-                "200": answer("The bytes, with the Content-Type they were uploaded with.",
-                              {"*/*": {"schema": UPLOAD}}),
+                "200": answer("The bytes, with the Content-Type they were stored with. Raster "
+                              "images (JPEG, PNG, APNG, GIF, WebP, AVIF, BMP), audio, video "
+                              "and plain text are served inline; every other type (HTML, SVG, "
+                              "XML, JavaScript, PDF, unknown, …) as a sandboxed attachment.",
+                              {"*/*": {"schema": UPLOAD}}, headers=DOWNLOAD_HEADERS),
                 "400": answer("The id is not a UUID v4 (empty body).",
                               {"text/html": {"schema": {"type": "string", "maxLength": 0}}}),
                 "404": answer("No such file (empty body), or no endpoint serves the path "
@@ -246,6 +269,11 @@ PATHS: dict[str, dict[str, Any]] = {
             },
         },
         "delete": {"tags": [MEDIA], "summary": "Delete a file",
+                   "description": "InvalidIdFormat for an id that is not a UUID v4; "
+                                  "MediaNotFound for an unknown file; MediaInUse while an event "
+                                  "(open or closed) lists the file or a user's image is it. An "
+                                  "event's media is detached with `events/media/remove` first, "
+                                  "a user's image by setting another.",
                    "responses": {"200": json_answer(NULL), "404": UNROUTED}},
     },
     "/api/v1/media/metadata/{media_id}": {

@@ -1,4 +1,5 @@
-"""Persistence: the Store interface, its sqlite and MongoDB implementations, and media files."""
+"""Persistence: the Store interface, its sqlite, MongoDB and in-memory implementations, and media
+files."""
 
 from __future__ import annotations
 
@@ -8,18 +9,25 @@ from contextlib import asynccontextmanager
 from vpiska.config import Config
 from vpiska.store.base import Store
 from vpiska.store.files import MediaFiles
+from vpiska.store.memory import MemoryStore
 
-__all__ = ["MediaFiles", "Store", "open_store"]
+__all__ = ["MediaFiles", "MemoryStore", "Store", "open_store"]
 
 
 @asynccontextmanager
 async def open_store(config: Config) -> AsyncIterator[Store]:
-    """Open the store `config` selects; close it on exit."""
+    """Open the store `config` selects; close it on exit.
+
+    The kind "memory" is for test servers (`StoreLocation("memory", "")`): DB_CONNECTION never
+    selects it, since its data ends with the process.
+    """
     store: Store
     if config.store.kind == "mongodb":
         from vpiska.store.mongo import MongoStore
 
         store = await MongoStore.open(config.store.target, config.db_name)
+    elif config.store.kind == "memory":
+        store = MemoryStore()
     else:
         from vpiska.store.sqlite import SqliteStore
 

@@ -26,7 +26,9 @@ class Store(Protocol):
 
     async def user_by_phone(self, phone: str) -> User | None: ...
 
-    async def update_user(self, user_id: str, *, name: str | None, phone: str | None) -> User | None:
+    async def update_user(
+        self, user_id: str, *, name: str | None, phone: str | None
+    ) -> User | None:
         """Change the given fields; None if the user is gone; the same codes as add_user."""
 
     async def set_password_hash(self, user_id: str, password_hash: str) -> None: ...
@@ -39,7 +41,8 @@ class Store(Protocol):
     async def media(self, media_id: str) -> Media | None: ...
 
     async def delete_media(self, media_id: str) -> bool:
-        """True if a record was deleted."""
+        """Delete the record: True if there was one, False if not. MediaInUse, deleting nothing,
+        while an event (open or closed) lists the media or a user's image is the media."""
 
     # Events.
     async def add_event(self, event: Event) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 import trio
 
@@ -27,11 +27,11 @@ class MediaFiles:
     def path(self, media_id: str) -> Path:
         return self.root / media_id
 
-    async def save(self, media_id: str, source: BinaryIO) -> int:
+    async def save(self, media_id: str, source: IO[bytes]) -> int:
         """Copy `source` to the file of `media_id` durably; return the number of bytes."""
         return await trio.to_thread.run_sync(self._save, media_id, source, limiter=self._limiter)
 
-    def _save(self, media_id: str, source: BinaryIO) -> int:
+    def _save(self, media_id: str, source: IO[bytes]) -> int:
         final = self.path(media_id)
         partial = final.with_name(f".{media_id}.partial")
         try:

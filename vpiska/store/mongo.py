@@ -60,6 +60,9 @@ _INDEXES: tuple[tuple[str, str, list[tuple[str, int]], Mapping[str, Any]], ...] 
     ),
     # Serves `open_events` (filter on state, sort on created_at).
     ("events", "events_state", [("state", ASCENDING), ("created_at", ASCENDING)], {}),
+    # Serve `delete_media`'s question: does an event or a user refer to this media?
+    ("events", "events_media", [("media._id", ASCENDING)], {}),
+    ("users", "users_image", [("image_id", ASCENDING)], {}),
     (
         "chat_messages", "chat_messages_event_seq", [("event_id", ASCENDING), ("seq", ASCENDING)],
         {"unique": True},
@@ -200,8 +203,21 @@ class MongoStore:
         )
 
     async def delete_media(self, media_id: str) -> bool:
-        result = await self._run(partial(self._media.delete_one, {"_id": media_id}))
-        return result.deleted_count > 0
+        """Check, then delete: MongoDB has no transaction across collections without a replica
+        set, which vpiska does not require. So unlike sqlite's, this MediaInUse check is not
+        atomic with the delete: a reference written between the two survives its media. Media
+        is referred to only by the request that uploaded it, before anyone else learns its id,
+        so only that request could race itself."""
+
+        def delete() -> bool:
+            if self._media.find_one({"_id": media_id}, {"_id": 1}) is None:
+                return False
+            if (self._events.find_one({"media._id": media_id}, {"_id": 1}) is not None
+                    or self._users.find_one({"image_id": media_id}, {"_id": 1}) is not None):
+                raise DomainError(ErrorCode.MEDIA_IN_USE)
+            return self._media.delete_one({"_id": media_id}).deleted_count > 0
+
+        return await self._run(delete)
 
     # Events.
 
@@ -275,6 +291,7 @@ class MongoStore:
         self, event_id: str, first_seq: int, messages: Sequence[ChatMessage]
     ) -> None:
         if not messages:  # insert_many refuses an empty batch
+            await trio.lowlevel.checkpoint()  # still a checkpoint, as every store call is
             return
         documents = [
             {

@@ -9,7 +9,8 @@ process (the WAL is in the OS page cache); only a power cut can lose the last tr
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,6 +34,7 @@ CREATE TABLE IF NOT EXISTS users (
     image_id TEXT,
     password TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS users_by_image ON users(image_id);
 CREATE TABLE IF NOT EXISTS media (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -58,6 +60,7 @@ CREATE TABLE IF NOT EXISTS event_media (
     content_type TEXT NOT NULL,
     UNIQUE (event_id, media_id)
 );
+CREATE INDEX IF NOT EXISTS event_media_by_media ON event_media(media_id);
 CREATE TABLE IF NOT EXISTS chat_messages (
     event_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -70,6 +73,16 @@ CREATE TABLE IF NOT EXISTS chat_messages (
 """
 
 OPEN, CLOSED = 0, 1
+
+# Whether an event (open or closed) lists a media or a user's image is it. The join skips
+# event_media rows of an event that does not exist (add_event_media inserts them blindly).
+_MEDIA_REFERENCES = """
+SELECT 1 FROM event_media JOIN events ON events.id = event_media.event_id
+WHERE event_media.media_id = ?
+UNION ALL
+SELECT 1 FROM users WHERE image_id = ?
+LIMIT 1
+"""
 
 
 class SqliteStore:
@@ -96,6 +109,18 @@ class SqliteStore:
     async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
         with _CALL_DURATION.time():
             return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    @contextmanager
+    def _transaction(self, begin: str = "BEGIN") -> Iterator[None]:
+        """One transaction around the block (the connection autocommits every statement
+        otherwise): committed when the block ends, rolled back when it raises."""
+        self._db.execute(begin)
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     async def aclose(self) -> None:
         await self._run(self._db.close)
@@ -140,7 +165,9 @@ class SqliteStore:
         ).fetchone()
         return User(*row) if row else None
 
-    async def update_user(self, user_id: str, *, name: str | None, phone: str | None) -> User | None:
+    async def update_user(
+        self, user_id: str, *, name: str | None, phone: str | None
+    ) -> User | None:
         def update() -> User | None:
             try:
                 self._db.execute(
@@ -186,31 +213,40 @@ class SqliteStore:
         return await self._run(select)
 
     async def delete_media(self, media_id: str) -> bool:
-        return await self._execute("DELETE FROM media WHERE id = ?", media_id) > 0
+        def delete() -> bool:
+            # IMMEDIATE takes the write lock before the check: no other connection to the file
+            # can add a reference between the check and the delete.
+            with self._transaction("BEGIN IMMEDIATE"):
+                found = self._db.execute("SELECT 1 FROM media WHERE id = ?", (media_id,))
+                if found.fetchone() is None:
+                    return False
+                if self._db.execute(_MEDIA_REFERENCES, (media_id, media_id)).fetchone():
+                    raise DomainError(ErrorCode.MEDIA_IN_USE)
+                self._db.execute("DELETE FROM media WHERE id = ?", (media_id,))
+            return True
+
+        return await self._run(delete)
 
     # Events.
 
     async def add_event(self, event: Event) -> None:
         def insert() -> None:
-            self._db.execute("BEGIN")
             try:
-                self._db.execute(
-                    "INSERT INTO events (id, owner_id, name, address, state, x, y, created_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (event.id, event.owner_id, event.name, event.address,
-                     OPEN if event.is_open else CLOSED, event.coordinates.x, event.coordinates.y,
-                     event.created_at.isoformat()),
-                )
-                self._db.executemany(
-                    "INSERT INTO event_media (event_id, media_id, content_type) VALUES (?, ?, ?)",
-                    [(event.id, m.id, m.content_type) for m in event.media],
-                )
-            except BaseException as exc:
-                self._db.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.IntegrityError):
-                    raise DomainError(ErrorCode.OWNER_ALREADY_HAS_EVENT) from None
-                raise
-            self._db.execute("COMMIT")
+                with self._transaction():
+                    self._db.execute(
+                        "INSERT INTO events (id, owner_id, name, address, state, x, y, created_at)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (event.id, event.owner_id, event.name, event.address,
+                         OPEN if event.is_open else CLOSED, event.coordinates.x,
+                         event.coordinates.y, event.created_at.isoformat()),
+                    )
+                    self._db.executemany(
+                        "INSERT INTO event_media (event_id, media_id, content_type)"
+                        " VALUES (?, ?, ?)",
+                        [(event.id, m.id, m.content_type) for m in event.media],
+                    )
+            except sqlite3.IntegrityError:
+                raise DomainError(ErrorCode.OWNER_ALREADY_HAS_EVENT) from None
 
         await self._run(insert)
 
@@ -290,18 +326,13 @@ class SqliteStore:
         def insert() -> None:
             # One transaction per batch (autocommit mode would commit every row): this is
             # what makes group commit pay.
-            self._db.execute("BEGIN")
-            try:
+            with self._transaction():
                 self._db.executemany(
                     "INSERT INTO chat_messages"
                     " (event_id, seq, user_id, user_name, user_image_id, message)"
                     " VALUES (?, ?, ?, ?, ?, ?)",
                     rows,
                 )
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
 
         await self._run(insert)
 
