@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import pytest
 
 from tests.conftest import Server
+from tests.fakes import FaultyStore
+from vpiska.store import Store
 
 CREATE = "/api/v1/users/create"
 
@@ -83,17 +86,20 @@ async def test_wrong_method_is_invalid_method(server: Server, method: str, path:
     assert response.json()["errors"] == [{"errorCode": "invalid method"}]
 
 
-async def test_unexpected_error_is_logged_with_traceback_not_leaked(
-    server: Server, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    async def broken(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("secret internal detail")
+@pytest.fixture
+def wrap_store() -> Callable[[Store], Store]:
+    return FaultyStore  # type: ignore[return-value]
 
-    monkeypatch.setattr("vpiska.store.sqlite.SqliteStore.user_by_phone", broken)
+
+async def test_unexpected_error_is_logged_with_traceback_not_leaked(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert isinstance(server.store, FaultyStore)
+    server.store.fail("user_by_phone")
     with caplog.at_level(logging.ERROR):
         envelope = await server.call("/api/v1/users/login",
                                      {"phone": "9001234567", "password": "secret1"})
     assert envelope["errors"] == [{"errorCode": "InternalError"}]
-    assert "secret internal detail" not in str(envelope)
+    assert "injected failure" not in str(envelope)
     failures = [r for r in caplog.records if r.message == "request failed"]
     assert len(failures) == 1 and failures[0].exc_info is not None

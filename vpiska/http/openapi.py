@@ -189,8 +189,8 @@ Frames from the client: `chatMessage/<text>`; other prefixes are ignored.
 `since=n`: the client already has the first n chat lines; it gets lines n, n+1, … first.
 
 Close codes: 1000 event closed, 1001 server shutting down, 1002/1007/1009 malformed, non-UTF-8
-or oversize frame, 1003 binary frame, 1011 the event's room failed, 4008 slow consumer (rejoin
-with `since`), 4009 chat flooding.
+or oversize frame, 1003 binary frame, 1011 the event's room failed, 1013 the event's room is
+overloaded (try again later), 4008 slow consumer (rejoin with `since`), 4009 chat flooding.
 """
 
 USERS, EVENTS, MEDIA, LIVE, OPERATIONS = "users", "events", "media", "live room", "operations"

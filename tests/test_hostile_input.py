@@ -1,0 +1,276 @@
+"""What an attacker sends gets the field's code, never a crashed room, a traceback or `Infinity`.
+
+Each case is a value a client controls (a JSON field, a query parameter, a token claim) that
+once reached the store or the wire and broke something there (issue 8 of the tracker).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+import trio
+import trio.testing
+
+from tests.clients import Crowd, host_event, token_for, wait_for_sockets
+from tests.conftest import Server
+from tests.fakes import FaultyStore
+from tests.raw_ws import RawSocket
+from tests.test_websocket import port_of, resource
+from vpiska import wire
+from vpiska.domain import new_id
+from vpiska.store import Store
+
+CREATE = "/api/v1/events/create"
+UPDATE = "/api/v1/events/update"
+GET = "/api/v1/events/get"
+RANGE = "/api/v1/events/range"
+
+
+def strict_json(text: str) -> Any:
+    """Parse as a strict client would: NaN and Infinity are not JSON."""
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} on the wire")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+async def raw_post(server: Server, path: str, body: str, token: str | None = None) -> Any:
+    """POST a body written by hand (json.dumps would refuse what an attacker sends)."""
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    response = await server.http.post(path, content=body.encode("utf-8", "surrogatepass"),
+                                      headers=headers)
+    assert response.status_code == 200
+    return strict_json(response.text)
+
+
+def errors(envelope: Any) -> list[str]:
+    assert envelope["isSuccess"] is False, envelope
+    return [e["errorCode"] for e in envelope["errors"]]
+
+
+def error_records(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "code"),
+    [
+        pytest.param("address", '"a\\ud800"', "AddressIsEmpty", id="lone-surrogate"),
+        pytest.param("x", "1e999", "CoordinatesIsEmpty", id="infinite"),
+        pytest.param("x", "1" + "0" * 400, "CoordinatesIsEmpty", id="beyond-any-double"),
+        pytest.param("y", "-1e999", "CoordinatesIsEmpty", id="minus-infinite"),
+    ],
+)
+async def test_update_with_a_value_no_store_can_hold_fails_only_that_request(
+    server: Server, crowd: Crowd, caplog: pytest.LogCaptureFixture,
+    field: str, value: str, code: str,
+) -> None:
+    caplog.set_level(logging.INFO)
+    token, event_id = await host_event(server)
+    member = await crowd.join((await token_for(server))[1], event_id)
+    address = value if field == "address" else '"street 2"'
+    x = value if field == "x" else "1"
+    y = value if field == "y" else "2"
+    body = (f'{{"eventId": "{event_id}", "address": {address}, '
+            f'"coordinates": {{"x": {x}, "y": {y}}}}}')
+    for _ in range(6):  # four crashes in a few seconds used to fail the room until restart
+        assert errors(await raw_post(server, UPDATE, body, token)) == [code]
+    # The room is whole: its member stays, chat flows, the owner can still update and close.
+    await member.say("still here")
+    await member.wait_for(lambda m: m.chat() == ["still here"])
+    await server.ok(UPDATE, {"eventId": event_id, "address": "street 3",
+                             "coordinates": {"x": 5, "y": 6}}, token=token)
+    await member.wait_for(lambda m: any('"address":"street 3"' in f for f in m.frames))
+    event = await server.ok(GET, {"eventId": event_id})
+    assert event["address"] == "street 3"
+    assert member.close_code is None
+    assert not error_records(caplog)
+
+
+@pytest.mark.parametrize("x", ["1e999", "-1e999", "1" + "0" * 400])
+async def test_create_with_a_non_finite_coordinate_is_refused_and_stores_nothing(
+    server: Server, x: str
+) -> None:
+    await host_event(server)
+    owner = await server.sign_up("fresh", "9007654321")
+    body = f'{{"name": "p", "address": "a", "coordinates": {{"x": {x}, "y": 0}}}}'
+    assert errors(await raw_post(server, CREATE, body, owner["accessToken"])) == [
+        "CoordinatesIsEmpty"]
+    found = await raw_post(server, RANGE, '{"coordinates": {"x": 0, "y": 0}, '
+                           '"horizontalRange": 1e300, "verticalRange": 1e300}')
+    assert [e["name"] for e in found["result"]] == ["party"]  # only host_event's
+
+
+async def test_huge_but_finite_numbers_are_kept_and_written_as_json(server: Server) -> None:
+    token, event_id = await host_event(server)
+    big = 2**63
+    await server.ok(UPDATE, {"eventId": event_id, "address": "a",
+                             "coordinates": {"x": big, "y": -1e308}}, token=token)
+    response = await server.http.post(GET, json={"eventId": event_id})
+    event = strict_json(response.text)["result"]
+    assert event["coordinates"] == {"x": float(big), "y": -1e308}
+    found = await raw_post(server, RANGE, '{"coordinates": {"x": 0, "y": 0}, '
+                           '"horizontalRange": 1e308, "verticalRange": 1e308}')
+    assert found["result"] == []  # y = -1e308 is outside ±5e307; no bound overflowed
+    assert errors(await raw_post(server, RANGE, '{"coordinates": {"x": 0, "y": 0}, '
+                                 '"horizontalRange": 1' + "0" * 400 + ', "verticalRange": 1}')
+                  ) == ["HorizontalRangeIsEmpty"]
+
+
+@pytest.mark.parametrize(
+    ("body", "codes"),
+    [
+        pytest.param('{"name": "\\ud800", "phone": "9001234567", "password": "secret1", '
+                     '"confirmPassword": "secret1"}', ["NameIsEmpty"], id="name"),
+        pytest.param('{"name": "ann", "phone": "9001234567", "password": "secret\\udfff", '
+                     '"confirmPassword": "secret\\udfff"}', ["PasswordIsEmpty"], id="password"),
+        pytest.param('{"name": "ann", "phone": "\\ud83d9001234567", "password": "secret1", '
+                     '"confirmPassword": "secret1"}', ["PhoneRegexInvalid"], id="phone"),
+        pytest.param("[" * 30_000, ["InternalError"], id="deeply-nested"),
+    ],
+)
+async def test_sign_up_with_hostile_values_gets_codes_and_no_error_log(
+    server: Server, caplog: pytest.LogCaptureFixture, body: str, codes: list[str]
+) -> None:
+    caplog.set_level(logging.INFO)
+    # A lone surrogate in the phone reads as an empty field, so PhoneIsEmpty is also fair;
+    # what matters is a code, not a crash.
+    got = errors(await raw_post(server, "/api/v1/users/create", body))
+    assert got == codes or (codes == ["PhoneRegexInvalid"] and got == ["PhoneIsEmpty"])
+    assert not error_records(caplog)
+    await server.sign_up()  # still healthy
+
+
+async def test_profile_update_and_event_create_with_lone_surrogates_get_codes(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    user = await server.sign_up()
+    token = user["accessToken"]
+    envelope = await raw_post(server, "/api/v1/users/update", '{"name": "\\ud800"}', token)
+    assert envelope["isSuccess"] is True  # an empty name is "no change", as documented
+    envelope = await raw_post(
+        server, CREATE, '{"name": "\\ud800", "address": "\\udc00", '
+        '"coordinates": {"x": 1, "y": 2}}', token)
+    assert errors(envelope) == ["NameIsEmpty", "AddressIsEmpty"]
+    assert not error_records(caplog)
+
+
+def test_every_encoder_refuses_non_finite_numbers() -> None:
+    for value in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(ValueError, match="JSON compliant"):
+            wire.encode({"x": value})
+
+
+@pytest.mark.parametrize(
+    "since", ["%C2%B2", "%D9%A3", "1" * 5001, "-1", "1.5", "%00", "%ED%A0%80"],
+    ids=["superscript-two", "arabic-three", "5001-digits", "negative", "fraction", "nul",
+         "encoded-surrogate"])
+async def test_since_must_be_a_few_ascii_digits(
+    server: Server, caplog: pytest.LogCaptureFixture, since: str
+) -> None:
+    caplog.set_level(logging.INFO)
+    _, event_id = await host_event(server)
+    _, guest = await token_for(server)
+    path = resource(server, guest, event_id) + f"&since={since}"
+    assert await RawSocket.handshake_status(port_of(server), path) == 400
+    assert not error_records(caplog)
+    assert await RawSocket.handshake_status(port_of(server), path[: path.rindex("&")]
+                                            + "&since=0") == 101
+
+
+def forged(server: Server, **claims: Any) -> str:
+    """A token signed with the server's key: with the public default key anyone can make one."""
+    body = {"ID": new_id(), "Name": "mallory", "ImageID": "", "iss": server.config.jwt_issuer,
+            "aud": server.config.jwt_audience,
+            "exp": datetime.now(UTC) + timedelta(days=1), **claims}
+    return jwt.encode(body, server.config.jwt_key, algorithm="HS256")
+
+
+async def test_a_well_signed_token_of_a_user_that_does_not_exist_is_refused(
+    server: Server
+) -> None:
+    _, event_id = await host_event(server)
+    ghost = forged(server)
+    assert await server.codes(CREATE, {"name": "p", "address": "a",
+                                       "coordinates": {"x": 1, "y": 1}},
+                              token=ghost) == ["unauthorized"]
+    assert await RawSocket.handshake_status(
+        port_of(server), resource(server, ghost, event_id)) == 401
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [{"ID": "not-a-uuid"}, {"ID": 5}, {"Name": "\ud800"}, {"Name": ["x"]}],
+    ids=["id-not-uuid", "id-number", "name-surrogate", "name-list"])
+async def test_token_claims_are_validated(server: Server, claims: dict[str, Any]) -> None:
+    _, event_id = await host_event(server)
+    token = forged(server, **claims)
+    assert await server.codes(CREATE, {"name": "p", "address": "a",
+                                       "coordinates": {"x": 1, "y": 1}},
+                              token=token) == ["unauthorized"]
+    assert await RawSocket.handshake_status(
+        port_of(server), resource(server, token, event_id)) == 401
+
+
+async def test_an_image_id_claim_that_is_not_text_is_dropped_not_stored(
+    server: Server, crowd: Crowd
+) -> None:
+    user_id, _ = await token_for(server, "eve")
+    hostile = forged(server, ID=user_id, Name="eve", ImageID="\udfff")
+    _, event_id = await host_event(server)
+    member = await crowd.join(hostile, event_id)
+    await member.say("hello")
+    await member.wait_for(lambda m: m.chat() == ["hello"])
+    line = strict_json(next(f for f in member.frames if f.startswith("chatMessage/"))[12:])
+    assert line["userImageId"] == ""
+    assert line["userId"] == user_id
+
+
+@pytest.fixture
+def wrap_store() -> Callable[[Store], Store]:
+    return FaultyStore  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("config_overrides", [{"chat_rate_per_second": 1e6, "chat_burst": 10**6}])
+async def test_members_whose_connection_broke_are_not_counted_as_slow(
+    server: Server, crowd: Crowd
+) -> None:
+    async def slow_consumers() -> float:
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            text = (await http.get("/metrics")).text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith('vpiska_ws_disconnects_total{reason="slow_consumer"}'))
+
+    assert isinstance(server.store, FaultyStore)
+    _, event_id = await host_event(server)
+    before = await slow_consumers()
+    talker = await crowd.join((await token_for(server))[1], event_id)
+    doomed = [await RawSocket.connect(port_of(server),
+                                      resource(server, (await token_for(server))[1], event_id))
+              for _ in range(9)]
+    await wait_for_sockets(server, 10)
+    # Chat queues up behind a store write that does not return, so the leaves of the phones
+    # about to vanish queue behind it too, and the room still delivers to them meanwhile.
+    release = server.store.hang("append_chat")
+    for i in range(50):
+        await talker.say(f"line {i}")
+    for raw in doomed:  # the phones vanish: a reset, not a close handshake
+        raw.stream.socket.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_LINGER,
+                                     struct.pack("ii", 1, 0))
+        await raw.stream.aclose()
+    await trio.testing.wait_all_tasks_blocked(0.05)  # their sessions have seen the resets
+    release.set()
+    await talker.wait_for(lambda m: len(m.chat()) == 50)
+    await wait_for_sockets(server, 1)
+    assert await slow_consumers() == before

@@ -1,0 +1,230 @@
+"""Shutdown cannot hang: stop accepting, then drain the rooms, all within SHUTDOWN_GRACE_SECONDS.
+
+The rooms are held mid-write by a store that does not answer (FaultyStore.hang), which is what
+makes the order and the deadline observable.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from tests.clients import Crowd, host_event, token_for, wait_for_sockets
+from tests.conftest import Server, make_config
+from tests.fakes import FaultyStore
+from tests.test_process import env, free_port, wait_until_serving
+from vpiska.server import ShutdownTimedOut, serve
+from vpiska.store.sqlite import SqliteStore
+
+UNLIMITED_CHAT = {"chat_rate_per_second": 1e6, "chat_burst": 10**6}
+
+
+@asynccontextmanager
+async def running(tmp_path: Path, nursery: trio.Nursery, **overrides: Any
+                  ) -> AsyncIterator[tuple[Server, trio.Event, trio.Event]]:
+    """A server on a FaultyStore; yields it, its shutdown trigger and an event set when `serve`
+    has returned (ShutdownTimedOut is kept in `outcome`)."""
+    config = make_config(tmp_path, **overrides)
+    real = await SqliteStore.open(config.store.target)
+    store = FaultyStore(real)
+    trigger, returned = trio.Event(), trio.Event()
+
+    async def run(task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await serve(config, store=store,  # type: ignore[arg-type]
+                        shutdown_trigger=trigger.wait, task_status=task_status)
+        except ShutdownTimedOut as timed_out:
+            outcome.append(timed_out)
+        finally:
+            returned.set()
+
+    outcome: list[ShutdownTimedOut] = []
+    try:
+        binds = await nursery.start(run)
+        async with httpx.AsyncClient(base_url=binds[0], timeout=30) as http:
+            server = Server(binds[0], config, http, store)  # type: ignore[arg-type]
+            server.outcome = outcome  # type: ignore[attr-defined]
+            yield server, trigger, returned
+    finally:
+        trigger.set()
+        with trio.move_on_after(30):
+            await returned.wait()
+        await real.aclose()
+
+
+async def test_create_during_the_grace_period_is_refused_and_shutdown_still_ends(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    async with running(tmp_path, nursery, **UNLIMITED_CHAT) as (server, trigger, returned):
+        assert isinstance(server.store, FaultyStore)
+        crowd = Crowd(nursery, server)
+        _, event_id = await host_event(server)
+        member = await crowd.join((await token_for(server))[1], event_id)
+        await member.wait_for(lambda m: m.counts() == [1])
+        latecomer = await server.sign_up("late", "9009998877")  # its connection stays open
+        release = server.store.hang("append_chat")
+        await member.say("held")  # the room is mid-write: it cannot drain yet
+        await server.store.wait_calls("append_chat", 1)
+        trigger.set()
+        body = {"name": "late party", "address": "a", "coordinates": {"x": 1, "y": 1}}
+        assert await server.codes("/api/v1/events/create", body,
+                                  token=latecomer["accessToken"]) == ["InternalError"]
+        release.set()
+        with trio.fail_after(15):
+            await returned.wait()
+        assert await member.wait_closed() == 1001
+        assert member.chat() == ["held"]  # the queued line was written, then announced
+        assert server.outcome == []  # type: ignore[attr-defined]
+        await crowd.aclose()
+    check = await SqliteStore.open(server.config.store.target)
+    try:
+        assert [line.message for line in await check.chat(event_id)] == ["held"]
+        assert await check.open_event_of(latecomer["id"]) is None
+    finally:
+        await check.aclose()
+
+
+async def test_new_connections_are_refused_while_the_rooms_drain(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    async with running(tmp_path, nursery, **UNLIMITED_CHAT) as (server, trigger, returned):
+        assert isinstance(server.store, FaultyStore)
+        crowd = Crowd(nursery, server)
+        _, event_id = await host_event(server)
+        member = await crowd.join((await token_for(server))[1], event_id)
+        await wait_for_sockets(server, 1)
+        release = server.store.hang("append_chat")
+        await member.say("held")
+        await server.store.wait_calls("append_chat", 1)
+        trigger.set()
+        port = int(server.url.rsplit(":", 1)[1])
+        with trio.fail_after(15):  # hypercorn closes its listener first...
+            while True:
+                try:
+                    stream = await trio.open_tcp_stream("127.0.0.1", port)
+                except OSError:
+                    break
+                await stream.aclose()
+                await trio.sleep(0.01)
+        assert member.close_code is None  # ...while the room is still draining
+        release.set()
+        assert await member.wait_closed() == 1001
+        with trio.fail_after(15):
+            await returned.wait()
+        await crowd.aclose()
+
+
+async def test_a_room_stuck_past_the_deadline_is_abandoned_and_named(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    async with running(tmp_path, nursery, shutdown_grace_seconds=0.5,
+                       **UNLIMITED_CHAT) as (server, trigger, returned):
+        assert isinstance(server.store, FaultyStore)
+        crowd = Crowd(nursery, server)
+        _, event_id = await host_event(server)
+        member = await crowd.join((await token_for(server))[1], event_id)
+        await wait_for_sockets(server, 1)
+        server.store.hang("append_chat")  # never released
+        await member.say("stuck")
+        await server.store.wait_calls("append_chat", 1)
+        trigger.set()
+        with trio.fail_after(15):
+            await returned.wait()
+        [timed_out] = server.outcome  # type: ignore[attr-defined]
+        assert timed_out.events == [event_id]
+        await crowd.aclose()
+
+
+@pytest.mark.parametrize(
+    "config_overrides",
+    [{**UNLIMITED_CHAT, "actor_inbox_size": 4, "actor_reply_timeout_seconds": 0.5}])
+async def test_a_member_whose_lines_cannot_enter_a_full_inbox_is_closed_with_1013(
+    tmp_path: Path, nursery: trio.Nursery, config_overrides: dict[str, Any]
+) -> None:
+    async with running(tmp_path, nursery, **config_overrides) as (server, trigger, returned):
+        assert isinstance(server.store, FaultyStore)
+        crowd = Crowd(nursery, server)
+        _, event_id = await host_event(server)
+        talker = await crowd.join((await token_for(server))[1], event_id)
+        listener = await crowd.join((await token_for(server))[1], event_id)
+        await wait_for_sockets(server, 2)
+        release = server.store.hang("append_chat")
+        for i in range(20):  # one write in flight, four queued, then the reader waits
+            try:
+                await talker.say(f"line {i}")
+            except Exception:  # closed under us: that is the point
+                break
+        assert await talker.wait_closed() == 1013
+        assert listener.close_code is None  # only the sender was closed
+        release.set()
+        await listener.wait_for(lambda m: len(m.chat()) >= 1)
+        metrics = (await server.http.get("/metrics")).text
+        assert 'vpiska_ws_disconnects_total{reason="overloaded"} 1.0' in metrics
+        await crowd.aclose()
+
+
+async def test_a_store_call_that_never_returns_cannot_hold_the_process(tmp_path: Path) -> None:
+    """A room blocked in a worker thread (sqlite waiting on a lock another process holds)
+    cannot be cancelled; the shutdown still ends at its deadline, naming the room, exit 3."""
+    port = free_port()
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "vpiska"],
+        env=env(tmp_path, SERVER_PORT=str(port), SHUTDOWN_GRACE_SECONDS="0.5",
+                ACTOR_REPLY_TIMEOUT_SECONDS="0.5", CHAT_RATE_PER_SECOND="1000",
+                CHAT_BURST="1000"),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    database = tmp_path / "data" / "vpiska.db"
+    try:
+        await wait_until_serving(f"http://127.0.0.1:{port}")
+        async with (httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http,
+                    trio.open_nursery() as nursery):
+            store = await SqliteStore.open(database)
+            server = Server(f"http://127.0.0.1:{port}", make_config(tmp_path), http, store)
+            crowd = Crowd(nursery, server)
+            _, event_id = await host_event(server)
+            member = await crowd.join((await token_for(server))[1], event_id)
+            await member.wait_for(lambda m: m.counts() == [1])
+            await store.aclose()
+            lock = sqlite3.connect(database, timeout=0)
+            lock.execute("BEGIN EXCLUSIVE")  # the server's next write waits for it
+            await member.say("blocked")
+            with trio.fail_after(20):  # the room answers nothing once it is inside that write
+                while (await server.call("/api/v1/events/get", {"eventId": event_id})
+                       )["errors"] != [{"errorCode": "InternalError"}]:
+                    pass
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(20):
+                code = await process.wait()
+            lock.rollback()
+            lock.close()
+            await crowd.aclose()
+            nursery.cancel_scope.cancel()
+        assert code == 3
+        assert process.stdout is not None
+        lines = [json.loads(line) for line in (await _read_all(process.stdout)).splitlines()]
+        abandoned = [line for line in lines if "abandoning" in line["event"]]
+        assert abandoned
+        assert abandoned[0]["events"] == [event_id]
+    finally:
+        process.kill()
+        await process.wait()
+
+
+async def _read_all(stream: trio.abc.ReceiveStream) -> str:
+    data = b""
+    async for chunk in stream:
+        data += chunk
+    return data.decode()
+
+
