@@ -99,10 +99,12 @@ class EventActor:
         self._next_count_at = -math.inf
 
     async def run(self) -> Exit:
-        taken: Command | None = None  # a command read while gathering a chat batch
         while True:
-            command = taken if taken is not None else await self._next_command()
-            taken = None
+            # A command read ahead while gathering the last chat batch comes first (also when
+            # that batch's write crashed the incarnation before this one).
+            command, self._room.read_ahead = self._room.read_ahead, None
+            if command is None:
+                command = await self._next_command()
             if command is None:  # the coalescing deadline passed
                 self._announce_count()
                 continue
@@ -116,7 +118,7 @@ class EventActor:
                     if isinstance(following, Chat):
                         batch.append(following)
                     else:
-                        taken = following
+                        self._room.read_ahead = following  # handled next, even after a crash
                         break
                 await self._chat(batch)
             elif isinstance(command, Join):

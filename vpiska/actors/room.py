@@ -40,6 +40,10 @@ class Room:
         # Members that left while the inbox was full; the actor removes them after its
         # current command.
         self.departures: list[Member] = []
+        # A command the actor took from the inbox early (the one that ended a chat batch it was
+        # gathering) and has not handled yet. It lives here, not in the actor, so a crash in
+        # the batch's write does not lose it: the next incarnation handles it first.
+        self.read_ahead: Command | None = None
         self.failed = False
         self._reply_timeout = reply_timeout
 
@@ -135,10 +139,13 @@ class Room:
     def shut(self, code: CloseCode) -> None:
         """End the room for good: refuse queued and future commands, close every socket."""
         while True:  # answer what is queued, then close: both at once, no await in between
-            try:
-                command = self.commands.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                break
+            if self.read_ahead is not None:
+                command, self.read_ahead = self.read_ahead, None
+            else:
+                try:
+                    command = self.commands.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                    break
             if isinstance(command, Join):
                 command.member.outbox.finish(code)
             reply = getattr(command, "reply", None)
