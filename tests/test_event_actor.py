@@ -415,6 +415,91 @@ async def test_crashes_spread_over_more_than_the_window_do_not_fail_the_room(
     assert chat(ann) == ["alive"] == await rooms.stored_chat(event.id)
 
 
+# A command the actor read ahead, gathering a chat batch, is the next one it handles: also
+# when the batch's write crashes it, the restarted actor handles that command first.
+
+
+async def crash_a_batch_before(rooms: Rooms, room: Room, member: Member,
+                               queue_next: Callable[[], object]) -> None:
+    """Queue a poisoned line and then whatever `queue_next` queues, both while a write is in
+    flight, so the actor gathers the line into a batch and reads the next command ahead."""
+    rooms.crash_on("boom")
+    released = rooms.store.hang("append_chat")
+    await say(room, member, "first")
+    await rooms.store.wait_calls("append_chat", 1)
+    await say(room, member, "boom")
+    queue_next()
+    released.set()
+
+
+async def test_a_leave_read_ahead_of_a_crashing_batch_is_not_lost(
+    autojump_clock: MockClock, rooms: Rooms,
+) -> None:
+    _, room = await rooms.open()
+    ann, bob = await join(room, "ann"), await join(room, "bob")
+    await trio.sleep(INTERVAL * 2)
+    await crash_a_batch_before(rooms, room, ann, lambda: room.leave(bob))
+    await trio.sleep(INTERVAL * 2)
+    assert rooms.supervisor.restarts == 1
+    assert (await snapshot(room)).users_count == 1
+    assert counts(ann)[-1] == 1
+
+
+async def test_a_request_read_ahead_of_a_crashing_batch_is_answered(
+    autojump_clock: MockClock, nursery: trio.Nursery, rooms: Rooms,
+) -> None:
+    event, room = await rooms.open()
+    ann = await join(room, "ann")
+    answers: list[object] = []
+
+    async def update() -> None:
+        answers.append(await room.ask(lambda reply: Update(
+            event.owner_id, "street 2", Coordinates(3.0, 4.0), reply)))
+
+    asked = trio.current_time()
+    await crash_a_batch_before(rooms, room, ann, lambda: nursery.start_soon(update))
+    await trio.testing.wait_all_tasks_blocked()
+    assert rooms.supervisor.restarts == 1
+    assert answers == [None]
+    assert trio.current_time() == asked  # answered by the restarted actor, not the deadline
+    stored = await rooms.memory.event(event.id)
+    assert stored is not None
+    assert stored.address == "street 2"
+
+
+async def test_a_stop_read_ahead_of_a_crashing_batch_still_stops_the_room(
+    autojump_clock: MockClock, nursery: trio.Nursery, rooms: Rooms,
+) -> None:
+    event, room = await rooms.open()
+    ann = await join(room, "ann")
+    await crash_a_batch_before(rooms, room, ann,
+                               lambda: nursery.start_soon(rooms.supervisor.stop))
+    await trio.testing.wait_all_tasks_blocked()
+    assert rooms.supervisor.restarts == 1
+    assert rooms.ended.is_set()
+    assert outbox(ann).close_code == CloseCode.GOING_AWAY
+    assert await rooms.stored_chat(event.id) == ["first"]
+
+
+async def test_a_request_read_ahead_of_a_crash_that_fails_the_room_is_refused_at_once(
+    autojump_clock: MockClock, nursery: trio.Nursery,
+) -> None:
+    rooms = await start_rooms(nursery, actor_max_restarts=0)
+    _, room = await rooms.open()
+    ann = await join(room, "ann")
+    codes: list[tuple[ErrorCode, ...]] = []
+
+    async def get() -> None:
+        codes.append(await refusal(room, Snapshot))
+
+    asked = trio.current_time()
+    await crash_a_batch_before(rooms, room, ann, lambda: nursery.start_soon(get))
+    await trio.testing.wait_all_tasks_blocked()
+    assert codes == [(ErrorCode.INTERNAL_ERROR,)]
+    assert trio.current_time() == asked
+    assert outbox(ann).close_code == CloseCode.INTERNAL_ERROR
+
+
 # A command that fails on its own input.
 
 
