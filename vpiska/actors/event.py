@@ -95,7 +95,6 @@ class EventActor:
         self._store = store
         self._index = index
         self._update_interval = config.event_update_interval_ms / 1000
-        self._announced_count = room.users_count
         self._next_count_at = -math.inf
 
     async def run(self) -> Exit:
@@ -147,7 +146,8 @@ class EventActor:
             self._announce_count_if_due()
 
     async def _next_command(self) -> Command | None:
-        due = self._next_count_at if self._room.users_count != self._announced_count else math.inf
+        pending = self._room.users_count != self._room.announced_count
+        due = self._next_count_at if pending else math.inf
         with trio.move_on_at(due):
             return await self._room.commands.receive()
         return None
@@ -180,7 +180,7 @@ class EventActor:
         self._room.remove(member)
 
     def _count_due(self) -> bool:
-        return (self._room.users_count != self._announced_count
+        return (self._room.users_count != self._room.announced_count
                 and trio.current_time() >= self._next_count_at)
 
     def _announce_count_if_due(self) -> None:
@@ -188,7 +188,7 @@ class EventActor:
             self._announce_count()
 
     def _announce_count(self) -> None:
-        self._announced_count = self._room.users_count
+        self._room.announced_count = self._room.users_count
         self._room.broadcast(self._event_updated())
         self._next_count_at = trio.current_time() + self._update_interval
 

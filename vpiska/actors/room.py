@@ -44,6 +44,9 @@ class Room:
         # gathering) and has not handled yet. It lives here, not in the actor, so a crash in
         # the batch's write does not lose it: the next incarnation handles it first.
         self.read_ahead: Command | None = None
+        # The usersCount the members were last told (the actor coalesces count changes). It
+        # lives here so a change still pending when an actor crashes is announced by the next.
+        self.announced_count = 0
         self.failed = False
         self._reply_timeout = reply_timeout
 
