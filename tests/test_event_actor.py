@@ -351,6 +351,20 @@ async def test_a_store_fault_in_a_chat_write_restarts_the_actor_with_its_members
     assert counts(cid)[-1] == 3
 
 
+async def test_a_count_change_pending_at_a_crash_is_still_announced(
+    autojump_clock: MockClock, rooms: Rooms,
+) -> None:
+    _, room = await rooms.open()
+    ann = await join(room, "ann")
+    await trio.sleep(INTERVAL / 5)
+    bob = await join(room, "bob")  # within the interval: announced at its end
+    rooms.crash_on("boom")
+    await say(room, bob, "boom")  # the actor crashes before the interval ends
+    await trio.sleep(INTERVAL * 4)
+    assert rooms.supervisor.restarts == 1
+    assert counts(ann) == [1, 2]
+
+
 async def test_a_request_handled_at_a_crash_answers_internal_error_at_once(
     autojump_clock: MockClock, rooms: Rooms,
 ) -> None:
