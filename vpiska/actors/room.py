@@ -15,6 +15,7 @@ How callers reach the actor, by what they need:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -153,6 +154,9 @@ class Room:
                 command.member.outbox.finish(code)
             reply = getattr(command, "reply", None)
             if reply is not None:
+                if code is CloseCode.NORMAL:  # the event is closed: what later asks get too
+                    with contextlib.suppress(trio.BrokenResourceError):  # the caller gave up
+                        reply.send_nowait(outcome.Error(DomainError(ErrorCode.EVENT_NOT_FOUND)))
                 reply.close()
         self.commands.close()
         self.departures.clear()
