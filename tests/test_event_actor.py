@@ -610,6 +610,28 @@ async def test_close_by_the_owner_ends_the_room_and_its_actor(
     assert rooms.supervisor.restarts == 0
 
 
+async def test_requests_queued_behind_the_owners_close_answer_event_not_found(
+    autojump_clock: MockClock, nursery: trio.Nursery, rooms: Rooms,
+) -> None:
+    event, room = await rooms.open()
+    released = rooms.store.hang("close_event")
+    nursery.start_soon(room.ask, lambda reply: Close(event.owner_id, reply))
+    await rooms.store.wait_calls("close_event", 1)
+    late = Member(person("late"), RecordingOutbox())
+    answers: list[tuple[ErrorCode, ...]] = []
+
+    async def ask(make: Callable[[Reply], Command]) -> None:
+        answers.append(await refusal(room, make))
+
+    nursery.start_soon(ask, Snapshot)
+    nursery.start_soon(ask, lambda reply: Join(late, reply))
+    await trio.testing.wait_all_tasks_blocked()
+    released.set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert answers == [(ErrorCode.EVENT_NOT_FOUND,)] * 2
+    assert outbox(late).close_code == CloseCode.NORMAL
+
+
 # Shutdown.
 
 
