@@ -23,10 +23,21 @@ from trio.testing import MockClock
 from tests.fakes import FaultyStore, RecordingOutbox, TimedOutbox
 from vpiska import metrics
 from vpiska.actors import CloseCode, EventSupervisor, EventView, Member, Room
-from vpiska.actors.commands import Chat, Close, Command, Join, Reply, Snapshot, Update
+from vpiska.actors.commands import (
+    AddMedia,
+    Chat,
+    Close,
+    Command,
+    Join,
+    RemoveMedia,
+    Reply,
+    Snapshot,
+    Update,
+)
+from vpiska.actors.event import MAX_CHAT_BATCH
 from vpiska.auth import Identity
 from vpiska.config import Config
-from vpiska.domain import ChatMessage, Coordinates, Event, new_id
+from vpiska.domain import ChatMessage, Coordinates, Event, EventMedia, new_id
 from vpiska.errors import DomainError, ErrorCode
 from vpiska.store import MemoryStore, Store
 
@@ -208,6 +219,24 @@ async def test_a_line_is_sent_only_after_it_is_stored(
     await trio.testing.wait_all_tasks_blocked()
     assert chat(ann) == chat(bob) == await rooms.stored_chat(event.id) == ["hi"]
     assert (await snapshot(room)).chat_length == 1
+
+
+async def test_a_write_holds_at_most_max_chat_batch_lines(
+    autojump_clock: MockClock, rooms: Rooms,
+) -> None:
+    event, room = await rooms.open()
+    ann = await join(room, "ann")
+    released = rooms.store.hang("append_chat")
+    await say(room, ann, "0")
+    await rooms.store.wait_calls("append_chat", 1)
+    for n in range(1, MAX_CHAT_BATCH + 101):
+        await say(room, ann, str(n))
+    released.set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert [len(args[2]) for name, args in rooms.store.calls if name == "append_chat"] == [
+        1, MAX_CHAT_BATCH, 100]
+    assert chat(ann) == await rooms.stored_chat(event.id) == [
+        str(n) for n in range(MAX_CHAT_BATCH + 101)]
 
 
 # Count coalescing.
@@ -568,6 +597,40 @@ async def test_a_chat_line_that_is_not_valid_text_is_dropped_and_the_room_goes_o
     assert rooms.store.count("append_chat") == 3
 
 
+# Media.
+
+
+async def test_media_the_owner_adds_and_removes_is_stored_then_announced(
+    autojump_clock: MockClock, rooms: Rooms,
+) -> None:
+    event, room = await rooms.open()
+    ann = await join(room, "ann")
+    photo = EventMedia(new_id(), "image/png")
+    assert await room.ask(lambda reply: AddMedia(event.owner_id, photo, reply)) is None
+    assert (await snapshot(room)).event.media == (photo,)
+    assert await room.ask(lambda reply: RemoveMedia(event.owner_id, photo.id, reply)) is None
+    assert outbox(ann).frames[-2:] == [f"mediaAdded/{photo.id}", f"mediaRemoved/{photo.id}"]
+    stored = await rooms.memory.event(event.id)
+    assert stored is not None
+    assert stored.media == ()
+
+
+async def test_media_changes_by_others_or_of_unknown_media_are_refused(
+    autojump_clock: MockClock, rooms: Rooms,
+) -> None:
+    event, room = await rooms.open()
+    ann = await join(room, "ann")
+    await trio.sleep(INTERVAL * 2)
+    photo = EventMedia(new_id(), "image/png")
+    stranger = ann.identity.user_id
+    assert await refusal(room, lambda reply: AddMedia(stranger, photo, reply)) == (
+        ErrorCode.USER_IS_NOT_OWNER,)
+    assert await refusal(room, lambda reply: RemoveMedia(event.owner_id, photo.id, reply)) == (
+        ErrorCode.MEDIA_NOT_FOUND,)
+    assert len(outbox(ann).frames) == 1  # its eventUpdated on joining, nothing since
+    assert rooms.store.count("add_event_media") == rooms.store.count("remove_event_media") == 0
+
+
 # Close.
 
 
@@ -671,6 +734,24 @@ async def test_no_event_is_opened_while_stopping(autojump_clock: MockClock, room
     assert rooms.supervisor.open_events == 0
     await trio.testing.wait_all_tasks_blocked()
     assert rooms.ended.is_set()
+
+
+async def test_stop_returns_with_a_failed_room(
+    autojump_clock: MockClock, nursery: trio.Nursery,
+) -> None:
+    rooms = await start_rooms(nursery, actor_max_restarts=0)
+    event, room = await rooms.open()
+    ann = await join(room, "ann")
+    rooms.crash_on("boom")
+    await say(room, ann, "boom")
+    await trio.testing.wait_all_tasks_blocked()
+    assert outbox(ann).close_code == CloseCode.INTERNAL_ERROR
+    await rooms.supervisor.stop()
+    await trio.testing.wait_all_tasks_blocked()
+    assert rooms.ended.is_set()
+    stored = await rooms.memory.event(event.id)
+    assert stored is not None
+    assert stored.is_open
 
 
 async def test_an_event_opened_while_stop_runs_is_stopped_too(
