@@ -103,3 +103,16 @@ class RecordingOutbox:
     def take(self) -> list[str]:
         frames, self.frames = self.frames, []
         return frames
+
+
+class TimedOutbox(RecordingOutbox):
+    """A RecordingOutbox that also notes the (virtual) time each frame arrived at, for tests
+    of when the room sends something, not only what."""
+
+    def __init__(self, capacity: int = 1000) -> None:
+        super().__init__(capacity)
+        self.arrivals: list[tuple[float, str]] = []
+
+    def deliver(self, frame: Frame) -> None:
+        super().deliver(frame)
+        self.arrivals.append((trio.current_time(), frame.text))

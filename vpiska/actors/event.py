@@ -95,14 +95,15 @@ class EventActor:
         self._store = store
         self._index = index
         self._update_interval = config.event_update_interval_ms / 1000
-        self._announced_count = room.users_count
         self._next_count_at = -math.inf
 
     async def run(self) -> Exit:
-        taken: Command | None = None  # a command read while gathering a chat batch
         while True:
-            command = taken if taken is not None else await self._next_command()
-            taken = None
+            # A command read ahead while gathering the last chat batch comes first (also when
+            # that batch's write crashed the incarnation before this one).
+            command, self._room.read_ahead = self._room.read_ahead, None
+            if command is None:
+                command = await self._next_command()
             if command is None:  # the coalescing deadline passed
                 self._announce_count()
                 continue
@@ -116,7 +117,7 @@ class EventActor:
                     if isinstance(following, Chat):
                         batch.append(following)
                     else:
-                        taken = following
+                        self._room.read_ahead = following  # handled next, even after a crash
                         break
                 await self._chat(batch)
             elif isinstance(command, Join):
@@ -145,7 +146,8 @@ class EventActor:
             self._announce_count_if_due()
 
     async def _next_command(self) -> Command | None:
-        due = self._next_count_at if self._room.users_count != self._announced_count else math.inf
+        pending = self._room.users_count != self._room.announced_count
+        due = self._next_count_at if pending else math.inf
         with trio.move_on_at(due):
             return await self._room.commands.receive()
         return None
@@ -178,7 +180,7 @@ class EventActor:
         self._room.remove(member)
 
     def _count_due(self) -> bool:
-        return (self._room.users_count != self._announced_count
+        return (self._room.users_count != self._room.announced_count
                 and trio.current_time() >= self._next_count_at)
 
     def _announce_count_if_due(self) -> None:
@@ -186,7 +188,7 @@ class EventActor:
             self._announce_count()
 
     def _announce_count(self) -> None:
-        self._announced_count = self._room.users_count
+        self._room.announced_count = self._room.users_count
         self._room.broadcast(self._event_updated())
         self._next_count_at = trio.current_time() + self._update_interval
 

@@ -15,6 +15,7 @@ How callers reach the actor, by what they need:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -40,6 +41,13 @@ class Room:
         # Members that left while the inbox was full; the actor removes them after its
         # current command.
         self.departures: list[Member] = []
+        # A command the actor took from the inbox early (the one that ended a chat batch it was
+        # gathering) and has not handled yet. It lives here, not in the actor, so a crash in
+        # the batch's write does not lose it: the next incarnation handles it first.
+        self.read_ahead: Command | None = None
+        # The usersCount the members were last told (the actor coalesces count changes). It
+        # lives here so a change still pending when an actor crashes is announced by the next.
+        self.announced_count = 0
         self.failed = False
         self._reply_timeout = reply_timeout
 
@@ -135,14 +143,20 @@ class Room:
     def shut(self, code: CloseCode) -> None:
         """End the room for good: refuse queued and future commands, close every socket."""
         while True:  # answer what is queued, then close: both at once, no await in between
-            try:
-                command = self.commands.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                break
+            if self.read_ahead is not None:
+                command, self.read_ahead = self.read_ahead, None
+            else:
+                try:
+                    command = self.commands.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                    break
             if isinstance(command, Join):
                 command.member.outbox.finish(code)
             reply = getattr(command, "reply", None)
             if reply is not None:
+                if code is CloseCode.NORMAL:  # the event is closed: what later asks get too
+                    with contextlib.suppress(trio.BrokenResourceError):  # the caller gave up
+                        reply.send_nowait(outcome.Error(DomainError(ErrorCode.EVENT_NOT_FOUND)))
                 reply.close()
         self.commands.close()
         self.departures.clear()

@@ -1,0 +1,833 @@
+"""The live room without sockets: EventSupervisor, Room and EventActor on a MemoryStore.
+
+Members are `Member(identity, RecordingOutbox())`; every test runs on trio's virtual clock
+(`autojump_clock`), so a reply deadline of ten seconds or a restart window of five costs
+nothing. Faults come from FaultyStore (tests/fakes.py) wrapped around the MemoryStore; nothing
+is patched. Tests assert what the room's users observe: the frames their outboxes got, the
+answers to their requests, close codes, and what the store holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+import pytest
+import trio
+import trio.testing
+from trio.testing import MockClock
+
+from tests.fakes import FaultyStore, RecordingOutbox, TimedOutbox
+from vpiska import metrics
+from vpiska.actors import CloseCode, EventSupervisor, EventView, Member, Room
+from vpiska.actors.commands import (
+    AddMedia,
+    Chat,
+    Close,
+    Command,
+    Join,
+    RemoveMedia,
+    Reply,
+    Snapshot,
+    Update,
+)
+from vpiska.actors.event import MAX_CHAT_BATCH
+from vpiska.auth import Identity
+from vpiska.config import Config
+from vpiska.domain import ChatMessage, Coordinates, Event, EventMedia, new_id
+from vpiska.errors import DomainError, ErrorCode
+from vpiska.store import MemoryStore, Store
+
+INTERVAL = Config().event_update_interval_ms / 1000
+REPLY_TIMEOUT = Config().actor_reply_timeout_seconds
+
+
+@dataclasses.dataclass
+class Rooms:
+    """A running EventSupervisor, the FaultyStore it runs on and the MemoryStore behind that."""
+
+    supervisor: EventSupervisor
+    store: FaultyStore
+    memory: MemoryStore
+    config: Config
+    ended: trio.Event  # set once `supervisor.run` has returned
+
+    async def open(self) -> tuple[Event, Room]:
+        """Open an event of a new owner, as events/create does."""
+        event = await self.supervisor.open_event(
+            new_id(), "party", "street 1", Coordinates(1.0, 2.0))
+        room = self.supervisor.room(event.id)
+        assert room is not None
+        return event, room
+
+    async def stored_chat(self, event_id: str) -> list[str]:
+        return [line.message for line in await self.memory.chat(event_id)]
+
+    def crash_on(self, poison: str) -> None:
+        """Make a chat write that holds `poison` fail, as a lost database would."""
+        def poisoned(event_id: str, first_seq: int, lines: Sequence[ChatMessage]) -> bool:
+            return any(poison in line.message for line in lines)
+
+        self.store.fail("append_chat", poisoned)
+
+
+async def start_rooms(nursery: trio.Nursery, **overrides: Any) -> Rooms:
+    memory = MemoryStore()
+    store = FaultyStore(memory)
+    config = Config(**overrides)
+    # FaultyStore is a Store by delegation (__getattr__), which a Protocol check cannot see.
+    supervisor = EventSupervisor(cast(Store, store), config)
+    ended = trio.Event()
+
+    async def run(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await supervisor.run(task_status=task_status)
+        ended.set()
+
+    await nursery.start(run)
+    return Rooms(supervisor, store, memory, config, ended)
+
+
+@pytest.fixture
+async def rooms(nursery: trio.Nursery) -> Rooms:
+    return await start_rooms(nursery)
+
+
+def person(name: str = "ann") -> Identity:
+    return Identity(new_id(), name, "")
+
+
+async def join(room: Room, who: Identity | str = "ann",
+               outbox: RecordingOutbox | None = None) -> Member:
+    identity = person(who) if isinstance(who, str) else who
+    member = Member(identity, RecordingOutbox() if outbox is None else outbox)
+    chat_length = await room.ask(lambda reply: Join(member, reply))
+    assert isinstance(chat_length, int)
+    return member
+
+
+async def say(room: Room, member: Member, text: str) -> None:
+    assert await room.send(Chat(member.identity, text))
+
+
+async def snapshot(room: Room) -> EventView:
+    view = await room.ask(Snapshot)
+    assert isinstance(view, EventView)
+    return view
+
+
+async def refusal(room: Room, make: Callable[[Reply], Command]) -> tuple[ErrorCode, ...]:
+    """The codes of the DomainError that `room.ask(make)` answers with."""
+    with pytest.raises(DomainError) as refused:
+        await room.ask(make)
+    return refused.value.codes
+
+
+def outbox(member: Member) -> RecordingOutbox:
+    assert isinstance(member.outbox, RecordingOutbox)
+    return member.outbox
+
+
+def payloads(texts: Sequence[str], kind: str) -> list[Any]:
+    return [json.loads(text.removeprefix(kind + "/")) for text in texts
+            if text.startswith(kind + "/")]
+
+
+def chat(member: Member) -> list[str]:
+    return [line["message"] for line in payloads(outbox(member).frames, "chatMessage")]
+
+
+def counts(member: Member) -> list[int]:
+    return [update["usersCount"] for update in payloads(outbox(member).frames, "eventUpdated")]
+
+
+def announcements(member: Member, since: float) -> list[tuple[float, int]]:
+    """(seconds after `since`, usersCount) of each eventUpdated frame `member` got since then."""
+    assert isinstance(member.outbox, TimedOutbox)
+    return [(at - since, json.loads(text.removeprefix("eventUpdated/"))["usersCount"])
+            for at, text in member.outbox.arrivals
+            if at >= since and text.startswith("eventUpdated/")]
+
+
+def slow_consumer_disconnects() -> float:
+    """`vpiska_ws_disconnects_total{reason="slow_consumer"}` as a scrape would read it."""
+    for family in metrics.WS_DISCONNECTS.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total") and sample.labels == {"reason": "slow_consumer"}:
+                return sample.value
+    return 0.0
+
+
+def running_tasks() -> set[str]:
+    """The names of every task alive in this trio run (trio's public introspection)."""
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    names, todo = set(), [root]
+    while todo:
+        task = todo.pop()
+        names.add(task.name)
+        for nursery in task.child_nurseries:
+            todo.extend(nursery.child_tasks)
+    return names
+
+
+# Group commit.
+
+
+async def test_lines_queued_during_a_write_go_into_the_next_single_write(
+    autojump_clock: MockClock, rooms: Rooms,
+) -> None:
+    _, room = await rooms.open()
+    ann, bob = await join(room, "ann"), await join(room, "bob")
+    released = rooms.store.hang("append_chat")
+    await say(room, ann, "0")
+    await rooms.store.wait_calls("append_chat", 1)
+    for n in range(1, 6):
+        await say(room, bob if n % 2 else ann, str(n))
+    await trio.testing.wait_all_tasks_blocked()
+    assert rooms.store.count("append_chat") == 1  # the others wait for the write in flight
+    released.set()
+    await trio.testing.wait_all_tasks_blocked()
+    batches = [[line.message for line in args[2]]
+               for name, args in rooms.store.calls if name == "append_chat"]
+    assert batches == [["0"], ["1", "2", "3", "4", "5"]]
+
+
+async def test_every_member_sees_every_line_once_in_one_order(
+    autojump_clock: MockClock, rooms: Rooms,
+) -> None:
+    event, room = await rooms.open()
+    members = [await join(room, name) for name in ("ann", "bob", "cid")]
+    released = rooms.store.hang("append_chat")
+    await say(room, members[0], "0")
+    await rooms.store.wait_calls("append_chat", 1)
+    for n in range(1, 10):
+        await say(room, members[n % 3], str(n))
+    await trio.testing.wait_all_tasks_blocked()
+    released.set()
+    await trio.testing.wait_all_tasks_blocked()
+    stored = await rooms.stored_chat(event.id)
+    assert sorted(stored, key=int) == [str(n) for n in range(10)]
+    for member in members:
+        assert chat(member) == stored
+
+
+async def test_a_line_is_sent_only_after_it_is_stored(
+    autojump_clock: MockClock, rooms: Rooms,
+) -> None:
+    event, room = await rooms.open()
+    ann, bob = await join(room, "ann"), await join(room, "bob")
+    released = rooms.store.hang("append_chat")
+    await say(room, ann, "hi")
+    await rooms.store.wait_calls("append_chat", 1)
+    await trio.sleep(REPLY_TIMEOUT)  # however long the write takes
+    assert (chat(ann), chat(bob), await rooms.stored_chat(event.id)) == ([], [], [])
+    released.set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert chat(ann) == chat(bob) == await rooms.stored_chat(event.id) == ["hi"]
+    assert (await snapshot(room)).chat_length == 1
+
+
+async def test_a_write_holds_at_most_max_chat_batch_lines(
+    autojump_clock: MockClock, rooms: Rooms,
+) -> None:
+    event, room = await rooms.open()
+    ann = await join(room, "ann")
+    released = rooms.store.hang("append_chat")
+    await say(room, ann, "0")
+    await rooms.store.wait_calls("append_chat", 1)
+    for n in range(1, MAX_CHAT_BATCH + 101):
+        await say(room, ann, str(n))
+    released.set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert [len(args[2]) for name, args in rooms.store.calls if name == "append_chat"] == [
+        1, MAX_CHAT_BATCH, 100]
+    assert chat(ann) == await rooms.stored_chat(event.id) == [
+        str(n) for n in range(MAX_CHAT_BATCH + 101)]
+
+
+# Count coalescing.
+
+
+async def test_joins_within_the_interval_are_announced_once(
+    autojump_clock: MockClock, rooms: Rooms,
+) -> None:
+    _, room = await rooms.open()
+    first = await join(room, "ann", TimedOutbox())
+    start = trio.current_time()
+    assert counts(first) == [1]  # the first join is announced at once: nothing was pending
+    await trio.sleep(INTERVAL / 5)
+    for name in ("bob", "cid", "dan"):
+        await join(room, name)
+    await trio.sleep(INTERVAL * 4)
+    assert announcements(first, start) == [(0, 1), (pytest.approx(INTERVAL), 4)]
+
+
+async def test_a_joining_socket_gets_the_current_state_at_once(
+    autojump_clock: MockClock, rooms: Rooms,
+) -> None:
+    event, room = await rooms.open()
+    await join(room, "ann")
+    before = trio.current_time()
+    bobs = TimedOutbox()
+    await join(room, "bob", bobs)
+    [(at, text)] = bobs.arrivals  # within the interval of ann's join, yet at once
+    assert at == before
+    state = json.loads(text.removeprefix("eventUpdated/"))
+    assert state == {"eventId": event.id, "name": "party", "address": "street 1",
+                     "usersCount": 2, "coordinates": {"x": 1.0, "y": 2.0}}
+
+
+async def test_a_second_device_of_a_user_changes_no_count(
+    autojump_clock: MockClock, rooms: Rooms,
+) -> None:
+    _, room = await rooms.open()
+    ann = await join(room, "ann")
+    bob = await join(room, "bob")
+    await trio.sleep(INTERVAL * 2)
+    assert counts(ann) == [1, 2]
+    assert counts(bob) == [2, 2]
+    second_device = await join(room, bob.identity)
+    assert counts(second_device) == [2]  # its own state, at once
+    await trio.sleep(INTERVAL * 4)
+    assert counts(ann) == [1, 2]
+    assert counts(bob) == [2, 2]
+    assert (await snapshot(room)).users_count == 2
+    room.leave(second_device)
+    await trio.sleep(INTERVAL * 4)
+    assert counts(ann) == [1, 2]  # bob is still there on his first device
+    assert (await snapshot(room)).users_count == 2
+
+
+async def test_a_change_after_a_quiet_interval_is_announced_at_once_the_rest_coalesced(
+    autojump_clock: MockClock, rooms: Rooms,
+) -> None:
+    _, room = await rooms.open()
+    ann = await join(room, "ann", TimedOutbox())
+    leaving = [await join(room, name) for name in ("bob", "cid", "dan")]
+    await trio.sleep(INTERVAL * 2)
+    quiet = trio.current_time()
+    for member in leaving:
+        room.leave(member)
+    await trio.sleep(INTERVAL * 4)
+    assert announcements(ann, quiet) == [(0, 3), (pytest.approx(INTERVAL), 1)]
+
+
+# Slow consumers.
+
+
+async def test_a_member_whose_outbox_is_full_is_dropped_with_4008(
+    autojump_clock: MockClock, rooms: Rooms,
+) -> None:
+    event, room = await rooms.open()
+    ann, bob = await join(room, "ann"), await join(room, "bob")
+    await trio.sleep(INTERVAL * 2)
+    slow = await join(room, "slow", RecordingOutbox(capacity=1))  # full with its first frame
+    disconnects = slow_consumer_disconnects()
+    await say(room, ann, "one")
+    await say(room, bob, "two")
+    await trio.sleep(INTERVAL * 2)
+    assert slow_consumer_disconnects() == disconnects + 1
+    assert outbox(slow).close_code == CloseCode.SLOW_CONSUMER
+    assert outbox(slow).aborted
+    assert chat(slow) == []
+    assert chat(ann) == chat(bob) == ["one", "two"] == await rooms.stored_chat(event.id)
+    assert counts(ann)[-1] == 2  # the slow member has left the room
+    assert (await snapshot(room)).users_count == 2
+
+
+async def test_a_member_whose_connection_is_gone_is_removed_without_counting_as_slow(
+    autojump_clock: MockClock, rooms: Rooms,
+) -> None:
+    _, room = await rooms.open()
+    ann, gone = await join(room, "ann"), await join(room, "gone")
+    await trio.sleep(INTERVAL * 2)
+    outbox(gone).gone = True  # the socket died; its Leave has not arrived yet
+    disconnects = slow_consumer_disconnects()
+    await say(room, ann, "hi")
+    await trio.sleep(INTERVAL * 2)
+    assert slow_consumer_disconnects() == disconnects
+    assert outbox(gone).close_code is None
+    assert not outbox(gone).aborted
+    assert counts(ann)[-1] == 1
+    assert (await snapshot(room)).users_count == 1
+    room.leave(gone)  # the Leave that was on the way changes nothing more
+    await trio.sleep(INTERVAL * 2)
+    assert counts(ann)[-1] == 1
+    assert (await snapshot(room)).users_count == 1
+
+
+# Supervision: crash, restart, restart limit.
+
+
+async def test_a_store_fault_in_a_chat_write_restarts_the_actor_with_its_members(
+    autojump_clock: MockClock, rooms: Rooms,
+) -> None:
+    event, room = await rooms.open()
+    ann, bob = await join(room, "ann"), await join(room, "bob")
+    rooms.crash_on("boom")
+    await say(room, ann, "before")
+    await trio.testing.wait_all_tasks_blocked()
+    await say(room, ann, "boom")
+    await trio.testing.wait_all_tasks_blocked()
+    assert rooms.supervisor.restarts == 1
+    await say(room, bob, "after")
+    await trio.testing.wait_all_tasks_blocked()
+    assert chat(ann) == chat(bob) == ["before", "after"] == await rooms.stored_chat(event.id)
+    assert outbox(ann).close_code is None
+    assert outbox(bob).close_code is None
+    view = await snapshot(room)
+    assert (view.users_count, view.chat_length) == (2, 2)
+    cid = await join(room, "cid")  # the restarted room still admits people
+    await trio.sleep(INTERVAL * 2)
+    assert counts(ann)[-1] == 3
+    assert counts(cid)[-1] == 3
+
+
+async def test_a_count_change_pending_at_a_crash_is_still_announced(
+    autojump_clock: MockClock, rooms: Rooms,
+) -> None:
+    _, room = await rooms.open()
+    ann = await join(room, "ann")
+    await trio.sleep(INTERVAL / 5)
+    bob = await join(room, "bob")  # within the interval: announced at its end
+    rooms.crash_on("boom")
+    await say(room, bob, "boom")  # the actor crashes before the interval ends
+    await trio.sleep(INTERVAL * 4)
+    assert rooms.supervisor.restarts == 1
+    assert counts(ann) == [1, 2]
+
+
+async def test_a_request_handled_at_a_crash_answers_internal_error_at_once(
+    autojump_clock: MockClock, rooms: Rooms,
+) -> None:
+    event, room = await rooms.open()
+    ann = await join(room, "ann")
+    rooms.store.fail("update_event")
+    asked = trio.current_time()
+    codes = await refusal(room, lambda reply: Update(
+        event.owner_id, "street 2", Coordinates(3.0, 4.0), reply))
+    assert codes == (ErrorCode.INTERNAL_ERROR,)
+    assert trio.current_time() == asked  # not after the reply deadline
+    assert rooms.supervisor.restarts == 1
+    rooms.store.heal("update_event")
+    await say(room, ann, "still here")
+    await trio.testing.wait_all_tasks_blocked()
+    assert chat(ann) == ["still here"]
+    stored = await rooms.memory.event(event.id)
+    assert stored is not None
+    assert stored.address == "street 1"
+
+
+async def test_crashes_past_the_limit_within_the_window_fail_the_room(
+    autojump_clock: MockClock, rooms: Rooms,
+) -> None:
+    event, room = await rooms.open()
+    ann, bob = await join(room, "ann"), await join(room, "bob")
+    rooms.crash_on("boom")
+    limit = rooms.config.actor_max_restarts
+    spacing = rooms.config.actor_restart_window_seconds / (limit + 1)
+    for _ in range(limit + 1):  # one crash more than the limit, all within the window
+        await say(room, ann, "boom")
+        await trio.sleep(spacing * 0.99)
+    assert rooms.supervisor.restarts == limit
+    for member in (ann, bob):
+        assert outbox(member).close_code == CloseCode.INTERNAL_ERROR
+        assert not outbox(member).aborted  # finished: what was queued still goes out
+    assert await refusal(room, Snapshot) == (ErrorCode.INTERNAL_ERROR,)
+    late = Member(person("late"), RecordingOutbox())
+    assert await refusal(room, lambda reply: Join(late, reply)) == (ErrorCode.INTERNAL_ERROR,)
+    stored = await rooms.memory.event(event.id)
+    assert stored is not None
+    assert stored.is_open
+    assert rooms.supervisor.in_range(-90, 90, -90, 90) == []
+
+
+async def test_crashes_spread_over_more_than_the_window_do_not_fail_the_room(
+    autojump_clock: MockClock, rooms: Rooms,
+) -> None:
+    event, room = await rooms.open()
+    ann = await join(room, "ann")
+    rooms.crash_on("boom")
+    limit = rooms.config.actor_max_restarts
+    # Never more than `limit` crashes within one window.
+    spacing = rooms.config.actor_restart_window_seconds / max(limit - 1, 1) * 1.01
+    for _ in range(limit * 3):
+        await say(room, ann, "boom")
+        await trio.sleep(spacing)
+    assert rooms.supervisor.restarts == limit * 3
+    assert outbox(ann).close_code is None
+    await say(room, ann, "alive")
+    await trio.testing.wait_all_tasks_blocked()
+    assert chat(ann) == ["alive"] == await rooms.stored_chat(event.id)
+
+
+# A command the actor read ahead, gathering a chat batch, is the next one it handles: also
+# when the batch's write crashes it, the restarted actor handles that command first.
+
+
+async def crash_a_batch_before(rooms: Rooms, room: Room, member: Member,
+                               queue_next: Callable[[], object]) -> None:
+    """Queue a poisoned line and then whatever `queue_next` queues, both while a write is in
+    flight, so the actor gathers the line into a batch and reads the next command ahead."""
+    rooms.crash_on("boom")
+    released = rooms.store.hang("append_chat")
+    await say(room, member, "first")
+    await rooms.store.wait_calls("append_chat", 1)
+    await say(room, member, "boom")
+    queue_next()
+    await trio.testing.wait_all_tasks_blocked()  # what queue_next started has queued
+    released.set()
+
+
+async def test_a_leave_read_ahead_of_a_crashing_batch_is_not_lost(
+    autojump_clock: MockClock, rooms: Rooms,
+) -> None:
+    _, room = await rooms.open()
+    ann, bob = await join(room, "ann"), await join(room, "bob")
+    await trio.sleep(INTERVAL * 2)
+    await crash_a_batch_before(rooms, room, ann, lambda: room.leave(bob))
+    await trio.sleep(INTERVAL * 2)
+    assert rooms.supervisor.restarts == 1
+    assert (await snapshot(room)).users_count == 1
+    assert counts(ann)[-1] == 1
+
+
+async def test_a_request_read_ahead_of_a_crashing_batch_is_answered(
+    autojump_clock: MockClock, nursery: trio.Nursery, rooms: Rooms,
+) -> None:
+    event, room = await rooms.open()
+    ann = await join(room, "ann")
+    answers: list[object] = []
+
+    async def update() -> None:
+        answers.append(await room.ask(lambda reply: Update(
+            event.owner_id, "street 2", Coordinates(3.0, 4.0), reply)))
+
+    asked = trio.current_time()
+    await crash_a_batch_before(rooms, room, ann, lambda: nursery.start_soon(update))
+    await trio.testing.wait_all_tasks_blocked()
+    assert rooms.supervisor.restarts == 1
+    assert answers == [None]
+    assert trio.current_time() == asked  # answered by the restarted actor, not the deadline
+    stored = await rooms.memory.event(event.id)
+    assert stored is not None
+    assert stored.address == "street 2"
+
+
+async def test_a_stop_read_ahead_of_a_crashing_batch_still_stops_the_room(
+    autojump_clock: MockClock, nursery: trio.Nursery, rooms: Rooms,
+) -> None:
+    event, room = await rooms.open()
+    ann = await join(room, "ann")
+    await crash_a_batch_before(rooms, room, ann,
+                               lambda: nursery.start_soon(rooms.supervisor.stop))
+    await trio.testing.wait_all_tasks_blocked()
+    assert rooms.supervisor.restarts == 1
+    assert rooms.ended.is_set()
+    assert outbox(ann).close_code == CloseCode.GOING_AWAY
+    assert await rooms.stored_chat(event.id) == ["first"]
+
+
+async def test_a_request_read_ahead_of_a_crash_that_fails_the_room_is_refused_at_once(
+    autojump_clock: MockClock, nursery: trio.Nursery,
+) -> None:
+    rooms = await start_rooms(nursery, actor_max_restarts=0)
+    _, room = await rooms.open()
+    ann = await join(room, "ann")
+    codes: list[tuple[ErrorCode, ...]] = []
+
+    async def get() -> None:
+        codes.append(await refusal(room, Snapshot))
+
+    asked = trio.current_time()
+    await crash_a_batch_before(rooms, room, ann, lambda: nursery.start_soon(get))
+    await trio.testing.wait_all_tasks_blocked()
+    assert codes == [(ErrorCode.INTERNAL_ERROR,)]
+    assert trio.current_time() == asked
+    assert outbox(ann).close_code == CloseCode.INTERNAL_ERROR
+
+
+# A command that fails on its own input.
+
+
+@pytest.mark.parametrize(("address", "coordinates", "codes"), [
+    pytest.param("a\ud800", Coordinates(1.0, 1.0), (ErrorCode.ADDRESS_IS_EMPTY,),
+                 id="lone-surrogate"),
+    pytest.param("", Coordinates(1.0, 1.0), (ErrorCode.ADDRESS_IS_EMPTY,), id="empty-address"),
+    pytest.param("x", Coordinates(math.nan, 1.0), (ErrorCode.COORDINATES_IS_EMPTY,), id="nan"),
+    pytest.param("x", Coordinates(1.0, -math.inf), (ErrorCode.COORDINATES_IS_EMPTY,),
+                 id="infinity"),
+    pytest.param("\udfff", Coordinates(math.inf, 1.0),
+                 (ErrorCode.ADDRESS_IS_EMPTY, ErrorCode.COORDINATES_IS_EMPTY), id="both"),
+])
+async def test_an_update_with_values_no_store_can_hold_fails_only_itself(
+    autojump_clock: MockClock, rooms: Rooms, address: str, coordinates: Coordinates,
+    codes: tuple[ErrorCode, ...],
+) -> None:
+    event, room = await rooms.open()
+    ann = await join(room, "ann")
+    await trio.sleep(INTERVAL * 2)
+    assert await refusal(room, lambda reply: Update(
+        event.owner_id, address, coordinates, reply)) == codes
+    assert rooms.supervisor.restarts == 0
+    assert rooms.store.count("update_event") == 0
+    assert await room.ask(lambda reply: Update(
+        event.owner_id, "street 2", Coordinates(3.0, 4.0), reply)) is None
+    assert payloads(outbox(ann).frames, "eventUpdated")[-1]["address"] == "street 2"
+    stored = await rooms.memory.event(event.id)
+    assert stored is not None
+    assert stored.address == "street 2"
+
+
+async def test_a_chat_line_that_is_not_valid_text_is_dropped_and_the_room_goes_on(
+    autojump_clock: MockClock, rooms: Rooms,
+) -> None:
+    event, room = await rooms.open()
+    ann, bob = await join(room, "ann"), await join(room, "bob")
+    released = rooms.store.hang("append_chat")
+    await say(room, ann, "first")
+    await rooms.store.wait_calls("append_chat", 1)
+    for text in ("a\ud800", "second", "\udc00"):  # one batch: the good line is kept
+        await say(room, bob, text)
+    released.set()
+    await trio.testing.wait_all_tasks_blocked()
+    await say(room, ann, "\ud800")  # a batch of nothing but a bad line writes nothing
+    await trio.testing.wait_all_tasks_blocked()
+    await say(room, ann, "third")
+    await trio.testing.wait_all_tasks_blocked()
+    assert rooms.supervisor.restarts == 0
+    assert chat(ann) == chat(bob) == ["first", "second", "third"]
+    assert await rooms.stored_chat(event.id) == ["first", "second", "third"]
+    assert rooms.store.count("append_chat") == 3
+
+
+# Media.
+
+
+async def test_media_the_owner_adds_and_removes_is_stored_then_announced(
+    autojump_clock: MockClock, rooms: Rooms,
+) -> None:
+    event, room = await rooms.open()
+    ann = await join(room, "ann")
+    photo = EventMedia(new_id(), "image/png")
+    assert await room.ask(lambda reply: AddMedia(event.owner_id, photo, reply)) is None
+    assert (await snapshot(room)).event.media == (photo,)
+    assert await room.ask(lambda reply: RemoveMedia(event.owner_id, photo.id, reply)) is None
+    assert outbox(ann).frames[-2:] == [f"mediaAdded/{photo.id}", f"mediaRemoved/{photo.id}"]
+    stored = await rooms.memory.event(event.id)
+    assert stored is not None
+    assert stored.media == ()
+
+
+async def test_media_changes_by_others_or_of_unknown_media_are_refused(
+    autojump_clock: MockClock, rooms: Rooms,
+) -> None:
+    event, room = await rooms.open()
+    ann = await join(room, "ann")
+    await trio.sleep(INTERVAL * 2)
+    photo = EventMedia(new_id(), "image/png")
+    stranger = ann.identity.user_id
+    assert await refusal(room, lambda reply: AddMedia(stranger, photo, reply)) == (
+        ErrorCode.USER_IS_NOT_OWNER,)
+    assert await refusal(room, lambda reply: RemoveMedia(event.owner_id, photo.id, reply)) == (
+        ErrorCode.MEDIA_NOT_FOUND,)
+    assert len(outbox(ann).frames) == 1  # its eventUpdated on joining, nothing since
+    assert rooms.store.count("add_event_media") == rooms.store.count("remove_event_media") == 0
+
+
+# Close.
+
+
+async def test_close_by_someone_else_is_refused_and_the_room_goes_on(
+    autojump_clock: MockClock, rooms: Rooms,
+) -> None:
+    event, room = await rooms.open()
+    ann = await join(room, "ann")
+    codes = await refusal(room, lambda reply: Close(ann.identity.user_id, reply))
+    assert codes == (ErrorCode.USER_IS_NOT_OWNER,)
+    await say(room, ann, "still open")
+    await trio.testing.wait_all_tasks_blocked()
+    assert chat(ann) == ["still open"]
+    assert outbox(ann).close_code is None
+    stored = await rooms.memory.event(event.id)
+    assert stored is not None
+    assert stored.is_open
+
+
+async def test_close_by_the_owner_ends_the_room_and_its_actor(
+    autojump_clock: MockClock, rooms: Rooms,
+) -> None:
+    event, room = await rooms.open()
+    ann, bob = await join(room, "ann"), await join(room, "bob")
+    assert f"event {event.id}" in running_tasks()
+    assert await room.ask(lambda reply: Close(event.owner_id, reply)) is None
+    await trio.testing.wait_all_tasks_blocked()
+    for member in (ann, bob):
+        assert outbox(member).frames[-1] == "closeEvent/"
+        assert outbox(member).close_code == CloseCode.NORMAL
+        assert not outbox(member).aborted
+    assert rooms.supervisor.room(event.id) is None
+    assert rooms.supervisor.in_range(-90, 90, -90, 90) == []
+    stored = await rooms.memory.event(event.id)
+    assert stored is not None
+    assert not stored.is_open
+    assert await rooms.memory.open_event_of(event.owner_id) is None
+    assert await refusal(room, Snapshot) == (ErrorCode.EVENT_NOT_FOUND,)
+    assert f"event {event.id}" not in running_tasks()
+    assert rooms.supervisor.restarts == 0
+
+
+async def test_requests_queued_behind_the_owners_close_answer_event_not_found(
+    autojump_clock: MockClock, nursery: trio.Nursery, rooms: Rooms,
+) -> None:
+    event, room = await rooms.open()
+    released = rooms.store.hang("close_event")
+    nursery.start_soon(room.ask, lambda reply: Close(event.owner_id, reply))
+    await rooms.store.wait_calls("close_event", 1)
+    late = Member(person("late"), RecordingOutbox())
+    answers: list[tuple[ErrorCode, ...]] = []
+
+    async def ask(make: Callable[[Reply], Command]) -> None:
+        answers.append(await refusal(room, make))
+
+    nursery.start_soon(ask, Snapshot)
+    nursery.start_soon(ask, lambda reply: Join(late, reply))
+    await trio.testing.wait_all_tasks_blocked()
+    released.set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert answers == [(ErrorCode.EVENT_NOT_FOUND,)] * 2
+    assert outbox(late).close_code == CloseCode.NORMAL
+
+
+# Shutdown.
+
+
+async def test_stop_handles_queued_commands_then_finishes_members_with_1001(
+    autojump_clock: MockClock, nursery: trio.Nursery, rooms: Rooms,
+) -> None:
+    event, room = await rooms.open()
+    ann, bob = await join(room, "ann"), await join(room, "bob")
+    released = rooms.store.hang("append_chat")
+    await say(room, ann, "1")
+    await rooms.store.wait_calls("append_chat", 1)
+    await say(room, bob, "2")
+    await say(room, ann, "3")
+    nursery.start_soon(rooms.supervisor.stop)
+    await trio.testing.wait_all_tasks_blocked()
+    assert not rooms.ended.is_set()  # a write is in flight and lines are queued
+    released.set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert rooms.ended.is_set()  # `run` has returned
+    assert await rooms.stored_chat(event.id) == ["1", "2", "3"]
+    for member in (ann, bob):
+        assert chat(member) == ["1", "2", "3"]
+        assert outbox(member).close_code == CloseCode.GOING_AWAY
+        assert not outbox(member).aborted
+    stored = await rooms.memory.event(event.id)
+    assert stored is not None
+    assert stored.is_open
+
+
+async def test_no_event_is_opened_while_stopping(autojump_clock: MockClock, rooms: Rooms) -> None:
+    await rooms.supervisor.stop()
+    owner = new_id()
+    with pytest.raises(DomainError) as refused:
+        await rooms.supervisor.open_event(owner, "late", "street 9", Coordinates(0.0, 0.0))
+    assert refused.value.codes == (ErrorCode.INTERNAL_ERROR,)
+    assert await rooms.memory.open_event_of(owner) is None
+    assert rooms.supervisor.open_events == 0
+    await trio.testing.wait_all_tasks_blocked()
+    assert rooms.ended.is_set()
+
+
+async def test_stop_returns_with_a_failed_room(
+    autojump_clock: MockClock, nursery: trio.Nursery,
+) -> None:
+    rooms = await start_rooms(nursery, actor_max_restarts=0)
+    event, room = await rooms.open()
+    ann = await join(room, "ann")
+    rooms.crash_on("boom")
+    await say(room, ann, "boom")
+    await trio.testing.wait_all_tasks_blocked()
+    assert outbox(ann).close_code == CloseCode.INTERNAL_ERROR
+    await rooms.supervisor.stop()
+    await trio.testing.wait_all_tasks_blocked()
+    assert rooms.ended.is_set()
+    stored = await rooms.memory.event(event.id)
+    assert stored is not None
+    assert stored.is_open
+
+
+async def test_an_event_opened_while_stop_runs_is_stopped_too(
+    autojump_clock: MockClock, nursery: trio.Nursery, rooms: Rooms,
+) -> None:
+    _, busy = await rooms.open()  # keeps `run` from returning until its write is done
+    ann = await join(busy, "ann")
+    write = rooms.store.hang("append_chat")
+    await say(busy, ann, "last words")
+    await rooms.store.wait_calls("append_chat", 1)
+    stored = rooms.store.hang("add_event")
+    opened: list[Event] = []
+
+    async def open_late() -> None:
+        event, _ = await rooms.open()
+        opened.append(event)
+
+    nursery.start_soon(open_late)
+    await rooms.store.wait_calls("add_event", 2)
+    await rooms.supervisor.stop()
+    stored.set()
+    await trio.testing.wait_all_tasks_blocked()
+    [late] = opened
+    assert rooms.supervisor.room(late.id) is None  # started, told to stop, ended
+    write.set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert rooms.ended.is_set()
+    assert outbox(ann).close_code == CloseCode.GOING_AWAY
+
+
+# Back-pressure.
+
+
+async def test_send_to_a_full_inbox_gives_up_after_the_reply_deadline(
+    autojump_clock: MockClock, nursery: trio.Nursery,
+) -> None:
+    rooms = await start_rooms(nursery, actor_inbox_size=2)
+    event, room = await rooms.open()
+    ann, bob = await join(room, "ann"), await join(room, "bob")
+    released = rooms.store.hang("append_chat")
+    await say(room, ann, "1")
+    await rooms.store.wait_calls("append_chat", 1)
+    await say(room, ann, "2")
+    await say(room, ann, "3")  # the inbox is full now
+    asked = trio.current_time()
+    assert not await room.send(Chat(ann.identity, "4"))
+    assert trio.current_time() - asked == pytest.approx(rooms.config.actor_reply_timeout_seconds)
+    released.set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert await rooms.stored_chat(event.id) == ["1", "2", "3"]
+    assert chat(ann) == chat(bob) == ["1", "2", "3"]
+
+
+async def test_leave_never_waits_and_takes_effect_when_the_actor_runs_again(
+    autojump_clock: MockClock, nursery: trio.Nursery,
+) -> None:
+    rooms = await start_rooms(nursery, actor_inbox_size=2)
+    _, room = await rooms.open()
+    ann, bob = await join(room, "ann"), await join(room, "bob")
+    await trio.sleep(INTERVAL * 2)
+    released = rooms.store.hang("append_chat")
+    await say(room, ann, "1")
+    await rooms.store.wait_calls("append_chat", 1)
+    await say(room, ann, "2")
+    await say(room, ann, "3")  # the inbox is full now
+    room.leave(bob)  # synchronous: it cannot wait, and the full inbox does not lose it
+    await trio.sleep(INTERVAL * 2)
+    assert counts(ann) == [1, 2]  # the actor is still stuck in its write
+    released.set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert counts(ann) == [1, 2, 1]
+    assert (await snapshot(room)).users_count == 1
