@@ -154,9 +154,12 @@ class Room:
                 command.member.outbox.finish(code)
             reply = getattr(command, "reply", None)
             if reply is not None:
-                if code is CloseCode.NORMAL:  # the event is closed: what later asks get too
-                    with contextlib.suppress(trio.BrokenResourceError):  # the caller gave up
-                        reply.send_nowait(outcome.Error(DomainError(ErrorCode.EVENT_NOT_FOUND)))
+                # An answer, not a closed channel (which the asker would take for a crash):
+                # a closed event is what later asks get too; otherwise the room is gone.
+                refusal = DomainError(ErrorCode.EVENT_NOT_FOUND if code is CloseCode.NORMAL
+                                      else ErrorCode.INTERNAL_ERROR)
+                with contextlib.suppress(trio.BrokenResourceError):  # the caller gave up
+                    reply.send_nowait(outcome.Error(refusal))
                 reply.close()
         self.commands.close()
         self.departures.clear()

@@ -151,9 +151,13 @@ class EventSession:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write, outbox, since, chat_length, nursery.cancel_scope)
                 await self._read(nursery.cancel_scope)  # in this task: one task fewer a socket
-        except DomainError as refusal:  # closed or failed between the handshake and the join
-            failed = ErrorCode.INTERNAL_ERROR in refusal.codes
-            self._close_code = CloseCode.INTERNAL_ERROR if failed else CloseCode.NORMAL
+        except DomainError as refusal:  # closed, failed or stopped before the join
+            if outbox.state is OutboxState.FINISHING:  # the room ended with its Join queued
+                self._close_code = outbox.close_code
+            elif ErrorCode.INTERNAL_ERROR in refusal.codes:
+                self._close_code = CloseCode.INTERNAL_ERROR
+            else:
+                self._close_code = CloseCode.NORMAL
         finally:
             outbox.close()
             self._room.leave(member)
