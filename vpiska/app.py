@@ -8,7 +8,7 @@ from typing import Any
 from quart_trio import QuartTrio
 
 from vpiska.accounts import Accounts
-from vpiska.actors import EventSupervisor
+from vpiska.actors.rooms import Rooms
 from vpiska.auth import Passwords, Tokens
 from vpiska.config import Config
 from vpiska.http.body import close_if_body_unread
@@ -38,10 +38,10 @@ class Services:
     tokens: Tokens
     accounts: Accounts
     media: MediaLibrary
-    events: EventSupervisor
+    events: Rooms  # the EventSupervisor on one node, the cluster node in a cluster
 
     @classmethod
-    def build(cls, config: Config, store: Store, events: EventSupervisor) -> Services:
+    def build(cls, config: Config, store: Store, events: Rooms) -> Services:
         tokens = Tokens(config)
         return cls(
             config=config,

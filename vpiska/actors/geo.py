@@ -31,13 +31,28 @@ class MapIndex:
         return len(self._spots)
 
     def put(self, event_id: str, name: str, coordinates: Coordinates) -> None:
-        """Add an event; events must be put oldest first."""
+        """Add an event (events must be put oldest first); one already here stays as it is."""
+        if event_id in self._spots:
+            return
         spot = Spot(event_id, name, coordinates, next(self._ages))
         self._spots[event_id] = spot
         bisect.insort(self._by_x, (coordinates.x, spot.age, event_id))
 
+    def replace(self, events: list[tuple[str, str, Coordinates]]) -> None:
+        """Make the index hold exactly `events` (oldest first), as a fresh read of the store."""
+        self._spots.clear()
+        self._by_x.clear()
+        for event_id, name, coordinates in events:
+            self.put(event_id, name, coordinates)
+
+    def event_ids(self) -> list[str]:
+        return list(self._spots)
+
     def move(self, event_id: str, coordinates: Coordinates) -> None:
-        spot = self._spots[event_id]
+        """Move an event; an event not in the index (closed meanwhile) is left out."""
+        spot = self._spots.get(event_id)
+        if spot is None:
+            return
         self._by_x.remove((spot.coordinates.x, spot.age, event_id))
         spot.coordinates = coordinates
         bisect.insort(self._by_x, (coordinates.x, spot.age, event_id))

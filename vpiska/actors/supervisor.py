@@ -89,6 +89,10 @@ class EventSupervisor:
     def room(self, event_id: str) -> Room | None:
         return self._rooms.get(event_id)
 
+    async def find(self, event_id: str) -> Room | None:
+        """`room`, as vpiska/http asks it of `Rooms` (in a cluster the answer may need Redis)."""
+        return self._rooms.get(event_id)
+
     @property
     def open_events(self) -> int:
         return len(self._rooms)

@@ -1,7 +1,7 @@
 """`/api/v1/events/*`: each request becomes one command to the event's actor.
 
-Creation goes through the supervisor (which starts the actor) and `events/range` reads the
-supervisor's map index; nothing here keeps state of its own.
+Creation goes through `Rooms` (which starts the actor, here or on the node that owns it) and
+`events/range` reads its map index; nothing here keeps state of its own.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from typing import Any
 from quart import Blueprint
 
 from vpiska.accounts import Accounts
-from vpiska.actors import EventSupervisor, EventView, Room
+from vpiska.actors import EventView
 from vpiska.actors.commands import AddMedia, Close, RemoveMedia, Snapshot, Update
+from vpiska.actors.rooms import RoomHandle, Rooms
 from vpiska.config import Config
 from vpiska.domain import EventMedia
 from vpiska.errors import DomainError, ErrorCode
@@ -25,15 +26,15 @@ from vpiska.store import Store
 from vpiska.wire import coordinates_json, event_json
 
 
-def events_routes(config: Config, accounts: Accounts, supervisor: EventSupervisor,
-                  store: Store, media: MediaLibrary) -> Blueprint:
+def events_routes(config: Config, accounts: Accounts, rooms: Rooms, store: Store,
+                  media: MediaLibrary) -> Blueprint:
     routes = Blueprint("events", __name__, url_prefix="/api/v1/events")
 
     async def body() -> dict[str, Any]:
         return await json_object(config.max_json_bytes)
 
-    def room_of(event_id: str) -> Room:
-        room = supervisor.room(event_id)
+    async def room_of(event_id: str) -> RoomHandle:
+        room = await rooms.find(event_id)
         if room is None:
             raise DomainError(ErrorCode.EVENT_NOT_FOUND)
         return room
@@ -46,14 +47,14 @@ def events_routes(config: Config, accounts: Accounts, supervisor: EventSuperviso
         require((not name, ErrorCode.NAME_IS_EMPTY), (not address, ErrorCode.ADDRESS_IS_EMPTY),
                 (where is None, ErrorCode.COORDINATES_IS_EMPTY))
         assert where is not None
-        event = await supervisor.open_event(identity.user_id, name, address, where)
+        event = await rooms.open_event(identity.user_id, name, address, where)
         return success(event_json(event, 0, []))
 
     @routes.post("/get")
     async def get() -> Any:
         event_id = text(await body(), "eventId")
         require(id_codes(event_id))
-        view = await room_of(event_id).ask(Snapshot)
+        view = await (await room_of(event_id)).ask(Snapshot)
         assert isinstance(view, EventView)
         chat = await store.chat(event_id)
         return success(event_json(view.event, view.users_count, chat[: view.chat_length]))
@@ -69,11 +70,11 @@ def events_routes(config: Config, accounts: Accounts, supervisor: EventSuperviso
         assert width is not None
         assert height is not None
         assert centre is not None
-        spots = supervisor.in_range(centre.x - width / 2, centre.x + width / 2,
+        spots = rooms.in_range(centre.x - width / 2, centre.x + width / 2,
                                     centre.y - height / 2, centre.y + height / 2)
         return success([
             {"id": spot.event_id, "name": spot.name,
-             "usersCount": supervisor.users_count(spot.event_id),
+             "usersCount": rooms.users_count(spot.event_id),
              "coordinates": coordinates_json(spot.coordinates)}
             for spot in spots
         ])
@@ -86,7 +87,7 @@ def events_routes(config: Config, accounts: Accounts, supervisor: EventSuperviso
         require(id_codes(event_id), (not address, ErrorCode.ADDRESS_IS_EMPTY),
                 (where is None, ErrorCode.COORDINATES_IS_EMPTY))
         assert where is not None
-        await room_of(event_id).ask(lambda reply: Update(identity.user_id, address, where, reply))
+        await (await room_of(event_id)).ask(lambda reply: Update(identity.user_id, address, where, reply))
         return success(None)
 
     @routes.post("/close")
@@ -94,7 +95,7 @@ def events_routes(config: Config, accounts: Accounts, supervisor: EventSuperviso
         identity = await caller(accounts)
         event_id = text(await body(), "eventId")
         require(id_codes(event_id))
-        await room_of(event_id).ask(lambda reply: Close(identity.user_id, reply))
+        await (await room_of(event_id)).ask(lambda reply: Close(identity.user_id, reply))
         return success(None)
 
     @routes.post("/media/add")
@@ -103,7 +104,7 @@ def events_routes(config: Config, accounts: Accounts, supervisor: EventSuperviso
         with await read_multipart("media", config.max_upload_bytes, media.files.root) as form:
             event_id = form.fields.get("eventId", "")
             require(id_codes(event_id))
-            room = room_of(event_id)
+            room = await room_of(event_id)
             if room.owner_id != identity.user_id:  # checked before the upload is stored
                 raise DomainError(ErrorCode.USER_IS_NOT_OWNER)
             stored = await media.add(form.file())
@@ -117,7 +118,7 @@ def events_routes(config: Config, accounts: Accounts, supervisor: EventSuperviso
         data = await body()
         event_id, media_id = text(data, "eventId"), text(data, "mediaId")
         require(id_codes(event_id), id_codes(media_id))
-        await room_of(event_id).ask(lambda reply: RemoveMedia(identity.user_id, media_id, reply))
+        await (await room_of(event_id)).ask(lambda reply: RemoveMedia(identity.user_id, media_id, reply))
         return success(None)
 
     return routes

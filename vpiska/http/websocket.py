@@ -27,8 +27,9 @@ from werkzeug.datastructures import Headers
 
 from vpiska import metrics
 from vpiska.accounts import Accounts
-from vpiska.actors import ChatFlood, CloseCode, EventSupervisor, Member, Room, frames
+from vpiska.actors import ChatFlood, CloseCode, Member, frames
 from vpiska.actors.commands import Chat, Join
+from vpiska.actors.rooms import RoomHandle, Rooms
 from vpiska.auth import Identity
 from vpiska.config import Config
 from vpiska.errors import DomainError, ErrorCode
@@ -56,12 +57,12 @@ class EventSocketEndpoint:
     memory) and most of a handshake's CPU.
     """
 
-    def __init__(self, fallback: Any, config: Config, accounts: Accounts,
-                 supervisor: EventSupervisor, store: Store) -> None:
+    def __init__(self, fallback: Any, config: Config, accounts: Accounts, rooms: Rooms,
+                 store: Store) -> None:
         self._fallback = fallback
         self._config = config
         self._accounts = accounts
-        self._supervisor = supervisor
+        self._rooms = rooms
         self._store = store
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -85,10 +86,10 @@ class EventSocketEndpoint:
             elif id_codes(event_id) or (since_text is not None
                                         and SINCE.fullmatch(since_text) is None):
                 status = 400
-            elif (room := self._supervisor.room(event_id)) is None:
+            elif (room := await self._rooms.find(event_id)) is None:
                 status = 404
             else:
-                status = 503 if room.failed or self._supervisor.stopping else 101
+                status = 503 if room.failed or self._rooms.stopping else 101
             if self._config.trace_requests:
                 trace_handshake(PATH, query, status)
             if status != 101:
@@ -127,7 +128,7 @@ class EventSession:
     closed first, so the room never counts a socket that is gone as a slow one.
     """
 
-    def __init__(self, config: Config, store: Store, room: Room, identity: Identity,
+    def __init__(self, config: Config, store: Store, room: RoomHandle, identity: Identity,
                  receive: Any, send: Any, sink: hypercorn_adapter.DirectSink | None) -> None:
         self._receive_message = receive
         self._send_message = send

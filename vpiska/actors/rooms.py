@@ -1,0 +1,55 @@
+"""What the wire needs of the live events, whether they run here or on another node.
+
+On a single node the EventSupervisor is `Rooms` and every room is a local `Room`. In a cluster
+(vpiska/cluster) `Rooms` is the node, and a room owned by another node is a gateway to it with
+the same interface, so vpiska/http cannot tell the two apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from vpiska.actors.commands import Command, Reply
+from vpiska.actors.geo import Spot
+from vpiska.actors.member import Member
+from vpiska.domain import Coordinates, Event
+from vpiska.metrics import LiveStats
+
+
+class RoomHandle(Protocol):
+    event_id: str
+    owner_id: str  # the user who owns the event
+    failed: bool  # past its restart limit: it answers InternalError, sockets get 1011
+
+    async def ask(self, make: Callable[[Reply], Command]) -> object:
+        """Send `make(reply)`, return its answer or raise its DomainError (Room.ask)."""
+
+    async def send(self, command: Command) -> bool:
+        """Queue a command that needs no answer; False if the room is overloaded."""
+
+    def leave(self, member: Member) -> None:
+        """Take `member` out of the room, never waiting."""
+
+
+class Rooms(Protocol):
+    @property
+    def stopping(self) -> bool:
+        """Shutting down: no event is opened, no socket joins."""
+
+    async def find(self, event_id: str) -> RoomHandle | None:
+        """The room of an open event; None if it is unknown or closed."""
+
+    async def open_event(self, owner_id: str, name: str, address: str,
+                         coordinates: Coordinates) -> Event:
+        """Store a new open event and start its room (OwnerAlreadyHasEvent, InternalError
+        while stopping)."""
+
+    def in_range(self, x_low: float, x_high: float, y_low: float, y_high: float) -> list[Spot]:
+        """Open events in the rectangle, oldest first."""
+
+    def users_count(self, event_id: str) -> int:
+        """Distinct users connected to the event (0 if unknown)."""
+
+    def live_stats(self) -> LiveStats:
+        """This node's rooms and sockets, for GET /metrics."""
