@@ -17,6 +17,7 @@ import trio
 from vpiska import logs
 from vpiska.config import Config, ConfigError
 from vpiska.server import EXIT_SHUTDOWN_TIMED_OUT, ListenError, ShutdownTimedOut, serve
+from vpiska.workers import run_workers
 
 log = logging.getLogger("vpiska")
 
@@ -34,6 +35,8 @@ def main() -> int:
         log.warning("JWT_KEY is the public default: anyone can forge tokens; set JWT_KEY in "
                     "production (until then vpiska listens on %s only unless SERVER_HOST is set)",
                     config.host)
+    if config.workers > 1:
+        return run_workers(config)
     try:
         trio.run(serve, config)
     except ListenError as error:

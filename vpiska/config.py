@@ -71,6 +71,12 @@ class Config:
     ready_timeout_seconds: float = 2.0
     # Use vpiska/http/hypercorn_adapter.py (only ever on the hypercorn versions it was tested on).
     hypercorn_adapter: bool = True
+    # The cluster (vpiska/cluster): with no Redis, one process serves alone.
+    redis_url: str | None = None
+    lease_ttl_seconds: float = 5.0
+    workers: int = 1
+    # Let other processes listen on the same port (SO_REUSEPORT); WORKERS > 1 implies it.
+    reuse_port: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -127,11 +133,29 @@ class Config:
                 "READY_TIMEOUT_SECONDS", cls.ready_timeout_seconds, low=0.001
             ),
             hypercorn_adapter=read.boolean("HYPERCORN_ADAPTER", cls.hypercorn_adapter),
+            redis_url=_redis_url(env.get("REDIS_URL", "")),
+            lease_ttl_seconds=read.number("LEASE_TTL_SECONDS", cls.lease_ttl_seconds, low=0.3),
+            workers=_workers(read.integer("WORKERS", cls.workers, low=1, high=256), env),
+            reuse_port=read.boolean("SERVER_REUSE_PORT", cls.reuse_port),
         )
 
     @property
     def uses_default_jwt_key(self) -> bool:
         return self.jwt_key == DEFAULT_JWT_KEY
+
+
+def _redis_url(value: str) -> str | None:
+    if not value:
+        return None
+    if urlsplit(value).scheme.lower() not in ("redis", "rediss", "unix"):
+        raise ConfigError("REDIS_URL", f"{value!r} is not a redis://, rediss:// or unix:// URL")
+    return value
+
+
+def _workers(workers: int, env: Mapping[str, str]) -> int:
+    if workers > 1 and not env.get("REDIS_URL"):
+        raise ConfigError("WORKERS", "more than one node needs REDIS_URL: nodes share Redis")
+    return workers
 
 
 def _store_location(value: str, data_dir: Path) -> StoreLocation:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -189,15 +190,24 @@ def _exit_stuck() -> None:
 
 
 def _listen(hypercorn_config: HypercornConfig, config: Config) -> Sockets:
+    """The listening socket, made here rather than by hypercorn: its closing tells when
+    hypercorn stops accepting (`_closed`), and with REUSE_PORT several nodes share it."""
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        sockets = hypercorn_config.create_sockets()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if config.reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((config.host, config.port))
+        sock.listen(hypercorn_config.backlog)
+        sock.setblocking(False)
     except OSError as error:
+        sock.close()
         raise ListenError(
             f"cannot listen on {config.host}:{config.port}: {error.strerror or error}"
         ) from None
-    for sock in sockets.insecure_sockets:
-        sock.listen(hypercorn_config.backlog)
-    return sockets
+    return Sockets([], [sock], [])
 
 
 def _hypercorn_config(config: Config) -> HypercornConfig:
