@@ -5,6 +5,9 @@ use as a fake, and on a real MongoDB when VPISKA_TEST_MONGODB_URL is set. The te
 `mongo` fixture check what only MongoDB has: the older Go backend's document shapes, its
 embedded chat arrays, and an older database whose data breaks an index.
 
+Fencing (vpiska/store/base.py) is part of the contract: a claim by a newer epoch refuses every
+write of an older one and changes nothing; `epoch=None` is unfenced.
+
 Timestamps are whole milliseconds: BSON dates keep no more.
 """
 
@@ -32,7 +35,7 @@ from bson.int64 import Int64
 from vpiska.config import Config, StoreLocation
 from vpiska.domain import ChatMessage, Coordinates, Event, EventMedia, Media, User, new_id
 from vpiska.errors import DomainError, ErrorCode
-from vpiska.store import MemoryStore, Store, open_store
+from vpiska.store import MemoryStore, StaleEpoch, Store, open_store
 from vpiska.store import memory as memory_store
 from vpiska.store.mongo import MongoStore
 from vpiska.store.sqlite import SqliteStore
@@ -411,6 +414,192 @@ async def test_ping(store: Store) -> None:
     await store.ping()
 
 
+# Fencing.
+
+
+@dataclasses.dataclass(frozen=True)
+class Stored:
+    """What the store holds of one event: what a refused write must leave as it was."""
+
+    event: Event | None
+    chat: list[ChatMessage]
+    chat_length: int
+
+
+async def stored(store: Store, event_id: str) -> Stored:
+    return Stored(await store.event(event_id), await store.chat(event_id),
+                  await store.chat_length(event_id))
+
+
+def fenced_writes(
+    store: Store, event_id: str, epoch: int | None, *, first_seq: int, attached: EventMedia,
+) -> dict[str, Callable[[], Awaitable[object]]]:
+    """Every write an event's actor makes, each with `epoch`; close last."""
+    return {
+        "append_chat": partial(
+            store.append_chat, event_id, first_seq, [a_line(first_seq + n) for n in range(3)],
+            epoch=epoch),
+        "update_event": partial(
+            store.update_event, event_id, "Fenced 9", Coordinates(9.5, -9.5), epoch=epoch),
+        "add_event_media": partial(
+            store.add_event_media, event_id, EventMedia(new_id(), "image/gif"), epoch=epoch),
+        "remove_event_media": partial(
+            store.remove_event_media, event_id, attached.id, epoch=epoch),
+        "close_event": partial(store.close_event, event_id, epoch=epoch),
+    }
+
+
+async def claimed_event_with_a_chat(store: Store, epoch: int) -> tuple[Event, EventMedia]:
+    """An event claimed at `epoch`, with two chat lines and one media written by that epoch."""
+    attached = EventMedia(new_id(), "image/png")
+    event = an_event(new_id())
+    await store.add_event(event)
+    assert await store.claim_event(event.id, epoch) == event
+    await store.append_chat(event.id, 0, [a_line(0), a_line(1)], epoch=epoch)
+    await store.add_event_media(event.id, attached, epoch=epoch)
+    return dataclasses.replace(event, media=(attached,)), attached
+
+
+async def test_claim_then_write_with_that_epoch(store: Store) -> None:
+    event, attached = await claimed_event_with_a_chat(store, 7)
+    assert await stored(store, event.id) == Stored(event, [a_line(0), a_line(1)], 2)
+
+    await store.append_chat(event.id, 2, [a_line(2)], epoch=7)
+    await store.update_event(event.id, "Arbat 3", Coordinates(1.5, 2.5), epoch=7)
+    extra = EventMedia(new_id(), "video/mp4")
+    await store.add_event_media(event.id, extra, epoch=7)
+    assert await store.remove_event_media(event.id, attached.id, epoch=7) is True
+    assert await store.remove_event_media(event.id, attached.id, epoch=7) is False
+    await store.close_event(event.id, epoch=7)
+
+    assert await stored(store, event.id) == Stored(
+        dataclasses.replace(event, address="Arbat 3", coordinates=Coordinates(1.5, 2.5),
+                            media=(extra,), is_open=False),
+        [a_line(0), a_line(1), a_line(2)], 3)
+
+
+@pytest.mark.parametrize(
+    "write", ["append_chat", "update_event", "add_event_media", "remove_event_media",
+              "close_event"])
+async def test_a_newer_claim_refuses_the_older_epochs_writes(store: Store, write: str) -> None:
+    event, attached = await claimed_event_with_a_chat(store, 1)
+    before = await stored(store, event.id)
+    # The new owner claims, then reads where its chat goes on.
+    assert await store.claim_event(event.id, 2) == event
+    assert await store.chat_length(event.id) == 2
+
+    with pytest.raises(StaleEpoch) as refused_write:
+        await fenced_writes(store, event.id, 1, first_seq=2, attached=attached)[write]()
+    assert (refused_write.value.event_id, refused_write.value.epoch,
+            refused_write.value.claimed) == (event.id, 1, 2)
+    assert event.id in str(refused_write.value)
+    assert "epoch 1" in str(refused_write.value)
+    assert "epoch 2" in str(refused_write.value)
+    assert await stored(store, event.id) == before
+
+    # The new owner's writes go on from there.
+    for call in fenced_writes(store, event.id, 2, first_seq=2, attached=attached).values():
+        await call()
+    after = await stored(store, event.id)
+    assert after.chat == [a_line(n) for n in range(5)]
+    assert after.event is not None
+    assert not after.event.is_open
+    assert after.event.address == "Fenced 9"
+
+
+async def test_an_older_owner_stays_fenced_after_any_number_of_claims(store: Store) -> None:
+    event, attached = await claimed_event_with_a_chat(store, 1)
+    for epoch in (2, 3, 10):
+        await store.claim_event(event.id, epoch)
+    before = await stored(store, event.id)
+    for epoch in (1, 2, 3, 0):
+        for name, call in fenced_writes(
+                store, event.id, epoch, first_seq=2, attached=attached).items():
+            with pytest.raises(StaleEpoch):
+                await call()
+            assert await stored(store, event.id) == before, (epoch, name)
+
+
+async def test_unfenced_writes_ignore_the_claim(store: Store) -> None:
+    """epoch=None: a single node without Redis, whatever epoch a cluster once claimed."""
+    event, attached = await claimed_event_with_a_chat(store, 4)
+    for call in fenced_writes(store, event.id, None, first_seq=2, attached=attached).values():
+        await call()
+    after = await stored(store, event.id)
+    assert after.chat_length == 5
+    assert after.event is not None
+    assert not after.event.is_open
+    # The claim is still there for fenced writers.
+    with pytest.raises(StaleEpoch):
+        await store.append_chat(event.id, 5, [a_line(5)], epoch=3)
+    await store.append_chat(event.id, 5, [a_line(5)], epoch=4)
+
+
+async def test_unclaimed_events_are_at_epoch_0(store: Store) -> None:
+    event = an_event(new_id())
+    await store.add_event(event)
+    await store.append_chat(event.id, 0, [a_line(0)], epoch=0)
+    await store.update_event(event.id, "Zero 0", Coordinates(0, 0), epoch=0)
+    assert await store.chat_length(event.id) == 1
+    await store.claim_event(event.id, 1)
+    with pytest.raises(StaleEpoch):
+        await store.update_event(event.id, "Zero 1", Coordinates(0, 0), epoch=0)
+
+
+async def test_a_write_above_the_claimed_epoch_is_a_bug(store: Store) -> None:
+    """Equality, not "at least": an owner must claim before it writes."""
+    event, attached = await claimed_event_with_a_chat(store, 1)
+    before = await stored(store, event.id)
+    for name, call in fenced_writes(store, event.id, 2, first_seq=2, attached=attached).items():
+        with pytest.raises(AssertionError, match="claim_event must come first"):
+            await call()
+        assert await stored(store, event.id) == before, name
+
+
+async def test_claim_with_an_older_epoch_is_refused(store: Store) -> None:
+    event, _ = await claimed_event_with_a_chat(store, 5)
+    with pytest.raises(StaleEpoch) as refused_claim:
+        await store.claim_event(event.id, 4)
+    assert (refused_claim.value.epoch, refused_claim.value.claimed) == (4, 5)
+    # Still claimed by 5, not by 4.
+    await store.append_chat(event.id, 2, [a_line(2)], epoch=5)
+    with pytest.raises(StaleEpoch):
+        await store.append_chat(event.id, 3, [a_line(3)], epoch=4)
+
+
+async def test_claim_is_idempotent_and_returns_the_event_in_any_state(store: Store) -> None:
+    event, _ = await claimed_event_with_a_chat(store, 3)
+    assert await store.claim_event(event.id, 3) == event
+    await store.append_chat(event.id, 2, [a_line(2)], epoch=3)
+    assert await store.claim_event(event.id, 3) == event
+    assert await store.chat_length(event.id) == 3
+    await store.close_event(event.id, epoch=3)
+    closed = dataclasses.replace(event, is_open=False)
+    assert await store.claim_event(event.id, 3) == closed
+    assert await store.claim_event(event.id, 8) == closed
+    assert await store.claim_event(new_id(), 1) is None
+
+
+async def test_a_fenced_batch_at_a_taken_seq_writes_none_of_its_lines(store: Store) -> None:
+    event, _ = await claimed_event_with_a_chat(store, 1)
+    with pytest.raises((sqlite3.IntegrityError, pymongo.errors.PyMongoError,
+                        memory_store.IntegrityError)):
+        await store.append_chat(event.id, 1, [a_line(7), a_line(8)], epoch=1)
+    assert await store.chat(event.id) == [a_line(0), a_line(1)]
+    await store.append_chat(event.id, 2, [a_line(2)], epoch=1)
+    assert await store.chat_length(event.id) == 3
+
+
+async def test_an_unknown_event_has_no_claim_to_respect(store: Store) -> None:
+    unknown = new_id()
+    await store.append_chat(unknown, 0, [a_line(0)], epoch=3)
+    await store.update_event(unknown, "x", Coordinates(1, 1), epoch=3)
+    await store.close_event(unknown, epoch=3)
+    assert await store.remove_event_media(unknown, new_id(), epoch=3) is False
+    assert await store.chat(unknown) == [a_line(0)]
+    assert await store.event(unknown) is None
+
+
 # Calls as trio sees them.
 
 
@@ -436,6 +625,12 @@ async def test_every_call_is_a_checkpoint_and_a_cancelled_call_changes_nothing(
         partial(store.append_chat, event.id, 0, [a_line(0)]),
         partial(store.append_chat, event.id, 0, []),
         partial(store.chat, event.id), partial(store.chat_length, event.id), store.ping,
+        partial(store.claim_event, event.id, 1),
+        partial(store.append_chat, event.id, 0, [a_line(0)], epoch=1),
+        partial(store.update_event, event.id, "x", Coordinates(1, 2), epoch=1),
+        partial(store.close_event, event.id, epoch=1),
+        partial(store.add_event_media, event.id, attached, epoch=1),
+        partial(store.remove_event_media, event.id, media.id, epoch=1),
     ]
     for call in calls:
         with trio.CancelScope() as scope:
@@ -479,6 +674,144 @@ async def test_a_test_server_can_select_the_memory_store(tmp_path: Path) -> None
     async with open_store(config) as store:
         assert isinstance(store, MemoryStore)
         await store.add_user(a_user())
+
+
+# sqlite only: a file from before fencing; two processes on one file.
+
+# The events table as vpiska created it before fencing (no `epoch` column).
+OLD_EVENTS_TABLE = """
+CREATE TABLE events (
+    id TEXT PRIMARY KEY,
+    owner_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    address TEXT NOT NULL,
+    state INTEGER NOT NULL,
+    x REAL NOT NULL,
+    y REAL NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE chat_messages (
+    event_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    user_id TEXT NOT NULL,
+    user_name TEXT NOT NULL,
+    user_image_id TEXT NOT NULL,
+    message TEXT NOT NULL,
+    PRIMARY KEY (event_id, seq)
+) WITHOUT ROWID;
+"""
+
+
+async def test_an_sqlite_file_from_before_fencing_is_migrated_and_fenced(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    event = an_event(new_id())
+    old = sqlite3.connect(path)
+    with old:
+        old.executescript(OLD_EVENTS_TABLE)
+        old.execute(
+            "INSERT INTO events (id, owner_id, name, address, state, x, y, created_at)"
+            " VALUES (?, ?, ?, ?, 0, ?, ?, ?)",
+            (event.id, event.owner_id, event.name, event.address, event.coordinates.x,
+             event.coordinates.y, event.created_at.isoformat()),
+        )
+        old.execute("INSERT INTO chat_messages VALUES (?, 0, 'u', 'n', '', 'line 0')",
+                    (event.id,))
+    old.close()
+
+    store = await SqliteStore.open(path)
+    try:
+        assert await store.event(event.id) == event
+        assert await store.chat_length(event.id) == 1
+        await store.append_chat(event.id, 1, [a_line(1)], epoch=0)  # never claimed: epoch 0
+        assert await store.claim_event(event.id, 1) == event
+        with pytest.raises(StaleEpoch):
+            await store.update_event(event.id, "y", Coordinates(0, 0), epoch=0)
+        await store.append_chat(event.id, 2, [a_line(2)], epoch=1)
+    finally:
+        await store.aclose()
+    migrated = sqlite3.connect(path)
+    assert [row[1] for row in migrated.execute("PRAGMA table_info(events)")][-1] == "epoch"
+    assert migrated.execute("SELECT epoch FROM events").fetchall() == [(1,)]
+    migrated.close()
+
+    store = await SqliteStore.open(path)  # migrated already: opens as it is, claim kept
+    try:
+        with pytest.raises(StaleEpoch):
+            await store.append_chat(event.id, 3, [a_line(3)], epoch=0)
+        await store.close_event(event.id, epoch=1)
+        assert await store.chat_length(event.id) == 3
+        assert await store.claim_event(event.id, 1) == dataclasses.replace(event, is_open=False)
+    finally:
+        await store.aclose()
+
+
+async def test_two_sqlite_stores_on_one_file_a_claim_fences_the_other(tmp_path: Path) -> None:
+    """Two processes' views of one file: owner A claims 1, owner B claims 2, A is refused."""
+    path = tmp_path / "shared.sqlite"
+    node_a, node_b = await SqliteStore.open(path), await SqliteStore.open(path)
+    try:
+        event, attached = await claimed_event_with_a_chat(node_a, 1)
+        assert await node_b.claim_event(event.id, 2) == event
+        before = await stored(node_b, event.id)
+        for name, call in fenced_writes(
+                node_a, event.id, 1, first_seq=2, attached=attached).items():
+            with pytest.raises(StaleEpoch):
+                await call()
+            assert await stored(node_a, event.id) == before, name
+        with pytest.raises(StaleEpoch):
+            await node_a.claim_event(event.id, 1)
+        await node_b.append_chat(event.id, 2, [a_line(2)], epoch=2)
+        assert await node_a.chat(event.id) == [a_line(0), a_line(1), a_line(2)]
+    finally:
+        await node_a.aclose()
+        await node_b.aclose()
+
+
+async def test_sqlite_a_write_racing_a_claim_either_lands_before_it_or_not_at_all(
+    tmp_path: Path,
+) -> None:
+    """The old owner's batch and the new owner's claim run at once, on two connections: the
+    batch is refused, or it committed before the claim and the new owner counts it."""
+    path = tmp_path / "race.sqlite"
+    nodes = (await SqliteStore.open(path), await SqliteStore.open(path))
+    try:
+        event = an_event(new_id())
+        await nodes[0].add_event(event)
+        await nodes[0].claim_event(event.id, 1)
+        expected: list[ChatMessage] = []
+        for epoch in range(1, 31):  # the owner at `epoch` loses the event to epoch + 1
+            old, new = nodes[epoch % 2], nodes[(epoch + 1) % 2]
+            length = len(expected)
+            batch = [ChatMessage("u", "n", "", f"epoch {epoch} line {n}") for n in range(3)]
+            written: list[bool] = []
+            counted: list[int] = []
+
+            async def write(old: Store = old, batch: list[ChatMessage] = batch,
+                            epoch: int = epoch, written: list[bool] = written,
+                            length: int = length) -> None:
+                try:
+                    await old.append_chat(event.id, length, batch, epoch=epoch)
+                except StaleEpoch:
+                    written.append(False)
+                else:
+                    written.append(True)
+
+            async def take_over(new: Store = new, epoch: int = epoch,
+                                counted: list[int] = counted) -> None:
+                await new.claim_event(event.id, epoch + 1)
+                counted.append(await new.chat_length(event.id))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(write)
+                nursery.start_soon(take_over)
+            if written == [True]:
+                expected += batch
+            assert counted == [len(expected)], epoch
+        assert await nodes[0].chat(event.id) == expected
+        assert await nodes[1].chat_length(event.id) == len(expected)
+    finally:
+        for node in nodes:
+            await node.aclose()
 
 
 # MongoDB only: the older backend's documents.
@@ -619,3 +952,102 @@ async def test_an_index_the_old_data_breaks_is_logged_and_skipped(
     assert record.index == "users_phone_unique"  # type: ignore[attr-defined]
     assert record.collection == "users"  # type: ignore[attr-defined]
     assert "dup" in record.cause.lower()  # type: ignore[attr-defined]
+
+
+# MongoDB only: how fencing sits on the documents.
+
+
+async def test_fencing_on_an_older_backends_event(mongo: MongoServer) -> None:
+    """A document without `epoch` is at epoch 0; claiming adds only the fencing fields."""
+    db = mongo.new_database()
+    event_id = new_id()
+    db.events.insert_one({
+        "_id": event_id, "owner_id": new_id(), "name": "old", "address": "Old street",
+        "state": 0, "coordinates": {"x": 1.0, "y": 2.0}, "created_at": datetime(2023, 1, 1),
+        "users": [], "media": [],
+        "chat_messages": [{"user_id": "u", "user_name": "n", "user_image_id": "",
+                           "message": str(n)} for n in range(3)],
+    })
+    async with mongo.store(db) as store:
+        await store.update_event(event_id, "Zero", Coordinates(0, 0), epoch=0)
+        claimed = await store.claim_event(event_id, 1)
+        assert claimed is not None
+        assert claimed.address == "Zero"
+        assert await store.chat_length(event_id) == 3
+        raw = db.events.find_one({"_id": event_id})
+        assert (raw["epoch"], raw["chat_next"]) == (1, 3)
+        with pytest.raises(StaleEpoch):
+            await store.append_chat(event_id, 3, [a_line(3)], epoch=0)
+        await store.append_chat(event_id, 3, [a_line(3), a_line(4)], epoch=1)
+        assert [m.message for m in await store.chat(event_id)] == [
+            "0", "1", "2", "line 3", "line 4"]
+        raw = db.events.find_one({"_id": event_id})
+        assert raw["chat_next"] == 5
+        assert [line["seq"] for line in raw["chat_pending"]] == [3, 4]
+        assert len(raw["chat_messages"]) == 3  # the older backend's lines stay where they were
+
+
+def commit_without_copy(db: Any, event_id: str, first_seq: int, count: int) -> list[ChatMessage]:
+    """What an owner's fenced append_chat has done when it is paused (or dies) between its two
+    steps: the batch is committed on the event document, not yet copied to `chat_messages`."""
+    lines = [a_line(first_seq + n) for n in range(count)]
+    documents = [{"event_id": event_id, "seq": first_seq + n, **dataclasses.asdict(line)}
+                 for n, line in enumerate(lines)]
+    db.events.update_one({"_id": event_id}, {"$set": {"chat_pending": documents,
+                                                      "chat_next": first_seq + count}})
+    return lines
+
+
+async def test_a_batch_committed_before_the_claim_is_counted_by_the_new_owner(
+    mongo: MongoServer,
+) -> None:
+    """The window sqlite closes with a transaction: the old owner's batch passed its check
+    before the claim and its lines reach `chat_messages` after it, or never."""
+    db = mongo.new_database()
+    async with mongo.store(db) as node_a, mongo.store(db) as node_b:
+        event, _ = await claimed_event_with_a_chat(node_a, 1)
+        committed = commit_without_copy(db, event.id, 2, 3)
+        # Paused: one line made it to the collection before the pause.
+        db.chat_messages.insert_one({"event_id": event.id, "seq": 3,
+                                     **dataclasses.asdict(committed[1])})
+
+        assert await node_b.claim_event(event.id, 2) == event
+        assert await node_b.chat_length(event.id) == 5
+        assert await node_b.chat(event.id) == [a_line(n) for n in range(5)]
+        # The old owner wakes up: its next batch is refused, nothing of it lands.
+        with pytest.raises(StaleEpoch):
+            await node_a.append_chat(event.id, 5, [a_line(99)], epoch=1)
+        await node_b.append_chat(event.id, 5, [a_line(5)], epoch=2)
+        assert await node_a.chat(event.id) == [a_line(n) for n in range(6)]
+        assert db.chat_messages.count_documents({"event_id": event.id}) == 6
+
+
+async def test_a_batch_whose_writer_died_before_copying_it_is_copied_on_restart(
+    mongo: MongoServer,
+) -> None:
+    """Same epoch, no new claim: the restarted actor reads chat_length, which copies it."""
+    db = mongo.new_database()
+    async with mongo.store(db) as store:
+        event, _ = await claimed_event_with_a_chat(store, 1)
+        commit_without_copy(db, event.id, 2, 2)
+        assert await store.chat_length(event.id) == 4
+        with pytest.raises(pymongo.errors.DuplicateKeyError):
+            await store.append_chat(event.id, 2, [a_line(2)], epoch=1)
+        await store.append_chat(event.id, 4, [a_line(4)], epoch=1)
+        assert await store.chat(event.id) == [a_line(n) for n in range(5)]
+
+
+async def test_two_mongo_stores_a_claim_fences_the_other(mongo: MongoServer) -> None:
+    db = mongo.new_database()
+    async with mongo.store(db) as node_a, mongo.store(db) as node_b:
+        event, attached = await claimed_event_with_a_chat(node_a, 1)
+        assert await node_b.claim_event(event.id, 2) == event
+        before = await stored(node_b, event.id)
+        for name, call in fenced_writes(
+                node_a, event.id, 1, first_seq=2, attached=attached).items():
+            with pytest.raises(StaleEpoch):
+                await call()
+            assert await stored(node_b, event.id) == before, name
+            assert db.chat_messages.count_documents({"event_id": event.id}) == 2
+        with pytest.raises(StaleEpoch):
+            await node_a.claim_event(event.id, 1)

@@ -85,14 +85,19 @@ class EventActor:
     Error handling: refusals (not the owner, unknown media, values the domain does not allow)
     are answered as DomainErrors. Anything else (a store failure, a bug) escapes `run` and the
     supervisor decides.
+
+    `epoch`: the fencing epoch of this node's lease on the event, passed to every store write,
+    so that once another node has claimed the event the store refuses them (StaleEpoch, which
+    escapes `run` like any store error). None (one node, no lease): unfenced.
     """
 
     def __init__(self, room: Room, event: Event, chat_length: int, store: Store,
-                 index: MapIndex, config: Config) -> None:
+                 index: MapIndex, config: Config, *, epoch: int | None = None) -> None:
         self._room = room
         self._event = event
         self._chat_length = chat_length
         self._store = store
+        self._epoch = epoch
         self._index = index
         self._update_interval = config.event_update_interval_ms / 1000
         self._next_count_at = -math.inf
@@ -203,7 +208,7 @@ class EventActor:
         lines = [line for line in lines if self._storable(line)]
         if not lines:
             return
-        await self._store.append_chat(self._event.id, self._chat_length, lines)
+        await self._store.append_chat(self._event.id, self._chat_length, lines, epoch=self._epoch)
         metrics.CHAT_BATCH_LINES.observe(len(lines))
         self._chat_length += len(lines)
         for line in lines:
@@ -230,7 +235,8 @@ class EventActor:
             (not is_place(command.coordinates), ErrorCode.COORDINATES_IS_EMPTY)) if failed]
         if codes:
             raise DomainError(*codes)
-        await self._store.update_event(self._event.id, command.address, command.coordinates)
+        await self._store.update_event(self._event.id, command.address, command.coordinates,
+                                       epoch=self._epoch)
         self._event = dataclasses.replace(self._event, address=command.address,
                                           coordinates=command.coordinates)
         self._index.move(self._event.id, command.coordinates)
@@ -238,7 +244,7 @@ class EventActor:
 
     async def _add_media(self, command: AddMedia) -> None:
         self._check_owner(command.by)
-        await self._store.add_event_media(self._event.id, command.media)
+        await self._store.add_event_media(self._event.id, command.media, epoch=self._epoch)
         media = tuple(m for m in self._event.media if m.id != command.media.id)
         self._event = dataclasses.replace(self._event, media=(*media, command.media))
         self._room.broadcast(frames.media_added(command.media.id))
@@ -247,14 +253,14 @@ class EventActor:
         self._check_owner(command.by)
         if not any(m.id == command.media_id for m in self._event.media):
             raise DomainError(ErrorCode.MEDIA_NOT_FOUND)
-        await self._store.remove_event_media(self._event.id, command.media_id)
+        await self._store.remove_event_media(self._event.id, command.media_id, epoch=self._epoch)
         self._event = dataclasses.replace(
             self._event, media=tuple(m for m in self._event.media if m.id != command.media_id))
         self._room.broadcast(frames.media_removed(command.media_id))
 
     async def _close(self, command: Close) -> None:
         self._check_owner(command.by)
-        await self._store.close_event(self._event.id)
+        await self._store.close_event(self._event.id, epoch=self._epoch)
         self._event = dataclasses.replace(self._event, is_open=False)
         self._room.broadcast(frames.CLOSE_EVENT)
         self._room.finish_members(CloseCode.NORMAL)

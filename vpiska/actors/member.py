@@ -23,6 +23,7 @@ class CloseCode(enum.IntEnum):
     GOING_AWAY = 1001  # the server is shutting down
     UNSUPPORTED_DATA = 1003  # a binary frame
     INTERNAL_ERROR = 1011  # the event's room failed beyond its restart limit
+    SERVICE_RESTART = 1012  # the event moved to another node: reconnect
     TRY_AGAIN_LATER = 1013  # the event's inbox stayed full: the room is overloaded
     SLOW_CONSUMER = 4008  # the member's outbox filled up: it does not read fast enough
     FLOODING = 4009  # the member kept sending chat lines over its rate limit

@@ -6,6 +6,12 @@ most `actor_max_restarts` restarts in `actor_restart_window_seconds`; past that 
 its sockets are closed with 1011, its commands answer InternalError, and the event stays open
 in the store, so the next server start serves it again.
 
+Fencing: an actor whose store write raises StaleEpoch has lost the event to a newer owner (another
+node claimed it). It is not restarted, since every write of the restarted actor would be refused
+again: the room ends as fenced. Its sockets are closed with 1012 (reconnect: the event is served
+elsewhere) and its commands answer InternalError. Actors run unfenced here (epoch None) until
+the cluster code passes its lease's epoch.
+
 The supervisor also keeps the map index of open events that `events/range` reads.
 
 Shutdown (`stop`): no new event is opened; every room handles the commands queued before its
@@ -30,7 +36,7 @@ from vpiska.actors.room import Room
 from vpiska.config import Config
 from vpiska.domain import Coordinates, Event, new_id, utc_now
 from vpiska.errors import DomainError, ErrorCode
-from vpiska.store import Store
+from vpiska.store import StaleEpoch, Store
 
 log = logging.getLogger(__name__)
 
@@ -148,11 +154,17 @@ class EventSupervisor:
         exit_reason = "closed"
         while True:
             crashed = False
+            fenced: BaseExceptionGroup[StaleEpoch] | None = None
             try:
                 exit_reason = (await self._incarnate(room, event)).value
+            except* StaleEpoch as stale:
+                fenced = stale
             except* Exception as failure:
                 crashed = True
                 log.error("event room crashed", exc_info=failure, extra=self._about(room))
+            if fenced is not None:
+                self._end_fenced(room, fenced)
+                return  # like a failed room, it stays registered so callers get InternalError
             if not crashed:
                 break
             event = None  # restart from the store
@@ -173,6 +185,13 @@ class EventSupervisor:
         self._index.remove(room.event_id)
         del self._rooms[room.event_id]
         log.info("event room ended", extra=self._about(room) | {"reason": exit_reason})
+
+    def _end_fenced(self, room: Room, stale: BaseExceptionGroup[StaleEpoch]) -> None:
+        log.warning("event room fenced: a newer owner has claimed the event",
+                    extra=self._about(room) | {"cause": str(stale.exceptions[0])})
+        room.failed = True
+        room.shut(CloseCode.SERVICE_RESTART)
+        self._index.remove(room.event_id)
 
     async def _incarnate(self, room: Room, event: Event | None) -> Exit:
         if event is None:

@@ -6,6 +6,30 @@ violated constraint is raised as the DomainError the API documents for it.
 
 Error handling: methods raise DomainError for a violated constraint and let driver errors
 escape; the HTTP layer answers the latter with InternalError and logs them.
+
+Fencing (ARCHITECTURE.md, "Cluster"). In a cluster each open event has one owner, the node holding
+its Redis lease, and every acquisition of a lease bumps the event's fencing epoch. A node paused
+past its lease (GC, SIGSTOP, a partition) wakes up still believing it owns the event; only the
+store can stop its writes, because only the store sees both owners. So:
+
+- The new owner's first call is `claim_event(event_id, epoch)`: from then on the store refuses
+  every write to that event whose epoch is not `epoch`. Claims only move forward.
+- Every write an event's actor makes (`append_chat`, `update_event`, `close_event`,
+  `add_event_media`, `remove_event_media`) takes `epoch`. The rule is equality: a write is
+  applied only if its epoch *is* the claimed one. Below it, StaleEpoch and nothing is written
+  (for `append_chat`, none of the batch's lines). Above it, AssertionError and nothing is
+  written: the writer skipped `claim_event`, a bug. Why not accept "at least the claimed
+  epoch"? Because a write's epoch above the claim would then be accepted without having fenced
+  anyone: an owner that never claimed could write beside the one that did, and the new owner
+  could read `chat_length` while the old owner is still appending. Requiring the claim first
+  makes it the one point after which the old owner can no longer write, so what the new owner
+  reads right after `claim_event` (the event, `chat_length`) stays true.
+- The check and the write are one atomic step, so no write can slip in between a claim and the
+  writes it fences (each store says how).
+- `epoch=None` is unfenced: one node without Redis, whatever epoch is stored; exactly the
+  behaviour before fencing. An event the store does not know has no claim and is not fenced.
+- Events written before fencing existed (an older sqlite file, the older Go backend's documents)
+  have epoch 0.
 """
 
 from __future__ import annotations
@@ -15,6 +39,35 @@ from typing import Protocol
 
 from vpiska.domain import ChatMessage, Coordinates, Event, EventMedia, Media, User
 from vpiska.errors import DomainError, ErrorCode
+
+
+class StaleEpoch(Exception):
+    """A write by an owner whose lease has passed to a newer owner: `claimed` is above `epoch`.
+
+    Nothing of the refused call was written. Retrying cannot succeed: the writer has lost the
+    event, and should end its actor and let the new owner serve it.
+    """
+
+    def __init__(self, event_id: str, epoch: int, claimed: int) -> None:
+        super().__init__(
+            f"event {event_id}: epoch {epoch} is stale, epoch {claimed} has claimed the event")
+        self.event_id = event_id
+        self.epoch = epoch
+        self.claimed = claimed
+
+
+def check_epoch(event_id: str, epoch: int | None, claimed: int) -> None:
+    """Refuse a write with `epoch` to an event claimed at `claimed` (see the module docstring).
+
+    An explicit `raise AssertionError`, not `assert`: `python -O` must not turn the fence off.
+    """
+    if epoch is None or epoch == claimed:
+        return
+    if epoch < claimed:
+        raise StaleEpoch(event_id, epoch, claimed)
+    raise AssertionError(
+        f"event {event_id}: a write with epoch {epoch} but epoch {claimed} is claimed:"
+        " claim_event must come first")
 
 
 class Store(Protocol):
@@ -56,19 +109,39 @@ class Store(Protocol):
     async def open_events(self) -> list[Event]:
         """Every open event, oldest first."""
 
-    async def update_event(self, event_id: str, address: str, coordinates: Coordinates) -> None: ...
+    async def claim_event(self, event_id: str, epoch: int) -> Event | None:
+        """The first call of an event's new owner: from now on, writes to the event with an
+        epoch other than `epoch` are refused (see "Fencing" above).
 
-    async def close_event(self, event_id: str) -> None: ...
+        Returns the event in any state, None if the store does not know it. Raises StaleEpoch
+        if a newer epoch has claimed it already. Claiming the claimed epoch again is a no-op
+        (an owner may retry its activation). Once this returns, no write of an older owner can
+        land, so `chat_length` read after it is where the new owner numbers its lines from.
+        """
 
-    async def add_event_media(self, event_id: str, media: EventMedia) -> None: ...
+    # The writes of an event's actor. `epoch`: the writer's fencing epoch; None is unfenced.
+    # StaleEpoch below the claimed epoch, AssertionError above it; nothing is written either way.
+    async def update_event(
+        self, event_id: str, address: str, coordinates: Coordinates, *, epoch: int | None = None
+    ) -> None: ...
 
-    async def remove_event_media(self, event_id: str, media_id: str) -> bool:
+    async def close_event(self, event_id: str, *, epoch: int | None = None) -> None: ...
+
+    async def add_event_media(
+        self, event_id: str, media: EventMedia, *, epoch: int | None = None
+    ) -> None: ...
+
+    async def remove_event_media(
+        self, event_id: str, media_id: str, *, epoch: int | None = None
+    ) -> bool:
         """True if the media was attached and is now detached."""
 
     # Chat: lines are numbered 0, 1, 2, … per event; a batch is written in one transaction.
     async def append_chat(
-        self, event_id: str, first_seq: int, messages: Sequence[ChatMessage]
-    ) -> None: ...
+        self, event_id: str, first_seq: int, messages: Sequence[ChatMessage], *,
+        epoch: int | None = None,
+    ) -> None:
+        """Store lines `first_seq`, `first_seq + 1`, …: all of them or (on an error) none."""
 
     async def chat(self, event_id: str, start: int = 0) -> list[ChatMessage]:
         """Lines `start`, `start + 1`, … in order."""

@@ -17,6 +17,9 @@ trio.ClosedResourceError, as a closed connection refuses calls.
 
 Error handling: DomainError where the real stores raise one; IntegrityError where sqlite raises
 its own for a repeated key that no DomainError covers (a media id, a chat line's seq).
+
+Fencing (vpiska/store/base.py): each event's claimed epoch is kept beside it, and a fenced write
+checks it in the same step as it writes, so check and write are trivially atomic.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import trio
 
 from vpiska.domain import ChatMessage, Coordinates, Event, EventMedia, Media, User
 from vpiska.errors import DomainError, ErrorCode
-from vpiska.store.base import clash_error
+from vpiska.store.base import StaleEpoch, check_epoch, clash_error
 
 __all__ = ["IntegrityError", "MemoryStore"]
 
@@ -66,6 +69,7 @@ class MemoryStore:
         self._open_event_of: dict[str, str] = {}
         self._media: dict[str, Media] = {}
         self._events: dict[str, Event] = {}  # insertion order breaks created_at ties
+        self._epochs: dict[str, int] = {}  # event id -> claimed epoch; absent: 0, never claimed
         self._chats: dict[str, _Chat] = {}
         self._closed = False
 
@@ -198,30 +202,54 @@ class MemoryStore:
             key=attrgetter("created_at"),
         )
 
-    async def update_event(self, event_id: str, address: str, coordinates: Coordinates) -> None:
+    async def claim_event(self, event_id: str, epoch: int) -> Event | None:
         await self._enter()
-        if (event := self._events.get(event_id)) is not None:
+        event = self._events.get(event_id)
+        if event is None:
+            return None
+        claimed = self._epochs.get(event_id, 0)
+        if epoch < claimed:
+            raise StaleEpoch(event_id, epoch, claimed)
+        self._epochs[event_id] = epoch
+        return event
+
+    def _fenced_event(self, event_id: str, epoch: int | None) -> Event | None:
+        """The event a write by `epoch` may change (None: unknown); StaleEpoch if it may not."""
+        event = self._events.get(event_id)
+        if event is not None:
+            check_epoch(event_id, epoch, self._epochs.get(event_id, 0))
+        return event
+
+    async def update_event(
+        self, event_id: str, address: str, coordinates: Coordinates, *, epoch: int | None = None
+    ) -> None:
+        await self._enter()
+        if (event := self._fenced_event(event_id, epoch)) is not None:
             self._events[event_id] = dataclasses.replace(
                 event, address=address, coordinates=_as_stored(coordinates))
 
-    async def close_event(self, event_id: str) -> None:
+    async def close_event(self, event_id: str, *, epoch: int | None = None) -> None:
         await self._enter()
-        event = self._events.get(event_id)
+        event = self._fenced_event(event_id, epoch)
         if event is None or not event.is_open:
             return
         self._events[event_id] = dataclasses.replace(event, is_open=False)
         del self._open_event_of[event.owner_id]
 
-    async def add_event_media(self, event_id: str, media: EventMedia) -> None:
+    async def add_event_media(
+        self, event_id: str, media: EventMedia, *, epoch: int | None = None
+    ) -> None:
         await self._enter()
-        event = self._events.get(event_id)
+        event = self._fenced_event(event_id, epoch)
         if event is None or any(attached.id == media.id for attached in event.media):
             return
         self._events[event_id] = dataclasses.replace(event, media=(*event.media, media))
 
-    async def remove_event_media(self, event_id: str, media_id: str) -> bool:
+    async def remove_event_media(
+        self, event_id: str, media_id: str, *, epoch: int | None = None
+    ) -> bool:
         await self._enter()
-        event = self._events.get(event_id)
+        event = self._fenced_event(event_id, epoch)
         if event is None:
             return False
         kept = tuple(attached for attached in event.media if attached.id != media_id)
@@ -233,9 +261,11 @@ class MemoryStore:
     # Chat.
 
     async def append_chat(
-        self, event_id: str, first_seq: int, messages: Sequence[ChatMessage]
+        self, event_id: str, first_seq: int, messages: Sequence[ChatMessage], *,
+        epoch: int | None = None,
     ) -> None:
         await self._enter()
+        self._fenced_event(event_id, epoch)
         chat = self._chats.setdefault(event_id, _Chat())
         seqs = range(first_seq, first_seq + len(messages))
         if any(seq in chat.lines for seq in seqs):  # all or nothing, as one transaction

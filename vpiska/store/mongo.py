@@ -13,6 +13,51 @@ the two backends can share a database during a migration. What is new:
   on without that guarantee rather than refusing to start.
 
 pymongo blocks, so every call runs in a worker thread under one CapacityLimiter.
+
+Fencing (vpiska/store/base.py). MongoDB without a replica set has no transaction across
+documents, but an update of one document is atomic with its filter. So everything a fenced write
+must check lives on the event document, and every fenced write is, or starts with, one
+conditional update of that document. Three fields, absent on documents written before fencing
+(and by the older Go backend, which ignores them):
+
+- `epoch`: the claimed epoch; absent means 0. `claim_event` raises it with
+  `find_one_and_update` filtered on `epoch <= new`, so two claims cannot both win.
+- `chat_next`: the seq after the last line a fenced writer committed; `claim_event` sets it to
+  the chat's length, each fenced `append_chat` advances it.
+- `chat_pending`: the last fenced chat batch itself, as the documents of `chat_messages`.
+
+Event fields and media (`update_event`, `close_event`, `add_event_media`, `remove_event_media`):
+the update's filter holds `epoch: <writer's epoch>`, so the check and the write are one
+operation. When nothing matched, a read of the epoch tells a stale writer (StaleEpoch) from an
+event that is unknown or needed no change.
+
+Chat lines live in their own collection, one document per line, so fencing the insert itself is
+impossible. A fenced `append_chat` therefore commits the batch on the event document first: one
+update filtered on `epoch` and on `chat_next <= first_seq` sets `chat_pending` to the batch and
+`chat_next` past it. From that moment the lines are the store's, exactly as a committed sqlite
+transaction; the writer then copies them into `chat_messages` with `insert_many`. If the writer
+dies or is paused before the copy, whoever comes next copies them: `claim_event` and
+`chat_length` copy a `chat_pending` batch that `chat_messages` lacks, before they count lines.
+The copy is idempotent (the unique (event_id, seq) index turns a second copy into duplicate-key
+errors, which are ignored), so the old writer's late copy and the new owner's are harmless
+together. Hence:
+
+- a stale owner whose batch reaches the event document after the claim writes nothing (its
+  update matches no document: StaleEpoch);
+- a stale owner whose batch reached it before the claim wrote lines the store had committed, and
+  the claim counts them; `chat_length` after `claim_event` is right, and no seq is taken twice
+  or left empty;
+- the range check on `chat_next` is what makes ignoring duplicates sound: after the commit no
+  other writer can commit these seqs, so a duplicate can only be a copy of this very batch.
+
+What this leaves unfenced, on purpose or by MongoDB: writes with `epoch=None` (single-node mode)
+and the older Go backend's writes, which never look at these fields; lines of an event the store
+does not know (there is no document to hold a claim); and the durability of the claim itself:
+with `w=1` on a replica set, a claim acknowledged by a primary that then fails over can be rolled
+back, so a cluster should run with `w=majority` (a `DB_CONNECTION` option). Costs: a fenced
+batch is two writes instead of one (the event document, then `chat_messages`), and the batch is
+written twice; readers of `chat` see a committed batch once it is copied, which its writer does
+before it announces the lines.
 """
 
 from __future__ import annotations
@@ -27,12 +72,13 @@ import trio
 from bson.int64 import Int64
 from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument
 from pymongo.database import Database
-from pymongo.errors import DuplicateKeyError, OperationFailure
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
+from pymongo.results import UpdateResult
 
 from vpiska import metrics
 from vpiska.domain import ChatMessage, Coordinates, Event, EventMedia, Media, User
 from vpiska.errors import DomainError, ErrorCode
-from vpiska.store.base import clash_error
+from vpiska.store.base import StaleEpoch, check_epoch, clash_error
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +116,12 @@ _INDEXES: tuple[tuple[str, str, list[tuple[str, int]], Mapping[str, Any]], ...] 
 )
 
 # Events are read without the arrays vpiska does not serve from the event: the older
-# backend's stale `users` list and its chat, which `chat` reads on its own.
-_EVENT_FIELDS = {"users": 0, "chat_messages": 0}
+# backend's stale `users` list and its chat, which `chat` reads on its own, and the last fenced
+# chat batch (see "Fencing").
+_EVENT_FIELDS = {"users": 0, "chat_messages": 0, "chat_pending": 0}
 _CHAT_FIELDS = {"_id": 0, "user_id": 1, "user_name": 1, "user_image_id": 1, "message": 1}
+
+_DUPLICATE_KEY = 11000  # the server's error code for a write that breaks a unique index
 
 
 class MongoStore:
@@ -259,28 +308,73 @@ class MongoStore:
 
         return await self._run(select)
 
-    async def update_event(self, event_id: str, address: str, coordinates: Coordinates) -> None:
+    async def claim_event(self, event_id: str, epoch: int) -> Event | None:
+        def claim() -> Event | None:
+            document = self._events.find_one_and_update(
+                {"_id": event_id, "$or": [{"epoch": {"$lte": epoch}}, {"epoch": None}]},
+                {"$set": {"epoch": epoch}},
+                _EVENT_FIELDS,
+                return_document=ReturnDocument.AFTER,
+            )
+            if document is None:
+                claimed = self._claimed_epoch(event_id)
+                if claimed is None:
+                    return None
+                raise StaleEpoch(event_id, epoch, claimed)
+            # No older owner can commit a batch now; the last one committed is copied, if its
+            # writer has not, and counted.
+            length = self._chat_length(event_id)
+            numbered = self._events.update_one(
+                {"_id": event_id, "epoch": epoch}, {"$set": {"chat_next": length}})
+            if numbered.matched_count == 0:  # a newer claim came in between
+                raise StaleEpoch(event_id, epoch, self._claimed_epoch(event_id) or epoch)
+            return _event(document)
+
+        return await self._run(claim)
+
+    def _claimed_epoch(self, event_id: str) -> int | None:
+        """The event's claimed epoch; None if the event is unknown."""
+        document = self._events.find_one({"_id": event_id}, {"epoch": 1})
+        return None if document is None else int(document.get("epoch") or 0)
+
+    def _update_event(self, event_id: str, epoch: int | None, query: Document,
+                      update: Document) -> UpdateResult:
+        """One update of the event document; with an epoch, only if it is the claimed one."""
+        fence = {} if epoch is None else _epoch_is(epoch)
+        result = self._events.update_one({"_id": event_id, **query, **fence}, update)
+        if result.matched_count == 0 and epoch is not None:
+            # Unknown, stale, or (add_event_media) nothing to change: tell them apart.
+            claimed = self._claimed_epoch(event_id)
+            if claimed is not None:
+                check_epoch(event_id, epoch, claimed)
+        return result
+
+    async def update_event(
+        self, event_id: str, address: str, coordinates: Coordinates, *, epoch: int | None = None
+    ) -> None:
         changes = {"address": address, "coordinates": _coordinates(coordinates)}
-        await self._run(partial(self._events.update_one, {"_id": event_id}, {"$set": changes}))
+        await self._run(partial(self._update_event, event_id, epoch, {}, {"$set": changes}))
 
-    async def close_event(self, event_id: str) -> None:
+    async def close_event(self, event_id: str, *, epoch: int | None = None) -> None:
         await self._run(
-            partial(self._events.update_one, {"_id": event_id}, {"$set": {"state": CLOSED}})
-        )
+            partial(self._update_event, event_id, epoch, {}, {"$set": {"state": CLOSED}}))
 
-    async def add_event_media(self, event_id: str, media: EventMedia) -> None:
+    async def add_event_media(
+        self, event_id: str, media: EventMedia, *, epoch: int | None = None
+    ) -> None:
         await self._run(
             partial(
-                self._events.update_one,
-                {"_id": event_id, "media._id": {"$ne": media.id}},
+                self._update_event, event_id, epoch, {"media._id": {"$ne": media.id}},
                 {"$push": {"media": _event_media(media)}},
             )
         )
 
-    async def remove_event_media(self, event_id: str, media_id: str) -> bool:
+    async def remove_event_media(
+        self, event_id: str, media_id: str, *, epoch: int | None = None
+    ) -> bool:
         result = await self._run(
             partial(
-                self._events.update_one, {"_id": event_id}, {"$pull": {"media": {"_id": media_id}}}
+                self._update_event, event_id, epoch, {}, {"$pull": {"media": {"_id": media_id}}}
             )
         )
         return result.modified_count > 0
@@ -288,9 +382,10 @@ class MongoStore:
     # Chat.
 
     async def append_chat(
-        self, event_id: str, first_seq: int, messages: Sequence[ChatMessage]
+        self, event_id: str, first_seq: int, messages: Sequence[ChatMessage], *,
+        epoch: int | None = None,
     ) -> None:
-        if not messages:  # insert_many refuses an empty batch
+        if not messages and epoch is None:  # insert_many refuses an empty batch
             await trio.lowlevel.checkpoint()  # still a checkpoint, as every store call is
             return
         documents = [
@@ -300,7 +395,49 @@ class MongoStore:
             }
             for i, m in enumerate(messages)
         ]
-        await self._run(partial(self._chat.insert_many, documents, ordered=True))
+        if epoch is None:
+            await self._run(partial(self._chat.insert_many, documents, ordered=True))
+        else:
+            await self._run(partial(self._append_fenced, event_id, first_seq, documents, epoch))
+
+    def _append_fenced(self, event_id: str, first_seq: int, documents: list[Document],
+                       epoch: int) -> None:
+        """Commit the batch on the event document, then copy it (see "Fencing")."""
+        if not documents:  # nothing to commit: only the check
+            if (claimed := self._claimed_epoch(event_id)) is not None:
+                check_epoch(event_id, epoch, claimed)
+            return
+        end = first_seq + len(documents)
+        committed = self._events.update_one(
+            {"_id": event_id, **_epoch_is(epoch),
+             "$or": [{"chat_next": {"$lte": first_seq}}, {"chat_next": None}]},
+            {"$set": {"chat_pending": documents, "chat_next": end}},
+        )
+        if committed.matched_count == 0:
+            document = self._events.find_one({"_id": event_id}, {"epoch": 1, "chat_next": 1})
+            if document is None:  # an unknown event: no claim to respect, written as unfenced
+                self._chat.insert_many(documents, ordered=True)
+                return
+            check_epoch(event_id, epoch, int(document.get("epoch") or 0))
+            # The epoch is right, so the range is: lines from first_seq on are committed.
+            raise DuplicateKeyError(
+                f"event {event_id}: chat lines from {first_seq} on exist (next is"
+                f" {document.get('chat_next')})", _DUPLICATE_KEY)
+        self._copy_chat(documents)
+
+    def _copy_chat(self, documents: list[Document]) -> None:
+        """Insert committed chat lines into `chat_messages`, those that are not there yet."""
+        if not documents:
+            return
+        try:
+            # Copies: insert_many adds an `_id` to what it is given.
+            self._chat.insert_many([dict(line) for line in documents], ordered=False)
+        except BulkWriteError as failure:
+            details = failure.details
+            if details.get("writeConcernErrors") or any(
+                error.get("code") != _DUPLICATE_KEY for error in details.get("writeErrors", ())
+            ):
+                raise
 
     async def chat(self, event_id: str, start: int = 0) -> list[ChatMessage]:
         def select() -> list[ChatMessage]:
@@ -318,17 +455,25 @@ class MongoStore:
         return await self._run(select)
 
     async def chat_length(self, event_id: str) -> int:
-        def count() -> int:
-            legacy = list(self._events.aggregate([
-                {"$match": {"_id": event_id}},
-                {"$project": {"lines": {"$size": {"$ifNull": ["$chat_messages", []]}}}},
-            ]))
-            last = self._chat.find_one(
-                {"event_id": event_id}, {"seq": 1}, sort=[("seq", DESCENDING)]
-            )
-            return max(legacy[0]["lines"] if legacy else 0, last["seq"] + 1 if last else 0)
+        return await self._run(partial(self._chat_length, event_id))
 
-        return await self._run(count)
+    def _chat_length(self, event_id: str) -> int:
+        """The chat's length, after copying the last fenced batch if its writer did not."""
+        [event] = list(self._events.aggregate([
+            {"$match": {"_id": event_id}},
+            {"$project": {"lines": {"$size": {"$ifNull": ["$chat_messages", []]}},
+                          "pending": "$chat_pending"}},
+        ])) or [{}]
+        pending: list[Document] = event.get("pending") or []
+        if pending:
+            copied = self._chat.count_documents({
+                "event_id": event_id,
+                "seq": {"$gte": pending[0]["seq"], "$lte": pending[-1]["seq"]},
+            })
+            if copied < len(pending):
+                self._copy_chat(pending)
+        last = self._chat.find_one({"event_id": event_id}, {"seq": 1}, sort=[("seq", DESCENDING)])
+        return max(int(event.get("lines", 0)), last["seq"] + 1 if last else 0)
 
 
 def _create_indexes(db: Database[Document]) -> None:
@@ -340,6 +485,11 @@ def _create_indexes(db: Database[Document]) -> None:
                 "could not create a MongoDB index; serving without the guarantee it gives",
                 extra={"index": name, "collection": collection, "cause": str(exc)},
             )
+
+
+def _epoch_is(epoch: int) -> Document:
+    """A filter: the event's claimed epoch is `epoch` (a document without one is at 0)."""
+    return {"epoch": {"$in": [0, None]}} if epoch == 0 else {"epoch": epoch}
 
 
 def _utc(moment: datetime) -> datetime:

@@ -4,13 +4,19 @@ sqlite serialises writers anyway, so one connection behind a one-slot CapacityLi
 the simplest correct use of its thread rules (the connection is only ever used by one thread at a
 time) and as fast as a pool for writes. `synchronous=NORMAL` in WAL mode survives a killed
 process (the WAL is in the OS page cache); only a power cut can lose the last transactions.
+
+Fencing (vpiska/store/base.py): the claimed epoch is the column `events.epoch` (0: never
+claimed). A fenced write is one `BEGIN IMMEDIATE` transaction that reads the epoch and writes:
+IMMEDIATE takes the file's write lock before the read, so no claim (by this connection or
+another process's) can commit between the check and the write. An unfenced write (`epoch=None`)
+runs exactly as before fencing.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,7 +26,7 @@ import trio
 from vpiska import metrics
 from vpiska.domain import ChatMessage, Coordinates, Event, EventMedia, Media, User
 from vpiska.errors import DomainError, ErrorCode
-from vpiska.store.base import clash_error
+from vpiska.store.base import StaleEpoch, check_epoch, clash_error
 
 _T = TypeVar("_T")
 _CALL_DURATION = metrics.STORE_CALL_DURATION.labels(store="sqlite")
@@ -50,7 +56,8 @@ CREATE TABLE IF NOT EXISTS events (
     state INTEGER NOT NULL,
     x REAL NOT NULL,
     y REAL NOT NULL,
-    created_at TEXT NOT NULL
+    created_at TEXT NOT NULL,
+    epoch INTEGER NOT NULL DEFAULT 0
 );
 CREATE UNIQUE INDEX IF NOT EXISTS one_open_event_per_owner ON events(owner_id) WHERE state = 0;
 CREATE INDEX IF NOT EXISTS events_by_state ON events(state, created_at);
@@ -73,6 +80,22 @@ CREATE TABLE IF NOT EXISTS chat_messages (
 """
 
 OPEN, CLOSED = 0, 1
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a file made by an older vpiska up to SCHEMA (whose CREATE TABLE IF NOT EXISTS
+    leaves an existing table as it is). In one IMMEDIATE transaction, so two processes opening
+    one old file at once do not both add the column."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(events)")}
+        if "epoch" not in columns:  # before fencing: every event is unclaimed
+            db.execute("ALTER TABLE events ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
 
 # Whether an event (open or closed) lists a media or a user's image is it. The join skips
 # event_media rows of an event that does not exist (add_event_media inserts them blindly).
@@ -102,6 +125,7 @@ class SqliteStore:
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA busy_timeout=5000")
             db.executescript(SCHEMA)
+            _migrate(db)
             return db
 
         return cls(await trio.to_thread.run_sync(connect))
@@ -293,30 +317,86 @@ class SqliteStore:
 
         return await self._run(select)
 
-    async def update_event(self, event_id: str, address: str, coordinates: Coordinates) -> None:
-        await self._execute(
-            "UPDATE events SET address = ?, x = ?, y = ? WHERE id = ?",
+    async def claim_event(self, event_id: str, epoch: int) -> Event | None:
+        def claim() -> Event | None:
+            with self._transaction("BEGIN IMMEDIATE"):
+                row = self._db.execute(
+                    f"SELECT {self._EVENT_COLUMNS}, epoch FROM events WHERE id = ?", (event_id,)
+                ).fetchone()
+                if row is None:
+                    return None
+                *fields, claimed = row
+                if epoch < claimed:
+                    raise StaleEpoch(event_id, epoch, claimed)
+                if epoch != claimed:
+                    self._db.execute("UPDATE events SET epoch = ? WHERE id = ?", (epoch, event_id))
+                return self._event_from_row(tuple(fields))
+
+        return await self._run(claim)
+
+    def _check_epoch(self, event_id: str, epoch: int | None) -> None:
+        """Inside a transaction: raise if a write by `epoch` may not change the event."""
+        if epoch is None:
+            return
+        row = self._db.execute("SELECT epoch FROM events WHERE id = ?", (event_id,)).fetchone()
+        if row is not None:  # an unknown event has no claim to respect
+            check_epoch(event_id, epoch, row[0])
+
+    def _fenced(self, event_id: str, epoch: int | None) -> AbstractContextManager[None]:
+        """Around one write statement: as it always ran when unfenced; else one IMMEDIATE
+        transaction holding the epoch check and the write."""
+        if epoch is None:
+            return nullcontext()
+        return self._fenced_transaction(event_id, epoch)
+
+    @contextmanager
+    def _fenced_transaction(self, event_id: str, epoch: int) -> Iterator[None]:
+        with self._transaction("BEGIN IMMEDIATE"):
+            self._check_epoch(event_id, epoch)
+            yield
+
+    async def _execute_fenced(self, event_id: str, epoch: int | None, sql: str,
+                              *params: Any) -> int:
+        def execute() -> int:
+            with self._fenced(event_id, epoch):
+                return self._db.execute(sql, params).rowcount
+
+        return await self._run(execute)
+
+    async def update_event(
+        self, event_id: str, address: str, coordinates: Coordinates, *, epoch: int | None = None
+    ) -> None:
+        await self._execute_fenced(
+            event_id, epoch, "UPDATE events SET address = ?, x = ?, y = ? WHERE id = ?",
             address, coordinates.x, coordinates.y, event_id,
         )
 
-    async def close_event(self, event_id: str) -> None:
-        await self._execute("UPDATE events SET state = ? WHERE id = ?", CLOSED, event_id)
+    async def close_event(self, event_id: str, *, epoch: int | None = None) -> None:
+        await self._execute_fenced(
+            event_id, epoch, "UPDATE events SET state = ? WHERE id = ?", CLOSED, event_id)
 
-    async def add_event_media(self, event_id: str, media: EventMedia) -> None:
-        await self._execute(
+    async def add_event_media(
+        self, event_id: str, media: EventMedia, *, epoch: int | None = None
+    ) -> None:
+        await self._execute_fenced(
+            event_id, epoch,
             "INSERT OR IGNORE INTO event_media (event_id, media_id, content_type) VALUES (?, ?, ?)",
             event_id, media.id, media.content_type,
         )
 
-    async def remove_event_media(self, event_id: str, media_id: str) -> bool:
-        return await self._execute(
-            "DELETE FROM event_media WHERE event_id = ? AND media_id = ?", event_id, media_id
+    async def remove_event_media(
+        self, event_id: str, media_id: str, *, epoch: int | None = None
+    ) -> bool:
+        return await self._execute_fenced(
+            event_id, epoch,
+            "DELETE FROM event_media WHERE event_id = ? AND media_id = ?", event_id, media_id,
         ) > 0
 
     # Chat.
 
     async def append_chat(
-        self, event_id: str, first_seq: int, messages: Sequence[ChatMessage]
+        self, event_id: str, first_seq: int, messages: Sequence[ChatMessage], *,
+        epoch: int | None = None,
     ) -> None:
         rows = [
             (event_id, first_seq + i, m.user_id, m.user_name, m.user_image_id, m.message)
@@ -325,8 +405,9 @@ class SqliteStore:
 
         def insert() -> None:
             # One transaction per batch (autocommit mode would commit every row): this is
-            # what makes group commit pay.
-            with self._transaction():
+            # what makes group commit pay. A fenced one takes the write lock before its check.
+            with self._transaction("BEGIN" if epoch is None else "BEGIN IMMEDIATE"):
+                self._check_epoch(event_id, epoch)
                 self._db.executemany(
                     "INSERT INTO chat_messages"
                     " (event_id, seq, user_id, user_name, user_image_id, message)"
