@@ -29,6 +29,7 @@ from vpiska.actors.commands import (
     Close,
     Command,
     Join,
+    Joined,
     RemoveMedia,
     Reply,
     Snapshot,
@@ -103,8 +104,8 @@ async def join(room: Room, who: Identity | str = "ann",
                outbox: RecordingOutbox | None = None) -> Member:
     identity = person(who) if isinstance(who, str) else who
     member = Member(identity, RecordingOutbox() if outbox is None else outbox)
-    chat_length = await room.ask(lambda reply: Join(member, reply))
-    assert isinstance(chat_length, int)
+    joined = await room.ask(lambda reply: Join(member, reply))
+    assert isinstance(joined, Joined)
     return member
 
 

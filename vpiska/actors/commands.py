@@ -21,11 +21,20 @@ Reply = trio.MemorySendChannel[outcome.Outcome[object]]
 
 @dataclasses.dataclass(frozen=True)
 class Join:
-    """A socket joins; the answer is the chat length at the moment it starts getting frames.
-    The member is sent the event's current state (`eventUpdated`) at once."""
+    """A socket joins; the answer is `Joined`. The member is sent the event's current state
+    (`eventUpdated`) at once."""
 
     member: Member
     reply: Reply
+
+
+@dataclasses.dataclass(frozen=True)
+class Joined:
+    """Where a socket starts: the chat's length and the room's last published message
+    (`Room.seq`) when it joined; every frame after that message reaches it."""
+
+    chat_length: int
+    seq: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +85,11 @@ class Close:
 
 @dataclasses.dataclass(frozen=True)
 class Stop:
-    """Server shutdown: finish what is queued before this, then close every socket (1001)."""
+    """Server shutdown: finish what is queued before this, then close every socket (1001).
+    With `hand_over` (a node leaving a cluster) the sockets here close with 1012 and those on
+    other nodes stay, for the event's next owner."""
+
+    hand_over: bool = False
 
 
 Command = Join | Leave | Chat | Snapshot | Update | AddMedia | RemoveMedia | Close | Stop

@@ -41,6 +41,7 @@ from vpiska.actors.commands import (
     Close,
     Command,
     Join,
+    Joined,
     Leave,
     RemoveMedia,
     Reply,
@@ -142,7 +143,10 @@ class EventActor:
                 if not self._event.is_open:
                     return Exit.CLOSED
             elif isinstance(command, Stop):
-                self._room.finish_members(CloseCode.GOING_AWAY)
+                if command.hand_over:
+                    self._room.hand_over(CloseCode.SERVICE_RESTART)
+                else:
+                    self._room.finish_members(CloseCode.GOING_AWAY)
                 return Exit.STOPPED
             else:
                 raise TypeError(f"EventActor got {command!r}; expected one of commands.Command")
@@ -172,14 +176,14 @@ class EventActor:
 
     # Membership.
 
-    async def _join(self, member: Member) -> int:
+    async def _join(self, member: Member) -> Joined:
         self._room.add(member)
         if not self._count_due():  # else the announcement after this command includes it
             try:
                 member.outbox.deliver(self._event_updated())
             except (OutboxFull, OutboxClosed):
                 self._room.remove(member)  # gone already: its Leave is on the way
-        return self._chat_length
+        return Joined(self._chat_length, self._room.seq)
 
     def _leave(self, member: Member) -> None:
         self._room.remove(member)
@@ -193,8 +197,7 @@ class EventActor:
             self._announce_count()
 
     def _announce_count(self) -> None:
-        self._room.announced_count = self._room.users_count
-        self._room.broadcast(self._event_updated())
+        self._room.announce(self._event_updated(), self._room.users_count)
         self._next_count_at = trio.current_time() + self._update_interval
 
     def _event_updated(self) -> frames.Frame:
@@ -210,9 +213,10 @@ class EventActor:
             return
         await self._store.append_chat(self._event.id, self._chat_length, lines, epoch=self._epoch)
         metrics.CHAT_BATCH_LINES.observe(len(lines))
+        first = self._chat_length
         self._chat_length += len(lines)
-        for line in lines:
-            self._room.broadcast(frames.chat_message(line))
+        for number, line in enumerate(lines, start=first):
+            self._room.broadcast(frames.chat_message(line), chat_index=number)
 
     def _storable(self, line: ChatMessage) -> bool:
         if all(map(is_text, (line.user_id, line.user_name, line.user_image_id, line.message))):
@@ -262,5 +266,6 @@ class EventActor:
         self._check_owner(command.by)
         await self._store.close_event(self._event.id, epoch=self._epoch)
         self._event = dataclasses.replace(self._event, is_open=False)
+        self._index.remove(self._event.id)
         self._room.broadcast(frames.CLOSE_EVENT)
         self._room.finish_members(CloseCode.NORMAL)

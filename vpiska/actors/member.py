@@ -57,3 +57,6 @@ class Outbox(Protocol):
 class Member:
     identity: Identity
     outbox: Outbox
+    # The node whose socket this is, when not this one (vpiska/cluster): the room counts it,
+    # and its frames reach it through the room's publisher, not through `outbox`.
+    gateway: str | None = None

@@ -5,6 +5,11 @@ queue and the same sockets: members stay connected across a restart (see EventSu
 Only the running EventActor changes the member table (and the supervisor, once no actor runs);
 anyone may read it.
 
+In a cluster (vpiska/cluster) the room also has a `Publisher`: every frame it broadcasts goes
+to its own sockets here and, once, to the other nodes' sockets through the publisher, numbered
+by `seq` within the owner's `epoch`. Members on other nodes are counted here but written to
+only through the publisher.
+
 How callers reach the actor, by what they need:
 - `ask`: a request with an answer (events endpoints, a join), bounded by the reply deadline;
 - `send`: a chat line; waits while the inbox is full (back-pressure on the socket's reader), up
@@ -18,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import Protocol
 
 import outcome
 import trio
@@ -31,13 +37,34 @@ from vpiska.errors import DomainError, ErrorCode
 log = logging.getLogger(__name__)
 
 
+class Publisher(Protocol):
+    """Where a cluster room's frames go besides its own sockets (vpiska/cluster/owner.py).
+    Every method is called on the room's task and must not wait."""
+
+    def frame(self, room: Room, frame: Frame, chat_index: int | None) -> None: ...
+
+    def hello(self, room: Room, chat_length: int) -> None:
+        """The room is (again) active under this node's epoch."""
+
+    def handover(self, room: Room) -> None:
+        """The room stops here; another node will own it."""
+
+    def close_all(self, room: Room, code: CloseCode) -> None:
+        """Every socket of the event closes with `code` (closed, failed)."""
+
+    def counted(self, room: Room, users_count: int) -> None:
+        """The usersCount members were just told (for every node's map)."""
+
+
 class Room:
     def __init__(self, event_id: str, owner_id: str, *, inbox_size: int,
-                 reply_timeout: float) -> None:
+                 reply_timeout: float, epoch: int | None = None,
+                 publisher: Publisher | None = None) -> None:
         self.event_id = event_id
         self.owner_id = owner_id  # never changes, so callers may check ownership up front
         self.inbox, self.commands = trio.open_memory_channel[Command](inbox_size)
         self.members: dict[str, set[Member]] = {}  # user id -> that user's open sockets
+        self.local: set[Member] = set()  # the members whose sockets are on this node
         # Members that left while the inbox was full; the actor removes them after its
         # current command.
         self.departures: list[Member] = []
@@ -49,6 +76,9 @@ class Room:
         # lives here so a change still pending when an actor crashes is announced by the next.
         self.announced_count = 0
         self.failed = False
+        self.epoch = epoch  # the fencing epoch of this node's lease; None on a single node
+        self.publisher = publisher
+        self.seq = 0  # the last message published (the publisher counts)
         self._reply_timeout = reply_timeout
 
     @property
@@ -57,7 +87,8 @@ class Room:
 
     @property
     def sockets(self) -> int:
-        return sum(len(sockets) for sockets in self.members.values())
+        """Open sockets on this node."""
+        return len(self.local)
 
     async def ask(self, make: Callable[[Reply], Command]) -> object:
         """Send the command `make(reply)` and return its answer, or raise its DomainError.
@@ -110,6 +141,8 @@ class Room:
 
     def add(self, member: Member) -> None:
         self.members.setdefault(member.identity.user_id, set()).add(member)
+        if member.gateway is None:
+            self.local.add(member)
 
     def remove(self, member: Member) -> None:
         sockets = self.members.get(member.identity.user_id)
@@ -117,28 +150,36 @@ class Room:
             sockets.discard(member)
             if not sockets:
                 del self.members[member.identity.user_id]
+        self.local.discard(member)
 
-    def broadcast(self, frame: Frame) -> None:
+    def broadcast(self, frame: Frame, chat_index: int | None = None) -> None:
         """Deliver `frame` to every member, never waiting; a member too slow to take it is
-        dropped with 4008, so one stuck phone never holds up the room."""
+        dropped with 4008, so one stuck phone never holds up the room. `chat_index`: the chat
+        line the frame shows, if it is one (the other nodes' catch-up counts on it)."""
         dropped: list[Member] = []
-        delivered = 0
-        for sockets in self.members.values():
-            for member in sockets:
-                try:
-                    member.outbox.deliver(frame)
-                    delivered += 1
-                except OutboxFull:
-                    log.info("slow consumer disconnected", extra={
-                        "event_id": self.event_id, "user_id": member.identity.user_id})
-                    member.outbox.abort(CloseCode.SLOW_CONSUMER)
-                    metrics.SLOW_CONSUMER_DISCONNECTS.inc()
-                    dropped.append(member)
-                except OutboxClosed:
-                    dropped.append(member)  # its connection is gone; its Leave is on the way
+        for member in self.local:
+            try:
+                member.outbox.deliver(frame)
+            except OutboxFull:
+                log.info("slow consumer disconnected", extra={
+                    "event_id": self.event_id, "user_id": member.identity.user_id})
+                member.outbox.abort(CloseCode.SLOW_CONSUMER)
+                metrics.SLOW_CONSUMER_DISCONNECTS.inc()
+                dropped.append(member)
+            except OutboxClosed:
+                dropped.append(member)  # its connection is gone; its Leave is on the way
         for member in dropped:
             self.remove(member)
-        metrics.FRAMES_SENT.inc(delivered)
+        metrics.FRAMES_SENT.inc(len(self.local))
+        if self.publisher is not None:
+            self.publisher.frame(self, frame, chat_index)
+
+    def announce(self, frame: Frame, users_count: int) -> None:
+        """Broadcast an `eventUpdated` frame telling `users_count`."""
+        self.announced_count = users_count
+        self.broadcast(frame)
+        if self.publisher is not None:
+            self.publisher.counted(self, users_count)
 
     def shut(self, code: CloseCode) -> None:
         """End the room for good: refuse queued and future commands, close every socket."""
@@ -166,8 +207,21 @@ class Room:
         self.finish_members(code)
 
     def finish_members(self, code: CloseCode) -> None:
-        """Close every member's socket with `code` once its queued frames are out."""
-        for sockets in self.members.values():
-            for member in sockets:
-                member.outbox.finish(code)
+        """Close every member's socket with `code` once its queued frames are out, on every
+        node."""
+        self._finish_local(code)
+        if self.publisher is not None:
+            self.publisher.close_all(self, code)
+
+    def hand_over(self, code: CloseCode) -> None:
+        """Close this node's sockets with `code`; the other nodes keep theirs for the next
+        owner."""
+        self._finish_local(code)
+        if self.publisher is not None:
+            self.publisher.handover(self)
+
+    def _finish_local(self, code: CloseCode) -> None:
+        for member in self.local:
+            member.outbox.finish(code)
         self.members.clear()
+        self.local.clear()

@@ -6,23 +6,29 @@ most `actor_max_restarts` restarts in `actor_restart_window_seconds`; past that 
 its sockets are closed with 1011, its commands answer InternalError, and the event stays open
 in the store, so the next server start serves it again.
 
-Fencing: an actor whose store write raises StaleEpoch has lost the event to a newer owner (another
-node claimed it). It is not restarted, since every write of the restarted actor would be refused
-again: the room ends as fenced. Its sockets are closed with 1012 (reconnect: the event is served
-elsewhere) and its commands answer InternalError. Actors run unfenced here (epoch None) until
-the cluster code passes its lease's epoch.
+On one node (`serve_all`) the supervisor starts a room for every open event in the store and
+keeps the map index of open events that `events/range` reads. In a cluster a room is started
+here only when this node owns the event (`activate`, with its lease's epoch and a publisher;
+vpiska/cluster/node.py), the index holds every open event of the cluster, and rooms end when
+the node hands them over or loses them.
 
-The supervisor also keeps the map index of open events that `events/range` reads.
+Fencing: an actor whose store write raises StaleEpoch has lost the event to a newer owner
+(another node claimed it), and so has one whose lease the node found lost (`fence`). It is not
+restarted, since every write of the restarted actor would be refused again: the room ends as
+fenced. Its sockets here are closed with 1012 (reconnect: the event is served elsewhere) and
+its commands answer InternalError; the other nodes' sockets stay, for the new owner.
 
 Shutdown (`stop`): no new event is opened; every room handles the commands queued before its
-Stop, closes its sockets with 1001 and ends; `run` returns when the last room has ended. The
-server bounds how long that may take (vpiska/server.py).
+Stop, closes its sockets with 1001 (1012 when handing over to other nodes) and ends; `run`
+returns when the last room has ended. The server bounds how long that may take
+(vpiska/server.py).
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -32,7 +38,7 @@ from vpiska.actors.commands import Stop
 from vpiska.actors.event import EventActor, Exit
 from vpiska.actors.geo import MapIndex, Spot
 from vpiska.actors.member import CloseCode
-from vpiska.actors.room import Room
+from vpiska.actors.room import Publisher, Room
 from vpiska.config import Config
 from vpiska.domain import Coordinates, Event, new_id, utc_now
 from vpiska.errors import DomainError, ErrorCode
@@ -42,17 +48,24 @@ log = logging.getLogger(__name__)
 
 
 class EventSupervisor:
-    def __init__(self, store: Store, config: Config) -> None:
+    def __init__(self, store: Store, config: Config, *, serve_all: bool = True,
+                 index: MapIndex | None = None,
+                 on_room_ended: Callable[[str], None] | None = None) -> None:
         self._store = store
         self._config = config
+        self._serve_all = serve_all
         self._rooms: dict[str, Room] = {}
-        self._index = MapIndex()
+        self._scopes: dict[str, trio.CancelScope] = {}
+        self._index = MapIndex() if index is None else index
+        self._on_room_ended = on_room_ended
         self._nursery: trio.Nursery | None = None
         self._stopping = trio.Event()
+        self._hand_over = False
         self.restarts = 0  # total actor restarts, for metrics and tests
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Start a room for every open event in the store, then supervise until `stop`.
+        """Put every open event of the store on the map (and on one node, start its room),
+        then supervise until `stop`.
 
         Resource handling: returns only when every room task has ended.
         """
@@ -60,26 +73,32 @@ class EventSupervisor:
             self._nursery = nursery
             events = await self._store.open_events()
             for event in events:
-                self._start(event)
-            log.info("event rooms started", extra={"open_events": len(events)})
+                if self._serve_all:
+                    self._start(event)
+                else:
+                    self._index.put(event.id, event.name, event.coordinates)
+            log.info("open events loaded", extra={"open_events": len(events),
+                                                  "rooms_started": len(self._rooms)})
             task_status.started()
             await self._stopping.wait()
         self._nursery = None
 
-    async def stop(self) -> None:
-        """Shutdown: open no new event, and tell every room to stop after what it has queued.
+    async def stop(self, *, hand_over: bool = False) -> None:
+        """Shutdown: open no new event, and tell every room to stop after what it has queued
+        (`hand_over`: to another node's care, see Stop).
 
         Returns once every room has its Stop; `run` returns once they have all ended.
         """
+        self._hand_over = hand_over
         self._stopping.set()
         async with trio.open_nursery() as nursery:
             for room in list(self._rooms.values()):
-                nursery.start_soon(self._stop_room, room)
+                nursery.start_soon(self._stop_room, room, hand_over)
 
     @staticmethod
-    async def _stop_room(room: Room) -> None:
+    async def _stop_room(room: Room, hand_over: bool) -> None:
         try:
-            await room.inbox.send(Stop())
+            await room.inbox.send(Stop(hand_over))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # ended or failed already
 
@@ -110,14 +129,49 @@ class EventSupervisor:
         Error handling: InternalError while the server shuts down: a room started now would
         only be stopped again.
         """
+        event = await self.create_event(owner_id, name, address, coordinates)
+        self._start(event)
+        return event
+
+    async def create_event(self, owner_id: str, name: str, address: str,
+                           coordinates: Coordinates) -> Event:
+        """Persist a new open event without starting its room (in a cluster, the node that
+        owns it starts it). Errors as `open_event`."""
         if self.stopping:
             log.info("event not opened: the server is shutting down",
                      extra={"owner_id": owner_id})
             raise DomainError(ErrorCode.INTERNAL_ERROR)
         event = Event(new_id(), owner_id, name, address, coordinates, utc_now())
         await self._store.add_event(event)
-        self._start(event)
         return event
+
+    async def activate(self, event_id: str, epoch: int, publisher: Publisher) -> Room | None:
+        """Start the room of an event this node now owns under `epoch` (its lease's).
+
+        The store is claimed for `epoch` first, so from then on no older owner can write; the
+        room then says Hello to the other nodes. None if the event is closed or unknown, if a
+        newer epoch has claimed it already, or if the supervisor is stopping.
+        """
+        if self.stopping or self._nursery is None:
+            return None
+        try:
+            event = await self._store.claim_event(event_id, epoch)
+        except StaleEpoch:
+            return None
+        if event is None or not event.is_open or event_id in self._rooms:
+            return self._rooms.get(event_id)
+        room = Room(event.id, event.owner_id, inbox_size=self._config.actor_inbox_size,
+                    reply_timeout=self._config.actor_reply_timeout_seconds, epoch=epoch,
+                    publisher=publisher)
+        self._rooms[event.id] = room
+        self._nursery.start_soon(self._supervise, room, event, name=f"event {event.id}")
+        return room
+
+    def fence(self, event_id: str) -> None:
+        """This node's lease on `event_id` is lost: end its room now, without a last write."""
+        scope = self._scopes.get(event_id)
+        if scope is not None:
+            scope.cancel()
 
     def users_count(self, event_id: str) -> int:
         room = self._rooms.get(event_id)
@@ -147,26 +201,39 @@ class EventSupervisor:
         self._index.put(event.id, event.name, event.coordinates)
         self._nursery.start_soon(self._supervise, room, event, name=f"event {event.id}")
         if self.stopping:  # created while stop() was telling the others
-            room.inbox.send_nowait(Stop())
+            room.inbox.send_nowait(Stop(self._hand_over))
 
     async def _supervise(self, room: Room, event: Event | None) -> None:
+        with trio.CancelScope() as scope:  # cancelled by `fence`
+            self._scopes[room.event_id] = scope
+            try:
+                exit_reason = await self._keep_running(room, event)
+            finally:
+                del self._scopes[room.event_id]
+        if scope.cancelled_caught:
+            self._end_fenced(room, "this node's lease was lost")
+            return
+        if exit_reason is None:
+            return  # failed: it stays registered so callers get InternalError
+        room.shut(CloseCode.GOING_AWAY if exit_reason is Exit.STOPPED else CloseCode.NORMAL)
+        self._forget(room)
+        log.info("event room ended", extra=self._about(room) | {"reason": exit_reason.value})
+
+    async def _keep_running(self, room: Room, event: Event | None) -> Exit | None:
+        """Run the room's actor, restarting it after a crash; how it ended, or None if it
+        failed for good (fenced or past its restart limit)."""
         crashes: collections.deque[float] = collections.deque()
-        exit_reason = "closed"
         while True:
-            crashed = False
             fenced: BaseExceptionGroup[StaleEpoch] | None = None
             try:
-                exit_reason = (await self._incarnate(room, event)).value
+                return await self._incarnate(room, event)
             except* StaleEpoch as stale:
                 fenced = stale
             except* Exception as failure:
-                crashed = True
                 log.error("event room crashed", exc_info=failure, extra=self._about(room))
             if fenced is not None:
-                self._end_fenced(room, fenced)
-                return  # like a failed room, it stays registered so callers get InternalError
-            if not crashed:
-                break
+                self._end_fenced(room, str(fenced.exceptions[0]))
+                return None
             event = None  # restart from the store
             now = trio.current_time()
             crashes.append(now)
@@ -175,31 +242,45 @@ class EventSupervisor:
             if len(crashes) > self._config.actor_max_restarts:
                 room.failed = True
                 room.shut(CloseCode.INTERNAL_ERROR)
-                self._index.remove(room.event_id)
+                if self._serve_all:
+                    self._index.remove(room.event_id)
                 log.error("event room failed: restart limit reached; the event stays open in "
                           "the store until the next server start", extra=self._about(room))
-                return  # a failed room stays registered so callers get InternalError
+                return None
             self.restarts += 1
             log.warning("event room restarting", extra=self._about(room))
-        room.shut(CloseCode.GOING_AWAY if exit_reason == Exit.STOPPED.value else CloseCode.NORMAL)
-        self._index.remove(room.event_id)
-        del self._rooms[room.event_id]
-        log.info("event room ended", extra=self._about(room) | {"reason": exit_reason})
 
-    def _end_fenced(self, room: Room, stale: BaseExceptionGroup[StaleEpoch]) -> None:
+    def _end_fenced(self, room: Room, cause: str) -> None:
+        """A newer owner has the event: close this node's sockets (1012), and only those."""
         log.warning("event room fenced: a newer owner has claimed the event",
-                    extra=self._about(room) | {"cause": str(stale.exceptions[0])})
+                    extra=self._about(room) | {"cause": cause})
         room.failed = True
+        room.publisher = None  # the other nodes' sockets stay, for the new owner
         room.shut(CloseCode.SERVICE_RESTART)
-        self._index.remove(room.event_id)
+        if self._serve_all:
+            self._index.remove(room.event_id)  # stays registered: callers get InternalError
+        else:
+            self._forget(room)  # callers find the new owner
+
+    def _forget(self, room: Room) -> None:
+        if self._serve_all:
+            self._index.remove(room.event_id)
+        del self._rooms[room.event_id]
+        if self._on_room_ended is not None:
+            self._on_room_ended(room.event_id)
 
     async def _incarnate(self, room: Room, event: Event | None) -> Exit:
-        if event is None:
+        if room.epoch is not None:  # claimed again: a restart must not outlive its lease
+            event = await self._store.claim_event(room.event_id, room.epoch)
+        elif event is None:
             event = await self._store.event(room.event_id)
-            if event is None or not event.is_open:
-                return Exit.CLOSED
+        if event is None or not event.is_open:
+            return Exit.CLOSED
         chat_length = await self._store.chat_length(room.event_id)
-        actor = EventActor(room, event, chat_length, self._store, self._index, self._config)
+        if room.publisher is not None:
+            room.publisher.hello(room, chat_length)
+        actor = EventActor(room, event, chat_length, self._store, self._index, self._config,
+                           epoch=room.epoch)
         return await actor.run()
 
     @staticmethod

@@ -28,7 +28,7 @@ from werkzeug.datastructures import Headers
 from vpiska import metrics
 from vpiska.accounts import Accounts
 from vpiska.actors import ChatFlood, CloseCode, Member, frames
-from vpiska.actors.commands import Chat, Join
+from vpiska.actors.commands import Chat, Join, Joined
 from vpiska.actors.rooms import RoomHandle, Rooms
 from vpiska.auth import Identity
 from vpiska.config import Config
@@ -147,10 +147,11 @@ class EventSession:
         try:
             # Inside the try: the client may vanish while the join is being answered, and
             # the room must then still be told the member left.
-            chat_length = await self._room.ask(lambda reply: Join(member, reply))
-            assert isinstance(chat_length, int)
+            joined = await self._room.ask(lambda reply: Join(member, reply))
+            assert isinstance(joined, Joined)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write, outbox, since, chat_length, nursery.cancel_scope)
+                nursery.start_soon(self._write, outbox, since, joined.chat_length,
+                                   nursery.cancel_scope)
                 await self._read(nursery.cancel_scope)  # in this task: one task fewer a socket
         except DomainError as refusal:  # closed, failed or stopped before the join
             if outbox.state is OutboxState.FINISHING:  # the room ended with its Join queued
