@@ -48,6 +48,11 @@
    messages once the app has closed and does not queue the disconnect for a finished app;
    `VpiskaTCPServer` stops its reader when the connection is closed.
 
+8. Oversized WebSocket messages refused by their frame headers (ws_limits.py), without reading
+   their payload, and no permessage-deflate: `VpiskaWSStream` installs the bounded frame
+   decoder; such a message, like any frame wsproto cannot parse, gets its close code and ends
+   the connection, with no further byte fed to wsproto.
+
 9. Closing when asked to close. A response with `Connection: close` (a request refused before
    its body was read) ends in the app task, which is being cancelled right then; hypercorn's
    close awaits there, was cancelled, and the socket stayed open until the read timeout.
@@ -65,8 +70,8 @@ Any other fault raised while serving a connection ends that connection only
 (connection_guard.py); that guard is installed with or without the adapter.
 
 The adapter is installed only for the hypercorn versions it was written against
-(`TESTED_HYPERCORN`); on any other version vpiska runs on hypercorn as it is (with the guard)
-and logs that it did. Tests run both ways.
+(`TESTED_HYPERCORN`), and only if wsproto's frame decoder is where (8) replaces it; otherwise
+vpiska runs on hypercorn as it is (with the guard) and logs that it did. Tests run both ways.
 """
 
 from __future__ import annotations
@@ -96,6 +101,7 @@ from wsproto.utilities import LocalProtocolError
 
 from vpiska import metrics
 from vpiska.http.connection_guard import GuardedTCPServer
+from vpiska.http.ws_limits import bound_messages, fits_wsproto
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +144,10 @@ class VpiskaWSStream(WSStream):
             self._decided.set()
 
     async def _accept(self, message: Any) -> None:
+        self.handshake.extensions = None  # no permessage-deflate (ws_limits.py)
         await super()._accept(message)
+        # The reader is held until `_decided`, so no byte has reached the new connection yet.
+        bound_messages(self.connection, self.config.websocket_max_message_size)
         sink = DirectSink.for_stream(self)
         if sink is not None:
             extensions: dict[str, Any] = self.scope["extensions"]
@@ -152,18 +161,18 @@ class VpiskaWSStream(WSStream):
             await super()._send_pings()
 
     async def _handle_events(self) -> None:
-        # hypercorn 0.18.0's loop, with two changes: a CloseConnection wsproto raises on its
-        # own (state still OPEN) is sent to the peer and ends the connection (1); messages
-        # after the app closed are dropped (7).
+        # hypercorn 0.18.0's loop, with three changes: a CloseConnection wsproto raises on its
+        # own (state still OPEN) is sent to the peer and ends the connection (1, 8); so does a
+        # message over the size bound; messages after the app closed are dropped (7).
         for event in self.connection.events():
             if isinstance(event, Message):
                 if self.state is not ASGIWebsocketState.CONNECTED:
                     continue
                 try:
                     self.buffer.extend(event)
-                except FrameTooLargeError:
-                    await self._send_wsproto_event(
-                        CloseConnection(code=CloseReason.MESSAGE_TOO_BIG))
+                except FrameTooLargeError:  # a bound in characters; ws_limits.py's is in bytes
+                    await self._fail(CloseConnection(code=CloseReason.MESSAGE_TOO_BIG))
+                    await self.send(StreamClosed(stream_id=self.stream_id))
                     break
                 if event.message_finished:
                     assert self.app_put is not None  # set when the app was started
@@ -340,13 +349,13 @@ def install(*, enabled: bool = True) -> bool:
     made per server start. The connection guard (connection_guard.py) is installed either way.
     """
     version = installed_hypercorn()
-    use = enabled and version in TESTED_HYPERCORN
+    use = enabled and version in TESTED_HYPERCORN and fits_wsproto()
     stream_class = VpiskaWSStream if use else WSStream
     hypercorn.protocol.h11.WSStream = stream_class  # type: ignore[attr-defined]
     hypercorn.protocol.h2.WSStream = stream_class  # type: ignore[attr-defined]
     hypercorn.trio.run.TCPServer = (  # type: ignore[attr-defined]
         VpiskaTCPServer if use else GuardedTCPServer)
     if enabled and not use:
-        log.warning("hypercorn adapter not used: written for hypercorn %s, found %s",
-                    ", ".join(sorted(TESTED_HYPERCORN)), version)
+        log.warning("hypercorn adapter not used: written for hypercorn %s and wsproto's frame "
+                    "decoder, found hypercorn %s", ", ".join(sorted(TESTED_HYPERCORN)), version)
     return use
