@@ -15,16 +15,18 @@ import logging
 import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
 from tests.clients import Crowd, host_event, token_for
-from tests.conftest import BOTH_WRITE_PATHS, Server
+from tests.conftest import BOTH_WRITE_PATHS, Server, make_config
 from tests.raw_ws import RawSocket
 from tests.test_websocket import port_of, resource
 from vpiska.http import connection_guard
+from vpiska.server import serve
 
 WS_UPGRADE = (b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n")
@@ -411,3 +413,42 @@ async def test_body_arriving_in_parts_within_the_timeout_is_served(server: Serve
             await stream.send_all(part)
         answer = await first_bytes(stream)
     assert answer.startswith(b"HTTP/1.1 200")
+
+
+@pytest.mark.parametrize(
+    "ending",
+    [
+        pytest.param(b"zz\r\n", id="malformed-chunk"),
+        pytest.param(b"", id="client-gone"),
+        pytest.param(None, id="body-timeout"),
+    ],
+)
+async def test_request_whose_connection_ends_mid_body_ends_too(
+    tmp_path: Path, ending: bytes | None
+) -> None:
+    """The handler reading a body learns that its connection ended, however it ended: none is
+    left waiting, so a shutdown right after finds nothing to wait for. (The reader that saw
+    the malformed chunk once cancelled itself before telling the handler.)"""
+    config = make_config(tmp_path, body_timeout_seconds=BODY_TIMEOUT,
+                         shutdown_grace_seconds=60)
+    stop, stopped = trio.Event(), trio.Event()
+
+    async def run(task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await serve(config, shutdown_trigger=stop.wait, task_status=task_status)
+        finally:
+            stopped.set()
+
+    async with trio.open_nursery() as nursery:
+        port = int((await nursery.start(run))[0].rsplit(":", 1)[1])
+        async with connection(port) as stream:
+            await stream.send_all(request("/api/v1/users/login", "POST",
+                                          JSON + b"Transfer-Encoding: chunked\r\n",
+                                          b"5\r\n{\"pho\r\n"))
+            if ending:
+                await stream.send_all(ending)
+            if ending != b"":
+                await read_to_end(stream)  # the server ends it: an error answer, or no answer
+        stop.set()
+        with trio.fail_after(DEADLINE):  # not the 60 s grace
+            await stopped.wait()

@@ -206,12 +206,14 @@ class ServerConfig(HypercornConfig):
 
 class VpiskaTCPServer(GuardedTCPServer):
     _reading: trio.CancelScope | None = None
+    _reader: trio.lowlevel.Task | None = None
 
     async def _read_data(self) -> None:
         # hypercorn 0.18.0's loop, with three changes: a WebSocket whose read times out (a peer
         # silent for two ping intervals, server.py) is counted as a keep-alive disconnect; a
         # request body must arrive within body_timeout (10); the loop ends when the connection
         # is closed, also if it was waiting for the app to take its bytes (7).
+        self._reader = trio.lowlevel.current_task()
         with trio.CancelScope() as self._reading:
             body_deadline = math.inf
             while True:
@@ -265,9 +267,11 @@ class VpiskaTCPServer(GuardedTCPServer):
                 await self.idle_task.restart(self._task_group, self._idle_timeout)
         elif isinstance(event, Closed):
             # Closing is what a protocol asks for last, often from an app task being cancelled
-            # right then (9); and bytes the reader still holds are not wanted any more (7).
+            # right then (9); and bytes the reader still holds are not wanted any more (7),
+            # unless this is the reader, which still has to tell the protocol (it stops at
+            # its next read, the socket being closed).
             await self._close_now()
-            if self._reading is not None:
+            if self._reading is not None and trio.lowlevel.current_task() is not self._reader:
                 self._reading.cancel()
             await self.protocol.handle(Closed())
         elif isinstance(event, RawData):
