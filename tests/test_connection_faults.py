@@ -415,6 +415,26 @@ async def test_body_arriving_in_parts_within_the_timeout_is_served(server: Serve
     assert answer.startswith(b"HTTP/1.1 200")
 
 
+@asynccontextmanager
+async def shut_down_at_once(tmp_path: Path) -> AsyncIterator[int]:
+    """A server (its port) that must stop at once when the block ends, not after its 60 s
+    grace: no request or connection of the block may be left waiting."""
+    config = make_config(tmp_path, body_timeout_seconds=BODY_TIMEOUT, shutdown_grace_seconds=60)
+    stop, stopped = trio.Event(), trio.Event()
+
+    async def run(task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await serve(config, shutdown_trigger=stop.wait, task_status=task_status)
+        finally:
+            stopped.set()
+
+    async with trio.open_nursery() as nursery:
+        yield int((await nursery.start(run))[0].rsplit(":", 1)[1])
+        stop.set()
+        with trio.fail_after(DEADLINE):
+            await stopped.wait()
+
+
 @pytest.mark.parametrize(
     "ending",
     [
@@ -426,29 +446,27 @@ async def test_body_arriving_in_parts_within_the_timeout_is_served(server: Serve
 async def test_request_whose_connection_ends_mid_body_ends_too(
     tmp_path: Path, ending: bytes | None
 ) -> None:
-    """The handler reading a body learns that its connection ended, however it ended: none is
-    left waiting, so a shutdown right after finds nothing to wait for. (The reader that saw
-    the malformed chunk once cancelled itself before telling the handler.)"""
-    config = make_config(tmp_path, body_timeout_seconds=BODY_TIMEOUT,
-                         shutdown_grace_seconds=60)
-    stop, stopped = trio.Event(), trio.Event()
+    """The handler reading a body learns that its connection ended, however it ended. (The
+    reader that saw the malformed chunk once cancelled itself before telling the handler.)"""
+    async with shut_down_at_once(tmp_path) as port, connection(port) as stream:
+        await stream.send_all(request("/api/v1/users/login", "POST",
+                                      JSON + b"Transfer-Encoding: chunked\r\n",
+                                      b"5\r\n{\"pho\r\n"))
+        if ending:
+            await stream.send_all(ending)
+        if ending != b"":
+            await read_to_end(stream)  # the server ends it: an error answer, or no answer
 
-    async def run(task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
-        try:
-            await serve(config, shutdown_trigger=stop.wait, task_status=task_status)
-        finally:
-            stopped.set()
 
-    async with trio.open_nursery() as nursery:
-        port = int((await nursery.start(run))[0].rsplit(":", 1)[1])
-        async with connection(port) as stream:
-            await stream.send_all(request("/api/v1/users/login", "POST",
-                                          JSON + b"Transfer-Encoding: chunked\r\n",
-                                          b"5\r\n{\"pho\r\n"))
-            if ending:
-                await stream.send_all(ending)
-            if ending != b"":
-                await read_to_end(stream)  # the server ends it: an error answer, or no answer
-        stop.set()
-        with trio.fail_after(DEADLINE):  # not the 60 s grace
-            await stopped.wait()
+async def test_connection_reset_during_pipelined_answers_ends(tmp_path: Path) -> None:
+    """A client that resets its connection while answers to its pipelined requests are being
+    written: the failed write closes the connection. (It once only told the protocol, and the
+    reader waited forever for the next request's turn.)"""
+    async with shut_down_at_once(tmp_path) as port:
+        for _ in range(AT_ONCE):
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            stream.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_LINGER,
+                              struct.pack("ii", 1, 0))  # close with a reset
+            await stream.send_all(request("/swagger/doc.json") * 3)
+            await first_bytes(stream)
+            await stream.aclose()

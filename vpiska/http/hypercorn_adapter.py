@@ -261,19 +261,33 @@ class VpiskaTCPServer(GuardedTCPServer):
         with trio.CancelScope(shield=True):
             await self._close()
 
+    async def _initiate_server_close(self) -> None:
+        # The idle timer's close (keep_alive_timeout, or a shutdown) closed the socket under a
+        # reader that could be waiting for its app, never to be woken (7): close like the rest.
+        await self._close_connection()
+
+    async def _close_connection(self) -> None:
+        """Close the socket, stop the reader, tell the protocol.
+
+        Closing is what a protocol asks for last, often from an app task being cancelled right
+        then (9). The reader may be waiting for an app that will never take its bytes or
+        restart its cycle (7): it is stopped at once, or, when it is the task closing, at its
+        next checkpoint, once it has told the protocol.
+        """
+        await self._close_now()
+        closing_reader = trio.lowlevel.current_task() is self._reader
+        if self._reading is not None and not closing_reader:
+            self._reading.cancel()
+        await self.protocol.handle(Closed())
+        if self._reading is not None and closing_reader:
+            self._reading.cancel()
+
     async def protocol_send(self, event: Event) -> None:
         if isinstance(event, Updated) and event.idle:
             with trio.CancelScope(shield=True):
                 await self.idle_task.restart(self._task_group, self._idle_timeout)
         elif isinstance(event, Closed):
-            # Closing is what a protocol asks for last, often from an app task being cancelled
-            # right then (9); and bytes the reader still holds are not wanted any more (7),
-            # unless this is the reader, which still has to tell the protocol (it stops at
-            # its next read, the socket being closed).
-            await self._close_now()
-            if self._reading is not None and trio.lowlevel.current_task() is not self._reader:
-                self._reading.cancel()
-            await self.protocol.handle(Closed())
+            await self._close_connection()
         elif isinstance(event, RawData):
             async with self.send_lock:
                 try:
@@ -281,7 +295,11 @@ class VpiskaTCPServer(GuardedTCPServer):
                         await self.stream.send_all(event.data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError,
                         trio.BusyResourceError):
-                    await self.protocol.handle(Closed())
+                    broken = True
+                else:
+                    broken = False
+            if broken:  # a peer that reset the connection: closed like any other (7)
+                await self._close_connection()
         else:
             await super().protocol_send(event)
 
