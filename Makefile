@@ -51,12 +51,15 @@ bench-quick: $(BENCH_STAMP) $(NODE_STAMP)
 	$(BENCH_PY) -m bench.run --quick
 	$(BENCH_PY) -m bench.persist --quick
 
-# A longer schemathesis run than `make test`'s (tests/test_fuzz.py; FUZZ_SEED=<n> replays a run).
+# A longer schemathesis run than `make test`'s (tests/test_fuzz.py; FUZZ_SEED=<n> replays a run),
+# then a longer run of the raw-socket fuzzer (tests/test_fuzz_raw.py).
 FUZZ_EXAMPLES ?= 300
+FUZZ_RAW_SECONDS ?= 120
 
 .PHONY: fuzz
 fuzz: $(STAMP)
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -s -p no:cacheprovider tests/test_fuzz.py
+	FUZZ_RAW_SECONDS=$(FUZZ_RAW_SECONDS) $(PY) -m pytest -s -p no:cacheprovider tests/test_fuzz_raw.py
 
 # Docker (README "Docker"): `infrastructure` starts MongoDB alone, for `make run` with
 # DB_CONNECTION=mongodb://127.0.0.1:27017; `up` runs vpiska and MongoDB together.

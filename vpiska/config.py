@@ -66,6 +66,9 @@ class Config:
     chat_burst: int = 20
     ws_ping_seconds: float = 20.0
     ws_max_frame_bytes: int = 64 * 1024
+    # A request body must have arrived this long after its request's head, else the connection
+    # is closed: a body trickled a byte at a time holds no connection (and handler) for long.
+    body_timeout_seconds: float = 30.0
     shutdown_grace_seconds: float = 10.0
     # GET /readyz answers 503 when a store ping takes longer than this.
     ready_timeout_seconds: float = 2.0
@@ -126,6 +129,9 @@ class Config:
             chat_burst=read.integer("CHAT_BURST", cls.chat_burst, low=1),
             ws_ping_seconds=read.number("WS_PING_SECONDS", cls.ws_ping_seconds, low=0.01),
             ws_max_frame_bytes=read.integer("WS_MAX_FRAME_BYTES", cls.ws_max_frame_bytes, low=256),
+            body_timeout_seconds=read.number(
+                "BODY_TIMEOUT_SECONDS", cls.body_timeout_seconds, low=0.001
+            ),
             shutdown_grace_seconds=read.number(
                 "SHUTDOWN_GRACE_SECONDS", cls.shutdown_grace_seconds, low=0
             ),

@@ -211,7 +211,8 @@ def _listen(hypercorn_config: HypercornConfig, config: Config) -> Sockets:
 
 
 def _hypercorn_config(config: Config) -> HypercornConfig:
-    hc = HypercornConfig()
+    hc = hypercorn_adapter.ServerConfig()
+    hc.body_timeout = config.body_timeout_seconds
     hc.bind = [f"{config.host}:{config.port}"]
     hc.graceful_timeout = config.shutdown_grace_seconds
     hc.accesslog = None

@@ -33,9 +33,45 @@
    WebSocket frames (vpiska/http/outbox.py), written in order; wsproto keeps owning the
    handshake, control frames and the close.
 
+6. Bytes that come before the handshake is answered. A client may send its first frame in the
+   packet of its handshake, or keep sending after a refused one. hypercorn answers such bytes
+   with a 400 at once, whatever the app is doing: written in the middle of the app's own
+   answer, it made h11 raise LocalProtocolError and stopped the server (one request and one
+   byte). `VpiskaWSStream` holds them, and the socket's reader with them, until the app has
+   answered: an accepted socket then decodes them as its first frames, a refused one drops
+   them and closes after the answer.
+
+7. Nothing waits for an app that has finished. After an app has closed its WebSocket (or
+   answered a request it did not read), bytes still arriving were queued for it on a bounded
+   channel nobody read any more, and the socket's reader, then the task closing the
+   connection, waited on it forever: the connection was never closed. `VpiskaWSStream` drops
+   messages once the app has closed and does not queue the disconnect for a finished app;
+   `VpiskaTCPServer` stops its reader when the connection is closed.
+
+8. Oversized WebSocket messages refused by their frame headers (ws_limits.py), without reading
+   their payload, and no permessage-deflate: `VpiskaWSStream` installs the bounded frame
+   decoder; such a message, like any frame wsproto cannot parse, gets its close code and ends
+   the connection, with no further byte fed to wsproto.
+
+9. Closing when asked to close. A response with `Connection: close` (a request refused before
+   its body was read) ends in the app task, which is being cancelled right then; hypercorn's
+   close awaits there, was cancelled, and the socket stayed open until the read timeout.
+   `VpiskaTCPServer` closes shielded.
+
+10. A deadline for request bodies (BODY_TIMEOUT_SECONDS, `ServerConfig.body_timeout`). hypercorn's
+   read_timeout bounds each read, so a body sent a byte a second held its connection (and its
+   handler) forever. `VpiskaTCPServer` closes an HTTP/1.1 connection whose request body has
+   not fully arrived within the deadline, counted from the request's head; a handler reading
+   it sees the client disconnect and ends without an answer. (Quart's BODY_TIMEOUT applies
+   only to `get_data` and form parsing, not to the streamed reads vpiska uses, and cannot
+   close the connection.)
+
+Any other fault raised while serving a connection ends that connection only
+(connection_guard.py); that guard is installed with or without the adapter.
+
 The adapter is installed only for the hypercorn versions it was written against
-(`TESTED_HYPERCORN`); on any other version vpiska runs on hypercorn as it is and logs that it
-did. Tests run both ways.
+(`TESTED_HYPERCORN`), and only if wsproto's frame decoder is where (8) replaces it; otherwise
+vpiska runs on hypercorn as it is (with the guard) and logs that it did. Tests run both ways.
 """
 
 from __future__ import annotations
@@ -46,20 +82,26 @@ import math
 import os
 from typing import Any
 
-import hypercorn.protocol.h11
+import h11
 import hypercorn.protocol.h2
+import hypercorn.protocol.h11
 import hypercorn.trio.run
 import trio
+from hypercorn.config import Config as HypercornConfig
 from hypercorn.events import Closed, Event, RawData, Updated
-from hypercorn.protocol.events import StreamClosed
-from hypercorn.protocol.ws_stream import FrameTooLargeError, WSStream
-from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
+from hypercorn.protocol.events import Body, Data, StreamClosed
+from hypercorn.protocol.events import Event as StreamEvent
+from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.ws_stream import ASGIWebsocketState, FrameTooLargeError, WSStream
+from hypercorn.trio.tcp_server import MAX_RECV
 from wsproto.connection import ConnectionState
 from wsproto.events import CloseConnection, Message, Ping
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError
 
 from vpiska import metrics
+from vpiska.http.connection_guard import GuardedTCPServer
+from vpiska.http.ws_limits import bound_messages, fits_wsproto
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +114,44 @@ SINK = "vpiska.direct_sink"  # the ASGI scope extension that carries a connectio
 class VpiskaWSStream(WSStream):
     _pings: trio.CancelScope | None = None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Set once the app has accepted or refused the handshake, or the stream closed: until
+        # then bytes after the request wait for it (6), and so does the socket's reader.
+        self._decided = trio.Event()
+        self._app_done = False
+
+    async def handle(self, event: StreamEvent) -> None:
+        if isinstance(event, Body | Data) and not self.closed and not self._decided.is_set():
+            await self._decided.wait()
+        if isinstance(event, Body | Data) and not self.closed:
+            if not self.handshake.accepted:
+                return  # the app refused: the connection ends after its answer, unread (6)
+        if isinstance(event, StreamClosed) and self._app_done:
+            self.closed = True  # nobody is left to tell; telling could wait forever (7)
+        else:
+            await super().handle(event)
+        if self.closed:
+            self._decided.set()
+            if self._pings is not None:
+                self._pings.cancel()
+
+    async def app_send(self, message: Any) -> None:
+        if message is None:
+            self._app_done = True
+        await super().app_send(message)
+        if self.state is not ASGIWebsocketState.HANDSHAKE:
+            self._decided.set()
+
     async def _accept(self, message: Any) -> None:
+        self.handshake.extensions = None  # no permessage-deflate (ws_limits.py)
         await super()._accept(message)
+        # The reader is held until `_decided`, so no byte has reached the new connection yet.
+        bound_messages(self.connection, self.config.websocket_max_message_size)
         sink = DirectSink.for_stream(self)
         if sink is not None:
-            self.scope["extensions"][SINK] = sink
+            extensions: dict[str, Any] = self.scope["extensions"]
+            extensions[SINK] = sink
 
     async def _send_pings(self) -> None:
         with trio.CancelScope() as self._pings:
@@ -85,23 +160,22 @@ class VpiskaWSStream(WSStream):
             await trio.sleep(self.config.websocket_ping_interval or 0)
             await super()._send_pings()
 
-    async def handle(self, event: Event) -> None:
-        await super().handle(event)
-        if self.closed and self._pings is not None:
-            self._pings.cancel()
-
     async def _handle_events(self) -> None:
-        # hypercorn 0.18.0's loop, with one change: a CloseConnection wsproto raises on its own
-        # (state still OPEN) is sent to the peer before the stream closes.
+        # hypercorn 0.18.0's loop, with three changes: a CloseConnection wsproto raises on its
+        # own (state still OPEN) is sent to the peer and ends the connection (1, 8); so does a
+        # message over the size bound; messages after the app closed are dropped (7).
         for event in self.connection.events():
             if isinstance(event, Message):
+                if self.state is not ASGIWebsocketState.CONNECTED:
+                    continue
                 try:
                     self.buffer.extend(event)
-                except FrameTooLargeError:
-                    await self._send_wsproto_event(
-                        CloseConnection(code=CloseReason.MESSAGE_TOO_BIG))
+                except FrameTooLargeError:  # a bound in characters; ws_limits.py's is in bytes
+                    await self._fail(CloseConnection(code=CloseReason.MESSAGE_TOO_BIG))
+                    await self.send(StreamClosed(stream_id=self.stream_id))
                     break
                 if event.message_finished:
+                    assert self.app_put is not None  # set when the app was started
                     await self.app_put(self.buffer.to_message())
                     self.buffer.clear()
             elif isinstance(event, Ping):
@@ -112,6 +186,7 @@ class VpiskaWSStream(WSStream):
                 elif self.connection.state == ConnectionState.OPEN:
                     await self._fail(event)
                 await self.send(StreamClosed(stream_id=self.stream_id))
+                break
 
     async def _fail(self, event: CloseConnection) -> None:
         log.info("websocket failed", extra={"code": event.code, "cause": event.reason})
@@ -121,39 +196,112 @@ class VpiskaWSStream(WSStream):
             pass
 
 
-class VpiskaTCPServer(TCPServer):
+class ServerConfig(HypercornConfig):
+    """hypercorn's configuration and what the adapter adds to it."""
+
+    # Longest a request body may take to arrive, from its request's head; then the connection
+    # is closed (10). None: no bound.
+    body_timeout: float | None = None
+
+
+class VpiskaTCPServer(GuardedTCPServer):
+    _reading: trio.CancelScope | None = None
+    _reader: trio.lowlevel.Task | None = None
+
     async def _read_data(self) -> None:
-        # hypercorn 0.18.0's loop, with one change: a WebSocket whose read times out (a peer
-        # silent for two ping intervals, server.py) is counted as a keep-alive disconnect.
-        while True:
-            try:
-                with trio.fail_after(self.config.read_timeout or math.inf):
-                    data = await self.stream.receive_some(MAX_RECV)
-            except trio.TooSlowError:
-                if isinstance(getattr(self.protocol.protocol, "stream", None), WSStream):
-                    metrics.KEEP_ALIVE_DISCONNECTS.inc()
-                break
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                break
-            await self.protocol.handle(RawData(bytes(data)))
-            if data == b"":
-                break
+        # hypercorn 0.18.0's loop, with three changes: a WebSocket whose read times out (a peer
+        # silent for two ping intervals, server.py) is counted as a keep-alive disconnect; a
+        # request body must arrive within body_timeout (10); the loop ends when the connection
+        # is closed, also if it was waiting for the app to take its bytes (7).
+        self._reader = trio.lowlevel.current_task()
+        with trio.CancelScope() as self._reading:
+            body_deadline = math.inf
+            while True:
+                read_deadline = trio.current_time() + (self.config.read_timeout or math.inf)
+                try:
+                    with trio.fail_at(min(read_deadline, body_deadline)):
+                        data = await self.stream.receive_some(MAX_RECV)
+                except trio.TooSlowError:
+                    self._timed_out(body_deadline)
+                    await self._close_now()  # the peer sees the end now, not after the app's
+                    break
+                except (trio.ClosedResourceError, trio.BrokenResourceError):
+                    break
+                received_at = trio.current_time()
+                if received_at >= body_deadline:  # a trickle: bytes keep coming, too slowly
+                    self._timed_out(body_deadline)
+                    await self._close_now()
+                    break
+                await self.protocol.handle(RawData(bytes(data)))
+                if data == b"":
+                    break
+                if not self._receiving_body():
+                    body_deadline = math.inf
+                elif body_deadline == math.inf:
+                    body_deadline = received_at + (self._body_timeout() or math.inf)
+            await self.protocol.handle(Closed())
+
+    def _timed_out(self, body_deadline: float) -> None:
+        if trio.current_time() >= body_deadline:
+            log.info("request body too slow: connection closed",
+                     extra={"body_timeout": self._body_timeout()})
+        elif isinstance(getattr(self.protocol.protocol, "stream", None), WSStream):
+            metrics.KEEP_ALIVE_DISCONNECTS.inc()
+
+    def _receiving_body(self) -> bool:
+        protocol = self.protocol.protocol
+        return (isinstance(protocol, H11Protocol)
+                and isinstance(protocol.connection, h11.Connection)
+                and protocol.connection.their_state is h11.SEND_BODY)
+
+    def _body_timeout(self) -> float | None:
+        return self.config.body_timeout if isinstance(self.config, ServerConfig) else None
+
+    async def _close_now(self) -> None:
+        with trio.CancelScope(shield=True):
+            await self._close()
+
+    async def _initiate_server_close(self) -> None:
+        # The idle timer's close (keep_alive_timeout, or a shutdown) closed the socket under a
+        # reader that could be waiting for its app, never to be woken (7): close like the rest.
+        await self._close_connection()
+
+    async def _close_connection(self) -> None:
+        """Close the socket, stop the reader, tell the protocol.
+
+        Closing is what a protocol asks for last, often from an app task being cancelled right
+        then (9). The reader may be waiting for an app that will never take its bytes or
+        restart its cycle (7): it is stopped at once, or, when it is the task closing, at its
+        next checkpoint, once it has told the protocol.
+        """
+        await self._close_now()
+        closing_reader = trio.lowlevel.current_task() is self._reader
+        if self._reading is not None and not closing_reader:
+            self._reading.cancel()
         await self.protocol.handle(Closed())
+        if self._reading is not None and closing_reader:
+            self._reading.cancel()
 
     async def protocol_send(self, event: Event) -> None:
         if isinstance(event, Updated) and event.idle:
             with trio.CancelScope(shield=True):
                 await self.idle_task.restart(self._task_group, self._idle_timeout)
-            return
-        if not isinstance(event, RawData):
+        elif isinstance(event, Closed):
+            await self._close_connection()
+        elif isinstance(event, RawData):
+            async with self.send_lock:
+                try:
+                    with trio.CancelScope(shield=True):
+                        await self.stream.send_all(event.data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError,
+                        trio.BusyResourceError):
+                    broken = True
+                else:
+                    broken = False
+            if broken:  # a peer that reset the connection: closed like any other (7)
+                await self._close_connection()
+        else:
             await super().protocol_send(event)
-            return
-        async with self.send_lock:
-            try:
-                with trio.CancelScope(shield=True):
-                    await self.stream.send_all(event.data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
-                await self.protocol.handle(Closed())
 
 
 class DirectSink:
@@ -220,15 +368,16 @@ def install(*, enabled: bool = True) -> bool:
 
     It swaps the classes hypercorn instantiates (its trio TCPServer, and the WSStream of its
     HTTP/1.1 and HTTP/2 protocols), and swaps them back when not in use, so the choice can be
-    made per server start.
+    made per server start. The connection guard (connection_guard.py) is installed either way.
     """
     version = installed_hypercorn()
-    use = enabled and version in TESTED_HYPERCORN
+    use = enabled and version in TESTED_HYPERCORN and fits_wsproto()
     stream_class = VpiskaWSStream if use else WSStream
-    hypercorn.protocol.h11.WSStream = stream_class  # type: ignore[misc]
-    hypercorn.protocol.h2.WSStream = stream_class  # type: ignore[misc]
-    hypercorn.trio.run.TCPServer = VpiskaTCPServer if use else TCPServer  # type: ignore[misc]
+    hypercorn.protocol.h11.WSStream = stream_class  # type: ignore[attr-defined]
+    hypercorn.protocol.h2.WSStream = stream_class  # type: ignore[attr-defined]
+    hypercorn.trio.run.TCPServer = (  # type: ignore[attr-defined]
+        VpiskaTCPServer if use else GuardedTCPServer)
     if enabled and not use:
-        log.warning("hypercorn adapter not used: written for hypercorn %s, found %s",
-                    ", ".join(sorted(TESTED_HYPERCORN)), version)
+        log.warning("hypercorn adapter not used: written for hypercorn %s and wsproto's frame "
+                    "decoder, found hypercorn %s", ", ".join(sorted(TESTED_HYPERCORN)), version)
     return use
