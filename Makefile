@@ -16,6 +16,17 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) -m vpiska
 
+# A cluster on this machine (README "Running a cluster"): deploy/local-cluster.sh installs
+# Debian's redis-server if missing, starts it on 127.0.0.1:$(REDIS_PORT) unless a Redis answers
+# there, and runs WORKERS nodes (one per core) on :5000 sharing it; Ctrl-C stops the nodes,
+# then the Redis it started.
+WORKERS ?= $(shell nproc)
+REDIS_PORT ?= 6379
+
+.PHONY: cluster
+cluster: $(STAMP)
+	WORKERS=$(WORKERS) REDIS_PORT=$(REDIS_PORT) PY=$(PY) deploy/local-cluster.sh
+
 test: $(STAMP)
 	$(PY) -m pytest
 

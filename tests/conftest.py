@@ -22,6 +22,8 @@ from vpiska.server import serve
 from vpiska.store import Store
 from vpiska.store.sqlite import SqliteStore
 
+pytest_plugins = ["tests.cluster_fixtures"]  # redis_server, cluster, tcp_proxy
+
 
 def _raise_open_file_limit() -> None:
     """The crowd tests hold a few thousand sockets (both ends in this process)."""
