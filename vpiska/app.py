@@ -75,7 +75,8 @@ def create_quart_app(services: Services) -> QuartTrio:
                                          services.store, services.media))
     app.register_blueprint(upgrade_required_routes())
     app.register_blueprint(swagger_routes())
-    app.register_blueprint(probe_routes(app, services.store, config.ready_timeout_seconds))
+    app.register_blueprint(probe_routes(app, services.store, services.events,
+                                        config.ready_timeout_seconds))
     app.register_blueprint(metrics_routes(registry_for(services.events.live_stats)))
     install_error_handlers(app)
     close_if_body_unread(app)

@@ -28,7 +28,10 @@ from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 
 from vpiska.actors import EventSupervisor
+from vpiska.actors.rooms import Rooms
 from vpiska.app import Services, create_app
+from vpiska.cluster import redis
+from vpiska.cluster.node import ClusterIndex, ClusterNode
 from vpiska.config import Config
 from vpiska.http import hypercorn_adapter
 from vpiska.store import Store, open_store
@@ -95,36 +98,84 @@ async def _serve(
     shutdown_trigger: Callable[[], Awaitable[None]] | None,
     task_status: trio.TaskStatus[list[str]],
 ) -> None:
-    async with _store(config, store) as opened:
-        supervisor = EventSupervisor(opened, config)
-        app = wrap_app(create_app(Services.build(config, opened, supervisor)),
+    async with (_store(config, store) as opened, _trigger(shutdown_trigger) as triggered,
+                _live_events(config, opened) as (supervisor, node)):
+        rooms: Rooms = supervisor if node is None else node
+        app = wrap_app(create_app(Services.build(config, opened, rooms)),
                        hypercorn_config.wsgi_max_body_size, "asgi")
         stopping = trio.Event()
 
         async def stop_serving() -> None:
-            await (shutdown_trigger or _signalled)()
+            await triggered()
             stopping.set()
 
         # The rooms' nursery is ours, outside hypercorn's: under hypercorn, tasks of quart-trio's
-        # app.nursery are cancelled the moment serving ends; here they drain first.
-        async with trio.open_nursery() as watchdog:
-            async with trio.open_nursery() as rooms:
-                await rooms.start(supervisor.run)
+        # app.nursery are cancelled the moment serving ends; here they drain first. A cluster
+        # node's own tasks (Redis, leases) outlive both: the rooms hand over through them.
+        async with trio.open_nursery() as watchdog, trio.open_nursery() as cluster:
+            if node is not None:
+                await cluster.start(node.run)
+            async with trio.open_nursery() as rooms_nursery:
+                await rooms_nursery.start(supervisor.run)
                 async with trio.open_nursery() as connections:
                     binds = await connections.start(partial(
                         worker_serve, app, hypercorn_config, sockets=sockets,
                         shutdown_trigger=stop_serving))
-                    log.info("serving", extra={"binds": binds, "store": config.store.kind,
-                                               "hypercorn_adapter": adapted})
+                    log.info("serving", extra={
+                        "binds": binds, "store": config.store.kind,
+                        "hypercorn_adapter": adapted,
+                        "cluster_node": None if node is None else node.node_id})
                     task_status.started(binds)
                     await stopping.wait()
                     deadline = trio.current_time() + config.shutdown_grace_seconds
-                    rooms.cancel_scope.deadline = deadline
+                    rooms_nursery.cancel_scope.deadline = deadline
                     connections.cancel_scope.deadline = deadline
                     watchdog.start_soon(deadline_passed.watch, deadline, supervisor)
                     await _closed(sockets)  # hypercorn stops accepting as the trigger returns
-                    await supervisor.stop()
+                    if node is None:
+                        await supervisor.stop()
+                    else:
+                        await node.leave()
+            cluster.cancel_scope.cancel()
             watchdog.cancel_scope.cancel()  # everything ended: nothing to watch any more
+
+
+@asynccontextmanager
+async def _live_events(config: Config, store: Store
+                       ) -> AsyncIterator[tuple[EventSupervisor, ClusterNode | None]]:
+    """The supervisor of this process's rooms and, with REDIS_URL, the cluster node around it."""
+    if config.redis_url is None:
+        yield EventSupervisor(store, config), None
+        return
+    async with redis.connect(config.redis_url) as client:
+        index = ClusterIndex()
+        node: ClusterNode | None = None
+
+        def room_ended(event_id: str) -> None:
+            assert node is not None
+            node.room_ended(event_id)
+
+        supervisor = EventSupervisor(store, config, serve_all=False, index=index,
+                                     on_room_ended=room_ended)
+        node = ClusterNode(config, store, supervisor, client, config.redis_url, index)
+        yield supervisor, node
+
+
+@asynccontextmanager
+async def _trigger(given: Callable[[], Awaitable[None]] | None
+                   ) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """What ends serving: `given`, or SIGINT/SIGTERM, caught from before the server listens
+    (a signal between 'serving' and hypercorn's own start of the trigger would kill it)."""
+    if given is not None:
+        yield given
+        return
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async def signalled() -> None:
+            async for signum in signals:
+                log.info("shutting down", extra={"signal": signal.Signals(signum).name})
+                return
+
+        yield signalled
 
 
 @asynccontextmanager
@@ -134,13 +185,6 @@ async def _store(config: Config, given: Store | None) -> AsyncIterator[Store]:
         return
     async with open_store(config) as store:
         yield store
-
-
-async def _signalled() -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            log.info("shutting down", extra={"signal": signal.Signals(signum).name})
-            return
 
 
 async def _closed(sockets: Sockets) -> None:

@@ -37,6 +37,10 @@ class Rooms(Protocol):
     def stopping(self) -> bool:
         """Shutting down: no event is opened, no socket joins."""
 
+    @property
+    def ready(self) -> bool:
+        """Able to serve events (in a cluster: Redis answers); GET /readyz says so."""
+
     async def find(self, event_id: str) -> RoomHandle | None:
         """The room of an open event; None if it is unknown or closed."""
 

@@ -107,6 +107,10 @@ class EventSupervisor:
         return self._stopping.is_set()
 
     @property
+    def ready(self) -> bool:
+        return True  # one node needs nothing but its store, which /readyz pings itself
+
+    @property
     def event_ids(self) -> list[str]:
         """The events that still have a room (for the log of a shutdown that ran out of time)."""
         return list(self._rooms)

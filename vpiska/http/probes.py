@@ -1,8 +1,9 @@
 """`GET /healthz` and `GET /readyz`: what an orchestrator asks before routing traffic here.
 
 Liveness says only that the process serves requests, so a slow database never gets a healthy
-process restarted. Readiness says the store answers a ping within READY_TIMEOUT_SECONDS; if it
-does not, 503, and the load balancer sends clients elsewhere until it does.
+process restarted. Readiness says the store answers a ping within READY_TIMEOUT_SECONDS, and in
+a cluster that Redis answered the node's last heartbeat; if not, 503, and the load balancer
+sends clients elsewhere until it does.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import trio
 from quart import Blueprint
 from quart_trio import QuartTrio
 
+from vpiska.actors.rooms import Rooms
 from vpiska.errors import ErrorCode
 from vpiska.http.envelope import failure, success
 from vpiska.store import Store
@@ -63,7 +65,7 @@ class _Ping:
         self.failure: Exception | None = None
 
 
-def probe_routes(app: QuartTrio, store: Store, ready_timeout: float) -> Blueprint:
+def probe_routes(app: QuartTrio, store: Store, rooms: Rooms, ready_timeout: float) -> Blueprint:
     routes = Blueprint("probes", __name__)
     ping = StorePing(store)
 
@@ -73,6 +75,9 @@ def probe_routes(app: QuartTrio, store: Store, ready_timeout: float) -> Blueprin
 
     @routes.get("/readyz")
     async def ready() -> Any:
+        if not rooms.ready:
+            log.warning("not ready", extra={"cause": "the cluster's Redis does not answer"})
+            return failure(ErrorCode.INTERNAL_ERROR, status=503)
         if await ping.answers_within(ready_timeout, app.nursery):
             return success({"status": "ready"})
         return failure(ErrorCode.INTERNAL_ERROR, status=503)

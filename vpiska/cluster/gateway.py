@@ -1,0 +1,442 @@
+"""A gateway: an event owned by another node, as this node's sockets and requests see it.
+
+A socket lands on whatever node the balancer picked; that node is its gateway. `GatewayRoom`
+offers the sockets and the HTTP handlers the interface of a local Room (ask, send, leave), and
+carries it over Redis: requests to the owner (found through its lease, activated if there is
+none), the owner's frames from the event's channel to the local sockets, each frame's wire
+bytes built once for all of them.
+
+Ordering and gaps. Every message of the owner is numbered (epoch, seq). A joining socket is
+held until the owner's answer says which seq it joined at; it then gets the state it was sent
+and every frame after that seq, nothing before. A message whose seq skips one means frames
+were lost on the way (Redis pub/sub is at most once): the gateway never hides that, it closes
+its sockets with 1012 and they rejoin with `since` (the store has every line). A new owner
+(after a failover or a handover) says Hello with the chat's length: the gateway reads the
+lines it had not seen from the store, tells the new owner who its sockets are, and its sockets
+stay open.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Protocol
+
+import trio
+
+from vpiska import metrics
+from vpiska.actors import CloseCode, EventView, Member, OutboxClosed, OutboxFull
+from vpiska.actors.commands import (
+    AddMedia,
+    Chat,
+    Close,
+    Join,
+    Joined,
+    RemoveMedia,
+    Reply as ReplyChannel,
+    Snapshot,
+    Update,
+)
+from vpiska.actors.frames import Frame, chat_message
+from vpiska.cluster import redis
+from vpiska.cluster.bus import Bus
+from vpiska.cluster.protocol import (
+    CloseAll,
+    EventMessage,
+    Frames,
+    Handover,
+    Hello,
+    Reply,
+    decode,
+)
+from vpiska.cluster.rpc import NoAnswer, Rpc, Unreachable
+from vpiska.domain import Coordinates, Event, EventMedia
+from vpiska.errors import DomainError, ErrorCode
+from vpiska.store import Store
+
+log = logging.getLogger(__name__)
+
+# Between tries to reach an owner that is not there yet (a failover, a handover).
+RETRY_SECONDS = 0.05
+
+
+class Owners(Protocol):
+    """What a gateway needs of its node: who owns an event (activating it if nobody does)."""
+
+    node_id: str
+
+    async def owner_of(self, event_id: str) -> str:
+        """The owning node; DomainError(EventNotFound) if the event is unknown or closed."""
+
+    def forget_owner(self, event_id: str) -> None:
+        """The cached owner did not answer as one: ask Redis next time."""
+
+
+@dataclasses.dataclass(eq=False)
+class _Socket:
+    member: Member
+    key: str
+    held: list[tuple[int, Frame]] | None  # frames arrived before the join's answer
+
+
+class GatewayRoom:
+    """Resource handling: the gateway subscribes to the event's channel while it has sockets
+    and unsubscribes after the last one leaves; `closed` is set then, and the node forgets it.
+    Tasks it starts (leaves, syncs, catch-ups) run in the node's nursery."""
+
+    def __init__(self, event_id: str, owner_id: str, *, owners: Owners, bus: Bus, rpc: Rpc,
+                 store: Store, nursery: trio.Nursery, reply_timeout: float,
+                 owner_silence: float, on_empty: Callable[[GatewayRoom], None]) -> None:
+        self.event_id = event_id
+        self.owner_id = owner_id  # the event's owner user, for the early check of uploads
+        self.failed = False
+        self._owners = owners
+        self._bus = bus
+        self._rpc = rpc
+        self._store = store
+        self._nursery = nursery
+        self._reply_timeout = reply_timeout
+        self._owner_silence = owner_silence  # how long a handover may go without a Hello
+        self._on_empty = on_empty
+        self._keys = (f"{owners.node_id}-{n}" for n in itertools.count(1))
+        self._sockets: dict[str, _Socket] = {}
+        self._key_of: dict[Member, str] = {}
+        self._subscription: trio.Event | None = None  # set once the channel is listened to
+        self._epoch: int | None = None  # the owner's epoch we follow; None until a join
+        self._seq = 0
+        self._chat_length = 0
+        self._early: list[EventMessage] = []  # messages before the first join's answer
+        self._waiting: list[EventMessage] | None = None  # messages during a catch-up
+        self._handover_deadline: trio.CancelScope | None = None
+
+    # The Room interface of vpiska/http.
+
+    @property
+    def users_count(self) -> int:
+        return len({s.member.identity.user_id for s in self._sockets.values()})
+
+    @property
+    def sockets(self) -> int:
+        return len(self._sockets)
+
+    async def ask(self, make: Callable[[ReplyChannel], object]) -> object:
+        reply, answer = trio.open_memory_channel[Any](1)
+        answer.close()
+        command = make(reply)
+        reply.close()
+        if isinstance(command, Join):
+            return await self._join(command.member)
+        if isinstance(command, Snapshot):
+            return _view(await self._request("snapshot", {}))
+        if isinstance(command, Update):
+            return await self._request("update", {
+                "by": command.by, "address": command.address,
+                "x": command.coordinates.x, "y": command.coordinates.y})
+        if isinstance(command, AddMedia):
+            return await self._request("add_media", {
+                "by": command.by, "id": command.media.id,
+                "content_type": command.media.content_type})
+        if isinstance(command, RemoveMedia):
+            return await self._request("remove_media",
+                                       {"by": command.by, "media_id": command.media_id})
+        if isinstance(command, Close):
+            return await self._request("close", {"by": command.by})
+        raise TypeError(f"GatewayRoom cannot ask {command!r}")
+
+    async def send(self, command: object) -> bool:
+        """A chat line to the owner; kept trying through a failover up to the reply
+        deadline, then dropped (and logged): a line nobody saw was never acknowledged."""
+        assert isinstance(command, Chat)
+        identity = command.sender
+        args = {"user": identity.user_id, "name": identity.name, "image": identity.image_id,
+                "text": command.text}
+        with trio.move_on_after(self._reply_timeout):
+            while True:
+                try:
+                    await self._rpc.tell(await self._owners.owner_of(self.event_id), "chat",
+                                         self.event_id, args)
+                    return True
+                except Unreachable:
+                    self._owners.forget_owner(self.event_id)
+                except DomainError:
+                    return True  # closed meanwhile: the socket is being closed
+                await trio.sleep(RETRY_SECONDS)
+        log.warning("chat line dropped: no owner reachable", extra={"event_id": self.event_id})
+        return True
+
+    def leave(self, member: Member) -> None:
+        key = self._key_of.pop(member, None)
+        if key is None:
+            return
+        del self._sockets[key]
+        self._nursery.start_soon(self._tell_owner, "leave", {"key": key})
+        if not self._sockets:
+            self._nursery.start_soon(self._unsubscribe)
+
+    def close(self, code: CloseCode) -> None:
+        """Close this node's sockets of the event (the node is leaving the cluster)."""
+        for socket in list(self._sockets.values()):
+            socket.member.outbox.finish(code)
+
+    # Joining.
+
+    async def _join(self, member: Member) -> Joined:
+        key = next(self._keys)
+        self._sockets[key] = _Socket(member, key, held=[])
+        self._key_of[member] = key
+        try:
+            await self._subscribe()
+            answer = await self._request("join", {
+                "user": member.identity.user_id, "name": member.identity.name,
+                "image": member.identity.image_id, "key": key})
+        except BaseException:
+            self.leave(member)
+            raise
+        epoch, seq = int(answer["epoch"]), int(answer["seq"])
+        self._chat_length = max(self._chat_length, int(answer["chat_length"]))
+        if self._epoch is None:  # the first socket: this answer is where the stream starts
+            self._epoch, self._seq = epoch, seq
+            early, self._early = self._early, []
+            for message in early:
+                self._process(message)
+        socket = self._sockets.get(key)
+        if socket is None:  # gone while joining (closed, or the stream was lost)
+            raise DomainError(ErrorCode.EVENT_NOT_FOUND)
+        if epoch != self._epoch:  # the owner changed while this socket joined
+            self._lost("the owner changed during a join")
+            raise DomainError(ErrorCode.INTERNAL_ERROR)
+        held, socket.held = socket.held or [], None
+        if answer.get("state") is not None:
+            self._deliver(socket, Frame(str(answer["state"])))
+        for frame_seq, frame in held:
+            if frame_seq > seq and key in self._sockets:
+                self._deliver(socket, frame)
+        return Joined(int(answer["chat_length"]), seq)
+
+    async def _subscribe(self) -> None:
+        if self._subscription is None:
+            self._subscription = trio.Event()
+            await self._bus.subscribe(redis.event_channel(self.event_id), self._received,
+                                      self._renewed)
+            self._subscription.set()
+        await self._subscription.wait()
+
+    async def _unsubscribe(self) -> None:
+        if self._sockets or self._subscription is None:
+            return
+        self._subscription = None
+        self._epoch, self._seq, self._early = None, 0, []
+        await self._bus.unsubscribe(redis.event_channel(self.event_id))
+        if not self._sockets:
+            self._on_empty(self)
+
+    # The owner's messages.
+
+    def _received(self, data: bytes) -> None:
+        message = decode(data)
+        if not isinstance(message, Frames | Hello | Handover | CloseAll):
+            return
+        if self._epoch is None:
+            self._early.append(message)
+        elif self._waiting is not None:
+            self._waiting.append(message)
+        else:
+            self._process(message)
+
+    def _process(self, message: EventMessage) -> None:
+        assert self._epoch is not None
+        if message.epoch < self._epoch:
+            return  # from an owner fenced off since: nothing it says counts
+        if message.epoch > self._epoch:
+            if isinstance(message, Hello):
+                self._new_owner(message)
+            else:
+                self._lost("a new owner without its hello")
+            return
+        if message.seq <= self._seq:
+            return  # had it already
+        if message.seq != self._seq + 1:
+            self._lost(f"frames {self._seq + 1}..{message.seq - 1} missing")
+            return
+        if isinstance(message, Frames):
+            self._seq = message.last_seq
+            self._fan_out(message)
+        elif isinstance(message, CloseAll):
+            self._seq = message.seq
+            self.failed = message.code == CloseCode.INTERNAL_ERROR
+            for socket in list(self._sockets.values()):
+                socket.member.outbox.finish(CloseCode(message.code))
+        elif isinstance(message, Handover):
+            self._seq = message.seq
+            self._nursery.start_soon(self._await_new_owner)
+        else:
+            self._seq = message.seq  # a Hello of the epoch we follow: nothing new
+
+    def _fan_out(self, message: Frames) -> None:
+        delivered = 0
+        for offset, (chat, text) in enumerate(message.frames):
+            frame = Frame(text)
+            if chat is not None:
+                self._chat_length = max(self._chat_length, chat + 1)
+            for socket in list(self._sockets.values()):
+                if socket.held is not None:
+                    socket.held.append((message.seq + offset, frame))
+                elif self._deliver(socket, frame):
+                    delivered += 1
+        metrics.FRAMES_SENT.inc(delivered)
+
+    def _deliver(self, socket: _Socket, frame: Frame) -> bool:
+        try:
+            socket.member.outbox.deliver(frame)
+            return True
+        except OutboxFull:
+            log.info("slow consumer disconnected", extra={
+                "event_id": self.event_id, "user_id": socket.member.identity.user_id})
+            socket.member.outbox.abort(CloseCode.SLOW_CONSUMER)
+            metrics.SLOW_CONSUMER_DISCONNECTS.inc()
+        except OutboxClosed:
+            pass
+        self.leave(socket.member)
+        return False
+
+    def _lost(self, cause: str) -> None:
+        """Frames may be missing: nothing here can show them, so the sockets rejoin."""
+        log.warning("event stream lost; sockets told to reconnect",
+                    extra={"event_id": self.event_id, "cause": cause,
+                           "sockets": len(self._sockets)})
+        self._epoch, self._seq, self._early, self._waiting = None, 0, [], None
+        for socket in list(self._sockets.values()):
+            socket.member.outbox.finish(CloseCode.SERVICE_RESTART)
+
+    def _renewed(self) -> None:
+        """The subscription was renewed after a lost connection: check nothing was missed."""
+        self._nursery.start_soon(self._verify)
+
+    async def _verify(self) -> None:
+        if self._epoch is None:
+            return
+        try:
+            position = await self._request("position", {})
+        except DomainError:
+            self._nursery.start_soon(self._await_new_owner)
+            return
+        if int(position["epoch"]) == self._epoch and int(position["seq"]) == self._seq:
+            return
+        if int(position["epoch"]) > self._epoch:
+            return  # a new owner: its Hello is on the way (or lost: then its frames say so)
+        self._lost("messages lost while the subscription was down")
+
+    # A new owner.
+
+    async def _await_new_owner(self) -> None:
+        """After a handover (or a lost owner) a Hello must follow; without one, give up."""
+        epoch = self._epoch
+        with trio.move_on_after(self._owner_silence):
+            while self._epoch == epoch and self._sockets:
+                try:  # asking activates the event if nobody has yet
+                    await self._owners.owner_of(self.event_id)
+                except DomainError:
+                    break
+                await trio.sleep(RETRY_SECONDS * 10)
+            return
+        if self._epoch == epoch and self._sockets:
+            self._lost("no new owner after a handover")
+
+    def _new_owner(self, hello: Hello) -> None:
+        self._epoch, self._seq = hello.epoch, hello.seq
+        self._waiting = []
+        self._nursery.start_soon(self._catch_up, hello)
+
+    async def _catch_up(self, hello: Hello) -> None:
+        """Show the lines this gateway missed between owners, then follow the new one."""
+        try:
+            if hello.chat_length > self._chat_length:
+                missed = await self._store.chat(self.event_id, self._chat_length)
+                for line in missed[: hello.chat_length - self._chat_length]:
+                    frame = chat_message(line)
+                    for socket in list(self._sockets.values()):
+                        if socket.held is None:
+                            self._deliver(socket, frame)
+                self._chat_length = hello.chat_length
+            await self._sync(hello.origin)
+        except Exception as error:  # the store or Redis failed: the sockets rejoin instead
+            log.warning("catch-up after a new owner failed",
+                        extra={"event_id": self.event_id, "cause": repr(error)})
+            self._lost("catch-up failed")
+            return
+        waiting, self._waiting = self._waiting or [], None
+        for message in waiting:
+            if self._epoch is None:
+                break
+            self._process(message)
+
+    async def _sync(self, owner: str) -> None:
+        """Tell the owner which sockets of this event are here."""
+        members = [[key, s.member.identity.user_id, s.member.identity.name,
+                    s.member.identity.image_id] for key, s in self._sockets.items()]
+        try:
+            await self._rpc.tell(owner, "sync", self.event_id,
+                                 {"gateway": self._owners.node_id, "members": members})
+        except Unreachable:
+            self._owners.forget_owner(self.event_id)
+
+    # Talking to the owner.
+
+    async def _tell_owner(self, op: str, args: dict[str, Any]) -> None:
+        try:
+            await self._rpc.tell(await self._owners.owner_of(self.event_id), op,
+                                 self.event_id, args)
+        except (Unreachable, DomainError):
+            pass  # an owner that is gone forgets this socket with this node's heartbeat
+
+    async def _request(self, op: str, args: dict[str, Any]) -> Any:
+        """Ask the owner; through a failover, until the reply deadline.
+
+        Error handling: the owner's refusal as DomainError; InternalError (logged) when no
+        owner answered in time.
+        """
+        with trio.move_on_after(self._reply_timeout):
+            while True:
+                owner = await self._owners.owner_of(self.event_id)
+                try:
+                    reply = await self._rpc.ask(owner, op, self.event_id, args,
+                                                self._reply_timeout)
+                except Unreachable:
+                    self._owners.forget_owner(self.event_id)
+                    await trio.sleep(RETRY_SECONDS)
+                    continue
+                except NoAnswer:
+                    break
+                if reply.status == "not_owner":
+                    self._owners.forget_owner(self.event_id)
+                    await trio.sleep(RETRY_SECONDS)
+                    continue
+                return _answer(reply)
+        log.error("event command failed", extra={"event_id": self.event_id, "op": op,
+                                                 "cause": "no owner answered in time"})
+        raise DomainError(ErrorCode.INTERNAL_ERROR)
+
+
+def _answer(reply: Reply) -> Any:
+    if reply.status == "ok":
+        return reply.value
+    if reply.status == "refused":
+        raise DomainError(*(ErrorCode(code) for code in reply.value))
+    raise DomainError(ErrorCode.INTERNAL_ERROR)
+
+
+def _view(value: dict[str, Any]) -> EventView:
+    """An owner's `snapshot` answer as the EventView a local room gives."""
+    shown = value["event"]
+    event = Event(
+        id=shown["id"], owner_id=shown["ownerId"], name=shown["name"],
+        address=shown["address"],
+        coordinates=Coordinates(float(shown["coordinates"]["x"]),
+                                float(shown["coordinates"]["y"])),
+        created_at=datetime.fromisoformat(value["created_at"]), is_open=bool(value["open"]),
+        media=tuple(EventMedia(m["id"], m["contentType"]) for m in shown["media"]))
+    return EventView(event, int(shown["usersCount"]), int(value["chat_length"]))
+

@@ -1,0 +1,425 @@
+"""One node of the cluster: its heartbeat, its leases, its rooms and its gateways, in one place.
+
+What a node does, every third of the lease TTL (`_keep_alive`):
+- beats in the nodes set and learns which nodes are alive;
+- renews the leases of the events it owns; a lease it finds lost is fenced at once (the
+  room stops, its sockets are told to reconnect with 1012);
+- if it could not reach Redis for two thirds of the TTL, fences every room it owns before
+  any lease could expire (self-fencing): another node may own them by the time it is back;
+- takes over the orphans it is designated for (rendezvous hashing over the live nodes).
+
+An event nobody owns is also activated on demand: a request or a chat line for it goes to the
+node it is designated for, which acquires the lease, claims the epoch in the store (from then
+on the store refuses older owners' writes) and starts the actor.
+
+Leaving (SIGTERM): the node leaves the nodes set, hands every room over (each drains, says
+Handover, its own sockets close with 1012), releases the leases and tells the others to look
+for orphans now, not after a TTL.
+
+The map index `events/range` reads is cluster-wide on every node: loaded from the store at
+start, then kept current by notices (created, moved, closed, counted) on the cluster channel,
+and reloaded from the store when that channel's subscription was renewed after a lost
+connection (notices may have been missed).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import coredis
+import trio
+from coredis.exceptions import RedisError
+
+from vpiska import metrics
+from vpiska.actors import CloseCode, EventSupervisor, Room
+from vpiska.actors.geo import MapIndex, Spot
+from vpiska.cluster import redis
+from vpiska.cluster.bus import Bus
+from vpiska.cluster.gateway import GatewayRoom
+from vpiska.cluster.leases import Lease, Leases
+from vpiska.cluster.nodes import designated, new_node_id
+from vpiska.cluster.owner import OwnerLink
+from vpiska.cluster.protocol import Notice, Reply, Request, decode, encode
+from vpiska.cluster.rpc import Rpc
+from vpiska.config import Config
+from vpiska.domain import Coordinates, Event
+from vpiska.errors import DomainError, ErrorCode
+from vpiska.store import Store
+
+log = logging.getLogger(__name__)
+
+# Every this many beats the node also looks for orphans it should own, in case a notice was
+# missed (a node's death is noticed by its missing heartbeat, not by any message).
+RECONCILE_EVERY_BEATS = 3
+
+
+class ClusterIndex(MapIndex):
+    """The map of every open event of the cluster. A change this node makes (an owner's move
+    or close) is told to the others; theirs arrive as notices (`ClusterNode`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.node: ClusterNode | None = None
+
+    def move(self, event_id: str, coordinates: Coordinates) -> None:
+        super().move(event_id, coordinates)
+        if self.node is not None:
+            self.node.notify_soon("moved", event_id, {"x": coordinates.x, "y": coordinates.y})
+
+    def remove(self, event_id: str) -> None:
+        super().remove(event_id)
+        if self.node is not None:
+            self.node.notify_soon("closed", event_id, {})
+
+    def moved_elsewhere(self, event_id: str, coordinates: Coordinates) -> None:
+        """Another node's move, told by its notice: applied, not told again."""
+        super().move(event_id, coordinates)
+
+    def closed_elsewhere(self, event_id: str) -> None:
+        super().remove(event_id)
+
+
+class ClusterNode:
+    """The `Rooms` of vpiska/http in a cluster (vpiska/actors/rooms.py).
+
+    Resource handling: `run` owns every task of the node (the bus, the sender, the heartbeat)
+    and returns only when cancelled; `leave` hands the rooms over first."""
+
+    def __init__(self, config: Config, store: Store, supervisor: EventSupervisor,
+                 client: coredis.Redis[bytes], url: str, index: ClusterIndex) -> None:
+        self.node_id = new_node_id()
+        self._config = config
+        self._store = store
+        self._supervisor = supervisor
+        self._client = client
+        self._ttl = config.lease_ttl_seconds
+        self._bus = Bus(url, client)
+        self._rpc = Rpc(self._bus, self.node_id)
+        self._leases = Leases(client, self.node_id, self._ttl)
+        self.owner_link = OwnerLink(self.node_id, self._bus, self._rpc, supervisor,
+                                    notify=self.notify_soon)
+        self._heartbeat = client.register_script(redis.HEARTBEAT)
+        self._index = index
+        index.node = self
+        self._owned: dict[str, Lease] = {}
+        self._owners: dict[str, str] = {}  # cached owner node of events owned elsewhere
+        self._gateways: dict[str, GatewayRoom] = {}
+        self._activating: dict[str, trio.Event] = {}
+        self._live: frozenset[str] = frozenset()
+        self._counts: dict[str, int] = {}  # usersCount of events owned elsewhere
+        self._last_renewal = -math.inf
+        self.healthy = False  # Redis answered the last heartbeat
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(self._bus.run)
+            await self._bus.subscribe(redis.node_channel(self.node_id), self._node_message,
+                                      lambda: None)
+            await self._bus.subscribe(redis.CLUSTER_CHANNEL, self._cluster_message,
+                                      self._cluster_renewed)
+            nursery.start_soon(self.owner_link.run)
+            await self._beat(joining=True)
+            nursery.start_soon(self._keep_alive)
+            log.info("cluster node started", extra={"node": self.node_id,
+                                                    "live_nodes": sorted(self._live)})
+            task_status.started()
+
+    # What vpiska/http asks of the cluster (the Rooms interface).
+
+    @property
+    def stopping(self) -> bool:
+        return self._supervisor.stopping
+
+    @property
+    def ready(self) -> bool:
+        """Redis answered the last heartbeat: this node can reach the others."""
+        return self.healthy
+
+    async def open_event(self, owner_id: str, name: str, address: str,
+                         coordinates: Coordinates) -> Event:
+        event = await self._supervisor.create_event(owner_id, name, address, coordinates)
+        await self.event_opened(event)
+        return event
+
+    def in_range(self, x_low: float, x_high: float, y_low: float, y_high: float) -> list[Spot]:
+        return self._index.within(x_low, x_high, y_low, y_high)
+
+    def live_stats(self) -> metrics.LiveStats:
+        """This node's rooms, and the sockets it is the gateway of."""
+        own = self._supervisor.live_stats()
+        gateways = self._gateways.values()
+        return metrics.LiveStats(
+            open_events=own.open_events,
+            sockets=own.sockets + sum(gateway.sockets for gateway in gateways),
+            members=own.members,
+            restarts=own.restarts)
+
+    async def find(self, event_id: str) -> Room | GatewayRoom | None:
+        """The room to talk to for `event_id`: ours if we own it, else a gateway to its owner;
+        None if the event is unknown or closed."""
+        room = self._supervisor.room(event_id)
+        if room is not None:
+            return room
+        gateway = self._gateways.get(event_id)
+        if gateway is not None:
+            return gateway
+        event = await self._store.event(event_id)
+        if event is None or not event.is_open:
+            return None
+        room = self._supervisor.room(event_id)  # activated while we read
+        if room is not None:
+            return room
+        return self._gateways.setdefault(event_id, self._gateway(event))
+
+    def users_count(self, event_id: str) -> int:
+        room = self._supervisor.room(event_id)
+        return room.users_count if room is not None else self._counts.get(event_id, 0)
+
+    async def event_opened(self, event: Event) -> None:
+        """A new event was stored here: every node's index learns it; its owner starts it."""
+        self._index.put(event.id, event.name, event.coordinates)
+        await self._notify("created", event.id, {
+            "name": event.name, "x": event.coordinates.x, "y": event.coordinates.y})
+        if designated(event.id, self._live or {self.node_id}) == self.node_id:
+            await self.activate(event.id)
+
+    # Ownership.
+
+    async def owner_of(self, event_id: str) -> str:
+        """The node owning `event_id`, or the one designated to (it activates on the first
+        request). Error handling: EventNotFound if no such open event; InternalError when
+        Redis is unreachable."""
+        if self._supervisor.room(event_id) is not None:
+            return self.node_id
+        cached = self._owners.get(event_id)
+        if cached is not None:
+            return cached
+        try:
+            lease = await self._leases.holder(event_id)
+        except (RedisError, TimeoutError) as error:
+            log.warning("owner unknown: Redis unreachable", extra={"cause": repr(error)})
+            raise DomainError(ErrorCode.INTERNAL_ERROR) from None
+        if lease is not None:
+            self._owners[event_id] = lease.node_id
+            return lease.node_id
+        event = await self._store.event(event_id)
+        if event is None or not event.is_open:
+            raise DomainError(ErrorCode.EVENT_NOT_FOUND)
+        target = designated(event_id, self._live or {self.node_id}) or self.node_id
+        if target == self.node_id:
+            await self.activate(event_id)
+        return target
+
+    def forget_owner(self, event_id: str) -> None:
+        self._owners.pop(event_id, None)
+
+    async def activate(self, event_id: str) -> Room | None:
+        """Own `event_id` if nobody does: the lease, a new epoch claimed in the store, the
+        actor. The room, or None if another node holds it or the event is closed."""
+        done = self._activating.get(event_id)
+        if done is not None:  # another task of ours is at it
+            await done.wait()
+            return self._supervisor.room(event_id)
+        done = self._activating[event_id] = trio.Event()
+        try:
+            if (room := self._supervisor.room(event_id)) is not None:
+                return room
+            try:
+                lease = await self._leases.acquire(event_id)
+            except (RedisError, TimeoutError) as error:
+                log.warning("not activated: Redis unreachable", extra={
+                    "event_id": event_id, "cause": repr(error)})
+                return None
+            if lease is None:
+                return None
+            room = await self._supervisor.activate(event_id, lease.epoch, self.owner_link)
+            if room is None:  # closed meanwhile, or claimed by a newer epoch
+                await self._release(lease)
+                return None
+            self._owned[event_id] = lease
+            self._owners.pop(event_id, None)
+            log.info("event activated", extra={"event_id": event_id, "epoch": lease.epoch})
+            return room
+        finally:
+            del self._activating[event_id]
+            done.set()
+
+    def room_ended(self, event_id: str) -> None:
+        """A room of ours ended (closed, stopped, failed, fenced): free its lease."""
+        lease = self._owned.pop(event_id, None)
+        if lease is not None and self._nursery is not None:
+            self._nursery.start_soon(self._release, lease)
+
+    async def _release(self, lease: Lease) -> None:
+        try:
+            await self._leases.release(lease)
+        except (RedisError, TimeoutError):
+            pass  # it expires on its own
+
+    def _fence(self, event_ids: Sequence[str], cause: str) -> None:
+        for event_id in event_ids:
+            self._owned.pop(event_id, None)
+            self._supervisor.fence(event_id)
+        if event_ids:
+            log.warning("rooms fenced", extra={"events": list(event_ids), "cause": cause})
+
+    # The heartbeat.
+
+    async def _keep_alive(self) -> None:
+        beats = 0
+        while True:
+            await trio.sleep(self._ttl / 3)
+            beats += 1
+            try:
+                changed = await self._beat()
+                lost = await self._leases.renew(list(self._owned.values()))
+                self._last_renewal = trio.current_time()
+            except (RedisError, TimeoutError, OSError) as error:
+                self.healthy = False
+                if (self._owned
+                        and trio.current_time() - self._last_renewal > self._ttl * 2 / 3):
+                    self._fence(list(self._owned), f"Redis unreachable: {error!r}")
+                continue
+            self._fence([lease.event_id for lease in lost], "lease lost")
+            if changed or beats % RECONCILE_EVERY_BEATS == 0:
+                await self._reconcile()
+
+    async def _beat(self, *, joining: bool = False, leaving: bool = False) -> bool:
+        """Beat (or leave); True if the set of live nodes changed."""
+        ttl_ms = int(self._ttl * 1000)
+        live = frozenset(node.decode() for node in await self._heartbeat(
+            keys=[redis.NODES], args=[self.node_id, ttl_ms, "0" if leaving else "1"]))
+        self.healthy = True
+        if joining:
+            self._last_renewal = trio.current_time()
+        gone = self._live - live
+        changed = live != self._live
+        self._live = live
+        for node in gone:
+            self.owner_link.drop_gateway(node)
+        return changed
+
+    async def _reconcile(self) -> None:
+        """Take over the orphans this node is designated for."""
+        live = self._live | {self.node_id}
+        mine = [event_id for event_id in self._index.event_ids()
+                if event_id not in self._owned and designated(event_id, live) == self.node_id]
+        if not mine:
+            return
+        try:
+            holders = await self._client.mget([redis.lease_key(e) for e in mine])
+        except (RedisError, TimeoutError):
+            return
+        assert self._nursery is not None
+        for event_id, holder in zip(mine, holders, strict=True):
+            if holder is None:
+                self._nursery.start_soon(self.activate, event_id)
+
+    # Leaving.
+
+    async def leave(self) -> None:
+        """Hand every room over and leave the cluster (the node is shutting down)."""
+        try:
+            await self._beat(leaving=True)
+        except (RedisError, TimeoutError):
+            pass
+        await self._supervisor.stop(hand_over=True)
+        for gateway in list(self._gateways.values()):
+            gateway.close(CloseCode.SERVICE_RESTART)
+        with trio.move_on_after(self._ttl / 3):
+            await self.owner_link.flush()
+        for lease in list(self._owned.values()):
+            await self._release(lease)
+        self._owned.clear()
+        try:
+            await self._notify("left", "", {"node": self.node_id})
+        except DomainError:
+            pass
+        log.info("left the cluster", extra={"node": self.node_id})
+
+    # Messages.
+
+    def _node_message(self, data: bytes) -> None:
+        message = decode(data)
+        if isinstance(message, Reply):
+            self._rpc.received(message)
+        elif isinstance(message, Request):
+            assert self._nursery is not None
+            self._nursery.start_soon(self._serve, message)
+        elif isinstance(message, Notice):
+            assert self._nursery is not None
+            self._nursery.start_soon(self._take, message)
+
+    async def _serve(self, request: Request) -> None:
+        if self._supervisor.room(request.event_id) is None and request.op != "position":
+            await self._activate_if_designated(request.event_id)
+        await self.owner_link.answer(request, self._config.actor_reply_timeout_seconds)
+
+    async def _take(self, notice: Notice) -> None:
+        if self._supervisor.room(notice.event_id) is None and notice.op in ("chat", "sync"):
+            await self._activate_if_designated(notice.event_id)
+        self.owner_link.received(notice)
+
+    async def _activate_if_designated(self, event_id: str) -> None:
+        if designated(event_id, self._live | {self.node_id}) == self.node_id:
+            await self.activate(event_id)
+
+    def _cluster_message(self, data: bytes) -> None:
+        message = decode(data)
+        if not isinstance(message, Notice):
+            return
+        args = message.args
+        try:
+            if message.op == "created":
+                self._index.put(message.event_id, str(args["name"]),
+                                Coordinates(float(args["x"]), float(args["y"])))
+            elif message.op == "moved":
+                self._index.moved_elsewhere(message.event_id,
+                                            Coordinates(float(args["x"]), float(args["y"])))
+            elif message.op == "closed":
+                self._index.closed_elsewhere(message.event_id)
+                self._counts.pop(message.event_id, None)
+                self._owners.pop(message.event_id, None)
+            elif message.op == "counted":
+                self._counts[message.event_id] = int(args["count"])
+            elif message.op == "left":
+                self._owners = {e: n for e, n in self._owners.items() if n != args["node"]}
+                assert self._nursery is not None
+                self._nursery.start_soon(self._reconcile)
+        except (KeyError, TypeError, ValueError) as error:
+            log.warning("malformed notice", extra={"op": message.op, "cause": repr(error)})
+
+    def _cluster_renewed(self) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(self._reload_index)
+
+    async def _reload_index(self) -> None:
+        """Notices may have been missed: the store says which events are open."""
+        events = await self._store.open_events()
+        self._index.replace([(e.id, e.name, e.coordinates) for e in events])
+
+    def notify_soon(self, op: str, event_id: str, args: dict[str, Any]) -> None:
+        """Tell every node, from a task of the node's (callers may not wait)."""
+        if self._nursery is not None:
+            self._nursery.start_soon(self._notify, op, event_id, args)
+
+    async def _notify(self, op: str, event_id: str, args: dict[str, Any]) -> None:
+        try:
+            await self._bus.publish(redis.CLUSTER_CHANNEL, encode(Notice(op, event_id, args)))
+        except (RedisError, TimeoutError) as error:
+            log.warning("cluster notice not sent", extra={"op": op, "cause": repr(error)})
+
+    def _gateway(self, event: Event) -> GatewayRoom:
+        assert self._nursery is not None
+        return GatewayRoom(
+            event.id, event.owner_id, owners=self, bus=self._bus, rpc=self._rpc,
+            store=self._store, nursery=self._nursery,
+            reply_timeout=self._config.actor_reply_timeout_seconds,
+            owner_silence=2 * self._ttl + self._config.actor_reply_timeout_seconds,
+            on_empty=lambda gateway: self._gateways.pop(gateway.event_id, None))

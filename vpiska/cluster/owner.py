@@ -1,0 +1,322 @@
+"""The owner's side of the cluster: its rooms' frames go out once per event, others' asks come in.
+
+Publishing: a room calls its publisher synchronously as it broadcasts (it never waits on
+Redis); every message of an event is numbered (epoch, seq) in the order the room produced it,
+and one sender task publishes them in that order, gathering all frames an event produced while
+the previous PUBLISH was in flight into one message (the frames' own group commit). If Redis
+cannot take them they are dropped and logged: listeners see the numbers jump and recover
+(gateway.py), and the store, not Redis, is the record.
+
+Serving: requests from other nodes' gateways and HTTP handlers reach the owned room through
+the same Room interface local callers use. A remote socket is a Member whose outbox is
+`RemoteOutbox`: the room counts it but never writes to it; its frames go out on the event's
+channel, and only the state a joiner is sent at once is kept, for the join's answer.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import trio
+from coredis.exceptions import RedisError
+
+from vpiska.actors import CloseCode, EventSupervisor, EventView, Member, Room
+from vpiska.actors.commands import (
+    AddMedia,
+    Chat,
+    Close,
+    Join,
+    Joined,
+    RemoveMedia,
+    Reply as ReplyChannel,
+    Snapshot,
+    Update,
+)
+from vpiska.actors.frames import Frame
+from vpiska.auth import Identity
+from vpiska.cluster import redis
+from vpiska.cluster.bus import Bus
+from vpiska.cluster.protocol import (
+    CloseAll,
+    EventMessage,
+    Frames,
+    Handover,
+    Hello,
+    Notice,
+    Reply,
+    Request,
+    encode,
+)
+from vpiska.cluster.rpc import Rpc
+from vpiska.domain import Coordinates, EventMedia, is_id
+from vpiska.errors import DomainError, ErrorCode
+from vpiska.wire import event_json
+
+log = logging.getLogger(__name__)
+
+# Messages waiting to be published, over all events: past this, new ones are dropped (and the
+# gap reported by the listeners) rather than held in memory while Redis is away.
+MAX_PENDING = 100_000
+# Requests from other nodes handled at once.
+MAX_CONCURRENT_REQUESTS = 256
+
+
+class RemoteOutbox:
+    """A socket on another node. Frames reach it through the event's channel; the room writes
+    to it only at its join (the state it is sent at once), which is kept for the answer."""
+
+    def __init__(self, gateway: str, key: str) -> None:
+        self.gateway = gateway
+        self.key = key
+        self.state: Frame | None = None
+
+    def deliver(self, frame: Frame) -> None:
+        self.state = frame
+
+    def finish(self, code: CloseCode) -> None:
+        pass  # the gateway closes its sockets on CloseAll
+
+    def abort(self, code: CloseCode) -> None:
+        pass
+
+
+# A frame waiting for the sender: (epoch, seq, chat line number or None, text).
+_Queued = tuple[int, int, int | None, str]
+
+
+class OwnerLink:
+    """Resource handling: `run` owns the sender task; it publishes what is queued when it is
+    cancelled only as far as the cancellation allows (a handover flushes first: `flush`)."""
+
+    def __init__(self, node_id: str, bus: Bus, rpc: Rpc, supervisor: EventSupervisor, *,
+                 notify: Callable[[str, str, dict[str, Any]], None]) -> None:
+        self._node_id = node_id
+        self._notify = notify
+        self._bus = bus
+        self._rpc = rpc
+        self._supervisor = supervisor
+        self._outgoing: dict[str, list[EventMessage | _Queued]] = {}
+        self._pending = 0
+        self._wake = trio.Event()
+        self._idle = trio.Event()
+        self._idle.set()
+        self._dropping = False
+        self._requests = trio.CapacityLimiter(MAX_CONCURRENT_REQUESTS)
+        # Remote sockets by event and key, so a leave or a sync finds the Member the room has.
+        self.remote: dict[str, dict[str, Member]] = collections.defaultdict(dict)
+
+    # The publisher interface of vpiska/actors/room.py (called on the room's task).
+
+    def frame(self, room: Room, frame: Frame, chat_index: int | None) -> None:
+        room.seq += 1
+        self._queue(room.event_id, (self._epoch(room), room.seq, chat_index, frame.text))
+
+    def hello(self, room: Room, chat_length: int) -> None:
+        room.seq += 1
+        self._queue(room.event_id, Hello(self._node_id, self._epoch(room), room.seq, chat_length))
+
+    def handover(self, room: Room) -> None:
+        room.seq += 1
+        self._queue(room.event_id, Handover(self._node_id, self._epoch(room), room.seq))
+
+    def close_all(self, room: Room, code: CloseCode) -> None:
+        room.seq += 1
+        self._queue(room.event_id, CloseAll(self._node_id, self._epoch(room), room.seq,
+                                            int(code)))
+        self.remote.pop(room.event_id, None)
+
+    def counted(self, room: Room, users_count: int) -> None:
+        self._notify("counted", room.event_id, {"count": users_count})
+
+    @staticmethod
+    def _epoch(room: Room) -> int:
+        assert room.epoch is not None, "a published room is owned under an epoch"
+        return room.epoch
+
+    def _queue(self, event_id: str, entry: EventMessage | _Queued) -> None:
+        if self._pending >= MAX_PENDING:
+            if not self._dropping:
+                log.warning("frames dropped: Redis is not taking them fast enough",
+                            extra={"pending": self._pending})
+                self._dropping = True
+            return
+        self._outgoing.setdefault(event_id, []).append(entry)
+        self._pending += 1
+        self._idle = trio.Event() if self._idle.is_set() else self._idle
+        self._wake.set()
+
+    async def run(self) -> None:
+        """The sender: publish what the rooms queued, in order, one message per run of
+        frames per event."""
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            outgoing, self._outgoing = self._outgoing, {}
+            for event_id, entries in outgoing.items():
+                channel = redis.event_channel(event_id)
+                for message in _messages(self._node_id, entries):
+                    try:
+                        await self._bus.publish(channel, encode(message))
+                    except (RedisError, TimeoutError) as error:
+                        log.warning("frames not published: Redis unreachable",
+                                    extra={"event_id": event_id, "cause": repr(error)})
+                self._pending -= len(entries)
+            if not self._outgoing:
+                self._dropping = False
+                self._idle.set()
+
+    async def flush(self) -> None:
+        """Return once everything queued so far has been handed to Redis (or dropped)."""
+        await self._idle.wait()
+
+    # Serving other nodes.
+
+    async def answer(self, request: Request, timeout: float) -> None:
+        """Answer a request for an event this node owns (or say it does not)."""
+        async with self._requests:
+            room = self._supervisor.room(request.event_id)
+            if room is None or room.epoch is None:
+                reply = Reply(request.id, "not_owner", None)
+            else:
+                try:
+                    reply = Reply(request.id, "ok", await self._ask(room, request))
+                except DomainError as refusal:
+                    reply = Reply(request.id, "refused", [str(code) for code in refusal.codes])
+                except (KeyError, TypeError, ValueError) as error:
+                    log.warning("malformed request", extra={"op": request.op,
+                                                            "cause": repr(error)})
+                    reply = Reply(request.id, "failed", None)
+            await self._rpc.answer(request, reply)
+
+    async def _ask(self, room: Room, request: Request) -> Any:
+        args = request.args
+        op = request.op
+        if op == "join":
+            member = Member(_identity(args), RemoteOutbox(request.reply_to, str(args["key"])))
+            self.remote[room.event_id][member.outbox.key] = member  # type: ignore[attr-defined]
+            joined = await room.ask(lambda reply: Join(member, reply))
+            assert isinstance(joined, Joined)
+            state = member.outbox.state  # type: ignore[attr-defined]
+            return {"chat_length": joined.chat_length, "seq": joined.seq,
+                    "epoch": room.epoch, "state": None if state is None else state.text}
+        if op == "snapshot":
+            view = await room.ask(Snapshot)
+            assert isinstance(view, EventView)
+            return {"event": event_json(view.event, view.users_count, []),
+                    "open": view.event.is_open, "created_at": view.event.created_at.isoformat(),
+                    "chat_length": view.chat_length}
+        if op == "position":
+            return {"epoch": room.epoch, "seq": room.seq}
+        command = _command(op, args)
+        return await room.ask(command)
+
+    def received(self, notice: Notice, from_node: str | None = None) -> None:
+        """A notice for an event this node owns: chat, leave or a gateway's sync."""
+        room = self._supervisor.room(notice.event_id)
+        if room is None or room.epoch is None:
+            return  # moved on: the sender re-resolves the owner when it next asks
+        args = notice.args
+        try:
+            if notice.op == "chat":
+                self._chat(room, args)
+            elif notice.op == "leave":
+                member = self.remote[room.event_id].pop(str(args["key"]), None)
+                if member is not None:
+                    room.leave(member)
+            elif notice.op == "sync":
+                self._sync(room, str(args["gateway"]), args["members"])
+        except (KeyError, TypeError, ValueError) as error:
+            log.warning("malformed notice", extra={"op": notice.op, "cause": repr(error)})
+
+    def _chat(self, room: Room, args: dict[str, Any]) -> None:
+        try:
+            room.inbox.send_nowait(Chat(_identity(args), str(args["text"])))
+        except trio.WouldBlock:
+            log.warning("remote chat line dropped: the event's inbox is full",
+                        extra={"event_id": room.event_id})
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    def _sync(self, room: Room, gateway: str, members: list[list[str]]) -> None:
+        """Make the room's view of `gateway`'s sockets what the gateway says it is."""
+        known = self.remote[room.event_id]
+        said = {str(entry[0]): entry for entry in members}
+        for key in [key for key, member in known.items()
+                    if member.outbox.gateway == gateway and key not in said]:  # type: ignore[attr-defined]
+            room.leave(known.pop(key))
+        for key, entry in said.items():
+            if key in known:
+                continue
+            identity = _identity({"user": entry[1], "name": entry[2], "image": entry[3]})
+            member = Member(identity, RemoteOutbox(gateway, key))
+            known[key] = member
+            try:  # the answer is not needed: the gateway's socket joined long ago
+                room.inbox.send_nowait(Join(member, _discard()))
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                known.pop(key)
+
+    def drop_gateway(self, gateway: str) -> None:
+        """`gateway`'s heartbeat is gone: its sockets leave every room of ours."""
+        for event_id, known in self.remote.items():
+            room = self._supervisor.room(event_id)
+            for key in [key for key, m in known.items()
+                        if m.outbox.gateway == gateway]:  # type: ignore[attr-defined]
+                member = known.pop(key)
+                if room is not None:
+                    room.leave(member)
+
+
+def _discard() -> ReplyChannel:
+    send, receive = trio.open_memory_channel[Any](1)
+    receive.close()
+    return send
+
+
+def _identity(args: dict[str, Any]) -> Identity:
+    user_id = str(args["user"])
+    if not is_id(user_id):
+        raise ValueError("not a user id")
+    return Identity(user_id, str(args["name"]), str(args["image"]))
+
+
+def _command(op: str, args: dict[str, Any]) -> Any:
+    """The room command a request asks for, as `ask` takes it."""
+    by = str(args.get("by", ""))
+    if op == "update":
+        coordinates = Coordinates(float(args["x"]), float(args["y"]))
+        return lambda reply: Update(by, str(args["address"]), coordinates, reply)
+    if op == "add_media":
+        media = EventMedia(str(args["id"]), str(args["content_type"]))
+        return lambda reply: AddMedia(by, media, reply)
+    if op == "remove_media":
+        return lambda reply: RemoveMedia(by, str(args["media_id"]), reply)
+    if op == "close":
+        return lambda reply: Close(by, reply)
+    raise ValueError(f"unknown request {op!r}")
+
+
+def _messages(origin: str, entries: list[EventMessage | _Queued]) -> list[EventMessage]:
+    """Queued entries as messages: each run of consecutive frames is one Frames message."""
+    messages: list[EventMessage] = []
+    run: list[_Queued] = []
+
+    def close_run() -> None:
+        if run:
+            messages.append(Frames(origin, run[0][0], run[0][1],
+                                   [(chat, text) for _, _, chat, text in run]))
+            run.clear()
+
+    for entry in entries:
+        if isinstance(entry, tuple):
+            if run and (entry[0] != run[-1][0] or entry[1] != run[-1][1] + 1):
+                close_run()
+            run.append(entry)
+        else:
+            close_run()
+            messages.append(entry)
+    close_run()
+    return messages
+

@@ -1,0 +1,137 @@
+"""What nodes say to each other over Redis: small JSON arrays, one message kind per shape.
+
+On an event's channel, its owner publishes (each message numbered by the owner's epoch and a
+sequence number that counts every message of that epoch, so a listener can tell a gap):
+
+- `Frames`: frames to deliver, in order, each with its chat line number (or None);
+- `Hello`: a new owner is active (after a failover or a handover), with the chat's length;
+- `Handover`: the owner is leaving; a new one follows, keep the sockets open;
+- `CloseAll`: close every socket of the event with this code (event closed, room failed).
+
+On a node's channel: `Request` (answered by a `Reply` on the asker's channel) and `Notice`
+(no answer). On the cluster channel: `Notice`s to every node.
+
+Messages come from our own nodes, but a malformed one is dropped with a warning by `decode`,
+never allowed to raise on the bus's task.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+@dataclasses.dataclass(frozen=True)
+class Frames:
+    origin: str  # the owner's node id
+    epoch: int
+    seq: int  # of the first frame; the others follow one by one
+    frames: list[tuple[int | None, str]]  # (chat line number or None, frame text)
+
+    @property
+    def last_seq(self) -> int:
+        return self.seq + len(self.frames) - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Hello:
+    origin: str
+    epoch: int
+    seq: int
+    chat_length: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Handover:
+    origin: str
+    epoch: int
+    seq: int
+
+
+@dataclasses.dataclass(frozen=True)
+class CloseAll:
+    origin: str
+    epoch: int
+    seq: int
+    code: int
+
+
+EventMessage = Frames | Hello | Handover | CloseAll
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    id: int
+    reply_to: str  # the asking node
+    op: str
+    event_id: str
+    args: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Reply:
+    id: int
+    status: str  # "ok", "refused" (value: error codes), "not_owner", "failed"
+    value: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Notice:
+    op: str
+    event_id: str
+    args: dict[str, Any]
+
+
+NodeMessage = Request | Reply | Notice
+
+
+def encode(message: EventMessage | NodeMessage) -> bytes:
+    if isinstance(message, Frames):
+        body: list[Any] = ["f", message.origin, message.epoch, message.seq,
+                           [list(frame) for frame in message.frames]]
+    elif isinstance(message, Hello):
+        body = ["h", message.origin, message.epoch, message.seq, message.chat_length]
+    elif isinstance(message, Handover):
+        body = ["v", message.origin, message.epoch, message.seq]
+    elif isinstance(message, CloseAll):
+        body = ["x", message.origin, message.epoch, message.seq, message.code]
+    elif isinstance(message, Request):
+        body = ["q", message.id, message.reply_to, message.op, message.event_id, message.args]
+    elif isinstance(message, Reply):
+        body = ["a", message.id, message.status, message.value]
+    else:
+        body = ["n", message.op, message.event_id, message.args]
+    return _encode(body).encode()
+
+
+def decode(data: bytes) -> EventMessage | NodeMessage | None:
+    """The message in `data`, or None (logged) if it is not one."""
+    try:
+        body = json.loads(data)
+        kind = body[0]
+        if kind == "f":
+            frames = [(None if n is None else int(n), str(text)) for n, text in body[4]]
+            return Frames(str(body[1]), int(body[2]), int(body[3]), frames)
+        if kind == "h":
+            return Hello(str(body[1]), int(body[2]), int(body[3]), int(body[4]))
+        if kind == "v":
+            return Handover(str(body[1]), int(body[2]), int(body[3]))
+        if kind == "x":
+            return CloseAll(str(body[1]), int(body[2]), int(body[3]), int(body[4]))
+        if kind == "q":
+            return Request(int(body[1]), str(body[2]), str(body[3]), str(body[4]),
+                           dict(body[5]))
+        if kind == "a":
+            return Reply(int(body[1]), str(body[2]), body[3])
+        if kind == "n":
+            return Notice(str(body[1]), str(body[2]), dict(body[3]))
+    except (ValueError, TypeError, IndexError, KeyError, RecursionError):
+        pass
+    log.warning("malformed cluster message dropped", extra={"size": len(data)})
+    return None

@@ -1,0 +1,101 @@
+"""Redis as the cluster uses it: key names, and the scripts that make each step atomic.
+
+Everything the nodes share lives under one prefix:
+
+- `vpiska:nodes`: a sorted set of live node ids, scored by when their heartbeat expires
+  (Redis' own clock, so nodes need not agree on time);
+- `vpiska:lease:{event}`: "{node} {epoch}", with a TTL: who owns the event's actor;
+- `vpiska:epoch:{event}`: the event's fencing counter, bumped on every acquisition;
+- channels `vpiska:node:{node}` (requests and replies for one node), `vpiska:event:{event}`
+  (the event's frames, published once by its owner) and `vpiska:cluster` (notices to all).
+
+Leases and heartbeats are Lua scripts, so a check and its write can never interleave with
+another node's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import coredis
+
+PREFIX = "vpiska:"
+NODES = PREFIX + "nodes"
+CLUSTER_CHANNEL = PREFIX + "cluster"
+
+# A command that takes longer than this is a Redis in trouble: the caller hears so, instead of
+# waiting on it (a node must notice it cannot renew its leases long before they expire).
+COMMAND_TIMEOUT_SECONDS = 1.0
+
+
+def lease_key(event_id: str) -> str:
+    return f"{PREFIX}lease:{event_id}"
+
+
+def epoch_key(event_id: str) -> str:
+    return f"{PREFIX}epoch:{event_id}"
+
+
+def node_channel(node_id: str) -> str:
+    return f"{PREFIX}node:{node_id}"
+
+
+def event_channel(event_id: str) -> str:
+    return f"{PREFIX}event:{event_id}"
+
+
+# KEYS[1] lease, KEYS[2] epoch counter; ARGV[1] node id, ARGV[2] TTL in ms.
+# The new epoch if the lease was free and is now ours; nil if someone holds it.
+ACQUIRE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return nil end
+local epoch = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. epoch, 'PX', ARGV[2])
+return epoch
+"""
+
+# KEYS: leases; ARGV[1] TTL in ms; ARGV[i + 1] the value KEYS[i] must hold ("node epoch").
+# Extends every lease still ours; returns the 1-based positions of those that are not.
+RENEW = """
+local lost = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[i + 1] then
+    redis.call('PEXPIRE', key, ARGV[1])
+  else
+    table.insert(lost, i)
+  end
+end
+return lost
+"""
+
+# KEYS[1] lease; ARGV[1] the value it must hold. Frees it only if it is still ours.
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS[1] the nodes set; ARGV[1] node id, ARGV[2] TTL in ms, ARGV[3] '1' beat, '0' leave.
+# Returns the live nodes after dropping those whose heartbeat has expired.
+HEARTBEAT = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+if ARGV[3] == '1' then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+else
+  redis.call('ZREM', KEYS[1], ARGV[1])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+"""
+
+
+@asynccontextmanager
+async def connect(url: str) -> AsyncIterator[coredis.Redis[bytes]]:
+    """A client for `url` whose commands fail fast when Redis is unreachable.
+
+    Resource handling: the client and its connections are closed on exit.
+    """
+    client: coredis.Redis[bytes] = coredis.Redis.from_url(
+        url, stream_timeout=COMMAND_TIMEOUT_SECONDS, connect_timeout=COMMAND_TIMEOUT_SECONDS)
+    async with client:
+        yield client
