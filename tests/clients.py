@@ -56,6 +56,11 @@ class Member:
                                          f"frames: {self.frames[-5:]}")
                 await self._changed.wait()
 
+    async def next_change(self) -> None:
+        """Return at the next frame received or at the close."""
+        if not self.closed.is_set():
+            await self._changed.wait()
+
     async def wait_closed(self, timeout: float = 15) -> int | None:
         with trio.fail_after(timeout):
             await self.closed.wait()

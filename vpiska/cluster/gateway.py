@@ -36,9 +36,11 @@ from vpiska.actors.commands import (
     Join,
     Joined,
     RemoveMedia,
-    Reply as ReplyChannel,
     Snapshot,
     Update,
+)
+from vpiska.actors.commands import (
+    Reply as ReplyChannel,
 )
 from vpiska.actors.frames import Frame, chat_message
 from vpiska.cluster import redis
@@ -79,7 +81,12 @@ class Owners(Protocol):
 class _Socket:
     member: Member
     key: str
-    held: list[tuple[int, Frame]] | None  # frames arrived before the join's answer
+    # Frames (epoch, seq, frame) that arrived before the join's answer; None once joined.
+    held: list[tuple[int, int, Frame]] | None
+    # Where it joined: the owner's epoch and last message then. Frames at or before it are
+    # not its own (it read those lines from the store), also when they arrive after its
+    # join's answer: the answer and the frames travel on different channels.
+    start: tuple[int, int] = (0, 0)
 
 
 class GatewayRoom:
@@ -205,14 +212,17 @@ class GatewayRoom:
         socket = self._sockets.get(key)
         if socket is None:  # gone while joining (closed, or the stream was lost)
             raise DomainError(ErrorCode.EVENT_NOT_FOUND)
-        if epoch != self._epoch:  # the owner changed while this socket joined
-            self._lost("the owner changed during a join")
+        if epoch < self._epoch:  # joined an owner the gateway has seen replaced: start over
+            socket.member.outbox.finish(CloseCode.SERVICE_RESTART)
             raise DomainError(ErrorCode.INTERNAL_ERROR)
-        held, socket.held = socket.held or [], None
+        # It starts after its join: the state it was sent, then what its owner published
+        # after. A newer owner than the gateway follows yet says Hello soon; its frames (held
+        # or to come) are this socket's, its catch-up is not (the socket reads the store).
+        held, socket.held, socket.start = socket.held or [], None, (epoch, seq)
         if answer.get("state") is not None:
             self._deliver(socket, Frame(str(answer["state"])))
-        for frame_seq, frame in held:
-            if frame_seq > seq and key in self._sockets:
+        for frame_epoch, frame_seq, frame in held:
+            if frame_epoch == epoch and frame_seq > seq and key in self._sockets:
                 self._deliver(socket, frame)
         return Joined(int(answer["chat_length"]), seq)
 
@@ -282,8 +292,11 @@ class GatewayRoom:
             if chat is not None:
                 self._chat_length = max(self._chat_length, chat + 1)
             for socket in list(self._sockets.values()):
+                position = (message.epoch, message.seq + offset)
                 if socket.held is not None:
-                    socket.held.append((message.seq + offset, frame))
+                    socket.held.append((*position, frame))
+                elif position <= socket.start:
+                    continue  # before its join: it has the line from the store
                 elif self._deliver(socket, frame):
                     delivered += 1
         metrics.FRAMES_SENT.inc(delivered)
@@ -358,7 +371,8 @@ class GatewayRoom:
                 for line in missed[: hello.chat_length - self._chat_length]:
                     frame = chat_message(line)
                     for socket in list(self._sockets.values()):
-                        if socket.held is None:
+                        # Those that joined the new owner read the store themselves.
+                        if socket.held is None and socket.start[0] < hello.epoch:
                             self._deliver(socket, frame)
                 self._chat_length = hello.chat_length
             await self._sync(hello.origin)

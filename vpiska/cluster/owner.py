@@ -31,9 +31,11 @@ from vpiska.actors.commands import (
     Join,
     Joined,
     RemoveMedia,
-    Reply as ReplyChannel,
     Snapshot,
     Update,
+)
+from vpiska.actors.commands import (
+    Reply as ReplyChannel,
 )
 from vpiska.actors.frames import Frame
 from vpiska.auth import Identity
@@ -52,7 +54,7 @@ from vpiska.cluster.protocol import (
 )
 from vpiska.cluster.rpc import Rpc
 from vpiska.domain import Coordinates, EventMedia, is_id
-from vpiska.errors import DomainError, ErrorCode
+from vpiska.errors import DomainError
 from vpiska.wire import event_json
 
 log = logging.getLogger(__name__)
