@@ -219,6 +219,7 @@ class Room:
         self._finish_local(code)
         if self.publisher is not None:
             self.publisher.handover(self)
+            self.publisher = None  # the room's last word here: what follows is the new owner's
 
     def _finish_local(self, code: CloseCode) -> None:
         for member in self.local:

@@ -153,15 +153,13 @@ class EventSupervisor:
         """Start the room of an event this node now owns under `epoch` (its lease's).
 
         The store is claimed for `epoch` first, so from then on no older owner can write; the
-        room then says Hello to the other nodes. None if the event is closed or unknown, if a
-        newer epoch has claimed it already, or if the supervisor is stopping.
+        room then says Hello to the other nodes. None if the event is closed or unknown, or if
+        the supervisor is stopping. Error handling: StaleEpoch if the store has a newer epoch
+        than `epoch` (Redis lost its counters: the caller takes an epoch above it).
         """
         if self.stopping or self._nursery is None:
             return None
-        try:
-            event = await self._store.claim_event(event_id, epoch)
-        except StaleEpoch:
-            return None
+        event = await self._store.claim_event(event_id, epoch)
         if event is None or not event.is_open or event_id in self._rooms:
             return self._rooms.get(event_id)
         room = Room(event.id, event.owner_id, inbox_size=self._config.actor_inbox_size,

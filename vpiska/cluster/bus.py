@@ -16,6 +16,7 @@ import dataclasses
 import logging
 from collections.abc import Callable
 
+import anyio
 import coredis
 import trio
 from coredis.exceptions import ConnectionError as RedisConnectionError
@@ -49,6 +50,23 @@ class Bus:
         self._ready = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen until cancelled. A session that ends in an error (coredis retries lost
+        connections itself; anything else) is logged and opened again, its channels renewed."""
+        while True:
+            try:
+                await self._session(task_status)
+            except* (RedisError, OSError, anyio.ClosedResourceError,
+                     anyio.BrokenResourceError) as failed:
+                log.warning("subscription failed; opening it again",
+                            extra={"cause": repr(failed.exceptions[0])})
+            task_status = trio.TASK_STATUS_IGNORED
+            for listener in self._listeners.values():
+                if listener.confirmed:
+                    listener.confirmed = False
+                    listener.on_renewed()
+            await trio.sleep(MAX_RECONNECT_DELAY_SECONDS)
+
+    async def _session(self, task_status: trio.TaskStatus[None]) -> None:
         subscriber: coredis.Redis[bytes] = coredis.Redis.from_url(self._url)
         retry = ExponentialBackoffRetryPolicy(
             (RedisConnectionError, TimeoutError), retries=None, base_delay=0.05,

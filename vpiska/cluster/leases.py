@@ -37,6 +37,7 @@ class Leases:
         self._acquire = client.register_script(redis.ACQUIRE)
         self._renew = client.register_script(redis.RENEW)
         self._release = client.register_script(redis.RELEASE)
+        self._raise_epoch = client.register_script(redis.RAISE_EPOCH)
 
     async def acquire(self, event_id: str) -> Lease | None:
         """The event's lease, now ours with a new epoch; None if another node holds it."""
@@ -54,6 +55,10 @@ class Leases:
 
     async def release(self, lease: Lease) -> None:
         await self._release(keys=[redis.lease_key(lease.event_id)], args=[lease.value])
+
+    async def raise_epoch(self, event_id: str, seen: int) -> None:
+        """Make the next epoch of `event_id` above `seen` (an epoch the store has claimed)."""
+        await self._raise_epoch(keys=[redis.epoch_key(event_id)], args=[seen])
 
     async def holder(self, event_id: str) -> Lease | None:
         """Who holds the event's lease now, if anyone."""

@@ -24,6 +24,7 @@ connection (notices may have been missed).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Sequence
@@ -43,11 +44,11 @@ from vpiska.cluster.leases import Lease, Leases
 from vpiska.cluster.nodes import designated, new_node_id
 from vpiska.cluster.owner import OwnerLink
 from vpiska.cluster.protocol import Notice, Reply, Request, decode, encode
-from vpiska.cluster.rpc import Rpc
+from vpiska.cluster.rpc import Rpc, Unreachable
 from vpiska.config import Config
 from vpiska.domain import Coordinates, Event
 from vpiska.errors import DomainError, ErrorCode
-from vpiska.store import Store
+from vpiska.store import StaleEpoch, Store
 
 log = logging.getLogger(__name__)
 
@@ -186,8 +187,12 @@ class ClusterNode:
         self._index.put(event.id, event.name, event.coordinates)
         await self._notify("created", event.id, {
             "name": event.name, "x": event.coordinates.x, "y": event.coordinates.y})
-        if designated(event.id, self._live or {self.node_id}) == self.node_id:
+        target = designated(event.id, self._live | {self.node_id}) or self.node_id
+        if target == self.node_id:
             await self.activate(event.id)
+        else:  # it starts there now, not at its first request or the next reconcile
+            with contextlib.suppress(Unreachable):
+                await self._rpc.tell(target, "activate", event.id, {})
 
     # Ownership.
 
@@ -230,16 +235,30 @@ class ClusterNode:
         try:
             if (room := self._supervisor.room(event_id)) is not None:
                 return room
-            try:
-                lease = await self._leases.acquire(event_id)
-            except (RedisError, TimeoutError) as error:
-                log.warning("not activated: Redis unreachable", extra={
-                    "event_id": event_id, "cause": repr(error)})
+            for _ in range(2):  # a second time after raising an epoch counter Redis lost
+                try:
+                    lease = await self._leases.acquire(event_id)
+                except (RedisError, TimeoutError) as error:
+                    log.warning("not activated: Redis unreachable", extra={
+                        "event_id": event_id, "cause": repr(error)})
+                    return None
+                if lease is None:
+                    return None
+                try:
+                    room = await self._supervisor.activate(event_id, lease.epoch,
+                                                           self.owner_link)
+                    break
+                except StaleEpoch as stale:  # the store has seen later epochs than Redis
+                    await self._release(lease)
+                    log.warning("epoch counter behind the store (Redis restarted?); raised",
+                                extra={"event_id": event_id, "claimed": stale.claimed})
+                    try:
+                        await self._leases.raise_epoch(event_id, stale.claimed)
+                    except (RedisError, TimeoutError):
+                        return None
+            else:
                 return None
-            if lease is None:
-                return None
-            room = await self._supervisor.activate(event_id, lease.epoch, self.owner_link)
-            if room is None:  # closed meanwhile, or claimed by a newer epoch
+            if room is None:  # closed meanwhile
                 await self._release(lease)
                 return None
             self._owned[event_id] = lease
@@ -362,7 +381,8 @@ class ClusterNode:
         await self.owner_link.answer(request, self._config.actor_reply_timeout_seconds)
 
     async def _take(self, notice: Notice) -> None:
-        if self._supervisor.room(notice.event_id) is None and notice.op in ("chat", "sync"):
+        if (self._supervisor.room(notice.event_id) is None
+                and notice.op in ("chat", "sync", "activate")):
             await self._activate_if_designated(notice.event_id)
         self.owner_link.received(notice)
 

@@ -68,6 +68,15 @@ end
 return lost
 """
 
+# KEYS[1] epoch counter; ARGV[1] an epoch the store has seen. Raises the counter to it: after
+# a Redis restart (no persistence) the counters start again from 0, below the store's epochs.
+RAISE_EPOCH = """
+if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return 1
+"""
+
 # KEYS[1] lease; ARGV[1] the value it must hold. Frees it only if it is still ours.
 RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
