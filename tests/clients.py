@@ -91,8 +91,15 @@ class Crowd:
 
     async def join(self, token: str | None, event_id: str, *,
                    headers: dict[str, str] | None = None, **params: Any) -> Member:
-        """Connect a member. The TCP stream is opened here, not by trio-websocket, because
-        after a server-initiated close trio-websocket never closes the stream itself."""
+        """Connect a member and return once the room has taken it in.
+
+        The upgrade is answered before the room handles the join, so a member whose handshake
+        is done may not be in the room yet: a line said or an update made right then could be
+        missed by it. Its first frame (the state every joining socket gets, or with `since`
+        the first line of its catch-up) is sent only after its join, so that is waited for.
+
+        The TCP stream is opened here, not by trio-websocket, because after a server-initiated
+        close trio-websocket never closes the stream itself."""
         url = urlsplit(socket_url(self._server, token, event_id, **params))
         stream = await trio.open_tcp_stream(url.hostname, url.port)  # type: ignore[arg-type]
         try:
@@ -107,6 +114,7 @@ class Crowd:
         member = Member(ws)
         self.members.append(member)
         self._nursery.start_soon(member.collect)
+        await member.wait_for(lambda m: bool(m.frames))
         return member
 
     async def aclose(self) -> None:
@@ -145,7 +153,11 @@ async def connected_sockets(server: Server) -> int:
 
 
 async def wait_for_sockets(server: Server, count: int, timeout: float = 15) -> None:
-    """Wait until the rooms hold `count` sockets: every join and leave before it processed."""
+    """Wait until the rooms hold `count` sockets, as the actors' member tables say.
+
+    Only a count the awaited change brings about is a sentinel: wait for a leave with the
+    count below what the rooms held once the leaving socket's join was seen, not for a count
+    that may already hold."""
     with trio.fail_after(timeout):
         while await connected_sockets(server) != count:
             await trio.sleep(0.01)
