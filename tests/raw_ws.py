@@ -84,6 +84,15 @@ class RawSocket:
             (length,) = struct.unpack("!Q", await self._read(8))
         return first & 0x0F, await self._read(length)
 
+    async def next_text(self) -> str:
+        """The next text frame, past pings (stock hypercorn pings the moment it accepts)."""
+        while True:
+            opcode, payload = await self.next_frame()
+            if opcode == 0x1:
+                return payload.decode()
+            if opcode == 0x8:
+                raise AssertionError(f"closed ({payload[:2].hex()}) before a text frame")
+
     async def pings_until_closed(self) -> int:
         """Read frames until the server ends the connection; how many of them were pings."""
         pings = 0
