@@ -26,8 +26,8 @@ class Member:
     def __init__(self, ws: WebSocketConnection) -> None:
         self.ws = ws
         self.frames: list[str] = []
-        self.received_at: list[float] = []  # trio.current_time() of each frame
         self._counts: list[int] = []  # usersCount of each eventUpdated, parsed on arrival
+        self._chat: list[str] = []  # message of each chatMessage, parsed on arrival
         self.close_code: int | None = None
         self.closed = trio.Event()
         self._changed = trio.Event()
@@ -37,9 +37,10 @@ class Member:
             while True:
                 frame = await self.ws.get_message()
                 self.frames.append(frame)  # type: ignore[arg-type]
-                self.received_at.append(trio.current_time())
                 if frame.startswith("eventUpdated/"):  # type: ignore[union-attr]
                     self._counts.append(json.loads(frame[13:])["usersCount"])
+                elif frame.startswith("chatMessage/"):  # type: ignore[union-attr]
+                    self._chat.append(json.loads(frame[12:])["message"])
                 self._changed.set()
                 self._changed = trio.Event()
         except ConnectionClosed as closed:
@@ -62,9 +63,9 @@ class Member:
         return self.close_code
 
     def chat(self) -> list[str]:
-        """Message texts of the chatMessage frames received, in order."""
-        return [json.loads(f.split("/", 1)[1])["message"] for f in self.frames
-                if f.startswith("chatMessage/")]
+        """Message texts of the chatMessage frames received, in order (kept as they arrive:
+        conditions waited for read it at every frame)."""
+        return self._chat
 
     def counts(self) -> list[int]:
         """usersCount of every eventUpdated frame received, in order."""

@@ -105,10 +105,18 @@ class RawSocket:
 
     async def close_code(self) -> int:
         """Read frames until the server's close frame; its status code."""
+        return (await self.texts_until_close())[1]
+
+    async def texts_until_close(self) -> tuple[list[str], int]:
+        """Read frames until the server's close frame: the text frames before it, and its
+        status code."""
+        texts: list[str] = []
         while True:
             opcode, payload = await self.next_frame()
-            if opcode == 0x8:
-                return int(struct.unpack("!H", payload[:2])[0])
+            if opcode == 0x1:
+                texts.append(payload.decode())
+            elif opcode == 0x8:
+                return texts, int(struct.unpack("!H", payload[:2])[0])
 
 
 class RawMember:
