@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 
@@ -39,7 +40,7 @@ class ServerProcess:
         return code
 
 
-def serving_url(line: bytes) -> str | None:
+def serving_url(line: bytes | bytearray) -> str | None:
     """The address in vpiska's "serving" log line, if `line` is that line."""
     try:
         record = json.loads(line)
@@ -59,6 +60,11 @@ async def vpiska_process(tmp_path: Path, command: list[str] | None = None,
     port picked beforehand could be taken by another process before the server binds it, and
     the test would then talk to that process. Its output is read all along (a full pipe would
     stop it) into `output`.
+
+    It is yielded once it has also answered a request: the server handles SIGTERM only from a
+    moment after it logs "serving" (hypercorn starts the shutdown trigger, which installs the
+    handler, after it reports its binds), and a SIGTERM in between kills it outright (-15).
+    The request was served by tasks started after the trigger's, so the handler is in place.
 
     Resource handling: on the way out the process is killed unless it has exited, and waited
     for. Error handling: AssertionError, with its output, if it exits before serving.
@@ -92,6 +98,8 @@ async def vpiska_process(tmp_path: Path, command: list[str] | None = None,
             if not served.url:
                 raise AssertionError(f"vpiska exited ({await process.wait()}) before "
                                      f"serving:\n{served.text()}")
+            async with httpx.AsyncClient(base_url=served.url, timeout=30) as http:
+                assert (await http.get("/healthz")).status_code == 200
             yield served
         finally:
             process.kill()
