@@ -13,7 +13,7 @@ import httpx
 import trio
 
 from tests.clients import Crowd, Member, token_for
-from tests.conftest import Server, make_config
+from tests.conftest import CLIENT_LIMITS, Server, make_config
 from tests.test_process import ServerProcess, vpiska_process
 from vpiska.store.sqlite import SqliteStore
 
@@ -28,7 +28,7 @@ async def running(tmp_path: Path) -> AsyncIterator[tuple[Server, ServerProcess]]
     async with (
         vpiska_process(tmp_path, JWT_KEY=JWT_KEY, CHAT_RATE_PER_SECOND="1000",
                        CHAT_BURST="1000") as served,
-        httpx.AsyncClient(base_url=served.url, timeout=30) as http,
+        httpx.AsyncClient(base_url=served.url, timeout=30, limits=CLIENT_LIMITS) as http,
     ):
         store = await SqliteStore.open(tmp_path / "data" / "vpiska.db")
         try:
