@@ -36,10 +36,11 @@ class Member:
         try:
             while True:
                 frame = await self.ws.get_message()
-                self.frames.append(frame)  # type: ignore[arg-type]
-                if frame.startswith("eventUpdated/"):  # type: ignore[union-attr]
+                assert isinstance(frame, str), frame  # the protocol is text
+                self.frames.append(frame)
+                if frame.startswith("eventUpdated/"):
                     self._counts.append(json.loads(frame[13:])["usersCount"])
-                elif frame.startswith("chatMessage/"):  # type: ignore[union-attr]
+                elif frame.startswith("chatMessage/"):
                     self._chat.append(json.loads(frame[12:])["message"])
                 self._changed.set()
                 self._changed = trio.Event()

@@ -49,7 +49,7 @@ class Chunks(httpx.AsyncByteStream):
     def __init__(self, chunks: list[bytes]) -> None:
         self._chunks = iter(chunks)
 
-    def __aiter__(self) -> Chunks:  # type: ignore[override]
+    def __aiter__(self) -> Chunks:
         return self
 
     async def __anext__(self) -> bytes:

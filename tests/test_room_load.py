@@ -170,8 +170,11 @@ async def test_close_under_load_ends_everything(
                 await member.say(line)
             except Exception:  # the socket closed under us: that is the point
                 return
-            await member.wait_for(lambda m, line=line, heard=heard:
-                                  m.closed.is_set() or line in m.chat()[heard:])
+
+            def back_or_closed(m: Member, line: str = line, heard: int = heard) -> bool:
+                return m.closed.is_set() or line in m.chat()[heard:]
+
+            await member.wait_for(back_or_closed)
             if member.closed.is_set():
                 return
 

@@ -36,7 +36,9 @@ async def test_create_returns_login_response_and_token(server: Server) -> None:
     token = claims(server, result["accessToken"])
     assert token["ID"] == result["id"] and token["Name"] == "ann" and token["ImageID"] == ""
     # Issued while the request was served, for three days (whole seconds, as JWT has them).
-    assert asked + 3 * 86400 <= token["exp"] <= answered + 3 * 86400
+    expires = token["exp"]
+    assert isinstance(expires, int)
+    assert asked + 3 * 86400 <= expires <= answered + 3 * 86400
 
 
 @pytest.mark.parametrize(
