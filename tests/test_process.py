@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -105,6 +106,28 @@ async def vpiska_process(tmp_path: Path, command: list[str] | None = None,
             process.kill()
             with trio.CancelScope(shield=True):
                 await process.wait()
+
+
+def free_port() -> int:
+    """A port that was free a moment ago. Racy: another process can take it before the program
+    it is meant for binds it. vpiska binds port 0 and says which port it got (`vpiska_process`);
+    this is only for programs that cannot tell (nginx, redis-server)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_until_serving(url: str) -> None:
+    """Poll `url` until it answers, for at most 30 s. Only for a server whose port is known to
+    be its own: polling a port picked beforehand can reach another process (`free_port`)."""
+    async with httpx.AsyncClient() as client:
+        with trio.fail_after(30):
+            while True:
+                try:
+                    await client.get(f"{url}/api/v1/nothing")
+                    return
+                except httpx.TransportError:
+                    await trio.sleep(0.05)
 
 
 def env(tmp_path: Path, **extra: str) -> dict[str, str]:
