@@ -30,6 +30,29 @@ cluster: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# `make test` STRESS_RUNS times in a row while a busy loop holds CPU 1 of the machine's two, as
+# a loaded CI machine would: stops at the first failing run, and prints each run's result and
+# wall time. The busy loop starts first and is killed on the way out, pass, fail or Ctrl-C.
+STRESS_RUNS ?= 5
+
+.PHONY: test-stress
+test-stress: $(STAMP)
+	@taskset -c 1 python3 -c 'while True: pass' & spinner=$$!; \
+	trap 'kill $$spinner 2>/dev/null; wait $$spinner 2>/dev/null' EXIT; \
+	trap 'exit 130' HUP INT PIPE TERM; \
+	echo "test-stress: core 1 kept busy by pid $$spinner"; \
+	summary=""; \
+	for run in $$(seq 1 $(STRESS_RUNS)); do \
+		start=$$(date +%s.%N); \
+		if $(MAKE) --no-print-directory test; then result=pass; else result=FAIL; fi; \
+		took=$$(awk "BEGIN { printf \"%.1f\", $$(date +%s.%N) - $$start }"); \
+		line="test-stress run $$run/$(STRESS_RUNS): $$result in $$took s"; \
+		echo "$$line"; summary="$$summary$$line;"; \
+		if [ $$result = FAIL ]; then break; fi; \
+	done; \
+	echo "test-stress summary (core 1 busy):"; printf '%s' "$$summary" | tr ';' '\n'; \
+	[ $$result = pass ]
+
 clean:
 	rm -rf $(VENV) data .pytest_cache bench/.venv bench/node_modules bench/.cache
 

@@ -26,8 +26,8 @@ class Member:
     def __init__(self, ws: WebSocketConnection) -> None:
         self.ws = ws
         self.frames: list[str] = []
-        self.received_at: list[float] = []  # trio.current_time() of each frame
         self._counts: list[int] = []  # usersCount of each eventUpdated, parsed on arrival
+        self._chat: list[str] = []  # message of each chatMessage, parsed on arrival
         self.close_code: int | None = None
         self.closed = trio.Event()
         self._changed = trio.Event()
@@ -36,10 +36,12 @@ class Member:
         try:
             while True:
                 frame = await self.ws.get_message()
-                self.frames.append(frame)  # type: ignore[arg-type]
-                self.received_at.append(trio.current_time())
-                if frame.startswith("eventUpdated/"):  # type: ignore[union-attr]
+                assert isinstance(frame, str), frame  # the protocol is text
+                self.frames.append(frame)
+                if frame.startswith("eventUpdated/"):
                     self._counts.append(json.loads(frame[13:])["usersCount"])
+                elif frame.startswith("chatMessage/"):
+                    self._chat.append(json.loads(frame[12:])["message"])
                 self._changed.set()
                 self._changed = trio.Event()
         except ConnectionClosed as closed:
@@ -67,9 +69,9 @@ class Member:
         return self.close_code
 
     def chat(self) -> list[str]:
-        """Message texts of the chatMessage frames received, in order."""
-        return [json.loads(f.split("/", 1)[1])["message"] for f in self.frames
-                if f.startswith("chatMessage/")]
+        """Message texts of the chatMessage frames received, in order (kept as they arrive:
+        conditions waited for read it at every frame)."""
+        return self._chat
 
     def counts(self) -> list[int]:
         """usersCount of every eventUpdated frame received, in order."""
@@ -96,8 +98,15 @@ class Crowd:
 
     async def join(self, token: str | None, event_id: str, *,
                    headers: dict[str, str] | None = None, **params: Any) -> Member:
-        """Connect a member. The TCP stream is opened here, not by trio-websocket, because
-        after a server-initiated close trio-websocket never closes the stream itself."""
+        """Connect a member and return once the room has taken it in.
+
+        The upgrade is answered before the room handles the join, so a member whose handshake
+        is done may not be in the room yet: a line said or an update made right then could be
+        missed by it. Its first frame (the state every joining socket gets, or with `since`
+        the first line of its catch-up) is sent only after its join, so that is waited for.
+
+        The TCP stream is opened here, not by trio-websocket, because after a server-initiated
+        close trio-websocket never closes the stream itself."""
         url = urlsplit(socket_url(self._server, token, event_id, **params))
         stream = await trio.open_tcp_stream(url.hostname, url.port)  # type: ignore[arg-type]
         try:
@@ -112,6 +121,7 @@ class Crowd:
         member = Member(ws)
         self.members.append(member)
         self._nursery.start_soon(member.collect)
+        await member.wait_for(lambda m: bool(m.frames))
         return member
 
     async def aclose(self) -> None:
@@ -150,7 +160,11 @@ async def connected_sockets(server: Server) -> int:
 
 
 async def wait_for_sockets(server: Server, count: int, timeout: float = 15) -> None:
-    """Wait until the rooms hold `count` sockets: every join and leave before it processed."""
+    """Wait until the rooms hold `count` sockets, as the actors' member tables say.
+
+    Only a count the awaited change brings about is a sentinel: wait for a leave with the
+    count below what the rooms held once the leaving socket's join was seen, not for a count
+    that may already hold."""
     with trio.fail_after(timeout):
         while await connected_sockets(server) != count:  # noqa: ASYNC110 (another process's state)
             await trio.sleep(0.01)

@@ -94,6 +94,13 @@ class Server:
         )
 
 
+# A test client drops an idle connection after 1 s: the server closes idle ones after
+# hypercorn's keep_alive_timeout (5 s) or two ping intervals (4 s with the shortest the tests
+# use), and a client reusing one as the server closes it gets no response. httpx's own default
+# (5 s) left the two timers racing.
+CLIENT_LIMITS = httpx.Limits(keepalive_expiry=1.0)
+
+
 @pytest.fixture
 def config_overrides() -> dict[str, Any]:
     """Override in a test module to start its servers with other settings."""
@@ -131,7 +138,8 @@ async def server(
             stop = trio.Event()
             binds = await nursery.start(
                 partial(serve, config, store=served, shutdown_trigger=stop.wait))
-            async with httpx.AsyncClient(base_url=binds[0], timeout=30) as http:
+            async with httpx.AsyncClient(base_url=binds[0], timeout=30,
+                                         limits=CLIENT_LIMITS) as http:
                 yield Server(binds[0], config, http, served)
             stop.set()
             if not config.hypercorn_adapter:

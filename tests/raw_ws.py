@@ -7,6 +7,7 @@ import base64
 import json
 import os
 import struct
+from collections.abc import Callable
 
 import trio
 
@@ -15,6 +16,7 @@ class RawSocket:
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
         self.buffer = b""
+        self._sending = trio.Lock()  # a pong from the reading task and a line from the test
 
     @classmethod
     async def connect(cls, port: int, resource: str, *, receive_buffer: int | None = None
@@ -61,7 +63,8 @@ class RawSocket:
         else:
             header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, length)
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        await self.stream.send_all(header + mask + masked)
+        async with self._sending:
+            await self.stream.send_all(header + mask + masked)
 
     async def _read(self, n: int) -> bytes:
         while len(self.buffer) < n:
@@ -81,27 +84,58 @@ class RawSocket:
             (length,) = struct.unpack("!Q", await self._read(8))
         return first & 0x0F, await self._read(length)
 
-    async def close_code(self) -> int:
-        """Read frames until the server's close frame; its status code."""
+    async def next_text(self) -> str:
+        """The next text frame, past pings (stock hypercorn pings the moment it accepts)."""
         while True:
             opcode, payload = await self.next_frame()
+            if opcode == 0x1:
+                return payload.decode()
             if opcode == 0x8:
-                return int(struct.unpack("!H", payload[:2])[0])
+                raise AssertionError(f"closed ({payload[:2].hex()}) before a text frame")
+
+    async def pings_until_closed(self) -> int:
+        """Read frames until the server ends the connection; how many of them were pings."""
+        pings = 0
+        while True:
+            try:
+                opcode, _ = await self.next_frame()
+            except EOFError:
+                return pings
+            pings += opcode == 0x9
+
+    async def close_code(self) -> int:
+        """Read frames until the server's close frame; its status code."""
+        return (await self.texts_until_close())[1]
+
+    async def texts_until_close(self) -> tuple[list[str], int]:
+        """Read frames until the server's close frame: the text frames before it, and its
+        status code."""
+        texts: list[str] = []
+        while True:
+            opcode, payload = await self.next_frame()
+            if opcode == 0x1:
+                texts.append(payload.decode())
+            elif opcode == 0x8:
+                return texts, int(struct.unpack("!H", payload[:2])[0])
 
 
 class RawMember:
-    """A cheap reading member for crowd tests: frames and counts, nothing else.
+    """A cheap reading member for crowd tests: frames, counts and pings, nothing else.
 
     trio-websocket costs ~20 ms of client CPU per connection, which made a 1,000-member test
-    measure the test client; this one costs a fraction. It does not answer pings, so crowd
-    tests run with a long ping interval.
+    measure the test client; this one costs a fraction. It answers pings only when told to
+    (`answer_pings`), so crowd tests run with a long ping interval. The pings it got are
+    counted: each is the server's own word that one more ping interval has passed.
     """
 
-    def __init__(self, raw: RawSocket) -> None:
+    def __init__(self, raw: RawSocket, *, answer_pings: bool = False) -> None:
         self.raw = raw
+        self.answer_pings = answer_pings
         self.frames: list[str] = []
         self.counts: list[int] = []
+        self.pings = 0
         self.close_code: int | None = None
+        self.ended = False  # the connection is closed or gone
         self.changed = trio.Event()
 
     async def collect(self) -> None:
@@ -111,19 +145,40 @@ class RawMember:
                 if opcode == 0x8:
                     self.close_code = int(struct.unpack("!H", payload[:2])[0])
                     return
-                if opcode == 0x1:
+                if opcode == 0x9:
+                    self.pings += 1
+                    if self.answer_pings:
+                        await self.raw.send_frame(0xA, payload)
+                elif opcode == 0x1:
                     frame = payload.decode()
                     self.frames.append(frame)
                     if frame.startswith("eventUpdated/"):
                         self.counts.append(json.loads(frame[13:])["usersCount"])
-                    self.changed.set()
-                    self.changed = trio.Event()
+                self.changed.set()
+                self.changed = trio.Event()
         except (EOFError, trio.ClosedResourceError, trio.BrokenResourceError):
             return
         finally:
+            self.ended = True
             self.changed.set()
+
+    async def wait_for(self, done: Callable[[RawMember], bool]) -> None:
+        """Return once `done(self)` holds; fails at once if the connection ends first. Put a
+        deadline around it (`trio.fail_after`)."""
+        while not done(self):
+            if self.ended:
+                raise AssertionError(f"connection ended ({self.close_code}) before the "
+                                     f"condition; frames: {self.frames[-5:]}")
+            await self.changed.wait()
+
+    def chat(self) -> list[str]:
+        """Message texts of the chatMessage frames received, in order."""
+        return [json.loads(f.split("/", 1)[1])["message"] for f in self.frames
+                if f.startswith("chatMessage/")]
+
+    async def say(self, text: str) -> None:
+        await self.raw.send_frame(0x1, f"chatMessage/{text}".encode())
 
     async def wait_for_count(self, count: int, timeout: float = 60) -> None:
         with trio.fail_after(timeout):
-            while self.counts[-1:] != [count]:
-                await self.changed.wait()
+            await self.wait_for(lambda m: m.counts[-1:] == [count])

@@ -33,7 +33,7 @@ from tests.cluster_fixtures import (
     redis_server_executable,
 )
 from tests.conftest import Server
-from tests.test_process import env, free_port, wait_until_serving
+from tests.test_process import env, free_port, vpiska_process
 from vpiska.config import Config
 
 ROOT = Path(__file__).parent.parent
@@ -72,25 +72,21 @@ def test_image_is_slim_python_and_runs_as_a_user() -> None:
 
 async def test_image_command_serves_and_passes_its_health_check(tmp_path: Path) -> None:
     """The CMD with the image's ENV, as the container would run it; /data becomes tmp_path
-    and the port a free one. Then the HEALTHCHECK command, then STOPSIGNAL's clean exit."""
+    and the port one the kernel picks. Then the HEALTHCHECK command, then STOPSIGNAL's clean
+    exit."""
     image = dockerfile()
-    port = free_port()
     settings = {
         name: value.replace("/data", str(tmp_path / "data")) for name, value in image["env"].items()
-    } | {"SERVER_HOST": "127.0.0.1", "SERVER_PORT": str(port)}
+    } | {"SERVER_HOST": "127.0.0.1", "SERVER_PORT": "0"}
     command = [sys.executable if part == "python" else part for part in image["cmd"]]
-    process = await trio.lowlevel.open_process(
-        command, env=env(tmp_path, **settings), stdout=subprocess.DEVNULL)
-    try:
-        await wait_until_serving(f"http://127.0.0.1:{port}")
+    async with vpiska_process(tmp_path, command, **settings) as served:
         check = [sys.executable if part == "python" else part for part in image["healthcheck"]]
-        health = await trio.run_process(check, env=env(tmp_path, **settings), check=False)
+        health = await trio.run_process(
+            check, env=env(tmp_path, **settings | {"SERVER_PORT": str(served.port)}), check=False)
         assert health.returncode == 0
-        process.send_signal(signal.SIGTERM)
+        served.process.send_signal(signal.SIGTERM)
         with trio.fail_after(20):
-            assert await process.wait() == 0
-    finally:
-        process.kill()
+            assert await served.exit_code() == 0
     assert (tmp_path / "data" / "vpiska.db").exists()  # the store went where the volume is
 
 

@@ -149,7 +149,7 @@ async def test_close_is_owner_only_and_drops_everyone(
 async def test_media_add_and_remove(server: Server, crowd: Crowd) -> None:
     token, event_id = await host_event(server)
     _, guest = await token_for(server)
-    member = await crowd.join(guest, event_id)
+    member = await crowd.join(guest, event_id)  # in the room once joined: it gets the broadcast
     photo = {"media": ("p.jpg", b"jpeg", "image/jpeg")}
     assert await server.codes(ADD_MEDIA, token=token, files=photo) == ["IdIsEmpty"]
     assert await server.codes(ADD_MEDIA, token=guest, files=photo, data={"eventId": event_id}) == [

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import trio
 
-from tests.test_process import env, free_port, wait_until_serving
+from tests.test_process import vpiska_process
 from vpiska.http.openapi import PATHS
 
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "15"))
@@ -33,24 +33,18 @@ def documented_operations() -> int:
 
 
 async def test_fuzzing_every_operation_finds_no_fault(tmp_path: Path) -> None:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_path = tmp_path / "server.log"
-    with log_path.open("wb") as log_file:
-        server = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "vpiska"], stdout=log_file, stderr=subprocess.STDOUT,
-            env=env(tmp_path, SERVER_PORT=str(port), LOGGING_TRACE_REQUESTS="true"))
+    async with vpiska_process(tmp_path, LOGGING_TRACE_REQUESTS="true") as server:
         try:
-            await wait_until_serving(url)
-            token = await sign_up(url)
-            run = await fuzz(url, token, tmp_path / "report.json")
+            token = await sign_up(server.url)
+            run = await fuzz(server.url, token, tmp_path / "report.json")
         finally:
-            server.send_signal(signal.SIGTERM)
+            server.process.send_signal(signal.SIGTERM)
             with trio.fail_after(20):
-                await server.wait()
+                returncode = await server.exit_code()
+    (tmp_path / "server.log").write_bytes(server.output)  # kept beside the report
     output = run.stdout.decode(errors="replace")
     report = json.loads((tmp_path / "report.json").read_text())
-    records = read_log(log_path)
+    records = read_log(server.output.decode())
     requests_sent = sum(1 for r in records if r["event"] == "http request"
                         and r["path"] != "/swagger/doc.json") - 1  # less our sign-up
     print(f"\nschemathesis: {report['operations']['tested']} operations, "
@@ -62,7 +56,7 @@ async def test_fuzzing_every_operation_finds_no_fault(tmp_path: Path) -> None:
     assert report["errors"] == []
     faults = [r for r in records if r["level"] in ("error", "critical") or "traceback" in r]
     assert faults == []
-    assert server.returncode == 0
+    assert returncode == 0
 
 
 async def sign_up(url: str) -> str:
@@ -90,7 +84,7 @@ async def fuzz(url: str, token: str, report: Path) -> subprocess.CompletedProces
         env={**os.environ, "SCHEMATHESIS_HOOKS": str(HERE / "fuzz_checks.py")})
 
 
-def read_log(path: Path) -> list[dict[str, Any]]:
+def read_log(text: str) -> list[dict[str, Any]]:
     """Every line the server wrote, each of which must be one JSON object, whatever a reader
     takes for a line break (fuzzed text puts U+2028 and the like in logged values)."""
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return [json.loads(line) for line in text.splitlines()]

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -18,7 +16,7 @@ import trio
 from trio_websocket import open_websocket_url
 
 from tests.conftest import Server, make_config
-from tests.test_process import env, free_port, wait_until_serving
+from tests.test_process import vpiska_process
 from vpiska.logs import JsonFormatter
 from vpiska.server import serve
 
@@ -145,22 +143,15 @@ async def test_secrets_and_file_bytes_never_reach_the_log(tmp_path: Path) -> Non
     debug logging, against the real process and its stdout."""
     secrets = ["pw-first-3141", "pw-second-2718", "pw-wrong-1618", "pw-broken-json-1414",
                "FILE-BYTES-MARKER-577", "bogus-token-header-9", "bogus-token-query-8"]
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_path = tmp_path / "server.log"
-    with log_path.open("wb") as log_file:
-        process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "vpiska"], stdout=log_file, stderr=subprocess.STDOUT,
-            env=env(tmp_path, SERVER_PORT=str(port), LOGGING_TRACE_REQUESTS="true",
-                    LOG_LEVEL="DEBUG"))
+    async with vpiska_process(tmp_path, LOGGING_TRACE_REQUESTS="true",
+                              LOG_LEVEL="DEBUG") as served:
         try:
-            await wait_until_serving(url)
-            tokens = await use_every_secret(url, secrets)
+            tokens = await use_every_secret(served.url, secrets)
         finally:
-            process.send_signal(signal.SIGTERM)
+            served.process.send_signal(signal.SIGTERM)
             with trio.fail_after(20):
-                await process.wait()
-    text = log_path.read_text()
+                await served.exit_code()
+    text = served.text()
     lines = [json.loads(line) for line in text.split("\n") if line]
     assert any(line["event"] == "http response" and line["body"] == "(hidden)"
                for line in lines)  # the download was traced, without its bytes

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import trio
 
-from tests.test_process import env, free_port, wait_until_serving
+from tests.test_process import vpiska_process
 
 README = Path(__file__).parent.parent / "README.md"
 
@@ -23,22 +21,13 @@ def try_it_block() -> str:
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 async def test_readme_walkthrough_works(tmp_path: Path) -> None:
-    port = free_port()
-    script = try_it_block().replace("localhost:5000", f"127.0.0.1:{port}")
     (tmp_path / "avatar.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "vpiska"], env=env(tmp_path, SERVER_PORT=str(port)),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        await wait_until_serving(f"http://127.0.0.1:{port}")
+    async with vpiska_process(tmp_path) as served:
+        script = try_it_block().replace("localhost:5000", f"127.0.0.1:{served.port}")
         result = await trio.run_process(
             ["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path,
             capture_stdout=True, capture_stderr=True, check=False,
         )
-    finally:
-        process.terminate()
-        await process.wait()
     out = result.stdout.decode()
     assert result.returncode == 0, out + result.stderr.decode()
     assert '"isSuccess":true' in out and '"contentType":"image/png"' in out

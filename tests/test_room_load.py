@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import gc
+import itertools
 import json
-from typing import Any
+import weakref
+from collections.abc import Callable
+from typing import TypeVar
 
 import pytest
 import trio
@@ -18,7 +21,10 @@ from vpiska.actors.room import Room
 
 pytestmark = BOTH_WRITE_PATHS
 
+T = TypeVar("T")
+
 UNLIMITED_CHAT = {"chat_rate_per_second": 1e6, "chat_burst": 10**6}
+LINE_DEADLINE = 15  # s: longest a line may take to reach a reader that keeps up
 
 
 async def join_all(crowd: Crowd, tokens: list[str], event_id: str, in_flight: int = 100
@@ -56,11 +62,22 @@ async def test_three_hundred_members_see_every_line_once_in_one_order(
                 nursery.start_soon(member.say, f"m{i}-{k}")
     await settle_chat(members, 90)
     tails = [m.frames[mark:] for m, mark in zip(members, marks, strict=True)]
-    assert all(tail == tails[0] for tail in tails)  # one order for everyone
-    lines = [json.loads(f.split("/", 1)[1])["message"] for f in tails[0]]
+    # A late joiner may have had 300 in its own join's frame before the room's coalesced
+    # announcement of it, which then comes after the mark: the same state, nothing new.
+    assert all(f.startswith("chatMessage/") or count_of(f) == 300 for t in tails for f in t)
+    heard = [[f for f in tail if f.startswith("chatMessage/")] for tail in tails]
+    assert all(lines == heard[0] for lines in heard)  # one order for everyone
+    lines = [json.loads(f.split("/", 1)[1])["message"] for f in heard[0]]
     assert sorted(lines) == sorted(f"m{i}-{k}" for i in range(30) for k in range(3))
     stored = await server.ok("/api/v1/events/get", {"eventId": event_id})
     assert [c["message"] for c in stored["chatMessages"]] == lines
+
+
+def count_of(frame: str) -> int | None:
+    """usersCount of an eventUpdated frame; None for any other frame."""
+    if not frame.startswith("eventUpdated/"):
+        return None
+    return int(json.loads(frame[13:])["usersCount"])
 
 
 async def settle_chat(members: list[Member], lines: int) -> None:
@@ -134,18 +151,32 @@ async def test_close_under_load_ends_everything(
     server: Server, crowd: Crowd, nursery: trio.Nursery
 ) -> None:
     owner, event_id = await host_event(server)
-    members = await join_all(crowd, [(await token_for(server))[1] for _ in range(20)], event_id)
+    users = [await token_for(server) for _ in range(20)]
+    members = await join_all(crowd, [token for _, token in users], event_id)
     await settle(members, 20)
+    # What the server holds of this event, found while it is live (so the check below looks
+    # at these and at nothing another test left behind), held weakly.
+    ours = {user_id for user_id, _ in users}
+    held = (referents(RoomMember, lambda m: m.identity.user_id in ours)
+            + referents(Room, lambda r: r.event_id == event_id))
+    assert len(held) == 20 + 1
 
     async def chatter(member: Member, i: int) -> None:
-        k = 0
-        while not member.closed.is_set():
+        """A lively room, not a flood: each member keeps one line in flight, saying the next
+        once the room has sent it the last."""
+        for k in itertools.count():
+            line, heard = f"m{i}-{k}", len(member.chat())
             try:
-                await member.say(f"m{i}-{k}")
+                await member.say(line)
             except Exception:  # the socket closed under us: that is the point
                 return
-            k += 1
-            await trio.sleep(0.2)  # 20 members x 5 lines/s: a lively room, not a flood
+
+            def back_or_closed(m: Member, line: str = line, heard: int = heard) -> bool:
+                return m.closed.is_set() or line in m.chat()[heard:]
+
+            await member.wait_for(back_or_closed)
+            if member.closed.is_set():
+                return
 
     for i, member in enumerate(members):
         nursery.start_soon(chatter, member, i)
@@ -155,14 +186,19 @@ async def test_close_under_load_ends_everything(
         assert await member.wait_closed() == 1000
         assert member.frames[-1] == "closeEvent/"
     assert await server.codes("/api/v1/events/get", {"eventId": event_id}) == ["EventNotFound"]
-    with trio.fail_after(10):  # server-side sessions finish and drop their members
-        while live(RoomMember) or live(Room) or room_tasks(event_id):
+    # Server-side sessions finish and drop their members. Nothing is sent after a session lets
+    # go of its member, so there is no frame to wait for: the condition is polled, with a
+    # deadline.
+    with trio.fail_after(30):
+        while any(ref() is not None for ref in held) or room_tasks(event_id):
             await trio.sleep(0.05)
+            gc.collect()
 
 
-def live(kind: type) -> list[Any]:
+def referents(kind: type[T], where: Callable[[T], bool]) -> list[weakref.ref[T]]:
+    """Weak references to the live objects of `kind` for which `where` holds."""
     gc.collect()
-    return [o for o in gc.get_objects() if isinstance(o, kind)]
+    return [weakref.ref(o) for o in gc.get_objects() if isinstance(o, kind) and where(o)]
 
 
 def room_tasks(event_id: str) -> list[str]:
@@ -197,22 +233,26 @@ async def test_slow_consumer_is_dropped_and_does_not_delay_the_room(
                                    receive_buffer=4096)
     async with slow.stream:
         await good.wait_for(lambda m: m.counts()[-1:] == [3])
-        sent_at: dict[str, float] = {}
+        sent = 0
         for i in range(5000):  # up to ~7.5 MB: far more than the slow socket's buffers hold
             if good.counts()[-1] == 2:  # the slow one was dropped
                 break
-            # Stay a few lines ahead of the good reader: it keeps up, the slow one cannot.
-            await good.wait_for(lambda m, i=i: len(m.chat()) >= i - 8)
-            line = f"{i:05d}" + "x" * 1500
-            sent_at[line[:5]] = trio.current_time()
-            await talker.say(line)
+            # Stay a few lines ahead of the good reader: it keeps up, the slow one cannot. The
+            # good reader getting each line while the slow one reads nothing is the room going
+            # on without the stuck phone; how late a line may be is a generous deadline, not a
+            # latency a loaded machine can break.
+            await good.wait_for(lambda m, i=i: len(m.chat()) >= i - 8, timeout=LINE_DEADLINE)
+            await talker.say(f"{i:05d}" + "x" * 1500)
+            sent += 1
         else:
             raise AssertionError("the slow consumer was never dropped")
-        await good.wait_for(lambda m: len(m.chat()) == len(sent_at))
-        received = {f.split('"message":"', 1)[1][:5]: t
-                    for f, t in zip(good.frames, good.received_at, strict=True)
-                    if f.startswith("chatMessage/")}
-        worst = max(received[key] - sent for key, sent in sent_at.items())
-        assert worst < 5, worst  # the stuck phone never held the room up
+        await good.wait_for(lambda m: len(m.chat()) == sent)
         with trio.fail_after(30):  # once it reads again it learns why
-            assert await slow.close_code() == 4008
+            texts, code = await slow.texts_until_close()
+        assert code == 4008
+    slow_chat = [json.loads(t.split("/", 1)[1])["message"] for t in texts
+                 if t.startswith("chatMessage/")]
+    assert good.chat()[:len(slow_chat)] == slow_chat  # what it got, it got in order
+    # A full outbox of lines (and the rest) went to the others and never to the stuck phone:
+    # the room dropped them for it rather than wait for it to read.
+    assert len(good.chat()) - len(slow_chat) >= server.config.member_outbox_frames

@@ -7,14 +7,14 @@ Needs Debian's `chromium` and `chromium-driver` (.ci/run installs them); skipped
 from __future__ import annotations
 
 import json
+import queue
 import shutil
 import subprocess
 import sys
-import time
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
@@ -24,7 +24,7 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.wait import WebDriverWait
 
 from tests.test_fuzz import documented_operations
-from tests.test_process import env, free_port
+from tests.test_process import env, serving_url
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -36,24 +36,35 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture
 def server_url(tmp_path: Path) -> Iterator[str]:
-    """A `python -m vpiska` of its own: the browser's calls block this (synchronous) test."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen([sys.executable, "-m", "vpiska"], stdout=subprocess.DEVNULL,
-                               env=env(tmp_path, SERVER_PORT=str(port)))
+    """A `python -m vpiska` of its own: the browser's calls block this (synchronous) test.
+
+    On a port the kernel picks, read from its "serving" log line (as tests/test_process.py's
+    `vpiska_process` does); a thread reads its output all along, so a full pipe never stops it.
+    """
+    process = subprocess.Popen([sys.executable, "-m", "vpiska"], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, env=env(tmp_path, SERVER_PORT="0"))
+    urls: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        assert process.stdout is not None
+        with process.stdout:
+            for line in process.stdout:
+                url = serving_url(line)
+                if url is not None:
+                    urls.put(url)
+        urls.put(None)  # the process has gone
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     try:
-        for _ in range(600):
-            try:
-                httpx.get(f"{url}/healthz", timeout=1)
-                break
-            except httpx.TransportError:
-                if process.poll() is not None:
-                    raise AssertionError("the server did not start") from None
-                time.sleep(0.05)
+        url = urls.get(timeout=30)
+        if url is None:
+            raise AssertionError(f"the server exited ({process.wait()}) before serving")
         yield url
     finally:
         process.terminate()
         process.wait(timeout=20)
+        reader.join(timeout=20)
 
 
 @pytest.fixture
