@@ -15,10 +15,14 @@ another node's.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 import coredis
+
+log = logging.getLogger(__name__)
 
 PREFIX = "vpiska:"
 NODES = PREFIX + "nodes"
@@ -106,5 +110,10 @@ async def connect(url: str) -> AsyncIterator[coredis.Redis[bytes]]:
     """
     client: coredis.Redis[bytes] = coredis.Redis.from_url(
         url, stream_timeout=COMMAND_TIMEOUT_SECONDS, connect_timeout=COMMAND_TIMEOUT_SECONDS)
-    async with client:
-        yield client
+    try:
+        async with client:
+            yield client
+    except* (anyio.ClosedResourceError, anyio.BrokenResourceError) as closing:
+        # coredis 6 can fail closing a pool whose connection Redis already dropped (or that
+        # is closed while being cancelled); the client is gone either way.
+        log.info("Redis client closed with an error", extra={"cause": repr(closing)})
