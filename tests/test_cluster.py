@@ -4,13 +4,22 @@ what they would see on one (real processes, a real Redis, one sqlite file)."""
 from __future__ import annotations
 
 import json
+import signal
+import sys
+from pathlib import Path
 from typing import Any
 
+import httpx
 import trio
 
-from tests.cluster_fixtures import Cluster, RedisServer, StartCluster
 from tests.clients import Crowd, Member, host_event, token_for
+from tests.cluster_fixtures import Cluster, RedisServer, StartCluster
 from tests.conftest import Server
+from tests.test_process import ServerProcess, env, vpiska_process
+from vpiska.config import Config
+from vpiska.store.sqlite import SqliteStore
+
+JWT_KEY = "the cluster tests' key, long enough for HS256"
 
 UNLIMITED = {"CHAT_RATE_PER_SECOND": "1000000", "CHAT_BURST": "1000000"}
 
@@ -94,10 +103,62 @@ async def _wait_for_range(server: Server, x: float, y: float, event_id: str) -> 
     body: dict[str, Any] = {"coordinates": {"x": x, "y": y}, "horizontalRange": 1,
                             "verticalRange": 1}
     with trio.fail_after(15):
-        while [e["id"] for e in await server.ok("/api/v1/events/range", body)] != [event_id]:
+        while [e["id"] for e in await server.ok("/api/v1/events/range", body)  # noqa: ASYNC110
+               ] != [event_id]:  # another node's notice: nothing here to wait on but asking
             await trio.sleep(0.02)
 
 
 def _counts(frames: list[str]) -> list[int]:
     return [json.loads(f[13:])["usersCount"] for f in frames if f.startswith("eventUpdated/")]
 
+
+
+async def test_workers_run_several_nodes_on_one_port(
+    tmp_path: Path, redis_server: RedisServer, nursery: trio.Nursery
+) -> None:
+    async with vpiska_process(tmp_path, WORKERS="2", REDIS_URL=redis_server.url,
+                              JWT_KEY=JWT_KEY) as served:
+        async def both_serving() -> bool:
+            await trio.lowlevel.checkpoint()
+            return len(serving_lines(served)) == 2
+
+        with trio.fail_after(30):
+            while not await both_serving():  # noqa: ASYNC110 (another process's output)
+                await trio.sleep(0.02)
+        lines = serving_lines(served)
+        assert {line["binds"][0] for line in lines} == {served.url}
+        assert len({line["cluster_node"] for line in lines}) == 2
+        async with httpx.AsyncClient(base_url=served.url, timeout=30) as http:
+            store = await SqliteStore.open(tmp_path / "data" / "vpiska.db")
+            try:
+                server = Server(served.url, Config.from_env({"JWT_KEY": JWT_KEY}), http, store)
+                _, event_id = await host_event(server)
+                crowd = Crowd(nursery, server)
+                members = [await crowd.join((await token_for(server))[1], event_id)
+                           for _ in range(6)]  # the kernel spreads them over both nodes
+                await members[0].say("hello")
+                for member in members:
+                    await member.wait_for(lambda m: m.chat() == ["hello"])
+                await crowd.aclose()
+            finally:
+                await store.aclose()
+        served.process.send_signal(signal.SIGTERM)
+        with trio.fail_after(30):
+            assert await served.exit_code() == 0
+        assert served.text().count('"left the cluster"') == 2
+
+
+def serving_lines(served: ServerProcess) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in served.text().splitlines()
+            if '"event": "serving"' in line]
+
+
+async def test_workers_without_redis_is_refused_with_one_line(tmp_path: Path) -> None:
+    result = await trio.run_process(
+        [sys.executable, "-m", "vpiska"], env=env(tmp_path, WORKERS="2"),
+        capture_stdout=True, capture_stderr=True, check=False)
+    assert result.returncode == 2
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1
+    assert "WORKERS" in lines[0]
+    assert "REDIS_URL" in lines[0]

@@ -19,7 +19,7 @@ import trio
 import trio.lowlevel
 
 from tests.clients import Crowd, Member, host_event, token_for
-from tests.cluster_fixtures import Cluster, Node, RedisServer, StartCluster
+from tests.cluster_fixtures import Cluster, Node, RedisServer, StartCluster, StartProxy
 from tests.conftest import Server
 
 TTL = 2.0  # the lease TTL of these clusters: failover is bounded by it
@@ -420,3 +420,47 @@ async def test_redis_lost_for_a_while_then_back_loses_nothing_and_needs_no_resta
         assert all(node.returncode is None for node in group.nodes)
         for follower in owned:
             assert follower.closes[0] == 1012, follower.closes
+
+
+async def test_a_gateway_cut_off_from_redis_shows_no_gap(
+    cluster: StartCluster, redis_server: RedisServer, tcp_proxy: StartProxy,
+    nursery: trio.Nursery
+) -> None:
+    """The path between one node and Redis is cut long enough for its heartbeat to expire,
+    then restored: the frames published meanwhile never reached it. Its sockets must not
+    show that gap: they are told to reconnect, and catch up; nobody else notices."""
+    group = await cluster(2, redis=redis_server, **UNLIMITED)
+    async with diagnosed(group):
+        servers = [await group.server(node) for node in group.nodes]
+        _, event_id = await host_event(servers[0])
+        await owner_now(redis_server, event_id, group)  # one of the first two owns it
+        proxy = await tcp_proxy(redis_server.port)
+        gateway = await group.start_node(REDIS_URL=proxy.url())
+        servers.append(await group.server(gateway))
+        alive = [True] * 3
+        followers = await start_followers(nursery, servers, event_id, 2, alive)
+        async with talking(followers, servers, alive):
+            for follower in followers:
+                await follower.wait_for(20)
+            proxy.cut()
+
+            async def dropped() -> bool:  # it knows it is cut off: its beats fail
+                return (await ready(servers[2])) == 503
+
+            await eventually(dropped)
+            cut_off = [f for f in followers if f.home == 2]
+            others = [f for f in followers if f.home != 2]
+            for follower in others:
+                await follower.wait_for(len(follower.lines) + 2 * 20)
+            proxy.restore()
+            for follower in followers:
+                await follower.wait_for(len(follower.lines) + 20)
+        stored = await settle(followers, servers, event_id)
+        for follower in followers:
+            await follower.aclose()
+        assert_consistent(followers, stored)
+        for follower in others:
+            assert follower.closes == [], (follower.name, follower.closes)
+        for follower in cut_off:  # told to reconnect (or dropped with the path), then rejoined
+            assert follower.closes, follower.name
+            assert follower.closes[0] in (1012, 1006), follower.closes

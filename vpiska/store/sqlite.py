@@ -15,6 +15,7 @@ runs exactly as before fencing.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime
@@ -108,6 +109,26 @@ LIMIT 1
 """
 
 
+# Opening while another process (a node of the cluster on the same file) is in the middle of
+# WAL recovery or a checkpoint can answer "database is locked" without waiting on the busy
+# timeout; so a few tries, this far apart.
+OPEN_TRIES = 50
+OPEN_RETRY_SECONDS = 0.1
+
+
+def _enter_wal(db: sqlite3.Connection) -> None:
+    """Put the file in WAL mode (once per file; a no-op when it is already)."""
+    for attempt in range(OPEN_TRIES):
+        try:
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or attempt == OPEN_TRIES - 1:
+                raise
+            time.sleep(OPEN_RETRY_SECONDS)  # in the opening worker thread, not the event loop
+
+
 class SqliteStore:
     """Store on one sqlite file. Resource handling: `open` creates the file and schema;
     `aclose` closes the connection after the call in flight finishes."""
@@ -121,11 +142,15 @@ class SqliteStore:
         def connect() -> sqlite3.Connection:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA busy_timeout=5000")
-            db.executescript(SCHEMA)
-            _migrate(db)
+            try:
+                db.execute("PRAGMA busy_timeout=5000")
+                _enter_wal(db)
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.executescript(SCHEMA)
+                _migrate(db)
+            except BaseException:
+                db.close()
+                raise
             return db
 
         return cls(await trio.to_thread.run_sync(connect))
