@@ -171,7 +171,7 @@ class GatewayRoom:
                 except DomainError:
                     return True  # closed meanwhile: the socket is being closed
                 await trio.sleep(RETRY_SECONDS)
-        log.warning("chat line dropped: no owner reachable", extra={"event_id": self.event_id})
+        log.info("chat line dropped: no owner reachable", extra={"event_id": self.event_id})
         return True
 
     def leave(self, member: Member) -> None:

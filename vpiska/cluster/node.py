@@ -45,6 +45,7 @@ from vpiska.cluster.nodes import designated, new_node_id
 from vpiska.cluster.owner import OwnerLink
 from vpiska.cluster.protocol import Notice, Reply, Request, decode, encode
 from vpiska.cluster.rpc import Rpc, Unreachable
+from vpiska.cluster.trouble import Trouble
 from vpiska.config import Config
 from vpiska.domain import Coordinates, Event
 from vpiska.errors import DomainError, ErrorCode
@@ -113,6 +114,7 @@ class ClusterNode:
         self._counts: dict[str, int] = {}  # usersCount of events owned elsewhere
         self._last_renewal = -math.inf
         self.healthy = False  # Redis answered the last heartbeat
+        self._unreachable = Trouble(log, "Redis unreachable")
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -208,8 +210,9 @@ class ClusterNode:
         try:
             lease = await self._leases.holder(event_id)
         except (RedisError, TimeoutError) as error:
-            log.warning("owner unknown: Redis unreachable", extra={"cause": repr(error)})
+            self._unreachable.failed(error)
             raise DomainError(ErrorCode.INTERNAL_ERROR) from None
+        self._unreachable.succeeded()
         if lease is not None:
             self._owners[event_id] = lease.node_id
             return lease.node_id
@@ -239,8 +242,7 @@ class ClusterNode:
                 try:
                     lease = await self._leases.acquire(event_id)
                 except (RedisError, TimeoutError) as error:
-                    log.warning("not activated: Redis unreachable", extra={
-                        "event_id": event_id, "cause": repr(error)})
+                    self._unreachable.failed(error)
                     return None
                 if lease is None:
                     return None
@@ -299,8 +301,10 @@ class ClusterNode:
                 changed = await self._beat()
                 lost = await self._leases.renew(list(self._owned.values()))
                 self._last_renewal = trio.current_time()
+                self._unreachable.succeeded()
             except (RedisError, TimeoutError, OSError) as error:
                 self.healthy = False
+                self._unreachable.failed(error)
                 if (self._owned
                         and trio.current_time() - self._last_renewal > self._ttl * 2 / 3):
                     self._fence(list(self._owned), f"Redis unreachable: {error!r}")
@@ -433,7 +437,9 @@ class ClusterNode:
         try:
             await self._bus.publish(redis.CLUSTER_CHANNEL, encode(Notice(op, event_id, args)))
         except (RedisError, TimeoutError) as error:
-            log.warning("cluster notice not sent", extra={"op": op, "cause": repr(error)})
+            self._unreachable.failed(error, notice=op)
+        else:
+            self._unreachable.succeeded()
 
     def _gateway(self, event: Event) -> GatewayRoom:
         assert self._nursery is not None
