@@ -53,6 +53,8 @@ from vpiska.store import StaleEpoch, Store
 
 log = logging.getLogger(__name__)
 
+# A gateway without sockets or requests is forgotten after this long unused.
+GATEWAY_IDLE_SECONDS = 60.0
 # Every this many beats the node also looks for orphans it should own, in case a notice was
 # missed (a node's death is noticed by its missing heartbeat, not by any message).
 RECONCILE_EVERY_BEATS = 3
@@ -171,6 +173,7 @@ class ClusterNode:
             return room
         gateway = self._gateways.get(event_id)
         if gateway is not None:
+            gateway.last_used = trio.current_time()
             return gateway
         event = await self._store.event(event_id)
         if event is None or not event.is_open:
@@ -273,6 +276,7 @@ class ClusterNode:
 
     def room_ended(self, event_id: str) -> None:
         """A room of ours ended (closed, stopped, failed, fenced): free its lease."""
+        self.owner_link.remote.pop(event_id, None)
         lease = self._owned.pop(event_id, None)
         if lease is not None and self._nursery is not None:
             self._nursery.start_soon(self._release, lease)
@@ -310,6 +314,7 @@ class ClusterNode:
                     self._fence(list(self._owned), f"Redis unreachable: {error!r}")
                 continue
             self._fence([lease.event_id for lease in lost], "lease lost")
+            self._forget_idle_gateways()
             if changed or beats % RECONCILE_EVERY_BEATS == 0:
                 await self._reconcile()
 
@@ -447,5 +452,12 @@ class ClusterNode:
             event.id, event.owner_id, owners=self, bus=self._bus, rpc=self._rpc,
             store=self._store, nursery=self._nursery,
             reply_timeout=self._config.actor_reply_timeout_seconds,
-            owner_silence=2 * self._ttl + self._config.actor_reply_timeout_seconds,
-            on_empty=lambda gateway: self._gateways.pop(gateway.event_id, None))
+            owner_silence=2 * self._ttl + self._config.actor_reply_timeout_seconds)
+
+    def _forget_idle_gateways(self) -> None:
+        """Gateways an HTTP request made and no socket uses, once they have been idle long
+        enough that no caller can still be about to use one `find` gave it."""
+        now = trio.current_time()
+        for event_id, gateway in list(self._gateways.items()):
+            if gateway.idle and now - gateway.last_used > GATEWAY_IDLE_SECONDS:
+                del self._gateways[event_id]
