@@ -465,5 +465,7 @@ def _view(value: dict[str, Any]) -> EventView:
                                 float(shown["coordinates"]["y"])),
         created_at=datetime.fromisoformat(value["created_at"]), is_open=bool(value["open"]),
         media=tuple(EventMedia(m["id"], m["contentType"]) for m in shown["media"]))
-    return EventView(event, int(shown["usersCount"]), int(value["chat_length"]))
+    chat = value.get("chat")
+    return EventView(event, int(shown["usersCount"]), int(value["chat_length"]),
+                     None if chat is None else tuple(str(line) for line in chat))
 

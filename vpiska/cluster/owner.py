@@ -212,7 +212,8 @@ class OwnerLink:
             assert isinstance(view, EventView)
             return {"event": event_json(view.event, view.users_count, []),
                     "open": view.event.is_open, "created_at": view.event.created_at.isoformat(),
-                    "chat_length": view.chat_length}
+                    "chat_length": view.chat_length,
+                    "chat": None if view.chat is None else list(view.chat)}
         if op == "position":
             return {"epoch": room.epoch, "seq": room.seq}
         command = _command(op, args)
