@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import trio
+
 from vpiska.config import Config
 from vpiska.store.base import StaleEpoch, Store
 from vpiska.store.files import MediaFiles
@@ -31,7 +33,15 @@ async def open_store(config: Config) -> AsyncIterator[Store]:
     else:
         from vpiska.store.sqlite import SqliteStore
 
-        store = await SqliteStore.open(config.store.target)
+        sqlite = await SqliteStore.open(config.store.target)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(sqlite.checkpoints, config.store.target)
+                yield sqlite
+                nursery.cancel_scope.cancel()
+        finally:
+            await sqlite.aclose()
+        return
     try:
         yield store
     finally:

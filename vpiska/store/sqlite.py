@@ -113,6 +113,8 @@ LIMIT 1
 # WAL recovery or a checkpoint can answer "database is locked" without waiting on the busy
 # timeout; so a few tries, this far apart.
 OPEN_TRIES = 50
+# How often the WAL is copied back into the database file (`SqliteStore.checkpoints`).
+CHECKPOINT_SECONDS = 1.0
 OPEN_RETRY_SECONDS = 0.1
 
 
@@ -146,6 +148,8 @@ class SqliteStore:
                 db.execute("PRAGMA busy_timeout=5000")
                 _enter_wal(db)
                 db.execute("PRAGMA synchronous=NORMAL")
+                # No checkpoint inside a commit: `checkpoints` runs them beside the writes.
+                db.execute("PRAGMA wal_autocheckpoint=0")
                 db.executescript(SCHEMA)
                 _migrate(db)
             except BaseException:
@@ -173,6 +177,25 @@ class SqliteStore:
 
     async def aclose(self) -> None:
         await self._run(self._db.close)
+
+    async def checkpoints(self, path: str | Path, every: float = CHECKPOINT_SECONDS) -> None:
+        """Copy the WAL back into the database file every `every` seconds, on a connection
+        and a thread of its own, so that no write waits for a checkpoint (and its fsync), as
+        it would with sqlite's automatic ones, which run inside the commit that crosses the
+        threshold. PASSIVE: it never blocks readers or writers.
+
+        Resource handling: runs until cancelled; its connection is closed on the way out.
+        """
+        db = await trio.to_thread.run_sync(
+            lambda: sqlite3.connect(path, check_same_thread=False, isolation_level=None))
+        try:
+            while True:
+                await trio.sleep(every)
+                await trio.to_thread.run_sync(
+                    lambda: db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone())
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(db.close)
 
     async def ping(self) -> None:
         await self._run(lambda: self._db.execute("SELECT 1").fetchone())
