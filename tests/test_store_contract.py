@@ -1074,7 +1074,7 @@ async def test_sqlite_writes_leave_checkpoints_to_the_checkpointer(tmp_path: Pat
 
         assert lines_in_the_file_alone() == 0  # the commit did not checkpoint
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(partial(store.checkpoints, path, every=0.01))
+            nursery.start_soon(partial(store.maintain, every=0.01))
             with trio.fail_after(15):
                 while lines_in_the_file_alone() != 1:  # noqa: ASYNC110 (the file, not a task)
                     await trio.sleep(0.01)

@@ -113,6 +113,7 @@ async def _serve(
         # app.nursery are cancelled the moment serving ends; here they drain first. A cluster
         # node's own tasks (Redis, leases) outlive both: the rooms hand over through them.
         async with trio.open_nursery() as watchdog, trio.open_nursery() as cluster:
+            cluster.start_soon(opened.maintain)
             if node is not None:
                 await cluster.start(node.run)
             async with trio.open_nursery() as rooms_nursery:

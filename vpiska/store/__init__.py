@@ -6,8 +6,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import trio
-
 from vpiska.config import Config
 from vpiska.store.base import StaleEpoch, Store
 from vpiska.store.files import MediaFiles
@@ -33,15 +31,7 @@ async def open_store(config: Config) -> AsyncIterator[Store]:
     else:
         from vpiska.store.sqlite import SqliteStore
 
-        sqlite = await SqliteStore.open(config.store.target)
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(sqlite.checkpoints, config.store.target)
-                yield sqlite
-                nursery.cancel_scope.cancel()
-        finally:
-            await sqlite.aclose()
-        return
+        store = await SqliteStore.open(config.store.target)
     try:
         yield store
     finally:

@@ -135,8 +135,9 @@ class SqliteStore:
     """Store on one sqlite file. Resource handling: `open` creates the file and schema;
     `aclose` closes the connection after the call in flight finishes."""
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
+    def __init__(self, connection: sqlite3.Connection, path: str | Path) -> None:
         self._db = connection
+        self._path = path
         self._limiter = trio.CapacityLimiter(1)
 
     @classmethod
@@ -157,7 +158,7 @@ class SqliteStore:
                 raise
             return db
 
-        return cls(await trio.to_thread.run_sync(connect))
+        return cls(await trio.to_thread.run_sync(connect), path)
 
     async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
         with _CALL_DURATION.time():
@@ -178,7 +179,7 @@ class SqliteStore:
     async def aclose(self) -> None:
         await self._run(self._db.close)
 
-    async def checkpoints(self, path: str | Path, every: float = CHECKPOINT_SECONDS) -> None:
+    async def maintain(self, every: float = CHECKPOINT_SECONDS) -> None:
         """Copy the WAL back into the database file every `every` seconds, on a connection
         and a thread of its own, so that no write waits for a checkpoint (and its fsync), as
         it would with sqlite's automatic ones, which run inside the commit that crosses the
@@ -186,6 +187,7 @@ class SqliteStore:
 
         Resource handling: runs until cancelled; its connection is closed on the way out.
         """
+        path = self._path
         db = await trio.to_thread.run_sync(
             lambda: sqlite3.connect(path, check_same_thread=False, isolation_level=None))
         try:
