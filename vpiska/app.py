@@ -14,6 +14,7 @@ from vpiska.config import Config
 from vpiska.http.body import close_if_body_unread
 from vpiska.http.errors import install_error_handlers
 from vpiska.http.events import events_routes
+from vpiska.http.host_check import HostCheck
 from vpiska.http.media import media_routes
 from vpiska.http.probes import probe_routes
 from vpiska.http.request_id import install_request_ids
@@ -56,8 +57,8 @@ class Services:
 def create_app(services: Services) -> Any:
     """The whole ASGI app: the event WebSocket in front of the Quart app of every other route."""
     quart_app = create_quart_app(services)
-    return EventSocketEndpoint(quart_app, services.config, services.accounts, services.events,
-                               services.store)
+    return HostCheck(EventSocketEndpoint(quart_app, services.config, services.accounts,
+                                         services.events, services.store))
 
 
 def create_quart_app(services: Services) -> QuartTrio:
