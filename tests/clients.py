@@ -50,7 +50,8 @@ class Member:
             self.closed.set()
             self._changed.set()
 
-    async def wait_for(self, done: Callable[[Member], bool], timeout: float = 15) -> None:
+    async def wait_for(self, done: Callable[[Member], bool],
+                       timeout: float = 15) -> None:  # noqa: ASYNC109 (a test's deadline)
         with trio.fail_after(timeout):
             while not done(self):
                 if self.closed.is_set():
@@ -63,7 +64,7 @@ class Member:
         if not self.closed.is_set():
             await self._changed.wait()
 
-    async def wait_closed(self, timeout: float = 15) -> int | None:
+    async def wait_closed(self, timeout: float = 15) -> int | None:  # noqa: ASYNC109 (as above)
         with trio.fail_after(timeout):
             await self.closed.wait()
         return self.close_code
@@ -159,7 +160,8 @@ async def connected_sockets(server: Server) -> int:
                 for sample in family.samples if sample.name == "vpiska_ws_connected_sockets")
 
 
-async def wait_for_sockets(server: Server, count: int, timeout: float = 15) -> None:
+async def wait_for_sockets(server: Server, count: int,
+                           timeout: float = 15) -> None:  # noqa: ASYNC109 (a test's deadline)
     """Wait until the rooms hold `count` sockets, as the actors' member tables say.
 
     Only a count the awaited change brings about is a sentinel: wait for a leave with the

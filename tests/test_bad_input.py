@@ -113,4 +113,5 @@ async def test_unexpected_error_is_logged_with_traceback_not_leaked(
     assert envelope["errors"] == [{"errorCode": "InternalError"}]
     assert "injected failure" not in str(envelope)
     failures = [r for r in caplog.records if r.message == "request failed"]
-    assert len(failures) == 1 and failures[0].exc_info is not None
+    assert len(failures) == 1
+    assert failures[0].exc_info is not None

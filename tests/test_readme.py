@@ -30,4 +30,5 @@ async def test_readme_walkthrough_works(tmp_path: Path) -> None:
         )
     out = result.stdout.decode()
     assert result.returncode == 0, out + result.stderr.decode()
-    assert '"isSuccess":true' in out and '"contentType":"image/png"' in out
+    assert '"isSuccess":true' in out
+    assert '"contentType":"image/png"' in out

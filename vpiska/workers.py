@@ -62,11 +62,11 @@ async def _worker(number: int, env: dict[str, str], stopping: trio.Event,
         process = await trio.lowlevel.open_process([sys.executable, "-m", "vpiska"], env=env,
                                                    stdin=subprocess.DEVNULL)
         async with trio.open_nursery() as nursery:
-            async def pass_stop_on() -> None:
+            async def pass_stop_on(process: trio.Process) -> None:
                 await stopping.wait()
                 process.send_signal(signal.SIGTERM)
 
-            nursery.start_soon(pass_stop_on)
+            nursery.start_soon(pass_stop_on, process)
             code = await process.wait()
             nursery.cancel_scope.cancel()
         if stopping.is_set():

@@ -87,7 +87,8 @@ def events_routes(config: Config, accounts: Accounts, rooms: Rooms, store: Store
         require(id_codes(event_id), (not address, ErrorCode.ADDRESS_IS_EMPTY),
                 (where is None, ErrorCode.COORDINATES_IS_EMPTY))
         assert where is not None
-        await (await room_of(event_id)).ask(lambda reply: Update(identity.user_id, address, where, reply))
+        await (await room_of(event_id)).ask(
+            lambda reply: Update(identity.user_id, address, where, reply))
         return success(None)
 
     @routes.post("/close")
@@ -118,7 +119,8 @@ def events_routes(config: Config, accounts: Accounts, rooms: Rooms, store: Store
         data = await body()
         event_id, media_id = text(data, "eventId"), text(data, "mediaId")
         require(id_codes(event_id), id_codes(media_id))
-        await (await room_of(event_id)).ask(lambda reply: RemoveMedia(identity.user_id, media_id, reply))
+        await (await room_of(event_id)).ask(
+            lambda reply: RemoveMedia(identity.user_id, media_id, reply))
         return success(None)
 
     return routes
