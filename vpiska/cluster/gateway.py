@@ -96,7 +96,7 @@ class GatewayRoom:
 
     def __init__(self, event_id: str, owner_id: str, *, owners: Owners, bus: Bus, rpc: Rpc,
                  store: Store, nursery: trio.Nursery, reply_timeout: float,
-                 owner_silence: float, on_empty: Callable[[GatewayRoom], None]) -> None:
+                 owner_silence: float, on_empty: Callable[[GatewayRoom], object]) -> None:
         self.event_id = event_id
         self.owner_id = owner_id  # the event's owner user, for the early check of uploads
         self.failed = False
