@@ -45,7 +45,9 @@ class Member:
                 self._changed.set()
                 self._changed = trio.Event()
         except ConnectionClosed as closed:
-            self.close_code = closed.reason.code
+            reason = closed.reason
+            assert reason is not None  # trio-websocket has one once the connection closed
+            self.close_code = reason.code
         finally:
             self.closed.set()
             self._changed.set()
@@ -109,10 +111,12 @@ class Crowd:
         The TCP stream is opened here, not by trio-websocket, because after a server-initiated
         close trio-websocket never closes the stream itself."""
         url = urlsplit(socket_url(self._server, token, event_id, **params))
-        stream = await trio.open_tcp_stream(url.hostname, url.port)  # type: ignore[arg-type]
+        assert url.hostname is not None
+        assert url.port is not None
+        stream = await trio.open_tcp_stream(url.hostname, url.port)
         try:
             ws = await wrap_client_stream(
-                self._nursery, stream, url.hostname,  # type: ignore[arg-type]
+                self._nursery, stream, url.hostname,
                 f"{url.path}?{url.query}", message_queue_size=0,
                 extra_headers=[(k.encode(), v.encode()) for k, v in (headers or {}).items()])
         except BaseException:

@@ -99,7 +99,7 @@ async def test_wrong_method_is_invalid_method(server: Server, method: str, path:
 
 @pytest.fixture
 def wrap_store() -> Callable[[Store], Store]:
-    return FaultyStore  # type: ignore[return-value]
+    return FaultyStore
 
 
 async def test_unexpected_error_is_logged_with_traceback_not_leaked(

@@ -6,6 +6,7 @@ makes the order and the deadline observable.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import sqlite3
@@ -30,9 +31,14 @@ from vpiska.store.sqlite import SqliteStore
 UNLIMITED_CHAT = {"chat_rate_per_second": 1e6, "chat_burst": 10**6}
 
 
+@dataclasses.dataclass
+class StoppingServer(Server):
+    outcome: list[ShutdownTimedOut] = dataclasses.field(default_factory=list)
+
+
 @asynccontextmanager
 async def running(tmp_path: Path, nursery: trio.Nursery, **overrides: Any
-                  ) -> AsyncIterator[tuple[Server, trio.Event, trio.Event]]:
+                  ) -> AsyncIterator[tuple[StoppingServer, trio.Event, trio.Event]]:
     """A server on a FaultyStore; yields it, its shutdown trigger and an event set when `serve`
     has returned (ShutdownTimedOut is kept in `outcome`)."""
     config = make_config(tmp_path, **overrides)
@@ -42,7 +48,7 @@ async def running(tmp_path: Path, nursery: trio.Nursery, **overrides: Any
 
     async def run(task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
         try:
-            await serve(config, store=store,  # type: ignore[arg-type]
+            await serve(config, store=store,
                         shutdown_trigger=trigger.wait, task_status=task_status)
         except ShutdownTimedOut as timed_out:
             outcome.append(timed_out)
@@ -53,8 +59,7 @@ async def running(tmp_path: Path, nursery: trio.Nursery, **overrides: Any
     try:
         binds = await nursery.start(run)
         async with httpx.AsyncClient(base_url=binds[0], timeout=30) as http:
-            server = Server(binds[0], config, http, store)  # type: ignore[arg-type]
-            server.outcome = outcome  # type: ignore[attr-defined]
+            server = StoppingServer(binds[0], config, http, store, outcome)
             yield server, trigger, returned
     finally:
         trigger.set()
@@ -85,7 +90,7 @@ async def test_create_during_the_grace_period_is_refused_and_shutdown_still_ends
             await returned.wait()
         assert await member.wait_closed() == 1001
         assert member.chat() == ["held"]  # the queued line was written, then announced
-        assert server.outcome == []  # type: ignore[attr-defined]
+        assert server.outcome == []
         await crowd.aclose()
     check = await SqliteStore.open(server.config.store.target)
     try:
@@ -141,7 +146,7 @@ async def test_a_room_stuck_past_the_deadline_is_abandoned_and_named(
         trigger.set()
         with trio.fail_after(15):
             await returned.wait()
-        [timed_out] = server.outcome  # type: ignore[attr-defined]
+        [timed_out] = server.outcome
         assert timed_out.events == [event_id]
         await crowd.aclose()
 

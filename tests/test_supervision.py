@@ -23,7 +23,7 @@ pytestmark = BOTH_WRITE_PATHS
 
 @pytest.fixture
 def wrap_store() -> Callable[[Store], Store]:
-    return FaultyStore  # type: ignore[return-value]
+    return FaultyStore
 
 
 def faults(server: Server) -> FaultyStore:

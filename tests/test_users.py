@@ -123,10 +123,13 @@ async def test_legacy_hmac_hash_verifies_and_is_upgraded(server: Server) -> None
     await store.add_user(User(user_id, "old", "9005550000", legacy))
     login = {"phone": "9005550000", "password": "oldpass1"}
     assert await server.codes(LOGIN, {**login, "password": "wrong12"}) == ["InvalidPassword"]
-    assert (await store.user_by_id(user_id)).password_hash == legacy  # type: ignore[union-attr]
+    before = await store.user_by_id(user_id)
+    assert before is not None
+    assert before.password_hash == legacy
     assert (await server.ok(LOGIN, login))["id"] == user_id
-    upgraded = (await store.user_by_id(user_id)).password_hash  # type: ignore[union-attr]
-    assert upgraded.startswith("$argon2id$")
+    after = await store.user_by_id(user_id)
+    assert after is not None
+    assert after.password_hash.startswith("$argon2id$")
     assert (await server.ok(LOGIN, login))["id"] == user_id
     await store.aclose()
 
@@ -138,9 +141,11 @@ def forge(server: Server, **changes: object) -> str:
                "ID": changes.pop("ID", new_id()), "Name": "ann", "ImageID": ""}
     key = changes.pop("key", c.jwt_key)
     algorithm = changes.pop("algorithm", "HS256")
+    assert isinstance(key, str)
+    assert isinstance(algorithm, str)
     payload.update(changes)
     payload = {k: v for k, v in payload.items() if v is not None}
-    return jwt.encode(payload, key, algorithm=algorithm)  # type: ignore[arg-type]
+    return jwt.encode(payload, key, algorithm=algorithm)
 
 
 async def test_older_backend_token_is_accepted(server: Server) -> None:
