@@ -155,6 +155,16 @@ async def host_event(server: Server, name: str = "party", x: float = 10, y: floa
     return token, event["id"]
 
 
+async def flood(member: Member, lines: int) -> None:
+    """Say "spam 0", "spam 1", … up to `lines` lines without waiting for any; stops early
+    once the server has closed the socket."""
+    for i in range(lines):
+        try:
+            await member.say(f"spam {i}")
+        except Exception:  # disconnected mid-flood
+            break
+
+
 async def connected_sockets(server: Server) -> int:
     """`vpiska_ws_connected_sockets` from GET /metrics: sockets the rooms hold right now."""
     # A connection of its own: with short ping intervals the server drops idle pooled ones.
