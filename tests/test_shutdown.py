@@ -21,7 +21,7 @@ import httpx
 import pytest
 import trio
 
-from tests.clients import Crowd, host_event, token_for, wait_for_sockets
+from tests.clients import Crowd, Member, host_event, token_for, wait_for_sockets
 from tests.conftest import Server, make_config
 from tests.fakes import FaultyStore
 from tests.test_process import env, free_port, wait_until_serving
@@ -33,7 +33,19 @@ UNLIMITED_CHAT = {"chat_rate_per_second": 1e6, "chat_burst": 10**6}
 
 @dataclasses.dataclass
 class StoppingServer(Server):
+    """A server of `running`: on a FaultyStore, and what `serve` raised once it returned."""
+
+    store: FaultyStore
     outcome: list[ShutdownTimedOut] = dataclasses.field(default_factory=list)
+
+
+async def hold_a_write(store: FaultyStore, member: Member, line: str) -> trio.Event:
+    """`member` says `line` and the room's write of it hangs: the room is mid-write. Setting
+    the event returned lets the write go on."""
+    release = store.hang("append_chat")
+    await member.say(line)
+    await store.wait_calls("append_chat", 1)
+    return release
 
 
 @asynccontextmanager
@@ -72,15 +84,12 @@ async def test_create_during_the_grace_period_is_refused_and_shutdown_still_ends
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
     async with running(tmp_path, nursery, **UNLIMITED_CHAT) as (server, trigger, returned):
-        assert isinstance(server.store, FaultyStore)
         crowd = Crowd(nursery, server)
         _, event_id = await host_event(server)
         member = await crowd.join((await token_for(server))[1], event_id)
         await member.wait_for(lambda m: m.counts() == [1])
         latecomer = await server.sign_up("late", "9009998877")  # its connection stays open
-        release = server.store.hang("append_chat")
-        await member.say("held")  # the room is mid-write: it cannot drain yet
-        await server.store.wait_calls("append_chat", 1)
+        release = await hold_a_write(server.store, member, "held")  # it cannot drain yet
         trigger.set()
         body = {"name": "late party", "address": "a", "coordinates": {"x": 1, "y": 1}}
         assert await server.codes("/api/v1/events/create", body,
@@ -104,14 +113,11 @@ async def test_new_connections_are_refused_while_the_rooms_drain(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
     async with running(tmp_path, nursery, **UNLIMITED_CHAT) as (server, trigger, returned):
-        assert isinstance(server.store, FaultyStore)
         crowd = Crowd(nursery, server)
         _, event_id = await host_event(server)
         member = await crowd.join((await token_for(server))[1], event_id)
         await wait_for_sockets(server, 1)
-        release = server.store.hang("append_chat")
-        await member.say("held")
-        await server.store.wait_calls("append_chat", 1)
+        release = await hold_a_write(server.store, member, "held")
         trigger.set()
         port = int(server.url.rsplit(":", 1)[1])
         with trio.fail_after(15):  # hypercorn closes its listener first...
@@ -135,14 +141,11 @@ async def test_a_room_stuck_past_the_deadline_is_abandoned_and_named(
 ) -> None:
     async with running(tmp_path, nursery, shutdown_grace_seconds=0.5,
                        **UNLIMITED_CHAT) as (server, trigger, returned):
-        assert isinstance(server.store, FaultyStore)
         crowd = Crowd(nursery, server)
         _, event_id = await host_event(server)
         member = await crowd.join((await token_for(server))[1], event_id)
         await wait_for_sockets(server, 1)
-        server.store.hang("append_chat")  # never released
-        await member.say("stuck")
-        await server.store.wait_calls("append_chat", 1)
+        await hold_a_write(server.store, member, "stuck")  # never released
         trigger.set()
         with trio.fail_after(15):
             await returned.wait()
@@ -158,7 +161,6 @@ async def test_a_member_whose_lines_cannot_enter_a_full_inbox_is_closed_with_101
     tmp_path: Path, nursery: trio.Nursery, config_overrides: dict[str, Any]
 ) -> None:
     async with running(tmp_path, nursery, **config_overrides) as (server, trigger, returned):
-        assert isinstance(server.store, FaultyStore)
         crowd = Crowd(nursery, server)
         _, event_id = await host_event(server)
         talker = await crowd.join((await token_for(server))[1], event_id)
