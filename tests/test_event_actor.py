@@ -828,3 +828,44 @@ async def test_leave_never_waits_and_takes_effect_when_the_actor_runs_again(
     await trio.testing.wait_all_tasks_blocked()
     assert counts(ann) == [1, 2, 1]
     assert (await snapshot(room)).users_count == 1
+
+
+# events/get from the actor's memory.
+
+
+def chat_messages(view: EventView) -> list[str]:
+    assert view.chat is not None
+    return [json.loads(line)["message"] for line in view.chat]
+
+
+async def test_snapshots_after_the_first_read_nothing_from_the_store(
+    rooms: Rooms, autojump_clock: MockClock
+) -> None:
+    event, room = await rooms.open()
+    await rooms.memory.append_chat(event.id, 0, [ChatMessage(new_id(), "old", "", "before")])
+    ann = await join(room)
+    await say(room, ann, "one")
+    await trio.testing.wait_all_tasks_blocked()
+    assert chat_messages(await snapshot(room)) == ["before", "one"]
+    reads = rooms.store.count("chat")
+    await say(room, ann, "two")
+    view = await snapshot(room)
+    assert chat_messages(view) == ["before", "one", "two"]
+    assert view.chat_length == 3
+    assert rooms.store.count("chat") == reads  # the lines came from the actor
+
+
+async def test_a_chat_longer_than_the_bound_is_left_to_the_store(
+    nursery: trio.Nursery, autojump_clock: MockClock
+) -> None:
+    rooms = await start_rooms(nursery, chat_memory_lines=3, chat_rate_per_second=1e6)
+    _, room = await rooms.open()
+    ann = await join(room)
+    for i in range(3):
+        await say(room, ann, f"line {i}")
+    await trio.testing.wait_all_tasks_blocked()
+    assert chat_messages(await snapshot(room)) == ["line 0", "line 1", "line 2"]
+    await say(room, ann, "line 3")
+    view = await snapshot(room)
+    assert view.chat is None  # over the bound: the caller reads the store
+    assert view.chat_length == 4

@@ -178,3 +178,24 @@ async def test_media_add_and_remove(server: Server, crowd: Crowd) -> None:
     assert (await server.ok(GET, {"eventId": event_id}))["media"] == []
     assert member.frames.index(f"mediaAdded/{attached['id']}") < member.frames.index(
         f"mediaRemoved/{attached['id']}")
+
+
+@pytest.mark.parametrize("config_overrides", [{"chat_memory_lines": 2}, {}],
+                         ids=["chat-from-the-store", "chat-from-the-actor"])
+async def test_get_shows_the_whole_chat_whether_the_actor_holds_it_or_not(
+    server: Server, crowd: Crowd
+) -> None:
+    _, event_id = await host_event(server)
+    user_id, token = await token_for(server, "ann")
+    member = await crowd.join(token, event_id)
+    for i in range(4):
+        await member.say(f"line {i}")
+        if i == 0:  # the first events/get makes the actor load what it holds
+            await member.wait_for(lambda m: m.chat() == ["line 0"])
+            first = await server.ok("/api/v1/events/get", {"eventId": event_id})
+            assert [c["message"] for c in first["chatMessages"]] == ["line 0"]
+    await member.wait_for(lambda m: len(m.chat()) == 4)
+    event = await server.ok("/api/v1/events/get", {"eventId": event_id})
+    assert event["chatMessages"] == [
+        {"userId": user_id, "userName": "ann", "userImageId": "", "message": f"line {i}"}
+        for i in range(4)]

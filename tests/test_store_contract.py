@@ -1056,3 +1056,33 @@ async def test_two_mongo_stores_a_claim_fences_the_other(mongo: MongoServer) -> 
             assert db.chat_messages.count_documents({"event_id": event.id}) == 2
         with pytest.raises(StaleEpoch):
             await node_a.claim_event(event.id, 1)
+
+
+async def test_sqlite_writes_leave_checkpoints_to_the_checkpointer(tmp_path: Path) -> None:
+    """No commit runs a checkpoint (wal_autocheckpoint off); `checkpoints`, beside them, copies
+    the WAL into the database file: a copy of the file alone, without its WAL, has the line."""
+    path = tmp_path / "vpiska.db"
+    store = await SqliteStore.open(path)
+    try:
+        event = Event(new_id(), new_id(), "party", "a", Coordinates(1, 2), datetime.now(UTC))
+        await store.add_event(event)
+        await store.append_chat(event.id, 0, [ChatMessage(new_id(), "ann", "", "hello")])
+
+        def lines_in_the_file_alone() -> int:
+            alone = tmp_path / "alone.db"
+            alone.write_bytes(path.read_bytes())  # the database file, without its -wal
+            with sqlite3.connect(alone) as db:
+                try:
+                    return int(db.execute("SELECT count(*) FROM chat_messages").fetchone()[0])
+                except sqlite3.OperationalError:  # no such table yet: still all in the WAL
+                    return 0
+
+        assert lines_in_the_file_alone() == 0  # the commit did not checkpoint
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(store.maintain, every=0.01))
+            with trio.fail_after(15):
+                while lines_in_the_file_alone() != 1:  # noqa: ASYNC110 (the file, not a task)
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    finally:
+        await store.aclose()

@@ -62,6 +62,9 @@ class Config:
     actor_max_restarts: int = 3
     actor_restart_window_seconds: float = 5.0
     max_chat_chars: int = 2000
+    # Chat lines an event's actor keeps for events/get (the store is read only for a longer
+    # chat): about 200 bytes a line, so at most ~100 KiB per open event.
+    chat_memory_lines: int = 500
     chat_rate_per_second: float = 10.0
     chat_burst: int = 20
     ws_ping_seconds: float = 20.0
@@ -123,6 +126,7 @@ class Config:
                 "ACTOR_RESTART_WINDOW_SECONDS", cls.actor_restart_window_seconds, low=0.001
             ),
             max_chat_chars=read.integer("MAX_CHAT_CHARS", cls.max_chat_chars, low=1),
+            chat_memory_lines=read.integer("CHAT_MEMORY_LINES", cls.chat_memory_lines, low=0),
             chat_rate_per_second=read.number(
                 "CHAT_RATE_PER_SECOND", cls.chat_rate_per_second, low=0.001
             ),

@@ -12,6 +12,7 @@ either: a watchdog thread ends it shortly after the deadline.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -113,10 +114,12 @@ async def _serve(
         # app.nursery are cancelled the moment serving ends; here they drain first. A cluster
         # node's own tasks (Redis, leases) outlive both: the rooms hand over through them.
         async with trio.open_nursery() as watchdog, trio.open_nursery() as cluster:
+            cluster.start_soon(opened.maintain)
             if node is not None:
                 await cluster.start(node.run)
             async with trio.open_nursery() as rooms_nursery:
                 await rooms_nursery.start(supervisor.run)
+                _freeze_the_start()
                 async with trio.open_nursery() as connections:
                     binds = await connections.start(partial(
                         worker_serve, app, hypercorn_config, sockets=sockets,
@@ -138,6 +141,16 @@ async def _serve(
                         await node.leave()
             cluster.cancel_scope.cancel()
             watchdog.cancel_scope.cancel()  # everything ended: nothing to watch any more
+
+
+def _freeze_the_start() -> None:
+    """Leave what start-up built (every open event's room, the map, the app) out of the
+    cyclic garbage collector's full collections: they live as long as the process, and with
+    10,000 open events a full collection walking them held requests up for hundreds of ms
+    (p99 of events/get 700 ms against ~200 ms with one event; frozen: ~150-300 ms)."""
+    gc.collect()
+    gc.freeze()
+    log.info("start-up heap frozen", extra={"objects": gc.get_freeze_count()})
 
 
 @asynccontextmanager

@@ -49,6 +49,14 @@ def event_json(event: Event, users_count: int, chat: list[ChatMessage]) -> dict[
     }
 
 
+def event_text(event: Event, users_count: int, chat: tuple[str, ...]) -> str:
+    """API.md's `eventResponse` as JSON text, with chat lines already encoded (each one's
+    JSON object text, as in its `chatMessage/` frame): nothing is encoded twice."""
+    head = encode(event_json(event, users_count, []))
+    assert head.endswith('"chatMessages":[]}')
+    return f"{head[:-2]}{','.join(chat)}]}}"
+
+
 def event_updated_json(event: Event, users_count: int) -> dict[str, Any]:
     """The payload of an `eventUpdated/` frame."""
     return {"eventId": event.id, "name": event.name, "address": event.address,

@@ -62,11 +62,7 @@ async def _worker(number: int, env: dict[str, str], stopping: trio.Event,
         process = await trio.lowlevel.open_process([sys.executable, "-m", "vpiska"], env=env,
                                                    stdin=subprocess.DEVNULL)
         async with trio.open_nursery() as nursery:
-            async def pass_stop_on(process: trio.Process) -> None:
-                await stopping.wait()
-                process.send_signal(signal.SIGTERM)
-
-            nursery.start_soon(pass_stop_on, process)
+            nursery.start_soon(_pass_stop_on, process, stopping)
             code = await process.wait()
             nursery.cancel_scope.cancel()
         if stopping.is_set():
@@ -75,6 +71,11 @@ async def _worker(number: int, env: dict[str, str], stopping: trio.Event,
         log.error("worker died; starting it again",
                   extra={"worker": number, "exit_code": code, "pid": process.pid})
         await trio.sleep(RESTART_DELAY_SECONDS)
+
+
+async def _pass_stop_on(process: trio.Process, stopping: trio.Event) -> None:
+    await stopping.wait()
+    process.send_signal(signal.SIGTERM)
 
 
 @contextmanager

@@ -70,11 +70,14 @@ class Exit(enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class EventView:
-    """The event as `events/get` shows it, minus the chat lines (read from the store)."""
+    """The event as `events/get` shows it. `chat` is every chat line, as the JSON object text
+    each line is on the wire, when the actor holds them (up to `chat_memory_lines`); None
+    when the chat is longer and its first `chat_length` lines must be read from the store."""
 
     event: Event
     users_count: int
     chat_length: int
+    chat: tuple[str, ...] | None = None
 
 
 class EventActor:
@@ -102,6 +105,10 @@ class EventActor:
         self._index = index
         self._update_interval = config.event_update_interval_ms / 1000
         self._next_count_at = -math.inf
+        # The chat as events/get shows it, kept from the first snapshot on so that later ones
+        # ask nothing of the store; dropped for good once longer than the bound.
+        self._chat_memory_lines = config.chat_memory_lines
+        self._chat_json: list[str] | None = None
 
     async def run(self) -> Exit:
         while True:
@@ -216,7 +223,12 @@ class EventActor:
         first = self._chat_length
         self._chat_length += len(lines)
         for number, line in enumerate(lines, start=first):
-            self._room.broadcast(frames.chat_message(line), chat_index=number)
+            frame = frames.chat_message(line)
+            self._room.broadcast(frame, chat_index=number)
+            if self._chat_json is not None:
+                self._chat_json.append(frames.payload(frame))
+        if self._chat_json is not None and len(self._chat_json) > self._chat_memory_lines:
+            self._chat_json = None
 
     def _storable(self, line: ChatMessage) -> bool:
         if all(map(is_text, (line.user_id, line.user_name, line.user_image_id, line.message))):
@@ -226,7 +238,12 @@ class EventActor:
         return False
 
     async def _snapshot(self) -> EventView:
-        return EventView(self._event, self._room.users_count, self._chat_length)
+        if self._chat_json is None and self._chat_length <= self._chat_memory_lines:
+            lines = await self._store.chat(self._event.id)  # once: appends keep it current
+            self._chat_json = [frames.payload(frames.chat_message(line))
+                               for line in lines[: self._chat_length]]
+        chat = None if self._chat_json is None else tuple(self._chat_json)
+        return EventView(self._event, self._room.users_count, self._chat_length, chat)
 
     def _check_owner(self, user_id: str) -> None:
         if user_id != self._event.owner_id:

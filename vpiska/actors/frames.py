@@ -36,6 +36,12 @@ def chat_message(message: ChatMessage) -> Frame:
     return Frame("chatMessage/" + wire.encode(wire.chat_json(message)))
 
 
+def payload(frame: Frame) -> str:
+    """What follows a frame's `prefix/`: for a chat line, its JSON object as events/get shows
+    it too."""
+    return frame.text.partition("/")[2]
+
+
 def media_added(media_id: str) -> Frame:
     return Frame("mediaAdded/" + media_id)
 

@@ -91,12 +91,13 @@ class _Socket:
 
 class GatewayRoom:
     """Resource handling: the gateway subscribes to the event's channel while it has sockets
-    and unsubscribes after the last one leaves; `closed` is set then, and the node forgets it.
-    Tasks it starts (leaves, syncs, catch-ups) run in the node's nursery."""
+    and unsubscribes after the last one leaves; the node forgets a gateway that has stayed
+    `idle` a while (`ClusterNode`). Tasks it starts (leaves, syncs, catch-ups) run in the
+    node's nursery."""
 
     def __init__(self, event_id: str, owner_id: str, *, owners: Owners, bus: Bus, rpc: Rpc,
                  store: Store, nursery: trio.Nursery, reply_timeout: float,
-                 owner_silence: float, on_empty: Callable[[GatewayRoom], object]) -> None:
+                 owner_silence: float) -> None:
         self.event_id = event_id
         self.owner_id = owner_id  # the event's owner user, for the early check of uploads
         self.failed = False
@@ -107,7 +108,8 @@ class GatewayRoom:
         self._nursery = nursery
         self._reply_timeout = reply_timeout
         self._owner_silence = owner_silence  # how long a handover may go without a Hello
-        self._on_empty = on_empty
+        self.last_used = trio.current_time()
+        self._requests = 0  # in flight
         self._keys = (f"{owners.node_id}-{n}" for n in itertools.count(1))
         self._sockets: dict[str, _Socket] = {}
         self._key_of: dict[Member, str] = {}
@@ -171,7 +173,7 @@ class GatewayRoom:
                 except DomainError:
                     return True  # closed meanwhile: the socket is being closed
                 await trio.sleep(RETRY_SECONDS)
-        log.warning("chat line dropped: no owner reachable", extra={"event_id": self.event_id})
+        log.info("chat line dropped: no owner reachable", extra={"event_id": self.event_id})
         return True
 
     def leave(self, member: Member) -> None:
@@ -240,8 +242,11 @@ class GatewayRoom:
         self._subscription = None
         self._epoch, self._seq, self._early = None, 0, []
         await self._bus.unsubscribe(redis.event_channel(self.event_id))
-        if not self._sockets:
-            self._on_empty(self)
+
+    @property
+    def idle(self) -> bool:
+        """No socket, no request in flight, not subscribed: nothing would miss it."""
+        return not self._sockets and not self._requests and self._subscription is None
 
     # The owner's messages.
 
@@ -412,6 +417,14 @@ class GatewayRoom:
         Error handling: the owner's refusal as DomainError; InternalError (logged) when no
         owner answered in time.
         """
+        self._requests += 1
+        try:
+            return await self._ask_owner(op, args)
+        finally:
+            self._requests -= 1
+            self.last_used = trio.current_time()
+
+    async def _ask_owner(self, op: str, args: dict[str, Any]) -> Any:
         with trio.move_on_after(self._reply_timeout):
             while True:
                 owner = await self._owners.owner_of(self.event_id)
@@ -452,5 +465,7 @@ def _view(value: dict[str, Any]) -> EventView:
                                 float(shown["coordinates"]["y"])),
         created_at=datetime.fromisoformat(value["created_at"]), is_open=bool(value["open"]),
         media=tuple(EventMedia(m["id"], m["contentType"]) for m in shown["media"]))
-    return EventView(event, int(shown["usersCount"]), int(value["chat_length"]))
+    chat = value.get("chat")
+    return EventView(event, int(shown["usersCount"]), int(value["chat_length"]),
+                     None if chat is None else tuple(str(line) for line in chat))
 

@@ -45,6 +45,7 @@ from vpiska.cluster.nodes import designated, new_node_id
 from vpiska.cluster.owner import OwnerLink
 from vpiska.cluster.protocol import Notice, Reply, Request, decode, encode
 from vpiska.cluster.rpc import Rpc, Unreachable
+from vpiska.cluster.trouble import Trouble
 from vpiska.config import Config
 from vpiska.domain import Coordinates, Event
 from vpiska.errors import DomainError, ErrorCode
@@ -52,6 +53,8 @@ from vpiska.store import StaleEpoch, Store
 
 log = logging.getLogger(__name__)
 
+# A gateway without sockets or requests is forgotten after this long unused.
+GATEWAY_IDLE_SECONDS = 60.0
 # Every this many beats the node also looks for orphans it should own, in case a notice was
 # missed (a node's death is noticed by its missing heartbeat, not by any message).
 RECONCILE_EVERY_BEATS = 3
@@ -113,6 +116,7 @@ class ClusterNode:
         self._counts: dict[str, int] = {}  # usersCount of events owned elsewhere
         self._last_renewal = -math.inf
         self.healthy = False  # Redis answered the last heartbeat
+        self._unreachable = Trouble(log, "Redis unreachable")
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -169,6 +173,7 @@ class ClusterNode:
             return room
         gateway = self._gateways.get(event_id)
         if gateway is not None:
+            gateway.last_used = trio.current_time()
             return gateway
         event = await self._store.event(event_id)
         if event is None or not event.is_open:
@@ -208,8 +213,9 @@ class ClusterNode:
         try:
             lease = await self._leases.holder(event_id)
         except (RedisError, TimeoutError) as error:
-            log.warning("owner unknown: Redis unreachable", extra={"cause": repr(error)})
+            self._unreachable.failed(error)
             raise DomainError(ErrorCode.INTERNAL_ERROR) from None
+        self._unreachable.succeeded()
         if lease is not None:
             self._owners[event_id] = lease.node_id
             return lease.node_id
@@ -239,8 +245,7 @@ class ClusterNode:
                 try:
                     lease = await self._leases.acquire(event_id)
                 except (RedisError, TimeoutError) as error:
-                    log.warning("not activated: Redis unreachable", extra={
-                        "event_id": event_id, "cause": repr(error)})
+                    self._unreachable.failed(error)
                     return None
                 if lease is None:
                     return None
@@ -271,6 +276,7 @@ class ClusterNode:
 
     def room_ended(self, event_id: str) -> None:
         """A room of ours ended (closed, stopped, failed, fenced): free its lease."""
+        self.owner_link.remote.pop(event_id, None)
         lease = self._owned.pop(event_id, None)
         if lease is not None and self._nursery is not None:
             self._nursery.start_soon(self._release, lease)
@@ -299,13 +305,16 @@ class ClusterNode:
                 changed = await self._beat()
                 lost = await self._leases.renew(list(self._owned.values()))
                 self._last_renewal = trio.current_time()
+                self._unreachable.succeeded()
             except (RedisError, TimeoutError, OSError) as error:
                 self.healthy = False
+                self._unreachable.failed(error)
                 if (self._owned
                         and trio.current_time() - self._last_renewal > self._ttl * 2 / 3):
                     self._fence(list(self._owned), f"Redis unreachable: {error!r}")
                 continue
             self._fence([lease.event_id for lease in lost], "lease lost")
+            self._forget_idle_gateways()
             if changed or beats % RECONCILE_EVERY_BEATS == 0:
                 await self._reconcile()
 
@@ -434,7 +443,9 @@ class ClusterNode:
         try:
             await self._bus.publish(redis.CLUSTER_CHANNEL, encode(Notice(op, event_id, args)))
         except (RedisError, TimeoutError) as error:
-            log.warning("cluster notice not sent", extra={"op": op, "cause": repr(error)})
+            self._unreachable.failed(error, notice=op)
+        else:
+            self._unreachable.succeeded()
 
     def _gateway(self, event: Event) -> GatewayRoom:
         assert self._nursery is not None
@@ -442,5 +453,12 @@ class ClusterNode:
             event.id, event.owner_id, owners=self, bus=self._bus, rpc=self._rpc,
             store=self._store, nursery=self._nursery,
             reply_timeout=self._config.actor_reply_timeout_seconds,
-            owner_silence=2 * self._ttl + self._config.actor_reply_timeout_seconds,
-            on_empty=lambda gateway: self._gateways.pop(gateway.event_id, None))
+            owner_silence=2 * self._ttl + self._config.actor_reply_timeout_seconds)
+
+    def _forget_idle_gateways(self) -> None:
+        """Gateways an HTTP request made and no socket uses, once they have been idle long
+        enough that no caller can still be about to use one `find` gave it."""
+        now = trio.current_time()
+        for event_id, gateway in list(self._gateways.items()):
+            if gateway.idle and now - gateway.last_used > GATEWAY_IDLE_SECONDS:
+                del self._gateways[event_id]

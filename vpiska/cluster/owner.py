@@ -53,6 +53,7 @@ from vpiska.cluster.protocol import (
     encode,
 )
 from vpiska.cluster.rpc import Rpc
+from vpiska.cluster.trouble import Trouble
 from vpiska.domain import Coordinates, EventMedia, is_id
 from vpiska.errors import DomainError
 from vpiska.wire import event_json
@@ -107,6 +108,7 @@ class OwnerLink:
         self._idle.set()
         self._dropping = False
         self._requests = trio.CapacityLimiter(MAX_CONCURRENT_REQUESTS)
+        self._unpublished = Trouble(log, "frames not published: Redis unreachable")
         # Remote sockets by event and key, so a leave or a sync finds the Member the room has.
         self.remote: dict[str, dict[str, Member]] = collections.defaultdict(dict)
 
@@ -163,8 +165,9 @@ class OwnerLink:
                     try:
                         await self._bus.publish(channel, encode(message))
                     except (RedisError, TimeoutError) as error:
-                        log.warning("frames not published: Redis unreachable",
-                                    extra={"event_id": event_id, "cause": repr(error)})
+                        self._unpublished.failed(error, event_id=event_id)
+                    else:
+                        self._unpublished.succeeded()
                 self._pending -= len(entries)
             if not self._outgoing:
                 self._dropping = False
@@ -211,7 +214,8 @@ class OwnerLink:
             assert isinstance(view, EventView)
             return {"event": event_json(view.event, view.users_count, []),
                     "open": view.event.is_open, "created_at": view.event.created_at.isoformat(),
-                    "chat_length": view.chat_length}
+                    "chat_length": view.chat_length,
+                    "chat": None if view.chat is None else list(view.chat)}
         if op == "position":
             return {"epoch": room.epoch, "seq": room.seq}
         command = _command(op, args)

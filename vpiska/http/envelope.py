@@ -14,6 +14,12 @@ def success(result: Any = None) -> Response:
     return _json({"isSuccess": True, "errors": None, "result": result}, 200)
 
 
+def success_text(result: str) -> Response:
+    """`success` for a result that is JSON text already."""
+    body = f'{{"isSuccess":true,"errors":null,"result":{result}}}'
+    return Response(body, status=200, content_type="application/json")
+
+
 def failure(*codes: ErrorCode, status: int = 200) -> Response:
     errors = [{"errorCode": str(code)} for code in codes]
     return _json({"isSuccess": False, "errors": errors, "result": None}, status)

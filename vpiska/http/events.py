@@ -19,11 +19,11 @@ from vpiska.domain import EventMedia
 from vpiska.errors import DomainError, ErrorCode
 from vpiska.http.auth import caller
 from vpiska.http.body import coordinates, id_codes, json_object, number, require, text
-from vpiska.http.envelope import success
+from vpiska.http.envelope import success, success_text
 from vpiska.http.multipart import read_multipart
 from vpiska.media import MediaLibrary
 from vpiska.store import Store
-from vpiska.wire import coordinates_json, event_json
+from vpiska.wire import coordinates_json, event_json, event_text
 
 
 def events_routes(config: Config, accounts: Accounts, rooms: Rooms, store: Store,
@@ -56,6 +56,8 @@ def events_routes(config: Config, accounts: Accounts, rooms: Rooms, store: Store
         require(id_codes(event_id))
         view = await (await room_of(event_id)).ask(Snapshot)
         assert isinstance(view, EventView)
+        if view.chat is not None:  # the actor holds the chat: no store call at all
+            return success_text(event_text(view.event, view.users_count, view.chat))
         chat = await store.chat(event_id)
         return success(event_json(view.event, view.users_count, chat[: view.chat_length]))
 
@@ -87,8 +89,8 @@ def events_routes(config: Config, accounts: Accounts, rooms: Rooms, store: Store
         require(id_codes(event_id), (not address, ErrorCode.ADDRESS_IS_EMPTY),
                 (where is None, ErrorCode.COORDINATES_IS_EMPTY))
         assert where is not None
-        await (await room_of(event_id)).ask(
-            lambda reply: Update(identity.user_id, address, where, reply))
+        room = await room_of(event_id)
+        await room.ask(lambda reply: Update(identity.user_id, address, where, reply))
         return success(None)
 
     @routes.post("/close")
@@ -119,8 +121,8 @@ def events_routes(config: Config, accounts: Accounts, rooms: Rooms, store: Store
         data = await body()
         event_id, media_id = text(data, "eventId"), text(data, "mediaId")
         require(id_codes(event_id), id_codes(media_id))
-        await (await room_of(event_id)).ask(
-            lambda reply: RemoveMedia(identity.user_id, media_id, reply))
+        room = await room_of(event_id)
+        await room.ask(lambda reply: RemoveMedia(identity.user_id, media_id, reply))
         return success(None)
 
     return routes

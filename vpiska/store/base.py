@@ -151,6 +151,10 @@ class Store(Protocol):
     async def ping(self) -> None:
         """Return when the store answers a trivial query."""
 
+    async def maintain(self) -> None:
+        """The store's housekeeping, for as long as it is open: runs until cancelled (the
+        server runs it beside its work; a store that needs none just waits)."""
+
     async def aclose(self) -> None: ...
 
 

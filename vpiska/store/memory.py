@@ -83,6 +83,9 @@ class MemoryStore:
         self._closed = True  # first: closed even when cancelled, as trio's aclose contract asks
         await trio.lowlevel.checkpoint()
 
+    async def maintain(self) -> None:
+        await trio.sleep_forever()  # nothing to look after
+
     async def ping(self) -> None:
         await self._enter()
 

@@ -165,6 +165,9 @@ class MongoStore:
     async def aclose(self) -> None:
         await self._run(self._client.close)
 
+    async def maintain(self) -> None:
+        await trio.sleep_forever()  # nothing to look after
+
     async def ping(self) -> None:
         await self._run(partial(self._client.admin.command, "ping"))
 

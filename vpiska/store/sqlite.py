@@ -113,6 +113,8 @@ LIMIT 1
 # WAL recovery or a checkpoint can answer "database is locked" without waiting on the busy
 # timeout; so a few tries, this far apart.
 OPEN_TRIES = 50
+# How often the WAL is copied back into the database file (`SqliteStore.checkpoints`).
+CHECKPOINT_SECONDS = 1.0
 OPEN_RETRY_SECONDS = 0.1
 
 
@@ -133,8 +135,9 @@ class SqliteStore:
     """Store on one sqlite file. Resource handling: `open` creates the file and schema;
     `aclose` closes the connection after the call in flight finishes."""
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
+    def __init__(self, connection: sqlite3.Connection, path: str | Path) -> None:
         self._db = connection
+        self._path = path
         self._limiter = trio.CapacityLimiter(1)
 
     @classmethod
@@ -146,6 +149,8 @@ class SqliteStore:
                 db.execute("PRAGMA busy_timeout=5000")
                 _enter_wal(db)
                 db.execute("PRAGMA synchronous=NORMAL")
+                # No checkpoint inside a commit: `checkpoints` runs them beside the writes.
+                db.execute("PRAGMA wal_autocheckpoint=0")
                 db.executescript(SCHEMA)
                 _migrate(db)
             except BaseException:
@@ -153,7 +158,7 @@ class SqliteStore:
                 raise
             return db
 
-        return cls(await trio.to_thread.run_sync(connect))
+        return cls(await trio.to_thread.run_sync(connect), path)
 
     async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
         with _CALL_DURATION.time():
@@ -173,6 +178,26 @@ class SqliteStore:
 
     async def aclose(self) -> None:
         await self._run(self._db.close)
+
+    async def maintain(self, every: float = CHECKPOINT_SECONDS) -> None:
+        """Copy the WAL back into the database file every `every` seconds, on a connection
+        and a thread of its own, so that no write waits for a checkpoint (and its fsync), as
+        it would with sqlite's automatic ones, which run inside the commit that crosses the
+        threshold. PASSIVE: it never blocks readers or writers.
+
+        Resource handling: runs until cancelled; its connection is closed on the way out.
+        """
+        path = self._path
+        db = await trio.to_thread.run_sync(
+            lambda: sqlite3.connect(path, check_same_thread=False, isolation_level=None))
+        try:
+            while True:
+                await trio.sleep(every)
+                await trio.to_thread.run_sync(
+                    lambda: db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone())
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(db.close)
 
     async def ping(self) -> None:
         await self._run(lambda: self._db.execute("SELECT 1").fetchone())
