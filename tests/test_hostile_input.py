@@ -239,7 +239,7 @@ async def test_an_image_id_claim_that_is_not_text_is_dropped_not_stored(
 
 @pytest.fixture
 def wrap_store() -> Callable[[Store], Store]:
-    return FaultyStore  # type: ignore[return-value]
+    return FaultyStore
 
 
 @pytest.mark.parametrize("config_overrides", [{"chat_rate_per_second": 1e6, "chat_burst": 10**6}])

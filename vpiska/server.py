@@ -278,5 +278,6 @@ def _hypercorn_config(config: Config) -> HypercornConfig:
     hc.websocket_ping_interval = config.ws_ping_seconds
     # A live peer answers every ping, so something is read at least once per interval; a peer
     # silent for two intervals is gone (hypercorn sends pings but leaves timing out to us).
+    # (The ignore: hypercorn's Config says int, but it takes seconds as a float like the rest.)
     hc.read_timeout = 2 * config.ws_ping_seconds  # type: ignore[assignment]
     return hc
