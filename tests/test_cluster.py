@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import trio
 
-from tests.clients import Crowd, Member, host_event, token_for
+from tests.clients import Crowd, Member, connected_sockets, host_event, token_for
 from tests.cluster_fixtures import Cluster, RedisServer, StartCluster
 from tests.conftest import Server
 from tests.test_process import ServerProcess, env, vpiska_process
@@ -45,6 +45,8 @@ async def test_members_on_every_node_see_the_same_frames_in_one_order(
         members.append(await crowd_b.join((await token_for(b, f"b{i}"))[1], event_id))
     for member in members:
         await member.wait_for(lambda m: m.counts()[-1:] == [6])
+    for server in (a, b):  # each node counts the sockets it serves, not the others'
+        assert await connected_sockets(server) == 3
     async with trio.open_nursery() as talk:
         for i, member in enumerate(members):
             for k in range(5):

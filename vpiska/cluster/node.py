@@ -388,7 +388,7 @@ class ClusterNode:
     async def _serve(self, request: Request) -> None:
         if self._supervisor.room(request.event_id) is None and request.op != "position":
             await self._activate_if_designated(request.event_id)
-        await self.owner_link.answer(request, self._config.actor_reply_timeout_seconds)
+        await self.owner_link.answer(request)
 
     async def _take(self, notice: Notice) -> None:
         if (self._supervisor.room(notice.event_id) is None

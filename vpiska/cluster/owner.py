@@ -180,8 +180,9 @@ class OwnerLink:
     # Serving other nodes.
 
     # ASYNC109: `timeout` is the caller's reply deadline, unused: Room.ask keeps the same one.
-    async def answer(self, request: Request, timeout: float) -> None:  # noqa: ASYNC109
-        """Answer a request for an event this node owns (or say it does not)."""
+    async def answer(self, request: Request) -> None:
+        """Answer a request for an event this node owns (or say it does not), within the
+        room's own reply deadline (Room.ask)."""
         async with self._requests:
             room = self._supervisor.room(request.event_id)
             if room is None or room.epoch is None:
@@ -202,7 +203,7 @@ class OwnerLink:
         op = request.op
         if op == "join":
             outbox = RemoteOutbox(request.reply_to, str(args["key"]))
-            member = Member(_identity(args), outbox)
+            member = Member(_identity(args), outbox, gateway=request.reply_to)
             self.remote[room.event_id][outbox.key] = member
             joined = await room.ask(lambda reply: Join(member, reply))
             assert isinstance(joined, Joined)
@@ -260,7 +261,7 @@ class OwnerLink:
             if key in known:
                 continue
             identity = _identity({"user": entry[1], "name": entry[2], "image": entry[3]})
-            member = Member(identity, RemoteOutbox(gateway, key))
+            member = Member(identity, RemoteOutbox(gateway, key), gateway=gateway)
             known[key] = member
             try:  # the answer is not needed: the gateway's socket joined long ago
                 room.inbox.send_nowait(Join(member, _discard()))
