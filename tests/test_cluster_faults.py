@@ -53,7 +53,7 @@ async def diagnosed(group: Cluster) -> AsyncIterator[None]:
         for node in group.nodes:
             print(f"--- {node.name} (pid {node.pid}, exit {node.returncode})")
             for line in node.lines():
-                if line["level"] != "info":
+                if line["level"] != "info" or "cluster" in line["logger"]:
                     print({k: v for k, v in line.items() if k not in ("time", "logger")})
             if node.stderr:
                 print(node.stderr[-2000:])

@@ -24,6 +24,8 @@ from coredis.exceptions import RedisError
 from coredis.response.types import PubSubMessage
 from coredis.retry import ExponentialBackoffRetryPolicy
 
+from vpiska.cluster import redis
+
 log = logging.getLogger(__name__)
 
 # How soon a subscription notices a dead connection (it pings when idle this long), and the
@@ -113,7 +115,7 @@ class Bus:
         assert self._pubsub is not None
         try:
             await self._pubsub.subscribe(channel)
-        except (RedisError, TimeoutError) as error:
+        except redis.REDIS_ERRORS as error:
             log.warning("subscription deferred: Redis unreachable",
                         extra={"channel": channel, "cause": repr(error)})
             self._pubsub.channels[channel.encode()] = None  # renewed with the others
@@ -123,7 +125,7 @@ class Bus:
             return
         try:
             await self._pubsub.unsubscribe(channel)
-        except (RedisError, TimeoutError):
+        except redis.REDIS_ERRORS:
             self._pubsub.channels.pop(channel.encode(), None)
 
     async def publish(self, channel: str, data: bytes) -> int:

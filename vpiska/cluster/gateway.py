@@ -21,8 +21,9 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
+from functools import partial
 from typing import Any, Protocol
 
 import trio
@@ -45,6 +46,7 @@ from vpiska.actors.commands import (
 from vpiska.actors.frames import Frame, chat_message
 from vpiska.cluster import redis
 from vpiska.cluster.bus import Bus
+from vpiska.cluster.contained import contained
 from vpiska.cluster.protocol import (
     CloseAll,
     EventMessage,
@@ -181,9 +183,19 @@ class GatewayRoom:
         if key is None:
             return
         del self._sockets[key]
-        self._nursery.start_soon(self._tell_owner, "leave", {"key": key})
+        self._spawn("leave", self._tell_owner, "leave", {"key": key})
         if not self._sockets:
-            self._nursery.start_soon(self._unsubscribe)
+            self._spawn("unsubscribe", self._unsubscribe)
+
+    def _spawn(self, what: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """A task of this gateway's in the node's nursery; if it fails, the stream can no
+        longer be trusted: the sockets rejoin."""
+        try:
+            self._nursery.start_soon(partial(
+                contained, f"{what} ({self.event_id})", fn, *args,
+                on_failure=lambda: self._lost(f"{what} failed")))
+        except RuntimeError:  # the node is closing: nothing is told anyone any more
+            log.debug("gateway task not started: the node is closing", extra={"task": what})
 
     def close(self, code: CloseCode) -> None:
         """Close this node's sockets of the event (the node is leaving the cluster)."""
@@ -205,9 +217,9 @@ class GatewayRoom:
             self.leave(member)
             raise
         epoch, seq = int(answer["epoch"]), int(answer["seq"])
-        self._chat_length = max(self._chat_length, int(answer["chat_length"]))
         if self._epoch is None:  # the first socket: this answer is where the stream starts
             self._epoch, self._seq = epoch, seq
+            self._chat_length = int(answer["chat_length"])
             early, self._early = self._early, []
             for message in early:
                 self._process(message)
@@ -286,7 +298,7 @@ class GatewayRoom:
                 socket.member.outbox.finish(CloseCode(message.code))
         elif isinstance(message, Handover):
             self._seq = message.seq
-            self._nursery.start_soon(self._await_new_owner)
+            self._spawn("await a new owner", self._await_new_owner)
         else:
             self._seq = message.seq  # a Hello of the epoch we follow: nothing new
 
@@ -331,7 +343,7 @@ class GatewayRoom:
 
     def _renewed(self) -> None:
         """The subscription was renewed after a lost connection: check nothing was missed."""
-        self._nursery.start_soon(self._verify)
+        self._spawn("verify the stream", self._verify)
 
     async def _verify(self) -> None:
         if self._epoch is None:
@@ -339,8 +351,13 @@ class GatewayRoom:
         try:
             position = await self._request("position", {})
         except DomainError:
-            self._nursery.start_soon(self._await_new_owner)
+            self._spawn("await a new owner", self._await_new_owner)
             return
+        if self._epoch is None:  # lost meanwhile: the sockets are rejoining already
+            return
+        log.info("gateway checks its stream after a renewed subscription", extra={
+            "event_id": self.event_id, "owner_epoch": position["epoch"],
+            "owner_seq": position["seq"], "epoch": self._epoch, "seq": self._seq})
         if int(position["epoch"]) == self._epoch and int(position["seq"]) == self._seq:
             return
         if int(position["epoch"]) > self._epoch:
@@ -364,16 +381,30 @@ class GatewayRoom:
             self._lost("no new owner after a handover")
 
     def _new_owner(self, hello: Hello) -> None:
+        log.info("gateway follows a new owner", extra={
+            "event_id": self.event_id, "owner": hello.origin, "epoch": hello.epoch,
+            "chat_length": hello.chat_length, "had_lines": self._chat_length})
         self._epoch, self._seq = hello.epoch, hello.seq
         self._waiting = []
-        self._nursery.start_soon(self._catch_up, hello)
+        self._spawn("catch up", self._catch_up, hello)
 
     async def _catch_up(self, hello: Hello) -> None:
-        """Show the lines this gateway missed between owners, then follow the new one."""
+        """Show the lines this gateway missed between owners, then follow the new one.
+
+        Error handling: frames wait meanwhile, so a catch-up that fails or does not end
+        within the reply deadline gives up: the sockets rejoin instead.
+        """
+        with trio.move_on_after(self._reply_timeout) as deadline:
+            await self._catch_up_lines(hello)
+        if deadline.cancelled_caught:
+            self._lost("catch-up after a new owner took too long")
+
+    async def _catch_up_lines(self, hello: Hello) -> None:
+        had = self._chat_length  # the lines this gateway's sockets were shown
         try:
-            if hello.chat_length > self._chat_length:
-                missed = await self._store.chat(self.event_id, self._chat_length)
-                for line in missed[: hello.chat_length - self._chat_length]:
+            if hello.chat_length > had:
+                missed = await self._store.chat(self.event_id, had)
+                for line in missed[: hello.chat_length - had]:
                     frame = chat_message(line)
                     for socket in list(self._sockets.values()):
                         # Those that joined the new owner read the store themselves.

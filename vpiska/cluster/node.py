@@ -32,13 +32,13 @@ from typing import Any
 
 import coredis
 import trio
-from coredis.exceptions import RedisError
 
 from vpiska import metrics
 from vpiska.actors import CloseCode, EventSupervisor, Room
 from vpiska.actors.geo import MapIndex, Spot
 from vpiska.cluster import redis
 from vpiska.cluster.bus import Bus
+from vpiska.cluster.contained import contained
 from vpiska.cluster.gateway import GatewayRoom
 from vpiska.cluster.leases import Lease, Leases
 from vpiska.cluster.nodes import designated, new_node_id
@@ -212,7 +212,7 @@ class ClusterNode:
             return cached
         try:
             lease = await self._leases.holder(event_id)
-        except (RedisError, TimeoutError) as error:
+        except redis.REDIS_ERRORS as error:
             self._unreachable.failed(error)
             raise DomainError(ErrorCode.INTERNAL_ERROR) from None
         self._unreachable.succeeded()
@@ -244,7 +244,7 @@ class ClusterNode:
             for _ in range(2):  # a second time after raising an epoch counter Redis lost
                 try:
                     lease = await self._leases.acquire(event_id)
-                except (RedisError, TimeoutError) as error:
+                except redis.REDIS_ERRORS as error:
                     self._unreachable.failed(error)
                     return None
                 if lease is None:
@@ -259,7 +259,7 @@ class ClusterNode:
                                 extra={"event_id": event_id, "claimed": stale.claimed})
                     try:
                         await self._leases.raise_epoch(event_id, stale.claimed)
-                    except (RedisError, TimeoutError):
+                    except redis.REDIS_ERRORS:
                         return None
             else:
                 return None
@@ -279,12 +279,12 @@ class ClusterNode:
         self.owner_link.remote.pop(event_id, None)
         lease = self._owned.pop(event_id, None)
         if lease is not None and self._nursery is not None:
-            self._nursery.start_soon(self._release, lease)
+            self._nursery.start_soon(contained, "release a lease", self._release, lease)
 
     async def _release(self, lease: Lease) -> None:
         try:
             await self._leases.release(lease)
-        except (RedisError, TimeoutError):
+        except redis.REDIS_ERRORS:
             pass  # it expires on its own
 
     def _fence(self, event_ids: Sequence[str], cause: str) -> None:
@@ -306,7 +306,7 @@ class ClusterNode:
                 lost = await self._leases.renew(list(self._owned.values()))
                 self._last_renewal = trio.current_time()
                 self._unreachable.succeeded()
-            except (RedisError, TimeoutError, OSError) as error:
+            except redis.REDIS_ERRORS as error:
                 self.healthy = False
                 self._unreachable.failed(error)
                 if (self._owned
@@ -343,12 +343,12 @@ class ClusterNode:
             return
         try:
             holders = await self._client.mget([redis.lease_key(e) for e in mine])
-        except (RedisError, TimeoutError):
+        except redis.REDIS_ERRORS:
             return
         assert self._nursery is not None
         for event_id, holder in zip(mine, holders, strict=True):
             if holder is None:
-                self._nursery.start_soon(self.activate, event_id)
+                self._nursery.start_soon(contained, "activate", self.activate, event_id)
 
     # Leaving.
 
@@ -356,7 +356,7 @@ class ClusterNode:
         """Hand every room over and leave the cluster (the node is shutting down)."""
         try:
             await self._beat(leaving=True)
-        except (RedisError, TimeoutError):
+        except redis.REDIS_ERRORS:
             pass
         await self._supervisor.stop(hand_over=True)
         for gateway in list(self._gateways.values()):
@@ -380,10 +380,10 @@ class ClusterNode:
             self._rpc.received(message)
         elif isinstance(message, Request):
             assert self._nursery is not None
-            self._nursery.start_soon(self._serve, message)
+            self._nursery.start_soon(contained, f"serve {message.op}", self._serve, message)
         elif isinstance(message, Notice):
             assert self._nursery is not None
-            self._nursery.start_soon(self._take, message)
+            self._nursery.start_soon(contained, f"take {message.op}", self._take, message)
 
     async def _serve(self, request: Request) -> None:
         if self._supervisor.room(request.event_id) is None and request.op != "position":
@@ -421,13 +421,13 @@ class ClusterNode:
             elif message.op == "left":
                 self._owners = {e: n for e, n in self._owners.items() if n != args["node"]}
                 assert self._nursery is not None
-                self._nursery.start_soon(self._reconcile)
+                self._nursery.start_soon(contained, "reconcile", self._reconcile)
         except (KeyError, TypeError, ValueError) as error:
             log.warning("malformed notice", extra={"op": message.op, "cause": repr(error)})
 
     def _cluster_renewed(self) -> None:
         assert self._nursery is not None
-        self._nursery.start_soon(self._reload_index)
+        self._nursery.start_soon(contained, "reload the map", self._reload_index)
 
     async def _reload_index(self) -> None:
         """Notices may have been missed: the store says which events are open."""
@@ -437,12 +437,12 @@ class ClusterNode:
     def notify_soon(self, op: str, event_id: str, args: dict[str, Any]) -> None:
         """Tell every node, from a task of the node's (callers may not wait)."""
         if self._nursery is not None:
-            self._nursery.start_soon(self._notify, op, event_id, args)
+            self._nursery.start_soon(contained, f"notify {op}", self._notify, op, event_id, args)
 
     async def _notify(self, op: str, event_id: str, args: dict[str, Any]) -> None:
         try:
             await self._bus.publish(redis.CLUSTER_CHANNEL, encode(Notice(op, event_id, args)))
-        except (RedisError, TimeoutError) as error:
+        except redis.REDIS_ERRORS as error:
             self._unreachable.failed(error, notice=op)
         else:
             self._unreachable.succeeded()

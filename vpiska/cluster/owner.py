@@ -21,7 +21,6 @@ from collections.abc import Callable
 from typing import Any
 
 import trio
-from coredis.exceptions import RedisError
 
 from vpiska.actors import CloseCode, EventSupervisor, EventView, Member, Room
 from vpiska.actors.commands import (
@@ -164,7 +163,7 @@ class OwnerLink:
                 for message in _messages(self._node_id, entries):
                     try:
                         await self._bus.publish(channel, encode(message))
-                    except (RedisError, TimeoutError) as error:
+                    except redis.REDIS_ERRORS as error:
                         self._unpublished.failed(error, event_id=event_id)
                     else:
                         self._unpublished.succeeded()

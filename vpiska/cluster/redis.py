@@ -21,12 +21,18 @@ from contextlib import asynccontextmanager
 
 import anyio
 import coredis
+from coredis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
 
 PREFIX = "vpiska:"
 NODES = PREFIX + "nodes"
 CLUSTER_CHANNEL = PREFIX + "cluster"
+
+# What a Redis command may raise when Redis is unreachable, slow or goes away mid-call (coredis
+# lets anyio's stream errors through on a connection closed under it).
+REDIS_ERRORS: tuple[type[BaseException], ...] = (
+    RedisError, TimeoutError, OSError, anyio.ClosedResourceError, anyio.BrokenResourceError)
 
 # A command that takes longer than this is a Redis in trouble: the caller hears so, instead of
 # waiting on it (a node must notice it cannot renew its leases long before they expire).
@@ -50,11 +56,20 @@ def event_channel(event_id: str) -> str:
 
 
 # KEYS[1] lease, KEYS[2] epoch counter; ARGV[1] node id, ARGV[2] TTL in ms.
-# The new epoch if the lease was free and is now ours; nil if someone holds it.
+# The new epoch if the lease was free and is now ours; nil if someone holds it. An epoch is at
+# least Redis' clock in microseconds: a Redis restarted without its data (counters back at 0)
+# still hands out epochs above every one it gave before, so a new owner never shares an epoch
+# with an old one (the store would take their writes for one owner's).
 ACQUIRE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return nil end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local epoch = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. epoch, 'PX', ARGV[2])
+if epoch < now then
+  epoch = now
+  redis.call('SET', KEYS[2], string.format('%d', epoch))
+end
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. string.format('%d', epoch), 'PX', ARGV[2])
 return epoch
 """
 
@@ -109,7 +124,10 @@ async def connect(url: str) -> AsyncIterator[coredis.Redis[bytes]]:
     Resource handling: the client and its connections are closed on exit.
     """
     client: coredis.Redis[bytes] = coredis.Redis.from_url(
-        url, stream_timeout=COMMAND_TIMEOUT_SECONDS, connect_timeout=COMMAND_TIMEOUT_SECONDS)
+        url, stream_timeout=COMMAND_TIMEOUT_SECONDS, connect_timeout=COMMAND_TIMEOUT_SECONDS,
+        # coredis' pool waits for a free connection without limit by default: connections
+        # stuck on a Redis that went away must not hold every later command forever.
+        pool_timeout=COMMAND_TIMEOUT_SECONDS)
     try:
         async with client:
             yield client

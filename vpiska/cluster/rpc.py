@@ -13,7 +13,6 @@ import logging
 from typing import Any
 
 import trio
-from coredis.exceptions import RedisError
 
 from vpiska.cluster import redis
 from vpiska.cluster.bus import Bus
@@ -75,7 +74,7 @@ class Rpc:
     async def _publish(self, node: str, data: bytes) -> None:
         try:
             receivers = await self._bus.publish(redis.node_channel(node), data)
-        except (RedisError, TimeoutError) as error:
+        except redis.REDIS_ERRORS as error:
             raise Unreachable(f"Redis: {error!r}") from error
         if receivers == 0:
             raise Unreachable(f"node {node} is not listening")
