@@ -16,8 +16,9 @@
 3. Closing idle keep-alive connections. After a response hypercorn restarts the connection's
    idle timer from the finishing app task; that task is being cancelled, so `nursery.start`
    never runs the timer: an idle HTTP connection is then never closed after
-   keep_alive_timeout, and holds a graceful shutdown for its full grace period.
-   `VpiskaTCPServer` restarts the timer shielded.
+   keep_alive_timeout, and holds a graceful shutdown for its full grace period. The timer is
+   now a deadline on the connection's read (11); under another worker context than the
+   adapter's, `VpiskaTCPServer` restarts hypercorn's timer shielded.
 
 4. Ending the ping loop with the connection. hypercorn's WebSocket ping task sleeps a whole
    ping interval before it notices the stream closed, and the connection task waits for it:
@@ -66,6 +67,25 @@
    only to `get_data` and form parsing, not to the streamed reads vpiska uses, and cannot
    close the connection.)
 
+11. No task per request for the keep-alive timer. hypercorn stops its idle timer (a lock) when a
+   request arrives and starts a new timer task (a lock and `nursery.start`) after each response:
+   about an eighth of a small request's CPU. Here the timer is the deadline of the connection's
+   read, moved when the connection turns idle or busy; `VpiskaWorkerContext` knows the idle
+   connections, and its `terminated` (a shutdown) ends their reads at once, as hypercorn's timer
+   did.
+
+12. No lock or shielded scope for a send nobody competes with. Every write took the send lock
+   and a shielded cancel scope. When the lock is free no other send is under way on the
+   connection, so `VpiskaTCPServer.protocol_send` writes at once to the non-blocking socket;
+   only what the socket did not take is sent under the lock, shielded, as before.
+
+13. One send per response. hypercorn writes a response's head, its body and its end (an empty
+   write, or the last chunk) as separate sends. `VpiskaH11Protocol` holds them and sends them
+   together once the response ends (also an error response, or a refused WebSocket handshake);
+   a body the app streams (`more_body`) goes out with each piece the app hands over, and held
+   bytes are sent once they pass FLUSH_BYTES, so a large download is written in bounded pieces.
+   The Date and Server headers are made once a second, not per response.
+
 Any other fault raised while serving a connection ends that connection only
 (connection_guard.py); that guard is installed with or without the adapter.
 
@@ -80,20 +100,26 @@ import importlib.metadata
 import logging
 import math
 import os
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import h11
+import hypercorn.protocol
 import hypercorn.protocol.h2
 import hypercorn.protocol.h11
 import hypercorn.trio.run
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.events import Closed, Event, RawData, Updated
-from hypercorn.protocol.events import Body, Data, StreamClosed
+from hypercorn.protocol.events import Body, Data, Response, StreamClosed
 from hypercorn.protocol.events import Event as StreamEvent
 from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.http_stream import HTTPStream
 from hypercorn.protocol.ws_stream import ASGIWebsocketState, FrameTooLargeError, WSStream
 from hypercorn.trio.tcp_server import MAX_RECV
+from hypercorn.trio.worker_context import EventWrapper, TrioSingleTask, WorkerContext
+from hypercorn.typing import ASGISendEvent, H11SendableEvent
 from wsproto.connection import ConnectionState
 from wsproto.events import CloseConnection, Message, Ping
 from wsproto.frame_protocol import CloseReason
@@ -208,24 +234,47 @@ class VpiskaTCPServer(GuardedTCPServer):
     _reading: trio.CancelScope | None = None
     _reader: trio.lowlevel.Task | None = None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The keep-alive idle timer is a deadline on the read (11), not a task.
+        self._idle_deadline = math.inf
+        self._read_until = math.inf  # the read's own deadline (read_timeout, body_timeout)
+        self._read_scope: trio.CancelScope | None = None
+        if isinstance(self.context, VpiskaWorkerContext):
+            self.idle_task = _IdleDeadline(self)
+        stream: Any = self.stream
+        self._sock = stream.socket if isinstance(stream, trio.SocketStream) else None
+
+    async def run(self) -> None:
+        try:
+            await super().run()
+        finally:
+            self._idle(False)
+
     async def _read_data(self) -> None:
-        # hypercorn 0.18.0's loop, with three changes: a WebSocket whose read times out (a peer
+        # hypercorn 0.18.0's loop, with four changes: a WebSocket whose read times out (a peer
         # silent for two ping intervals, server.py) is counted as a keep-alive disconnect; a
         # request body must arrive within body_timeout (10); the loop ends when the connection
-        # is closed, also if it was waiting for the app to take its bytes (7).
+        # is closed, also if it was waiting for the app to take its bytes (7); an idle
+        # keep-alive connection's read ends at its idle deadline (11).
         self._reader = trio.lowlevel.current_task()
         with trio.CancelScope() as self._reading:
             body_deadline = math.inf
+            read_timeout = self.config.read_timeout or math.inf
             while True:
-                read_deadline = trio.current_time() + (self.config.read_timeout or math.inf)
-                try:
-                    with trio.fail_at(min(read_deadline, body_deadline)):
+                self._read_until = min(trio.current_time() + read_timeout, body_deadline)
+                with trio.CancelScope(
+                        deadline=min(self._read_until, self._idle_deadline)) as scope:
+                    self._read_scope = scope
+                    try:
                         data = await self.stream.receive_some(MAX_RECV)
-                except trio.TooSlowError:
+                    except (trio.ClosedResourceError, trio.BrokenResourceError):
+                        break
+                    finally:
+                        self._read_scope = None
+                if scope.cancelled_caught:
                     self._timed_out(body_deadline)
                     await self._close_now()  # the peer sees the end now, not after the app's
-                    break
-                except (trio.ClosedResourceError, trio.BrokenResourceError):
                     break
                 received_at = trio.current_time()
                 if received_at >= body_deadline:  # a trickle: bytes keep coming, too slowly
@@ -240,6 +289,29 @@ class VpiskaTCPServer(GuardedTCPServer):
                 elif body_deadline == math.inf:
                     body_deadline = received_at + (self._body_timeout() or math.inf)
             await self.protocol.handle(Closed())
+
+    def _idle(self, idle: bool) -> None:
+        """The connection is between requests (or no longer): its read ends at keep_alive_timeout,
+        at once if the server is shutting down (11)."""
+        context = self.context
+        if not isinstance(context, VpiskaWorkerContext):
+            return
+        if not idle:
+            self._idle_deadline = math.inf
+            context.idle_connections.discard(self)
+        elif context.terminated.is_set():
+            self._idle_deadline = -math.inf
+        else:
+            self._idle_deadline = trio.current_time() + self.config.keep_alive_timeout
+            context.idle_connections.add(self)
+        if self._read_scope is not None:
+            self._read_scope.deadline = min(self._read_until, self._idle_deadline)
+
+    def _close_if_idle(self) -> None:
+        """The server is shutting down: an idle connection closes now."""
+        self._idle_deadline = -math.inf
+        if self._read_scope is not None:
+            self._read_scope.deadline = -math.inf
 
     def _timed_out(self, body_deadline: float) -> None:
         if trio.current_time() >= body_deadline:
@@ -283,16 +355,22 @@ class VpiskaTCPServer(GuardedTCPServer):
             self._reading.cancel()
 
     async def protocol_send(self, event: Event) -> None:
-        if isinstance(event, Updated) and event.idle:
-            with trio.CancelScope(shield=True):
-                await self.idle_task.restart(self._task_group, self._idle_timeout)
-        elif isinstance(event, Closed):
-            await self._close_connection()
-        elif isinstance(event, RawData):
+        if isinstance(event, RawData):
+            data = event.data
+            if self._sock is not None and not self.send_lock.locked():
+                # No other send is under way: write at once, no lock, no shielded scope (12).
+                try:
+                    written = write_now(self._sock, data)
+                except trio.BrokenResourceError:
+                    await self._close_connection()  # a peer that reset the connection (7)
+                    return
+                if written == len(data):
+                    return
+                data = data[written:]
             async with self.send_lock:
                 try:
                     with trio.CancelScope(shield=True):
-                        await self.stream.send_all(event.data)
+                        await self.stream.send_all(data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError,
                         trio.BusyResourceError):
                     broken = True
@@ -300,8 +378,149 @@ class VpiskaTCPServer(GuardedTCPServer):
                     broken = False
             if broken:  # a peer that reset the connection: closed like any other (7)
                 await self._close_connection()
+        elif isinstance(event, Updated) and not isinstance(self.idle_task, _IdleDeadline):
+            if event.idle:  # hypercorn's timer task, restarted shielded (3)
+                with trio.CancelScope(shield=True):
+                    await self.idle_task.restart(self._task_group, self._idle_timeout)
+            else:
+                await self.idle_task.stop()
+        elif isinstance(event, Closed):
+            await self._close_connection()
         else:
             await super().protocol_send(event)
+
+
+def write_now(sock: trio.socket.SocketType, data: bytes) -> int:
+    """Write to a non-blocking socket what it takes at once: 0 if its buffer is full or it is
+    closed; trio.BrokenResourceError if the connection has broken (the peer reset it)."""
+    fd = sock.fileno()
+    if fd < 0 or not data:
+        return 0
+    try:
+        return os.write(fd, data)
+    except BlockingIOError:  # the socket's buffer is full: the caller waits for room
+        return 0
+    except OSError as exc:
+        raise trio.BrokenResourceError(exc) from exc
+
+
+class _IdleDeadline(TrioSingleTask):
+    """hypercorn's keep-alive timer as a deadline on the connection's read (11): restarting and
+    stopping it start no task, take no lock and do not checkpoint."""
+
+    def __init__(self, server: VpiskaTCPServer) -> None:
+        self._server = server
+
+    async def restart(self, task_group: Any, action: Any) -> None:
+        self._server._idle(True)
+
+    async def stop(self) -> None:
+        self._server._idle(False)
+
+
+class _Terminated(EventWrapper):
+    """A worker's `terminated`: setting it also closes the idle connections (11)."""
+
+    def __init__(self, idle_connections: set[VpiskaTCPServer]) -> None:
+        super().__init__()
+        self._idle_connections = idle_connections
+
+    async def set(self) -> None:
+        await super().set()
+        for server in list(self._idle_connections):
+            server._close_if_idle()
+
+
+class VpiskaWorkerContext(WorkerContext):
+    """hypercorn's worker context, knowing which connections are idle (11)."""
+
+    def __init__(self, max_requests: int | None) -> None:
+        super().__init__(max_requests)
+        self.idle_connections: set[VpiskaTCPServer] = set()
+        self.terminated = _Terminated(self.idle_connections)
+
+
+# The most bytes of a response held to be sent together; a longer or streamed body is sent in
+# pieces of about this size, or as the app hands them over (13).
+FLUSH_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class _Flush(StreamEvent):
+    """Send what is held of the response now: the app streams its body (more_body)."""
+
+
+class VpiskaHTTPStream(HTTPStream):
+    async def app_send(self, message: ASGISendEvent | None) -> None:
+        await super().app_send(message)
+        if (message is not None and message["type"] == "http.response.body"
+                and message.get("more_body", False) and not self.closed):
+            await self.send(_Flush(stream_id=self.stream_id))
+
+
+class VpiskaH11Protocol(H11Protocol):
+    """hypercorn's HTTP/1.1 protocol, writing a response in one send (13)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._held: list[bytes] = []
+        self._held_bytes = 0
+
+    async def stream_send(self, event: StreamEvent) -> None:
+        if isinstance(event, _Flush):
+            await self._flush()
+        elif isinstance(event, Response) and event.status_code >= 200:
+            headers = [*event.headers, *_server_headers(self.config)]
+            if self.keep_alive_requests >= self.config.keep_alive_max_requests:
+                headers.append((b"connection", b"close"))
+            await self._send_h11_event(h11.Response(headers=headers,
+                                                    status_code=event.status_code))
+        elif isinstance(event, Data) and self._held:
+            self._hold(event.data)
+            await self._flush()
+        else:
+            if self._held and isinstance(event, StreamClosed):
+                await self._flush()
+            await super().stream_send(event)
+
+    async def _send_h11_event(self, event: H11SendableEvent) -> None:
+        try:
+            data = self.connection.send(event)
+        except h11.LocalProtocolError:
+            if self.connection.their_state != h11.ERROR:
+                raise
+            return
+        if data:
+            self._hold(data)
+        kind = type(event)
+        if kind is h11.Response or (kind is h11.Data and self._held_bytes < FLUSH_BYTES):
+            return  # the rest of the response follows
+        await self._flush()
+
+    def _hold(self, data: bytes) -> None:
+        self._held.append(data)
+        self._held_bytes += len(data)
+
+    async def _flush(self) -> None:
+        if self._held:
+            data = self._held[0] if len(self._held) == 1 else b"".join(self._held)
+            self._held = []
+            self._held_bytes = 0
+            await self.send(RawData(data=data))
+
+
+_date_headers: dict[int, tuple[int, list[tuple[bytes, bytes]]]] = {}
+
+
+def _server_headers(config: HypercornConfig) -> list[tuple[bytes, bytes]]:
+    """`config.response_headers("h11")` (Date, Server, …), made once a second, not per response:
+    the Date header counts whole seconds."""
+    now = int(time.time())
+    cached = _date_headers.get(id(config))
+    if cached is None or cached[0] != now:
+        cached = (now, config.response_headers("h11"))
+        _date_headers[id(config)] = cached
+    return cached[1]
 
 
 class DirectSink:
@@ -338,15 +557,7 @@ class DirectSink:
         if (self._stream.closed or self._server.send_lock.locked()
                 or self._stream.connection.state is not ConnectionState.OPEN):
             return 0
-        fd = self._sock.fileno()
-        if fd < 0:
-            return 0
-        try:
-            return os.write(fd, data)
-        except BlockingIOError:  # the socket's buffer is full: `send` waits for room
-            return 0
-        except OSError as exc:
-            raise trio.BrokenResourceError(exc) from exc
+        return write_now(self._sock, data)
 
     async def send(self, data: bytes) -> None:
         if self._stream.connection.state is ConnectionState.OPEN:
@@ -366,17 +577,24 @@ def installed_hypercorn() -> str:
 def install(*, enabled: bool = True) -> bool:
     """Use the adapter if `enabled` and hypercorn is a tested version; True if in use.
 
-    It swaps the classes hypercorn instantiates (its trio TCPServer, and the WSStream of its
-    HTTP/1.1 and HTTP/2 protocols), and swaps them back when not in use, so the choice can be
-    made per server start. The connection guard (connection_guard.py) is installed either way.
+    It swaps the classes hypercorn instantiates (its trio TCPServer and worker context, its
+    HTTP/1.1 protocol and that protocol's HTTPStream, and the WSStream of its HTTP/1.1 and
+    HTTP/2 protocols), and swaps them back when not in use, so the choice can be made per
+    server start. The connection guard (connection_guard.py) is installed either way.
     """
     version = installed_hypercorn()
     use = enabled and version in TESTED_HYPERCORN and fits_wsproto()
     stream_class = VpiskaWSStream if use else WSStream
     hypercorn.protocol.h11.WSStream = stream_class  # type: ignore[attr-defined]
     hypercorn.protocol.h2.WSStream = stream_class  # type: ignore[attr-defined]
+    hypercorn.protocol.h11.HTTPStream = (  # type: ignore[attr-defined]
+        VpiskaHTTPStream if use else HTTPStream)
+    hypercorn.protocol.H11Protocol = (  # type: ignore[attr-defined]
+        VpiskaH11Protocol if use else H11Protocol)
     hypercorn.trio.run.TCPServer = (  # type: ignore[attr-defined]
         VpiskaTCPServer if use else GuardedTCPServer)
+    hypercorn.trio.run.WorkerContext = (  # type: ignore[attr-defined]
+        VpiskaWorkerContext if use else WorkerContext)
     if enabled and not use:
         log.warning("hypercorn adapter not used: written for hypercorn %s and wsproto's frame "
                     "decoder, found hypercorn %s", ", ".join(sorted(TESTED_HYPERCORN)), version)
