@@ -86,6 +86,11 @@
    bytes are sent once they pass FLUSH_BYTES, so a large download is written in bounded pieces.
    The Date and Server headers are made once a second, not per response.
 
+14. No task switch to pass an app its messages. hypercorn hands a request's body and its
+   disconnect to the app over a memory channel whose `send` and `receive` each yield to the
+   scheduler even when the message is there. `VpiskaTaskGroup` passes them at once when it can,
+   and waits as before when it cannot (the app is behind, or nothing has arrived).
+
 Any other fault raised while serving a connection ends that connection only
 (connection_guard.py); that guard is installed with or without the adapter.
 
@@ -101,7 +106,9 @@ import logging
 import math
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import h11
@@ -109,6 +116,7 @@ import hypercorn.protocol
 import hypercorn.protocol.h2
 import hypercorn.protocol.h11
 import hypercorn.trio.run
+import hypercorn.trio.tcp_server
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.events import Closed, Event, RawData, Updated
@@ -117,9 +125,17 @@ from hypercorn.protocol.events import Event as StreamEvent
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.protocol.http_stream import HTTPStream
 from hypercorn.protocol.ws_stream import ASGIWebsocketState, FrameTooLargeError, WSStream
+from hypercorn.trio.task_group import TaskGroup, _handle
 from hypercorn.trio.tcp_server import MAX_RECV
 from hypercorn.trio.worker_context import EventWrapper, TrioSingleTask, WorkerContext
-from hypercorn.typing import ASGISendEvent, H11SendableEvent
+from hypercorn.typing import (
+    AppWrapper,
+    ASGIReceiveCallable,
+    ASGIReceiveEvent,
+    ASGISendEvent,
+    H11SendableEvent,
+    Scope,
+)
 from wsproto.connection import ConnectionState
 from wsproto.events import CloseConnection, Message, Ping
 from wsproto.frame_protocol import CloseReason
@@ -440,6 +456,41 @@ class VpiskaWorkerContext(WorkerContext):
         self.terminated = _Terminated(self.idle_connections)
 
 
+class VpiskaTaskGroup(TaskGroup):
+    """hypercorn's per-connection task group; an app's messages are passed without a task
+    switch when they can be (14)."""
+
+    async def spawn_app(
+        self,
+        app: AppWrapper,
+        config: HypercornConfig,
+        scope: Scope,
+        send: Callable[[ASGISendEvent | None], Awaitable[None]],
+    ) -> Callable[[ASGIReceiveEvent], Awaitable[None]]:
+        to_app, from_server = trio.open_memory_channel[ASGIReceiveEvent](
+            config.max_app_queue_size)
+        receive: ASGIReceiveCallable = partial(_receive_now, from_server)
+        assert self._nursery is not None
+        self._nursery.start_soon(_handle, app, config, scope, receive, send,
+                                 trio.to_thread.run_sync, trio.from_thread.run)
+        return partial(_put_now, to_app)
+
+
+async def _put_now(channel: trio.MemorySendChannel[ASGIReceiveEvent],
+                   message: ASGIReceiveEvent) -> None:
+    try:
+        channel.send_nowait(message)
+    except trio.WouldBlock:  # the app is behind: wait for it, as hypercorn does
+        await channel.send(message)
+
+
+async def _receive_now(channel: trio.MemoryReceiveChannel[ASGIReceiveEvent]) -> ASGIReceiveEvent:
+    try:
+        return channel.receive_nowait()
+    except trio.WouldBlock:
+        return await channel.receive()
+
+
 # The most bytes of a response held to be sent together; a longer or streamed body is sent in
 # pieces of about this size, or as the app hands them over (13).
 FLUSH_BYTES = 64 * 1024
@@ -577,10 +628,10 @@ def installed_hypercorn() -> str:
 def install(*, enabled: bool = True) -> bool:
     """Use the adapter if `enabled` and hypercorn is a tested version; True if in use.
 
-    It swaps the classes hypercorn instantiates (its trio TCPServer and worker context, its
-    HTTP/1.1 protocol and that protocol's HTTPStream, and the WSStream of its HTTP/1.1 and
-    HTTP/2 protocols), and swaps them back when not in use, so the choice can be made per
-    server start. The connection guard (connection_guard.py) is installed either way.
+    It swaps the classes hypercorn instantiates (its trio TCPServer, task group and worker
+    context, its HTTP/1.1 protocol and that protocol's HTTPStream, and the WSStream of its
+    HTTP/1.1 and HTTP/2 protocols), and swaps them back when not in use, so the choice can be
+    made per server start. The connection guard (connection_guard.py) is installed either way.
     """
     version = installed_hypercorn()
     use = enabled and version in TESTED_HYPERCORN and fits_wsproto()
@@ -595,6 +646,8 @@ def install(*, enabled: bool = True) -> bool:
         VpiskaTCPServer if use else GuardedTCPServer)
     hypercorn.trio.run.WorkerContext = (  # type: ignore[attr-defined]
         VpiskaWorkerContext if use else WorkerContext)
+    hypercorn.trio.tcp_server.TaskGroup = (  # type: ignore[attr-defined]
+        VpiskaTaskGroup if use else TaskGroup)
     if enabled and not use:
         log.warning("hypercorn adapter not used: written for hypercorn %s and wsproto's frame "
                     "decoder, found hypercorn %s", ", ".join(sorted(TESTED_HYPERCORN)), version)
