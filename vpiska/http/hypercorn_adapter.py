@@ -23,8 +23,9 @@
 4. Ending the ping loop with the connection. hypercorn's WebSocket ping task sleeps a whole
    ping interval before it notices the stream closed, and the connection task waits for it:
    every closed WebSocket lingered up to WS_PING_SECONDS, and so did a graceful shutdown.
-   `VpiskaWSStream` cancels the ping loop as soon as the stream is closed (and skips the
-   ping hypercorn sends the instant a socket is accepted).
+   The worker's pinger (15) holds no connection open; where it cannot serve (TLS, HTTP/2),
+   `VpiskaWSStream` cancels hypercorn's ping loop as soon as the stream is closed. Neither
+   sends the ping hypercorn sends the instant a socket is accepted.
 
 5. Writing frames without a task switch (the fast write path). Sending one frame through
    ASGI costs a task wake-up, a lock and a shielded cancel scope; for a broadcast to N members
@@ -91,6 +92,12 @@
    scheduler even when the message is there. `VpiskaTaskGroup` passes them at once when it can,
    and waits as before when it cannot (the app is behind, or nothing has arrived).
 
+15. One ping task for all WebSockets. hypercorn starts a task per socket that sleeps and
+   pings: about 4 KiB of every idle socket. `VpiskaWorkerContext.pinger` pings every socket of
+   the worker once an interval from one task (started when there is a socket to ping, ended
+   when there is none), writing the ping straight to the socket when nothing else is being
+   sent on it, else from a short-lived task as hypercorn did.
+
 Any other fault raised while serving a connection ends that connection only
 (connection_guard.py); that guard is installed with or without the adapter.
 
@@ -106,6 +113,8 @@ import logging
 import math
 import os
 import time
+import weakref
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -155,6 +164,7 @@ SINK = "vpiska.direct_sink"  # the ASGI scope extension that carries a connectio
 
 class VpiskaWSStream(WSStream):
     _pings: trio.CancelScope | None = None
+    _server: VpiskaTCPServer | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -186,11 +196,25 @@ class VpiskaWSStream(WSStream):
             self._decided.set()
 
     async def _accept(self, message: Any) -> None:
+        # hypercorn 0.18.0's accept, with its ping task replaced by the worker's pinger (15).
         self.handshake.extensions = None  # no permessage-deflate (ws_limits.py)
-        await super()._accept(message)
+        self.state = ASGIWebsocketState.CONNECTED
+        status_code, headers, self.connection = self.handshake.accept(
+            message.get("subprotocol"), message.get("headers", []))
+        await self.send(Response(stream_id=self.stream_id, status_code=status_code,
+                                 headers=headers))
+        await self.config.log.access(self.scope, {"status": status_code, "headers": []},
+                                     time.time() - self.start_time)
         # The reader is held until `_decided`, so no byte has reached the new connection yet.
         bound_messages(self.connection, self.config.websocket_max_message_size)
-        sink = DirectSink.for_stream(self)
+        server = _server_of(self)
+        if self.config.websocket_ping_interval is not None:
+            if server is not None and isinstance(self.context, VpiskaWorkerContext):
+                self._server = server
+                self.context.pinger(self.config.websocket_ping_interval).add(self)
+            else:
+                self.task_group.spawn(self._send_pings)
+        sink = DirectSink.for_stream(self, server)
         if sink is not None:
             extensions: dict[str, Any] = self.scope["extensions"]
             extensions[SINK] = sink
@@ -201,6 +225,28 @@ class VpiskaWSStream(WSStream):
             # just proved it is there. Start one interval later.
             await trio.sleep(self.config.websocket_ping_interval or 0)
             await super()._send_pings()
+
+    def _ping(self) -> bool:
+        """Ping the peer now, for the worker's pinger; False once the socket is done (15)."""
+        if self.closed or self.connection.state is not ConnectionState.OPEN:
+            return False
+        data = self.connection.send(Ping())
+        server = self._server
+        written = 0
+        if server is not None and not server.send_lock.locked():
+            try:
+                written = write_now(server._sock, data) if server._sock is not None else 0
+            except trio.BrokenResourceError:
+                written = 0  # the send below finds the connection broken and closes it
+        if written < len(data):  # the socket is busy or full: a task sends it, as hypercorn did
+            try:
+                self.task_group.spawn(self._send_rest, data[written:])
+            except RuntimeError:  # the connection's task group has ended: nothing to ping
+                return False
+        return True
+
+    async def _send_rest(self, data: bytes) -> None:
+        await self.send(Data(stream_id=self.stream_id, data=data))
 
     async def _handle_events(self) -> None:
         # hypercorn 0.18.0's loop, with three changes: a CloseConnection wsproto raises on its
@@ -448,12 +494,60 @@ class _Terminated(EventWrapper):
 
 
 class VpiskaWorkerContext(WorkerContext):
-    """hypercorn's worker context, knowing which connections are idle (11)."""
+    """hypercorn's worker context, knowing which connections are idle (11), with the pinger
+    of its WebSockets (15)."""
 
     def __init__(self, max_requests: int | None) -> None:
         super().__init__(max_requests)
         self.idle_connections: set[VpiskaTCPServer] = set()
         self.terminated = _Terminated(self.idle_connections)
+        self._pinger: _Pinger | None = None
+
+    def pinger(self, interval: float) -> _Pinger:
+        if self._pinger is None:
+            self._pinger = _Pinger(interval)
+        return self._pinger
+
+
+class _Pinger:
+    """Pings every WebSocket of a worker once an interval, the first one interval after its
+    accept, from one task (15). The task runs while there are sockets to ping.
+
+    Resource handling: holds its sockets weakly; a closed one is forgotten at its next turn.
+    """
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._slack = interval / 20  # sockets due this close together are pinged in one go
+        self._due: deque[tuple[float, weakref.ref[VpiskaWSStream]]] = deque()
+        self._running = False
+
+    def add(self, stream: VpiskaWSStream) -> None:
+        self._due.append((trio.current_time() + self._interval, weakref.ref(stream)))
+        if not self._running:
+            self._running = True
+            trio.lowlevel.spawn_system_task(self._run, name="vpiska websocket pinger")
+
+    async def _run(self) -> None:
+        try:
+            while self._due:
+                await trio.sleep_until(self._due[0][0])
+                now = trio.current_time()
+                while self._due and self._due[0][0] <= now + self._slack:
+                    due, ref = self._due.popleft()
+                    stream = ref()
+                    if stream is not None and self._ping(stream):
+                        self._due.append((max(due + self._interval, now), ref))
+        finally:
+            self._running = False
+
+    @staticmethod
+    def _ping(stream: VpiskaWSStream) -> bool:
+        try:
+            return stream._ping()
+        except Exception:  # one socket's fault is not the others'
+            log.warning("websocket ping failed", exc_info=True)
+            return False
 
 
 class VpiskaTaskGroup(TaskGroup):
@@ -588,15 +682,10 @@ class DirectSink:
         self._sock = sock
 
     @classmethod
-    def for_stream(cls, stream: VpiskaWSStream) -> DirectSink | None:
-        # The HTTP/1.1 protocol's send is the TCPServer's protocol_send; over TLS or HTTP/2
-        # there is no plain socket to write to, and members use the ASGI path.
-        protocol = getattr(stream.send, "__self__", None)
-        server = getattr(getattr(protocol, "send", None), "__self__", None)
-        if not isinstance(server, VpiskaTCPServer):
-            return None
-        sock = getattr(server.stream, "socket", None)
-        return cls(stream, server, sock) if isinstance(sock, trio.socket.SocketType) else None
+    def for_stream(cls, stream: VpiskaWSStream, server: VpiskaTCPServer | None
+                   ) -> DirectSink | None:
+        sock = server._sock if server is not None else None
+        return cls(stream, server, sock) if server is not None and sock is not None else None
 
     def write_now(self, data: bytes) -> int:
         """Write what the socket takes at once; 0 if another send is under way, the socket is
@@ -613,6 +702,17 @@ class DirectSink:
     async def send(self, data: bytes) -> None:
         if self._stream.connection.state is ConnectionState.OPEN:
             await self._server.protocol_send(RawData(data=data))
+
+
+def _server_of(stream: VpiskaWSStream) -> VpiskaTCPServer | None:
+    """The TCP server a WebSocket is written through, if it is the adapter's on a plain socket.
+    The HTTP/1.1 protocol's send is the TCPServer's protocol_send; over TLS or HTTP/2 there is
+    no plain socket to write to (members use the ASGI path, and pings hypercorn's task)."""
+    protocol = getattr(stream.send, "__self__", None)
+    server = getattr(getattr(protocol, "send", None), "__self__", None)
+    if isinstance(server, VpiskaTCPServer) and server._sock is not None:
+        return server
+    return None
 
 
 def sink_of(scope: dict[str, Any]) -> DirectSink | None:
