@@ -58,13 +58,13 @@ class JsonRoutes:
         self._routes = {path: _Route(path, handler, max_json_bytes, trace)
                         for path, handler in routes.items()}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not a coroutine itself: nothing of this layer stays in memory while a WebSocket lives.
         route = (self._routes.get(scope["path"])
                  if scope["type"] == "http" and scope["method"] == "POST" else None)
         if route is None:
-            await self._fallback(scope, receive, send)
-        else:
-            await route.serve(scope, receive, send)
+            return self._fallback(scope, receive, send)
+        return route.serve(scope, receive, send)
 
 
 class _Route:
