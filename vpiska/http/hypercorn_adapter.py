@@ -138,7 +138,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.protocol.events import Body, Data, Response, StreamClosed
 from hypercorn.protocol.events import Event as StreamEvent
-from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.h11 import H11Protocol, H11WSConnection
 from hypercorn.protocol.http_stream import HTTPStream
 from hypercorn.protocol.ws_stream import ASGIWebsocketState, FrameTooLargeError, WSStream
 from hypercorn.trio.task_group import TaskGroup, _handle
@@ -174,14 +174,18 @@ class VpiskaWSStream(WSStream):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # Set once the app has accepted or refused the handshake, or the stream closed: until
-        # then bytes after the request wait for it (6), and so does the socket's reader.
-        self._decided = trio.Event()
+        # True once the app has accepted or refused the handshake, or the stream closed: until
+        # then bytes after the request wait for it (6), and so does the socket's reader, on
+        # `_decision` (made only then: most clients wait for the answer).
+        self._decided = False
+        self._decision: trio.Event | None = None
         self._app_done = False
 
     async def handle(self, event: StreamEvent) -> None:
-        if isinstance(event, Body | Data) and not self.closed and not self._decided.is_set():
-            await self._decided.wait()
+        if isinstance(event, Body | Data) and not self.closed and not self._decided:
+            if self._decision is None:
+                self._decision = trio.Event()
+            await self._decision.wait()
         if isinstance(event, Body | Data) and not self.closed:
             if not self.handshake.accepted:
                 return  # the app refused: the connection ends after its answer, unread (6)
@@ -190,7 +194,7 @@ class VpiskaWSStream(WSStream):
         else:
             await super().handle(event)
         if self.closed:
-            self._decided.set()
+            self._decide()
             if self._pings is not None:
                 self._pings.cancel()
 
@@ -199,7 +203,12 @@ class VpiskaWSStream(WSStream):
             self._app_done = True
         await super().app_send(message)
         if self.state is not ASGIWebsocketState.HANDSHAKE:
-            self._decided.set()
+            self._decide()
+
+    def _decide(self) -> None:
+        self._decided = True
+        if self._decision is not None:
+            self._decision.set()
 
     async def _accept(self, message: Any) -> None:
         # hypercorn 0.18.0's accept, with its ping task replaced by the worker's pinger (15).
@@ -374,13 +383,15 @@ class VpiskaTCPServer(GuardedTCPServer):
             if fd < 0:
                 raise trio.ClosedResourceError
             try:
-                data = os.read(fd, MAX_RECV)
+                data: bytes | None = os.read(fd, MAX_RECV)
             except BlockingIOError:
+                data = None  # waited for below: not in this handler, which would keep the error
+            except OSError as exc:
+                raise trio.BrokenResourceError(exc) from exc
+            if data is None:
                 await trio.lowlevel.wait_readable(sock)
                 waited = True
                 continue
-            except OSError as exc:
-                raise trio.BrokenResourceError(exc) from exc
             if not waited:  # a peer that always has more must not keep the others waiting
                 await trio.lowlevel.cancel_shielded_checkpoint()
             return data
@@ -691,6 +702,12 @@ class VpiskaH11Protocol(H11Protocol):
         elif isinstance(event, Data) and self._held:
             self._hold(event.data)
             await self._flush()
+        elif isinstance(event, Response) and event.status_code == 101:
+            await super().stream_send(event)
+            if isinstance(self.connection, H11WSConnection):
+                # The upgrade is answered: h11 has nothing more to do on this connection, and
+                # a WebSocket need not keep its request state for life (about 1.4 KiB).
+                self.connection.h11_connection = _UPGRADED
         else:
             if self._held and isinstance(event, StreamClosed):
                 await self._flush()
@@ -721,6 +738,16 @@ class VpiskaH11Protocol(H11Protocol):
             self._held_bytes = 0
             await self.send(RawData(data=data))
 
+
+def _closed_h11() -> h11.Connection:
+    """An h11 connection through which nothing can be sent any more: what stands for a
+    WebSocket's once its upgrade is answered."""
+    connection = h11.Connection(h11.SERVER)
+    connection.send(h11.ConnectionClosed())
+    return connection
+
+
+_UPGRADED = _closed_h11()
 
 _date_headers: dict[int, tuple[int, list[tuple[bytes, bytes]]]] = {}
 
