@@ -5,12 +5,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test clean bench bench-quick
+.PHONY: run test lint clean bench bench-quick
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,lint]'
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -29,6 +29,11 @@ cluster: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# ruff (rules in pyproject.toml's [tool.ruff]) and mypy --strict ([tool.mypy]: vpiska and tests).
+lint: $(STAMP)
+	$(PY) -m ruff check vpiska tests
+	$(PY) -m mypy
 
 # `make test` STRESS_RUNS times in a row while a busy loop holds CPU 1 of the machine's two, as
 # a loaded CI machine would: stops at the first failing run, and prints each run's result and

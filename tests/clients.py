@@ -45,12 +45,15 @@ class Member:
                 self._changed.set()
                 self._changed = trio.Event()
         except ConnectionClosed as closed:
-            self.close_code = closed.reason.code
+            reason = closed.reason
+            assert reason is not None  # trio-websocket has one once the connection closed
+            self.close_code = reason.code
         finally:
             self.closed.set()
             self._changed.set()
 
-    async def wait_for(self, done: Callable[[Member], bool], timeout: float = 15) -> None:
+    async def wait_for(self, done: Callable[[Member], bool],
+                       timeout: float = 15) -> None:  # noqa: ASYNC109 (a test's deadline)
         with trio.fail_after(timeout):
             while not done(self):
                 if self.closed.is_set():
@@ -63,7 +66,7 @@ class Member:
         if not self.closed.is_set():
             await self._changed.wait()
 
-    async def wait_closed(self, timeout: float = 15) -> int | None:
+    async def wait_closed(self, timeout: float = 15) -> int | None:  # noqa: ASYNC109 (as above)
         with trio.fail_after(timeout):
             await self.closed.wait()
         return self.close_code
@@ -108,10 +111,12 @@ class Crowd:
         The TCP stream is opened here, not by trio-websocket, because after a server-initiated
         close trio-websocket never closes the stream itself."""
         url = urlsplit(socket_url(self._server, token, event_id, **params))
-        stream = await trio.open_tcp_stream(url.hostname, url.port)  # type: ignore[arg-type]
+        assert url.hostname is not None
+        assert url.port is not None
+        stream = await trio.open_tcp_stream(url.hostname, url.port)
         try:
             ws = await wrap_client_stream(
-                self._nursery, stream, url.hostname,  # type: ignore[arg-type]
+                self._nursery, stream, url.hostname,
                 f"{url.path}?{url.query}", message_queue_size=0,
                 extra_headers=[(k.encode(), v.encode()) for k, v in (headers or {}).items()])
         except BaseException:
@@ -150,6 +155,16 @@ async def host_event(server: Server, name: str = "party", x: float = 10, y: floa
     return token, event["id"]
 
 
+async def flood(member: Member, lines: int) -> None:
+    """Say "spam 0", "spam 1", … up to `lines` lines without waiting for any; stops early
+    once the server has closed the socket."""
+    for i in range(lines):
+        try:
+            await member.say(f"spam {i}")
+        except Exception:  # disconnected mid-flood
+            break
+
+
 async def connected_sockets(server: Server) -> int:
     """`vpiska_ws_connected_sockets` from GET /metrics: sockets the rooms hold right now."""
     # A connection of its own: with short ping intervals the server drops idle pooled ones.
@@ -159,7 +174,8 @@ async def connected_sockets(server: Server) -> int:
                 for sample in family.samples if sample.name == "vpiska_ws_connected_sockets")
 
 
-async def wait_for_sockets(server: Server, count: int, timeout: float = 15) -> None:
+async def wait_for_sockets(server: Server, count: int,
+                           timeout: float = 15) -> None:  # noqa: ASYNC109 (a test's deadline)
     """Wait until the rooms hold `count` sockets, as the actors' member tables say.
 
     Only a count the awaited change brings about is a sentinel: wait for a leave with the

@@ -68,7 +68,7 @@ class Server:
         response = await self.http.post(path, headers=headers, **kwargs)
         assert response.status_code == 200, response.text
         assert response.headers["content-type"] == "application/json"
-        envelope = response.json()
+        envelope: dict[str, Any] = response.json()
         assert list(envelope) == ["isSuccess", "errors", "result"]
         return envelope
 
@@ -88,10 +88,11 @@ class Server:
 
     async def sign_up(self, name: str = "ann", phone: str = "9001234567",
                       password: str = "secret1") -> dict[str, Any]:
-        return await self.ok(
+        result: dict[str, Any] = await self.ok(
             "/api/v1/users/create",
             {"name": name, "phone": phone, "password": password, "confirmPassword": password},
         )
+        return result
 
 
 # A test client drops an idle connection after 1 s: the server closes idle ones after

@@ -179,6 +179,7 @@ class RawMember:
     async def say(self, text: str) -> None:
         await self.raw.send_frame(0x1, f"chatMessage/{text}".encode())
 
-    async def wait_for_count(self, count: int, timeout: float = 60) -> None:
+    async def wait_for_count(self, count: int,
+                             timeout: float = 60) -> None:  # noqa: ASYNC109 (a test's deadline)
         with trio.fail_after(timeout):
             await self.wait_for(lambda m: m.counts[-1:] == [count])

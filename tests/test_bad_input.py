@@ -99,7 +99,7 @@ async def test_wrong_method_is_invalid_method(server: Server, method: str, path:
 
 @pytest.fixture
 def wrap_store() -> Callable[[Store], Store]:
-    return FaultyStore  # type: ignore[return-value]
+    return FaultyStore
 
 
 async def test_unexpected_error_is_logged_with_traceback_not_leaked(
@@ -113,4 +113,5 @@ async def test_unexpected_error_is_logged_with_traceback_not_leaked(
     assert envelope["errors"] == [{"errorCode": "InternalError"}]
     assert "injected failure" not in str(envelope)
     failures = [r for r in caplog.records if r.message == "request failed"]
-    assert len(failures) == 1 and failures[0].exc_info is not None
+    assert len(failures) == 1
+    assert failures[0].exc_info is not None

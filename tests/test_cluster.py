@@ -12,11 +12,14 @@ from typing import Any
 import httpx
 import trio
 
-from tests.clients import Crowd, Member, host_event, token_for
+from tests.clients import Crowd, Member, connected_sockets, host_event, token_for
 from tests.cluster_fixtures import Cluster, RedisServer, StartCluster
 from tests.conftest import Server
+from tests.raw_ws import RawSocket
 from tests.test_process import ServerProcess, env, vpiska_process
+from tests.test_websocket import port_of, resource
 from vpiska.config import Config
+from vpiska.domain import new_id
 from vpiska.store.sqlite import SqliteStore
 
 JWT_KEY = "the cluster tests' key, long enough for HS256"
@@ -45,6 +48,8 @@ async def test_members_on_every_node_see_the_same_frames_in_one_order(
         members.append(await crowd_b.join((await token_for(b, f"b{i}"))[1], event_id))
     for member in members:
         await member.wait_for(lambda m: m.counts()[-1:] == [6])
+    for server in (a, b):  # each node counts the sockets it serves, not the others'
+        assert await connected_sockets(server) == 3
     async with trio.open_nursery() as talk:
         for i, member in enumerate(members):
             for k in range(5):
@@ -162,3 +167,36 @@ async def test_workers_without_redis_is_refused_with_one_line(tmp_path: Path) ->
     assert len(lines) == 1
     assert "WORKERS" in lines[0]
     assert "REDIS_URL" in lines[0]
+
+
+async def test_one_user_on_two_nodes_counts_once_and_handshakes_are_checked_everywhere(
+    cluster: StartCluster, redis_server: RedisServer, nursery: trio.Nursery
+) -> None:
+    group = await cluster(2, redis=redis_server)
+    a, b = await servers(group)
+    token, event_id = await host_event(a)
+    _, ann = await token_for(a, "ann")
+    _, bob = await token_for(a, "bob")
+    crowd_a, crowd_b = Crowd(nursery, a), Crowd(nursery, b)
+    phone = await crowd_a.join(ann, event_id)
+    tablet = await crowd_b.join(ann, event_id)  # the same user, on the other node
+    watcher = await crowd_b.join(bob, event_id)
+    await watcher.wait_for(lambda m: m.counts()[-1:] == [2])
+    for server in (a, b):
+        event = await server.ok("/api/v1/events/get", {"eventId": event_id})
+        assert event["usersCount"] == 2
+        for query, status in ((resource(server, None, event_id), 401),
+                              (resource(server, ann, "not-an-id"), 400),
+                              (resource(server, ann, new_id()), 404),
+                              (resource(server, ann, event_id) + "&since=x", 400)):
+            assert await RawSocket.handshake_status(port_of(server), query) == status
+    photo = {"media": ("p.jpg", b"jpeg", "image/jpeg")}
+    await b.ok("/api/v1/events/media/add", token=token, files=photo, data={"eventId": event_id})
+    media = (await a.ok("/api/v1/events/get", {"eventId": event_id}))["media"]
+    for member in (phone, tablet, watcher):
+        await member.wait_for(lambda m: f"mediaAdded/{media[0]['id']}" in m.frames)
+    await phone.say("before the late one")
+    late = await crowd_b.join((await token_for(b, "late"))[1], event_id, since=0)
+    await late.wait_for(lambda m: m.chat() == ["before the late one"])  # caught up on b
+    await crowd_a.aclose()
+    await crowd_b.aclose()

@@ -224,6 +224,17 @@ async def settle(followers: list[Follower], servers: list[Server], event_id: str
         stored = again
 
 
+async def settle_and_check(followers: list[Follower], servers: list[Server], event_id: str
+                           ) -> list[str]:
+    """Once the talk has stopped: settle, the followers leave, and what each saw is checked
+    against the store (assert_consistent); the stored lines."""
+    stored = await settle(followers, servers, event_id)
+    for follower in followers:
+        await follower.aclose()
+    assert_consistent(followers, stored)
+    return stored
+
+
 async def test_the_owner_killed_under_chat_load_is_served_again_and_nothing_seen_is_lost(
     cluster: StartCluster, redis_server: RedisServer, nursery: trio.Nursery
 ) -> None:
@@ -249,10 +260,7 @@ async def test_the_owner_killed_under_chat_load_is_served_again_and_nothing_seen
                             if sent.get(line, -1.0) > killed_at)
             for follower in followers:
                 await follower.wait_for(len(follower.lines) + 5)
-        stored = await settle(followers, servers, event_id)
-        for follower in followers:
-            await follower.aclose()
-        assert_consistent(followers, stored)
+        stored = await settle_and_check(followers, servers, event_id)
         assert set(sent) >= set(stored)
         recovery = first_new - killed_at
         assert recovery < TTL + 8, recovery  # the bench measures it; here only its bound on load
@@ -280,10 +288,7 @@ async def test_members_joining_on_every_node_under_chat_load_miss_nothing_and_se
             for follower in early + late:
                 await follower.wait_for(len(early[0].lines) + 50)
         followers = early + late
-        stored = await settle(followers, servers, event_id)
-        for follower in followers:
-            await follower.aclose()
-        assert_consistent(followers, stored)
+        await settle_and_check(followers, servers, event_id)
 
 
 async def test_a_rolling_restart_moves_the_event_and_drops_no_socket_elsewhere(
@@ -308,10 +313,7 @@ async def test_a_rolling_restart_moves_the_event_and_drops_no_socket_elsewhere(
                                if line["level"] != "info"]
             for follower in followers:
                 await follower.wait_for(len(follower.lines) + 20)
-        stored = await settle(followers, servers, event_id)
-        for follower in followers:
-            await follower.aclose()
-        assert_consistent(followers, stored)
+        await settle_and_check(followers, servers, event_id)
         for follower in followers:
             if follower.home == leaving:  # told to reconnect, then did
                 assert follower.closes[0] == 1012, follower.closes
@@ -354,10 +356,7 @@ async def test_an_owner_paused_past_its_lease_writes_nothing_when_it_wakes(
             await owner.sigcont()
             for follower in followers:  # those of the sleeper are told to reconnect, and do
                 await follower.wait_for(len(follower.lines) + 20)
-        stored = await settle(followers, servers, event_id)
-        for follower in followers:
-            await follower.aclose()
-        assert_consistent(followers, stored)
+        stored = await settle_and_check(followers, servers, event_id)
         slept = {line for line in sent if line.startswith(f"n{paused}f") and sent[line] > paused_at
                  and sent[line] < paused_at + TTL}
         assert slept  # its sockets did talk to it while it slept
@@ -411,11 +410,8 @@ async def test_redis_lost_for_a_while_then_back_loses_nothing_and_needs_no_resta
                 await eventually(ready_again)
             for follower in followers:  # the room is served again, for everyone
                 await follower.wait_for(len(follower.lines) + 20)
-        stored = await settle(followers, servers, event_id)
-        for follower in followers:
-            await follower.aclose()
+        stored = await settle_and_check(followers, servers, event_id)
         assert len(stored) > before
-        assert_consistent(followers, stored)
         assert [node.pid for node in group.nodes] == pids
         assert all(node.returncode is None for node in group.nodes)
         for follower in owned:
@@ -455,10 +451,7 @@ async def test_a_gateway_cut_off_from_redis_shows_no_gap(
             proxy.restore()
             for follower in followers:
                 await follower.wait_for(len(follower.lines) + 20)
-        stored = await settle(followers, servers, event_id)
-        for follower in followers:
-            await follower.aclose()
-        assert_consistent(followers, stored)
+        await settle_and_check(followers, servers, event_id)
         for follower in others:
             assert follower.closes == [], (follower.name, follower.closes)
         for follower in cut_off:  # told to reconnect (or dropped with the path), then rejoined

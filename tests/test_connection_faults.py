@@ -286,6 +286,7 @@ async def test_guard_ends_a_failing_connection_and_logs_it_once(
         await assert_still_serving(server, crowd)
     guarded = [r for r in caplog.records if r.name == connection_guard.__name__]
     assert [(r.levelno, r.message) for r in guarded] == [(logging.WARNING, "connection failed")]
+    # The ignores: logging's `extra=` fields, which LogRecord's type does not declare.
     assert guarded[0].cause == "RuntimeError: planted fault"  # type: ignore[attr-defined]
     assert guarded[0].where.startswith("hypercorn/protocol/h11.py")  # type: ignore[attr-defined]
     assert not any(r.levelno >= logging.ERROR or r.exc_info for r in caplog.records)

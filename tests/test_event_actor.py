@@ -67,6 +67,11 @@ class Rooms:
     async def stored_chat(self, event_id: str) -> list[str]:
         return [line.message for line in await self.memory.chat(event_id)]
 
+    async def stored_event(self, event_id: str) -> Event:
+        stored = await self.memory.event(event_id)
+        assert stored is not None
+        return stored
+
     def crash_on(self, poison: str) -> None:
         """Make a chat write that holds `poison` fail, as a lost database would."""
         def poisoned(event_id: str, first_seq: int, lines: Sequence[ChatMessage]) -> bool:
@@ -417,8 +422,7 @@ async def test_a_request_handled_at_a_crash_answers_internal_error_at_once(
     await say(room, ann, "still here")
     await trio.testing.wait_all_tasks_blocked()
     assert chat(ann) == ["still here"]
-    stored = await rooms.memory.event(event.id)
-    assert stored is not None
+    stored = await rooms.stored_event(event.id)
     assert stored.address == "street 1"
 
 
@@ -440,8 +444,7 @@ async def test_crashes_past_the_limit_within_the_window_fail_the_room(
     assert await refusal(room, Snapshot) == (ErrorCode.INTERNAL_ERROR,)
     late = Member(person("late"), RecordingOutbox())
     assert await refusal(room, lambda reply: Join(late, reply)) == (ErrorCode.INTERNAL_ERROR,)
-    stored = await rooms.memory.event(event.id)
-    assert stored is not None
+    stored = await rooms.stored_event(event.id)
     assert stored.is_open
     assert rooms.supervisor.in_range(-90, 90, -90, 90) == []
 
@@ -513,8 +516,7 @@ async def test_a_request_read_ahead_of_a_crashing_batch_is_answered(
     assert rooms.supervisor.restarts == 1
     assert answers == [None]
     assert trio.current_time() == asked  # answered by the restarted actor, not the deadline
-    stored = await rooms.memory.event(event.id)
-    assert stored is not None
+    stored = await rooms.stored_event(event.id)
     assert stored.address == "street 2"
 
 
@@ -578,8 +580,7 @@ async def test_an_update_with_values_no_store_can_hold_fails_only_itself(
     assert await room.ask(lambda reply: Update(
         event.owner_id, "street 2", Coordinates(3.0, 4.0), reply)) is None
     assert payloads(outbox(ann).frames, "eventUpdated")[-1]["address"] == "street 2"
-    stored = await rooms.memory.event(event.id)
-    assert stored is not None
+    stored = await rooms.stored_event(event.id)
     assert stored.address == "street 2"
 
 
@@ -618,8 +619,7 @@ async def test_media_the_owner_adds_and_removes_is_stored_then_announced(
     assert (await snapshot(room)).event.media == (photo,)
     assert await room.ask(lambda reply: RemoveMedia(event.owner_id, photo.id, reply)) is None
     assert outbox(ann).frames[-2:] == [f"mediaAdded/{photo.id}", f"mediaRemoved/{photo.id}"]
-    stored = await rooms.memory.event(event.id)
-    assert stored is not None
+    stored = await rooms.stored_event(event.id)
     assert stored.media == ()
 
 
@@ -653,8 +653,7 @@ async def test_close_by_someone_else_is_refused_and_the_room_goes_on(
     await trio.testing.wait_all_tasks_blocked()
     assert chat(ann) == ["still open"]
     assert outbox(ann).close_code is None
-    stored = await rooms.memory.event(event.id)
-    assert stored is not None
+    stored = await rooms.stored_event(event.id)
     assert stored.is_open
 
 
@@ -672,8 +671,7 @@ async def test_close_by_the_owner_ends_the_room_and_its_actor(
         assert not outbox(member).aborted
     assert rooms.supervisor.room(event.id) is None
     assert rooms.supervisor.in_range(-90, 90, -90, 90) == []
-    stored = await rooms.memory.event(event.id)
-    assert stored is not None
+    stored = await rooms.stored_event(event.id)
     assert not stored.is_open
     assert await rooms.memory.open_event_of(event.owner_id) is None
     assert await refusal(room, Snapshot) == (ErrorCode.EVENT_NOT_FOUND,)
@@ -727,8 +725,7 @@ async def test_stop_handles_queued_commands_then_finishes_members_with_1001(
         assert chat(member) == ["1", "2", "3"]
         assert outbox(member).close_code == CloseCode.GOING_AWAY
         assert not outbox(member).aborted
-    stored = await rooms.memory.event(event.id)
-    assert stored is not None
+    stored = await rooms.stored_event(event.id)
     assert stored.is_open
 
 
@@ -757,8 +754,7 @@ async def test_stop_returns_with_a_failed_room(
     await rooms.supervisor.stop()
     await trio.testing.wait_all_tasks_blocked()
     assert rooms.ended.is_set()
-    stored = await rooms.memory.event(event.id)
-    assert stored is not None
+    stored = await rooms.stored_event(event.id)
     assert stored.is_open
 
 

@@ -22,7 +22,8 @@ async def test_create_returns_event_response(server: Server) -> None:
     event = await server.ok(CREATE, body, token=owner["accessToken"])
     assert list(event) == ["id", "ownerId", "name", "address", "coordinates", "usersCount",
                            "media", "chatMessages"]
-    assert event["ownerId"] == owner["id"] and event["coordinates"] == {"x": 0, "y": -12.5}
+    assert event["ownerId"] == owner["id"]
+    assert event["coordinates"] == {"x": 0, "y": -12.5}
     assert (event["usersCount"], event["media"], event["chatMessages"]) == (0, [], [])
     login = await server.ok("/api/v1/users/login", {"phone": "9001234567", "password": "secret1"})
     assert login["eventId"] == event["id"]
@@ -124,7 +125,8 @@ async def test_update_is_owner_only_and_broadcast_at_once(
         f'eventUpdated/{{"eventId":"{event_id}","name":"party","address":"new street",'
         f'"usersCount":1,"coordinates":{{"x":1.5,"y":2}}}}')
     event = await server.ok(GET, {"eventId": event_id})
-    assert event["address"] == "new street" and event["usersCount"] == 1
+    assert event["address"] == "new street"
+    assert event["usersCount"] == 1
     moved = await server.ok(RANGE, {"coordinates": {"x": 1.5, "y": 2}, "horizontalRange": 0,
                                     "verticalRange": 0})
     assert [e["id"] for e in moved] == [event_id]

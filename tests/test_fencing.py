@@ -132,6 +132,7 @@ async def assert_fenced(node: Node, caplog: pytest.LogCaptureFixture) -> None:
     records = [r for r in caplog.records if r.name == "vpiska.actors.supervisor"]
     [fenced] = [r for r in records if r.message.startswith("event room fenced")]
     assert fenced.levelno == logging.WARNING
+    # The ignores: logging's `extra=` fields, which LogRecord's type does not declare.
     assert fenced.event_id == node.event.id  # type: ignore[attr-defined]
     assert f"epoch {NEWER_EPOCH}" in fenced.cause  # type: ignore[attr-defined]
     assert not [r for r in records if r.levelno >= logging.ERROR or "restart" in r.message]

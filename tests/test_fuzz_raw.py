@@ -89,13 +89,7 @@ async def test_raw_fuzzing_finds_no_fault(tmp_path: Path) -> None:
 
 # Faults the fuzzer finds outside the connection layer, reported to their owners and tolerated
 # here until fixed, so that anything new still fails: the last line of the traceback, and why.
-KNOWN_FAULTS = {
-    "werkzeug.exceptions.BadHost: 400 Bad Request: The browser (or proxy) sent a request that "
-    "this server could not understand.":
-        "a Host header werkzeug cannot IDNA-encode (`Host: a..b`) fails while Quart builds the "
-        "request context, before vpiska's error handlers: hypercorn answers 500 and logs it at "
-        "error level (the app's layer, not the connection's)",
-}
+KNOWN_FAULTS: dict[str, str] = {}  # none left: a Host werkzeug cannot encode is a 400 now
 
 
 def known(record: dict[str, Any]) -> bool:

@@ -239,7 +239,7 @@ async def test_an_image_id_claim_that_is_not_text_is_dropped_not_stored(
 
 @pytest.fixture
 def wrap_store() -> Callable[[Store], Store]:
-    return FaultyStore  # type: ignore[return-value]
+    return FaultyStore
 
 
 @pytest.mark.parametrize("config_overrides", [{"chat_rate_per_second": 1e6, "chat_burst": 10**6}])
@@ -274,3 +274,20 @@ async def test_members_whose_connection_broke_are_not_counted_as_slow(
     await talker.wait_for(lambda m: len(m.chat()) == 50)
     await wait_for_sockets(server, 1)
     assert await slow_consumers() == before
+
+
+@pytest.mark.parametrize("host", ["a..b", ".", "x" * 64 + ".example"])
+async def test_a_host_header_that_is_no_host_name_is_a_400_not_a_server_error(
+    server: Server, caplog: pytest.LogCaptureFixture, host: str
+) -> None:
+    caplog.set_level(logging.INFO)
+    stream = await trio.open_tcp_stream("127.0.0.1", port_of(server))
+    async with stream:
+        await stream.send_all(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        answer = b""
+        with trio.fail_after(10):
+            while b"\r\n\r\n" not in answer:
+                answer += await stream.receive_some(65536)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert not error_records(caplog)
+    assert (await server.http.get("/healthz")).status_code == 200

@@ -72,7 +72,7 @@ async def test_client_request_id_is_kept_and_echoed(server: Server) -> None:
     "offered", [None, b"", b"x" * 129, b"two words", b'quote"d', "ünï".encode()])
 async def test_missing_or_unsafe_request_id_is_replaced(server: Server,
                                                         offered: bytes | None) -> None:
-    headers = {} if offered is None else {"X-Request-Id": offered}
+    headers = {} if offered is None else {b"X-Request-Id": offered}
     first = await server.http.get("/healthz", headers=headers)
     second = await server.http.get("/healthz", headers=headers)
     made = first.headers["x-request-id"]

@@ -30,5 +30,6 @@ def test_map_index_matches_brute_force_on_random_data() -> None:
         h, v = rng.choice([0, rng.uniform(0, 40)]), rng.uniform(0, 40)
         found = [s.event_id for s in index.within(x - h, x + h, y - v, y + v)]
         expected = sorted((e for e, c in truth.items()
-                           if x - h <= c.x <= x + h and y - v <= c.y <= y + v), key=order.get)
+                           if x - h <= c.x <= x + h and y - v <= c.y <= y + v),
+                          key=order.__getitem__)
         assert found == expected

@@ -12,10 +12,12 @@ import pytest
 
 from tests.clients import host_event
 from tests.conftest import Server
+from tests.fakes import FaultyStore, StoreFailure
 from tests.test_bad_input import Chunks
-from vpiska.domain import Media, new_id
+from vpiska.domain import new_id
 from vpiska.media import MediaLibrary, Upload
 from vpiska.store import MediaFiles
+from vpiska.store.memory import MemoryStore
 from vpiska.store.sqlite import SqliteStore
 
 MAX_UPLOAD = 4096
@@ -305,16 +307,11 @@ async def test_oversize_upload_is_refused_and_nothing_is_kept(server: Server) ->
     assert await upload(server, b"small")  # the server is still healthy
 
 
-class FailingStore:
-    """A store whose media insert fails, as a crash or lost database connection would."""
-
-    async def add_media(self, media: Media) -> None:
-        raise ConnectionError("database went away")
-
-
 async def test_failed_record_removes_the_bytes(tmp_path: Path) -> None:
     files = MediaFiles(tmp_path / "media")
-    library = MediaLibrary(FailingStore(), files)  # type: ignore[arg-type]
-    with pytest.raises(ConnectionError):
+    store = FaultyStore(MemoryStore())  # its media insert fails, as a lost database's would
+    store.fail("add_media")
+    library = MediaLibrary(store, files)
+    with pytest.raises(StoreFailure):
         await library.add(Upload("a.png", "image/png", io.BytesIO(b"bytes")))
     assert list(files.root.iterdir()) == []

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ async def test_readyz_says_ready_when_the_store_answers(server: Server) -> None:
 class PingingStore:
     """A real store whose `ping` is replaced, as a database that hangs or fails would."""
 
-    def __init__(self, store: Store, ping: Callable[[], Awaitable[None]]) -> None:
+    def __init__(self, store: Store, ping: Callable[[], Coroutine[Any, Any, None]]) -> None:
         self._store = store
         self.ping = ping
 
@@ -44,12 +44,12 @@ class PingingStore:
 
 
 @asynccontextmanager
-async def client_of(tmp_path: Path, ping: Callable[[], Awaitable[None]]
+async def client_of(tmp_path: Path, ping: Callable[[], Coroutine[Any, Any, None]]
                     ) -> AsyncIterator[quart_types.TestClientProtocol]:
     config = make_config(tmp_path, ready_timeout_seconds=READY_TIMEOUT)
     async with open_store(config) as real:
         store = PingingStore(real, ping)
-        app = create_quart_app(Services.build(config, store, EventSupervisor(store, config)))  # type: ignore[arg-type]
+        app = create_quart_app(Services.build(config, store, EventSupervisor(store, config)))
         async with app.test_app() as running:
             yield running.test_client()
 

@@ -148,7 +148,8 @@ async def test_invalid_configuration_stops_with_one_line(
     )
     assert result.returncode == 2
     lines = result.stderr.decode().strip().splitlines()
-    assert len(lines) == 1 and variable in lines[0], lines
+    assert len(lines) == 1, lines
+    assert variable in lines[0], lines
 
 
 @pytest.mark.parametrize("adapter", ["true", "false"], ids=["adapted", "stock-hypercorn"])

@@ -16,7 +16,9 @@ README = Path(__file__).parent.parent / "README.md"
 
 def try_it_block() -> str:
     section = README.read_text().split("## Try it", 1)[1]
-    return re.search(r"```sh\n(.*?)```", section, re.S).group(1)  # type: ignore[union-attr]
+    block = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert block is not None, "README's Try it section has no sh block"
+    return block.group(1)
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
@@ -30,4 +32,5 @@ async def test_readme_walkthrough_works(tmp_path: Path) -> None:
         )
     out = result.stdout.decode()
     assert result.returncode == 0, out + result.stderr.decode()
-    assert '"isSuccess":true' in out and '"contentType":"image/png"' in out
+    assert '"isSuccess":true' in out
+    assert '"contentType":"image/png"' in out

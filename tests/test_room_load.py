@@ -211,7 +211,9 @@ def room_tasks(event_id: str) -> list[str]:
             for child in nursery.child_tasks:
                 walk(child)
 
-    walk(trio.lowlevel.current_root_task())
+    root = trio.lowlevel.current_root_task()
+    assert root is not None  # inside trio.run
+    walk(root)
     return names
 
 
@@ -241,7 +243,10 @@ async def test_slow_consumer_is_dropped_and_does_not_delay_the_room(
             # good reader getting each line while the slow one reads nothing is the room going
             # on without the stuck phone; how late a line may be is a generous deadline, not a
             # latency a loaded machine can break.
-            await good.wait_for(lambda m, i=i: len(m.chat()) >= i - 8, timeout=LINE_DEADLINE)
+            def caught_up(m: Member, i: int = i) -> bool:
+                return len(m.chat()) >= i - 8
+
+            await good.wait_for(caught_up, timeout=LINE_DEADLINE)
             await talker.say(f"{i:05d}" + "x" * 1500)
             sent += 1
         else:

@@ -6,6 +6,7 @@ makes the order and the deadline observable.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import sqlite3
@@ -20,7 +21,7 @@ import httpx
 import pytest
 import trio
 
-from tests.clients import Crowd, host_event, token_for, wait_for_sockets
+from tests.clients import Crowd, Member, host_event, token_for, wait_for_sockets
 from tests.conftest import Server, make_config
 from tests.fakes import FaultyStore
 from tests.test_process import env, free_port, wait_until_serving
@@ -30,9 +31,26 @@ from vpiska.store.sqlite import SqliteStore
 UNLIMITED_CHAT = {"chat_rate_per_second": 1e6, "chat_burst": 10**6}
 
 
+@dataclasses.dataclass
+class StoppingServer(Server):
+    """A server of `running`: on a FaultyStore, and what `serve` raised once it returned."""
+
+    store: FaultyStore
+    outcome: list[ShutdownTimedOut] = dataclasses.field(default_factory=list)
+
+
+async def hold_a_write(store: FaultyStore, member: Member, line: str) -> trio.Event:
+    """`member` says `line` and the room's write of it hangs: the room is mid-write. Setting
+    the event returned lets the write go on."""
+    release = store.hang("append_chat")
+    await member.say(line)
+    await store.wait_calls("append_chat", 1)
+    return release
+
+
 @asynccontextmanager
 async def running(tmp_path: Path, nursery: trio.Nursery, **overrides: Any
-                  ) -> AsyncIterator[tuple[Server, trio.Event, trio.Event]]:
+                  ) -> AsyncIterator[tuple[StoppingServer, trio.Event, trio.Event]]:
     """A server on a FaultyStore; yields it, its shutdown trigger and an event set when `serve`
     has returned (ShutdownTimedOut is kept in `outcome`)."""
     config = make_config(tmp_path, **overrides)
@@ -42,7 +60,7 @@ async def running(tmp_path: Path, nursery: trio.Nursery, **overrides: Any
 
     async def run(task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
         try:
-            await serve(config, store=store,  # type: ignore[arg-type]
+            await serve(config, store=store,
                         shutdown_trigger=trigger.wait, task_status=task_status)
         except ShutdownTimedOut as timed_out:
             outcome.append(timed_out)
@@ -53,8 +71,7 @@ async def running(tmp_path: Path, nursery: trio.Nursery, **overrides: Any
     try:
         binds = await nursery.start(run)
         async with httpx.AsyncClient(base_url=binds[0], timeout=30) as http:
-            server = Server(binds[0], config, http, store)  # type: ignore[arg-type]
-            server.outcome = outcome  # type: ignore[attr-defined]
+            server = StoppingServer(binds[0], config, http, store, outcome)
             yield server, trigger, returned
     finally:
         trigger.set()
@@ -67,15 +84,12 @@ async def test_create_during_the_grace_period_is_refused_and_shutdown_still_ends
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
     async with running(tmp_path, nursery, **UNLIMITED_CHAT) as (server, trigger, returned):
-        assert isinstance(server.store, FaultyStore)
         crowd = Crowd(nursery, server)
         _, event_id = await host_event(server)
         member = await crowd.join((await token_for(server))[1], event_id)
         await member.wait_for(lambda m: m.counts() == [1])
         latecomer = await server.sign_up("late", "9009998877")  # its connection stays open
-        release = server.store.hang("append_chat")
-        await member.say("held")  # the room is mid-write: it cannot drain yet
-        await server.store.wait_calls("append_chat", 1)
+        release = await hold_a_write(server.store, member, "held")  # it cannot drain yet
         trigger.set()
         body = {"name": "late party", "address": "a", "coordinates": {"x": 1, "y": 1}}
         assert await server.codes("/api/v1/events/create", body,
@@ -85,7 +99,7 @@ async def test_create_during_the_grace_period_is_refused_and_shutdown_still_ends
             await returned.wait()
         assert await member.wait_closed() == 1001
         assert member.chat() == ["held"]  # the queued line was written, then announced
-        assert server.outcome == []  # type: ignore[attr-defined]
+        assert server.outcome == []
         await crowd.aclose()
     check = await SqliteStore.open(server.config.store.target)
     try:
@@ -99,14 +113,11 @@ async def test_new_connections_are_refused_while_the_rooms_drain(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
     async with running(tmp_path, nursery, **UNLIMITED_CHAT) as (server, trigger, returned):
-        assert isinstance(server.store, FaultyStore)
         crowd = Crowd(nursery, server)
         _, event_id = await host_event(server)
         member = await crowd.join((await token_for(server))[1], event_id)
         await wait_for_sockets(server, 1)
-        release = server.store.hang("append_chat")
-        await member.say("held")
-        await server.store.wait_calls("append_chat", 1)
+        release = await hold_a_write(server.store, member, "held")
         trigger.set()
         port = int(server.url.rsplit(":", 1)[1])
         with trio.fail_after(15):  # hypercorn closes its listener first...
@@ -130,18 +141,15 @@ async def test_a_room_stuck_past_the_deadline_is_abandoned_and_named(
 ) -> None:
     async with running(tmp_path, nursery, shutdown_grace_seconds=0.5,
                        **UNLIMITED_CHAT) as (server, trigger, returned):
-        assert isinstance(server.store, FaultyStore)
         crowd = Crowd(nursery, server)
         _, event_id = await host_event(server)
         member = await crowd.join((await token_for(server))[1], event_id)
         await wait_for_sockets(server, 1)
-        server.store.hang("append_chat")  # never released
-        await member.say("stuck")
-        await server.store.wait_calls("append_chat", 1)
+        await hold_a_write(server.store, member, "stuck")  # never released
         trigger.set()
         with trio.fail_after(15):
             await returned.wait()
-        [timed_out] = server.outcome  # type: ignore[attr-defined]
+        [timed_out] = server.outcome
         assert timed_out.events == [event_id]
         await crowd.aclose()
 
@@ -153,7 +161,6 @@ async def test_a_member_whose_lines_cannot_enter_a_full_inbox_is_closed_with_101
     tmp_path: Path, nursery: trio.Nursery, config_overrides: dict[str, Any]
 ) -> None:
     async with running(tmp_path, nursery, **config_overrides) as (server, trigger, returned):
-        assert isinstance(server.store, FaultyStore)
         crowd = Crowd(nursery, server)
         _, event_id = await host_event(server)
         talker = await crowd.join((await token_for(server))[1], event_id)

@@ -364,13 +364,17 @@ async def test_event_media(store: Store) -> None:
     one, two, three = (EventMedia(new_id(), f"image/{n}") for n in ("png", "jpeg", "gif"))
     for media in (one, two, three, two):  # attaching twice keeps one, in its first place
         await store.add_event_media(event.id, media)
-    assert (await store.event(event.id)).media == (one, two, three)  # type: ignore[union-attr]
+    stored = await store.event(event.id)
+    assert stored is not None
+    assert stored.media == (one, two, three)
 
     assert await store.remove_event_media(event.id, two.id) is True
     assert await store.remove_event_media(event.id, two.id) is False
     assert await store.remove_event_media(event.id, new_id()) is False
     await store.add_event_media(event.id, two)
-    assert (await store.event(event.id)).media == (one, three, two)  # type: ignore[union-attr]
+    stored = await store.event(event.id)
+    assert stored is not None
+    assert stored.media == (one, three, two)
     assert (await store.open_events())[0].media == (one, three, two)
 
 
@@ -949,6 +953,7 @@ async def test_an_index_the_old_data_breaks_is_logged_and_skipped(
             assert await refused(store.add_user(a_user("twin1", "9009999999"))) == (
                 ErrorCode.NAME_ALREADY_USE,)
     [record] = [r for r in caplog.records if r.name == "vpiska.store.mongo"]
+    # The ignores: logging's `extra=` fields, which LogRecord's type does not declare.
     assert record.index == "users_phone_unique"  # type: ignore[attr-defined]
     assert record.collection == "users"  # type: ignore[attr-defined]
     assert "dup" in record.cause.lower()  # type: ignore[attr-defined]

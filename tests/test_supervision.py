@@ -23,7 +23,7 @@ pytestmark = BOTH_WRITE_PATHS
 
 @pytest.fixture
 def wrap_store() -> Callable[[Store], Store]:
-    return FaultyStore  # type: ignore[return-value]
+    return FaultyStore
 
 
 def faults(server: Server) -> FaultyStore:
@@ -62,7 +62,8 @@ async def test_crashed_actor_restarts_and_members_stay_connected(
             await member.wait_for(lambda m: m.chat() == ["before", "after"])
     assert any(r.message == "event room restarting" for r in caplog.records)
     assert any(r.message == "event room crashed" and r.exc_info for r in caplog.records)
-    assert first.close_code is None and second.close_code is None
+    assert first.close_code is None
+    assert second.close_code is None
     event = await server.ok("/api/v1/events/get", {"eventId": event_id})
     assert [c["message"] for c in event["chatMessages"]] == ["before", "after"]
     assert event["usersCount"] == 2

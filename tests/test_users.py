@@ -31,10 +31,14 @@ async def test_create_returns_login_response_and_token(server: Server) -> None:
     result = await server.sign_up("ann", "9001234567")
     answered = int(time.time())
     assert list(result) == ["id", "name", "phone", "imageId", "eventId", "accessToken"]
-    assert result["name"] == "ann" and result["phone"] == "9001234567"
-    assert result["imageId"] is None and result["eventId"] is None
+    assert result["name"] == "ann"
+    assert result["phone"] == "9001234567"
+    assert result["imageId"] is None
+    assert result["eventId"] is None
     token = claims(server, result["accessToken"])
-    assert token["ID"] == result["id"] and token["Name"] == "ann" and token["ImageID"] == ""
+    assert token["ID"] == result["id"]
+    assert token["Name"] == "ann"
+    assert token["ImageID"] == ""
     # Issued while the request was served, for three days (whole seconds, as JWT has them).
     expires = token["exp"]
     assert isinstance(expires, int)
@@ -107,7 +111,8 @@ async def test_login_validation_and_failures(server: Server) -> None:
     assert await server.codes(LOGIN, {"phone": "9001234567", "password": "wrong12"}) == [
         "InvalidPassword"]
     result = await server.ok(LOGIN, {"phone": "9001234567", "password": "secret1"})
-    assert result["name"] == "ann" and result["eventId"] is None
+    assert result["name"] == "ann"
+    assert result["eventId"] is None
 
 
 async def test_legacy_hmac_hash_verifies_and_is_upgraded(server: Server) -> None:
@@ -118,10 +123,13 @@ async def test_legacy_hmac_hash_verifies_and_is_upgraded(server: Server) -> None
     await store.add_user(User(user_id, "old", "9005550000", legacy))
     login = {"phone": "9005550000", "password": "oldpass1"}
     assert await server.codes(LOGIN, {**login, "password": "wrong12"}) == ["InvalidPassword"]
-    assert (await store.user_by_id(user_id)).password_hash == legacy  # type: ignore[union-attr]
+    before = await store.user_by_id(user_id)
+    assert before is not None
+    assert before.password_hash == legacy
     assert (await server.ok(LOGIN, login))["id"] == user_id
-    upgraded = (await store.user_by_id(user_id)).password_hash  # type: ignore[union-attr]
-    assert upgraded.startswith("$argon2id$")
+    after = await store.user_by_id(user_id)
+    assert after is not None
+    assert after.password_hash.startswith("$argon2id$")
     assert (await server.ok(LOGIN, login))["id"] == user_id
     await store.aclose()
 
@@ -133,9 +141,11 @@ def forge(server: Server, **changes: object) -> str:
                "ID": changes.pop("ID", new_id()), "Name": "ann", "ImageID": ""}
     key = changes.pop("key", c.jwt_key)
     algorithm = changes.pop("algorithm", "HS256")
+    assert isinstance(key, str)
+    assert isinstance(algorithm, str)
     payload.update(changes)
     payload = {k: v for k, v in payload.items() if v is not None}
-    return jwt.encode(payload, key, algorithm=algorithm)  # type: ignore[arg-type]
+    return jwt.encode(payload, key, algorithm=algorithm)
 
 
 async def test_older_backend_token_is_accepted(server: Server) -> None:
@@ -186,7 +196,8 @@ async def test_update_changes_name_and_phone_with_uniqueness(server: Server) -> 
     renamed = (await server.ok(UPDATE, {"name": "anna", "phone": "9001112233"}, token=token))
     assert claims(server, renamed["accessToken"])["Name"] == "anna"
     login = await server.ok(LOGIN, {"phone": "9001112233", "password": "secret1"})
-    assert login["name"] == "anna" and login["id"] == ann["id"]
+    assert login["name"] == "anna"
+    assert login["id"] == ann["id"]
 
 
 async def test_password_change_stores_the_new_password(server: Server) -> None:
@@ -212,7 +223,8 @@ async def test_set_image_returns_token_carrying_the_image(server: Server) -> Non
     login = await server.ok(LOGIN, {"phone": "9001234567", "password": "secret1"})
     assert login["imageId"] == result["imageId"]
     image = await server.http.get(f"/api/v1/media/{result['imageId']}")
-    assert image.content == b"\x89PNG fake" and image.headers["content-type"] == "image/png"
+    assert image.content == b"\x89PNG fake"
+    assert image.headers["content-type"] == "image/png"
 
 
 async def test_protected_endpoints_check_the_token_first(server: Server) -> None:

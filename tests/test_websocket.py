@@ -61,8 +61,8 @@ async def test_chat_reaches_every_member_including_the_sender(
     for member in (first, second):
         await member.wait_for(lambda m: len(m.chat()) == 2)
     line = next(f for f in second.frames if f.startswith("chatMessage/"))
-    assert line == ('chatMessage/{"userId":"%s","userName":"ann","userImageId":"",'
-                    '"message":"hi / there"}' % ann_id)
+    assert line == ('chatMessage/{"userId":"' + ann_id + '","userName":"ann","userImageId":"",'
+                    '"message":"hi / there"}')
     assert first.chat() == second.chat() == ["hi / there", ""]
     event = await server.ok("/api/v1/events/get", {"eventId": event_id})
     assert [c["message"] for c in event["chatMessages"]] == ["hi / there", ""]

@@ -14,6 +14,7 @@ from vpiska.config import Config
 from vpiska.http.body import close_if_body_unread
 from vpiska.http.errors import install_error_handlers
 from vpiska.http.events import events_routes, json_routes
+from vpiska.http.host_check import HostCheck
 from vpiska.http.json_routes import JsonRoutes
 from vpiska.http.media import media_routes
 from vpiska.http.probes import probe_routes
@@ -61,8 +62,9 @@ def create_app(services: Services) -> Any:
     quart_app = create_quart_app(services)
     sockets = EventSocketEndpoint(quart_app, config, services.accounts, services.events,
                                   services.store)
-    return JsonRoutes(sockets, json_routes(services.events, services.store),
-                      max_json_bytes=config.max_json_bytes, trace=config.trace_requests)
+    return HostCheck(JsonRoutes(sockets, json_routes(services.events, services.store),
+                                max_json_bytes=config.max_json_bytes,
+                                trace=config.trace_requests))
 
 
 def create_quart_app(services: Services) -> QuartTrio:

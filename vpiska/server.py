@@ -12,6 +12,7 @@ either: a watchdog thread ends it shortly after the deadline.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -118,6 +119,7 @@ async def _serve(
                 await cluster.start(node.run)
             async with trio.open_nursery() as rooms_nursery:
                 await rooms_nursery.start(supervisor.run)
+                _freeze_the_start()
                 async with trio.open_nursery() as connections:
                     binds = await connections.start(partial(
                         worker_serve, app, hypercorn_config, sockets=sockets,
@@ -139,6 +141,16 @@ async def _serve(
                         await node.leave()
             cluster.cancel_scope.cancel()
             watchdog.cancel_scope.cancel()  # everything ended: nothing to watch any more
+
+
+def _freeze_the_start() -> None:
+    """Leave what start-up built (every open event's room, the map, the app) out of the
+    cyclic garbage collector's full collections: they live as long as the process, and with
+    10,000 open events a full collection walking them held requests up for hundreds of ms
+    (p99 of events/get 700 ms against ~200 ms with one event; frozen: ~150-300 ms)."""
+    gc.collect()
+    gc.freeze()
+    log.info("start-up heap frozen", extra={"objects": gc.get_freeze_count()})
 
 
 @asynccontextmanager
@@ -266,5 +278,6 @@ def _hypercorn_config(config: Config) -> HypercornConfig:
     hc.websocket_ping_interval = config.ws_ping_seconds
     # A live peer answers every ping, so something is read at least once per interval; a peer
     # silent for two intervals is gone (hypercorn sends pings but leaves timing out to us).
+    # (The ignore: hypercorn's Config says int, but it takes seconds as a float like the rest.)
     hc.read_timeout = 2 * config.ws_ping_seconds  # type: ignore[assignment]
     return hc

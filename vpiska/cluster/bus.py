@@ -21,6 +21,7 @@ import coredis
 import trio
 from coredis.exceptions import ConnectionError as RedisConnectionError
 from coredis.exceptions import RedisError
+from coredis.response.types import PubSubMessage
 from coredis.retry import ExponentialBackoffRetryPolicy
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ class Bus:
                 if message is not None:
                     self._dispatch(message)
 
-    def _dispatch(self, message: dict[str, object]) -> None:
+    def _dispatch(self, message: PubSubMessage) -> None:
         channel = message.get("channel")
         if not isinstance(channel, bytes):
             return

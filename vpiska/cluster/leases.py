@@ -41,16 +41,18 @@ class Leases:
 
     async def acquire(self, event_id: str) -> Lease | None:
         """The event's lease, now ours with a new epoch; None if another node holds it."""
-        epoch = await self._acquire(keys=[redis.lease_key(event_id), redis.epoch_key(event_id)],
-                                    args=[self._node_id, self._ttl_ms])
+        epoch: int | None = await self._acquire(
+            keys=[redis.lease_key(event_id), redis.epoch_key(event_id)],
+            args=[self._node_id, self._ttl_ms])
         return None if epoch is None else Lease(event_id, self._node_id, int(epoch))
 
     async def renew(self, leases: list[Lease]) -> list[Lease]:
         """Extend `leases`; the ones that are no longer ours (expired and taken, or gone)."""
         if not leases:
             return []
-        lost = await self._renew(keys=[redis.lease_key(lease.event_id) for lease in leases],
-                                 args=[self._ttl_ms, *(lease.value for lease in leases)])
+        lost: list[int] = await self._renew(
+            keys=[redis.lease_key(lease.event_id) for lease in leases],
+            args=[self._ttl_ms, *(lease.value for lease in leases)])
         return [leases[int(position) - 1] for position in lost]
 
     async def release(self, lease: Lease) -> None:

@@ -321,8 +321,9 @@ class ClusterNode:
     async def _beat(self, *, joining: bool = False, leaving: bool = False) -> bool:
         """Beat (or leave); True if the set of live nodes changed."""
         ttl_ms = int(self._ttl * 1000)
-        live = frozenset(node.decode() for node in await self._heartbeat(
-            keys=[redis.NODES], args=[self.node_id, ttl_ms, "0" if leaving else "1"]))
+        nodes: list[bytes] = await self._heartbeat(
+            keys=[redis.NODES], args=[self.node_id, ttl_ms, "0" if leaving else "1"])
+        live = frozenset(node.decode() for node in nodes)
         self.healthy = True
         if joining:
             self._last_renewal = trio.current_time()
@@ -387,7 +388,7 @@ class ClusterNode:
     async def _serve(self, request: Request) -> None:
         if self._supervisor.room(request.event_id) is None and request.op != "position":
             await self._activate_if_designated(request.event_id)
-        await self.owner_link.answer(request, self._config.actor_reply_timeout_seconds)
+        await self.owner_link.answer(request)
 
     async def _take(self, notice: Notice) -> None:
         if (self._supervisor.room(notice.event_id) is None

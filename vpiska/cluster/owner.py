@@ -179,8 +179,10 @@ class OwnerLink:
 
     # Serving other nodes.
 
-    async def answer(self, request: Request, timeout: float) -> None:
-        """Answer a request for an event this node owns (or say it does not)."""
+    # ASYNC109: `timeout` is the caller's reply deadline, unused: Room.ask keeps the same one.
+    async def answer(self, request: Request) -> None:
+        """Answer a request for an event this node owns (or say it does not), within the
+        room's own reply deadline (Room.ask)."""
         async with self._requests:
             room = self._supervisor.room(request.event_id)
             if room is None or room.epoch is None:
@@ -200,11 +202,12 @@ class OwnerLink:
         args = request.args
         op = request.op
         if op == "join":
-            member = Member(_identity(args), RemoteOutbox(request.reply_to, str(args["key"])))
-            self.remote[room.event_id][member.outbox.key] = member  # type: ignore[attr-defined]
+            outbox = RemoteOutbox(request.reply_to, str(args["key"]))
+            member = Member(_identity(args), outbox, gateway=request.reply_to)
+            self.remote[room.event_id][outbox.key] = member
             joined = await room.ask(lambda reply: Join(member, reply))
             assert isinstance(joined, Joined)
-            state = member.outbox.state  # type: ignore[attr-defined]
+            state = outbox.state
             return {"chat_length": joined.chat_length, "seq": joined.seq,
                     "epoch": room.epoch, "state": None if state is None else state.text}
         if op == "snapshot":
@@ -251,13 +254,14 @@ class OwnerLink:
         known = self.remote[room.event_id]
         said = {str(entry[0]): entry for entry in members}
         for key in [key for key, member in known.items()
-                    if member.outbox.gateway == gateway and key not in said]:  # type: ignore[attr-defined]
+                    if isinstance(member.outbox, RemoteOutbox)
+                    and member.outbox.gateway == gateway and key not in said]:
             room.leave(known.pop(key))
         for key, entry in said.items():
             if key in known:
                 continue
             identity = _identity({"user": entry[1], "name": entry[2], "image": entry[3]})
-            member = Member(identity, RemoteOutbox(gateway, key))
+            member = Member(identity, RemoteOutbox(gateway, key), gateway=gateway)
             known[key] = member
             try:  # the answer is not needed: the gateway's socket joined long ago
                 room.inbox.send_nowait(Join(member, _discard()))
@@ -269,7 +273,7 @@ class OwnerLink:
         for event_id, known in self.remote.items():
             room = self._supervisor.room(event_id)
             for key in [key for key, m in known.items()
-                        if m.outbox.gateway == gateway]:  # type: ignore[attr-defined]
+                        if isinstance(m.outbox, RemoteOutbox) and m.outbox.gateway == gateway]:
                 member = known.pop(key)
                 if room is not None:
                     room.leave(member)

@@ -38,7 +38,7 @@ class Rpc:
         self._waiting: dict[int, trio.MemorySendChannel[Reply]] = {}
 
     async def ask(self, node: str, op: str, event_id: str, args: dict[str, Any],
-                  timeout: float) -> Reply:
+                  timeout: float) -> Reply:  # noqa: ASYNC109 (NoAnswer names the deadline)
         """Send a request to `node` and return its reply.
 
         Error handling: Unreachable if `node` did not get it; NoAnswer past `timeout`.

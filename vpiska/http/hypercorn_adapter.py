@@ -838,6 +838,7 @@ def install(*, enabled: bool = True) -> bool:
     version = installed_hypercorn()
     use = enabled and version in TESTED_HYPERCORN and fits_wsproto()
     stream_class = VpiskaWSStream if use else WSStream
+    # The ignores: these are names hypercorn's modules import, not export (mypy --strict).
     hypercorn.protocol.h11.WSStream = stream_class  # type: ignore[attr-defined]
     hypercorn.protocol.h2.WSStream = stream_class  # type: ignore[attr-defined]
     hypercorn.protocol.h11.HTTPStream = (  # type: ignore[attr-defined]

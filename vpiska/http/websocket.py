@@ -265,6 +265,7 @@ class EventSession:
 
     async def _send(self, batch: list[Item]) -> None:
         if self._sink is not None:
+            # The ignore: an Item is bytes or str, and with a sink it is bytes (outbox.form).
             await self._sink.send(b"".join(batch))  # type: ignore[arg-type]
         else:
             for text in batch:
