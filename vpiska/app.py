@@ -13,8 +13,9 @@ from vpiska.auth import Passwords, Tokens
 from vpiska.config import Config
 from vpiska.http.body import close_if_body_unread
 from vpiska.http.errors import install_error_handlers
-from vpiska.http.events import events_routes
+from vpiska.http.events import events_routes, json_routes
 from vpiska.http.host_check import HostCheck
+from vpiska.http.json_routes import JsonRoutes
 from vpiska.http.media import media_routes
 from vpiska.http.probes import probe_routes
 from vpiska.http.request_id import install_request_ids
@@ -55,10 +56,15 @@ class Services:
 
 
 def create_app(services: Services) -> Any:
-    """The whole ASGI app: the event WebSocket in front of the Quart app of every other route."""
+    """The whole ASGI app: the hottest JSON endpoints and the event WebSocket in front of the
+    Quart app of every other route."""
+    config = services.config
     quart_app = create_quart_app(services)
-    return HostCheck(EventSocketEndpoint(quart_app, services.config, services.accounts,
-                                         services.events, services.store))
+    sockets = EventSocketEndpoint(quart_app, config, services.accounts, services.events,
+                                  services.store)
+    return HostCheck(JsonRoutes(sockets, json_routes(services.events, services.store),
+                                max_json_bytes=config.max_json_bytes,
+                                trace=config.trace_requests))
 
 
 def create_quart_app(services: Services) -> QuartTrio:

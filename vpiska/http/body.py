@@ -28,14 +28,24 @@ async def json_object(max_bytes: int) -> dict[str, Any]:
     if request.mimetype not in JSON_TYPES:
         raise DomainError(ErrorCode.INVALID_CONTENT_TYPE)
     raw = await read_bounded(max_bytes)
-    try:
-        body = json.loads(raw.decode("utf-8"), parse_constant=_not_json)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        log.info("request body is not JSON", extra={"path": request.path, "cause": str(exc)})
-        raise DomainError(ErrorCode.INTERNAL_ERROR) from None
+    body = parse_json(raw, request.path)
     g.json_body = body  # for LOGGING_TRACE_REQUESTS (vpiska/http/tracing.py)
+    return as_object(body, request.path)
+
+
+def parse_json(raw: bytes, path: str) -> Any:
+    """A request body's JSON value; InternalError (logged) if it is not JSON."""
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_not_json)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        log.info("request body is not JSON", extra={"path": path, "cause": str(exc)})
+        raise DomainError(ErrorCode.INTERNAL_ERROR) from None
+
+
+def as_object(body: Any, path: str) -> dict[str, Any]:
+    """A parsed request body as a JSON object; InternalError (logged) if it is none."""
     if not isinstance(body, dict):
-        log.info("request body is not a JSON object", extra={"path": request.path})
+        log.info("request body is not a JSON object", extra={"path": path})
         raise DomainError(ErrorCode.INTERNAL_ERROR)
     return body
 

@@ -19,7 +19,8 @@ from vpiska.domain import EventMedia
 from vpiska.errors import DomainError, ErrorCode
 from vpiska.http.auth import caller
 from vpiska.http.body import coordinates, id_codes, json_object, number, require, text
-from vpiska.http.envelope import success, success_text
+from vpiska.http.envelope import answer, success, success_body, success_text_body
+from vpiska.http.json_routes import JsonHandler
 from vpiska.http.multipart import read_multipart
 from vpiska.media import MediaLibrary
 from vpiska.store import Store
@@ -50,36 +51,15 @@ def events_routes(config: Config, accounts: Accounts, rooms: Rooms, store: Store
         event = await rooms.open_event(identity.user_id, name, address, where)
         return success(event_json(event, 0, []))
 
+    get_event, events_in_range = event_getter(rooms, store), range_finder(rooms)
+
     @routes.post("/get")
     async def get() -> Any:
-        event_id = text(await body(), "eventId")
-        require(id_codes(event_id))
-        view = await (await room_of(event_id)).ask(Snapshot)
-        assert isinstance(view, EventView)
-        if view.chat is not None:  # the actor holds the chat: no store call at all
-            return success_text(event_text(view.event, view.users_count, view.chat))
-        chat = await store.chat(event_id)
-        return success(event_json(view.event, view.users_count, chat[: view.chat_length]))
+        return answer(await get_event(await body()))
 
     @routes.post("/range")
     async def in_range() -> Any:
-        data = await body()
-        width, height = number(data, "horizontalRange"), number(data, "verticalRange")
-        centre = coordinates(data)
-        require((width is None, ErrorCode.HORIZONTAL_RANGE_IS_EMPTY),
-                (height is None, ErrorCode.VERTICAL_RANGE_IS_EMPTY),
-                (centre is None, ErrorCode.COORDINATES_IS_EMPTY))
-        assert width is not None
-        assert height is not None
-        assert centre is not None
-        spots = rooms.in_range(centre.x - width / 2, centre.x + width / 2,
-                                    centre.y - height / 2, centre.y + height / 2)
-        return success([
-            {"id": spot.event_id, "name": spot.name,
-             "usersCount": rooms.users_count(spot.event_id),
-             "coordinates": coordinates_json(spot.coordinates)}
-            for spot in spots
-        ])
+        return answer(await events_in_range(await body()))
 
     @routes.post("/update")
     async def update() -> Any:
@@ -126,3 +106,48 @@ def events_routes(config: Config, accounts: Accounts, rooms: Rooms, store: Store
         return success(None)
 
     return routes
+
+
+def json_routes(rooms: Rooms, store: Store) -> dict[str, JsonHandler]:
+    """The endpoints served in front of Quart (vpiska/http/json_routes.py), by path."""
+    return {"/api/v1/events/get": event_getter(rooms, store),
+            "/api/v1/events/range": range_finder(rooms)}
+
+
+def event_getter(rooms: Rooms, store: Store) -> JsonHandler:
+    async def get(data: dict[str, Any]) -> str:
+        event_id = text(data, "eventId")
+        require(id_codes(event_id))
+        room = await rooms.find(event_id)
+        if room is None:
+            raise DomainError(ErrorCode.EVENT_NOT_FOUND)
+        view = await room.ask(Snapshot)
+        assert isinstance(view, EventView)
+        if view.chat is not None:  # the actor holds the chat: no store call at all
+            return success_text_body(event_text(view.event, view.users_count, view.chat))
+        chat = await store.chat(event_id)
+        return success_body(event_json(view.event, view.users_count, chat[: view.chat_length]))
+
+    return get
+
+
+def range_finder(rooms: Rooms) -> JsonHandler:
+    async def in_range(data: dict[str, Any]) -> str:
+        width, height = number(data, "horizontalRange"), number(data, "verticalRange")
+        centre = coordinates(data)
+        require((width is None, ErrorCode.HORIZONTAL_RANGE_IS_EMPTY),
+                (height is None, ErrorCode.VERTICAL_RANGE_IS_EMPTY),
+                (centre is None, ErrorCode.COORDINATES_IS_EMPTY))
+        assert width is not None
+        assert height is not None
+        assert centre is not None
+        spots = rooms.in_range(centre.x - width / 2, centre.x + width / 2,
+                               centre.y - height / 2, centre.y + height / 2)
+        return success_body([
+            {"id": spot.event_id, "name": spot.name,
+             "usersCount": rooms.users_count(spot.event_id),
+             "coordinates": coordinates_json(spot.coordinates)}
+            for spot in spots
+        ])
+
+    return in_range

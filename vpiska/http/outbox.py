@@ -6,9 +6,10 @@ allows:
 - With a `DirectSink` (the hypercorn adapter's plain TCP sockets), the frame's WebSocket bytes
   are built once per broadcast (`wire_bytes`, cached on the frame) and, when nothing of this
   socket's is queued or being written, written at once from the room's task: no task switch.
-- Otherwise the frame is queued for the socket's writer task (`write_to`), which sends
-  everything queued in one go. A count of items handed to the writer and not yet written keeps
-  direct writes from overtaking queued ones.
+- Otherwise the frame is queued, and the session's writer sends everything queued in one go.
+  A writer runs only while there is something to write (`wake` starts one): an idle socket has
+  no task of its own besides its reader. A count of items queued or being written and not yet
+  written keeps direct writes from overtaking queued ones.
 - A socket that joined with `since` starts held (one item in flight that is not there): frames
   queue behind its catch-up lines until the writer `release`s it.
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import trio
 
@@ -61,11 +62,14 @@ def wire_bytes(frame: Frame) -> bytes:
 
 class SocketOutbox:
     def __init__(self, capacity: int, sink: DirectSink | None, *, hold: bool = False) -> None:
-        self._queue_in, self._queue = trio.open_memory_channel[Item](capacity)
+        self._queue: list[Item] = []  # a list: an empty deque costs an idle socket 600 bytes
+        self._capacity = capacity
         self._sink = sink
         self._in_flight = 1 if hold else 0
         self.state = OutboxState.OPEN
         self.close_code = CloseCode.NORMAL
+        # Called when the writer has something to do: queued items, or the end to tell.
+        self.wake: Callable[[], None] = _nothing
 
     def form(self, frame: Frame) -> Item:
         """What the writer sends for `frame`."""
@@ -81,48 +85,54 @@ class SocketOutbox:
                 written = self._sink.write_now(item)
             except trio.BrokenResourceError:
                 self.close()
+                self.wake()  # the writer ends the session
                 raise OutboxClosed from None
             if written == len(item):
                 return
             item = item[written:]
-        try:
-            self._queue_in.send_nowait(item)
-        except trio.WouldBlock:
-            raise OutboxFull from None
+        if len(self._queue) >= self._capacity:
+            raise OutboxFull
+        self._queue.append(item)
         self._in_flight += 1
+        self.wake()
 
     def finish(self, code: CloseCode) -> None:
         if self.state is OutboxState.OPEN:
             self.state = OutboxState.FINISHING
             self.close_code = code
-            self._queue_in.close()
+            self.wake()
 
     def abort(self, code: CloseCode) -> None:
         if self.state in (OutboxState.OPEN, OutboxState.FINISHING):
             self.state = OutboxState.ABORTED
             self.close_code = code
-            self._queue_in.close()
+            self._queue.clear()
+            self.wake()
 
     def close(self) -> None:
         """The socket is done: take nothing more (the room sees OutboxClosed)."""
         self.state = OutboxState.CLOSED
-        self._queue_in.close()
+        self._queue.clear()
 
     def release(self) -> None:
         """End the hold a socket joined with: queued frames may go out, direct writes follow."""
         self._in_flight -= 1
 
-    async def write_to(self, send: Callable[[list[Item]], Awaitable[None]]) -> None:
-        """The writer: send queued items in batches until the outbox is finished, aborted or
-        closed. `send` writes one batch to the socket."""
-        async for first in self._queue:
-            batch = [first]
-            while len(batch) < MAX_WRITE_BATCH:  # everything queued goes out in one send
-                try:
-                    batch.append(self._queue.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):  # the loop sees the end next
-                    break
-            if self.state is OutboxState.ABORTED or self.state is OutboxState.CLOSED:
-                return
-            await send(batch)
-            self._in_flight -= len(batch)
+    @property
+    def pending(self) -> bool:
+        """Items are queued for the writer."""
+        return bool(self._queue)
+
+    def take(self) -> list[Item]:
+        """For the writer: what is queued, at most MAX_WRITE_BATCH items, to send in one go."""
+        batch = self._queue[:MAX_WRITE_BATCH]
+        del self._queue[:MAX_WRITE_BATCH]
+        return batch
+
+    def written(self, count: int) -> None:
+        """For the writer: `count` items taken have been written."""
+        self._in_flight -= count
+
+
+def _nothing() -> None:
+    pass

@@ -25,7 +25,7 @@ ACCEPTED = re.compile(r"[A-Za-z0-9._:@+=-]{1,128}")
 def install_request_ids(app: Quart) -> None:
     @app.before_request
     async def name_request() -> None:
-        request_id.set(_choose(request.headers.get(HEADER, "")))
+        request_id.set(choose(request.headers.get(HEADER, "")))
 
     @app.after_request
     async def echo_on_response(response: Response) -> Response:
@@ -34,12 +34,12 @@ def install_request_ids(app: Quart) -> None:
 
 def name_socket(headers: Headers) -> str:
     """Name a WebSocket handshake served outside Quart; the id to echo if it is refused."""
-    chosen = _choose(headers.get(HEADER, ""))
+    chosen = choose(headers.get(HEADER, ""))
     request_id.set(chosen)
     return chosen
 
 
-def _choose(offered: str) -> str:
+def choose(offered: str) -> str:
     return offered if ACCEPTED.fullmatch(offered) else uuid.uuid4().hex
 
 

@@ -2,24 +2,25 @@
 
 The handshake is checked before the upgrade (401 token or unknown user, 400 event id or `since`,
 404 unknown or closed event, 503 failed room or server shutting down). A session is then a
-reader (the session's own task: client frames become commands) and a writer task (the member's
-outbox to the socket) in one nursery. When either ends, both end, and the member leaves the room
-exactly once.
+reader (the session's own task: client frames become commands) and, while the member's outbox
+has something to send, a writer. When either ends the session, both end, and the member leaves
+the room exactly once.
 
 Back-pressure: a chat line waits for room in the event's inbox, and while it waits nothing more
 is read from that socket. A line that cannot enter within ACTOR_REPLY_TIMEOUT_SECONDS closes the
 socket with 1013 (try again later): the room is overloaded, and the client is told so.
 
-Keep-alive: hypercorn pings every WS_PING_SECONDS; pongs are not visible through ASGI, so the
-server drops a peer from which nothing at all (frames or pongs) was read for two intervals
-(hypercorn's read_timeout, set in server.py).
+Keep-alive: the server pings every WS_PING_SECONDS (the adapter's pinger, or hypercorn's
+task); pongs are not visible through ASGI, so the server drops a peer from which nothing at all
+(frames or pongs) was read for two intervals (hypercorn's read_timeout, set in server.py).
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 from urllib.parse import parse_qs
 
 import trio
@@ -65,50 +66,63 @@ class EventSocketEndpoint:
         self._rooms = rooms
         self._store = store
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[None]:
+        # Not a coroutine itself: nothing of this layer stays in memory while a socket lives.
         if scope["type"] != "websocket" or scope["path"] != PATH:
-            await self._fallback(scope, receive, send)
-            return
+            return cast(Awaitable[None], self._fallback(scope, receive, send))
+        return self._serve(scope, receive, send)
+
+    async def _serve(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         accepted = False
         try:
-            await receive()  # websocket.connect
-            query = parse_qs(scope["query_string"].decode("latin-1"))
-            headers = Headers([(k.decode("latin-1"), v.decode("latin-1"))
-                               for k, v in scope["headers"]])
-            request_id = name_socket(headers)
-            token = (query.get("accessToken") or [""])[0] or bearer_token(headers)
-            identity = await self._accounts.identify(token) if token else None
-            event_id = (query.get("eventId") or [""])[0]
-            since_text = (query.get("since") or [None])[0]
-            room = None
-            if identity is None:
-                status = 401
-            elif id_codes(event_id) or (since_text is not None
-                                        and SINCE.fullmatch(since_text) is None):
-                status = 400
-            elif (room := await self._rooms.find(event_id)) is None:
-                status = 404
-            else:
-                status = 503 if room.failed or self._rooms.stopping else 101
-            if self._config.trace_requests:
-                trace_handshake(PATH, query, status)
-            if status != 101:
-                await _refuse(send, status, [(b"x-request-id", request_id.encode())])
+            member = await self._handshake(scope, receive, send)
+            if member is None:
                 return
-            assert room is not None
-            assert identity is not None
             await send({"type": "websocket.accept"})
             accepted = True
-            since = int(since_text) if since_text is not None else None
-            session = EventSession(self._config, self._store, room, identity, receive, send,
-                                   hypercorn_adapter.sink_of(scope))
-            await session.run(since)
+            room, identity, since = member
+            # After the accept: the adapter's DirectSink comes with it.
+            await EventSession(self._config, self._store, room, identity, receive, send,
+                               hypercorn_adapter.sink_of(scope), since).run()
         except Exception:
             log.exception("websocket session failed", extra={"path": PATH})
             if accepted:
                 await send({"type": "websocket.close", "code": CloseCode.INTERNAL_ERROR})
             else:
                 await _refuse(send, 500)
+
+    async def _handshake(self, scope: dict[str, Any], receive: Any, send: Any
+                         ) -> tuple[RoomHandle, Identity, int | None] | None:
+        """The room, member and `since` of an acceptable handshake; None once a refusal has
+        been answered. (Its own function: what the handshake needed is freed before the session
+        starts.)"""
+        await receive()  # websocket.connect
+        query = parse_qs(scope["query_string"].decode("latin-1"))
+        headers = Headers([(k.decode("latin-1"), v.decode("latin-1"))
+                           for k, v in scope["headers"]])
+        request_id = name_socket(headers)
+        token = (query.get("accessToken") or [""])[0] or bearer_token(headers)
+        identity = await self._accounts.identify(token) if token else None
+        event_id = (query.get("eventId") or [""])[0]
+        since_text = (query.get("since") or [None])[0]
+        room = None
+        if identity is None:
+            status = 401
+        elif id_codes(event_id) or (since_text is not None
+                                    and SINCE.fullmatch(since_text) is None):
+            status = 400
+        elif (room := await self._rooms.find(event_id)) is None:
+            status = 404
+        else:
+            status = 503 if room.failed or self._rooms.stopping else 101
+        if self._config.trace_requests:
+            trace_handshake(PATH, query, status)
+        if status != 101:
+            await _refuse(send, status, [(b"x-request-id", request_id.encode())])
+            return None
+        assert room is not None
+        assert identity is not None
+        return room, identity, int(since_text) if since_text is not None else None
 
 
 async def _refuse(send: Any, status: int, headers: list[tuple[bytes, bytes]] | None = None
@@ -121,7 +135,13 @@ async def _refuse(send: Any, status: int, headers: list[tuple[bytes, bytes]] | N
 
 class EventSession:
     """One member's socket: a reader (the session's own task: client frames become commands)
-    and a writer task (the outbox to the socket) in one nursery; when either ends, both end.
+    and, while there is something to write, a writer (the outbox to the socket); when either
+    ends the session, both end.
+
+    With a DirectSink the writer is a task of the connection, started only when the outbox has
+    something queued or its end to tell (an idle member has no task besides its reader), and
+    ended with the session. Without one (plain hypercorn) every frame is queued, and writers
+    run in the session's nursery.
 
     Resource handling: the member joins once and leaves exactly once, in a `finally`, also when
     the client vanishes (the handler is cancelled) or the server shuts down; its outbox is
@@ -129,7 +149,8 @@ class EventSession:
     """
 
     def __init__(self, config: Config, store: Store, room: RoomHandle, identity: Identity,
-                 receive: Any, send: Any, sink: hypercorn_adapter.DirectSink | None) -> None:
+                 receive: Any, send: Any, sink: hypercorn_adapter.DirectSink | None,
+                 since: int | None) -> None:
         self._receive_message = receive
         self._send_message = send
         self._sink = sink
@@ -137,22 +158,36 @@ class EventSession:
         self._store = store
         self._room = room
         self._identity = identity
-        self._flood = ChatFlood(config.chat_rate_per_second, config.chat_burst)
+        self._since = since
+        self._flood: ChatFlood | None = None  # made at the first chat line: most members read
         self._close_code: CloseCode | None = None
+        self._outbox = SocketOutbox(config.member_outbox_frames, sink, hold=since is not None)
+        self._session = trio.CancelScope()  # the reader's; cancelled to end the session
+        self._spawn: Callable[[Callable[[], Awaitable[None]]], None] | None = None
+        self._writer: trio.CancelScope | None = None  # the running writer's, if one runs
+        self._done = False
 
-    async def run(self, since: int | None) -> None:
-        outbox = SocketOutbox(self._config.member_outbox_frames, self._sink,
-                              hold=since is not None)
+    async def run(self) -> None:
+        outbox = self._outbox
         member = Member(self._identity, outbox)
         try:
             # Inside the try: the client may vanish while the join is being answered, and
             # the room must then still be told the member left.
             joined = await self._room.ask(lambda reply: Join(member, reply))
             assert isinstance(joined, Joined)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write, outbox, since, joined.chat_length,
-                                   nursery.cancel_scope)
-                await self._read(nursery.cancel_scope)  # in this task: one task fewer a socket
+            self._chat_length = joined.chat_length
+            if self._sink is not None:
+                self._spawn = self._sink.spawn
+                with self._session:
+                    self._start()
+                    await self._read()  # in this task: one task fewer a socket
+            else:
+                async with trio.open_nursery() as nursery:
+                    self._session = nursery.cancel_scope
+                    self._spawn = nursery.start_soon
+                    self._start()
+                    await self._read()
+                    nursery.cancel_scope.cancel()
         except DomainError as refusal:  # closed, failed or stopped before the join
             if outbox.state is OutboxState.FINISHING:  # the room ended with its Join queued
                 self._close_code = outbox.close_code
@@ -161,27 +196,72 @@ class EventSession:
             else:
                 self._close_code = CloseCode.NORMAL
         finally:
+            self._done = True
+            if self._writer is not None:
+                self._writer.cancel()
             outbox.close()
             self._room.leave(member)
         if self._close_code is not None:
             with trio.move_on_after(self._config.shutdown_grace_seconds):
                 await self._send_message({"type": "websocket.close", "code": self._close_code})
 
-    async def _write(self, outbox: SocketOutbox, since: int | None, chat_length: int,
-                     session: trio.CancelScope) -> None:
-        if since is not None:  # the member joined on hold: catch up, then release it
-            if since < chat_length:
-                missed = await self._store.chat(self._room.event_id, since)
-                lines = [outbox.form(frames.chat_message(line))
-                         for line in missed[: chat_length - since]]
-                for start in range(0, len(lines), MAX_WRITE_BATCH):
-                    await self._send(lines[start:start + MAX_WRITE_BATCH])
-            outbox.release()
-        await outbox.write_to(self._send)
-        if outbox.state is OutboxState.CLOSED:  # the connection broke under a write
-            session.cancel()
-        else:  # the room finished or aborted the member
-            self._end(outbox.close_code, session)
+    def _start(self) -> None:
+        """The session is running: writers may start; one starts now if there is work."""
+        outbox = self._outbox
+        outbox.wake = self._wake
+        if self._since is not None or outbox.pending or outbox.state is not OutboxState.OPEN:
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._writer is None and not self._done and self._spawn is not None:
+            self._writer = trio.CancelScope()
+            try:
+                self._spawn(self._write)
+            except RuntimeError:  # the connection is ending: its reader ends the session
+                self._writer = None
+
+    async def _write(self) -> None:
+        """A writer: the catch-up of a member that joined with `since`, then what is queued,
+        until nothing is; it ends the session when the outbox is finished, aborted or closed."""
+        assert self._writer is not None
+        try:
+            with self._writer:
+                if self._since is not None:
+                    since, self._since = self._since, None
+                    await self._catch_up(since)
+                    self._outbox.release()
+                await self._write_queued()
+        except Exception:
+            log.exception("websocket session failed", extra={"path": PATH})
+            self._end(CloseCode.INTERNAL_ERROR)
+        finally:
+            self._writer = None
+
+    async def _catch_up(self, since: int) -> None:
+        chat_length = self._chat_length
+        if since < chat_length:
+            missed = await self._store.chat(self._room.event_id, since)
+            lines = [self._outbox.form(frames.chat_message(line))
+                     for line in missed[: chat_length - since]]
+            for start in range(0, len(lines), MAX_WRITE_BATCH):
+                await self._send(lines[start:start + MAX_WRITE_BATCH])
+
+    async def _write_queued(self) -> None:
+        outbox = self._outbox
+        while True:
+            if outbox.state is OutboxState.CLOSED:  # the connection broke under a write
+                self._session.cancel()
+                return
+            if outbox.state is OutboxState.ABORTED:
+                self._end(outbox.close_code)
+                return
+            batch = outbox.take()
+            if not batch:
+                if outbox.state is OutboxState.FINISHING:  # the room finished the member
+                    self._end(outbox.close_code)
+                return  # nothing more to write: direct writes go on
+            await self._send(batch)
+            outbox.written(len(batch))
 
     async def _send(self, batch: list[Item]) -> None:
         if self._sink is not None:
@@ -191,20 +271,22 @@ class EventSession:
             for text in batch:
                 await self._send_message({"type": "websocket.send", "text": text})
 
-    async def _read(self, session: trio.CancelScope) -> None:
+    async def _read(self) -> None:
         while True:
             message = await self._receive_message()
             if message["type"] == "websocket.disconnect":
-                session.cancel()
+                self._session.cancel()
                 return
             data = message.get("text")
             if data is None:  # a binary frame
-                self._end(CloseCode.UNSUPPORTED_DATA, session)
+                self._end(CloseCode.UNSUPPORTED_DATA)
                 return
             prefix, slash, text = data.partition("/")
             if not slash or prefix != CHAT_PREFIX:
                 log.debug("unknown client frame ignored", extra={"prefix": prefix[:40]})
                 continue
+            if self._flood is None:  # a full bucket, as if made at the join
+                self._flood = ChatFlood(self._config.chat_rate_per_second, self._config.chat_burst)
             if len(text) > self._config.max_chat_chars:
                 self._flood.drop()
             elif self._flood.admit() and not await self._room.send(Chat(self._identity, text)):
@@ -212,16 +294,16 @@ class EventSession:
                     "event_id": self._room.event_id, "user_id": self._identity.user_id,
                     "waited_seconds": self._config.actor_reply_timeout_seconds})
                 metrics.OVERLOADED_DISCONNECTS.inc()
-                self._end(CloseCode.TRY_AGAIN_LATER, session)
+                self._end(CloseCode.TRY_AGAIN_LATER)
                 return
             if self._flood.abusive:
                 log.info("chat flood: member disconnected",
                          extra={"event_id": self._room.event_id,
                                 "user_id": self._identity.user_id})
                 metrics.FLOODING_DISCONNECTS.inc()
-                self._end(CloseCode.FLOODING, session)
+                self._end(CloseCode.FLOODING)
                 return
 
-    def _end(self, code: CloseCode, session: trio.CancelScope) -> None:
+    def _end(self, code: CloseCode) -> None:
         self._close_code = code
-        session.cancel()
+        self._session.cancel()
