@@ -2,7 +2,8 @@
 
 Why: vpiska loads every open event of its store at start-up, so a seeded file is a server with
 10,000 open events the moment it listens, where creating them over HTTP would cost an argon2
-sign-up (~33 ms) each. Seeding goes through vpiska's own store API, so the rows are exactly
+sign-up (~33 ms) each. The WebSocket stores also hold MEMBERS users, whose forged tokens the
+load generator uses (vpiska refuses a token of a user its store does not have). Seeding goes through vpiska's own store API, so the rows are exactly
 what the server writes. It takes ~8 s, so the files are kept in bench/.cache under a hash of
 the code that decides their contents (the store, the records, the password hash, this file)
 and made again whenever any of it changes.
@@ -27,6 +28,8 @@ from vpiska.store.sqlite import SqliteStore
 LOGIN_PHONE = "9000000000"
 LOGIN_PASSWORD = "bench-password"
 MAP_SIDE = 100  # the map of the HTTP scenario is a MAP_SIDE × MAP_SIDE grid of open events
+MEMBERS = 10_000  # users of the WebSocket stores: member i of a room is user i
+SOAK_ROOMS = 100  # open events of the soak store
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,9 @@ class Seeds:
     room_event_id: str
     map_db: Path  # MAP_SIDE² open events (one per owner) plus the login user
     map_event_id: str  # one of them, for events/get
+    soak_db: Path  # SOAK_ROOMS open events
+    soak_event_ids: tuple[str, ...]
+    member_ids: tuple[str, ...]  # MEMBERS users in room_db and soak_db
 
 
 def make_seeds(cache: Path) -> Seeds:
@@ -46,11 +52,14 @@ def make_seeds(cache: Path) -> Seeds:
     if index.exists():
         saved = json.loads(index.read_text())
         return Seeds(Path(saved["room_db"]), saved["room_event_id"], Path(saved["map_db"]),
-                     saved["map_event_id"])
-    shutil.rmtree(cache, ignore_errors=True)  # older seeds are of older code
+                     saved["map_event_id"], Path(saved["soak_db"]),
+                     tuple(saved["soak_event_ids"]), tuple(saved["member_ids"]))
+    for old in cache.glob("seeds-*"):  # older seeds are of older code
+        shutil.rmtree(old, ignore_errors=True)
     directory.mkdir(parents=True)
     seeds = trio.run(_make_seeds, directory)
-    index.write_text(json.dumps({k: str(v) for k, v in asdict(seeds).items()}))
+    index.write_text(json.dumps({k: v if isinstance(v, tuple) else str(v)
+                                 for k, v in asdict(seeds).items()}))
     return seeds
 
 
@@ -68,17 +77,24 @@ def _code_hash() -> str:
 async def _make_seeds(directory: Path) -> Seeds:
     password_hash = await Passwords(Config()).hash(LOGIN_PASSWORD)  # argon2id, once
     room_db, map_db = directory / "room.db", directory / "map.db"
-    room_ids = await _seed(room_db, 1, password_hash)
-    map_ids = await _seed(map_db, MAP_SIDE * MAP_SIDE, password_hash)
-    return Seeds(room_db, room_ids[0], map_db, map_ids[len(map_ids) // 2])
+    soak_db = directory / "soak.db"
+    member_ids = tuple(str(uuid.uuid4()) for _ in range(MEMBERS))
+    room_ids = await _seed(room_db, 1, password_hash, member_ids)
+    map_ids = await _seed(map_db, MAP_SIDE * MAP_SIDE, password_hash, ())
+    soak_ids = await _seed(soak_db, SOAK_ROOMS, password_hash, member_ids)
+    return Seeds(room_db, room_ids[0], map_db, map_ids[len(map_ids) // 2], soak_db,
+                 tuple(soak_ids), member_ids)
 
 
-async def _seed(path: Path, events: int, password_hash: str) -> list[str]:
-    """`events` owners with one open event each on a grid (x, y) ∈ [0, MAP_SIDE)², and the
-    login user (who owns nothing). Returns the event ids in creation order."""
+async def _seed(path: Path, events: int, password_hash: str,
+                member_ids: tuple[str, ...]) -> list[str]:
+    """`events` owners with one open event each on a grid (x, y) ∈ [0, MAP_SIDE)², the login
+    user (who owns nothing) and the members. Returns the event ids in creation order."""
     store = await SqliteStore.open(path)
     try:
         await store.add_user(User(str(uuid.uuid4()), "bench-login", LOGIN_PHONE, password_hash))
+        for i, member_id in enumerate(member_ids):
+            await store.add_user(User(member_id, f"member-{i}", f"7{i:09d}", password_hash))
         ids = []
         for i in range(events):
             owner = User(str(uuid.uuid4()), f"owner-{i}", f"8{i:09d}", password_hash)
