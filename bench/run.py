@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 from tqdm import tqdm
 
-from bench import report
+from bench import client, cluster_scenarios, report
 from bench.scenarios import FULL, QUICK, Plan, Row, steps
 from bench.seed import make_seeds
 from bench.servers import BENCH, CLIENT_CORE, REPO
@@ -48,8 +48,11 @@ def main() -> None:
     rows: list[Row] = []
     with tqdm(total=1, desc="seeding stores (cached in bench/.cache)", leave=False) as bar:
         seeds = make_seeds(BENCH / ".cache")
+        client.use_members(seeds.member_ids)
+        client.binary()  # compiled now, not inside the first measurement
         bar.update()
-    with tqdm(steps(plan, seeds, rows), desc=f"bench ({plan.name})", unit="step") as bar:
+    plan_steps = steps(plan, seeds, rows) + cluster_scenarios.steps(plan, seeds, rows)
+    with tqdm(plan_steps, desc=f"bench ({plan.name})", unit="step") as bar:
         for step in bar:
             bar.set_postfix_str(step.label)
             try:
