@@ -34,7 +34,7 @@ from bench.scenarios import (
     time_limit,
     window,
 )
-from bench.seed import Seeds
+from bench.seed import CLUSTER_SIDE, Seeds
 
 SETUPS = {"1 node": ["0"], "2 nodes": ["0", "1"]}
 FAILOVER_MEMBERS = 100
@@ -58,20 +58,22 @@ def steps(plan: Plan, seeds: Seeds, rows: list[Row]) -> list[Step]:
 
 def _http_step(setup: str, rep: int, plan: Plan, seeds: Seeds, rows: list[Row]) -> Step:
     def run() -> Row:
-        rng, get = httpload.endpoints(seeds.map_event_id)[:2]
-        with cluster.running(seeds.map_db, SETUPS[setup]) as c:
+        rng, get = httpload.endpoints(seeds.cluster_event_id)[:2]
+        with cluster.running(seeds.cluster_db, SETUPS[setup]) as c:
+            settled = c.settle(CLUSTER_SIDE ** 2)
             ports = [node.port for node in c.nodes]
             pin = "1" if len(ports) == 1 else None
             key = {"scenario": "cluster-http", "server": setup, "endpoint": rng.name,
                    "rep": rep + 1}
             try:
-                rows.append(key | httpload.wrk_split(ports, rng, plan.http_seconds,
-                                                     HTTP_CONNECTIONS, c.pids, pin,
-                                                     {"redis": c.redis_pid}))
+                rows.append(key | settled | httpload.wrk_split(
+                    ports, rng, plan.http_seconds, HTTP_CONNECTIONS, c.pids, pin,
+                    {"redis": c.redis_pid}))
             except Exception as error:  # noqa: BLE001 - recorded; the next endpoint runs
                 rows.append(key | {"error": f"{type(error).__name__}: {error}"})
-            return httpload.wrk_split(ports, get, plan.http_seconds, HTTP_CONNECTIONS, c.pids,
-                                      pin, {"redis": c.redis_pid})
+            return settled | httpload.wrk_split(ports, get, plan.http_seconds,
+                                                HTTP_CONNECTIONS, c.pids, pin,
+                                                {"redis": c.redis_pid})
     return Step(f"cluster http {setup} #{rep + 1}",
                 {"scenario": "cluster-http", "server": setup, "endpoint": "events/get",
                  "rep": rep + 1}, run)
