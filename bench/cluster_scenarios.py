@@ -132,7 +132,7 @@ def failover(seeds: Seeds, connect_budget: float, settle_budget: float) -> Row:
         argv = client.command("trace", [gateway.port], [event_id], [gateway.pid], options)
         with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) as proc:
-            assert proc.stderr is not None and proc.stdout is not None
+            assert proc.stderr is not None
             deadline = time.monotonic() + connect_budget + settle_budget + 10
             killed_ns = None
             for line in proc.stderr:
@@ -147,19 +147,29 @@ def failover(seeds: Seeds, connect_budget: float, settle_budget: float) -> Row:
             raise RuntimeError(f"the client never reached its window: {err[-1000:]}")
         result = json.loads(out.strip().splitlines()[-1])
         new_owner = c.owner_of(event_id)
-        deliveries = [tuple(map(int, line.split())) for line in
-                      trace.read_text().splitlines() if line.strip()]
+        sent_all: list[int] = []
+        deliveries: list[tuple[int, int]] = []
+        for line in trace.read_text().splitlines():
+            kind, *numbers = line.split()
+            if kind == "S":
+                sent_all.append(int(numbers[0]))
+            elif kind == "R":
+                deliveries.append((int(numbers[0]), int(numbers[1])))
     after = [recv for sent, recv in deliveries if sent > killed_ns]
     sent_after = {sent for sent, _ in deliveries if sent > killed_ns}
     back = (min(after) - killed_ns) / 1e9 if after else None
     # Lines member 0 got that were sent before the kill but arrived after it: delayed, not lost.
     late = sum(1 for sent, recv in deliveries if sent <= killed_ns < recv)
     lines_sent_after = round(FAILOVER_RATE * (window_seconds - KILL_AFTER))
+    # Lines member 0 never got: when they were sent, relative to the kill, in ms.
+    got = {sent for sent, _ in deliveries}
+    missing_at = [round((sent - killed_ns) / 1e6, 3) for sent in sent_all if sent not in got]
     return {"failover_s": back, "lease_ttl_s": cluster.LEASE_TTL_SECONDS,
             "target_s": cluster.LEASE_TTL_SECONDS + 2.0,
             "new_owner_is_gateway": new_owner is gateway,
             "lines_received_after_kill": len(sent_after),
             "lines_sent_after_kill_about": lines_sent_after, "late_deliveries": late,
+            "missing_sent_at_ms": missing_at,
             "members": result.get("members"), "disconnected": result.get("disconnected"),
             "undelivered": result.get("undelivered"), "client_cpu": result.get("client_cpu"),
             "other_cpu": result.get("other_cpu")}

@@ -18,8 +18,9 @@
  *   soak     N members in R rooms, lines at a fixed total rate for --seconds; one JSON line
  *            per --sample seconds (servers' RSS and open descriptors, deliveries, drops);
  *            at the end every member's count is checked against its room's lines.
- *   trace    latency's load, and every delivery to member 0 written to --trace-file as
- *            "sent_ns recv_ns" (failover: when did lines arrive again).
+ *   trace    latency's load; --trace-file gets "S sent_ns" for every line sent and
+ *            "R sent_ns recv_ns" for every delivery to member 0 (failover: when did lines
+ *            arrive again, which never did).
  *
  * Members are spread round-robin over --ports (several nodes of a cluster) and over
  * --event-ids (rooms); tokens are read from --tokens (one JWT a line, forged by the harness).
@@ -319,7 +320,9 @@ static void send_line(int room) {
     member_t *m = &members[r->senders[r->next_sender++ % r->n_senders]];
     char text[12 + TEXT_BYTES];
     memcpy(text, "chatMessage/", 12);
-    int stamp = snprintf(text + 12, TEXT_BYTES + 1, "~%lld~", (long long)now_ns());
+    long long sent_ns = (long long)now_ns();
+    int stamp = snprintf(text + 12, TEXT_BYTES + 1, "~%lld~", sent_ns);
+    if (trace_file) fprintf(trace_file, "S %lld\n", sent_ns);
     memcpy(text + 12 + stamp, pad, (size_t)(TEXT_BYTES - stamp));
     send_frame(m, 1, text, 12 + TEXT_BYTES);
     r->sent++;
@@ -354,7 +357,7 @@ static void on_chat(member_t *m, const char *payload, size_t len) {
             delays = grow(delays, &cap_delays, n_delays + 1, sizeof *delays);
             delays[n_delays++] = now - sent;
         }
-        if (trace_file && m->index == 0) fprintf(trace_file, "%lld %lld\n", (long long)sent,
+        if (trace_file && m->index == 0) fprintf(trace_file, "R %lld %lld\n", (long long)sent,
                                                  (long long)now);
     } else if (sending && expected_sum - received_total <= slack) {
         send_next();
