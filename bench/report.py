@@ -594,7 +594,8 @@ def soak_markdown(soak: Row | None) -> list[str]:
                      f"{_pct(s['client_cpu'])} |")
     verdicts = [
         f"RSS after warm-up (the first minute): last sample ÷ first = {_f(flat, 3)} "
-        f"(target ≤ 1.05: {'met' if flat is not None and flat <= 1.05 else '**not met**'})",
+        "(target ≤ 1.05: " + ("no result: fewer than two samples" if flat is None else
+                              "met" if flat <= 1.05 else "**not met**") + ")",
         f"members that missed a line: {end.get('members_missing_lines', '–')} "
         f"({end.get('lines_missed', '–')} deliveries missing)",
         f"sockets dropped that were reading: {end.get('dropped_reading', '–')}",
