@@ -178,7 +178,8 @@ def running(store_template: Path, cores: list[str]) -> Iterator[Cluster]:
             if keep:
                 Path(keep).mkdir(parents=True, exist_ok=True)
                 for number, node in enumerate(cluster.nodes):
-                    shutil.copy(node.log_path, Path(keep) / f"{len(cluster.nodes)}-node-{number}.log")
+                    name = f"{len(cluster.nodes)}-node-{number}.log"
+                    shutil.copy(node.log_path, Path(keep) / name)
             redis_proc.send_signal(signal.SIGTERM)
             try:
                 redis_proc.wait(5)

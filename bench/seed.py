@@ -3,10 +3,11 @@
 Why: vpiska loads every open event of its store at start-up, so a seeded file is a server with
 10,000 open events the moment it listens, where creating them over HTTP would cost an argon2
 sign-up (~33 ms) each. The WebSocket stores also hold MEMBERS users, whose forged tokens the
-load generator uses (vpiska refuses a token of a user its store does not have). Seeding goes through vpiska's own store API, so the rows are exactly
-what the server writes. It takes ~8 s, so the files are kept in bench/.cache under a hash of
-the code that decides their contents (the store, the records, the password hash, this file)
-and made again whenever any of it changes.
+load generator uses (vpiska refuses a token of a user its store does not have). Seeding goes
+through vpiska's own store API, so the rows are exactly what the server writes. It takes
+~15 s, so the files are kept in bench/.cache under a hash of the code that decides their
+contents (the store, the records, the password hash, this file) and made again whenever any
+of it changes.
 """
 
 from __future__ import annotations

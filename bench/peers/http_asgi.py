@@ -43,7 +43,8 @@ def answer_for(body: bytes) -> bytes:
         request = json.loads(body)
     except ValueError:
         request = None
-    event = EVENTS.get(request.get("eventId")) if isinstance(request, dict) else None
+    event_id = request.get("eventId") if isinstance(request, dict) else None
+    event = EVENTS.get(event_id) if isinstance(event_id, str) else None
     if event is None:
         return encode(NOT_FOUND).encode()
     return encode({"isSuccess": True, "errors": None, "result": event}).encode()

@@ -40,7 +40,8 @@ async def get_event(request: Request) -> JSONResponse:
         body = await request.json()
     except ValueError:
         body = None
-    event = EVENTS.get(body.get("eventId")) if isinstance(body, dict) else None
+    event_id = body.get("eventId") if isinstance(body, dict) else None
+    event = EVENTS.get(event_id) if isinstance(event_id, str) else None
     if event is None:
         return CompactJSON({"isSuccess": False, "errors": [{"errorCode": "EventNotFound"}],
                             "result": None})
