@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bench import client, httpload
 from bench.seed import make_seeds
-from bench.servers import BENCH, running
+from bench.servers import BENCH, running, wait_idle
 
 PY_SPY = Path(sys.executable).parent / "py-spy"
 
@@ -30,6 +30,7 @@ def profile(what: str, seconds: float) -> Path:
     out = BENCH / ".cache" / f"profile-{what}.txt"
     store = seeds.map_db if what == "events-get" else seeds.room_db
     with running("vpiska", store) as server:
+        wait_idle(server.pid)  # every actor started: the profile is of serving
         spy = subprocess.Popen([str(PY_SPY), "record", "--pid", str(server.pid), "--rate", "200",
                                 "--duration", f"{seconds:g}", "--format", "raw", "--output",
                                 str(out), "--nonblocking"], stdout=subprocess.DEVNULL,
@@ -52,7 +53,10 @@ def profile(what: str, seconds: float) -> Path:
 
 
 def summary(stacks: Path, top: int = 25) -> str:
+    """Own time by function, own time by package, and total time by vpiska function (py-spy
+    samples a trio task's stack apart from the run loop's, so "total" is within a task)."""
     own: collections.Counter[str] = collections.Counter()
+    package: collections.Counter[str] = collections.Counter()
     total: collections.Counter[str] = collections.Counter()
     samples = 0
     for line in stacks.read_text().splitlines():
@@ -63,13 +67,26 @@ def summary(stacks: Path, top: int = 25) -> str:
         samples += count
         frames = stack.split(";")
         own[_short(frames[-1])] += count
-        for frame in {_short(f) for f in frames}:
+        package[_package(frames[-1])] += count
+        for frame in {_short(f) for f in frames if "vpiska/" in f}:
             total[frame] += count
-    lines = [f"{samples} samples", "", "own time:"]
+    lines = [f"{samples} samples", "", "own time by package:"]
+    lines += [f"  {100 * n / samples:5.1f} %  {f}" for f, n in package.most_common(12)]
+    lines += ["", "own time by function:"]
     lines += [f"  {100 * n / samples:5.1f} %  {f}" for f, n in own.most_common(top)]
-    lines += ["", "total time (the frame and what it calls):"]
-    lines += [f"  {100 * n / samples:5.1f} %  {f}" for f, n in total.most_common(top)]
+    lines += ["", "vpiska's functions, with what they call:"]
+    lines += [f"  {100 * n / samples:5.1f} %  {f}" for f, n in total.most_common(15)]
     return "\n".join(lines)
+
+
+def _package(frame: str) -> str:
+    where = frame.partition(" (")[2]
+    parts = Path(where.rstrip(")").rsplit(":", 1)[0]).parts
+    if "site-packages" in parts:
+        return parts[parts.index("site-packages") + 1]
+    if parts and parts[0] == "vpiska":
+        return "vpiska"
+    return parts[0] if len(parts) > 1 else "stdlib"
 
 
 def _short(frame: str) -> str:

@@ -357,6 +357,19 @@ def _markdown(meta: Row, summary: list[Row], goals: list[Row], rows: list[Row]) 
                      f"{_f(g['ref'], 1)} | {ratio} | {g['target']} | {met} | "
                      f"{'; '.join(g.get('caveats', []))} |")
     per_event = rss_per_open_event(summary)
+    ws_rows = [r for r in summary if r["scenario"] in ("fanout", "latency", "connect",
+                                                        "cluster-fanout", "cluster-latency")
+               and r.get("client_cpu") is not None]
+    busiest = max(ws_rows, key=lambda r: r["client_cpu"], default=None)
+    if busiest is not None:
+        lines += [
+            "",
+            f"The C client at its busiest: **{_pct(busiest['client_cpu'])}** of its core "
+            f"({busiest['scenario']} N={busiest['n']} against {busiest['server']}: "
+            f"{_f(busiest.get('delivered_per_s') or busiest.get('handshakes_per_s'))} "
+            f"{'handshakes' if busiest['scenario'] == 'connect' else 'msgs'}/s, server CPU "
+            f"{_pct(busiest.get('server_cpu'))}); no row is client-bound unless flagged.",
+        ]
     lines += [
         "",
         f"RSS per open idle event (no target): **{_f(per_event, 2)} KiB** (vpiska's idle RSS "
@@ -427,12 +440,13 @@ def _markdown(meta: Row, summary: list[Row], goals: list[Row], rows: list[Row]) 
         "events (one per owner) on a 100 × 100 grid. `events/range` asks for a 10 × 10 window "
         "(121 events in the answer); `events/get` one event; `users/login` one user with an "
         "argon2id hash (~33 ms of CPU per login, so its p99 is queueing behind the hash). "
-        f"`{ONE_EVENT}` is the same request to a store with one open event. Idle RSS: the "
-        "server's RSS after its first answer and a second idle.",
+        f"`{ONE_EVENT}` is the same request to a store with one open event. Measured once the "
+        "server is idle after its start (startup s: from listening until its CPU falls under "
+        "5 %, i.e. every event's actor started); idle RSS is read then.",
         "",
         "| server | endpoint | requests/s | p50 ms | p99 ms | answer bytes | idle RSS MiB "
-        "| server CPU | client CPU | notes |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| startup s | server CPU | client CPU | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in _rows(summary, "http"):
         if r["server"] != "vpiska":
@@ -441,7 +455,7 @@ def _markdown(meta: Row, summary: list[Row], goals: list[Row], rows: list[Row]) 
         lines.append(f"| vpiska | `{r['endpoint']}` | {_f(r.get('requests_per_s'))} | "
                      f"{_f(r.get('p50_ms'), 2)} | {_f(r.get('p99_ms'), 2)} | "
                      f"{_f(r.get('answer_bytes'))} | {_f(rss / 2**20 if rss else None, 1)} | "
-                     f"{_pct(r.get('server_cpu'))} | "
+                     f"{_f(r.get('startup_s'), 1)} | {_pct(r.get('server_cpu'))} | "
                      f"{_pct(r.get('client_cpu'))} | {'; '.join(r['notes'])} |")
     lines += [
         "",

@@ -11,7 +11,6 @@ maximum at the same N), so its steps read the rows the fan-out steps have alread
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +19,7 @@ import psutil
 
 from bench import client, httpload
 from bench.seed import Seeds
-from bench.servers import HTTP_PEERS, SERVERS, Running, running
+from bench.servers import HTTP_PEERS, SERVERS, Running, running, wait_idle
 
 SENDERS = 10  # members that write; the rest only read (the senders read their lines too)
 IN_FLIGHT = 50  # concurrent handshakes while members join
@@ -135,10 +134,11 @@ def slowest_maximum(rows: list[Row], n: int, scenario: str = "fanout",
     return min(medians)
 
 
-def _idle_rss(server: Running) -> int:
-    """The server's RSS once it has answered a request and sat idle for a second."""
-    time.sleep(1.0)
-    return int(psutil.Process(server.pid).memory_info().rss)
+def _idle_rss(server: Running) -> dict[str, float]:
+    """Once the server is idle after its start (startup_s: from listening until then, which
+    includes starting every event's actor), its RSS."""
+    startup = wait_idle(server.pid)
+    return {"startup_s": startup, "rss_idle": psutil.Process(server.pid).memory_info().rss}
 
 
 def _http_step(rep: int, plan: Plan, seeds: Seeds, rows: list[Row]) -> Step:
@@ -147,13 +147,13 @@ def _http_step(rep: int, plan: Plan, seeds: Seeds, rows: list[Row]) -> Step:
     def run() -> Row:
         *first, last = httpload.endpoints(seeds.map_event_id)
         with running("vpiska", seeds.map_db) as srv:
-            httpload.save_answer(srv, first[1])  # the answer the HTTP peers give
             idle_rss = _idle_rss(srv)
+            httpload.save_answer(srv, first[1])  # the answer the HTTP peers give
             for endpoint in first:
                 key = {"scenario": "http", "server": "vpiska", "endpoint": endpoint.name,
                        "rep": rep + 1}
                 try:
-                    rows.append(key | {"rss_idle": idle_rss} | httpload.wrk(
+                    rows.append(key | idle_rss | httpload.wrk(
                         srv, endpoint, plan.http_seconds, HTTP_CONNECTIONS))
                 except Exception as error:  # noqa: BLE001 - recorded; the next endpoint runs
                     rows.append(key | {"error": f"{type(error).__name__}: {error}"})
@@ -169,8 +169,7 @@ def _http_one_event_step(rep: int, plan: Plan, seeds: Seeds) -> Step:
         endpoint = httpload.endpoints(seeds.room_event_id)[1]
         with running("vpiska", seeds.room_db) as srv:
             idle_rss = _idle_rss(srv)
-            return {"rss_idle": idle_rss} | httpload.wrk(srv, endpoint, plan.http_seconds,
-                                                        HTTP_CONNECTIONS)
+            return idle_rss | httpload.wrk(srv, endpoint, plan.http_seconds, HTTP_CONNECTIONS)
     return Step(f"http events/get, 1 open event #{rep + 1}",
                 {"scenario": "http", "server": "vpiska", "endpoint": httpload.ONE_EVENT,
                  "rep": rep + 1}, run)

@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from bench.seed import install_store
 from bench.tokens import JWT_KEY
 
@@ -123,6 +125,22 @@ def running(name: str, store_template: Path | None) -> Iterator[Running]:
             yield Running(name, port, proc.pid)
         finally:
             stop(proc)
+
+
+def wait_idle(pid: int, budget: float = 60.0) -> float:
+    """Wait until the process uses under 5 % of a core over half a second; the seconds it took.
+
+    Why: vpiska listens before it has started every event's actor; on the 10,000-event store
+    that takes seconds of CPU after the port opens, and a measurement then measures it."""
+    process = psutil.Process(pid)
+    start = time.monotonic()
+    while time.monotonic() - start < budget:
+        before = process.cpu_times()
+        time.sleep(0.5)
+        after = process.cpu_times()
+        if (after.user + after.system - before.user - before.system) / 0.5 < 0.05:
+            break
+    return time.monotonic() - start
 
 
 def wait_listening(proc: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
