@@ -35,6 +35,8 @@ from vpiska.config import Config, StoreLocation
 from vpiska.domain import Coordinates, new_id
 from vpiska.store.sqlite import SqliteStore
 
+PERSIST_HEADING = "## 7. Chat persistence and accounts (vpiska only)"
+
 
 async def chat_lines_per_second(senders: int, seconds: float) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as tmp:
@@ -178,7 +180,7 @@ async def main(quick: bool) -> str:
     logins = statistics.median(a[1] for a in accounts)
     return "\n".join([
         "",
-        "## 7. Chat persistence and accounts (vpiska only)",
+        PERSIST_HEADING,
         "",
         f"`python -m bench.persist` ({'quick' if quick else 'full'}: medians of {rounds}, "
         f"{seconds:.0f} s each). Chat: senders in one event, each waiting for its own line to "
@@ -200,5 +202,9 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true")
     section = trio.run(main, parser.parse_args().quick)
     print(section)
-    with open("BENCHMARKS.md", "a") as out:
-        out.write(section)
+    # Replaces an earlier run's section (bench.run keeps it when it rewrites the file).
+    path = Path("BENCHMARKS.md")
+    text = path.read_text() if path.exists() else ""
+    if PERSIST_HEADING in text:
+        text = text[:text.index(PERSIST_HEADING)].rstrip("\n") + "\n"
+    path.write_text(text + section)

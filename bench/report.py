@@ -280,9 +280,17 @@ def write_chart(path: Path, summary: list[Row]) -> None:
     plt.close(fig)
 
 
+PERSIST_HEADING = "## 7. Chat persistence"  # bench/persist.py's section, written after
+
+
 def write_markdown(path: Path, meta: Row, summary: list[Row], goals: list[Row],
                    rows: list[Row]) -> None:
-    path.write_text("\n".join(_markdown(meta, summary, goals, rows)) + "\n")
+    """Write the file; an earlier persistence section (bench/persist.py's) is kept at its end
+    until persist.py replaces it."""
+    old = path.read_text() if path.exists() else ""
+    kept = old[old.index(PERSIST_HEADING):] if PERSIST_HEADING in old else ""
+    text = "\n".join(_markdown(meta, summary, goals, rows)) + "\n"
+    path.write_text(text + ("\n" + kept if kept else ""))
 
 
 def _f(value: Any, digits: int = 0) -> str:
@@ -552,19 +560,21 @@ def _cluster_markdown(summary: list[Row], plan: Row, rows: list[Row]) -> list[st
         "kill to the first delivery of a line sent after it (CLOCK_MONOTONIC on both sides).",
         "",
         "| run | failover s | lease TTL s | lines sent after the kill that arrived | "
-        "delayed across the kill | sockets dropped | new owner is the survivor |",
-        "|---|---|---|---|---|---|---|",
+        "delayed across the kill | lines never delivered (sent at, ms from the kill) "
+        "| sockets dropped | new owner is the survivor |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: r.get("rep", 0)):
         if r.get("scenario") != "failover":
             continue
         if "error" in r:
-            lines.append(f"| {r['rep']} | failed: {r['error'][:100]} | | | | | |")
+            lines.append(f"| {r['rep']} | failed: {r['error'][:100]} | | | | | | |")
             continue
         lines.append(f"| {r['rep']} | {_f(r.get('failover_s'), 2)} | "
                      f"{_f(r.get('lease_ttl_s'), 1)} | {r.get('lines_received_after_kill')} of "
                      f"~{r.get('lines_sent_after_kill_about')} | {r.get('late_deliveries')} | "
-                     f"{r.get('disconnected')} | {r.get('new_owner_is_gateway')} |")
+                     f"{', '.join(f'{t:+.1f}' for t in r.get('missing_sent_at_ms', [])) or '–'}"
+                     f" | {r.get('disconnected')} | {r.get('new_owner_is_gateway')} |")
     if failover:
         lines += ["", f"Median: **{_f(failover.get('failover_s'), 2)} s**; "
                       + ("; ".join(failover["notes"]) or "no notes") + "."]
