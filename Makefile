@@ -61,14 +61,14 @@ test-stress: $(STAMP)
 clean:
 	rm -rf $(VENV) data .pytest_cache bench/.venv bench/node_modules bench/.cache
 
-# Benchmarks (bench/README.md): a venv of their own with vpiska and the load tools, Node's `ws`
-# for the Node peer, and Debian's wrk for the HTTP scenario.
+# Benchmarks (bench/README.md): a venv of their own with vpiska and the HTTP references, Node's
+# `ws` for the Node peer, and Debian's wrk, gcc (the C load generator), golang-go (the Go
+# reference) and redis-server (the cluster section), installed by bench/install-tools.sh.
 BENCH_VENV := bench/.venv
 BENCH_PY := $(BENCH_VENV)/bin/python
 BENCH_STAMP := $(BENCH_VENV)/.installed
 NODE_STAMP := bench/node_modules/.installed
-SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
-ENSURE_WRK := command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk; }
+ENSURE_TOOLS := bench/install-tools.sh
 
 $(BENCH_STAMP): pyproject.toml bench/requirements.txt
 	$(PYTHON) -m venv $(BENCH_VENV)
@@ -81,14 +81,24 @@ $(NODE_STAMP): bench/package.json
 	touch $(NODE_STAMP)
 
 bench: $(BENCH_STAMP) $(NODE_STAMP)
-	@$(ENSURE_WRK)
+	@$(ENSURE_TOOLS)
 	$(BENCH_PY) -m bench.run
 	$(BENCH_PY) -m bench.persist
 
 bench-quick: $(BENCH_STAMP) $(NODE_STAMP)
-	@$(ENSURE_WRK)
+	@$(ENSURE_TOOLS)
 	$(BENCH_PY) -m bench.run --quick
 	$(BENCH_PY) -m bench.persist --quick
+
+# Soak (not part of `make test`): 10,000 members in 100 rooms of one vpiska, light chat, RSS and
+# open sockets sampled every minute; writes bench/soak.json and its section of BENCHMARKS.md.
+# SOAK_MINUTES=2 make soak for a try.
+SOAK_MINUTES ?= 10
+
+.PHONY: soak
+soak: $(BENCH_STAMP)
+	@$(ENSURE_TOOLS)
+	SOAK_MINUTES=$(SOAK_MINUTES) $(BENCH_PY) -m bench.soak
 
 # A longer schemathesis run than `make test`'s (tests/test_fuzz.py; FUZZ_SEED=<n> replays a run),
 # then a longer run of the raw-socket fuzzer (tests/test_fuzz_raw.py).

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 from tqdm import tqdm
 
-from bench import report
+from bench import client, cluster_scenarios, report
 from bench.scenarios import FULL, QUICK, Plan, Row, steps
 from bench.seed import make_seeds
 from bench.servers import BENCH, CLIENT_CORE, REPO
@@ -39,6 +39,7 @@ def main() -> None:
         return
     plan = QUICK if args.quick else FULL
     started = time.perf_counter()
+    started_at = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     os.sched_setaffinity(0, {int(CLIENT_CORE)})
     # SIGTERM unwinds like Ctrl-C, so the server and load generator of the step are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -48,8 +49,11 @@ def main() -> None:
     rows: list[Row] = []
     with tqdm(total=1, desc="seeding stores (cached in bench/.cache)", leave=False) as bar:
         seeds = make_seeds(BENCH / ".cache")
+        client.use_members(seeds.member_ids)
+        client.binary()  # compiled now, not inside the first measurement
         bar.update()
-    with tqdm(steps(plan, seeds, rows), desc=f"bench ({plan.name})", unit="step") as bar:
+    plan_steps = steps(plan, seeds, rows) + cluster_scenarios.steps(plan, seeds, rows)
+    with tqdm(plan_steps, desc=f"bench ({plan.name})", unit="step") as bar:
         for step in bar:
             bar.set_postfix_str(step.label)
             try:
@@ -58,7 +62,7 @@ def main() -> None:
                 rows.append(step.key | {"error": f"{type(error).__name__}: {error}"})
                 tqdm.write(f"{step.label}: FAILED\n{traceback.format_exc(limit=3)}")
 
-    meta = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    meta = {"started": started_at, "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "duration_s": time.perf_counter() - started, "plan": plan.__dict__,
             "machine": report.machine(), "versions": report.versions()}
     write(plan, meta, rows)
@@ -69,12 +73,13 @@ def write(plan: Plan, meta: Row, rows: list[Row]) -> None:
     goals = report.targets(summary, plan)
     report.write_json(BENCH / "results.json", meta, rows, summary, goals)
     report.write_chart(BENCH / "results.png", summary)
-    report.write_markdown(REPO / "BENCHMARKS.md", meta, summary, goals)
+    report.write_markdown(REPO / "BENCHMARKS.md", meta, summary, goals, rows)
     print(f"{plan.name} run: {meta['duration_s']:.0f} s; wrote BENCHMARKS.md, "
           "bench/results.json, bench/results.png")
     for goal in goals:
-        ratio = "–" if goal["ratio"] is None else f"{goal['ratio']:.2f}×"
-        print(f"  {goal['figure']}: vpiska ÷ node-ws = {ratio} ({goal['target']}: "
+        ratio = goal.get("shown") or ("–" if goal["ratio"] is None else f"{goal['ratio']:.2f}×")
+        print(f"  {goal['figure']}: {goal['vpiska']} against {goal['reference']} "
+              f"{goal['ref']}: {ratio} ({goal['target']}: "
               f"{ {True: 'met', False: 'not met', None: 'no result'}[goal['met']]})")
 
 

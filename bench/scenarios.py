@@ -10,17 +10,16 @@ maximum at the same N), so its steps read the rows the fan-out steps have alread
 
 from __future__ import annotations
 
-import json
 import statistics
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bench import httpload
+import psutil
+
+from bench import client, httpload
 from bench.seed import Seeds
-from bench.servers import CLIENT_CORE, REPO, SERVERS, Running, running
+from bench.servers import HTTP_PEERS, SERVERS, Running, running, wait_idle
 
 SENDERS = 10  # members that write; the rest only read (the senders read their lines too)
 IN_FLIGHT = 50  # concurrent handshakes while members join
@@ -41,14 +40,17 @@ class Plan:
     settle_budget: float  # at most this long for all members to be in the room
     idle: float  # seconds the connections sit idle before RSS is read
     http_seconds: float
+    cluster_n: int  # members of the cluster section's room
+    failover_runs: int  # SIGKILLs of an owner
 
 
 FULL = Plan("full", repetitions=3, room_sizes=(100, 1000, 5000),
             latency_sizes=(100, 1000, 5000), warmup=1.0, seconds=5.0, connect_n=5000,
-            connect_budget=30.0, settle_budget=20.0, idle=2.0, http_seconds=8.0)
+            connect_budget=30.0, settle_budget=20.0, idle=2.0, http_seconds=5.0,
+            cluster_n=1000, failover_runs=3)
 QUICK = Plan("quick", repetitions=1, room_sizes=(100, 1000), latency_sizes=(100,), warmup=0.5,
              seconds=2.0, connect_n=1000, connect_budget=12.0, settle_budget=8.0, idle=1.0,
-             http_seconds=2.0)
+             http_seconds=2.0, cluster_n=1000, failover_runs=1)
 
 
 def window(n: int) -> int:
@@ -84,6 +86,9 @@ def steps(plan: Plan, seeds: Seeds, rows: list[Row]) -> list[Step]:
             out.append(_room_step("connect", server, plan.connect_n, rep, plan, seeds, rows))
     for rep in range(plan.repetitions):
         out.append(_http_step(rep, plan, seeds, rows))
+        out.append(_http_one_event_step(rep, plan, seeds))
+        for peer in HTTP_PEERS:
+            out.append(_http_peer_step(peer, rep, plan, seeds))
     return out
 
 
@@ -91,31 +96,37 @@ def _room_step(mode: str, server: str, n: int, rep: int, plan: Plan, seeds: Seed
                rows: list[Row]) -> Step:
     def run() -> Row:
         row: Row = {}
-        options = ["--n", str(n), "--in-flight", str(IN_FLIGHT),
-                   "--connect-budget", str(plan.connect_budget),
-                   "--settle-budget", str(plan.settle_budget),
-                   "--warmup", str(plan.warmup), "--seconds", str(plan.seconds),
-                   "--idle", str(plan.idle), "--senders", str(SENDERS)]
+        options = room_options(plan, n)
         if mode == "fanout":
-            row["window"] = window(n)
-            options += ["--window", str(window(n))]
+            row["window"] = options["window"] = window(n)
         if mode == "latency":
             slowest = slowest_maximum(rows, n)
             if slowest is None:
                 raise RuntimeError("no fan-out result at this N to take the rate from")
-            row["rate_msgs_per_s"] = rate = LATENCY_LOAD * slowest / n
-            options += ["--rate", f"{rate:.3f}"]
+            row["rate_msgs_per_s"] = options["rate"] = LATENCY_LOAD * slowest / n
         with running(server, seeds.room_db) as srv:
-            return row | _loadgen(mode, srv, seeds.room_event_id, options, plan)
+            return row | client.run(mode, [srv.port], [seeds.room_event_id], [srv.pid],
+                                    options, time_limit(plan))
     return Step(f"{mode} N={n} {server} #{rep + 1}",
                 {"scenario": mode, "server": server, "n": n, "rep": rep + 1}, run)
 
 
-def slowest_maximum(rows: list[Row], n: int) -> float | None:
+def room_options(plan: Plan, n: int) -> dict[str, Any]:
+    return {"n": n, "in_flight": IN_FLIGHT, "connect_budget": plan.connect_budget,
+            "settle_budget": plan.settle_budget, "warmup": plan.warmup,
+            "seconds": plan.seconds, "idle": plan.idle, "senders": SENDERS}
+
+
+def time_limit(plan: Plan) -> float:
+    return plan.connect_budget + plan.settle_budget + plan.warmup + plan.seconds + 90
+
+
+def slowest_maximum(rows: list[Row], n: int, scenario: str = "fanout",
+                    servers: tuple[str, ...] = SERVERS) -> float | None:
     """The lowest, over servers, of the median delivered msgs/s at N (None if one is missing)."""
     medians = []
-    for server in SERVERS:
-        values = [r["delivered_per_s"] for r in rows if r["scenario"] == "fanout"
+    for server in servers:
+        values = [r["delivered_per_s"] for r in rows if r["scenario"] == scenario
                   and r["server"] == server and r["n"] == n and "delivered_per_s" in r]
         if not values:
             return None
@@ -123,18 +134,11 @@ def slowest_maximum(rows: list[Row], n: int) -> float | None:
     return min(medians)
 
 
-def _loadgen(mode: str, server: Running, event_id: str, options: list[str],
-             plan: Plan) -> Row:
-    command = ["taskset", "-c", CLIENT_CORE, sys.executable, "-m", "bench.loadgen", mode,
-               "--port", str(server.port), "--event-id", event_id,
-               "--server-pid", str(server.pid), *options]
-    limit = plan.connect_budget + plan.settle_budget + plan.warmup + plan.seconds + 90
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=limit)
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(f"loadgen {mode} exited {done.returncode}: {done.stderr[-1500:]}")
-    result: Row = json.loads(lines[-1])
-    return result
+def _idle_rss(server: Running) -> dict[str, float]:
+    """Once the server is idle after its start (startup_s: from listening until then, which
+    includes starting every event's actor), its RSS."""
+    startup = wait_idle(server.pid)
+    return {"startup_s": startup, "rss_idle": psutil.Process(server.pid).memory_info().rss}
 
 
 def _http_step(rep: int, plan: Plan, seeds: Seeds, rows: list[Row]) -> Step:
@@ -143,15 +147,43 @@ def _http_step(rep: int, plan: Plan, seeds: Seeds, rows: list[Row]) -> Step:
     def run() -> Row:
         *first, last = httpload.endpoints(seeds.map_event_id)
         with running("vpiska", seeds.map_db) as srv:
+            idle_rss = _idle_rss(srv)
+            httpload.save_answer(srv, first[1])  # the answer the HTTP peers give
             for endpoint in first:
                 key = {"scenario": "http", "server": "vpiska", "endpoint": endpoint.name,
                        "rep": rep + 1}
                 try:
-                    rows.append(key | httpload.wrk(srv, endpoint, plan.http_seconds,
-                                                   HTTP_CONNECTIONS))
+                    rows.append(key | idle_rss | httpload.wrk(
+                        srv, endpoint, plan.http_seconds, HTTP_CONNECTIONS))
                 except Exception as error:  # noqa: BLE001 - recorded; the next endpoint runs
                     rows.append(key | {"error": f"{type(error).__name__}: {error}"})
             return httpload.wrk(srv, last, plan.http_seconds, HTTP_CONNECTIONS)
     return Step(f"http (3 endpoints) #{rep + 1}",
                 {"scenario": "http", "server": "vpiska", "endpoint": "users/login",
                  "rep": rep + 1}, run)
+
+
+def _http_one_event_step(rep: int, plan: Plan, seeds: Seeds) -> Step:
+    """vpiska's events/get with one open event in the store (for the p99 against 10,000)."""
+    def run() -> Row:
+        endpoint = httpload.endpoints(seeds.room_event_id)[1]
+        with running("vpiska", seeds.room_db) as srv:
+            idle_rss = _idle_rss(srv)
+            return idle_rss | httpload.wrk(srv, endpoint, plan.http_seconds, HTTP_CONNECTIONS)
+    return Step(f"http events/get, 1 open event #{rep + 1}",
+                {"scenario": "http", "server": "vpiska", "endpoint": httpload.ONE_EVENT,
+                 "rep": rep + 1}, run)
+
+
+def _http_peer_step(peer: str, rep: int, plan: Plan, seeds: Seeds) -> Step:
+    """A reference server's events/get: same route, same answer, same wrk script."""
+    def run() -> Row:
+        endpoint = httpload.endpoints(seeds.map_event_id)[1]
+        if not httpload.has_answer(seeds.map_event_id):
+            with running("vpiska", seeds.map_db) as srv:
+                httpload.save_answer(srv, endpoint)
+        with running(peer, None) as srv:
+            return httpload.wrk(srv, endpoint, plan.http_seconds, HTTP_CONNECTIONS)
+    return Step(f"http events/get {peer} #{rep + 1}",
+                {"scenario": "http", "server": peer, "endpoint": "events/get", "rep": rep + 1},
+                run)

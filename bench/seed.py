@@ -2,10 +2,12 @@
 
 Why: vpiska loads every open event of its store at start-up, so a seeded file is a server with
 10,000 open events the moment it listens, where creating them over HTTP would cost an argon2
-sign-up (~33 ms) each. Seeding goes through vpiska's own store API, so the rows are exactly
-what the server writes. It takes ~8 s, so the files are kept in bench/.cache under a hash of
-the code that decides their contents (the store, the records, the password hash, this file)
-and made again whenever any of it changes.
+sign-up (~33 ms) each. The WebSocket stores also hold MEMBERS users, whose forged tokens the
+load generator uses (vpiska refuses a token of a user its store does not have). Seeding goes
+through vpiska's own store API, so the rows are exactly what the server writes. It takes
+~15 s, so the files are kept in bench/.cache under a hash of the code that decides their
+contents (the store, the records, the password hash, this file) and made again whenever any
+of it changes.
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ from vpiska.store.sqlite import SqliteStore
 LOGIN_PHONE = "9000000000"
 LOGIN_PASSWORD = "bench-password"
 MAP_SIDE = 100  # the map of the HTTP scenario is a MAP_SIDE × MAP_SIDE grid of open events
+MEMBERS = 10_000  # users of the WebSocket stores: member i of a room is user i
+SOAK_ROOMS = 100  # open events of the soak store
+# The cluster's map: only the 11 × 11 events of events/range's window (the same answer as the
+# 10,000-event map). A cluster node started on 10,000 open events never settles (its leases
+# churn; bench/README.md "Cluster"), so the cluster section cannot be measured on that map.
+CLUSTER_SIDE = 11
 
 
 @dataclass(frozen=True)
@@ -37,6 +45,11 @@ class Seeds:
     room_event_id: str
     map_db: Path  # MAP_SIDE² open events (one per owner) plus the login user
     map_event_id: str  # one of them, for events/get
+    soak_db: Path  # SOAK_ROOMS open events
+    soak_event_ids: tuple[str, ...]
+    member_ids: tuple[str, ...]  # MEMBERS users in room_db and soak_db
+    cluster_db: Path  # CLUSTER_SIDE² open events around the map's centre
+    cluster_event_id: str  # the middle one, for events/get
 
 
 def make_seeds(cache: Path) -> Seeds:
@@ -46,11 +59,15 @@ def make_seeds(cache: Path) -> Seeds:
     if index.exists():
         saved = json.loads(index.read_text())
         return Seeds(Path(saved["room_db"]), saved["room_event_id"], Path(saved["map_db"]),
-                     saved["map_event_id"])
-    shutil.rmtree(cache, ignore_errors=True)  # older seeds are of older code
+                     saved["map_event_id"], Path(saved["soak_db"]),
+                     tuple(saved["soak_event_ids"]), tuple(saved["member_ids"]),
+                     Path(saved["cluster_db"]), saved["cluster_event_id"])
+    for old in cache.glob("seeds-*"):  # older seeds are of older code
+        shutil.rmtree(old, ignore_errors=True)
     directory.mkdir(parents=True)
     seeds = trio.run(_make_seeds, directory)
-    index.write_text(json.dumps({k: str(v) for k, v in asdict(seeds).items()}))
+    index.write_text(json.dumps({k: v if isinstance(v, tuple) else str(v)
+                                 for k, v in asdict(seeds).items()}))
     return seeds
 
 
@@ -68,23 +85,34 @@ def _code_hash() -> str:
 async def _make_seeds(directory: Path) -> Seeds:
     password_hash = await Passwords(Config()).hash(LOGIN_PASSWORD)  # argon2id, once
     room_db, map_db = directory / "room.db", directory / "map.db"
-    room_ids = await _seed(room_db, 1, password_hash)
-    map_ids = await _seed(map_db, MAP_SIDE * MAP_SIDE, password_hash)
-    return Seeds(room_db, room_ids[0], map_db, map_ids[len(map_ids) // 2])
+    soak_db = directory / "soak.db"
+    member_ids = tuple(str(uuid.uuid4()) for _ in range(MEMBERS))
+    room_ids = await _seed(room_db, 1, password_hash, member_ids)
+    map_ids = await _seed(map_db, MAP_SIDE * MAP_SIDE, password_hash, ())
+    soak_ids = await _seed(soak_db, SOAK_ROOMS, password_hash, member_ids)
+    cluster_db = directory / "cluster.db"
+    cluster_ids = await _seed(cluster_db, CLUSTER_SIDE ** 2, password_hash, (), CLUSTER_SIDE)
+    return Seeds(room_db, room_ids[0], map_db, map_ids[len(map_ids) // 2], soak_db,
+                 tuple(soak_ids), member_ids, cluster_db, cluster_ids[len(cluster_ids) // 2])
 
 
-async def _seed(path: Path, events: int, password_hash: str) -> list[str]:
-    """`events` owners with one open event each on a grid (x, y) ∈ [0, MAP_SIDE)², and the
-    login user (who owns nothing). Returns the event ids in creation order."""
+async def _seed(path: Path, events: int, password_hash: str,
+                member_ids: tuple[str, ...], side: int = MAP_SIDE) -> list[str]:
+    """`events` owners with one open event each on a side × side grid centred on the map's
+    centre (the whole map when side is MAP_SIDE), the login user (who owns nothing) and the
+    members. Returns the event ids in creation order."""
+    low = MAP_SIDE // 2 - side // 2
     store = await SqliteStore.open(path)
     try:
         await store.add_user(User(str(uuid.uuid4()), "bench-login", LOGIN_PHONE, password_hash))
+        for i, member_id in enumerate(member_ids):
+            await store.add_user(User(member_id, f"member-{i}", f"7{i:09d}", password_hash))
         ids = []
         for i in range(events):
             owner = User(str(uuid.uuid4()), f"owner-{i}", f"8{i:09d}", password_hash)
             await store.add_user(owner)
             event = Event(str(uuid.uuid4()), owner.id, f"party {i}", f"street {i}",
-                          Coordinates(float(i % MAP_SIDE), float(i // MAP_SIDE)), utc_now())
+                          Coordinates(float(low + i % side), float(low + i // side)), utc_now())
             await store.add_event(event)
             ids.append(event.id)
     finally:
