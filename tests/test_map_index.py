@@ -6,6 +6,7 @@ import random
 
 from vpiska.actors.geo import MapIndex
 from vpiska.domain import Coordinates
+from vpiska.wire import coordinates_json, encode, spot_text
 
 
 def test_map_index_matches_brute_force_on_random_data() -> None:
@@ -33,3 +34,15 @@ def test_map_index_matches_brute_force_on_random_data() -> None:
                            if x - h <= c.x <= x + h and y - v <= c.y <= y + v),
                           key=order.__getitem__)
         assert found == expected
+
+
+def test_a_range_entry_from_its_cached_text_is_the_entry_encoded_whole() -> None:
+    names = ["party", 'a "quoted" \\ name', "вписка 🎉", "", "x" * 300]
+    spots = [(0.0, -0.0), (10.0, 2.5), (-1e15, 1e-7), (2.0**53, 123456.789), (-5, 7)]
+    for name in names:
+        for x, y in spots:
+            for count in (0, 1, 12345):
+                head, tail = spot_text("e1", name, x, y)
+                whole = encode({"id": "e1", "name": name, "usersCount": count,
+                                "coordinates": coordinates_json(Coordinates(x, y))})
+                assert f"{head}{count}{tail}" == whole

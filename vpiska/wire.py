@@ -12,6 +12,7 @@ strict client parser would reject the whole answer. Values are validated where t
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -55,6 +56,20 @@ def event_text(event: Event, users_count: int, chat: tuple[str, ...]) -> str:
     head = encode(event_json(event, users_count, []))
     assert head.endswith('"chatMessages":[]}')
     return f"{head[:-2]}{','.join(chat)}]}}"
+
+
+def spot_text(event_id: str, name: str, x: float, y: float) -> tuple[str, str]:
+    """An `events/range` entry as the JSON text before and after its usersCount, the one field
+    that changes while the event stays put. Cached by value, so never stale: the entries of a
+    busy map are encoded once, not on every request."""
+    return _spot_text(event_id, name, x, y)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _spot_text(event_id: str, name: str, x: float, y: float) -> tuple[str, str]:
+    head = encode({"id": event_id, "name": name})
+    tail = encode(coordinates_json(Coordinates(x, y)))
+    return f'{head[:-1]},"usersCount":', f',"coordinates":{tail}}}'
 
 
 def event_updated_json(event: Event, users_count: int) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from vpiska.http.json_routes import JsonHandler
 from vpiska.http.multipart import read_multipart
 from vpiska.media import MediaLibrary
 from vpiska.store import Store
-from vpiska.wire import coordinates_json, event_json, event_text
+from vpiska.wire import event_json, event_text, spot_text
 
 
 def events_routes(config: Config, accounts: Accounts, rooms: Rooms, store: Store,
@@ -143,11 +143,11 @@ def range_finder(rooms: Rooms) -> JsonHandler:
         assert centre is not None
         spots = rooms.in_range(centre.x - width / 2, centre.x + width / 2,
                                centre.y - height / 2, centre.y + height / 2)
-        return success_body([
-            {"id": spot.event_id, "name": spot.name,
-             "usersCount": rooms.users_count(spot.event_id),
-             "coordinates": coordinates_json(spot.coordinates)}
-            for spot in spots
-        ])
+        entries = []
+        for spot in spots:
+            head, tail = spot_text(spot.event_id, spot.name, spot.coordinates.x,
+                                   spot.coordinates.y)
+            entries.append(f"{head}{rooms.users_count(spot.event_id)}{tail}")
+        return success_text_body(f"[{','.join(entries)}]")
 
     return in_range
