@@ -155,6 +155,17 @@ async def test_user_round_trip(store: Store) -> None:
     assert await store.user_by_phone("0000000000") is None
 
 
+async def test_user_ids_are_those_of_the_users_up_to_the_limit(store: Store) -> None:
+    assert await store.user_ids(10) == []
+    users = [a_user(f"user{i}", f"900111223{i}") for i in range(5)]
+    for user in users:
+        await store.add_user(user)
+    assert sorted(await store.user_ids(10)) == sorted(user.id for user in users)
+    some = await store.user_ids(3)
+    assert len(some) == 3
+    assert set(some) <= {user.id for user in users}
+
+
 async def test_user_name_and_phone_are_unique(store: Store) -> None:
     alice = a_user("alice", "9000000001")
     await store.add_user(alice)

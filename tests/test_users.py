@@ -11,7 +11,12 @@ import pytest
 import trio
 
 from tests.conftest import Server
+from tests.fakes import FaultyStore
+from vpiska.accounts import Accounts
+from vpiska.auth import Passwords, Tokens
+from vpiska.config import Config
 from vpiska.domain import User, new_id
+from vpiska.store.memory import MemoryStore
 from vpiska.store.sqlite import SqliteStore
 
 CREATE = "/api/v1/users/create"
@@ -230,3 +235,21 @@ async def test_set_image_returns_token_carrying_the_image(server: Server) -> Non
 async def test_protected_endpoints_check_the_token_first(server: Server) -> None:
     for path in (UPDATE, PASSWORD, "/api/v1/users/media/set"):
         assert await server.codes(path, content=b"junk") == ["unauthorized"]
+
+
+async def test_users_stored_before_start_are_known_without_a_store_read() -> None:
+    """After a restart every client reconnects at once: their tokens' users are looked up in
+    one read at start-up, not one store read per handshake; a stranger is still looked up."""
+    inner = MemoryStore()
+    user = User(id=new_id(), name="alice", phone="9001112233", password_hash="h")
+    await inner.add_user(user)
+    store = FaultyStore(inner)
+    config = Config.from_env({})
+    tokens = Tokens(config)
+    accounts = Accounts(store, tokens, Passwords(config))
+    await accounts.know_users()
+    assert await accounts.identify(tokens.issue(user)) is not None
+    assert store.count("user_by_id") == 0
+    stranger = User(id=new_id(), name="bob", phone="9001112234", password_hash="h")
+    assert await accounts.identify(tokens.issue(stranger)) is None
+    assert store.count("user_by_id") == 1

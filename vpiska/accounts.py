@@ -52,6 +52,14 @@ class Accounts:
         self._remember(identity.user_id)
         return identity
 
+    async def know_users(self) -> None:
+        """Fill the cache of known users from the store before the first request: after a
+        restart every client reconnects at once, and a store read per handshake made the
+        store the bottleneck of that storm."""
+        for user_id in await self._store.user_ids(KNOWN_USERS):
+            self._remember(user_id)
+        log.info("known users loaded", extra={"users": len(self._known)})
+
     def _remember(self, user_id: str) -> None:
         self._known[user_id] = None
         if len(self._known) > KNOWN_USERS:

@@ -102,8 +102,9 @@ async def _serve(
     async with (_store(config, store) as opened, _trigger(shutdown_trigger) as triggered,
                 _live_events(config, opened) as (supervisor, node)):
         rooms: Rooms = supervisor if node is None else node
-        app = wrap_app(create_app(Services.build(config, opened, rooms)),
-                       hypercorn_config.wsgi_max_body_size, "asgi")
+        services = Services.build(config, opened, rooms)
+        await services.accounts.know_users()
+        app = wrap_app(create_app(services), hypercorn_config.wsgi_max_body_size, "asgi")
         stopping = trio.Event()
 
         async def stop_serving() -> None:

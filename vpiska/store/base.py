@@ -79,6 +79,10 @@ class Store(Protocol):
 
     async def user_by_phone(self, phone: str) -> User | None: ...
 
+    async def user_ids(self, limit: int) -> list[str]:
+        """Up to `limit` ids of existing users, any of them (what a starting process fills
+        its cache of known users with)."""
+
     async def update_user(
         self, user_id: str, *, name: str | None, phone: str | None
     ) -> User | None:

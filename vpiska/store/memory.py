@@ -25,6 +25,7 @@ checks it in the same step as it writes, so check and write are trivially atomic
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from bisect import bisect_left, insort
 from collections.abc import Sequence
 from operator import attrgetter
@@ -116,6 +117,10 @@ class MemoryStore:
     async def user_by_id(self, user_id: str) -> User | None:
         await self._enter()
         return self._users.get(user_id)
+
+    async def user_ids(self, limit: int) -> list[str]:
+        await self._enter()
+        return list(itertools.islice(self._users, limit))
 
     async def user_by_phone(self, phone: str) -> User | None:
         await self._enter()

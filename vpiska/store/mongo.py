@@ -202,6 +202,12 @@ class MongoStore:
     async def user_by_phone(self, phone: str) -> User | None:
         return await self._run(partial(self._one_user, {"phone": phone}))
 
+    async def user_ids(self, limit: int) -> list[str]:
+        def read() -> list[str]:
+            found = self._users.find({}, {"_id": 1}).limit(limit)
+            return [str(document["_id"]) for document in found]
+        return await self._run(read)
+
     def _one_user(self, query: Document) -> User | None:
         document = self._users.find_one(query)
         return _user(document) if document else None

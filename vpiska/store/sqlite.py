@@ -232,6 +232,12 @@ class SqliteStore:
     async def user_by_phone(self, phone: str) -> User | None:
         return await self._run(self._one_user, "phone", phone)
 
+    async def user_ids(self, limit: int) -> list[str]:
+        def read() -> list[str]:
+            rows = self._db.execute("SELECT id FROM users LIMIT ?", (limit,)).fetchall()
+            return [str(row[0]) for row in rows]
+        return await self._run(read)
+
     def _one_user(self, column: str, value: str) -> User | None:
         row = self._db.execute(
             f"SELECT id, name, phone, password, image_id, phone_code FROM users WHERE {column} = ?",
