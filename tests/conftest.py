@@ -7,8 +7,10 @@ The test holds the store the server runs on (`Server.store`), so it can put user
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 import resource
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import pytest
 import trio
 
 from vpiska.config import Config, StoreLocation
+from vpiska.logs import JsonFormatter
 from vpiska.server import serve
 from vpiska.store import Store
 from vpiska.store.sqlite import SqliteStore
@@ -159,3 +162,28 @@ async def crowd(nursery: trio.Nursery, server: Server) -> AsyncIterator[Any]:
     members = Crowd(nursery, server)
     yield members
     await members.aclose()
+
+
+class JsonLines(logging.Handler):
+    """The lines vpiska's formatter writes, kept in memory (formatted as they are logged,
+    while the request's context is current)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(JsonFormatter())
+        self.lines: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(json.loads(self.format(record)))
+
+
+@pytest.fixture
+def log_lines() -> Iterator[list[dict[str, Any]]]:
+    handler = JsonLines()
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    yield handler.lines
+    root.removeHandler(handler)
+    root.setLevel(level)

@@ -7,15 +7,12 @@ Quart) where both can answer it, so the two stay alike: envelopes, headers, requ
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.conftest import BOTH_WRITE_PATHS, Server
 from tests.test_connection_faults import JSON, connection, read_to_end, request
-from tests.test_logs import JsonLines
 from tests.test_metrics import scrape, value
 from tests.test_websocket import port_of
 
@@ -26,18 +23,6 @@ IN_FRONT_AND_QUART = pytest.mark.parametrize("path", [GET, RANGE, LOGIN])
 @pytest.fixture
 def config_overrides() -> dict[str, Any]:
     return {"trace_requests": True}
-
-
-@pytest.fixture
-def log_lines() -> Iterator[list[dict[str, Any]]]:
-    handler = JsonLines()
-    root = logging.getLogger()
-    level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    yield handler.lines
-    root.removeHandler(handler)
-    root.setLevel(level)
 
 
 @IN_FRONT_AND_QUART

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import signal
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,31 +27,6 @@ UPGRADE = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Versi
 @pytest.fixture
 def config_overrides() -> dict[str, Any]:
     return {"trace_requests": True}
-
-
-class JsonLines(logging.Handler):
-    """The lines vpiska's formatter writes, kept in memory (formatted as they are logged,
-    while the request's context is current)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.setFormatter(JsonFormatter())
-        self.lines: list[dict[str, Any]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(json.loads(self.format(record)))
-
-
-@pytest.fixture
-def log_lines() -> Iterator[list[dict[str, Any]]]:
-    handler = JsonLines()
-    root = logging.getLogger()
-    level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    yield handler.lines
-    root.removeHandler(handler)
-    root.setLevel(level)
 
 
 def test_a_value_with_line_breaks_stays_on_one_line() -> None:
