@@ -7,7 +7,7 @@ under test is served on it (the `wrap_store` fixture of tests/conftest.py, or `s
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import trio
@@ -90,6 +90,10 @@ class RecordingOutbox:
         if len(self.frames) >= self.capacity:
             raise OutboxFull
         self.frames.append(frame.text)
+
+    def deliver_all(self, frames: Sequence[Frame]) -> None:
+        for frame in frames:
+            self.deliver(frame)
 
     def finish(self, code: CloseCode) -> None:
         if self.close_code is None:

@@ -222,11 +222,10 @@ class EventActor:
         metrics.CHAT_BATCH_LINES.observe(len(lines))
         first = self._chat_length
         self._chat_length += len(lines)
-        for number, line in enumerate(lines, start=first):
-            frame = frames.chat_message(line)
-            self._room.broadcast(frame, chat_index=number)
-            if self._chat_json is not None:
-                self._chat_json.append(frames.payload(frame))
+        shown = [frames.chat_message(line) for line in lines]
+        self._room.broadcast_lines(shown, first)
+        if self._chat_json is not None:
+            self._chat_json.extend(map(frames.payload, shown))
         if self._chat_json is not None and len(self._chat_json) > self._chat_memory_lines:
             self._chat_json = None
 

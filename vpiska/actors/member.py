@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Sequence
 from typing import Protocol
 
 from vpiska.actors.frames import Frame
@@ -44,6 +45,10 @@ class Outbox(Protocol):
         Raises OutboxFull when the queue is full, OutboxClosed when the socket is finished or
         its connection is gone.
         """
+
+    def deliver_all(self, frames: Sequence[Frame]) -> None:
+        """`deliver` each of `frames`, in order; in one write when the socket can take them
+        at once, so a batch of chat lines costs a member one send, not one per line."""
 
     def finish(self, code: CloseCode) -> None:
         """Take no more frames; close with `code` once the queued ones are written.

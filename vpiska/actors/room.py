@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import outcome
@@ -156,10 +156,23 @@ class Room:
         """Deliver `frame` to every member, never waiting; a member too slow to take it is
         dropped with 4008, so one stuck phone never holds up the room. `chat_index`: the chat
         line the frame shows, if it is one (the other nodes' catch-up counts on it)."""
+        self._to_everyone((frame,))
+        if self.publisher is not None:
+            self.publisher.frame(self, frame, chat_index)
+
+    def broadcast_lines(self, frames: Sequence[Frame], first_index: int) -> None:
+        """`broadcast` the frames of chat lines `first_index`, `first_index + 1`, ... (one
+        store write's batch): each member gets them all in one write."""
+        self._to_everyone(frames)
+        if self.publisher is not None:
+            for index, frame in enumerate(frames, start=first_index):
+                self.publisher.frame(self, frame, index)
+
+    def _to_everyone(self, frames: Sequence[Frame]) -> None:
         dropped: list[Member] = []
         for member in self.local:
             try:
-                member.outbox.deliver(frame)
+                member.outbox.deliver_all(frames)
             except OutboxFull:
                 log.info("slow consumer disconnected", extra={
                     "event_id": self.event_id, "user_id": member.identity.user_id})
@@ -170,9 +183,7 @@ class Room:
                 dropped.append(member)  # its connection is gone; its Leave is on the way
         for member in dropped:
             self.remove(member)
-        metrics.FRAMES_SENT.inc(len(self.local))
-        if self.publisher is not None:
-            self.publisher.frame(self, frame, chat_index)
+        metrics.FRAMES_SENT.inc(len(self.local) * len(frames))
 
     def announce(self, frame: Frame, users_count: int) -> None:
         """Broadcast an `eventUpdated` frame telling `users_count`."""

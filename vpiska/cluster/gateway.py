@@ -233,11 +233,11 @@ class GatewayRoom:
         # after. A newer owner than the gateway follows yet says Hello soon; its frames (held
         # or to come) are this socket's, its catch-up is not (the socket reads the store).
         held, socket.held, socket.start = socket.held or [], None, (epoch, seq)
-        if answer.get("state") is not None:
-            self._deliver(socket, Frame(str(answer["state"])))
-        for frame_epoch, frame_seq, frame in held:
-            if frame_epoch == epoch and frame_seq > seq and key in self._sockets:
-                self._deliver(socket, frame)
+        due = [] if answer.get("state") is None else [Frame(str(answer["state"]))]
+        due += [frame for frame_epoch, frame_seq, frame in held
+                if frame_epoch == epoch and frame_seq > seq]
+        if due:
+            self._deliver(socket, due)
         return Joined(int(answer["chat_length"]), seq)
 
     async def _subscribe(self) -> None:
@@ -303,24 +303,26 @@ class GatewayRoom:
             self._seq = message.seq  # a Hello of the epoch we follow: nothing new
 
     def _fan_out(self, message: Frames) -> None:
-        delivered = 0
+        shown: list[tuple[tuple[int, int], Frame]] = []
         for offset, (chat, text) in enumerate(message.frames):
-            frame = Frame(text)
             if chat is not None:
                 self._chat_length = max(self._chat_length, chat + 1)
-            for socket in list(self._sockets.values()):
-                position = (message.epoch, message.seq + offset)
-                if socket.held is not None:
-                    socket.held.append((*position, frame))
-                elif position <= socket.start:
-                    continue  # before its join: it has the line from the store
-                elif self._deliver(socket, frame):
-                    delivered += 1
+            shown.append(((message.epoch, message.seq + offset), Frame(text)))
+        delivered = 0
+        for socket in list(self._sockets.values()):
+            if socket.held is not None:
+                socket.held.extend((*position, frame) for position, frame in shown)
+                continue
+            # Frames from before its join are left out: it has those lines from the store.
+            due = [frame for position, frame in shown if position > socket.start]
+            if due and self._deliver(socket, due):
+                delivered += len(due)
         metrics.FRAMES_SENT.inc(delivered)
 
-    def _deliver(self, socket: _Socket, frame: Frame) -> bool:
+    def _deliver(self, socket: _Socket, frames: list[Frame]) -> bool:
+        """`frames` to one socket, in one write when it can take them."""
         try:
-            socket.member.outbox.deliver(frame)
+            socket.member.outbox.deliver_all(frames)
             return True
         except OutboxFull:
             log.info("slow consumer disconnected", extra={
@@ -404,12 +406,11 @@ class GatewayRoom:
         try:
             if hello.chat_length > had:
                 missed = await self._store.chat(self.event_id, had)
-                for line in missed[: hello.chat_length - had]:
-                    frame = chat_message(line)
-                    for socket in list(self._sockets.values()):
-                        # Those that joined the new owner read the store themselves.
-                        if socket.held is None and socket.start[0] < hello.epoch:
-                            self._deliver(socket, frame)
+                shown = [chat_message(line) for line in missed[: hello.chat_length - had]]
+                for socket in list(self._sockets.values()):
+                    # Those that joined the new owner read the store themselves.
+                    if shown and socket.held is None and socket.start[0] < hello.epoch:
+                        self._deliver(socket, shown)
                 self._chat_length = hello.chat_length
             await self._sync(hello.origin)
         except Exception as error:  # the store or Redis failed: the sockets rejoin instead

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import trio
@@ -77,6 +77,10 @@ class RemoteOutbox:
 
     def deliver(self, frame: Frame) -> None:
         self.state = frame
+
+    def deliver_all(self, frames: Sequence[Frame]) -> None:
+        if frames:
+            self.state = frames[-1]
 
     def finish(self, code: CloseCode) -> None:
         pass  # the gateway closes its sockets on CloseAll

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import trio
 
@@ -78,7 +78,20 @@ class SocketOutbox:
     def deliver(self, frame: Frame) -> None:
         if self.state is not OutboxState.OPEN:
             raise OutboxClosed
-        item = self.form(frame)
+        self._put(self.form(frame))
+
+    def deliver_all(self, frames: Sequence[Frame]) -> None:
+        if len(frames) == 1 or self._sink is None or self._in_flight:
+            for frame in frames:
+                self.deliver(frame)
+            return
+        if self.state is not OutboxState.OPEN:
+            raise OutboxClosed
+        # What a direct write leaves unwritten is queued as one item: at most a batch of
+        # frames more than the capacity counts, and a batch is bounded by the event's inbox.
+        self._put(b"".join(map(wire_bytes, frames)))
+
+    def _put(self, item: Item) -> None:
         if self._sink is not None and self._in_flight == 0:
             assert isinstance(item, bytes)
             try:
