@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,41 @@ async def test_requests_on_any_node_reach_the_event_wherever_it_runs(
     await crowd_b.aclose()
 
 
+async def test_reads_at_once_on_any_node_see_every_line_echoed_before_they_were_asked(
+    cluster: StartCluster, redis_server: RedisServer, nursery: trio.Nursery
+) -> None:
+    """A node that does not own the event shares one owner read among the requests waiting
+    for it; each must still see every line its client could have seen before asking."""
+    group = await cluster(2, redis=redis_server, **UNLIMITED)
+    a, b = await servers(group)
+    _, event_id = await host_event(a)
+    crowd = Crowd(nursery, a)
+    talker = await crowd.join((await token_for(a))[1], event_id)
+    lines = [f"l{k}" for k in range(30)]
+    reads = [0]
+
+    async def reader(server: Server, done: trio.Event) -> None:
+        while not done.is_set():
+            echoed = len(talker.chat())  # before asking: the answer must hold these
+            event = await server.ok("/api/v1/events/get", {"eventId": event_id})
+            shown = [c["message"] for c in event["chatMessages"]]
+            assert shown == lines[: len(shown)]
+            assert len(shown) >= echoed, (server, echoed, len(shown))
+            reads[0] += 1
+
+    done = trio.Event()
+    async with trio.open_nursery() as readers:
+        for server in (a, b):
+            for _ in range(8):
+                readers.start_soon(reader, server, done)
+        for count, line in enumerate(lines, start=1):
+            await talker.say(line)
+            await talker.wait_for(partial(_has_chat, count))
+        done.set()
+    assert reads[0] >= 16
+    await crowd.aclose()
+
+
 async def _wait_for_range(server: Server, x: float, y: float, event_id: str) -> None:
     """The moved event shows at its new place on `server`'s map (a notice away)."""
     body: dict[str, Any] = {"coordinates": {"x": x, "y": y}, "horizontalRange": 1,
@@ -111,6 +147,10 @@ async def _wait_for_range(server: Server, x: float, y: float, event_id: str) -> 
         while [e["id"] for e in await server.ok("/api/v1/events/range", body)  # noqa: ASYNC110
                ] != [event_id]:  # another node's notice: nothing here to wait on but asking
             await trio.sleep(0.02)
+
+
+def _has_chat(count: int, member: Member) -> bool:
+    return len(member.chat()) == count
 
 
 def _counts(frames: list[str]) -> list[int]:

@@ -14,6 +14,11 @@ its sockets with 1012 and they rejoin with `since` (the store has every line). A
 (after a failover or a handover) says Hello with the chat's length: the gateway reads the
 lines it had not seen from the store, tells the new owner who its sockets are, and its sockets
 stay open.
+
+Reads. Every `events/get` of an event owned elsewhere must be answered from a read its owner
+made after the request arrived, as on one node. Requests that arrive while a read is on its
+way wait for the next one, which leaves when that one is answered, and share its answer: a
+node asked many times at once makes one round trip per answer, not one per request (`_Read`).
 """
 
 from __future__ import annotations
@@ -80,6 +85,14 @@ class Owners(Protocol):
 
 
 @dataclasses.dataclass(eq=False)
+class _Read:
+    """One `snapshot` request to the owner and the callers that share its answer."""
+
+    done: trio.Event = dataclasses.field(default_factory=trio.Event)
+    answer: EventView | DomainError | None = None
+
+
+@dataclasses.dataclass(eq=False)
 class _Socket:
     member: Member
     key: str
@@ -122,6 +135,8 @@ class GatewayRoom:
         self._early: list[EventMessage] = []  # messages before the first join's answer
         self._waiting: list[EventMessage] | None = None  # messages during a catch-up
         self._handover_deadline: trio.CancelScope | None = None
+        self._next_read: _Read | None = None  # gathering callers; leaves after the one out
+        self._reading = trio.Lock()  # held by the read on its way to the owner
 
     # The Room interface of vpiska/http.
 
@@ -141,7 +156,7 @@ class GatewayRoom:
         if isinstance(command, Join):
             return await self._join(command.member)
         if isinstance(command, Snapshot):
-            return _view(await self._request("snapshot", {}))
+            return await self._snapshot()
         if isinstance(command, Update):
             return await self._request("update", {
                 "by": command.by, "address": command.address,
@@ -177,6 +192,39 @@ class GatewayRoom:
                 await trio.sleep(RETRY_SECONDS)
         log.info("chat line dropped: no owner reachable", extra={"event_id": self.event_id})
         return True
+
+    async def _snapshot(self) -> EventView:
+        read = self._next_read
+        if read is None:
+            read = self._next_read = _Read()
+            try:
+                self._nursery.start_soon(partial(
+                    contained, f"read ({self.event_id})", self._read, read))
+            except RuntimeError:  # the node is closing: ask alone
+                self._next_read = None
+                return _view(await self._request("snapshot", {}))
+        await read.done.wait()
+        if isinstance(read.answer, DomainError):
+            raise DomainError(*read.answer.codes)
+        assert read.answer is not None
+        return read.answer
+
+    async def _read(self, read: _Read) -> None:
+        """Resource handling: runs in the node's nursery, not in one caller's task, so a
+        caller that goes away takes nothing from the others; `_request` bounds it by the reply
+        deadline. Error handling: whatever happens, the callers get an answer (a failure
+        other than a refusal is InternalError to them, and logged by `contained`)."""
+        try:
+            async with self._reading:
+                if self._next_read is read:
+                    self._next_read = None  # from here on, callers wait for the next read
+                read.answer = _view(await self._request("snapshot", {}))
+        except DomainError as refused:
+            read.answer = refused
+        finally:
+            if read.answer is None:  # cancelled (the node is stopping) or a bug: say so
+                read.answer = DomainError(ErrorCode.INTERNAL_ERROR)
+            read.done.set()
 
     def leave(self, member: Member) -> None:
         key = self._key_of.pop(member, None)
