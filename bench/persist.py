@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,10 @@ class Observer:
             landed = self._stored.pop(text, None)
             if landed is not None:
                 landed.set()
+
+    def deliver_all(self, frames: Sequence[Frame]) -> None:
+        for frame in frames:
+            self.deliver(frame)
 
     def finish(self, code: CloseCode) -> None:
         pass
