@@ -332,7 +332,12 @@ class GatewayRoom:
                 self._lost("a new owner without its hello")
             return
         if message.seq <= self._seq:
-            return  # had it already
+            if not isinstance(message, Frames) or message.last_seq <= self._seq:
+                return  # had it already
+            # Frames the owner published in one message across the point this gateway
+            # started from (a join's answer): the later ones are new.
+            message = dataclasses.replace(message, seq=self._seq + 1,
+                                          frames=message.frames[self._seq + 1 - message.seq:])
         if message.seq != self._seq + 1:
             self._lost(f"frames {self._seq + 1}..{message.seq - 1} missing")
             return

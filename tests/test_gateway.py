@@ -1,0 +1,130 @@
+"""A gateway (vpiska/cluster/gateway.py) against a fake owner, on virtual time.
+
+- `events/get`: requests waiting at once share one read of the owner, and none is answered
+  from a read made before it arrived. The fake `Rpc` reads the event's state when a request
+  reaches it and answers when the test lets it, so "a read on its way" is a state the test
+  holds.
+- The event's stream: frames the owner published in one message across a socket's join point
+  reach the socket from that point on; none is taken for lost.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import trio
+import trio.testing
+
+from tests.fakes import RecordingOutbox
+from vpiska.actors import EventView, Member
+from vpiska.actors.commands import Join, Joined, Snapshot
+from vpiska.auth import Identity
+from vpiska.cluster.gateway import GatewayRoom
+from vpiska.cluster.protocol import Frames, Reply, encode
+from vpiska.domain import Coordinates, Event
+from vpiska.wire import event_json
+
+EVENT = Event(id="e1", owner_id="u1", name="party", address="here",
+              coordinates=Coordinates(1, 2), created_at=datetime(2026, 1, 1, tzinfo=UTC))
+
+
+class Owner:
+    """The owning node: each `snapshot` shows the chat as it is when the request arrives."""
+
+    def __init__(self) -> None:
+        self.chat: list[str] = []
+        self.asked = 0
+        self.release = trio.Event()
+
+    async def owner_of(self, event_id: str) -> str:
+        return "owner-node"
+
+    def forget_owner(self, event_id: str) -> None:
+        raise AssertionError("the owner always answers here")
+
+    node_id = "this-node"
+
+    async def ask(self, node: str, op: str, event_id: str, args: dict[str, Any],
+                  timeout: float) -> Reply:  # noqa: ASYNC109 (Rpc's signature)
+        assert op == "snapshot"
+        self.asked += 1
+        chat = [f'{{"message":"{line}"}}' for line in self.chat]  # read on arrival
+        await self.release.wait()
+        return Reply(self.asked, "ok", {
+            "event": event_json(EVENT, 1, []), "open": True,
+            "created_at": EVENT.created_at.isoformat(), "chat_length": len(chat), "chat": chat})
+
+
+async def test_reads_waiting_at_once_share_one_owner_read_made_after_they_arrived(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    owner = Owner()
+    answers: dict[str, int] = {}
+    async with trio.open_nursery() as nursery:
+        gateway = GatewayRoom(
+            "e1", "u1", owners=owner, bus=cast(Any, None), rpc=cast(Any, owner),
+            store=cast(Any, None), nursery=nursery, reply_timeout=10.0, owner_silence=10.0)
+
+        async def get(name: str) -> None:
+            view = await gateway.ask(Snapshot)
+            assert isinstance(view, EventView)
+            answers[name] = view.chat_length
+
+        nursery.start_soon(get, "first")
+        await trio.testing.wait_all_tasks_blocked()
+        assert owner.asked == 1  # on its way; the owner has read an empty chat
+        owner.chat.append("a line")  # committed and echoed: a client has seen it
+        for name in ("second", "third", "fourth"):
+            nursery.start_soon(get, name)
+        await trio.testing.wait_all_tasks_blocked()
+        assert owner.asked == 1  # the later ones wait for the next read, not this one
+        owner.release.set()
+    assert answers == {"first": 0, "second": 1, "third": 1, "fourth": 1}
+    assert owner.asked == 2  # three requests, one read
+
+
+class Bus:
+    """One subscription, whose messages the test publishes itself."""
+
+    def __init__(self) -> None:
+        self.publish: Any = None
+
+    async def subscribe(self, channel: str, on_message: Any, on_renewed: Any) -> None:
+        self.publish = on_message
+
+
+class JoiningOwner(Owner):
+    """Answers a join at the seq the test sets: where the owner's stream was then."""
+
+    def __init__(self, epoch: int, seq: int) -> None:
+        super().__init__()
+        self.epoch, self.seq = epoch, seq
+
+    async def ask(self, node: str, op: str, event_id: str, args: dict[str, Any],
+                  timeout: float) -> Reply:  # noqa: ASYNC109 (Rpc's signature)
+        assert op == "join"
+        return Reply(1, "ok", {"epoch": self.epoch, "seq": self.seq, "chat_length": 0,
+                               "state": None})
+
+
+async def test_frames_published_together_across_a_join_reach_the_socket_from_its_join_on(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    owner = JoiningOwner(epoch=7, seq=2)  # the socket joined after message 2
+    outbox = RecordingOutbox()
+    bus = Bus()
+    async with trio.open_nursery() as nursery:
+        gateway = GatewayRoom(
+            "e1", "u1", owners=owner, bus=cast(Any, bus), rpc=cast(Any, owner),
+            store=cast(Any, None), nursery=nursery, reply_timeout=10.0, owner_silence=10.0)
+        member = Member(Identity("u2", "guest", ""), outbox)
+        joined = await gateway.ask(lambda reply: Join(member, reply))
+        assert isinstance(joined, Joined)
+        # Messages 2 and 3 went out in one PUBLISH (queued while the one before was in flight).
+        bus.publish(encode(Frames("owner-node", 7, 2, [(None, "two"), (None, "three")])))
+        bus.publish(encode(Frames("owner-node", 7, 4, [(None, "four")])))
+        await trio.testing.wait_all_tasks_blocked()
+        assert outbox.take() == ["three", "four"]
+        assert outbox.close_code is None  # not told to reconnect: nothing was missing
+        nursery.cancel_scope.cancel()
