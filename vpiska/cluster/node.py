@@ -25,6 +25,7 @@ connection (notices may have been missed).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 from collections.abc import Sequence
@@ -86,6 +87,14 @@ class ClusterIndex(MapIndex):
         super().remove(event_id)
 
 
+@dataclasses.dataclass(eq=False)
+class _Lookup:
+    """One owner lookup and the callers waiting for it."""
+
+    done: trio.Event = dataclasses.field(default_factory=trio.Event)
+    answer: str | DomainError | None = None
+
+
 class ClusterNode:
     """The `Rooms` of vpiska/http in a cluster (vpiska/actors/rooms.py).
 
@@ -112,6 +121,7 @@ class ClusterNode:
         self._owners: dict[str, str] = {}  # cached owner node of events owned elsewhere
         self._gateways: dict[str, GatewayRoom] = {}
         self._activating: dict[str, trio.Event] = {}
+        self._lookups: dict[str, _Lookup] = {}  # owner lookups under way, by event
         self._live: frozenset[str] = frozenset()
         self._counts: dict[str, int] = {}  # usersCount of events owned elsewhere
         self._last_renewal = -math.inf
@@ -204,12 +214,46 @@ class ClusterNode:
     async def owner_of(self, event_id: str) -> str:
         """The node owning `event_id`, or the one designated to (it activates on the first
         request). Error handling: EventNotFound if no such open event; InternalError when
-        Redis is unreachable."""
+        Redis is unreachable.
+
+        Callers that ask at once share one lookup: after a restart every client of an event
+        reconnects at the same moment, and one Redis read per handshake (500 at once in the
+        bench) slowed Redis' answers past their deadline, frames among them."""
         if self._supervisor.room(event_id) is not None:
             return self.node_id
         cached = self._owners.get(event_id)
         if cached is not None:
             return cached
+        lookup = self._lookups.get(event_id)
+        if lookup is None:
+            lookup = self._lookups[event_id] = _Lookup()
+            assert self._nursery is not None
+            try:
+                self._nursery.start_soon(contained, f"look up the owner ({event_id})",
+                                         self._look_up, event_id, lookup)
+            except RuntimeError:  # the node is closing: look it up alone
+                del self._lookups[event_id]
+                return await self._find_owner(event_id)
+        await lookup.done.wait()
+        if isinstance(lookup.answer, DomainError):
+            raise DomainError(*lookup.answer.codes)
+        assert lookup.answer is not None
+        return lookup.answer
+
+    async def _look_up(self, event_id: str, lookup: _Lookup) -> None:
+        """Error handling: the waiters always get an answer (InternalError for a failure
+        other than a refusal, which `contained` logs)."""
+        try:
+            lookup.answer = await self._find_owner(event_id)
+        except DomainError as refused:
+            lookup.answer = refused
+        finally:
+            del self._lookups[event_id]
+            if lookup.answer is None:
+                lookup.answer = DomainError(ErrorCode.INTERNAL_ERROR)
+            lookup.done.set()
+
+    async def _find_owner(self, event_id: str) -> str:
         try:
             lease = await self._leases.holder(event_id)
         except redis.REDIS_ERRORS as error:
