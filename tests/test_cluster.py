@@ -81,9 +81,7 @@ async def test_requests_on_any_node_reach_the_event_wherever_it_runs(
     for guest in (guest_a, guest_b):
         await guest.wait_for(lambda m: m.counts()[-1:] == [2])
     for server in (a, b):  # the map is the cluster's, with the cluster's count
-        found = await server.ok("/api/v1/events/range", {
-            "coordinates": {"x": 10, "y": 20}, "horizontalRange": 1, "verticalRange": 1})
-        assert [(e["id"], e["usersCount"]) for e in found] == [(event_id, 2)]
+        await _wait_for_range(server, 10, 20, [(event_id, 2)])
     _, other = await token_for(b)
     assert await b.codes("/api/v1/events/update", {
         "eventId": event_id, "address": "x", "coordinates": {"x": 1, "y": 1}},
@@ -93,7 +91,7 @@ async def test_requests_on_any_node_reach_the_event_wherever_it_runs(
     for guest in (guest_a, guest_b):
         await guest.wait_for(lambda m: any('"address":"moved"' in f for f in m.frames))
     for server in (a, b):
-        await _wait_for_range(server, 30, 40, event_id)
+        await _wait_for_range(server, 30, 40, [(event_id, 2)])
     await b.ok("/api/v1/events/close", {"eventId": event_id}, token=token)
     for guest in (guest_a, guest_b):
         assert await guest.wait_closed() == 1000
@@ -168,13 +166,15 @@ async def test_a_join_storm_before_anyone_owns_the_event_looks_the_owner_up_once
     await crowd.aclose()
 
 
-async def _wait_for_range(server: Server, x: float, y: float, event_id: str) -> None:
-    """The moved event shows at its new place on `server`'s map (a notice away)."""
+async def _wait_for_range(server: Server, x: float, y: float,
+                          expected: list[tuple[str, int]]) -> None:
+    """`server`'s map shows `expected` (event id, usersCount) around (x, y): a node learns
+    another's moves and counts by notices, so this is a notice away."""
     body: dict[str, Any] = {"coordinates": {"x": x, "y": y}, "horizontalRange": 1,
                             "verticalRange": 1}
     with trio.fail_after(15):
-        while [e["id"] for e in await server.ok("/api/v1/events/range", body)  # noqa: ASYNC110
-               ] != [event_id]:  # another node's notice: nothing here to wait on but asking
+        while [(e["id"], e["usersCount"]) for e in await server.ok(  # noqa: ASYNC110
+                "/api/v1/events/range", body)] != expected:  # nothing to wait on but asking
             await trio.sleep(0.02)
 
 
