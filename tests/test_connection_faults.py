@@ -35,6 +35,7 @@ JSON = b"Content-Type: application/json\r\n"
 READ = "read"  # a step: wait for the server's first bytes (or its close)
 AT_ONCE = 6  # connections per attack, concurrently: the faults were races
 DEADLINE = 15  # seconds a client waits for anything it expects
+PAST_SOCKET_BUFFERS = 4000  # 4 KB pieces: more than both kernels' socket buffers hold (16 MB)
 
 
 def request(target: str = "/healthz", method: str = "GET", headers: bytes = b"",
@@ -235,6 +236,53 @@ async def test_frames_racing_the_servers_close_do_not_hold_the_connection(
                 assert await raw.close_code() == 4009
                 await until_closed(raw)  # never answering the close: the server ends it anyway
     await assert_still_serving(server, crowd)
+
+
+@BOTH_WRITE_PATHS
+@pytest.mark.parametrize(
+    "config_overrides", [{"chat_rate_per_second": 1, "chat_burst": 2}], ids=["tight-chat"])
+async def test_a_peer_still_sending_reads_its_close_then_a_clean_end(server: Server) -> None:
+    """A flooder closed with 4009 while megabytes of its frames are still coming gets to send
+    them all, and reads the close frame, then the end of the stream. The server once closed its
+    socket with those bytes unread, which answers with a TCP reset: the client's send failed
+    (EPIPE) before it had read the close, and trio-websocket reported 1006 instead of 4009."""
+    needs_adapter(server)
+    _, event_id = await host_event(server)
+    _, token = await token_for(server)
+    flood = (b"".join(masked_frame(0x1, b"chatMessage/%d" % i) for i in range(20))
+             + masked_frame(0x1, b"chatMessage/" + b"x" * 4000) * PAST_SOCKET_BUFFERS)
+    raw = await RawSocket.connect(port_of(server), resource(server, token, event_id))
+    async with raw.stream, trio.open_nursery() as nursery:
+        nursery.start_soon(raw.stream.send_all, flood)  # a reset fails the test here
+        with trio.fail_after(DEADLINE):
+            assert await raw.close_code() == 4009
+            assert await read_to_clean_end(raw.stream) == b""
+
+
+@BOTH_WRITE_PATHS
+async def test_a_refused_body_still_coming_gets_its_answer_then_a_clean_end(
+    server: Server
+) -> None:
+    """The same for HTTP: the client of an answer with `Connection: close` to a request whose
+    body the server did not read gets to send that body, then reads the answer and the end of
+    the stream; a reset made the send fail before the answer was read."""
+    needs_adapter(server)
+    body = b"{" * 4000 * PAST_SOCKET_BUFFERS
+    head = request("/api/v1/users/update", "POST", JSON + b"Content-Length: %d\r\n" % len(body))
+    async with connection(port_of(server)) as stream, trio.open_nursery() as nursery:
+        nursery.start_soon(stream.send_all, head + body)
+        with trio.fail_after(DEADLINE):
+            answer = await read_to_clean_end(stream)
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert b'"isSuccess":false' in answer
+
+
+async def read_to_clean_end(stream: trio.SocketStream) -> bytes:
+    """What is left to read up to the end of the stream."""
+    received = b""
+    while chunk := await stream.receive_some(65536):
+        received += chunk
+    return received
 
 
 @BOTH_WRITE_PATHS

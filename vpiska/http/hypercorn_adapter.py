@@ -105,6 +105,17 @@
    cancel scope whose deadline is set while it reads: less CPU per request, and less memory
    per waiting connection.
 
+17. Closing without a reset. When the server ends a connection (its WebSocket close, or a
+   response with `Connection: close`) the peer may still be sending: a member flooding the
+   room, a body the server refused unread. hypercorn closed the socket at once, and a socket
+   closed with unread bytes, or that receives more, answers with a TCP reset; the peer's send
+   then failed before it had read the close frame or the answer already on its way, and a
+   flooder closed with 4009 saw 1006 (the reset won the race on a loaded machine). The
+   connection is now closed as browsers and nginx expect: the end of the stream is sent, what
+   the peer still sends is read and dropped until it closes too or LINGER_SECONDS pass, then
+   the socket is closed. A shutdown ends these waits (and starts none): its deadline is not
+   theirs to spend.
+
 Any other fault raised while serving a connection ends that connection only
 (connection_guard.py); that guard is installed with or without the adapter.
 
@@ -164,6 +175,9 @@ log = logging.getLogger(__name__)
 
 TESTED_HYPERCORN = frozenset({"0.18.0"})
 
+
+# Longest a connection the server ends waits for its peer to stop sending (17).
+LINGER_SECONDS = 2.0
 
 SINK = "vpiska.direct_sink"  # the ASGI scope extension that carries a connection's DirectSink
 
@@ -318,6 +332,8 @@ class VpiskaTCPServer(GuardedTCPServer):
         self._read_until = math.inf  # the read's own deadline (read_timeout, body_timeout)
         self._receiving = False  # the reader is waiting for bytes: its deadline applies
         self._stopped = False  # the reader was stopped (7), not timed out
+        self._closing: trio.Event | None = None  # set once the socket is closed (17)
+        self._linger = False  # the server ends the connection: read what comes first (17)
         if isinstance(self.context, VpiskaWorkerContext):
             self.idle_task = _IdleDeadline(self)
         stream: Any = self.stream
@@ -439,24 +455,56 @@ class VpiskaTCPServer(GuardedTCPServer):
         with trio.CancelScope(shield=True):
             await self._close()
 
+    async def _close(self) -> None:
+        """hypercorn's close (the end of the stream, then the socket), done once: a second
+        caller waits for the first. When the server ends the connection, what the peer still
+        sends in between is read and dropped (17)."""
+        if self._closing is not None:
+            await self._closing.wait()
+            return
+        self._closing = trio.Event()
+        try:
+            try:
+                await self.stream.send_eof()
+            except (trio.BrokenResourceError, trio.BusyResourceError, trio.ClosedResourceError,
+                    AttributeError):  # already gone, or a TLS stream: nothing to end
+                pass
+            context = self.context
+            if (self._linger and self._sock is not None
+                    and isinstance(context, VpiskaWorkerContext)
+                    and not context.terminated.is_set()):
+                with trio.CancelScope() as lingering:
+                    context.lingering.add(lingering)
+                    try:
+                        await _drain(self._sock)
+                    finally:
+                        context.lingering.discard(lingering)
+        finally:
+            try:
+                await self.stream.aclose()  # closes the socket before its checkpoint
+            finally:
+                self._closing.set()
+
     async def _initiate_server_close(self) -> None:
         # The idle timer's close (keep_alive_timeout, or a shutdown) closed the socket under a
         # reader that could be waiting for its app, never to be woken (7): close like the rest.
         await self._close_connection()
 
     async def _close_connection(self) -> None:
-        """Close the socket, stop the reader, tell the protocol.
+        """Stop the reader, close the socket (reading what the peer still sends, 17), tell the
+        protocol.
 
         Closing is what a protocol asks for last, often from an app task being cancelled right
         then (9). The reader may be waiting for an app that will never take its bytes or
         restart its cycle (7): it is stopped at once, or, when it is the task closing, at its
         next checkpoint, once it has told the protocol.
         """
-        await self._close_now()
         closing_reader = trio.lowlevel.current_task() is self._reader
         self._stopped = True
         if self._reading is not None and not closing_reader:
-            self._reading.cancel()
+            self._reading.cancel()  # it stops waiting for the socket at once: the close reads it
+        self._linger = True
+        await self._close_now()
         await self.protocol.handle(Closed())
         if self._reading is not None and closing_reader:
             self._reading.cancel()
@@ -497,6 +545,24 @@ class VpiskaTCPServer(GuardedTCPServer):
             await super().protocol_send(event)
 
 
+async def _drain(sock: trio.socket.SocketType) -> None:
+    """Read and drop what the peer sends until it closes, the connection breaks, or
+    LINGER_SECONDS pass (17)."""
+    with trio.move_on_after(LINGER_SECONDS):
+        while (fd := sock.fileno()) >= 0:
+            try:
+                if not os.read(fd, MAX_RECV):
+                    return
+                await trio.lowlevel.checkpoint()  # a peer that always has more waits its turn
+            except BlockingIOError:
+                try:
+                    await trio.lowlevel.wait_readable(sock)
+                except (trio.BusyResourceError, trio.ClosedResourceError):
+                    return  # another task reads or closed it: nothing left to wait for
+            except OSError:
+                return
+
+
 def write_now(sock: trio.socket.SocketType, data: bytes) -> int:
     """Write to a non-blocking socket what it takes at once: 0 if its buffer is full or it is
     closed; trio.BrokenResourceError if the connection has broken (the peer reset it)."""
@@ -526,26 +592,32 @@ class _IdleDeadline(TrioSingleTask):
 
 
 class _Terminated(EventWrapper):
-    """A worker's `terminated`: setting it also closes the idle connections (11)."""
+    """A worker's `terminated`: setting it also closes the idle connections (11) and ends the
+    closes waiting for their peers (17), so that neither holds the shutdown."""
 
-    def __init__(self, idle_connections: set[VpiskaTCPServer]) -> None:
+    def __init__(self, idle_connections: set[VpiskaTCPServer],
+                 lingering: set[trio.CancelScope]) -> None:
         super().__init__()
         self._idle_connections = idle_connections
+        self._lingering = lingering
 
     async def set(self) -> None:
         await super().set()
         for server in list(self._idle_connections):
             server._close_if_idle()
+        for lingering in list(self._lingering):
+            lingering.cancel()
 
 
 class VpiskaWorkerContext(WorkerContext):
-    """hypercorn's worker context, knowing which connections are idle (11), with the pinger
-    of its WebSockets (15)."""
+    """hypercorn's worker context, knowing which connections are idle (11) and which closes
+    wait for their peers (17), with the pinger of its WebSockets (15)."""
 
     def __init__(self, max_requests: int | None) -> None:
         super().__init__(max_requests)
         self.idle_connections: set[VpiskaTCPServer] = set()
-        self.terminated = _Terminated(self.idle_connections)
+        self.lingering: set[trio.CancelScope] = set()  # closes waiting for their peers (17)
+        self.terminated = _Terminated(self.idle_connections, self.lingering)
         self._pinger: _Pinger | None = None
 
     def pinger(self, interval: float) -> _Pinger:
