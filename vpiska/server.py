@@ -109,6 +109,7 @@ async def _serve(
 
         async def stop_serving() -> None:
             await triggered()
+            supervisor.refuse_new_events()  # at the signal, not once hypercorn stops accepting
             stopping.set()
 
         # The rooms' nursery is ours, outside hypercorn's: under hypercorn, tasks of quart-trio's

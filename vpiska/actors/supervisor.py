@@ -83,6 +83,12 @@ class EventSupervisor:
             await self._stopping.wait()
         self._nursery = None
 
+    def refuse_new_events(self) -> None:
+        """Shutdown has begun: open no new event from now on. The rooms go on until `stop`
+        (which the server calls once it has stopped accepting connections); an event created
+        in between would only be stopped again."""
+        self._stopping.set()
+
     async def stop(self, *, hand_over: bool = False) -> None:
         """Shutdown: open no new event, and tell every room to stop after what it has queued
         (`hand_over`: to another node's care, see Stop).
