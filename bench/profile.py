@@ -1,10 +1,12 @@
-"""`python -m bench.profile events-get|handshakes [seconds]`: where vpiska's core goes under load.
+"""`python -m bench.profile events-get|handshakes|latency [seconds]`: where vpiska's core goes.
 
 vpiska runs as in `make bench` (pinned to core 0); py-spy samples it (`py-spy record`, raw
 collapsed stacks, 200 Hz, idle frames left out) while the load runs on core 1:
 - `events-get`: wrk, 50 connections, `POST /api/v1/events/get` on the 10,000-event store;
 - `handshakes`: the C client opening 5,000 WebSockets into one room, 50 in flight, again and
-  again for the whole window.
+  again for the whole window;
+- `latency`: the C client's paced chat into one room of 100 members, at the rate of the
+  latency row at N=100 (LATENCY_RATE lines/s: each line arrives alone, its own store write).
 The stacks go to bench/.cache/profile-<what>.txt (for flamegraph.pl or speedscope); the
 functions with the most samples, by own time and by total time, are printed.
 """
@@ -18,10 +20,12 @@ import time
 from pathlib import Path
 
 from bench import client, httpload
+from bench.scenarios import SENDERS
 from bench.seed import make_seeds
 from bench.servers import BENCH, running, wait_idle
 
 PY_SPY = Path(sys.executable).parent / "py-spy"
+LATENCY_RATE = 342.0  # lines/s: 50 % of the slowest server's maximum at N=100 in make bench
 
 
 def profile(what: str, seconds: float) -> Path:
@@ -40,6 +44,11 @@ def profile(what: str, seconds: float) -> Path:
         if what == "events-get":
             endpoint = httpload.endpoints(seeds.map_event_id)[1]
             httpload.wrk(server, endpoint, seconds, 50)
+        elif what == "latency":
+            client.run("latency", [server.port], [seeds.room_event_id], [server.pid],
+                       {"n": 100, "in_flight": 50, "connect_budget": 12.0, "settle_budget": 8.0,
+                        "warmup": 0.5, "seconds": seconds, "idle": 0.1, "senders": SENDERS,
+                        "rate": LATENCY_RATE}, seconds + 60)
         else:
             while time.monotonic() < deadline:
                 client.run("connect", [server.port], [seeds.room_event_id], [server.pid],
@@ -99,7 +108,7 @@ def _short(frame: str) -> str:
 
 if __name__ == "__main__":
     kind = sys.argv[1] if len(sys.argv) > 1 else "events-get"
-    if kind not in ("events-get", "handshakes"):
-        raise SystemExit("usage: python -m bench.profile events-get|handshakes [seconds]")
+    if kind not in ("events-get", "handshakes", "latency"):
+        raise SystemExit("usage: python -m bench.profile events-get|handshakes|latency [seconds]")
     window = float(sys.argv[2]) if len(sys.argv) > 2 else 10.0
     print(summary(profile(kind, window)))
