@@ -1,9 +1,9 @@
 """A gateway (vpiska/cluster/gateway.py) against a fake owner, on virtual time.
 
-- `events/get`: requests waiting at once share one read of the owner, and none is answered
-  from a read made before it arrived. The fake `Rpc` reads the event's state when a request
-  reaches it and answers when the test lets it, so "a read on its way" is a state the test
-  holds.
+- `events/get`: requests waiting at once (READS_IN_FLIGHT reads are on their way already)
+  share one read of the owner, and none is answered from a read made before it arrived. The
+  fake `Rpc` reads the event's state when a request reaches it and answers when the test lets
+  it, so "a read on its way" is a state the test holds.
 - The event's stream: frames the owner published in one message across a socket's join point
   reach the socket from that point on; none is taken for lost.
 """
@@ -20,7 +20,7 @@ from tests.fakes import RecordingOutbox
 from vpiska.actors import EventView, Member
 from vpiska.actors.commands import Join, Joined, Snapshot
 from vpiska.auth import Identity
-from vpiska.cluster.gateway import GatewayRoom
+from vpiska.cluster.gateway import READS_IN_FLIGHT, GatewayRoom
 from vpiska.cluster.protocol import Frames, Reply, encode
 from vpiska.domain import Coordinates, Event
 from vpiska.wire import event_json
@@ -71,17 +71,19 @@ async def test_reads_waiting_at_once_share_one_owner_read_made_after_they_arrive
             assert isinstance(view, EventView)
             answers[name] = view.chat_length
 
-        nursery.start_soon(get, "first")
-        await trio.testing.wait_all_tasks_blocked()
-        assert owner.asked == 1  # on its way; the owner has read an empty chat
+        early = [f"early {i}" for i in range(READS_IN_FLIGHT)]
+        for name in early:  # one after the other: each read has left when the next comes
+            nursery.start_soon(get, name)
+            await trio.testing.wait_all_tasks_blocked()
+        assert owner.asked == READS_IN_FLIGHT  # all on their way; each read an empty chat
         owner.chat.append("a line")  # committed and echoed: a client has seen it
-        for name in ("second", "third", "fourth"):
+        for name in ("late 1", "late 2", "late 3"):
             nursery.start_soon(get, name)
         await trio.testing.wait_all_tasks_blocked()
-        assert owner.asked == 1  # the later ones wait for the next read, not this one
+        assert owner.asked == READS_IN_FLIGHT  # the later ones wait for the next read
         owner.release.set()
-    assert answers == {"first": 0, "second": 1, "third": 1, "fourth": 1}
-    assert owner.asked == 2  # three requests, one read
+    assert answers == {**dict.fromkeys(early, 0), "late 1": 1, "late 2": 1, "late 3": 1}
+    assert owner.asked == READS_IN_FLIGHT + 1  # three late requests, one read
 
 
 class Bus:
