@@ -333,7 +333,6 @@ class VpiskaTCPServer(GuardedTCPServer):
         self._receiving = False  # the reader is waiting for bytes: its deadline applies
         self._stopped = False  # the reader was stopped (7), not timed out
         self._closing: trio.Event | None = None  # set once the socket is closed (17)
-        self._linger = False  # the server ends the connection: read what comes first (17)
         if isinstance(self.context, VpiskaWorkerContext):
             self.idle_task = _IdleDeadline(self)
         stream: Any = self.stream
@@ -412,6 +411,16 @@ class VpiskaTCPServer(GuardedTCPServer):
                 await trio.lowlevel.cancel_shielded_checkpoint()
             return data
 
+    async def _drain(self) -> None:
+        """Read and drop what the peer sends until it closes, the connection breaks, or
+        LINGER_SECONDS pass (17)."""
+        with trio.move_on_after(LINGER_SECONDS):
+            try:
+                while await self._receive():
+                    pass
+            except (trio.BrokenResourceError, trio.BusyResourceError, trio.ClosedResourceError):
+                pass  # broken, closed, or another task reads it: nothing left to wait for
+
     def _idle(self, idle: bool) -> None:
         """The connection is between requests (or no longer): its read ends at keep_alive_timeout,
         at once if the server is shutting down (11)."""
@@ -451,14 +460,14 @@ class VpiskaTCPServer(GuardedTCPServer):
     def _body_timeout(self) -> float | None:
         return self.config.body_timeout if isinstance(self.config, ServerConfig) else None
 
-    async def _close_now(self) -> None:
+    async def _close_now(self, *, linger: bool = False) -> None:
         with trio.CancelScope(shield=True):
-            await self._close()
+            await self._close(linger=linger)
 
-    async def _close(self) -> None:
+    async def _close(self, *, linger: bool = False) -> None:
         """hypercorn's close (the end of the stream, then the socket), done once: a second
-        caller waits for the first. When the server ends the connection, what the peer still
-        sends in between is read and dropped (17)."""
+        caller waits for the first. `linger`: the server ends the connection, so what the peer
+        still sends in between is read and dropped (17)."""
         if self._closing is not None:
             await self._closing.wait()
             return
@@ -470,13 +479,13 @@ class VpiskaTCPServer(GuardedTCPServer):
                     AttributeError):  # already gone, or a TLS stream: nothing to end
                 pass
             context = self.context
-            if (self._linger and self._sock is not None
+            if (linger and self._sock is not None
                     and isinstance(context, VpiskaWorkerContext)
                     and not context.terminated.is_set()):
                 with trio.CancelScope() as lingering:
                     context.lingering.add(lingering)
                     try:
-                        await _drain(self._sock)
+                        await self._drain()
                     finally:
                         context.lingering.discard(lingering)
         finally:
@@ -503,8 +512,7 @@ class VpiskaTCPServer(GuardedTCPServer):
         self._stopped = True
         if self._reading is not None and not closing_reader:
             self._reading.cancel()  # it stops waiting for the socket at once: the close reads it
-        self._linger = True
-        await self._close_now()
+        await self._close_now(linger=True)
         await self.protocol.handle(Closed())
         if self._reading is not None and closing_reader:
             self._reading.cancel()
@@ -543,24 +551,6 @@ class VpiskaTCPServer(GuardedTCPServer):
             await self._close_connection()
         else:
             await super().protocol_send(event)
-
-
-async def _drain(sock: trio.socket.SocketType) -> None:
-    """Read and drop what the peer sends until it closes, the connection breaks, or
-    LINGER_SECONDS pass (17)."""
-    with trio.move_on_after(LINGER_SECONDS):
-        while (fd := sock.fileno()) >= 0:
-            try:
-                if not os.read(fd, MAX_RECV):
-                    return
-                await trio.lowlevel.checkpoint()  # a peer that always has more waits its turn
-            except BlockingIOError:
-                try:
-                    await trio.lowlevel.wait_readable(sock)
-                except (trio.BusyResourceError, trio.ClosedResourceError):
-                    return  # another task reads or closed it: nothing left to wait for
-            except OSError:
-                return
 
 
 def write_now(sock: trio.socket.SocketType, data: bytes) -> int:
