@@ -326,10 +326,14 @@ class ClusterNode:
             self._nursery.start_soon(contained, "release a lease", self._release, lease)
 
     async def _release(self, lease: Lease) -> None:
-        try:
-            await self._leases.release(lease)
-        except redis.REDIS_ERRORS:
-            pass  # it expires on its own
+        # Shielded: a room handed over at shutdown ends as the node's tasks are being
+        # cancelled, and a release cut short there left the event to wait a whole TTL for its
+        # next owner. Bounded like a beat, so that a Redis that does not answer cannot hold it.
+        with trio.CancelScope(shield=True), trio.move_on_after(self._ttl / 3):
+            try:
+                await self._leases.release(lease)
+            except redis.REDIS_ERRORS:
+                pass  # it expires on its own
 
     def _fence(self, event_ids: Sequence[str], cause: str) -> None:
         for event_id in event_ids:
