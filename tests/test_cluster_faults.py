@@ -148,6 +148,12 @@ class Follower:
             while len(self.lines) < count:
                 await self._changed.wait()
 
+    async def wait_for_lines(self, lines: set[str]) -> None:
+        """Wait until it has seen every one of `lines` (within 30 s)."""
+        with trio.fail_after(30):
+            while not lines <= set(self.lines):
+                await self._changed.wait()
+
 
 async def stored_chat(server: Server, event_id: str) -> list[str]:
     return [line.message for line in await server.store.chat(event_id)]
@@ -157,7 +163,10 @@ async def stored_chat(server: Server, event_id: str) -> list[str]:
 async def talking(followers: list[Follower], servers: list[Server], alive: list[bool]
                   ) -> AsyncIterator[dict[str, float]]:
     """Each follower says a line every 20 ms (through its own socket, whichever node);
-    yields when each line was sent."""
+    yields when each line was sent. The talk is over once every follower has seen each
+    connected follower's last line, said after the others: a socket's lines reach the event
+    in order, so by then each line said before it is stored or was dropped. (Lines wait in
+    a socket while its gateway looks for a new owner, and are sent on after it, one by one.)"""
     sent: dict[str, float] = {}
     quiet = False
 
@@ -180,6 +189,19 @@ async def talking(followers: list[Follower], servers: list[Server], alive: list[
             nursery.start_soon(talk, follower)
         yield sent
         quiet = True
+    last_lines = set()
+    for follower in followers:
+        member = follower.member
+        if member is not None and not member.closed.is_set():
+            line = f"{follower.name}-last"
+            try:
+                await member.say(line)
+            except Exception:  # the socket closed under us: its unsent lines went with it
+                continue
+            sent[line] = trio.current_time()
+            last_lines.add(line)
+    for follower in followers:
+        await follower.wait_for_lines(last_lines)
 
 
 def assert_consistent(followers: list[Follower], stored: list[str]) -> None:
