@@ -69,6 +69,35 @@ async def test_members_on_every_node_see_the_same_frames_in_one_order(
     await crowd_b.aclose()
 
 
+async def test_many_requests_at_once_each_get_their_own_events_answer(
+    cluster: StartCluster, redis_server: RedisServer
+) -> None:
+    """Requests to one node that cross at once travel in shared messages (rpc.py): each
+    still gets the answer of its own event, from whichever node runs it."""
+    group = await cluster(2, redis=redis_server)
+    a, b = await servers(group)
+    events = [(await host_event((a, b)[i % 2], name=f"party {i}", x=i, y=i))[1]
+              for i in range(12)]  # a node runs the events opened through it
+    answers: dict[tuple[int, str], Any] = {}
+
+    async def get(server: Server, event_id: str, round_number: int) -> None:
+        answers[round_number, event_id] = await server.ok("/api/v1/events/get",
+                                                           {"eventId": event_id})
+
+    async with trio.open_nursery() as asking:
+        for round_number in range(3):
+            for server in (a, b):
+                for event_id in events:
+                    asking.start_soon(get, server, event_id, round_number)
+    for i, event_id in enumerate(events):
+        for round_number in range(3):
+            event = answers[round_number, event_id]
+            assert (event["id"], event["name"]) == (event_id, f"party {i}")
+    async with coredis.Redis.from_url(redis_server.url, decode_responses=True) as client:
+        leases = [await client.get(f"vpiska:lease:{event_id}") for event_id in events]
+    assert len({str(lease).split(" ")[0] for lease in leases}) == 2, leases  # some crossed
+
+
 async def test_requests_on_any_node_reach_the_event_wherever_it_runs(
     cluster: StartCluster, redis_server: RedisServer, nursery: trio.Nursery
 ) -> None:

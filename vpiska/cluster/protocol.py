@@ -9,7 +9,8 @@ sequence number that counts every message of that epoch, so a listener can tell 
 - `CloseAll`: close every socket of the event with this code (event closed, room failed).
 
 On a node's channel: `Request` (answered by a `Reply` on the asker's channel) and `Notice`
-(no answer). On the cluster channel: `Notice`s to every node.
+(no answer), several to one node in one batch (`encode_batch`, read by `decode_all`). On the
+cluster channel: `Notice`s to every node.
 
 Messages come from our own nodes, but a malformed one is dropped with a warning by `decode`,
 never allowed to raise on the bus's task.
@@ -110,10 +111,42 @@ def encode(message: EventMessage | NodeMessage) -> bytes:
     return _encode(body).encode()
 
 
+def encode_batch(messages: list[bytes]) -> bytes:
+    """Encoded messages as one: `["b", message, …]`; a single message goes as it is."""
+    if len(messages) == 1:
+        return messages[0]
+    return b'["b",' + b",".join(messages) + b"]"
+
+
 def decode(data: bytes) -> EventMessage | NodeMessage | None:
     """The message in `data`, or None (logged) if it is not one."""
     try:
+        return _message(json.loads(data))
+    except (ValueError, RecursionError):
+        pass
+    log.warning("malformed cluster message dropped", extra={"size": len(data)})
+    return None
+
+
+def decode_all(data: bytes) -> list[EventMessage | NodeMessage]:
+    """The messages in `data`, a batch or a single one; malformed ones are dropped (logged)."""
+    try:
         body = json.loads(data)
+        bodies = body[1:] if isinstance(body, list) and body[:1] == ["b"] else [body]
+    except (ValueError, RecursionError):
+        bodies = [None]
+    messages = []
+    for item in bodies:
+        try:
+            messages.append(_message(item))
+        except ValueError:
+            log.warning("malformed cluster message dropped", extra={"size": len(data)})
+    return messages
+
+
+def _message(body: Any) -> EventMessage | NodeMessage:
+    """The message a decoded JSON body holds. Error handling: ValueError if none."""
+    try:
         kind = body[0]
         if kind == "f":
             frames = [(None if n is None else int(n), str(text)) for n, text in body[4]]
@@ -131,7 +164,6 @@ def decode(data: bytes) -> EventMessage | NodeMessage | None:
             return Reply(int(body[1]), str(body[2]), body[3])
         if kind == "n":
             return Notice(str(body[1]), str(body[2]), dict(body[3]))
-    except (ValueError, TypeError, IndexError, KeyError, RecursionError):
-        pass
-    log.warning("malformed cluster message dropped", extra={"size": len(data)})
-    return None
+    except (ValueError, TypeError, IndexError, KeyError, RecursionError) as error:
+        raise ValueError(f"not a cluster message: {error!r}") from error
+    raise ValueError(f"not a cluster message: kind {kind!r}")
