@@ -163,10 +163,11 @@ async def stored_chat(server: Server, event_id: str) -> list[str]:
 async def talking(followers: list[Follower], servers: list[Server], alive: list[bool]
                   ) -> AsyncIterator[dict[str, float]]:
     """Each follower says a line every 20 ms (through its own socket, whichever node);
-    yields when each line was sent. The talk is over once every follower has seen each
-    connected follower's last line, said after the others: a socket's lines reach the event
-    in order, so by then each line said before it is stored or was dropped. (Lines wait in
-    a socket while its gateway looks for a new owner, and are sent on after it, one by one.)"""
+    yields when each line was sent. The talk is over once each connected follower's last
+    line, said after the others, has been seen by every follower or its socket has closed
+    (lines it held are gone with it): a socket's lines reach the event in order, so by then
+    each line said before it is stored or was dropped. (Lines wait in a socket while its
+    gateway looks for a new owner, and are sent on after it, one by one.)"""
     sent: dict[str, float] = {}
     quiet = False
 
@@ -189,7 +190,7 @@ async def talking(followers: list[Follower], servers: list[Server], alive: list[
             nursery.start_soon(talk, follower)
         yield sent
         quiet = True
-    last_lines = set()
+    last_lines: dict[str, Member] = {}
     for follower in followers:
         member = follower.member
         if member is not None and not member.closed.is_set():
@@ -199,9 +200,22 @@ async def talking(followers: list[Follower], servers: list[Server], alive: list[
             except Exception:  # the socket closed under us: its unsent lines went with it
                 continue
             sent[line] = trio.current_time()
-            last_lines.add(line)
-    for follower in followers:
-        await follower.wait_for_lines(last_lines)
+            last_lines[line] = member
+
+    async def seen_or_closed(line: str, member: Member) -> None:
+        async def seen(done: trio.CancelScope) -> None:
+            for follower in followers:
+                await follower.wait_for_lines({line})
+            done.cancel()
+
+        async with trio.open_nursery() as waiting:
+            waiting.start_soon(seen, waiting.cancel_scope)
+            await member.closed.wait()
+            waiting.cancel_scope.cancel()
+
+    async with trio.open_nursery() as draining:
+        for line, member in last_lines.items():
+            draining.start_soon(seen_or_closed, line, member)
 
 
 def assert_consistent(followers: list[Follower], stored: list[str]) -> None:

@@ -43,6 +43,9 @@ class Owner:
     def forget_owner(self, event_id: str) -> None:
         raise AssertionError("the owner always answers here")
 
+    def owner_is(self, event_id: str, node_id: str) -> None:
+        raise AssertionError("the owner never changes here")
+
     node_id = "this-node"
 
     async def ask(self, node: str, op: str, event_id: str, args: dict[str, Any],

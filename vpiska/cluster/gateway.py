@@ -88,6 +88,9 @@ class Owners(Protocol):
     def forget_owner(self, event_id: str) -> None:
         """The cached owner did not answer as one: ask Redis next time."""
 
+    def owner_is(self, event_id: str, node_id: str) -> None:
+        """A new owner has said so on the event's channel: ask it from now on."""
+
 
 @dataclasses.dataclass(eq=False)
 class _Read:
@@ -445,6 +448,9 @@ class GatewayRoom:
             "event_id": self.event_id, "owner": hello.origin, "epoch": hello.epoch,
             "chat_length": hello.chat_length, "had_lines": self._chat_length})
         self._epoch, self._seq = hello.epoch, hello.seq
+        # The old owner may still listen on its channel (paused past its lease, or fenced
+        # when it lost Redis): a chat line sent on to it would be taken and then dropped.
+        self._owners.owner_is(self.event_id, hello.origin)
         self._waiting = []
         self._spawn("catch up", self._catch_up, hello)
 

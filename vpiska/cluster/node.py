@@ -275,6 +275,10 @@ class ClusterNode:
     def forget_owner(self, event_id: str) -> None:
         self._owners.pop(event_id, None)
 
+    def owner_is(self, event_id: str, node_id: str) -> None:
+        if node_id != self.node_id:
+            self._owners[event_id] = node_id
+
     async def activate(self, event_id: str) -> Room | None:
         """Own `event_id` if nobody does: the lease, a new epoch claimed in the store, the
         actor. The room, or None if another node holds it or the event is closed."""

@@ -55,8 +55,8 @@ class _Batch:
 
 
 class Rpc:
-    """Resource handling: `run` owns the sender task and returns only when cancelled; a
-    message whose batch was not sent by then fails as Unreachable."""
+    """Resource handling: `run` is the sender task and returns only when cancelled, which
+    happens with the node's nursery, and so with every task still waiting on a batch."""
 
     def __init__(self, bus: Bus, node_id: str) -> None:
         self._bus = bus
