@@ -4,7 +4,9 @@
    connections pinned to core 1) and with two (pinned to cores 0 and 1, two wrks of 25
    connections, one per node's port, left to the scheduler since both cores serve). wrk's and
    Redis' CPU are reported. `events/get` asks for one event: the node that does not own it
-   asks its owner through Redis (ARCHITECTURE.md "Requests").
+   asks its owner through Redis (ARCHITECTURE.md "Requests"), and that owner is also serving
+   its own half of the load. `events/get (121 events)` asks for every event of the store in
+   turn: each node owns about half of them and asks the other for the rest.
 2. One room of `cluster_n` members: all on one node, against split half and half over two
    nodes (the client alternates ports; the second node shares core 1 with the client). Fan-out
    (delivered msgs/s) and latency at 50 % of the slower setup's fan-out maximum.
@@ -15,7 +17,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -56,21 +60,29 @@ def steps(plan: Plan, seeds: Seeds, rows: list[Row]) -> list[Step]:
     return out
 
 
+def _event_ids(store: Path) -> list[str]:
+    with contextlib.closing(sqlite3.connect(store)) as db:
+        return [row[0] for row in db.execute("SELECT id FROM events ORDER BY id")]
+
+
 def _http_step(setup: str, rep: int, plan: Plan, seeds: Seeds, rows: list[Row]) -> Step:
     def run() -> Row:
         rng, get = httpload.endpoints(seeds.cluster_event_id)[:2]
+        spread = httpload.spread(get, httpload.SPREAD, "eventId",
+                                 _event_ids(seeds.cluster_db))
         with cluster.running(seeds.cluster_db, SETUPS[setup]) as c:
             settled = c.settle(CLUSTER_SIDE ** 2)
             ports = [node.port for node in c.nodes]
             pin = "1" if len(ports) == 1 else None
-            key = {"scenario": "cluster-http", "server": setup, "endpoint": rng.name,
-                   "rep": rep + 1}
-            try:
-                rows.append(key | settled | httpload.wrk_split(
-                    ports, rng, plan.http_seconds, HTTP_CONNECTIONS, c.pids, pin,
-                    {"redis": c.redis_pid}))
-            except Exception as error:  # noqa: BLE001 - recorded; the next endpoint runs
-                rows.append(key | {"error": f"{type(error).__name__}: {error}"})
+            for endpoint in (rng, spread):
+                key = {"scenario": "cluster-http", "server": setup, "endpoint": endpoint.name,
+                       "rep": rep + 1}
+                try:
+                    rows.append(key | settled | httpload.wrk_split(
+                        ports, endpoint, plan.http_seconds, HTTP_CONNECTIONS, c.pids, pin,
+                        {"redis": c.redis_pid}))
+                except Exception as error:  # noqa: BLE001 - recorded; the next one runs
+                    rows.append(key | {"error": f"{type(error).__name__}: {error}"})
             return settled | httpload.wrk_split(ports, get, plan.http_seconds,
                                                 HTTP_CONNECTIONS, c.pids, pin,
                                                 {"redis": c.redis_pid})

@@ -26,6 +26,7 @@ from bench.servers import BENCH, CLIENT_CORE, EVENT_ANSWER, Running
 
 VIEWPORT = 10  # events/range asks for a 10 × 10 window of the 100 × 100 map: 11² = 121 events
 ONE_EVENT = "events/get (1 open event)"  # the same request, on a store with one open event
+SPREAD = "events/get (121 events)"  # the cluster section: each of its store's events in turn
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,13 @@ class Endpoint:
     name: str
     path: str
     body: dict[str, Any]
+    bodies: tuple[dict[str, Any], ...] = ()  # when given, the requests go through them
+
+
+def spread(endpoint: Endpoint, name: str, field: str, values: list[str]) -> Endpoint:
+    """`endpoint` asked for each of `values` in turn (as `field`) instead of one."""
+    return Endpoint(name, endpoint.path, endpoint.body,
+                    tuple(endpoint.body | {field: value} for value in values))
 
 
 def endpoints(event_id: str) -> list[Endpoint]:
@@ -87,7 +95,8 @@ def wrk_split(ports: list[int], endpoint: Endpoint, seconds: float, connections:
         ask(port, endpoint)
     servers = [psutil.Process(pid) for pid in server_pids]
     extra = {name: psutil.Process(pid) for name, pid in (others or {}).items()}
-    env = dict(os.environ, WRK_BODY=json.dumps(endpoint.body))
+    env = dict(os.environ, WRK_BODY=json.dumps(endpoint.body),
+               WRK_BODIES="\n".join(json.dumps(body) for body in endpoint.bodies))
     each = max(1, connections // len(ports))
     pin = ["taskset", "-c", core] if core is not None else []
 

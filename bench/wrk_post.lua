@@ -1,8 +1,15 @@
 -- wrk script: POST the JSON body in $WRK_BODY, count answers that are not vpiska's success
 -- envelope (vpiska answers errors with HTTP 200 too), and print one JSON summary line.
+-- With $WRK_BODIES (one JSON body per line), each request takes the next body instead, each
+-- connection from a place of its own in the list.
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = os.getenv("WRK_BODY")
+
+local bodies = {}
+for line in string.gmatch(os.getenv("WRK_BODIES") or "", "[^\n]+") do
+  table.insert(bodies, line)
+end
 
 local threads = {}
 
@@ -12,6 +19,14 @@ end
 
 function init(args)
   failed = 0
+  next_body = math.random(math.max(#bodies, 1))
+end
+
+if #bodies > 0 then
+  function request()
+    next_body = next_body % #bodies + 1
+    return wrk.format(nil, nil, nil, bodies[next_body])
+  end
 end
 
 function response(status, headers, body)
