@@ -6,6 +6,8 @@
   it, so "a read on its way" is a state the test holds.
 - The event's stream: frames the owner published in one message across a socket's join point
   reach the socket from that point on; none is taken for lost.
+- A new owner's Hello: chat lines go to it from then on, even while the old owner still
+  listens (paused past its lease, it would take them and drop them).
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ import trio.testing
 
 from tests.fakes import RecordingOutbox
 from vpiska.actors import EventView, Member
-from vpiska.actors.commands import Join, Joined, Snapshot
+from vpiska.actors.commands import Chat, Join, Joined, Snapshot
 from vpiska.auth import Identity
 from vpiska.cluster.gateway import READS_IN_FLIGHT, GatewayRoom
-from vpiska.cluster.protocol import Frames, Reply, encode
+from vpiska.cluster.protocol import Frames, Hello, Reply, encode
 from vpiska.domain import Coordinates, Event
 from vpiska.wire import event_json
 
@@ -132,4 +134,42 @@ async def test_frames_published_together_across_a_join_reach_the_socket_from_its
         await trio.testing.wait_all_tasks_blocked()
         assert outbox.take() == ["three", "four"]
         assert outbox.close_code is None  # not told to reconnect: nothing was missing
+        nursery.cancel_scope.cancel()
+
+
+class MovingOwner(JoiningOwner):
+    """The owner as the node sees it (a cache a Hello updates), and where notices went."""
+
+    def __init__(self, epoch: int, seq: int) -> None:
+        super().__init__(epoch, seq)
+        self.cached = "old-owner"
+        self.told: list[tuple[str, str]] = []
+
+    async def owner_of(self, event_id: str) -> str:
+        return self.cached
+
+    def owner_is(self, event_id: str, node_id: str) -> None:
+        self.cached = node_id
+
+    async def tell(self, node: str, op: str, event_id: str, args: dict[str, Any]) -> None:
+        self.told.append((node, op))  # the old owner, still listening, takes it too
+
+
+async def test_after_a_new_owners_hello_chat_lines_go_to_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    owner = MovingOwner(epoch=7, seq=0)
+    bus = Bus()
+    async with trio.open_nursery() as nursery:
+        gateway = GatewayRoom(
+            "e1", "u1", owners=owner, bus=cast(Any, bus), rpc=cast(Any, owner),
+            store=cast(Any, None), nursery=nursery, reply_timeout=10.0, owner_silence=10.0)
+        member = Member(Identity("u2", "guest", ""), RecordingOutbox())
+        assert isinstance(await gateway.ask(lambda reply: Join(member, reply)), Joined)
+        await gateway.send(Chat(member.identity, "before"))
+        bus.publish(encode(Hello("new-owner", 8, 1, 0)))
+        await trio.testing.wait_all_tasks_blocked()
+        await gateway.send(Chat(member.identity, "after"))
+        assert owner.told == [("old-owner", "chat"), ("new-owner", "sync"),
+                              ("new-owner", "chat")]
         nursery.cancel_scope.cancel()
