@@ -19,7 +19,7 @@ Reads. Every `events/get` of an event owned elsewhere must be answered from a re
 made after the request arrived, as on one node. Up to READS_IN_FLIGHT reads are on their way
 at once; requests that arrive while all of them are wait for the next one, which leaves as soon
 as one of those is answered, and share its answer: a node asked many times at once makes a
-round trip per answer, not one per request (`_Read`).
+round trip per answer, not one per request (`SharedAnswer`).
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ from vpiska.cluster.protocol import (
     decode,
 )
 from vpiska.cluster.rpc import NoAnswer, Rpc, Unreachable
+from vpiska.cluster.shared_answer import SharedAnswer
 from vpiska.domain import Coordinates, Event, EventMedia
 from vpiska.errors import DomainError, ErrorCode
 from vpiska.store import Store
@@ -90,14 +91,6 @@ class Owners(Protocol):
 
     def owner_is(self, event_id: str, node_id: str) -> None:
         """A new owner has said so on the event's channel: ask it from now on."""
-
-
-@dataclasses.dataclass(eq=False)
-class _Read:
-    """One `snapshot` request to the owner and the callers that share its answer."""
-
-    done: trio.Event = dataclasses.field(default_factory=trio.Event)
-    answer: EventView | DomainError | None = None
 
 
 @dataclasses.dataclass(eq=False)
@@ -143,7 +136,8 @@ class GatewayRoom:
         self._early: list[EventMessage] = []  # messages before the first join's answer
         self._waiting: list[EventMessage] | None = None  # messages during a catch-up
         self._handover_deadline: trio.CancelScope | None = None
-        self._next_read: _Read | None = None  # gathering callers; leaves after the one out
+        # The read gathering callers; it leaves after the ones on their way.
+        self._next_read: SharedAnswer[EventView] | None = None
         self._reading = trio.Semaphore(READS_IN_FLIGHT)  # held by reads on their way
 
     # The Room interface of vpiska/http.
@@ -204,35 +198,23 @@ class GatewayRoom:
     async def _snapshot(self) -> EventView:
         read = self._next_read
         if read is None:
-            read = self._next_read = _Read()
+            read = self._next_read = SharedAnswer[EventView]()
             try:
                 self._nursery.start_soon(partial(
-                    contained, f"read ({self.event_id})", self._read, read))
+                    contained, f"read ({self.event_id})", read.fill,
+                    partial(self._read, read)))
             except RuntimeError:  # the node is closing: ask alone
                 self._next_read = None
                 return _view(await self._request("snapshot", {}))
-        await read.done.wait()
-        if isinstance(read.answer, DomainError):
-            raise DomainError(*read.answer.codes)
-        assert read.answer is not None
-        return read.answer
+        return await read.wait()
 
-    async def _read(self, read: _Read) -> None:
-        """Resource handling: runs in the node's nursery, not in one caller's task, so a
-        caller that goes away takes nothing from the others; `_request` bounds it by the reply
-        deadline. Error handling: whatever happens, the callers get an answer (a failure
-        other than a refusal is InternalError to them, and logged by `contained`)."""
-        try:
-            async with self._reading:
-                if self._next_read is read:
-                    self._next_read = None  # from here on, callers wait for the next read
-                read.answer = _view(await self._request("snapshot", {}))
-        except DomainError as refused:
-            read.answer = refused
-        finally:
-            if read.answer is None:  # cancelled (the node is stopping) or a bug: say so
-                read.answer = DomainError(ErrorCode.INTERNAL_ERROR)
-            read.done.set()
+    async def _read(self, read: SharedAnswer[EventView]) -> EventView:
+        """Resource handling: runs in the node's nursery (SharedAnswer); `_request` bounds it
+        by the reply deadline."""
+        async with self._reading:
+            if self._next_read is read:
+                self._next_read = None  # from here on, callers wait for the next read
+            return _view(await self._request("snapshot", {}))
 
     def leave(self, member: Member) -> None:
         key = self._key_of.pop(member, None)

@@ -25,10 +25,10 @@ connection (notices may have been missed).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import math
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import coredis
@@ -46,6 +46,7 @@ from vpiska.cluster.nodes import designated, new_node_id
 from vpiska.cluster.owner import OwnerLink
 from vpiska.cluster.protocol import Notice, Reply, Request, decode, decode_all, encode
 from vpiska.cluster.rpc import Rpc, Unreachable
+from vpiska.cluster.shared_answer import SharedAnswer
 from vpiska.cluster.trouble import Trouble
 from vpiska.config import Config
 from vpiska.domain import Coordinates, Event
@@ -87,14 +88,6 @@ class ClusterIndex(MapIndex):
         super().remove(event_id)
 
 
-@dataclasses.dataclass(eq=False)
-class _Lookup:
-    """One owner lookup and the callers waiting for it."""
-
-    done: trio.Event = dataclasses.field(default_factory=trio.Event)
-    answer: str | DomainError | None = None
-
-
 class ClusterNode:
     """The `Rooms` of vpiska/http in a cluster (vpiska/actors/rooms.py).
 
@@ -121,7 +114,7 @@ class ClusterNode:
         self._owners: dict[str, str] = {}  # cached owner node of events owned elsewhere
         self._gateways: dict[str, GatewayRoom] = {}
         self._activating: dict[str, trio.Event] = {}
-        self._lookups: dict[str, _Lookup] = {}  # owner lookups under way, by event
+        self._lookups: dict[str, SharedAnswer[str]] = {}  # owner lookups under way
         self._live: frozenset[str] = frozenset()
         self._counts: dict[str, int] = {}  # usersCount of events owned elsewhere
         self._last_renewal = -math.inf
@@ -227,32 +220,21 @@ class ClusterNode:
             return cached
         lookup = self._lookups.get(event_id)
         if lookup is None:
-            lookup = self._lookups[event_id] = _Lookup()
+            lookup = self._lookups[event_id] = SharedAnswer[str]()
             assert self._nursery is not None
             try:
                 self._nursery.start_soon(contained, f"look up the owner ({event_id})",
-                                         self._look_up, event_id, lookup)
+                                         lookup.fill, partial(self._look_up, event_id))
             except RuntimeError:  # the node is closing: look it up alone
                 del self._lookups[event_id]
                 return await self._find_owner(event_id)
-        await lookup.done.wait()
-        if isinstance(lookup.answer, DomainError):
-            raise DomainError(*lookup.answer.codes)
-        assert lookup.answer is not None
-        return lookup.answer
+        return await lookup.wait()
 
-    async def _look_up(self, event_id: str, lookup: _Lookup) -> None:
-        """Error handling: the waiters always get an answer (InternalError for a failure
-        other than a refusal, which `contained` logs)."""
+    async def _look_up(self, event_id: str) -> str:
         try:
-            lookup.answer = await self._find_owner(event_id)
-        except DomainError as refused:
-            lookup.answer = refused
+            return await self._find_owner(event_id)
         finally:
-            del self._lookups[event_id]
-            if lookup.answer is None:
-                lookup.answer = DomainError(ErrorCode.INTERNAL_ERROR)
-            lookup.done.set()
+            del self._lookups[event_id]  # later callers look it up again
 
     async def _find_owner(self, event_id: str) -> str:
         try:
