@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import signal
 import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import coredis
 import httpx
@@ -18,6 +20,7 @@ from tests.clients import Crowd, Member, connected_sockets, host_event, token_fo
 from tests.cluster_fixtures import Cluster, RedisServer, StartCluster
 from tests.conftest import Server
 from tests.raw_ws import RawSocket
+from tests.test_cluster_faults import owner_now
 from tests.test_process import ServerProcess, env, vpiska_process
 from tests.test_websocket import port_of, resource
 from vpiska.config import Config
@@ -167,6 +170,61 @@ async def test_reads_at_once_on_any_node_see_every_line_echoed_before_they_were_
     await crowd.aclose()
 
 
+async def test_a_node_reads_an_event_owned_elsewhere_without_waiting_on_its_owner(
+    cluster: StartCluster, redis_server: RedisServer, nursery: trio.Nursery
+) -> None:
+    """`events/get` on a node that does not own the event is answered from the view its
+    owner keeps in Redis: while the owner sleeps (SIGSTOP, its lease still good) the answer
+    is the event as the owner last showed it, to the last line echoed and the last join.
+    Asking the owner instead, the request would wait out the reply deadline and fail."""
+    group = await cluster(2, redis=redis_server, LEASE_TTL_SECONDS="600", **UNLIMITED)
+    token, event_id = await host_event(await group.server(group.nodes[0]))
+    owner = await owner_now(redis_server, event_id, group)
+    other = next(node for node in group.nodes if node is not owner)
+    on_owner, elsewhere = await group.server(owner), await group.server(other)
+    crowd_owner, crowd_other = Crowd(nursery, on_owner), Crowd(nursery, elsewhere)
+    talker = await crowd_owner.join((await token_for(on_owner))[1], event_id)
+    await crowd_other.join((await token_for(elsewhere))[1], event_id)
+    await elsewhere.ok("/api/v1/events/update", {
+        "eventId": event_id, "address": "moved", "coordinates": {"x": 3, "y": 4}}, token=token)
+    for count, line in enumerate(["one", "two", "three"], start=1):
+        await talker.say(line)
+        await talker.wait_for(partial(_has_chat, count))
+    expected = await on_owner.ok("/api/v1/events/get", {"eventId": event_id})
+    await owner.sigstop()
+    try:
+        with trio.fail_after(5):  # well inside the reply deadline (10 s)
+            shown = await elsewhere.ok("/api/v1/events/get", {"eventId": event_id})
+    finally:
+        await owner.sigcont()
+    assert shown == expected
+    assert shown["usersCount"] == 2
+    assert shown["address"] == "moved"
+    assert [c["message"] for c in shown["chatMessages"]] == ["one", "two", "three"]
+    await crowd_owner.aclose()
+    await crowd_other.aclose()
+
+
+async def test_a_chat_longer_than_the_owner_holds_is_read_whole_on_any_node(
+    cluster: StartCluster, redis_server: RedisServer, nursery: trio.Nursery
+) -> None:
+    """An owner keeps at most CHAT_MEMORY_LINES lines in memory and in its view; past that,
+    every node reads the chat from the store, and the answer is the same everywhere."""
+    group = await cluster(2, redis=redis_server, CHAT_MEMORY_LINES="2", **UNLIMITED)
+    a, b = await servers(group)
+    _, event_id = await host_event(a)
+    crowd = Crowd(nursery, a)
+    talker = await crowd.join((await token_for(a))[1], event_id)
+    lines = [f"line {k}" for k in range(5)]
+    for count, line in enumerate(lines, start=1):
+        await talker.say(line)
+        await talker.wait_for(partial(_has_chat, count))
+        for server in (a, b):
+            event = await server.ok("/api/v1/events/get", {"eventId": event_id})
+            assert [c["message"] for c in event["chatMessages"]] == lines[:count]
+    await crowd.aclose()
+
+
 async def test_a_join_storm_before_anyone_owns_the_event_looks_the_owner_up_once(
     cluster: StartCluster, redis_server: RedisServer, nursery: trio.Nursery
 ) -> None:
@@ -184,15 +242,39 @@ async def test_a_join_storm_before_anyone_owns_the_event_looks_the_owner_up_once
     crowd = Crowd(nursery, server)
     async with coredis.Redis.from_url(redis_server.url, decode_responses=True) as client:
         assert await client.get(f"vpiska:lease:{event_id}") is None
-        await client.config_resetstat()
-        async with trio.open_nursery() as joins:
-            for token in tokens:
-                joins.start_soon(crowd.join, token, event_id)
-        stats = await client.info("commandstats")
-    assert isinstance(stats, dict)
-    reads = cast(dict[str, Any], stats.get("cmdstat_get", {"calls": 0}))
-    assert int(reads["calls"]) <= 5, reads
+        async with monitor(redis_server) as commands:
+            async with trio.open_nursery() as joins:
+                for token in tokens:
+                    joins.start_soon(crowd.join, token, event_id)
+            await client.echo("the storm is over")
+            sent = await commands('"the storm is over"')
+    lookups = [line for line in sent if f'"get" "vpiska:lease:{event_id}"' in line.lower()]
+    assert 1 <= len(lookups) <= 5, lookups
     await crowd.aclose()
+
+
+@asynccontextmanager
+async def monitor(redis_server: RedisServer) -> AsyncIterator[
+        Callable[[str], Awaitable[list[str]]]]:
+    """Redis' MONITOR while the block runs: `commands(marker)` returns the commands clients
+    sent (not their scripts' own) up to the first that shows `marker`, which a client sends
+    after the commands the test counts (MONITOR shows commands in the order Redis ran them)."""
+    stream = await trio.open_tcp_stream(redis_server.host, redis_server.port)
+    async with stream:
+        await stream.send_all(b"MONITOR\r\n")
+        received = bytearray()
+
+        async def commands(marker: str) -> list[str]:
+            with trio.fail_after(15):
+                while marker.encode() not in received:
+                    data = await stream.receive_some()
+                    assert data, "Redis closed the MONITOR connection"
+                    received.extend(data)
+            lines = received.decode().split("\r\n")
+            until = next(i for i, line in enumerate(lines) if marker in line)
+            return [line for line in lines[:until] if "[0 lua]" not in line]
+
+        yield commands
 
 
 async def _wait_for_range(server: Server, x: float, y: float,

@@ -12,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any, cast
 
 import pytest
@@ -35,7 +36,8 @@ from vpiska.actors.commands import (
     Snapshot,
     Update,
 )
-from vpiska.actors.event import MAX_CHAT_BATCH
+from vpiska.actors.event import MAX_BATCH, EventActor
+from vpiska.actors.geo import MapIndex
 from vpiska.auth import Identity
 from vpiska.config import Config
 from vpiska.domain import ChatMessage, Coordinates, Event, EventMedia, new_id
@@ -244,14 +246,14 @@ async def test_a_write_holds_at_most_max_chat_batch_lines(
     released = rooms.store.hang("append_chat")
     await say(room, ann, "0")
     await rooms.store.wait_calls("append_chat", 1)
-    for n in range(1, MAX_CHAT_BATCH + 101):
+    for n in range(1, MAX_BATCH + 101):
         await say(room, ann, str(n))
     released.set()
     await trio.testing.wait_all_tasks_blocked()
     assert [len(args[2]) for name, args in rooms.store.calls if name == "append_chat"] == [
-        1, MAX_CHAT_BATCH, 100]
+        1, MAX_BATCH, 100]
     assert chat(ann) == await rooms.stored_chat(event.id) == [
-        str(n) for n in range(MAX_CHAT_BATCH + 101)]
+        str(n) for n in range(MAX_BATCH + 101)]
 
 
 # Count coalescing.
@@ -869,3 +871,115 @@ async def test_a_chat_longer_than_the_bound_is_left_to_the_store(
     view = await snapshot(room)
     assert view.chat is None  # over the bound: the caller reads the store
     assert view.chat_length == 4
+
+
+# A cluster's room: its mirror (vpiska/actors/view.py) holds every change before anyone can
+# learn of it, since other nodes answer events/get from the mirror.
+
+
+class GatedMirror:
+    """A Mirror whose writes wait at a gate the test opens; it keeps every view written."""
+
+    def __init__(self) -> None:
+        self.views: list[tuple[EventView, int]] = []
+        self.gate = trio.Event()
+        self.gate.set()
+
+    def close_gate(self) -> None:
+        self.gate = trio.Event()
+
+    async def show(self, epoch: int, view: EventView, known_lines: int) -> None:
+        assert epoch == 7
+        await self.gate.wait()
+        self.views.append((view, known_lines))
+
+    @property
+    def last(self) -> EventView:
+        return self.views[-1][0]
+
+
+async def mirrored_room(nursery: trio.Nursery, memory: MemoryStore,
+                        mirror: GatedMirror) -> tuple[Event, Room]:
+    event = await EventSupervisor(memory, Config()).create_event(
+        new_id(), "party", "street 1", Coordinates(1.0, 2.0))
+    await memory.claim_event(event.id, 7)
+    room = Room(event.id, event.owner_id, inbox_size=64, reply_timeout=REPLY_TIMEOUT,
+                epoch=7, mirror=mirror)
+    actor = EventActor(room, event, 0, memory, MapIndex(), Config(), epoch=7)
+    nursery.start_soon(actor.run)
+    return event, room
+
+
+async def while_the_mirror_waits(mirror: GatedMirror, change: Callable[[], Awaitable[object]],
+                                 nursery: trio.Nursery) -> trio.Event:
+    """Start `change` with the mirror's gate shut and let it run as far as it can; the
+    returned event is set once `change` has returned (the gate is opened by the caller)."""
+    mirror.close_gate()
+    done = trio.Event()
+
+    async def run() -> None:
+        await change()
+        done.set()
+
+    nursery.start_soon(run)
+    await trio.testing.wait_all_tasks_blocked()
+    return done
+
+
+async def test_a_cluster_room_mirrors_each_change_before_anyone_learns_of_it(
+    nursery: trio.Nursery, autojump_clock: MockClock
+) -> None:
+    memory, mirror = MemoryStore(), GatedMirror()
+    event, room = await mirrored_room(nursery, memory, mirror)
+    await trio.testing.wait_all_tasks_blocked()
+    assert mirror.views == [(EventView(event, 0, 0, ()), 0)]  # before its first answer
+    ann = Member(person("ann"), RecordingOutbox())
+    joined = await while_the_mirror_waits(
+        mirror, partial(room.ask, lambda reply: Join(ann, reply)), nursery)
+    assert not joined.is_set()
+    mirror.gate.set()
+    await joined.wait()
+    assert mirror.last.users_count == 1
+
+    said = await while_the_mirror_waits(mirror, partial(say, room, ann, "hi"), nursery)
+    assert [line.message for line in await memory.chat(event.id)] == ["hi"]  # stored first
+    assert not chat(ann)
+    mirror.gate.set()
+    await said.wait()
+    await trio.testing.wait_all_tasks_blocked()
+    assert chat(ann) == ["hi"]
+    assert mirror.last.chat_length == 1
+    assert mirror.views[-1][1] == 0  # it held no line before: the line went with the view
+    assert mirror.last.chat is not None
+    assert '"message":"hi"' in mirror.last.chat[0]
+
+    updated = await while_the_mirror_waits(mirror, partial(room.ask, lambda reply: Update(
+        event.owner_id, "moved", Coordinates(3, 4), reply)), nursery)
+    assert not any('"address":"moved"' in frame for frame in outbox(ann).frames)
+    mirror.gate.set()
+    await updated.wait()
+    assert mirror.last.event.address == "moved"
+    assert mirror.views[-1][1] == 1  # the line it held already stays
+    assert any('"address":"moved"' in frame for frame in outbox(ann).frames)
+
+    closed = await while_the_mirror_waits(
+        mirror, partial(room.ask, lambda reply: Close(event.owner_id, reply)), nursery)
+    assert outbox(ann).close_code is None
+    mirror.gate.set()
+    await closed.wait()
+    assert not mirror.last.event.is_open
+    assert outbox(ann).close_code is CloseCode.NORMAL
+
+
+async def test_joins_queued_together_are_mirrored_once(
+    nursery: trio.Nursery, autojump_clock: MockClock
+) -> None:
+    mirror = GatedMirror()
+    _, room = await mirrored_room(nursery, MemoryStore(), mirror)
+    await trio.testing.wait_all_tasks_blocked()
+    before = len(mirror.views)
+    async with trio.open_nursery() as joins:
+        for name in ("ann", "bob", "cid"):
+            joins.start_soon(join, room, name)
+    assert len(mirror.views) == before + 1
+    assert mirror.last.users_count == 3

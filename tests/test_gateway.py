@@ -48,6 +48,9 @@ class Owner:
     def owner_is(self, event_id: str, node_id: str) -> None:
         raise AssertionError("the owner never changes here")
 
+    async def read(self, event_id: str) -> EventView | None:
+        return None  # no view in Redis: every read asks the owner
+
     node_id = "this-node"
 
     async def ask(self, node: str, op: str, event_id: str, args: dict[str, Any],
@@ -69,7 +72,8 @@ async def test_reads_waiting_at_once_share_one_owner_read_made_after_they_arrive
     async with trio.open_nursery() as nursery:
         gateway = GatewayRoom(
             "e1", "u1", owners=owner, bus=cast(Any, None), rpc=cast(Any, owner),
-            store=cast(Any, None), nursery=nursery, reply_timeout=10.0, owner_silence=10.0)
+            views=owner, store=cast(Any, None), nursery=nursery, reply_timeout=10.0,
+            owner_silence=10.0)
 
         async def get(name: str) -> None:
             view = await gateway.ask(Snapshot)
@@ -124,7 +128,8 @@ async def test_frames_published_together_across_a_join_reach_the_socket_from_its
     async with trio.open_nursery() as nursery:
         gateway = GatewayRoom(
             "e1", "u1", owners=owner, bus=cast(Any, bus), rpc=cast(Any, owner),
-            store=cast(Any, None), nursery=nursery, reply_timeout=10.0, owner_silence=10.0)
+            views=owner, store=cast(Any, None), nursery=nursery, reply_timeout=10.0,
+            owner_silence=10.0)
         member = Member(Identity("u2", "guest", ""), outbox)
         joined = await gateway.ask(lambda reply: Join(member, reply))
         assert isinstance(joined, Joined)
@@ -163,7 +168,8 @@ async def test_after_a_new_owners_hello_chat_lines_go_to_it(
     async with trio.open_nursery() as nursery:
         gateway = GatewayRoom(
             "e1", "u1", owners=owner, bus=cast(Any, bus), rpc=cast(Any, owner),
-            store=cast(Any, None), nursery=nursery, reply_timeout=10.0, owner_silence=10.0)
+            views=owner, store=cast(Any, None), nursery=nursery, reply_timeout=10.0,
+            owner_silence=10.0)
         member = Member(Identity("u2", "guest", ""), RecordingOutbox())
         assert isinstance(await gateway.ask(lambda reply: Join(member, reply)), Joined)
         await gateway.send(Chat(member.identity, "before"))

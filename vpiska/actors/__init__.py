@@ -4,11 +4,11 @@ Nothing here knows a socket: a member's socket is an `Outbox` (member.py) that t
 implements.
 """
 
-from vpiska.actors.event import EventView
 from vpiska.actors.flood import ChatFlood
 from vpiska.actors.member import CloseCode, Member, Outbox, OutboxClosed, OutboxFull
 from vpiska.actors.room import Room
 from vpiska.actors.supervisor import EventSupervisor
+from vpiska.actors.view import EventView, Mirror
 
 __all__ = [
     "ChatFlood",
@@ -16,6 +16,7 @@ __all__ = [
     "EventSupervisor",
     "EventView",
     "Member",
+    "Mirror",
     "Outbox",
     "OutboxClosed",
     "OutboxFull",

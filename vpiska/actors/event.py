@@ -6,7 +6,8 @@ frames in the order the actor applied them.
 
 Persist, then announce: each change is written to the store first; only then is its frame
 broadcast and the caller answered. A frame a member has seen is therefore never missing after
-a crash and restart.
+a crash and restart. In a cluster the room's mirror, where other nodes read the event, is
+brought up to date in between (vpiska/actors/view.py).
 
 Chat lines use group commit: lines that arrive while one store write is in flight queue up in
 the inbox and go into the next single write, so a busy room costs one write per batch.
@@ -24,11 +25,13 @@ of the room or of the store, which is what supervision is for.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import logging
 import math
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import outcome
 import trio
@@ -52,6 +55,7 @@ from vpiska.actors.commands import (
 from vpiska.actors.geo import MapIndex
 from vpiska.actors.member import CloseCode, Member, OutboxClosed, OutboxFull
 from vpiska.actors.room import Room
+from vpiska.actors.view import EventView
 from vpiska.config import Config
 from vpiska.domain import ChatMessage, Event, is_place, is_text
 from vpiska.errors import DomainError, ErrorCode
@@ -60,24 +64,14 @@ from vpiska.store import Store
 log = logging.getLogger(__name__)
 
 # Upper bound of one group-commit write; a room with more queued lines writes several batches.
-MAX_CHAT_BATCH = 500
+# Joins queued together are taken together too (one mirror write for all of them).
+MAX_BATCH = 500
+_Batched = TypeVar("_Batched", Chat, Join)
 
 
 class Exit(enum.Enum):
     CLOSED = "closed"  # the owner closed the event
     STOPPED = "stopped"  # the server is shutting down
-
-
-@dataclasses.dataclass(frozen=True)
-class EventView:
-    """The event as `events/get` shows it. `chat` is every chat line, as the JSON object text
-    each line is on the wire, when the actor holds them (up to `chat_memory_lines`); None
-    when the chat is longer and its first `chat_length` lines must be read from the store."""
-
-    event: Event
-    users_count: int
-    chat_length: int
-    chat: tuple[str, ...] | None = None
 
 
 class EventActor:
@@ -109,8 +103,15 @@ class EventActor:
         # ask nothing of the store; dropped for good once longer than the bound.
         self._chat_memory_lines = config.chat_memory_lines
         self._chat_json: list[str] | None = None
+        # What the room's mirror holds: (event, usersCount, chat length), and how many chat
+        # lines (vpiska/actors/view.py). A new incarnation mirrors everything again.
+        self._mirrored: tuple[Event, int, int] | None = None
+        self._mirrored_lines = 0
 
     async def run(self) -> Exit:
+        if self._room.mirror is not None:
+            await self._snapshot()  # the chat, for the mirror, before the first answer
+            await self._mirror_now()
         while True:
             # A command read ahead while gathering the last chat batch comes first (also when
             # that batch's write crashed the incarnation before this one).
@@ -121,20 +122,9 @@ class EventActor:
                 self._announce_count()
                 continue
             if isinstance(command, Chat):
-                batch = [command]
-                while len(batch) < MAX_CHAT_BATCH:
-                    try:
-                        following = self._room.commands.receive_nowait()
-                    except trio.WouldBlock:
-                        break
-                    if isinstance(following, Chat):
-                        batch.append(following)
-                    else:
-                        self._room.read_ahead = following  # handled next, even after a crash
-                        break
-                await self._chat(batch)
+                await self._chat(self._gather(command, Chat))
             elif isinstance(command, Join):
-                await self._answer(command.reply, self._join, command.member)
+                await self._join(self._gather(command, Join))
             elif isinstance(command, Leave):
                 self._leave(command.member)
             elif isinstance(command, Snapshot):
@@ -159,7 +149,23 @@ class EventActor:
                 raise TypeError(f"EventActor got {command!r}; expected one of commands.Command")
             while self._room.departures:
                 self._room.remove(self._room.departures.pop())
+            await self._mirror_now()  # after a leave; before the count is announced
             self._announce_count_if_due()
+
+    def _gather(self, first: _Batched, kind: type[_Batched]) -> list[_Batched]:
+        """`first` and the commands of its kind queued right after it, up to MAX_BATCH."""
+        batch = [first]
+        while len(batch) < MAX_BATCH:
+            try:
+                following = self._room.commands.receive_nowait()
+            except trio.WouldBlock:
+                break
+            if isinstance(following, kind):
+                batch.append(following)
+            else:
+                self._room.read_ahead = following  # handled next, even after a crash
+                break
+        return batch
 
     async def _next_command(self) -> Command | None:
         pending = self._room.users_count != self._room.announced_count
@@ -183,8 +189,16 @@ class EventActor:
 
     # Membership.
 
-    async def _join(self, member: Member) -> Joined:
-        self._room.add(member)
+    async def _join(self, joins: list[Join]) -> None:
+        with contextlib.ExitStack() as replies:  # closed on every way out, as in `_answer`
+            for join in joins:
+                replies.enter_context(join.reply)
+                self._room.add(join.member)
+            await self._mirror_now()
+            for join in joins:
+                await self._answer(join.reply, self._welcome, join.member)
+
+    async def _welcome(self, member: Member) -> Joined:
         if not self._count_due():  # else the announcement after this command includes it
             try:
                 member.outbox.deliver(self._event_updated())
@@ -210,7 +224,20 @@ class EventActor:
     def _event_updated(self) -> frames.Frame:
         return frames.event_updated(self._event, self._room.users_count)
 
-    # Changes.
+    # Changes: each is stored, then mirrored, then shown.
+
+    async def _mirror_now(self) -> None:
+        """Bring the room's mirror (a cluster's; none on one node) up to this actor's state."""
+        mirror = self._room.mirror
+        if mirror is None or self._epoch is None:
+            return
+        state = (self._event, self._room.users_count, self._chat_length)
+        if state == self._mirrored:
+            return
+        chat = None if self._chat_json is None else tuple(self._chat_json)
+        await mirror.show(self._epoch, EventView(*state, chat), self._mirrored_lines)
+        self._mirrored = state
+        self._mirrored_lines = 0 if chat is None else len(chat)
 
     async def _chat(self, batch: list[Chat]) -> None:
         lines = [ChatMessage(c.sender.user_id, c.sender.name, c.sender.image_id, c.text)
@@ -223,11 +250,12 @@ class EventActor:
         first = self._chat_length
         self._chat_length += len(lines)
         shown = [frames.chat_message(line) for line in lines]
-        self._room.broadcast_lines(shown, first)
         if self._chat_json is not None:
             self._chat_json.extend(map(frames.payload, shown))
         if self._chat_json is not None and len(self._chat_json) > self._chat_memory_lines:
             self._chat_json = None
+        await self._mirror_now()
+        self._room.broadcast_lines(shown, first)
 
     def _storable(self, line: ChatMessage) -> bool:
         if all(map(is_text, (line.user_id, line.user_name, line.user_image_id, line.message))):
@@ -260,6 +288,7 @@ class EventActor:
         self._event = dataclasses.replace(self._event, address=command.address,
                                           coordinates=command.coordinates)
         self._index.move(self._event.id, command.coordinates)
+        await self._mirror_now()
         self._announce_count()  # announced at once, with the current count
 
     async def _add_media(self, command: AddMedia) -> None:
@@ -267,6 +296,7 @@ class EventActor:
         await self._store.add_event_media(self._event.id, command.media, epoch=self._epoch)
         media = tuple(m for m in self._event.media if m.id != command.media.id)
         self._event = dataclasses.replace(self._event, media=(*media, command.media))
+        await self._mirror_now()
         self._room.broadcast(frames.media_added(command.media.id))
 
     async def _remove_media(self, command: RemoveMedia) -> None:
@@ -276,6 +306,7 @@ class EventActor:
         await self._store.remove_event_media(self._event.id, command.media_id, epoch=self._epoch)
         self._event = dataclasses.replace(
             self._event, media=tuple(m for m in self._event.media if m.id != command.media_id))
+        await self._mirror_now()
         self._room.broadcast(frames.media_removed(command.media_id))
 
     async def _close(self, command: Close) -> None:
@@ -283,5 +314,6 @@ class EventActor:
         await self._store.close_event(self._event.id, epoch=self._epoch)
         self._event = dataclasses.replace(self._event, is_open=False)
         self._index.remove(self._event.id)
+        await self._mirror_now()
         self._room.broadcast(frames.CLOSE_EVENT)
         self._room.finish_members(CloseCode.NORMAL)

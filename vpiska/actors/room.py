@@ -8,7 +8,8 @@ anyone may read it.
 In a cluster (vpiska/cluster) the room also has a `Publisher`: every frame it broadcasts goes
 to its own sockets here and, once, to the other nodes' sockets through the publisher, numbered
 by `seq` within the owner's `epoch`. Members on other nodes are counted here but written to
-only through the publisher.
+only through the publisher. Its `mirror` (vpiska/actors/view.py) is where the other nodes read
+the event from.
 
 How callers reach the actor, by what they need:
 - `ask`: a request with an answer (events endpoints, a join), bounded by the reply deadline;
@@ -32,6 +33,7 @@ from vpiska import metrics
 from vpiska.actors.commands import Command, Join, Leave, Reply
 from vpiska.actors.frames import Frame
 from vpiska.actors.member import CloseCode, Member, OutboxClosed, OutboxFull
+from vpiska.actors.view import Mirror
 from vpiska.errors import DomainError, ErrorCode
 
 log = logging.getLogger(__name__)
@@ -59,7 +61,7 @@ class Publisher(Protocol):
 class Room:
     def __init__(self, event_id: str, owner_id: str, *, inbox_size: int,
                  reply_timeout: float, epoch: int | None = None,
-                 publisher: Publisher | None = None) -> None:
+                 publisher: Publisher | None = None, mirror: Mirror | None = None) -> None:
         self.event_id = event_id
         self.owner_id = owner_id  # never changes, so callers may check ownership up front
         self.inbox, self.commands = trio.open_memory_channel[Command](inbox_size)
@@ -78,6 +80,7 @@ class Room:
         self.failed = False
         self.epoch = epoch  # the fencing epoch of this node's lease; None on a single node
         self.publisher = publisher
+        self.mirror = mirror
         self.seq = 0  # the last message published (the publisher counts)
         self._reply_timeout = reply_timeout
 

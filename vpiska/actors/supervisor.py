@@ -39,6 +39,7 @@ from vpiska.actors.event import EventActor, Exit
 from vpiska.actors.geo import MapIndex, Spot
 from vpiska.actors.member import CloseCode
 from vpiska.actors.room import Publisher, Room
+from vpiska.actors.view import Mirror
 from vpiska.config import Config
 from vpiska.domain import Coordinates, Event, new_id, utc_now
 from vpiska.errors import DomainError, ErrorCode
@@ -155,7 +156,8 @@ class EventSupervisor:
         await self._store.add_event(event)
         return event
 
-    async def activate(self, event_id: str, epoch: int, publisher: Publisher) -> Room | None:
+    async def activate(self, event_id: str, epoch: int, publisher: Publisher,
+                       mirror: Mirror) -> Room | None:
         """Start the room of an event this node now owns under `epoch` (its lease's).
 
         The store is claimed for `epoch` first, so from then on no older owner can write; the
@@ -170,7 +172,7 @@ class EventSupervisor:
             return self._rooms.get(event_id)
         room = Room(event.id, event.owner_id, inbox_size=self._config.actor_inbox_size,
                     reply_timeout=self._config.actor_reply_timeout_seconds, epoch=epoch,
-                    publisher=publisher)
+                    publisher=publisher, mirror=mirror)
         self._rooms[event.id] = room
         self._nursery.start_soon(self._supervise, room, event, name=f"event {event.id}")
         return room

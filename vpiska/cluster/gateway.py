@@ -15,11 +15,12 @@ its sockets with 1012 and they rejoin with `since` (the store has every line). A
 lines it had not seen from the store, tells the new owner who its sockets are, and its sockets
 stay open.
 
-Reads. Every `events/get` of an event owned elsewhere must be answered from a read its owner
-made after the request arrived, as on one node. Up to READS_IN_FLIGHT reads are on their way
-at once; requests that arrive while all of them are wait for the next one, which leaves as soon
-as one of those is answered, and share its answer: a node asked many times at once makes a
-round trip per answer, not one per request (`SharedAnswer`).
+Reads. Every `events/get` of an event owned elsewhere must be answered from a read made after
+the request arrived, as on one node: of the view the owner keeps in Redis (views.py), or, when
+that cannot say, of the owner itself. Up to READS_IN_FLIGHT reads are on their way at once;
+requests that arrive while all of them are wait for the next one, which leaves as soon as one
+of those is answered, and share its answer: a node asked many times at once makes a round trip
+per answer, not one per request (`SharedAnswer`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import dataclasses
 import itertools
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from functools import partial
 from typing import Any, Protocol
 
@@ -64,7 +64,7 @@ from vpiska.cluster.protocol import (
 )
 from vpiska.cluster.rpc import NoAnswer, Rpc, Unreachable
 from vpiska.cluster.shared_answer import SharedAnswer
-from vpiska.domain import Coordinates, Event, EventMedia
+from vpiska.cluster.views import view_of
 from vpiska.errors import DomainError, ErrorCode
 from vpiska.store import Store
 
@@ -93,6 +93,13 @@ class Owners(Protocol):
         """A new owner has said so on the event's channel: ask it from now on."""
 
 
+class Views(Protocol):
+    """Where owners keep their events' views (views.ViewMirror)."""
+
+    async def read(self, event_id: str) -> EventView | None:
+        """The event as its owner shows it now; None when that cannot be told here."""
+
+
 @dataclasses.dataclass(eq=False)
 class _Socket:
     member: Member
@@ -112,7 +119,7 @@ class GatewayRoom:
     node's nursery."""
 
     def __init__(self, event_id: str, owner_id: str, *, owners: Owners, bus: Bus, rpc: Rpc,
-                 store: Store, nursery: trio.Nursery, reply_timeout: float,
+                 views: Views, store: Store, nursery: trio.Nursery, reply_timeout: float,
                  owner_silence: float) -> None:
         self.event_id = event_id
         self.owner_id = owner_id  # the event's owner user, for the early check of uploads
@@ -120,6 +127,7 @@ class GatewayRoom:
         self._owners = owners
         self._bus = bus
         self._rpc = rpc
+        self._views = views
         self._store = store
         self._nursery = nursery
         self._reply_timeout = reply_timeout
@@ -205,7 +213,7 @@ class GatewayRoom:
                     partial(self._read, read)))
             except RuntimeError:  # the node is closing: ask alone
                 self._next_read = None
-                return _view(await self._request("snapshot", {}))
+                return view_of(await self._request("snapshot", {}))
         return await read.wait()
 
     async def _read(self, read: SharedAnswer[EventView]) -> EventView:
@@ -214,7 +222,8 @@ class GatewayRoom:
         async with self._reading:
             if self._next_read is read:
                 self._next_read = None  # from here on, callers wait for the next read
-            return _view(await self._request("snapshot", {}))
+            view = await self._views.read(self.event_id)
+            return view or view_of(await self._request("snapshot", {}))
 
     def leave(self, member: Member) -> None:
         key = self._key_of.pop(member, None)
@@ -531,19 +540,3 @@ def _answer(reply: Reply) -> Any:
     if reply.status == "refused":
         raise DomainError(*(ErrorCode(code) for code in reply.value))
     raise DomainError(ErrorCode.INTERNAL_ERROR)
-
-
-def _view(value: dict[str, Any]) -> EventView:
-    """An owner's `snapshot` answer as the EventView a local room gives."""
-    shown = value["event"]
-    event = Event(
-        id=shown["id"], owner_id=shown["ownerId"], name=shown["name"],
-        address=shown["address"],
-        coordinates=Coordinates(float(shown["coordinates"]["x"]),
-                                float(shown["coordinates"]["y"])),
-        created_at=datetime.fromisoformat(value["created_at"]), is_open=bool(value["open"]),
-        media=tuple(EventMedia(m["id"], m["contentType"]) for m in shown["media"]))
-    chat = value.get("chat")
-    return EventView(event, int(shown["usersCount"]), int(value["chat_length"]),
-                     None if chat is None else tuple(str(line) for line in chat))
-

@@ -48,6 +48,7 @@ from vpiska.cluster.protocol import Notice, Reply, Request, decode, decode_all, 
 from vpiska.cluster.rpc import Rpc, Unreachable
 from vpiska.cluster.shared_answer import SharedAnswer
 from vpiska.cluster.trouble import Trouble
+from vpiska.cluster.views import ViewMirror
 from vpiska.config import Config
 from vpiska.domain import Coordinates, Event
 from vpiska.errors import DomainError, ErrorCode
@@ -105,6 +106,7 @@ class ClusterNode:
         self._bus = Bus(url, client)
         self._rpc = Rpc(self._bus, self.node_id)
         self._leases = Leases(client, self.node_id, self._ttl)
+        self._views = ViewMirror(client, Trouble(log, "event views not written: Redis unreachable"))
         self.owner_link = OwnerLink(self.node_id, self._bus, self._rpc, supervisor,
                                     notify=self.notify_soon)
         self._heartbeat = client.register_script(redis.HEARTBEAT)
@@ -132,6 +134,7 @@ class ClusterNode:
             await self._bus.subscribe(redis.CLUSTER_CHANNEL, self._cluster_message,
                                       self._cluster_renewed)
             nursery.start_soon(self._rpc.run)
+            nursery.start_soon(self._views.run)
             nursery.start_soon(self.owner_link.run)
             await self._beat(joining=True)
             nursery.start_soon(self._keep_alive)
@@ -282,7 +285,7 @@ class ClusterNode:
                     return None
                 try:
                     room = await self._supervisor.activate(event_id, lease.epoch,
-                                                           self.owner_link)
+                                                           self.owner_link, self._views)
                     break
                 except StaleEpoch as stale:  # the store has seen later epochs than Redis
                     await self._release(lease)
@@ -497,7 +500,7 @@ class ClusterNode:
         assert self._nursery is not None
         return GatewayRoom(
             event.id, event.owner_id, owners=self, bus=self._bus, rpc=self._rpc,
-            store=self._store, nursery=self._nursery,
+            views=self._views, store=self._store, nursery=self._nursery,
             reply_timeout=self._config.actor_reply_timeout_seconds,
             owner_silence=2 * self._ttl + self._config.actor_reply_timeout_seconds)
 

@@ -53,9 +53,9 @@ from vpiska.cluster.protocol import (
 )
 from vpiska.cluster.rpc import Rpc
 from vpiska.cluster.trouble import Trouble
+from vpiska.cluster.views import view_value
 from vpiska.domain import Coordinates, EventMedia, is_id
 from vpiska.errors import DomainError
-from vpiska.wire import event_json
 
 log = logging.getLogger(__name__)
 
@@ -216,10 +216,7 @@ class OwnerLink:
         if op == "snapshot":
             view = await room.ask(Snapshot)
             assert isinstance(view, EventView)
-            return {"event": event_json(view.event, view.users_count, []),
-                    "open": view.event.is_open, "created_at": view.event.created_at.isoformat(),
-                    "chat_length": view.chat_length,
-                    "chat": None if view.chat is None else list(view.chat)}
+            return view_value(view)
         if op == "position":
             return {"epoch": room.epoch, "seq": room.seq}
         command = _command(op, args)

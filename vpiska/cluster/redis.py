@@ -6,6 +6,8 @@ Everything the nodes share lives under one prefix:
   (Redis' own clock, so nodes need not agree on time);
 - `vpiska:lease:{event}`: "{node} {epoch}", with a TTL: who owns the event's actor;
 - `vpiska:epoch:{event}`: the event's fencing counter, bumped on every acquisition;
+- `vpiska:view:{event}` and `vpiska:chat:{event}`: the event as its owner's actor shows it
+  (vpiska/cluster/views.py) and the chat lines it holds, one list item each;
 - channels `vpiska:node:{node}` (requests and replies for one node), `vpiska:event:{event}`
   (the event's frames, published once by its owner) and `vpiska:cluster` (notices to all).
 
@@ -45,6 +47,14 @@ def lease_key(event_id: str) -> str:
 
 def epoch_key(event_id: str) -> str:
     return f"{PREFIX}epoch:{event_id}"
+
+
+def view_key(event_id: str) -> str:
+    return f"{PREFIX}view:{event_id}"
+
+
+def chat_key(event_id: str) -> str:
+    return f"{PREFIX}chat:{event_id}"
 
 
 def node_channel(node_id: str) -> str:
@@ -100,6 +110,42 @@ return 1
 RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+"""
+
+# KEYS[1] epoch counter, KEYS[2] view, KEYS[3] chat; ARGV[1] the writer's epoch, ARGV[2] the
+# view ('' for a closed event: the mirror is emptied), ARGV[3] how many of the chat lines held
+# to keep, ARGV[4..] the lines that follow them. {1} when written; {0, the counter's value} once
+# a newer owner has taken the event (the writer is fenced). Keeping a count, not appending,
+# makes a write tried again (its answer was lost) the same write.
+SHOW_VIEW = """
+local claimed = redis.call('GET', KEYS[1])
+if claimed ~= ARGV[1] then return {0, claimed or '0'} end
+if ARGV[2] == '' then
+  redis.call('DEL', KEYS[2], KEYS[3])
+  return {1}
+end
+if ARGV[3] == '0' then
+  redis.call('DEL', KEYS[3])
+else
+  redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[3]) - 1)
+end
+for i = 4, #ARGV, 1000 do
+  redis.call('RPUSH', KEYS[3], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+end
+redis.call('SET', KEYS[2], ARGV[2])
+return {1}
+"""
+
+# KEYS: lease, view and chat of each event read, three by three. The three of every event, as
+# one moment saw them, one after the other.
+READ_VIEWS = """
+local read = {}
+for i = 1, #KEYS, 3 do
+  read[#read + 1] = redis.call('GET', KEYS[i]) or false
+  read[#read + 1] = redis.call('GET', KEYS[i + 1]) or false
+  read[#read + 1] = redis.call('LRANGE', KEYS[i + 2], 0, -1)
+end
+return read
 """
 
 # KEYS[1] the nodes set; ARGV[1] node id, ARGV[2] TTL in ms, ARGV[3] '1' beat, '0' leave.
