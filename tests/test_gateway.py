@@ -95,6 +95,33 @@ async def test_reads_waiting_at_once_share_one_owner_read_made_after_they_arrive
     assert owner.asked == READS_IN_FLIGHT + 1  # three late requests, one read
 
 
+class MirroredOwner(Owner):
+    """An owner whose view Redis holds (views.ViewMirror); until `mirrored`, it cannot say."""
+
+    mirrored: EventView | None = None
+
+    async def read(self, event_id: str) -> EventView | None:
+        return self.mirrored
+
+
+async def test_a_read_the_view_answers_never_reaches_the_owner(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    owner = MirroredOwner()
+    owner.release.set()
+    async with trio.open_nursery() as nursery:
+        gateway = GatewayRoom(
+            "e1", "u1", owners=owner, bus=cast(Any, None), rpc=cast(Any, owner),
+            views=owner, store=cast(Any, None), nursery=nursery, reply_timeout=10.0,
+            owner_silence=10.0)
+        asked = await gateway.ask(Snapshot)  # no view yet (a new owner): the owner answers
+        assert isinstance(asked, EventView)
+        assert owner.asked == 1
+        owner.mirrored = EventView(EVENT, 3, 1, ('{"message":"hi"}',))
+        assert await gateway.ask(Snapshot) == owner.mirrored
+        assert owner.asked == 1
+
+
 class Bus:
     """One subscription, whose messages the test publishes itself."""
 

@@ -16,11 +16,12 @@ lines it had not seen from the store, tells the new owner who its sockets are, a
 stay open.
 
 Reads. Every `events/get` of an event owned elsewhere must be answered from a read made after
-the request arrived, as on one node: of the view the owner keeps in Redis (views.py), or, when
-that cannot say, of the owner itself. Up to READS_IN_FLIGHT reads are on their way at once;
-requests that arrive while all of them are wait for the next one, which leaves as soon as one
-of those is answered, and share its answer: a node asked many times at once makes a round trip
-per answer, not one per request (`SharedAnswer`).
+the request arrived, as on one node: of the view the owner keeps in Redis (views.py, where
+reads made at once share one Redis call), or, when that cannot say, of the owner itself. Up to
+READS_IN_FLIGHT owner reads are on their way at once; requests that arrive while all of them
+are wait for the next one, which leaves as soon as one of those is answered, and share its
+answer: a node asked many times at once makes a round trip per answer, not one per request
+(`SharedAnswer`).
 """
 
 from __future__ import annotations
@@ -204,6 +205,9 @@ class GatewayRoom:
         return True
 
     async def _snapshot(self) -> EventView:
+        view = await self._views.read(self.event_id)
+        if view is not None:
+            return view
         read = self._next_read
         if read is None:
             read = self._next_read = SharedAnswer[EventView]()
@@ -222,8 +226,7 @@ class GatewayRoom:
         async with self._reading:
             if self._next_read is read:
                 self._next_read = None  # from here on, callers wait for the next read
-            view = await self._views.read(self.event_id)
-            return view or view_of(await self._request("snapshot", {}))
+            return view_of(await self._request("snapshot", {}))
 
     def leave(self, member: Member) -> None:
         key = self._key_of.pop(member, None)
