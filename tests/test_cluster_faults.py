@@ -338,7 +338,7 @@ async def test_a_rolling_restart_moves_the_event_and_drops_no_socket_elsewhere(
         followers = await start_followers(nursery, servers, event_id, 2, alive)
         owner = await owner_now(redis_server, event_id, group)
         leaving = group.nodes.index(owner)
-        async with talking(followers, servers, alive):
+        async with talking(followers, servers, alive) as sent:
             for follower in followers:
                 await follower.wait_for(20)
             alive[leaving] = False
@@ -349,12 +349,14 @@ async def test_a_rolling_restart_moves_the_event_and_drops_no_socket_elsewhere(
                                if line["level"] != "info"]
             for follower in followers:
                 await follower.wait_for(len(follower.lines) + 20)
-        await settle_and_check(followers, servers, event_id)
+        stored = set(await settle_and_check(followers, servers, event_id))
         for follower in followers:
             if follower.home == leaving:  # told to reconnect, then did
                 assert follower.closes[0] == 1012, follower.closes
-            else:  # never disconnected
+            else:  # never disconnected, and every line it said is there
                 assert follower.closes == [], (follower.name, follower.closes)
+                said = {line for line in sent if line.startswith(f"{follower.name}-")}
+                assert said <= stored, sorted(said - stored)
         new_owner = await owner_of(redis_server, event_id, group)
         assert new_owner is not None
         assert new_owner is not owner

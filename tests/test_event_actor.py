@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any, cast
 
+import outcome
 import pytest
 import trio
 import trio.testing
@@ -34,9 +35,10 @@ from vpiska.actors.commands import (
     RemoveMedia,
     Reply,
     Snapshot,
+    Stop,
     Update,
 )
-from vpiska.actors.event import MAX_BATCH, EventActor
+from vpiska.actors.event import MAX_BATCH, EventActor, Exit
 from vpiska.actors.geo import MapIndex
 from vpiska.auth import Identity
 from vpiska.config import Config
@@ -983,3 +985,31 @@ async def test_joins_queued_together_are_mirrored_once(
             joins.start_soon(join, room, name)
     assert len(mirror.views) == before + 1
     assert mirror.last.users_count == 3
+
+
+async def test_a_handover_takes_the_chat_lines_queued_behind_it(
+    nursery: trio.Nursery, autojump_clock: MockClock
+) -> None:
+    """A node leaving the cluster hands its rooms over: lines that reached the room before it
+    ended (sockets on other nodes send them until they see the Handover) are stored and
+    shown here, not dropped with the room; a join behind them is refused."""
+    memory = MemoryStore()
+    event = await EventSupervisor(memory, Config()).create_event(
+        new_id(), "party", "street 1", Coordinates(1.0, 2.0))
+    room = Room(event.id, event.owner_id, inbox_size=64, reply_timeout=REPLY_TIMEOUT)
+    ann, cid = (Member(person(name), RecordingOutbox()) for name in ("ann", "cid"))
+    joined, answers = trio.open_memory_channel[outcome.Outcome[object]](2)
+    for command in (Join(ann, joined.clone()), Chat(ann.identity, "one"), Stop(hand_over=True),
+                    Chat(person("bob"), "two"), Chat(ann.identity, "three"),
+                    Join(cid, joined.clone()), Chat(ann.identity, "four")):
+        room.inbox.send_nowait(command)
+    actor = EventActor(room, event, 0, memory, MapIndex(), Config())
+    assert await actor.run() is Exit.STOPPED
+    room.shut(CloseCode.GOING_AWAY)  # as the supervisor does after a Stop
+    assert [line.message for line in await memory.chat(event.id)] == ["one", "two", "three"]
+    assert chat(ann) == ["one", "two", "three"]
+    assert outbox(ann).close_code is CloseCode.SERVICE_RESTART
+    assert outbox(cid).close_code is CloseCode.GOING_AWAY  # the join behind them: refused
+    assert isinstance(answers.receive_nowait().unwrap(), Joined)
+    with pytest.raises(DomainError):
+        answers.receive_nowait().unwrap()

@@ -23,7 +23,7 @@ from vpiska.actors import EventView, Member
 from vpiska.actors.commands import Chat, Join, Joined, Snapshot
 from vpiska.auth import Identity
 from vpiska.cluster.gateway import READS_IN_FLIGHT, GatewayRoom
-from vpiska.cluster.protocol import Frames, Hello, Reply, encode
+from vpiska.cluster.protocol import Frames, Handover, Hello, Reply, encode
 from vpiska.domain import Coordinates, Event
 from vpiska.wire import event_json
 
@@ -205,4 +205,30 @@ async def test_after_a_new_owners_hello_chat_lines_go_to_it(
         await gateway.send(Chat(member.identity, "after"))
         assert owner.told == [("old-owner", "chat"), ("new-owner", "sync"),
                               ("new-owner", "chat")]
+        nursery.cancel_scope.cancel()
+
+
+async def test_between_a_handover_and_the_next_owners_hello_chat_lines_wait_for_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The old owner has ended the room when it says Handover, and its lease may still name
+    it: a line sent to it then would be lost. Lines wait for the new owner's Hello."""
+    owner = MovingOwner(epoch=7, seq=0)
+    bus = Bus()
+    async with trio.open_nursery() as nursery:
+        gateway = GatewayRoom(
+            "e1", "u1", owners=owner, bus=cast(Any, bus), rpc=cast(Any, owner),
+            views=owner, store=cast(Any, None), nursery=nursery, reply_timeout=10.0,
+            owner_silence=10.0)
+        member = Member(Identity("u2", "guest", ""), RecordingOutbox())
+        assert isinstance(await gateway.ask(lambda reply: Join(member, reply)), Joined)
+        await gateway.send(Chat(member.identity, "before"))
+        bus.publish(encode(Handover("old-owner", 7, 1)))
+        nursery.start_soon(gateway.send, Chat(member.identity, "held"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert owner.told == [("old-owner", "chat")]
+        bus.publish(encode(Hello("new-owner", 8, 1, 0)))
+        await trio.testing.wait_all_tasks_blocked()
+        assert sorted(owner.told) == [("new-owner", "chat"), ("new-owner", "sync"),
+                                      ("old-owner", "chat")]
         nursery.cancel_scope.cancel()

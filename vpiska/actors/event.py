@@ -141,6 +141,7 @@ class EventActor:
                     return Exit.CLOSED
             elif isinstance(command, Stop):
                 if command.hand_over:
+                    await self._chat_queued()
                     self._room.hand_over(CloseCode.SERVICE_RESTART)
                 else:
                     self._room.finish_members(CloseCode.GOING_AWAY)
@@ -256,6 +257,20 @@ class EventActor:
             self._chat_json = None
         await self._mirror_now()
         self._room.broadcast_lines(shown, first)
+
+    async def _chat_queued(self) -> None:
+        """Take the chat lines queued behind a handover, up to the first other command (which
+        the room refuses as it ends): lines from other nodes' sockets, which stay connected,
+        would be lost with the room; the next owner serves only what comes after."""
+        while self._room.read_ahead is None:
+            try:
+                first = self._room.commands.receive_nowait()
+            except trio.WouldBlock:
+                return
+            if not isinstance(first, Chat):
+                self._room.read_ahead = first
+                return
+            await self._chat(self._gather(first, Chat))
 
     def _storable(self, line: ChatMessage) -> bool:
         if all(map(is_text, (line.user_id, line.user_name, line.user_image_id, line.message))):

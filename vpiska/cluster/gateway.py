@@ -145,6 +145,8 @@ class GatewayRoom:
         self._early: list[EventMessage] = []  # messages before the first join's answer
         self._waiting: list[EventMessage] | None = None  # messages during a catch-up
         self._handover_deadline: trio.CancelScope | None = None
+        # Set from a Handover until the next owner's Hello: chat lines wait for that owner.
+        self._between_owners: trio.Event | None = None
         # The read gathering callers; it leaves after the ones on their way.
         self._next_read: SharedAnswer[EventView] | None = None
         self._reading = trio.Semaphore(READS_IN_FLIGHT)  # held by reads on their way
@@ -185,12 +187,15 @@ class GatewayRoom:
 
     async def send(self, command: object) -> bool:
         """A chat line to the owner; kept trying through a failover up to the reply
-        deadline, then dropped (and logged): a line nobody saw was never acknowledged."""
+        deadline, then dropped (and logged): a line nobody saw was never acknowledged. After
+        a Handover it waits for the next owner's Hello: the old one has ended the room."""
         assert isinstance(command, Chat)
         identity = command.sender
         args = {"user": identity.user_id, "name": identity.name, "image": identity.image_id,
                 "text": command.text}
         with trio.move_on_after(self._reply_timeout):
+            if self._between_owners is not None:
+                await self._between_owners.wait()
             while True:
                 try:
                     await self._rpc.tell(await self._owners.owner_of(self.event_id), "chat",
@@ -353,6 +358,7 @@ class GatewayRoom:
                 socket.member.outbox.finish(CloseCode(message.code))
         elif isinstance(message, Handover):
             self._seq = message.seq
+            self._between_owners = self._between_owners or trio.Event()
             self._spawn("await a new owner", self._await_new_owner)
         else:
             self._seq = message.seq  # a Hello of the epoch we follow: nothing new
@@ -395,6 +401,7 @@ class GatewayRoom:
                     extra={"event_id": self.event_id, "cause": cause,
                            "sockets": len(self._sockets)})
         self._epoch, self._seq, self._early, self._waiting = None, 0, [], None
+        self._owner_known()
         for socket in list(self._sockets.values()):
             socket.member.outbox.finish(CloseCode.SERVICE_RESTART)
 
@@ -445,8 +452,15 @@ class GatewayRoom:
         # The old owner may still listen on its channel (paused past its lease, or fenced
         # when it lost Redis): a chat line sent on to it would be taken and then dropped.
         self._owners.owner_is(self.event_id, hello.origin)
+        self._owner_known()
         self._waiting = []
         self._spawn("catch up", self._catch_up, hello)
+
+    def _owner_known(self) -> None:
+        """Chat lines held since a Handover go on (to the new owner, or they fail)."""
+        if self._between_owners is not None:
+            self._between_owners.set()
+            self._between_owners = None
 
     async def _catch_up(self, hello: Hello) -> None:
         """Show the lines this gateway missed between owners, then follow the new one.

@@ -40,7 +40,7 @@ from vpiska.actors.geo import MapIndex, Spot
 from vpiska.cluster import redis
 from vpiska.cluster.bus import Bus
 from vpiska.cluster.contained import contained
-from vpiska.cluster.gateway import GatewayRoom
+from vpiska.cluster.gateway import RETRY_SECONDS, GatewayRoom
 from vpiska.cluster.leases import Lease, Leases
 from vpiska.cluster.nodes import designated, new_node_id
 from vpiska.cluster.owner import OwnerLink
@@ -58,6 +58,11 @@ log = logging.getLogger(__name__)
 
 # A gateway without sockets or requests is forgotten after this long unused.
 GATEWAY_IDLE_SECONDS = 60.0
+# A leaving node stays this long after the last chat line it had to forward (`_linger`).
+LINGER_SECONDS = 0.5
+# How many times a chat line may be sent on to the node that owns its event now (`_forward`):
+# once by the node it was sent to, once more if another node took the event meanwhile.
+MAX_FORWARDS = 2
 # Every this many beats the node also looks for orphans it should own, in case a notice was
 # missed (a node's death is noticed by its missing heartbeat, not by any message).
 RECONCILE_EVERY_BEATS = 3
@@ -116,6 +121,10 @@ class ClusterNode:
         self._owners: dict[str, str] = {}  # cached owner node of events owned elsewhere
         self._gateways: dict[str, GatewayRoom] = {}
         self._activating: dict[str, trio.Event] = {}
+        # Notices for an event that arrived while a notice before them starts its room.
+        self._held_notices: dict[str, list[Notice]] = {}
+        self._forwarding = 0  # chat lines on their way to another owner (`_forward`)
+        self._last_stray = -math.inf  # when the last chat line for an event not here came
         self._lookups: dict[str, SharedAnswer[str]] = {}  # owner lookups under way
         self._live: frozenset[str] = frozenset()
         self._counts: dict[str, int] = {}  # usersCount of events owned elsewhere
@@ -392,6 +401,7 @@ class ClusterNode:
 
     async def leave(self) -> None:
         """Hand every room over and leave the cluster (the node is shutting down)."""
+        owned = bool(self._owned)
         try:
             await self._beat(leaving=True)
         except redis.REDIS_ERRORS:
@@ -408,7 +418,22 @@ class ClusterNode:
             await self._notify("left", "", {"node": self.node_id})
         except DomainError:
             pass
+        if owned:
+            await self._linger()
         log.info("left the cluster", extra={"node": self.node_id})
+
+    async def _linger(self) -> None:
+        """Gateways send chat lines here until they have seen the Handover: stay until those
+        on their way have been forwarded to the new owners (quiet for LINGER_SECONDS, a third
+        of the TTL at most). Leaving at once, a line Redis had handed to this node was lost."""
+        since = trio.current_time()
+        with trio.move_on_after(self._ttl / 3):
+            while True:
+                quiet_at = max(since, self._last_stray) + LINGER_SECONDS
+                now = trio.current_time()
+                if now >= quiet_at and not self._forwarding:
+                    return
+                await trio.sleep_until(max(quiet_at, now + LINGER_SECONDS / 10))
 
     # Messages.
 
@@ -430,20 +455,80 @@ class ClusterNode:
     def _take_notice(self, notice: Notice) -> None:
         """A notice for a room running here reaches it at once, in the order they came: one
         member's chat lines arrive in one message, and tasks started together run in any
-        order. One that may start the room first waits for it in a task of its own."""
-        if (self._supervisor.room(notice.event_id) is None
+        order. One that may start the room first waits for it in a task of its own, and the
+        event's notices after it wait with it."""
+        held = self._held_notices.get(notice.event_id)
+        if held is not None:
+            held.append(notice)
+        elif (self._supervisor.room(notice.event_id) is None
                 and notice.op in ("chat", "sync", "activate")):
             assert self._nursery is not None
+            self._held_notices[notice.event_id] = []
             self._nursery.start_soon(contained, f"take {notice.op}", self._take, notice)
+        else:
+            self._deliver_notice(notice)
+
+    async def _take(self, notice: Notice) -> None:
+        try:
+            if notice.args.get("forwarded"):  # sent here as its owner: the lease decides
+                await self.activate(notice.event_id)
+            else:
+                await self._activate_if_designated(notice.event_id)
+        finally:
+            for each in [notice, *self._held_notices.pop(notice.event_id)]:
+                self._deliver_notice(each)
+
+    def _deliver_notice(self, notice: Notice) -> None:
+        if self._supervisor.room(notice.event_id) is None and notice.op == "chat":
+            self._forward(notice)
             return
         try:
             self.owner_link.received(notice)
         except Exception:  # a bug, for this notice alone (contained.py)
             log.exception("cluster task failed", extra={"task": f"take {notice.op}"})
 
-    async def _take(self, notice: Notice) -> None:
-        await self._activate_if_designated(notice.event_id)
-        self.owner_link.received(notice)
+    def _forward(self, notice: Notice) -> None:
+        """A chat line for an event that does not run here (any more: handed over, fenced)
+        goes on to the node that owns it now, at most MAX_FORWARDS times: a gateway may send
+        it here before it has seen the event move, and the line would be lost without a
+        word."""
+        self._last_stray = trio.current_time()
+        if int(notice.args.get("forwarded", 0)) >= MAX_FORWARDS:
+            log.info("chat line dropped: forwarded to a node that does not run the event",
+                     extra={"event_id": notice.event_id})
+            return
+        assert self._nursery is not None
+        with contextlib.suppress(RuntimeError):  # the node is closing: nobody to tell
+            self._nursery.start_soon(contained, "forward a chat line", self._forward_to_owner,
+                                     notice)
+
+    async def _forward_to_owner(self, notice: Notice) -> None:
+        self._forwarding += 1
+        try:
+            await self._forward_once(notice)
+        finally:
+            self._forwarding -= 1
+
+    async def _forward_once(self, notice: Notice) -> None:
+        args = notice.args | {"forwarded": int(notice.args.get("forwarded", 0)) + 1}
+        with trio.move_on_after(self._config.actor_reply_timeout_seconds):
+            while True:
+                try:
+                    owner = await self.owner_of(notice.event_id)
+                except DomainError:
+                    return  # closed meanwhile
+                if self._supervisor.room(notice.event_id) is not None:
+                    self.owner_link.received(notice)
+                    return
+                if owner != self.node_id:
+                    try:
+                        await self._rpc.tell(owner, "chat", notice.event_id, args)
+                        return
+                    except Unreachable:
+                        pass
+                self.forget_owner(notice.event_id)  # its lease may still name this node
+                await trio.sleep(RETRY_SECONDS)
+        log.info("chat line dropped: no owner reachable", extra={"event_id": notice.event_id})
 
     async def _activate_if_designated(self, event_id: str) -> None:
         if designated(event_id, self._live | {self.node_id}) == self.node_id:
@@ -468,7 +553,12 @@ class ClusterNode:
             elif message.op == "counted":
                 self._counts[message.event_id] = int(args["count"])
             elif message.op == "left":
-                self._owners = {e: n for e, n in self._owners.items() if n != args["node"]}
+                # Gone now, not at this node's next beat: the events it handed over go to
+                # the nodes designated without it, and its sockets (closed) leave the rooms.
+                node = str(args["node"])
+                self._live = self._live - {node}
+                self.owner_link.drop_gateway(node)
+                self._owners = {e: n for e, n in self._owners.items() if n != node}
                 assert self._nursery is not None
                 self._nursery.start_soon(contained, "reconcile", self._reconcile)
         except (KeyError, TypeError, ValueError) as error:
