@@ -534,8 +534,9 @@ def _cluster_markdown(summary: list[Row], plan: Row, rows: list[Row]) -> list[st
         f"### One room of {plan.get('cluster_n', 1000):,} members: all on one node, or split "
         "over two",
         "",
-        "Fan-out as in section 1; latency as in section 2 at 50 % of the slower setup's "
-        "fan-out. With two nodes the client alternates members between the nodes' ports (the "
+        "Fan-out as in section 1; latency as in section 2 at 50 % of the lowest fan-out any "
+        "repetition of either setup reached (two nodes' fan-out depends on the core their "
+        "event's owner lands on). With two nodes the client alternates members between the nodes' ports (the "
         "senders too) and shares core 1 with the second node; members on the node that does "
         "not own the event get its frames through Redis.",
         "",
