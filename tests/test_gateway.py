@@ -64,16 +64,20 @@ class Owner:
             "created_at": EVENT.created_at.isoformat(), "chat_length": len(chat), "chat": chat})
 
 
+def gateway_for(owner: Owner, nursery: trio.Nursery, bus: Bus | None = None) -> GatewayRoom:
+    """A gateway of event e1 whose owner node, RPC and views are `owner`."""
+    return GatewayRoom("e1", "u1", owners=owner, bus=cast(Any, bus), rpc=cast(Any, owner),
+                       views=owner, store=cast(Any, None), nursery=nursery, reply_timeout=10.0,
+                       owner_silence=10.0)
+
+
 async def test_reads_waiting_at_once_share_one_owner_read_made_after_they_arrived(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     owner = Owner()
     answers: dict[str, int] = {}
     async with trio.open_nursery() as nursery:
-        gateway = GatewayRoom(
-            "e1", "u1", owners=owner, bus=cast(Any, None), rpc=cast(Any, owner),
-            views=owner, store=cast(Any, None), nursery=nursery, reply_timeout=10.0,
-            owner_silence=10.0)
+        gateway = gateway_for(owner, nursery)
 
         async def get(name: str) -> None:
             view = await gateway.ask(Snapshot)
@@ -110,10 +114,7 @@ async def test_a_read_the_view_answers_never_reaches_the_owner(
     owner = MirroredOwner()
     owner.release.set()
     async with trio.open_nursery() as nursery:
-        gateway = GatewayRoom(
-            "e1", "u1", owners=owner, bus=cast(Any, None), rpc=cast(Any, owner),
-            views=owner, store=cast(Any, None), nursery=nursery, reply_timeout=10.0,
-            owner_silence=10.0)
+        gateway = gateway_for(owner, nursery)
         asked = await gateway.ask(Snapshot)  # no view yet (a new owner): the owner answers
         assert isinstance(asked, EventView)
         assert owner.asked == 1
@@ -153,10 +154,7 @@ async def test_frames_published_together_across_a_join_reach_the_socket_from_its
     outbox = RecordingOutbox()
     bus = Bus()
     async with trio.open_nursery() as nursery:
-        gateway = GatewayRoom(
-            "e1", "u1", owners=owner, bus=cast(Any, bus), rpc=cast(Any, owner),
-            views=owner, store=cast(Any, None), nursery=nursery, reply_timeout=10.0,
-            owner_silence=10.0)
+        gateway = gateway_for(owner, nursery, bus)
         member = Member(Identity("u2", "guest", ""), outbox)
         joined = await gateway.ask(lambda reply: Join(member, reply))
         assert isinstance(joined, Joined)
@@ -187,19 +185,22 @@ class MovingOwner(JoiningOwner):
         self.told.append((node, op))  # the old owner, still listening, takes it too
 
 
+async def talking_member(gateway: GatewayRoom) -> Member:
+    """A socket joined through `gateway` that has said a line ("before")."""
+    member = Member(Identity("u2", "guest", ""), RecordingOutbox())
+    assert isinstance(await gateway.ask(lambda reply: Join(member, reply)), Joined)
+    await gateway.send(Chat(member.identity, "before"))
+    return member
+
+
 async def test_after_a_new_owners_hello_chat_lines_go_to_it(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     owner = MovingOwner(epoch=7, seq=0)
     bus = Bus()
     async with trio.open_nursery() as nursery:
-        gateway = GatewayRoom(
-            "e1", "u1", owners=owner, bus=cast(Any, bus), rpc=cast(Any, owner),
-            views=owner, store=cast(Any, None), nursery=nursery, reply_timeout=10.0,
-            owner_silence=10.0)
-        member = Member(Identity("u2", "guest", ""), RecordingOutbox())
-        assert isinstance(await gateway.ask(lambda reply: Join(member, reply)), Joined)
-        await gateway.send(Chat(member.identity, "before"))
+        gateway = gateway_for(owner, nursery, bus)
+        member = await talking_member(gateway)
         bus.publish(encode(Hello("new-owner", 8, 1, 0)))
         await trio.testing.wait_all_tasks_blocked()
         await gateway.send(Chat(member.identity, "after"))
@@ -216,13 +217,8 @@ async def test_between_a_handover_and_the_next_owners_hello_chat_lines_wait_for_
     owner = MovingOwner(epoch=7, seq=0)
     bus = Bus()
     async with trio.open_nursery() as nursery:
-        gateway = GatewayRoom(
-            "e1", "u1", owners=owner, bus=cast(Any, bus), rpc=cast(Any, owner),
-            views=owner, store=cast(Any, None), nursery=nursery, reply_timeout=10.0,
-            owner_silence=10.0)
-        member = Member(Identity("u2", "guest", ""), RecordingOutbox())
-        assert isinstance(await gateway.ask(lambda reply: Join(member, reply)), Joined)
-        await gateway.send(Chat(member.identity, "before"))
+        gateway = gateway_for(owner, nursery, bus)
+        member = await talking_member(gateway)
         bus.publish(encode(Handover("old-owner", 7, 1)))
         nursery.start_soon(gateway.send, Chat(member.identity, "held"))
         await trio.testing.wait_all_tasks_blocked()
