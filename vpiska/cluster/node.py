@@ -493,7 +493,7 @@ class ClusterNode:
         it here before it has seen the event move, and the line would be lost without a
         word."""
         self._last_stray = trio.current_time()
-        if int(notice.args.get("forwarded", 0)) >= MAX_FORWARDS:
+        if _forwards(notice) >= MAX_FORWARDS:
             log.info("chat line dropped: forwarded to a node that does not run the event",
                      extra={"event_id": notice.event_id})
             return
@@ -510,7 +510,7 @@ class ClusterNode:
             self._forwarding -= 1
 
     async def _forward_once(self, notice: Notice) -> None:
-        args = notice.args | {"forwarded": int(notice.args.get("forwarded", 0)) + 1}
+        args = notice.args | {"forwarded": _forwards(notice) + 1}
         with trio.move_on_after(self._config.actor_reply_timeout_seconds):
             while True:
                 try:
@@ -601,3 +601,10 @@ class ClusterNode:
         for event_id, gateway in list(self._gateways.items()):
             if gateway.idle and now - gateway.last_used > GATEWAY_IDLE_SECONDS:
                 del self._gateways[event_id]
+
+
+def _forwards(notice: Notice) -> int:
+    """How many times `notice` was sent on already; a count that is not one (a malformed
+    message from another node) counts as too many: the line is dropped, alone."""
+    forwarded = notice.args.get("forwarded", 0)
+    return forwarded if type(forwarded) is int else MAX_FORWARDS
