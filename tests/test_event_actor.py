@@ -325,6 +325,25 @@ async def test_a_change_after_a_quiet_interval_is_announced_at_once_the_rest_coa
     assert announcements(ann, quiet) == [(0, 3), (pytest.approx(INTERVAL), 1)]
 
 
+async def test_a_large_room_hears_its_count_less_often(
+    autojump_clock: MockClock, nursery: trio.Nursery,
+) -> None:
+    # 4 count frames a second: a room of 5 hears its count every 5 / 4 s, not every interval.
+    rooms = await start_rooms(nursery, count_frames_per_second=4)
+    _, room = await rooms.open()
+    ann = await join(room, "ann", TimedOutbox())
+    for name in ("bob", "cid", "dan"):
+        await join(room, name)
+    await trio.sleep(4.0)
+    start = trio.current_time()
+    late = [await join(room, name) for name in ("eve", "fay", "gus", "hal")]
+    await trio.sleep(INTERVAL / 2)
+    room.leave(late[0])
+    await trio.sleep(4.0)
+    # eve's join after a quiet spell at once (5 members), the rest 5 / 4 s later.
+    assert announcements(ann, start) == [(0, 5), (pytest.approx(1.25), 7)]
+
+
 # Slow consumers.
 
 

@@ -58,6 +58,9 @@ class Config:
     actor_inbox_size: int = 1024
     member_outbox_frames: int = 256
     event_update_interval_ms: int = 250
+    # Count-only eventUpdated frames one event may cost per second: a room of more members than
+    # this hears its count less often than every interval (a 5,000-member room once a second).
+    count_frames_per_second: int = 5000
     actor_reply_timeout_seconds: float = 10.0
     actor_max_restarts: int = 3
     actor_restart_window_seconds: float = 5.0
@@ -117,6 +120,9 @@ class Config:
             ),
             event_update_interval_ms=read.integer(
                 "EVENT_UPDATE_INTERVAL_MS", cls.event_update_interval_ms, low=0
+            ),
+            count_frames_per_second=read.integer(
+                "COUNT_FRAMES_PER_SECOND", cls.count_frames_per_second, low=1
             ),
             actor_reply_timeout_seconds=read.number(
                 "ACTOR_REPLY_TIMEOUT_SECONDS", cls.actor_reply_timeout_seconds, low=0.001

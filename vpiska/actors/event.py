@@ -13,9 +13,12 @@ Chat lines use group commit: lines that arrive while one store write is in fligh
 the inbox and go into the next single write, so a busy room costs one write per batch.
 
 Count-only `eventUpdated` frames (joins and leaves) are coalesced to at most one per
-`event_update_interval_ms`, carrying the latest count: announcing every join to every member
-would cost N² frames when N people arrive at once. A joining socket is sent the current state
-at once, so a second device of a user (which changes no count) is not left without it.
+`event_update_interval_ms`, carrying the latest count: announcing every join to every member would
+cost N² frames when N people arrive at once. A room too large for that interval to cost at most
+`count_frames_per_second` frames waits longer, members / that rate: a crowd of thousands arriving
+would otherwise spend a good part of the core telling each other the count. A joining socket is sent
+the current state at once, so a second device of a user (which changes no count) is not left without
+it.
 
 A command is checked against the domain's rules before it touches the store (valid text, finite
 coordinates; the edge checks the same, so a client sees the field's code): a value no store or
@@ -98,6 +101,7 @@ class EventActor:
         self._epoch = epoch
         self._index = index
         self._update_interval = config.event_update_interval_ms / 1000
+        self._count_frames_per_second = config.count_frames_per_second
         self._next_count_at = -math.inf
         # The chat as events/get shows it, kept from the first snapshot on so that later ones
         # ask nothing of the store; dropped for good once longer than the bound.
@@ -219,8 +223,10 @@ class EventActor:
             self._announce_count()
 
     def _announce_count(self) -> None:
-        self._room.announce(self._event_updated(), self._room.users_count)
-        self._next_count_at = trio.current_time() + self._update_interval
+        count = self._room.users_count
+        self._room.announce(self._event_updated(), count)
+        self._next_count_at = trio.current_time() + max(
+            self._update_interval, count / self._count_frames_per_second)
 
     def _event_updated(self) -> frames.Frame:
         return frames.event_updated(self._event, self._room.users_count)
