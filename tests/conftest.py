@@ -115,6 +115,11 @@ def config_overrides() -> dict[str, Any]:
 # (direct socket writes) and plain hypercorn (ASGI sends), which serves when the adapter does
 # not fit the installed hypercorn.
 BOTH_WRITE_PATHS = pytest.mark.parametrize("write_path", ["adapted", "stock-hypercorn"])
+# The WebSocket modules also run the adapter's path through hypercorn's own protocol, which
+# serves the handshakes direct_websocket.py leaves to h11 (and every one without
+# DIRECT_WEBSOCKETS).
+EVERY_WEBSOCKET_PATH = pytest.mark.parametrize(
+    "write_path", ["adapted", "adapted-h11", "stock-hypercorn"])
 
 
 @pytest.fixture
@@ -133,8 +138,9 @@ async def server(
     tmp_path: Path, config_overrides: dict[str, Any], write_path: str,
     wrap_store: Callable[[Store], Store],
 ) -> AsyncIterator[Server]:
-    config = make_config(
-        tmp_path, **{"hypercorn_adapter": write_path == "adapted", **config_overrides})
+    config = make_config(tmp_path, **{"hypercorn_adapter": write_path != "stock-hypercorn",
+                                      "direct_websockets": write_path == "adapted",
+                                      **config_overrides})
     store = await SqliteStore.open(config.store.target)
     try:
         served = wrap_store(store)

@@ -19,10 +19,11 @@ class RawSocket:
         self._sending = trio.Lock()  # a pong from the reading task and a line from the test
 
     @classmethod
-    async def connect(cls, port: int, resource: str, *, receive_buffer: int | None = None
-                      ) -> RawSocket:
-        """An upgraded WebSocket; fails the test if the server refuses the upgrade."""
-        raw, status = await cls._upgrade(port, resource, receive_buffer)
+    async def connect(cls, port: int, resource: str, *, receive_buffer: int | None = None,
+                      extra_headers: bytes = b"") -> RawSocket:
+        """An upgraded WebSocket; fails the test if the server refuses the upgrade.
+        `extra_headers`: whole header lines to add to the request."""
+        raw, status = await cls._upgrade(port, resource, receive_buffer, extra_headers)
         if status != 101:
             await raw.stream.aclose()
             raise AssertionError(f"upgrade refused with HTTP {status}")
@@ -36,8 +37,8 @@ class RawSocket:
         return status
 
     @classmethod
-    async def _upgrade(cls, port: int, resource: str, receive_buffer: int | None
-                       ) -> tuple[RawSocket, int]:
+    async def _upgrade(cls, port: int, resource: str, receive_buffer: int | None,
+                       extra_headers: bytes = b"") -> tuple[RawSocket, int]:
         sock = trio.socket.socket()
         if receive_buffer is not None:
             sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, receive_buffer)
@@ -47,7 +48,7 @@ class RawSocket:
         await raw.stream.send_all(
             f"GET {resource} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            f"Sec-WebSocket-Version: 13\r\n\r\n".encode())
+            f"Sec-WebSocket-Version: 13\r\n".encode() + extra_headers + b"\r\n")
         while b"\r\n\r\n" not in raw.buffer:
             raw.buffer += await raw.stream.receive_some(65536)
         head, raw.buffer = raw.buffer.split(b"\r\n\r\n", 1)

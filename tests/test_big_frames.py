@@ -19,7 +19,7 @@ import pytest
 import trio
 
 from tests.clients import Crowd, host_event, token_for
-from tests.conftest import BOTH_WRITE_PATHS, Server
+from tests.conftest import EVERY_WEBSOCKET_PATH, Server
 from tests.raw_ws import RawSocket
 from tests.test_connection_faults import (
     DEADLINE,
@@ -58,7 +58,7 @@ async def joined(server: Server) -> RawSocket:
     return await RawSocket.connect(port_of(server), resource(server, token, event_id))
 
 
-@BOTH_WRITE_PATHS
+@EVERY_WEBSOCKET_PATH
 @pytest.mark.parametrize(
     "frames",
     [
@@ -86,7 +86,7 @@ async def test_message_over_the_bound_is_refused_before_its_payload(
     await assert_still_serving(server, crowd)
 
 
-@BOTH_WRITE_PATHS
+@EVERY_WEBSOCKET_PATH
 async def test_fragmented_message_within_the_bound_is_delivered(
     server: Server, crowd: Crowd
 ) -> None:
@@ -103,7 +103,7 @@ async def test_fragmented_message_within_the_bound_is_delivered(
         await listener.wait_for(lambda m: m.chat() == ["b" * 1000])
 
 
-@BOTH_WRITE_PATHS
+@EVERY_WEBSOCKET_PATH
 async def test_permessage_deflate_is_not_negotiated(server: Server, crowd: Crowd) -> None:
     """A frame's header gives its compressed size only (64 KiB inflate to 64 MiB), so the
     server declines compression, and a compressed frame is a protocol error."""

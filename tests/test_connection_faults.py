@@ -22,7 +22,7 @@ import pytest
 import trio
 
 from tests.clients import Crowd, host_event, token_for
-from tests.conftest import BOTH_WRITE_PATHS, Server, make_config
+from tests.conftest import EVERY_WEBSOCKET_PATH, Server, make_config
 from tests.raw_ws import RawSocket
 from tests.test_websocket import port_of, resource
 from vpiska.http import connection_guard
@@ -98,7 +98,7 @@ ATTACKS = [
 ]
 
 
-@BOTH_WRITE_PATHS
+@EVERY_WEBSOCKET_PATH
 @pytest.mark.parametrize("steps", ATTACKS)
 async def test_attack_ends_only_its_connection(
     server: Server, crowd: Crowd, caplog: pytest.LogCaptureFixture, steps: list[bytes | str]
@@ -172,7 +172,7 @@ def assert_no_fault_logged(server: Server, caplog: pytest.LogCaptureFixture) -> 
         assert faults == []
 
 
-@BOTH_WRITE_PATHS
+@EVERY_WEBSOCKET_PATH
 async def test_first_frame_in_the_handshake_packet_is_served(
     server: Server, crowd: Crowd, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -211,7 +211,7 @@ async def read_to_first_chat(stream: trio.SocketStream) -> bytes:
     return received
 
 
-@BOTH_WRITE_PATHS
+@EVERY_WEBSOCKET_PATH
 @pytest.mark.parametrize(
     "config_overrides", [{"chat_rate_per_second": 1, "chat_burst": 2}], ids=["tight-chat"])
 async def test_frames_racing_the_servers_close_do_not_hold_the_connection(
@@ -238,7 +238,7 @@ async def test_frames_racing_the_servers_close_do_not_hold_the_connection(
     await assert_still_serving(server, crowd)
 
 
-@BOTH_WRITE_PATHS
+@EVERY_WEBSOCKET_PATH
 @pytest.mark.parametrize(
     "config_overrides", [{"chat_rate_per_second": 1, "chat_burst": 2}], ids=["tight-chat"])
 async def test_a_peer_still_sending_reads_its_close_then_a_clean_end(server: Server) -> None:
@@ -259,7 +259,7 @@ async def test_a_peer_still_sending_reads_its_close_then_a_clean_end(server: Ser
             assert await read_to_clean_end(raw.stream) == b""
 
 
-@BOTH_WRITE_PATHS
+@EVERY_WEBSOCKET_PATH
 async def test_a_refused_body_still_coming_gets_its_answer_then_a_clean_end(
     server: Server
 ) -> None:
@@ -285,7 +285,7 @@ async def read_to_clean_end(stream: trio.SocketStream) -> bytes:
     return received
 
 
-@BOTH_WRITE_PATHS
+@EVERY_WEBSOCKET_PATH
 async def test_bytes_after_the_clients_close_end_the_connection(
     server: Server, crowd: Crowd
 ) -> None:
@@ -310,7 +310,7 @@ async def until_closed(raw: RawSocket) -> None:
         return
 
 
-@BOTH_WRITE_PATHS
+@EVERY_WEBSOCKET_PATH
 async def test_guard_ends_a_failing_connection_and_logs_it_once(
     server: Server, crowd: Crowd, caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch
@@ -377,7 +377,7 @@ def needs_adapter(server: Server) -> None:
         pytest.skip("stock hypercorn 0.18 keeps this connection open; the adapter closes it")
 
 
-@BOTH_WRITE_PATHS
+@EVERY_WEBSOCKET_PATH
 @pytest.mark.parametrize(
     ("head", "body"),
     [
@@ -418,7 +418,7 @@ async def test_connection_close_answer_closes_the_connection(
     assert b'"isSuccess":false' in answer
 
 
-@BOTH_WRITE_PATHS
+@EVERY_WEBSOCKET_PATH
 @SHORT_BODY_TIMEOUT
 @pytest.mark.parametrize("trickle", [True, False], ids=["a-byte-at-a-time", "stalled"])
 async def test_body_that_does_not_arrive_in_time_closes_the_connection(
@@ -450,7 +450,7 @@ async def test_body_that_does_not_arrive_in_time_closes_the_connection(
     assert not any(r.levelno >= logging.ERROR or r.exc_info for r in caplog.records)
 
 
-@BOTH_WRITE_PATHS
+@EVERY_WEBSOCKET_PATH
 @SHORT_BODY_TIMEOUT
 async def test_body_arriving_in_parts_within_the_timeout_is_served(server: Server) -> None:
     body = b'{"phone": "9001234567", "password": "secret1"}'

@@ -9,11 +9,11 @@ import pytest
 import trio
 
 from tests.clients import Crowd, host_event, socket_url, token_for, wait_for_sockets
-from tests.conftest import BOTH_WRITE_PATHS, Server
-from tests.raw_ws import RawSocket
+from tests.conftest import EVERY_WEBSOCKET_PATH, Server
+from tests.raw_ws import RawMember, RawSocket
 from vpiska.domain import new_id
 
-pytestmark = BOTH_WRITE_PATHS
+pytestmark = EVERY_WEBSOCKET_PATH
 
 
 def port_of(server: Server) -> int:
@@ -39,6 +39,28 @@ async def test_handshake_is_checked_before_the_upgrade(server: Server) -> None:
     assert await status(guest, event_id) == 101
     await server.ok("/api/v1/events/close", {"eventId": event_id}, token=token)
     assert await status(guest, event_id) == 404
+
+
+@pytest.mark.parametrize("extra_headers", [
+    pytest.param(b"", id="ordinary"),
+    pytest.param(b"Content-Length: 0\r\n", id="with-a-body-header"),
+    pytest.param(b"X-Folded: a\r\n b\r\n", id="obs-fold"),
+])
+async def test_upgrades_the_direct_path_leaves_to_hypercorn_are_served_alike(
+    server: Server, nursery: trio.Nursery, extra_headers: bytes
+) -> None:
+    """direct_websocket.py serves ordinary upgrades itself and leaves the rest to h11: a
+    client sees the same socket either way."""
+    _, event_id = await host_event(server)
+    _, guest = await token_for(server)
+    member = RawMember(await RawSocket.connect(port_of(server), resource(server, guest, event_id),
+                                               extra_headers=extra_headers))
+    nursery.start_soon(member.collect)
+    async with member.raw.stream:
+        with trio.fail_after(30):
+            await member.wait_for(lambda m: m.counts == [1])
+            await member.say("either way")
+            await member.wait_for(lambda m: m.chat() == ["either way"])
 
 
 async def test_bearer_header_is_accepted(server: Server, crowd: Crowd) -> None:

@@ -80,6 +80,9 @@ class Config:
     ready_timeout_seconds: float = 2.0
     # Use vpiska/http/hypercorn_adapter.py (only ever on the hypercorn versions it was tested on).
     hypercorn_adapter: bool = True
+    # With the adapter: serve ordinary event WebSocket handshakes off the socket, below
+    # hypercorn (vpiska/http/direct_websocket.py).
+    direct_websockets: bool = True
     # The cluster (vpiska/cluster): with no Redis, one process serves alone.
     redis_url: str | None = None
     lease_ttl_seconds: float = 5.0
@@ -149,6 +152,7 @@ class Config:
                 "READY_TIMEOUT_SECONDS", cls.ready_timeout_seconds, low=0.001
             ),
             hypercorn_adapter=read.boolean("HYPERCORN_ADAPTER", cls.hypercorn_adapter),
+            direct_websockets=read.boolean("DIRECT_WEBSOCKETS", cls.direct_websockets),
             redis_url=_redis_url(env.get("REDIS_URL", "")),
             lease_ttl_seconds=read.number("LEASE_TTL_SECONDS", cls.lease_ttl_seconds, low=0.3),
             workers=_workers(read.integer("WORKERS", cls.workers, low=1, high=256), env),

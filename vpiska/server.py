@@ -34,7 +34,7 @@ from vpiska.app import Services, create_app
 from vpiska.cluster import redis
 from vpiska.cluster.node import ClusterIndex, ClusterNode
 from vpiska.config import Config
-from vpiska.http import hypercorn_adapter
+from vpiska.http import hypercorn_adapter, websocket
 from vpiska.store import Store, open_store
 
 log = logging.getLogger(__name__)
@@ -277,6 +277,8 @@ def _hypercorn_config(config: Config) -> HypercornConfig:
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
     hc.websocket_max_message_size = config.ws_max_frame_bytes
+    if config.direct_websockets:
+        hc.direct_websocket_paths = frozenset({websocket.PATH.encode()})
     hc.websocket_ping_interval = config.ws_ping_seconds
     # A live peer answers every ping, so something is read at least once per interval; a peer
     # silent for two intervals is gone (hypercorn sends pings but leaves timing out to us).

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from quart import request
-from werkzeug.datastructures import Headers
 
 from vpiska.accounts import Accounts
 from vpiska.auth import Identity
 from vpiska.errors import DomainError, ErrorCode
 
 
-def bearer_token(headers: Headers | None = None) -> str:
-    headers = request.headers if headers is None else headers
-    scheme, _, token = headers.get("Authorization", "").partition(" ")
+def bearer_token(authorization: str | None = None) -> str:
+    """The token of an `Authorization: Bearer` header: `authorization`, or the request's."""
+    if authorization is None:
+        authorization = request.headers.get("Authorization", "")
+    scheme, _, token = authorization.partition(" ")
     return token.strip() if scheme.lower() == "bearer" else ""
 
 

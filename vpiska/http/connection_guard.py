@@ -7,11 +7,12 @@ bytes have made impossible (an answer while another answer is being written, a f
 the close, ...), and hypercorn 0.18 does not catch those. One request and one byte were enough
 (tests/test_connection_faults.py).
 
-`GuardedTCPServer` is hypercorn's TCPServer with `run()` — the connection task's one entry
-point — wrapped: whatever an exception ends a connection with, that connection is closed and
-the fault is logged once, as a warning with its cause, and the server goes on. The defects
-themselves are fixed at their root in hypercorn_adapter.py; the guard is what makes an unknown
-one cost a connection instead of the server, with or without the adapter.
+`GuardedTCPServer` is hypercorn's TCPServer with `run()` — the connection task's one entry point —
+wrapped around `serve()` (hypercorn's `run()`, or what the adapter serves instead): whatever an
+exception ends a connection with, that connection is closed and the fault is logged once, as a
+warning with its cause, and the server goes on. The defects themselves are fixed at their root
+in hypercorn_adapter.py; the guard is what makes an unknown one cost a connection instead of the
+server, with or without the adapter.
 
 Error handling: trio.Cancelled, KeyboardInterrupt and SystemExit (anything not an Exception)
 pass through untouched, also when they come in an exception group next to a fault: the group's
@@ -38,7 +39,7 @@ class GuardedTCPServer(TCPServer):
 
     async def run(self) -> None:
         try:
-            await super().run()
+            await self.serve()
         except BaseException as raised:
             faults, rest = split_faults(raised)
             if not faults:
@@ -48,6 +49,10 @@ class GuardedTCPServer(TCPServer):
             await trio.aclose_forcefully(self.stream)
             if rest is not None:
                 raise rest from None
+
+    async def serve(self) -> None:
+        """The connection itself: hypercorn's `run()`."""
+        await super().run()
 
 
 def split_faults(raised: BaseException) -> tuple[list[Exception], BaseException | None]:

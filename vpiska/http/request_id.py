@@ -12,7 +12,6 @@ import re
 import uuid
 
 from quart import Quart, Response, request
-from werkzeug.datastructures import Headers
 
 from vpiska.logs import request_id
 
@@ -32,9 +31,10 @@ def install_request_ids(app: Quart) -> None:
         return _echo(response)
 
 
-def name_socket(headers: Headers) -> str:
-    """Name a WebSocket handshake served outside Quart; the id to echo if it is refused."""
-    chosen = choose(headers.get(HEADER, ""))
+def name_socket(offered: str) -> str:
+    """Name a WebSocket handshake served outside Quart, which `offered` in its X-Request-Id
+    header; the id to echo if it is refused."""
+    chosen = choose(offered)
     request_id.set(chosen)
     return chosen
 

@@ -24,7 +24,6 @@ from typing import Any, cast
 from urllib.parse import parse_qs
 
 import trio
-from werkzeug.datastructures import Headers
 
 from vpiska import metrics
 from vpiska.accounts import Accounts
@@ -81,7 +80,7 @@ class EventSocketEndpoint:
             await send({"type": "websocket.accept"})
             accepted = True
             room, identity, since = member
-            # After the accept: the adapter's DirectSink comes with it.
+            # After the accept: the adapter's Sink comes with it.
             await EventSession(self._config, self._store, room, identity, receive, send,
                                hypercorn_adapter.sink_of(scope), since).run()
         except Exception:
@@ -98,10 +97,14 @@ class EventSocketEndpoint:
         starts.)"""
         await receive()  # websocket.connect
         query = parse_qs(scope["query_string"].decode("latin-1"))
-        headers = Headers([(k.decode("latin-1"), v.decode("latin-1"))
-                           for k, v in scope["headers"]])
-        request_id = name_socket(headers)
-        token = (query.get("accessToken") or [""])[0] or bearer_token(headers)
+        offered_id = authorization = None  # the first of each, as werkzeug's Headers.get
+        for name, value in scope["headers"]:  # names are lowercase in ASGI
+            if name == b"x-request-id" and offered_id is None:
+                offered_id = value.decode("latin-1")
+            elif name == b"authorization" and authorization is None:
+                authorization = value.decode("latin-1")
+        request_id = name_socket(offered_id or "")
+        token = (query.get("accessToken") or [""])[0] or bearer_token(authorization or "")
         identity = await self._accounts.identify(token) if token else None
         event_id = (query.get("eventId") or [""])[0]
         since_text = (query.get("since") or [None])[0]
@@ -138,10 +141,10 @@ class EventSession:
     and, while there is something to write, a writer (the outbox to the socket); when either
     ends the session, both end.
 
-    With a DirectSink the writer is a task of the connection, started only when the outbox has
-    something queued or its end to tell (an idle member has no task besides its reader), and
-    ended with the session. Without one (plain hypercorn) every frame is queued, and writers
-    run in the session's nursery.
+    With a Sink (hypercorn_adapter.py) the writer is a task of the connection, started only when the
+    outbox has something queued or its end to tell (an idle member has no task besides its reader),
+    and ended with the session. Without one (plain hypercorn) every frame is queued, and writers run
+    in the session's nursery.
 
     Resource handling: the member joins once and leaves exactly once, in a `finally`, also when
     the client vanishes (the handler is cancelled) or the server shuts down; its outbox is
@@ -149,7 +152,7 @@ class EventSession:
     """
 
     def __init__(self, config: Config, store: Store, room: RoomHandle, identity: Identity,
-                 receive: Any, send: Any, sink: hypercorn_adapter.DirectSink | None,
+                 receive: Any, send: Any, sink: hypercorn_adapter.Sink | None,
                  since: int | None) -> None:
         self._receive_message = receive
         self._send_message = send
@@ -266,7 +269,7 @@ class EventSession:
     async def _send(self, batch: list[Item]) -> None:
         if self._sink is not None:
             # The ignore: an Item is bytes or str, and with a sink it is bytes (outbox.form).
-            await self._sink.send(b"".join(batch))  # type: ignore[arg-type]
+            await self._sink.send_frames(b"".join(batch))  # type: ignore[arg-type]
         else:
             for text in batch:
                 await self._send_message({"type": "websocket.send", "text": text})

@@ -1,0 +1,420 @@
+"""WebSockets served straight off their sockets, below hypercorn (hypercorn_adapter.py, 18).
+
+Why: through hypercorn a WebSocket handshake cost ~0.67 ms of the core before the app saw it:
+h11 parsing the request, a protocol, a stream and a handshake object, a task group, an app task
+and its inbox, h11 again for the answer. trio alone answers one in ~0.17 ms. For a party's
+crowd arriving at once that was the difference between a third and two thirds of Node's `ws`.
+
+What: a connection whose first read holds a whole, ordinary upgrade request for one of
+`ServerConfig.direct_websocket_paths` is served here. The ASGI app runs in the connection's own
+task; its `receive` reads the socket and decodes frames with wsproto's frame layer (with the
+bounded decoder, ws_limits.py), its `send` writes; the connection is its own Sink.
+"Ordinary" means: `GET <path>[?query] HTTP/1.1`, one Host, `Upgrade: websocket`, a Connection
+header naming upgrade, `Sec-WebSocket-Version: 13`, a key, no body, every header line well
+formed. Anything else (a head split over reads, another path or method, a malformed or unusual
+header) goes to hypercorn with the bytes already read, exactly as before; so do TLS
+connections.
+
+It keeps what the adapter guarantees on hypercorn's path: the peer's invalid frame or oversized
+message gets its close code (1, 8); a close during a send ends the connection, not the server
+(2); no ping task per socket, the worker's pinger pings it (4, 15); frames are written without
+a task switch (5); bytes sent with the handshake are the first frames of an accepted socket and
+dropped for a refused one (6); nothing waits for an app that has finished (7); the server's
+close lingers for the peer's last bytes (17). A peer silent for the read timeout is dropped, as
+a keep-alive disconnect.
+
+Resource handling: the connection task owns a nursery for the writers and pings the app starts
+(`spawn`); the socket is closed when the app has returned and that nursery is empty.
+"""
+
+from __future__ import annotations
+
+import http
+import logging
+import re
+import time
+from base64 import b64encode
+from collections import deque
+from dataclasses import dataclass
+from hashlib import sha1
+from typing import TYPE_CHECKING, Any, cast
+
+import trio
+from wsproto.connection import Connection, ConnectionState, ConnectionType
+from wsproto.events import BytesMessage, CloseConnection, Event, Message, Ping, TextMessage
+from wsproto.frame_protocol import CloseReason
+from wsproto.utilities import LocalProtocolError
+
+from vpiska import metrics
+from vpiska.http.socket_writes import write_now
+from vpiska.http.ws_limits import bound_messages
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from hypercorn.typing import WebsocketScope
+
+    from vpiska.http.hypercorn_adapter import VpiskaTCPServer
+
+log = logging.getLogger(__name__)
+
+SINK = "vpiska.direct_sink"  # the ASGI scope extension that carries a connection's Sink
+_ACCEPT_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
+_REQUEST_LINE = re.compile(rb"GET (/[!-~]*) HTTP/1\.1")
+# RFC 9110 §5.1, §5.5: a token, a colon, optional whitespace around a value of visible
+# characters (and inner spaces). Nothing else: no obs-fold, no control characters.
+_HEADER_LINE = re.compile(
+    rb"([-!#$%&'*+.^_`|~0-9A-Za-z]+):[ \t]*"
+    rb"((?:[!-~\x80-\xff](?:[ \t!-~\x80-\xff]*[!-~\x80-\xff])?)?)[ \t]*")
+# A header that changes how a request is read: such a request is left to h11.
+_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"expect"})
+
+
+@dataclass(frozen=True, slots=True)
+class Upgrade:
+    """An ordinary WebSocket upgrade request, as read off the socket."""
+
+    path: bytes
+    query_string: bytes
+    headers: list[tuple[bytes, bytes]]  # names lowercased, as h11 gives them
+    key: bytes
+    subprotocols: list[str]
+
+
+def parse_upgrade(data: bytes, paths: frozenset[bytes], max_head: int
+                  ) -> tuple[Upgrade, bytes] | None:
+    """The upgrade request at the start of `data` and the bytes after it, or None if `data`
+    does not start with a whole, ordinary upgrade request for one of `paths` (hypercorn reads
+    it then)."""
+    end = data.find(b"\r\n\r\n", 0, max_head)
+    if end < 0 or not data.startswith(b"GET /"):
+        return None
+    lines = data[:end].split(b"\r\n")
+    request = _REQUEST_LINE.fullmatch(lines[0])
+    if request is None:
+        return None
+    path, _, query_string = request[1].partition(b"?")
+    if path not in paths:
+        return None
+    headers: list[tuple[bytes, bytes]] = []
+    hosts = 0
+    upgrade = version = key = None
+    connection: list[bytes] = []
+    subprotocols: list[str] = []
+    for line in lines[1:]:
+        header = _HEADER_LINE.fullmatch(line)
+        if header is None:
+            return None
+        name, value = header[1].lower(), header[2]
+        headers.append((name, value))
+        if name == b"host":
+            hosts += 1
+        elif name == b"upgrade":
+            upgrade = value
+        elif name == b"connection":
+            connection += (token.strip().lower() for token in value.split(b","))
+        elif name == b"sec-websocket-version":
+            version = value
+        elif name == b"sec-websocket-key":
+            key = value
+        elif name == b"sec-websocket-protocol":
+            subprotocols += (token.strip().decode("latin-1") for token in value.split(b","))
+        elif name in _FRAMING:
+            return None
+    if (hosts != 1 or upgrade is None or upgrade.lower() != b"websocket"
+            or b"upgrade" not in connection or version != b"13" or not key):
+        return None
+    return Upgrade(path, query_string, headers, key, subprotocols), data[end + 4:]
+
+
+class DirectWebSocket:
+    """One WebSocket connection served off its socket: the ASGI app's `receive` and `send`, and
+    the Sink of its frames (`write_now`, `send_frames`, `spawn`).
+
+    The app runs in the connection's task, and `receive` reads the socket in that task: a
+    member's socket is read only while its session asks for a frame, which is how the session
+    already applies back-pressure.
+    """
+
+    def __init__(self, server: VpiskaTCPServer, upgrade: Upgrade, rest: bytes) -> None:
+        self._server = server
+        self._sock = server._sock
+        self._upgrade = upgrade
+        self._rest = rest  # bytes after the head: the first frames, if the app accepts (6)
+        self.scope = _scope(server, upgrade)
+        self._connect_given = False
+        self._accepted = False
+        self._answered = False  # accepted or refused
+        self._refusal: tuple[int, list[tuple[bytes, bytes]], list[bytes]] | None = None
+        self._connection: Connection | None = None
+        self._events: deque[Event] = deque()
+        self._parts: list[str | bytes] = []  # the message being received, if fragmented
+        self._disconnect: dict[str, Any] | None = None  # what `receive` says from now on
+        self._broken = False  # a write failed: the peer is gone
+        self._nursery: trio.Nursery | None = None
+        self._send_lock = server.send_lock
+        self._started = time.time()
+
+    async def serve(self, app: Any) -> None:
+        """Run the app on this connection, then close it."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                try:
+                    await app(self.scope, self.receive, self.send, trio.to_thread.run_sync,
+                              trio.from_thread.run)
+                except Exception:
+                    log.exception("websocket app failed", extra={"path": self.scope["path"]})
+                await self._app_finished()
+        finally:
+            self._nursery = None
+            await self._server._close_now(linger=not self._broken)
+
+    async def _app_finished(self) -> None:
+        # What hypercorn does for an app that returns: a handshake it never answered is a 500;
+        # a socket it left open is closed with 1011.
+        if not self._answered:
+            await self._refuse(500, [(b"content-length", b"0")], [b""])
+        elif self._accepted and self._open:
+            await self._send_close(CloseReason.INTERNAL_ERROR, None)
+
+    @property
+    def _typed_scope(self) -> WebsocketScope:
+        return cast("WebsocketScope", self.scope)
+
+    @property
+    def _open(self) -> bool:
+        return (not self._broken and self._connection is not None
+                and self._connection.state is ConnectionState.OPEN)
+
+    # The ASGI side.
+
+    async def receive(self) -> dict[str, Any]:
+        if not self._connect_given:
+            self._connect_given = True
+            return {"type": "websocket.connect"}
+        while True:
+            if self._disconnect is not None:
+                return self._disconnect
+            if not self._events:
+                await self._read()
+                continue
+            event = self._events.popleft()
+            if isinstance(event, Message):
+                self._parts.append(event.data)
+                if event.message_finished:
+                    data = self._parts[0] if len(self._parts) == 1 else \
+                        type(event.data)().join(self._parts)
+                    self._parts = []
+                    if isinstance(event, TextMessage):
+                        return {"type": "websocket.receive", "text": data, "bytes": None}
+                    return {"type": "websocket.receive", "bytes": data, "text": None}
+            elif isinstance(event, Ping):
+                await self._write_event(event.response())
+            elif isinstance(event, CloseConnection):
+                await self._closed_by_peer(event)
+
+    async def send(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "websocket.accept" and not self._answered:
+            await self._accept(message)
+        elif kind == "websocket.http.response.start" and not self._answered:
+            self._refusal = (int(message["status"]), list(message.get("headers", [])), [])
+        elif kind == "websocket.http.response.body" and self._refusal is not None:
+            status, headers, body = self._refusal
+            body.append(bytes(message.get("body", b"")))
+            if not message.get("more_body", False):
+                self._refusal = None
+                await self._refuse(status, headers, body)
+        elif kind == "websocket.close" and not self._answered:
+            await self._refuse(403, [(b"content-length", b"0")], [b""])
+        elif kind == "websocket.close":
+            if self._open:
+                await self._send_close(int(message.get("code", CloseReason.NORMAL_CLOSURE)),
+                                       message.get("reason"))
+        elif kind == "websocket.send" and self._accepted:
+            if self._open:
+                data = message.get("bytes")
+                await self._write_event(TextMessage(data=message["text"]) if data is None
+                                        else BytesMessage(data=bytes(data)))
+        else:
+            raise RuntimeError(f"unexpected ASGI message {kind!r} on a direct WebSocket")
+
+    async def _accept(self, message: dict[str, Any]) -> None:
+        self._answered = self._accepted = True
+        accept = b64encode(sha1(self._upgrade.key + _ACCEPT_GUID).digest())
+        head = [b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n"
+                b"connection: Upgrade\r\nsec-websocket-accept: ", accept, b"\r\n"]
+        subprotocol = message.get("subprotocol")
+        if subprotocol is not None:
+            head += [b"sec-websocket-protocol: ", subprotocol.encode("latin-1"), b"\r\n"]
+        for name, value in message.get("headers", ()):
+            head += [name, b": ", value, b"\r\n"]
+        head.append(b"\r\n")
+        self._connection = Connection(ConnectionType.SERVER)  # no permessage-deflate (8)
+        config = self._server.config
+        bound_messages(self._connection, config.websocket_max_message_size)
+        await self._write(b"".join(head))
+        await config.log.access(self._typed_scope, {"status": 101, "headers": []},
+                                time.time() - self._started)
+        if self._rest:
+            self._feed(self._rest)
+            self._rest = b""
+        interval = config.websocket_ping_interval
+        if interval is not None:
+            pinger = self._server.pinger(interval)
+            if pinger is not None:
+                pinger.add(self)
+        self.scope["extensions"][SINK] = self
+
+    async def _refuse(self, status: int, headers: list[tuple[bytes, bytes]],
+                      body: list[bytes]) -> None:
+        """Answer the handshake with an HTTP response; the connection ends after it, and what
+        the client sent after its request is dropped (6)."""
+        self._answered = True
+        content = b"".join(body)
+        names = {name.lower() for name, _ in headers}
+        extra = [(b"connection", b"close")] if b"connection" not in names else []
+        if b"content-length" not in names:
+            extra.append((b"content-length", str(len(content)).encode()))
+        try:
+            phrase = http.HTTPStatus(status).phrase.encode()
+        except ValueError:
+            phrase = b""
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, phrase)]
+        for name, value in (*headers, *extra, *self._server.response_headers()):
+            lines += [name, b": ", value, b"\r\n"]
+        lines += [b"\r\n", content]
+        await self._write(b"".join(lines))
+        await self._server.config.log.access(self._typed_scope, {"status": status, "headers": []},
+                                             time.time() - self._started)
+        self._disconnect = {"type": "websocket.disconnect", "code": CloseReason.NORMAL_CLOSURE}
+
+    # Frames in.
+
+    async def _read(self) -> None:
+        """Read what the peer sent into the frame decoder; at the end of the stream, a silence
+        of the read timeout or a broken connection, the peer has disconnected."""
+        data = b""
+        if not self._broken and self._accepted:
+            timeout = self._server.config.read_timeout
+            with trio.move_on_after(timeout if timeout is not None else float("inf")) as waited:
+                try:
+                    data = await self._server._receive()
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+            if waited.cancelled_caught:
+                metrics.KEEP_ALIVE_DISCONNECTS.inc()
+        if data and self._connection is not None \
+                and self._connection.state is not ConnectionState.CLOSED:
+            self._feed(data)
+        else:
+            self._disconnect = {"type": "websocket.disconnect",
+                                "code": CloseReason.ABNORMAL_CLOSURE}
+
+    def _feed(self, data: bytes) -> None:
+        assert self._connection is not None
+        self._connection.receive_data(data)
+        self._events.extend(self._connection.events())
+
+    async def _closed_by_peer(self, event: CloseConnection) -> None:
+        """The peer closed, or sent what cannot be decoded (wsproto reports a CloseConnection
+        with the reason's code while the connection is still OPEN): either way the app is
+        told, and the peer gets the close frame it is owed (1, 8)."""
+        assert self._connection is not None
+        if self._connection.state is ConnectionState.REMOTE_CLOSING:
+            await self._write_event(event.response())
+        elif self._connection.state is ConnectionState.OPEN:
+            log.info("websocket failed", extra={"code": event.code, "cause": event.reason})
+            await self._send_close(event.code, None)
+        self._events.clear()
+        self._disconnect = {"type": "websocket.disconnect", "code": event.code}
+
+    # Frames out.
+
+    async def _send_close(self, code: int, reason: str | None) -> None:
+        await self._write_event(CloseConnection(code=code, reason=reason))
+
+    async def _write_event(self, event: Event) -> None:
+        assert self._connection is not None
+        try:
+            data = self._connection.send(event)
+        except LocalProtocolError:  # the connection is closing already
+            return
+        await self._write(data)
+
+    async def _write(self, data: bytes) -> None:
+        """Write `data` after everything written before it: at once if no other send is under
+        way and the socket takes it, else the rest under the send lock, shielded, as hypercorn
+        sends (2, 12)."""
+        if self._broken:
+            return
+        if not self._send_lock.locked():
+            written = self._write_now(data)
+            if written == len(data) or self._broken:
+                return
+            data = data[written:]
+        async with self._send_lock:
+            try:
+                with trio.CancelScope(shield=True):
+                    await self._server.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+                self._broken = True
+
+    def _write_now(self, data: bytes) -> int:
+        assert self._sock is not None
+        try:
+            return write_now(self._sock, data)
+        except trio.BrokenResourceError:
+            self._broken = True
+            return 0
+
+    # The Sink of the app's frames (hypercorn_adapter.Sink).
+
+    def write_now(self, data: bytes) -> int:
+        if not self._open or self._send_lock.locked():
+            return 0
+        assert self._sock is not None
+        return write_now(self._sock, data)
+
+    async def send_frames(self, data: bytes) -> None:
+        if self._open:
+            await self._write(data)
+
+    def spawn(self, job: Callable[[], Awaitable[None]]) -> None:
+        if self._nursery is None:
+            raise RuntimeError("the connection has ended")
+        self._nursery.start_soon(job)
+
+    # The worker's pinger (hypercorn_adapter._Pinger).
+
+    def _ping(self) -> bool:
+        """Ping the peer now; False once the socket is done."""
+        if not self._open or self._nursery is None:
+            return False
+        assert self._connection is not None
+        data = self._connection.send(Ping())
+        written = 0 if self._send_lock.locked() else self._write_now(data)
+        if written < len(data) and not self._broken:
+            self._nursery.start_soon(self._write, data[written:])
+        return not self._broken
+
+
+def _scope(server: VpiskaTCPServer, upgrade: Upgrade) -> dict[str, Any]:
+    """The ASGI scope hypercorn 0.18 makes for the same request (WSStream.handle)."""
+    return {
+        "type": "websocket",
+        "asgi": {"spec_version": "2.3", "version": "3.0"},
+        "scheme": "ws",
+        "http_version": "1.1",
+        "path": upgrade.path.decode("ascii"),
+        "raw_path": upgrade.path,
+        "query_string": upgrade.query_string,
+        "root_path": server.config.root_path,
+        "headers": upgrade.headers,
+        "client": server.peer_address,
+        "server": server.local_address,
+        "state": server.lifespan_state(),
+        "subprotocols": upgrade.subprotocols,
+        "extensions": {"websocket.http.response": {}},
+    }
