@@ -175,6 +175,11 @@ class EventActor:
     async def _next_command(self) -> Command | None:
         pending = self._room.users_count != self._room.announced_count
         due = self._next_count_at if pending else math.inf
+        if due > trio.current_time():  # a command already queued needs no deadline to wait on
+            try:
+                return self._room.commands.receive_nowait()
+            except trio.WouldBlock:
+                pass
         with trio.move_on_at(due):
             return await self._room.commands.receive()
         return None
@@ -200,13 +205,16 @@ class EventActor:
                 replies.enter_context(join.reply)
                 self._room.add(join.member)
             await self._mirror_now()
+            # The same state for all of them; none if the announcement after this command
+            # tells everyone anyway.
+            state = None if self._count_due() else self._event_updated()
             for join in joins:
-                await self._answer(join.reply, self._welcome, join.member)
+                await self._answer(join.reply, self._welcome, join.member, state)
 
-    async def _welcome(self, member: Member) -> Joined:
-        if not self._count_due():  # else the announcement after this command includes it
+    async def _welcome(self, member: Member, state: frames.Frame | None) -> Joined:
+        if state is not None:
             try:
-                member.outbox.deliver(self._event_updated())
+                member.outbox.deliver(state)
             except (OutboxFull, OutboxClosed):
                 self._room.remove(member)  # gone already: its Leave is on the way
         return Joined(self._chat_length, self._room.seq)
