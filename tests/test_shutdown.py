@@ -24,7 +24,9 @@ import trio
 from tests.clients import Crowd, Member, host_event, token_for, wait_for_sockets
 from tests.conftest import Server, make_config
 from tests.fakes import FaultyStore
+from tests.raw_ws import RawSocket
 from tests.test_process import env, free_port, wait_until_serving
+from tests.test_websocket import port_of, resource
 from vpiska.server import ShutdownTimedOut, serve
 from vpiska.store.sqlite import SqliteStore
 
@@ -235,3 +237,35 @@ async def _read_all(stream: trio.abc.ReceiveStream) -> str:
     return data.decode()
 
 
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "adapted-h11"])
+async def test_a_member_that_never_reads_cannot_hold_the_shutdown(
+    tmp_path: Path, nursery: trio.Nursery, direct: bool
+) -> None:
+    """A socket whose peer stopped reading is dropped as a slow consumer while the server's
+    write to it waits for room that never comes; it must not hold the shutdown past the
+    grace period (pings are off: nothing else would ever end it)."""
+    async with running(tmp_path, nursery, shutdown_grace_seconds=2, member_outbox_frames=16,
+                       ws_ping_seconds=600, direct_websockets=direct,
+                       **UNLIMITED_CHAT) as (server, trigger, returned):
+        crowd = Crowd(nursery, server)
+        _, event_id = await host_event(server)
+        talker = await crowd.join((await token_for(server))[1], event_id)
+        good = await crowd.join((await token_for(server))[1], event_id)
+        _, slow_token = await token_for(server)
+        slow = await RawSocket.connect(port_of(server), resource(server, slow_token, event_id),
+                                       receive_buffer=4096)
+        async with slow.stream:
+            await good.wait_for(lambda m: m.counts()[-1:] == [3])
+            for i in range(5000):  # up to ~7.5 MB: far more than the slow socket's buffers
+                if good.counts()[-1] == 2:  # dropped, its write still waiting
+                    break
+                await good.wait_for(lambda m, i=i: len(m.chat()) >= i - 8)
+                await talker.say(f"{i:05d}" + "x" * 1500)
+            else:
+                raise AssertionError("the slow consumer was never dropped")
+            trigger.set()
+            with trio.fail_after(server.config.shutdown_grace_seconds + 15):
+                await returned.wait()
+        await crowd.aclose()

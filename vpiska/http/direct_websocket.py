@@ -156,19 +156,23 @@ class DirectWebSocket:
         self._started = time.time()
 
     async def serve(self, app: Any) -> None:
-        """Run the app on this connection, then close it."""
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
+        """Run the app on this connection, then close it.
+
+        The socket is closed before the nursery waits for the app's writers: a write to a
+        peer that stopped reading waits for room, shielded, and only the socket's close ends
+        it (as hypercorn's close does on its path)."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
                 try:
                     await app(self.scope, self.receive, self.send, trio.to_thread.run_sync,
                               trio.from_thread.run)
                 except Exception:
                     log.exception("websocket app failed", extra={"path": self.scope["path"]})
                 await self._app_finished()
-        finally:
-            self._nursery = None
-            await self._server._close_now(linger=not self._broken)
+            finally:
+                self._nursery = None
+                await self._server._close_now(linger=not self._broken)
 
     async def _app_finished(self) -> None:
         # What hypercorn does for an app that returns: a handshake it never answered is a 500;

@@ -457,6 +457,12 @@ class VpiskaTCPServer(GuardedTCPServer):
             if reading.cancelled_caught and not self._stopped:  # a deadline passed in a read
                 self._timed_out(body_deadline)
                 await self._close_now()  # the peer sees the end now, not after the app's
+        except trio.Cancelled:
+            # The connection is cut (a shutdown past its deadline): a write waiting, shielded,
+            # for a peer that stopped reading ends only with the socket, and the connection's
+            # task group waits for it.
+            await self._close_now()
+            raise
         finally:
             self._idle(False)
         await self.protocol.handle(Closed())
