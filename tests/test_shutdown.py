@@ -261,7 +261,10 @@ async def test_a_member_that_never_reads_cannot_hold_the_shutdown(
             for i in range(5000):  # up to ~7.5 MB: far more than the slow socket's buffers
                 if good.counts()[-1] == 2:  # dropped, its write still waiting
                     break
-                await good.wait_for(lambda m, i=i: len(m.chat()) >= i - 8)
+                def caught_up(m: Member, i: int = i) -> bool:
+                    return len(m.chat()) >= i - 8
+
+                await good.wait_for(caught_up)
                 await talker.say(f"{i:05d}" + "x" * 1500)
             else:
                 raise AssertionError("the slow consumer was never dropped")
