@@ -258,6 +258,24 @@ async def test_a_write_holds_at_most_max_chat_batch_lines(
         str(n) for n in range(MAX_BATCH + 101)]
 
 
+async def test_a_member_entering_unanswered_gets_the_state_then_its_own_lines(
+    rooms: Rooms, autojump_clock: MockClock
+) -> None:
+    event, room = await rooms.open()
+    ann = Member(person("ann"), RecordingOutbox())
+    await room.enter(ann)  # returns with the Join only queued
+    await say(room, ann, "right away")  # queued behind it
+    await snapshot(room)  # the sentinel: both went through the actor before it
+    assert [f.split("/", 1)[0] for f in outbox(ann).frames] == ["eventUpdated",
+                                                                "chatMessage"]
+    assert counts(ann) == [1]
+    assert chat(ann) == ["right away"]
+    await room.ask(lambda reply: Close(event.owner_id, reply))
+    with pytest.raises(DomainError) as refused:
+        await room.enter(Member(person("bob"), RecordingOutbox()))
+    assert refused.value.codes == (ErrorCode.EVENT_NOT_FOUND,)
+
+
 # Count coalescing.
 
 

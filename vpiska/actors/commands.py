@@ -21,11 +21,11 @@ Reply = trio.MemorySendChannel[outcome.Outcome[object]]
 
 @dataclasses.dataclass(frozen=True)
 class Join:
-    """A socket joins; the answer is `Joined`. The member is sent the event's current state
-    (`eventUpdated`) at once."""
+    """A socket joins; the answer is `Joined`, if anyone waits for it (`reply`). The member is
+    sent the event's current state (`eventUpdated`) at once."""
 
     member: Member
-    reply: Reply
+    reply: Reply | None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -202,14 +202,18 @@ class EventActor:
     async def _join(self, joins: list[Join]) -> None:
         with contextlib.ExitStack() as replies:  # closed on every way out, as in `_answer`
             for join in joins:
-                replies.enter_context(join.reply)
+                if join.reply is not None:
+                    replies.enter_context(join.reply)
                 self._room.add(join.member)
             await self._mirror_now()
             # The same state for all of them; none if the announcement after this command
             # tells everyone anyway.
             state = None if self._count_due() else self._event_updated()
             for join in joins:
-                await self._answer(join.reply, self._welcome, join.member, state)
+                if join.reply is None:
+                    await self._welcome(join.member, state)
+                else:
+                    await self._answer(join.reply, self._welcome, join.member, state)
 
     async def _welcome(self, member: Member, state: frames.Frame | None) -> Joined:
         if state is not None:

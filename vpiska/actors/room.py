@@ -116,6 +116,28 @@ class Room:
             self._internal("the event's room did not answer in time")
         return result.unwrap()
 
+    async def enter(self, member: Member) -> None:
+        """Join `member` without waiting for the actor to take it in: its Join is queued ahead
+        of anything the member sends, and the actor writes it the event's state. What a socket
+        that needs no catch-up does: a round trip to the actor less per handshake.
+
+        Error handling: as `ask`: EventNotFound once the event has closed; InternalError if
+        the room has failed, or its inbox stayed full for the reply deadline.
+        """
+        join = Join(member, None)
+        try:
+            try:
+                self.inbox.send_nowait(join)
+            except trio.WouldBlock:
+                with trio.fail_after(self._reply_timeout):
+                    await self.inbox.send(join)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            if self.failed:
+                self._internal("the event's room has failed")
+            raise DomainError(ErrorCode.EVENT_NOT_FOUND) from None
+        except trio.TooSlowError:
+            self._internal("the event's room did not answer in time")
+
     def _internal(self, cause: str) -> None:
         log.error("event command failed", extra={"event_id": self.event_id, "cause": cause})
         raise DomainError(ErrorCode.INTERNAL_ERROR)

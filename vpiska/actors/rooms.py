@@ -28,6 +28,10 @@ class RoomHandle(Protocol):
     async def send(self, command: Command) -> bool:
         """Queue a command that needs no answer; False if the room is overloaded."""
 
+    async def enter(self, member: Member) -> None:
+        """Join `member`, as Join does, without waiting for its `Joined` if the room need not
+        (Room.enter); DomainError as `ask`."""
+
     def leave(self, member: Member) -> None:
         """Take `member` out of the room, never waiting."""
 

@@ -185,6 +185,11 @@ class GatewayRoom:
             return await self._request("close", {"by": command.by})
         raise TypeError(f"GatewayRoom cannot ask {command!r}")
 
+    async def enter(self, member: Member) -> None:
+        """A join answered by the owner, as `ask` does it: the gateway follows the owner's
+        messages from the join's answer on."""
+        await self._join(member)
+
     async def send(self, command: object) -> bool:
         """A chat line to the owner; kept trying through a failover up to the reply
         deadline, then dropped (and logged): a line nobody saw was never acknowledged. After

@@ -33,9 +33,6 @@ from vpiska.actors.commands import (
     Snapshot,
     Update,
 )
-from vpiska.actors.commands import (
-    Reply as ReplyChannel,
-)
 from vpiska.actors.frames import Frame
 from vpiska.auth import Identity
 from vpiska.cluster import redis
@@ -264,7 +261,7 @@ class OwnerLink:
             member = Member(identity, RemoteOutbox(gateway, key), gateway=gateway)
             known[key] = member
             try:  # the answer is not needed: the gateway's socket joined long ago
-                room.inbox.send_nowait(Join(member, _discard()))
+                room.inbox.send_nowait(Join(member, None))
             except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
                 known.pop(key)
 
@@ -277,12 +274,6 @@ class OwnerLink:
                 member = known.pop(key)
                 if room is not None:
                     room.leave(member)
-
-
-def _discard() -> ReplyChannel:
-    send, receive = trio.open_memory_channel[Any](1)
-    receive.close()
-    return send
 
 
 def _identity(args: dict[str, Any]) -> Identity:

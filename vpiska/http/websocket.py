@@ -162,6 +162,7 @@ class EventSession:
         self._room = room
         self._identity = identity
         self._since = since
+        self._chat_length = 0  # when it joined: where a catch-up (`since`) ends
         self._flood: ChatFlood | None = None  # made at the first chat line: most members read
         self._close_code: CloseCode | None = None
         self._outbox = SocketOutbox(config.member_outbox_frames, sink, hold=since is not None)
@@ -176,9 +177,12 @@ class EventSession:
         try:
             # Inside the try: the client may vanish while the join is being answered, and
             # the room must then still be told the member left.
-            joined = await self._room.ask(lambda reply: Join(member, reply))
-            assert isinstance(joined, Joined)
-            self._chat_length = joined.chat_length
+            if self._since is None:  # no catch-up: nothing to wait for
+                await self._room.enter(member)
+            else:
+                joined = await self._room.ask(lambda reply: Join(member, reply))
+                assert isinstance(joined, Joined)
+                self._chat_length = joined.chat_length
             if self._sink is not None:
                 self._spawn = self._sink.spawn
                 with self._session:
