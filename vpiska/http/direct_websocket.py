@@ -299,22 +299,29 @@ class DirectWebSocket:
     async def _read(self) -> None:
         """Read what the peer sent into the frame decoder; at the end of the stream, a silence
         of the read timeout or a broken connection, the peer has disconnected."""
-        data = b""
+        data: bytes | None = b""
         if not self._broken and self._accepted:
-            timeout = self._server.config.read_timeout
-            with trio.move_on_after(timeout if timeout is not None else float("inf")) as waited:
-                try:
-                    data = await self._server._receive()
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    data = b""
-            if waited.cancelled_caught:
-                metrics.KEEP_ALIVE_DISCONNECTS.inc()
+            data = self._server.read_ready()
+            if data is not None:  # a peer that always has more must not keep the others waiting
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            else:
+                data = await self._wait_and_read()
         if data and self._connection is not None \
                 and self._connection.state is not ConnectionState.CLOSED:
             self._feed(data)
         else:
             self._disconnect = {"type": "websocket.disconnect",
                                 "code": CloseReason.ABNORMAL_CLOSURE}
+
+    async def _wait_and_read(self) -> bytes:
+        timeout = self._server.config.read_timeout
+        with trio.move_on_after(timeout if timeout is not None else float("inf")):
+            try:
+                return await self._server._receive()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return b""
+        metrics.KEEP_ALIVE_DISCONNECTS.inc()  # silent for the read timeout
+        return b""
 
     def _feed(self, data: bytes) -> None:
         assert self._connection is not None

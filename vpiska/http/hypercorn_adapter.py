@@ -379,14 +379,9 @@ class VpiskaTCPServer(GuardedTCPServer):
         """The connection's first bytes; None if none came within keep_alive_timeout (at once
         in a shutdown) or read_timeout, or the connection broke: the bound hypercorn's idle
         timer sets a new connection (11)."""
-        sock = self._sock
-        assert sock is not None
-        try:  # most clients send their request with the connection: no deadline to set then
-            return os.read(sock.fileno(), MAX_RECV)
-        except BlockingIOError:
-            pass
-        except OSError:
-            return None
+        ready = self.read_ready()  # most clients send their request with the connection
+        if ready is not None:
+            return ready
         self._idle(True)
         try:
             with trio.CancelScope() as reading:
@@ -404,6 +399,17 @@ class VpiskaTCPServer(GuardedTCPServer):
         finally:
             self._idle(False)
             self._reading = None
+
+    def read_ready(self) -> bytes | None:
+        """What the socket holds now, without waiting (and without a deadline to set): None if
+        nothing yet; b"" at the end of the stream, or if the connection broke or closed."""
+        assert self._sock is not None
+        try:
+            return os.read(self._sock.fileno(), MAX_RECV)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return b""
 
     def response_headers(self) -> list[tuple[bytes, bytes]]:
         """Date, Server and the other headers hypercorn adds to every response."""
