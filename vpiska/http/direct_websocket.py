@@ -60,12 +60,12 @@ log = logging.getLogger(__name__)
 
 SINK = "vpiska.direct_sink"  # the ASGI scope extension that carries a connection's Sink
 _ACCEPT_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
-_REQUEST_LINE = re.compile(rb"GET (/[!-~]*) HTTP/1\.1")
+_REQUEST_LINE = re.compile(rb"GET (/[!-~]*) HTTP/1\.1\r\n")
 # RFC 9110 §5.1, §5.5: a token, a colon, optional whitespace around a value of visible
-# characters (and inner spaces). Nothing else: no obs-fold, no control characters.
+# characters (and inner spaces), CRLF. Nothing else: no obs-fold, no control characters.
 _HEADER_LINE = re.compile(
     rb"([-!#$%&'*+.^_`|~0-9A-Za-z]+):[ \t]*"
-    rb"((?:[!-~\x80-\xff](?:[ \t!-~\x80-\xff]*[!-~\x80-\xff])?)?)[ \t]*")
+    rb"((?:[!-~\x80-\xff](?:[ \t!-~\x80-\xff]*[!-~\x80-\xff])?)?)[ \t]*\r\n")
 # A header that changes how a request is read: such a request is left to h11.
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"expect"})
 
@@ -86,11 +86,8 @@ def parse_upgrade(data: bytes, paths: frozenset[bytes], max_head: int
     """The upgrade request at the start of `data` and the bytes after it, or None if `data`
     does not start with a whole, ordinary upgrade request for one of `paths` (hypercorn reads
     it then)."""
-    end = data.find(b"\r\n\r\n", 0, max_head)
-    if end < 0 or not data.startswith(b"GET /"):
-        return None
-    lines = data[:end].split(b"\r\n")
-    request = _REQUEST_LINE.fullmatch(lines[0])
+    end = data.find(b"\r\n\r\n", 0, max_head) + 2  # the head's last CRLF
+    request = _REQUEST_LINE.match(data, 0, end) if end > 1 else None
     if request is None:
         return None
     path, _, query_string = request[1].partition(b"?")
@@ -101,10 +98,11 @@ def parse_upgrade(data: bytes, paths: frozenset[bytes], max_head: int
     upgrade = version = key = None
     connection: list[bytes] = []
     subprotocols: list[str] = []
-    for line in lines[1:]:
-        header = _HEADER_LINE.fullmatch(line)
-        if header is None:
+    at = request.end()
+    for header in _HEADER_LINE.finditer(data, at, end):
+        if header.start() != at:  # something between two header lines that is not one
             return None
+        at = header.end()
         name, value = header[1].lower(), header[2]
         headers.append((name, value))
         if name == b"host":
@@ -121,10 +119,10 @@ def parse_upgrade(data: bytes, paths: frozenset[bytes], max_head: int
             subprotocols += (token.strip().decode("latin-1") for token in value.split(b","))
         elif name in _FRAMING:
             return None
-    if (hosts != 1 or upgrade is None or upgrade.lower() != b"websocket"
+    if (at != end or hosts != 1 or upgrade is None or upgrade.lower() != b"websocket"
             or b"upgrade" not in connection or version != b"13" or not key):
         return None
-    return Upgrade(path, query_string, headers, key, subprotocols), data[end + 4:]
+    return Upgrade(path, query_string, headers, key, subprotocols), data[end + 2:]
 
 
 class DirectWebSocket:
