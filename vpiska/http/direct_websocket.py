@@ -23,8 +23,9 @@ dropped for a refused one (6); nothing waits for an app that has finished (7); t
 close lingers for the peer's last bytes (17). A peer silent for the read timeout is dropped, as
 a keep-alive disconnect.
 
-Resource handling: the connection task owns a nursery for the writers and pings the app starts
-(`spawn`); the socket is closed when the app has returned and that nursery is empty.
+Resource handling: the connection's task runs the app; what the app starts beside it (its
+writers, a ping the socket did not take at once) runs in the nursery of the server's
+connections and ends with the socket, which is closed as soon as the app has returned.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError
 
 from vpiska import metrics
+from vpiska.http.connection_guard import describe, where
 from vpiska.http.socket_writes import write_now
 from vpiska.http.ws_limits import bound_messages
 
@@ -156,21 +158,23 @@ class DirectWebSocket:
     async def serve(self, app: Any) -> None:
         """Run the app on this connection, then close it.
 
-        The socket is closed before the nursery waits for the app's writers: a write to a
-        peer that stopped reading waits for room, shielded, and only the socket's close ends
-        it (as hypercorn's close does on its path)."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
+        What the app starts beside itself (its writers, a ping the socket did not take at once)
+        runs in the nursery of the server's connections, not one of this connection's own: a
+        nursery per connection cost ~4 % of a handshake. Those tasks end with the socket, which
+        is closed here as soon as the app has returned: a write waiting for a peer that stopped
+        reading ends only with it.
+        """
+        self._nursery = trio.lowlevel.current_task().parent_nursery
+        try:
             try:
-                try:
-                    await app(self.scope, self.receive, self.send, trio.to_thread.run_sync,
-                              trio.from_thread.run)
-                except Exception:
-                    log.exception("websocket app failed", extra={"path": self.scope["path"]})
-                await self._app_finished()
-            finally:
-                self._nursery = None
-                await self._server._close_now(linger=not self._broken)
+                await app(self.scope, self.receive, self.send, trio.to_thread.run_sync,
+                          trio.from_thread.run)
+            except Exception:
+                log.exception("websocket app failed", extra={"path": self.scope["path"]})
+            await self._app_finished()
+        finally:
+            self._nursery = None
+            await self._server._close_now(linger=not self._broken)
 
     async def _app_finished(self) -> None:
         # What hypercorn does for an app that returns: a handshake it never answered is a 500;
@@ -393,7 +397,19 @@ class DirectWebSocket:
     def spawn(self, job: Callable[[], Awaitable[None]]) -> None:
         if self._nursery is None:
             raise RuntimeError("the connection has ended")
-        self._nursery.start_soon(job)
+        self._nursery.start_soon(self._guarded, job)
+
+    async def _guarded(self, job: Callable[[], Awaitable[None]]) -> None:
+        """`job`, whose fault ends this connection, never the server's other connections (it
+        runs in their nursery)."""
+        try:
+            await job()
+        except Exception as fault:
+            log.warning("connection failed", extra={"cause": describe([fault]),
+                                                    "where": where(fault)})
+            self._broken = True
+            if self._sock is not None:
+                trio.lowlevel.notify_closing(self._sock)
 
     # The worker's pinger (hypercorn_adapter._Pinger).
 
@@ -405,7 +421,8 @@ class DirectWebSocket:
         data = self._connection.send(Ping())
         written = 0 if self._send_lock.locked() else self._write_now(data)
         if written < len(data) and not self._broken:
-            self._nursery.start_soon(self._write, data[written:])
+            rest = data[written:]
+            self.spawn(lambda: self._write(rest))
         return not self._broken
 
 
