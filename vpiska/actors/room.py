@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 import outcome
 import trio
@@ -107,9 +107,7 @@ class Room:
                 with answer:
                     result = await answer.receive()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            if self.failed:
-                self._internal("the event's room has failed")
-            raise DomainError(ErrorCode.EVENT_NOT_FOUND) from None
+            self._ended()
         except trio.EndOfChannel:
             self._internal("the event's room crashed while handling the command")
         except trio.TooSlowError:
@@ -132,13 +130,17 @@ class Room:
                 with trio.fail_after(self._reply_timeout):
                     await self.inbox.send(join)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            if self.failed:
-                self._internal("the event's room has failed")
-            raise DomainError(ErrorCode.EVENT_NOT_FOUND) from None
+            self._ended()
         except trio.TooSlowError:
             self._internal("the event's room did not answer in time")
 
-    def _internal(self, cause: str) -> None:
+    def _ended(self) -> NoReturn:
+        """The room's inbox is closed: it failed (InternalError), or its event closed."""
+        if self.failed:
+            self._internal("the event's room has failed")
+        raise DomainError(ErrorCode.EVENT_NOT_FOUND) from None
+
+    def _internal(self, cause: str) -> NoReturn:
         log.error("event command failed", extra={"event_id": self.event_id, "cause": cause})
         raise DomainError(ErrorCode.INTERNAL_ERROR)
 
