@@ -25,7 +25,8 @@ from tests.clients import Crowd, host_event, token_for
 from tests.conftest import EVERY_WEBSOCKET_PATH, Server, make_config
 from tests.raw_ws import RawSocket
 from tests.test_websocket import port_of, resource
-from vpiska.http import connection_guard
+from vpiska.http import connection_guard, direct_websocket
+from vpiska.http.websocket import EventSession
 from vpiska.server import serve
 
 WS_UPGRADE = (b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
@@ -519,3 +520,29 @@ async def test_connection_reset_during_pipelined_answers_ends(tmp_path: Path) ->
             await stream.send_all(request("/swagger/doc.json") * 3)
             await first_bytes(stream)
             await stream.aclose()
+
+
+async def test_a_fault_in_a_direct_sockets_writer_ends_that_connection_only(
+    server: Server, crowd: Crowd, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A direct WebSocket's writer runs beside its connection, in the nursery of every
+    connection: whatever it raises ends its own connection, with one warning, and the server
+    goes on. (A member joining with `since` starts its writer at once.)"""
+    async def planted(self: EventSession) -> None:
+        raise RuntimeError("planted fault")
+
+    _, event_id = await host_event(server)
+    _, token = await token_for(server)
+    with caplog.at_level(logging.INFO):
+        monkeypatch.setattr(EventSession, "_write", planted)
+        raw = await RawSocket.connect(port_of(server),
+                                      resource(server, token, event_id, since="0"))
+        async with raw.stream:
+            await read_to_end(raw.stream)  # the server ends it
+        monkeypatch.undo()
+        await assert_still_serving(server, crowd)
+    faults = [r for r in caplog.records if r.name == direct_websocket.__name__]
+    assert [(r.levelno, r.message) for r in faults] == [(logging.WARNING, "connection failed")]
+    assert faults[0].cause == "RuntimeError: planted fault"  # type: ignore[attr-defined]
+    assert not any(r.levelno >= logging.ERROR or r.exc_info for r in caplog.records)
