@@ -360,22 +360,9 @@ class DirectWebSocket:
         await self._write(data)
 
     async def _write(self, data: bytes) -> None:
-        """Write `data` after everything written before it: at once if no other send is under
-        way and the socket takes it, else the rest under the send lock, shielded, as hypercorn
-        sends (2, 12)."""
-        if self._broken:
-            return
-        if not self._send_lock.locked():
-            written = self._write_now(data)
-            if written == len(data) or self._broken:
-                return
-            data = data[written:]
-        async with self._send_lock:
-            try:
-                with trio.CancelScope(shield=True):
-                    await self._server.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
-                self._broken = True
+        """Write `data` after everything written before it (VpiskaTCPServer.send_raw)."""
+        if not self._broken and not await self._server.send_raw(data):
+            self._broken = True
 
     def _write_now(self, data: bytes) -> int:
         assert self._sock is not None

@@ -400,6 +400,27 @@ class VpiskaTCPServer(GuardedTCPServer):
             self._idle(False)
             self._reading = None
 
+    async def send_raw(self, data: bytes) -> bool:
+        """Send `data` after everything sent before it; False if the connection broke (the
+        peer reset it) or is closed. With no other send under way it is written at once, with
+        no lock and no shielded scope (12); what the socket did not take is sent under the
+        lock, shielded, as hypercorn sends."""
+        if self._sock is not None and not self.send_lock.locked():
+            try:
+                written = write_now(self._sock, data)
+            except trio.BrokenResourceError:
+                return False
+            if written == len(data):
+                return True
+            data = data[written:]
+        async with self.send_lock:
+            try:
+                with trio.CancelScope(shield=True):
+                    await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+                return False
+        return True
+
     def read_ready(self) -> bytes | None:
         """What the socket holds now, without waiting (and without a deadline to set): None if
         nothing yet; b"" at the end of the stream, or if the connection broke or closed."""
@@ -611,28 +632,8 @@ class VpiskaTCPServer(GuardedTCPServer):
 
     async def protocol_send(self, event: Event) -> None:
         if isinstance(event, RawData):
-            data = event.data
-            if self._sock is not None and not self.send_lock.locked():
-                # No other send is under way: write at once, no lock, no shielded scope (12).
-                try:
-                    written = write_now(self._sock, data)
-                except trio.BrokenResourceError:
-                    await self._close_connection()  # a peer that reset the connection (7)
-                    return
-                if written == len(data):
-                    return
-                data = data[written:]
-            async with self.send_lock:
-                try:
-                    with trio.CancelScope(shield=True):
-                        await self.stream.send_all(data)
-                except (trio.BrokenResourceError, trio.ClosedResourceError,
-                        trio.BusyResourceError):
-                    broken = True
-                else:
-                    broken = False
-            if broken:  # a peer that reset the connection: closed like any other (7)
-                await self._close_connection()
+            if not await self.send_raw(event.data):
+                await self._close_connection()  # a peer that reset the connection (7)
         elif isinstance(event, Updated) and not isinstance(self.idle_task, _IdleDeadline):
             if event.idle:  # hypercorn's timer task, restarted shielded (3)
                 with trio.CancelScope(shield=True):
