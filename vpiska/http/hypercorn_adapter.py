@@ -371,8 +371,12 @@ class VpiskaTCPServer(GuardedTCPServer):
             await super().serve()
             return
         sock = self._sock
-        self.peer_address = parse_socket_addr(sock.family, sock.getpeername())
-        self.local_address = parse_socket_addr(sock.family, sock.getsockname())
+        try:
+            self.peer_address = parse_socket_addr(sock.family, sock.getpeername())
+            self.local_address = parse_socket_addr(sock.family, sock.getsockname())
+        except OSError:  # the peer is gone already (hypercorn's run passes these over too)
+            await self._close_now()
+            return
         await DirectWebSocket(self, *upgrade).serve(self.app)
 
     async def _first_read(self) -> bytes | None:
