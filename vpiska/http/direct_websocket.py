@@ -21,7 +21,8 @@ message gets its close code (1, 8); a close during a send ends the connection, n
 a task switch (5); bytes sent with the handshake are the first frames of an accepted socket and
 dropped for a refused one (6); nothing waits for an app that has finished (7); the server's
 close lingers for the peer's last bytes (17). A peer silent for the read timeout is dropped, as
-a keep-alive disconnect.
+a keep-alive disconnect: the pinger finds it (at the first ping after the timeout), so a read
+that waits sets no deadline; without pings nobody is dropped for silence.
 
 Resource handling: the connection's task runs the app; what the app starts beside it (its
 writers, a ping the socket did not take at once) runs in the nursery of the server's
@@ -153,7 +154,9 @@ class DirectWebSocket:
         self._events: deque[Event] = deque()
         self._parts: list[str | bytes] = []  # the message being received, if fragmented
         self._disconnect: dict[str, Any] | None = None  # what `receive` says from now on
-        self._broken = False  # a write failed: the peer is gone
+        self._broken = False  # a write failed, or the peer fell silent: the peer is gone
+        self._waiting_since: float | None = None  # when the waiting read began, while it waits
+        self._silent = False  # the pinger found the peer silent for the read timeout
         self._nursery: trio.Nursery | None = None
         self._send_lock = server.send_lock
         self._started = time.time()
@@ -319,14 +322,27 @@ class DirectWebSocket:
                                 "code": CloseReason.ABNORMAL_CLOSURE}
 
     async def _wait_and_read(self) -> bytes:
-        timeout = self._server.config.read_timeout
-        with trio.move_on_after(timeout if timeout is not None else float("inf")):
-            try:
-                return await self._server._receive()
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return b""
-        metrics.KEEP_ALIVE_DISCONNECTS.inc()  # silent for the read timeout
-        return b""
+        """The peer's next bytes, once the socket has some; b"" if the connection ended.
+
+        No deadline is set for the wait: the worker's pinger finds a peer silent for the read
+        timeout (`_ping`) and ends its wait. A deadline per read cost a cancel scope and a
+        place in trio's deadline heap for every member waiting for its next frame.
+        """
+        assert self._sock is not None
+        self._waiting_since = trio.current_time()
+        try:
+            while True:
+                try:
+                    await trio.lowlevel.wait_readable(self._sock)
+                except trio.ClosedResourceError:  # found silent, or the connection is ending
+                    if self._silent:
+                        metrics.KEEP_ALIVE_DISCONNECTS.inc()
+                    return b""
+                data = self._server.read_ready()
+                if data is not None:
+                    return data
+        finally:
+            self._waiting_since = None
 
     def _feed(self, data: bytes) -> None:
         assert self._connection is not None
@@ -404,8 +420,16 @@ class DirectWebSocket:
     # The worker's pinger (hypercorn_adapter._Pinger).
 
     def _ping(self) -> bool:
-        """Ping the peer now; False once the socket is done."""
+        """Ping the peer now; False once the socket is done. A peer whose read has waited for
+        the read timeout is gone: its wait is ended instead, and the connection closes."""
         if not self._open or self._nursery is None:
+            return False
+        timeout = self._server.config.read_timeout
+        if (self._waiting_since is not None and timeout is not None
+                and trio.current_time() - self._waiting_since >= timeout):
+            self._silent = self._broken = True
+            assert self._sock is not None
+            trio.lowlevel.notify_closing(self._sock)
             return False
         assert self._connection is not None
         data = self._connection.send(Ping())

@@ -372,8 +372,9 @@ class VpiskaTCPServer(GuardedTCPServer):
             return
         sock = self._sock
         try:
-            self.peer_address = parse_socket_addr(sock.family, sock.getpeername())
-            self.local_address = parse_socket_addr(sock.family, sock.getsockname())
+            family = sock.family
+            self.peer_address = parse_socket_addr(family, sock.getpeername())
+            self.local_address = parse_socket_addr(family, sock.getsockname())
         except OSError:  # the peer is gone already (hypercorn's run passes these over too)
             await self._close_now()
             return
