@@ -253,3 +253,16 @@ async def test_users_stored_before_start_are_known_without_a_store_read() -> Non
     stranger = User(id=new_id(), name="bob", phone="9001112234", password_hash="h")
     assert await accounts.identify(tokens.issue(stranger)) is None
     assert store.count("user_by_id") == 1
+
+
+def test_a_token_is_checked_with_the_key_of_the_server_reading_it() -> None:
+    """The key's preparation is kept between tokens (vpiska/auth.py): two servers with different
+    keys in one process, read in turns, each accept their own tokens and refuse the other's."""
+    user = User(id=new_id(), name="alice", phone="9001112233", password_hash="h")
+    ours = Tokens(Config.from_env({"JWT_KEY": "the first key, long enough for hs256"}))
+    theirs = Tokens(Config.from_env({"JWT_KEY": "the second key, long enough for hs256"}))
+    for _ in range(2):
+        assert ours.read(ours.issue(user)) is not None
+        assert theirs.read(ours.issue(user)) is None
+        assert theirs.read(theirs.issue(user)) is not None
+        assert ours.read(theirs.issue(user)) is None
