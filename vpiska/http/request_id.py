@@ -8,8 +8,8 @@ the edge to our logs; anything else gets a fresh one. The id is echoed in the re
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 
 from quart import Quart, Response, request
 
@@ -40,7 +40,8 @@ def name_socket(offered: str) -> str:
 
 
 def choose(offered: str) -> str:
-    return offered if ACCEPTED.fullmatch(offered) else uuid.uuid4().hex
+    # 32 random hex digits, as uuid4().hex gives (less its six fixed bits) for a sixth of the CPU.
+    return offered if ACCEPTED.fullmatch(offered) else os.urandom(16).hex()
 
 
 def _echo(response: Response) -> Response:
