@@ -42,7 +42,7 @@ from vpiska.actors.event import MAX_BATCH, EventActor, Exit
 from vpiska.actors.geo import MapIndex
 from vpiska.auth import Identity
 from vpiska.config import Config
-from vpiska.domain import ChatMessage, Coordinates, Event, EventMedia, new_id
+from vpiska.domain import ChatMessage, Coordinates, Event, EventMedia, new_id, utc_now
 from vpiska.errors import DomainError, ErrorCode
 from vpiska.store import MemoryStore, Store
 
@@ -1050,3 +1050,33 @@ async def test_a_handover_takes_the_chat_lines_queued_behind_it(
     assert isinstance(answers.receive_nowait().unwrap(), Joined)
     with pytest.raises(DomainError):
         answers.receive_nowait().unwrap()
+
+
+async def test_started_once_every_room_of_the_start_has_its_actor(nursery: trio.Nursery) -> None:
+    """The server freezes the heap again when `started` is set (vpiska/server.py): set once
+    every open event of the start has its actor, or has failed to get one, and not before."""
+    memory = MemoryStore()
+    store = FaultyStore(memory)
+    events = [Event(new_id(), new_id(), f"party {i}", "street", Coordinates(1, 1), utc_now())
+              for i in range(3)]
+    for event in events:
+        await memory.add_event(event)
+    released = store.hang("chat_length")
+    store.fail("chat_length", lambda event_id: event_id == events[2].id)
+    supervisor = EventSupervisor(cast(Store, store), Config())
+    await nursery.start(supervisor.run)
+    with trio.fail_after(5):
+        await store.wait_calls("chat_length", 3)  # every room waits for its store read
+    assert not supervisor.started.is_set()
+    released.set()
+    with trio.fail_after(5):
+        await supervisor.started.wait()
+    for event in events[:2]:
+        room = supervisor.room(event.id)
+        assert room is not None
+        with trio.fail_after(5):
+            view = await room.ask(Snapshot)
+        assert isinstance(view, EventView)
+        assert view.event.id == event.id
+    supervisor.refuse_new_events()
+    await supervisor.stop()

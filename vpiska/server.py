@@ -125,6 +125,7 @@ async def _serve(
             async with trio.open_nursery() as rooms_nursery:
                 await rooms_nursery.start(supervisor.run)
                 _freeze_the_start()
+                watchdog.start_soon(_freeze_the_rooms, supervisor)
                 async with trio.open_nursery() as connections:
                     binds = await connections.start(partial(
                         worker_serve, app, hypercorn_config, sockets=sockets,
@@ -164,6 +165,22 @@ def _freeze_the_start() -> None:
     young, middle, _ = gc.get_threshold()
     gc.set_threshold(young, middle, FULL_COLLECTION_AFTER)
     log.info("start-up heap frozen", extra={"objects": gc.get_freeze_count()})
+
+
+async def _freeze_the_rooms(supervisor: EventSupervisor) -> None:
+    """Freeze again once every room of the start has its actor.
+
+    The rooms start after the server listens (each reads its chat length from the store
+    first). With 10,000 open events, once they had all started the youngest generation held
+    ~170,000 objects while gc.get_count() said 14 (of 700): the next young collection, under
+    load, took ~50 ms and the one after it ~75 ms, and events/get's p99 was ~100 ms against
+    ~30 ms with one open event (measured with gc.callbacks). Frozen once the rooms are made,
+    they are never scanned again; this collection (~100 ms) comes before the first request in
+    a restart that is not a storm, and once in one that is."""
+    await supervisor.started.wait()
+    gc.collect()
+    gc.freeze()
+    log.info("rooms frozen", extra={"objects": gc.get_freeze_count()})
 
 
 @asynccontextmanager

@@ -62,6 +62,8 @@ class EventSupervisor:
         self._nursery: trio.Nursery | None = None
         self._stopping = trio.Event()
         self._hand_over = False
+        self._starting: set[str] = set()  # events of the start whose actor is not made yet
+        self.started = trio.Event()  # every room of the start has its actor
         self.restarts = 0  # total actor restarts, for metrics and tests
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -73,11 +75,15 @@ class EventSupervisor:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             events = await self._store.open_events()
+            if self._serve_all:
+                self._starting = {event.id for event in events}
             for event in events:
                 if self._serve_all:
                     self._start(event)
                 else:
                     self._index.put(event.id, event.name, event.coordinates)
+            if not self._starting:
+                self.started.set()
             log.info("open events loaded", extra={"open_events": len(events),
                                                   "rooms_started": len(self._rooms)})
             task_status.started()
@@ -280,18 +286,29 @@ class EventSupervisor:
             self._on_room_ended(room.event_id)
 
     async def _incarnate(self, room: Room, event: Event | None) -> Exit:
-        if room.epoch is not None:  # claimed again: a restart must not outlive its lease
-            event = await self._store.claim_event(room.event_id, room.epoch)
-        elif event is None:
-            event = await self._store.event(room.event_id)
-        if event is None or not event.is_open:
-            return Exit.CLOSED
-        chat_length = await self._store.chat_length(room.event_id)
-        if room.publisher is not None:
-            room.publisher.hello(room, chat_length)
-        actor = EventActor(room, event, chat_length, self._store, self._index, self._config,
-                           epoch=room.epoch)
+        try:
+            if room.epoch is not None:  # claimed again: a restart must not outlive its lease
+                event = await self._store.claim_event(room.event_id, room.epoch)
+            elif event is None:
+                event = await self._store.event(room.event_id)
+            if event is None or not event.is_open:
+                return Exit.CLOSED
+            chat_length = await self._store.chat_length(room.event_id)
+            if room.publisher is not None:
+                room.publisher.hello(room, chat_length)
+            actor = EventActor(room, event, chat_length, self._store, self._index,
+                               self._config, epoch=room.epoch)
+        finally:
+            self._made(room)
         return await actor.run()
+
+    def _made(self, room: Room) -> None:
+        """`room`'s actor is made (or will not be): `started` once every room of the start's
+        is."""
+        if self._starting:
+            self._starting.discard(room.event_id)
+            if not self._starting:
+                self.started.set()
 
     @staticmethod
     def _about(room: Room) -> dict[str, Any]:
