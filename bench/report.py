@@ -536,9 +536,9 @@ def _cluster_markdown(summary: list[Row], plan: Row, rows: list[Row]) -> list[st
         "",
         "Fan-out as in section 1; latency as in section 2 at 50 % of the lowest fan-out any "
         "repetition of either setup reached (two nodes' fan-out depends on the core their "
-        "event's owner lands on). With two nodes the client alternates members between the nodes' ports (the "
-        "senders too) and shares core 1 with the second node; members on the node that does "
-        "not own the event get its frames through Redis.",
+        "event's owner lands on). With two nodes the client alternates members between the "
+        "nodes' ports (the senders too) and shares core 1 with the second node; members on "
+        "the node that does not own the event get its frames through Redis.",
         "",
         "| test | nodes | delivered msgs/s | lines/s | p50 ms | p99 ms | nodes CPU | client CPU "
         "| Redis CPU | notes |",
