@@ -175,8 +175,8 @@ async def _freeze_the_rooms(supervisor: EventSupervisor) -> None:
     ~170,000 objects while gc.get_count() said 14 (of 700): the next young collection, under
     load, took ~50 ms and the one after it ~75 ms, and events/get's p99 was ~100 ms against
     ~30 ms with one open event (measured with gc.callbacks). Frozen once the rooms are made,
-    they are never scanned again; this collection (~100 ms) comes before the first request in
-    a restart that is not a storm, and once in one that is."""
+    they are never scanned again. This collection itself takes ~100 ms, once, when the last
+    room has started: before the first request, unless clients are already reconnecting."""
     await supervisor.started.wait()
     gc.collect()
     gc.freeze()

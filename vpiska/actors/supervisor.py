@@ -303,8 +303,8 @@ class EventSupervisor:
         return await actor.run()
 
     def _made(self, room: Room) -> None:
-        """`room`'s actor is made (or will not be): `started` once every room of the start's
-        is."""
+        """`room`'s actor is made, or will not be; once that holds for every room of the start,
+        `started` is set."""
         if self._starting:
             self._starting.discard(room.event_id)
             if not self._starting:
