@@ -25,7 +25,10 @@ from vpiska.server import serve
 from vpiska.store import Store
 from vpiska.store.sqlite import SqliteStore
 
-pytest_plugins = ["tests.cluster_fixtures"]  # redis_server, cluster, tcp_proxy
+pytest_plugins = [
+    "tests.cluster_fixtures",  # redis_server, cluster, tcp_proxy
+    "tests.mongodb_fixtures",  # mongodb_url
+]
 
 
 def _raise_open_file_limit() -> None:

@@ -1,7 +1,8 @@
 """One contract for every Store: the server must not be able to tell sqlite from MongoDB.
 
 Each test runs on sqlite, on MongoStore over mongomock, on the in-memory store the actor tests
-use as a fake, and on a real MongoDB when VPISKA_TEST_MONGODB_URL is set. The tests on the
+use as a fake, and on a real MongoDB wire server (tests/mongodb_fixtures.py: SecantusDB, or the
+server VPISKA_TEST_MONGODB_URL names). The tests on the
 `mongo` fixture check what only MongoDB has: the older Go backend's document shapes, its
 embedded chat arrays, and an older database whose data breaks an index.
 
@@ -15,9 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import sqlite3
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime, timedelta
@@ -32,6 +31,7 @@ import pytest
 import trio
 from bson.int64 import Int64
 
+from tests.mongodb_fixtures import new_database_name
 from vpiska.config import Config, StoreLocation
 from vpiska.domain import ChatMessage, Coordinates, Event, EventMedia, Media, User, new_id
 from vpiska.errors import DomainError, ErrorCode
@@ -40,7 +40,6 @@ from vpiska.store import memory as memory_store
 from vpiska.store.mongo import MongoStore
 from vpiska.store.sqlite import SqliteStore
 
-MONGODB_URL = "VPISKA_TEST_MONGODB_URL"
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123000, tzinfo=UTC)
 
 
@@ -53,7 +52,7 @@ class MongoServer:
     db_names: list[str] = dataclasses.field(default_factory=list)
 
     def new_database(self) -> Any:
-        name = f"vpiska_test_{uuid.uuid4().hex}"
+        name = new_database_name()
         self.db_names.append(name)
         return self.client[name]
 
@@ -67,15 +66,15 @@ class MongoServer:
 
 
 @contextmanager
-def mongo_server(kind: str) -> Iterator[MongoServer]:
+def mongo_server(kind: str, request: pytest.FixtureRequest) -> Iterator[MongoServer]:
+    """mongomock, or the session's MongoDB wire server (asked for only then, so the mongomock
+    tests need no server)."""
     if kind == "mongomock":
         fake: Any = mongomock.MongoClient()
         # One thread: mongomock's unique check is not atomic across threads (see from_client).
         yield MongoServer(fake, lambda name: MongoStore.from_client(fake, name, threads=1))
         return
-    url = os.environ.get(MONGODB_URL)
-    if not url:
-        pytest.skip(f"{MONGODB_URL} is not set: no MongoDB server on this machine")
+    url: str = request.getfixturevalue("mongodb_url")
     client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(url)
     server = MongoServer(client, partial(MongoStore.open, url))
     try:
@@ -101,7 +100,7 @@ def store_opener(
 
         yield new_memory_store
         return
-    with mongo_server(request.param) as server:
+    with mongo_server(request.param, request) as server:
         yield lambda: server.connect(server.new_database().name)
 
 
@@ -116,7 +115,7 @@ async def store(store_opener: Callable[[], Awaitable[Store]]) -> AsyncIterator[S
 
 @pytest.fixture(params=["mongomock", "mongodb"])
 def mongo(request: pytest.FixtureRequest) -> Iterator[MongoServer]:
-    with mongo_server(request.param) as server:
+    with mongo_server(request.param, request) as server:
         yield server
 
 
