@@ -1,9 +1,11 @@
 """vpiska as a cluster on this machine: a Redis of the bench's own and nodes sharing one store.
 
 Each measurement gets a fresh cluster: `redis-server` on a free port of 127.0.0.1 without
-persistence (`--save '' --appendonly no`), a fresh copy of a seeded sqlite store in one
-DATA_DIR that every node shares, and nodes started as `python -m vpiska` with REDIS_URL, each on
-a port of its own, pinned to the core it is given. LEASE_TTL_SECONDS is left at vpiska's
+persistence (`--save '' --appendonly no`), and nodes started as `python -m vpiska` with
+REDIS_URL, each on a port of its own, pinned to the core it is given. Their store is either a
+fresh copy of a seeded sqlite store in one DATA_DIR that every node shares, or, as on separate
+machines, a fresh seeded database on the bench's MongoDB (bench/mongodb.py) with a DATA_DIR of
+each node's own. LEASE_TTL_SECONDS is left at vpiska's
 default (reported). A node's id is read from its "serving" JSON log line (`cluster_node`), the
 owner of an event from the Redis key `vpiska:lease:{event_id}` ("node_id epoch").
 
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import mongodb
 from bench.seed import install_store
 from bench.servers import REPO, VPISKA_ENV, free_port, stop, wait_listening
 from vpiska.config import Config
@@ -143,11 +146,19 @@ def _node_id(node: Node) -> str:
 
 
 @contextlib.contextmanager
-def running(store_template: Path, cores: list[str]) -> Iterator[Cluster]:
-    """A Redis and one node per entry of `cores` (pinned there); all stopped on the way out."""
+def running(store_template: Path, cores: list[str],
+            mongo: mongodb.MongoServer | None = None) -> Iterator[Cluster]:
+    """A Redis and one node per entry of `cores` (pinned there); all stopped on the way out.
+    With `mongo`, the nodes share a database seeded from `store_template` on it and nothing
+    else; without, they share one copy of the sqlite file."""
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
         data_dir = Path(tmp) / "data"
-        install_store(store_template, data_dir)
+        store_env: dict[str, str] = {}
+        if mongo is None:
+            install_store(store_template, data_dir)
+        else:
+            store_env = {"DB_CONNECTION": mongo.url,
+                         "DB_NAME": mongodb.seeded_database(mongo, store_template)}
         redis_port = free_port()
         redis_proc = subprocess.Popen(
             ["redis-server", "--bind", "127.0.0.1", "--port", str(redis_port), "--save", "",
@@ -158,8 +169,9 @@ def running(store_template: Path, cores: list[str]) -> Iterator[Cluster]:
             _wait_redis(redis_port)
             for number, core in enumerate(cores):
                 port = free_port()
-                env = dict(os.environ) | VPISKA_ENV | {
-                    "SERVER_PORT": str(port), "DATA_DIR": str(data_dir),
+                own_dir = data_dir if mongo is None else Path(tmp) / f"node-{number}-data"
+                env = dict(os.environ) | VPISKA_ENV | store_env | {
+                    "SERVER_PORT": str(port), "DATA_DIR": str(own_dir),
                     "REDIS_URL": f"redis://127.0.0.1:{redis_port}", "LOG_LEVEL": "INFO"}
                 log_path = Path(tmp) / f"node-{number}.log"
                 with open(log_path, "wb") as log:

@@ -6,7 +6,9 @@
    Redis' CPU are reported. `events/get` asks for one event: the node that does not own it
    reads the view its owner keeps in Redis (vpiska/cluster/views.py). `events/get (121
    events)` asks for every event of the store in turn: each node owns about half of them and
-   reads the other's views for the rest.
+   reads the other's views for the rest. Each setup runs twice: on one shared sqlite file, and
+   as separate machines would, on the bench's MongoDB with a DATA_DIR of each node's own (its
+   CPU reported).
 2. One room of `cluster_n` members: all on one node, against split half and half over two
    nodes (the client alternates ports; the second node shares core 1 with the client). Fan-out
    (delivered msgs/s) and latency at 50 % of the lowest fan-out any repetition of either
@@ -30,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import client, cluster, httpload
+from bench import client, cluster, httpload, mongodb
 from bench.scenarios import (
     HTTP_CONNECTIONS,
     LATENCY_LOAD,
@@ -44,6 +46,9 @@ from bench.scenarios import (
 from bench.seed import CLUSTER_SIDE, Seeds
 
 SETUPS = {"1 node": ["0"], "2 nodes": ["0", "1"]}
+# The HTTP step again with the nodes as separate machines: a MongoDB database is all they share.
+MONGODB = ", MongoDB"
+HTTP_SETUPS = {**SETUPS, **{setup + MONGODB: cores for setup, cores in SETUPS.items()}}
 FAILOVER_MEMBERS = 100
 FAILOVER_RATE = 50.0  # lines per second: one every 20 ms
 KILL_AFTER = 2.0  # seconds into the window
@@ -52,7 +57,7 @@ KILL_AFTER = 2.0  # seconds into the window
 def steps(plan: Plan, seeds: Seeds, rows: list[Row]) -> list[Step]:
     out: list[Step] = []
     for rep in range(plan.repetitions):
-        for setup in SETUPS:
+        for setup in HTTP_SETUPS:
             out.append(_http_step(setup, rep, plan, seeds, rows))
     for mode in ("fanout", "latency"):
         for rep in range(plan.repetitions):
@@ -70,28 +75,34 @@ def _event_ids(store: Path) -> list[str]:
 
 def _http_step(setup: str, rep: int, plan: Plan, seeds: Seeds, rows: list[Row]) -> Step:
     def run() -> Row:
-        rng, get = httpload.endpoints(seeds.cluster_event_id)[:2]
-        spread = httpload.spread(get, httpload.SPREAD, "eventId",
-                                 _event_ids(seeds.cluster_db))
-        with cluster.running(seeds.cluster_db, SETUPS[setup]) as c:
-            settled = c.settle(CLUSTER_SIDE ** 2)
-            ports = [node.port for node in c.nodes]
-            pin = "1" if len(ports) == 1 else None
-            for endpoint in (rng, spread):
-                key = {"scenario": "cluster-http", "server": setup, "endpoint": endpoint.name,
-                       "rep": rep + 1}
-                try:
-                    rows.append(key | settled | httpload.wrk_split(
-                        ports, endpoint, plan.http_seconds, HTTP_CONNECTIONS, c.pids, pin,
-                        {"redis": c.redis_pid}))
-                except Exception as error:  # noqa: BLE001 - recorded; the next one runs
-                    rows.append(key | {"error": f"{type(error).__name__}: {error}"})
-            return settled | httpload.wrk_split(ports, get, plan.http_seconds,
-                                                HTTP_CONNECTIONS, c.pids, pin,
-                                                {"redis": c.redis_pid})
+        with contextlib.ExitStack() as stack:
+            mongo = (stack.enter_context(mongodb.running()) if setup.endswith(MONGODB)
+                     else None)
+            return _http(setup, rep, plan, seeds, rows, mongo)
     return Step(f"cluster http {setup} #{rep + 1}",
                 {"scenario": "cluster-http", "server": setup, "endpoint": "events/get",
                  "rep": rep + 1}, run)
+
+
+def _http(setup: str, rep: int, plan: Plan, seeds: Seeds, rows: list[Row],
+          mongo: mongodb.MongoServer | None) -> Row:
+    rng, get = httpload.endpoints(seeds.cluster_event_id)[:2]
+    spread = httpload.spread(get, httpload.SPREAD, "eventId", _event_ids(seeds.cluster_db))
+    with cluster.running(seeds.cluster_db, HTTP_SETUPS[setup], mongo) as c:
+        settled = c.settle(CLUSTER_SIDE ** 2)
+        ports = [node.port for node in c.nodes]
+        pin = "1" if len(ports) == 1 else None
+        others = {"redis": c.redis_pid} | ({"mongodb": mongo.pid} if mongo else {})
+        for endpoint in (rng, spread):
+            key = {"scenario": "cluster-http", "server": setup, "endpoint": endpoint.name,
+                   "rep": rep + 1}
+            try:
+                rows.append(key | settled | httpload.wrk_split(
+                    ports, endpoint, plan.http_seconds, HTTP_CONNECTIONS, c.pids, pin, others))
+            except Exception as error:  # noqa: BLE001 - recorded; the next one runs
+                rows.append(key | {"error": f"{type(error).__name__}: {error}"})
+        return settled | httpload.wrk_split(ports, get, plan.http_seconds, HTTP_CONNECTIONS,
+                                            c.pids, pin, others)
 
 
 def _room_step(mode: str, setup: str, rep: int, plan: Plan, seeds: Seeds,

@@ -35,6 +35,7 @@ class Endpoint:
     path: str
     body: dict[str, Any]
     bodies: tuple[dict[str, Any], ...] = ()  # when given, the requests go through them
+    method: str = "POST"  # or "GET": no body, any 200 answer is a success
 
 
 def spread(endpoint: Endpoint, name: str, field: str, values: list[str]) -> Endpoint:
@@ -56,6 +57,11 @@ def endpoints(event_id: str) -> list[Endpoint]:
 
 def ask(port: int, endpoint: Endpoint) -> bytes:
     """One request before the load: it must succeed. Returns its answer."""
+    if endpoint.method == "GET":
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{endpoint.path}",
+                                    timeout=30) as answer:
+            got: bytes = answer.read()
+        return got
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}{endpoint.path}", json.dumps(endpoint.body).encode(),
         {"Content-Type": "application/json"})
@@ -96,7 +102,8 @@ def wrk_split(ports: list[int], endpoint: Endpoint, seconds: float, connections:
     servers = [psutil.Process(pid) for pid in server_pids]
     extra = {name: psutil.Process(pid) for name, pid in (others or {}).items()}
     env = dict(os.environ, WRK_BODY=json.dumps(endpoint.body),
-               WRK_BODIES="\n".join(json.dumps(body) for body in endpoint.bodies))
+               WRK_BODIES="\n".join(json.dumps(body) for body in endpoint.bodies),
+               WRK_GET="1" if endpoint.method == "GET" else "0")
     each = max(1, connections // len(ports))
     pin = ["taskset", "-c", core] if core is not None else []
 

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from bench.cluster_scenarios import MONGODB
 from bench.httpload import ONE_EVENT, SPREAD
 from bench.scenarios import HTTP_CONNECTIONS, IN_FLIGHT, LATENCY_LOAD, SENDERS, Plan, Row, window
 from bench.seed import MAP_SIDE
@@ -159,11 +160,14 @@ def targets(summary: list[Row], plan: Plan) -> list[Row]:
     add("`events/get` p99 with 10,000 open events (ms)", mine, "the same with 1 open event",
         ref, "≤ 1.5×", lambda m, r, q: q <= 1.5, [a, b])
     # The cluster.
-    for endpoint in ("events/get", SPREAD, "events/range"):
-        mine, a = _get(summary, "cluster-http", "2 nodes", "requests_per_s", endpoint=endpoint)
-        ref, b = _get(summary, "cluster-http", "1 node", "requests_per_s", endpoint=endpoint)
-        add(f"cluster `{endpoint}` requests/s, 2 nodes", mine, "1 node", ref, "≥ 1.7× 1 node",
-            at_least[1.7], [a, b])
+    for store in ("", MONGODB):
+        for endpoint in ("events/get", SPREAD, "events/range"):
+            mine, a = _get(summary, "cluster-http", "2 nodes" + store, "requests_per_s",
+                           endpoint=endpoint)
+            ref, b = _get(summary, "cluster-http", "1 node" + store, "requests_per_s",
+                          endpoint=endpoint)
+            add(f"cluster `{endpoint}` requests/s, 2 nodes{store}", mine, "1 node" + store, ref,
+                "≥ 1.7× 1 node", at_least[1.7], [a, b])
     mine, a = _get(summary, "cluster-latency", "2 nodes", "p99_ms", plan.cluster_n)
     ref, b = _get(summary, "cluster-latency", "1 node", "p99_ms", plan.cluster_n)
     diff = mine - ref if mine is not None and ref is not None else None
@@ -486,9 +490,36 @@ def _markdown(meta: Row, summary: list[Row], goals: list[Row], rows: list[Row]) 
                      f"{_pct(r.get('server_cpu'))} | {_pct(r.get('client_cpu'))} | "
                      f"{_ratio(vpiska_get, r.get('requests_per_s'))} | "
                      f"{'; '.join(r['notes'])} |")
+    lines += _media_markdown(summary)
     lines += _cluster_markdown(summary, plan, rows)
     lines += ["", "![delivered msgs/s and p99 latency against N](bench/results.png)"]
     lines += soak_markdown(load_soak())
+    return lines
+
+
+def _media_markdown(summary: list[Row]) -> list[str]:
+    files = _get(summary, "media", "files", "requests_per_s")[0]
+    lines = [
+        "",
+        "### Media downloads: bytes in files or in GridFS",
+        "",
+        f"`GET /api/v1/media/{{id}}` of one 1 MiB photo, wrk as above ({HTTP_CONNECTIONS} "
+        "connections). `files`: the sqlite store, bytes under DATA_DIR. `gridfs`: records and "
+        "bytes on the bench's MongoDB (SecantusDB, unpinned, not mongod), as nodes on separate "
+        "machines run. No target: the ratio says what serving bytes from the shared store costs "
+        "here, not what it costs on mongod.",
+        "",
+        "| media store | requests/s | ÷ files | MiB/s | p50 ms | p99 ms | server CPU "
+        "| MongoDB CPU | notes |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in _rows(summary, "media"):
+        rate = r.get("requests_per_s")
+        lines.append(f"| {r['server']} | {_f(rate)} | {_ratio(rate, files)} | "
+                     f"{_f(rate * r['answer_bytes'] / 2**20 if rate else None)} | "
+                     f"{_f(r.get('p50_ms'), 2)} | {_f(r.get('p99_ms'), 2)} | "
+                     f"{_pct(r.get('server_cpu'))} | {_pct(r.get('mongodb_cpu'))} | "
+                     f"{'; '.join(r['notes'])} |")
     return lines
 
 
@@ -515,14 +546,17 @@ def _cluster_markdown(summary: list[Row], plan: Row, rows: list[Row]) -> list[st
         "asks for one event: requests reaching the node that does not own it are answered "
         "through Redis by its owner, which serves its own half of the load too. "
         f"`{SPREAD}` asks for each of the store's events in turn: each node owns about half "
-        "of them and asks the other for the rest.",
+        "of them and asks the other for the rest. The rows marked MongoDB run the nodes as "
+        "separate machines would: a DATA_DIR of each node's own, a database on the bench's "
+        "MongoDB (SecantusDB, unpinned; its CPU is in the notes' machine figure) all they share.",
         "",
         "| nodes | endpoint | requests/s | ÷ 1 node | p50 ms | p99 ms | nodes CPU | wrk CPU "
         "| Redis CPU | settle s | notes |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in _rows(summary, "cluster-http"):
-        one = _get(summary, "cluster-http", "1 node", "requests_per_s",
+        one_node = "1 node" + (MONGODB if r["server"].endswith(MONGODB) else "")
+        one = _get(summary, "cluster-http", one_node, "requests_per_s",
                    endpoint=r["endpoint"])[0]
         lines.append(f"| {r['server']} | `{r['endpoint']}` | {_f(r.get('requests_per_s'))} | "
                      f"{_ratio(r.get('requests_per_s'), one)} | {_f(r.get('p50_ms'), 2)} | "

@@ -105,20 +105,23 @@ def _command(name: str, port: int, data_dir: Path) -> tuple[list[str], dict[str,
 
 
 @contextlib.contextmanager
-def running(name: str, store_template: Path | None) -> Iterator[Running]:
-    """Start `name` (vpiska on a copy of `store_template`), yield once it accepts TCP
-    connections, and stop it on the way out (SIGTERM, SIGKILL after 3 s: the store is thrown
-    away, and vpiska's graceful stop of 10,000 rooms alone takes several seconds)."""
+def running(name: str, store_template: Path | None,
+            env: dict[str, str] | None = None) -> Iterator[Running]:
+    """Start `name` (vpiska on a copy of `store_template`, with `env` on top of its own),
+    yield once it accepts TCP connections, and stop it on the way out (SIGTERM, SIGKILL after
+    3 s: the store is thrown away, and vpiska's graceful stop of 10,000 rooms alone takes
+    several seconds)."""
     with tempfile.TemporaryDirectory(prefix="bench-server-") as tmp:
         data_dir = Path(tmp) / "data"
         if name == "vpiska":
             assert store_template is not None
             install_store(store_template, data_dir)
         port = free_port()
-        command, env = _command(name, port, data_dir)
+        command, own_env = _command(name, port, data_dir)
         log_path = Path(tmp) / "server.log"
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen(["taskset", "-c", SERVER_CORE, *command], env=env, cwd=REPO,
+            proc = subprocess.Popen(["taskset", "-c", SERVER_CORE, *command],
+                                    env=own_env | (env or {}), cwd=REPO,
                                     stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         try:
             wait_listening(proc, port, log_path)

@@ -1,10 +1,14 @@
 -- wrk script: POST the JSON body in $WRK_BODY, count answers that are not vpiska's success
 -- envelope (vpiska answers errors with HTTP 200 too), and print one JSON summary line.
 -- With $WRK_BODIES (one JSON body per line), each request takes the next body instead, each
--- connection from a place of its own in the list.
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = os.getenv("WRK_BODY")
+-- connection from a place of its own in the list. With WRK_GET=1 it sends GETs instead and
+-- counts the answers that are not 200 (a media download is raw bytes, not an envelope).
+local get = os.getenv("WRK_GET") == "1"
+if not get then
+  wrk.method = "POST"
+  wrk.headers["Content-Type"] = "application/json"
+  wrk.body = os.getenv("WRK_BODY")
+end
 
 local bodies = {}
 for line in string.gmatch(os.getenv("WRK_BODIES") or "", "[^\n]+") do
@@ -30,7 +34,7 @@ if #bodies > 0 then
 end
 
 function response(status, headers, body)
-  if status ~= 200 or not string.find(body, '"isSuccess":true', 1, true) then
+  if status ~= 200 or (not get and not string.find(body, '"isSuccess":true', 1, true)) then
     failed = failed + 1
   end
 end
