@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -82,7 +83,7 @@ async def test_an_old_clients_session_is_answered_as_recorded(
     seen = Transcript()
 
     async def post(path: str, body: object = None, token: str | None = None,
-                   **kwargs: object) -> httpx.Response:
+                   **kwargs: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         response = await server.http.post(path, json=body, headers=headers, **kwargs)
         seen.answer("POST", path, response)
