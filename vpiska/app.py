@@ -27,7 +27,7 @@ from vpiska.http.users import users_routes
 from vpiska.http.websocket import EventSocketEndpoint
 from vpiska.media import MediaLibrary
 from vpiska.metrics import registry_for
-from vpiska.store import MediaFiles, Store
+from vpiska.store import Store, media_bytes
 
 # Multipart framing around an upload of exactly MAX_UPLOAD_BYTES.
 MULTIPART_OVERHEAD = 64 * 1024
@@ -50,7 +50,7 @@ class Services:
             store=store,
             tokens=tokens,
             accounts=Accounts(store, tokens, Passwords(config)),
-            media=MediaLibrary(store, MediaFiles(config.media_path)),
+            media=MediaLibrary(store, media_bytes(config, store)),
             events=events,
         )
 

@@ -130,6 +130,7 @@ class MongoStore:
 
     def __init__(self, client: MongoClient[Document], db: Database[Document], threads: int) -> None:
         self._client = client
+        self.database = db  # media bytes live beside the records, in GridFS (store/gridfs.py)
         self._users = db["users"]
         self._events = db["events"]
         self._media = db["media"]
