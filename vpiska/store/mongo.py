@@ -261,6 +261,13 @@ class MongoStore:
             size=int(document["size"]), last_modified=_utc(document["last_modified_date"]),
         )
 
+    async def media_ids(self, after: str, limit: int) -> list[str]:
+        def select() -> list[str]:
+            found = self._media.find({"_id": {"$gt": after}}, {"_id": 1})
+            return [document["_id"] for document in found.sort("_id", ASCENDING).limit(limit)]
+
+        return await self._run(select)
+
     async def delete_media(self, media_id: str) -> bool:
         """Check, then delete: MongoDB has no transaction across collections without a replica
         set, which vpiska does not require. So unlike sqlite's, this MediaInUse check is not
