@@ -44,11 +44,16 @@ Document = dict[str, Any]
 
 BUCKET = "fs"
 CHUNK_BYTES = 255 * 1024  # GridFS's default chunk size
-# Chunks one thread call inserts or fetches: about 1 MiB in memory per transfer.
+# Chunks one thread call inserts: about 1 MiB in memory per save.
 BATCH_CHUNKS = 4
+# Chunks one thread call fetches: a download holds this many (and the reply they came in) at a
+# time, and downloads are many.
+FETCH_CHUNKS = 1
 # Threads talking to MongoDB for media at once; with the store's 32, below pymongo's pool of
-# 100 connections.
+# 100 connections. Saves have fewer: each holds a batch and its encoded message, and an upload
+# waits for its save anyway.
 THREADS = 16
+SAVE_THREADS = 4
 
 
 class MediaExists(Exception):
@@ -63,6 +68,7 @@ class GridFSMedia:
         self._files: Collection[Document] = database[f"{BUCKET}.files"]
         self._chunks: Collection[Document] = database[f"{BUCKET}.chunks"]
         self._limiter = trio.CapacityLimiter(THREADS)
+        self._save_limiter = trio.CapacityLimiter(SAVE_THREADS)
         self._indexed = False
 
     @property
@@ -73,7 +79,8 @@ class GridFSMedia:
         return await trio.to_thread.run_sync(fn, limiter=self._limiter)
 
     async def save(self, media_id: str, source: IO[bytes]) -> int:
-        return await self._run(partial(self._save, media_id, source))
+        return await trio.to_thread.run_sync(self._save, media_id, source,
+                                             limiter=self._save_limiter)
 
     def _save(self, media_id: str, source: IO[bytes]) -> int:
         self._create_indexes()
@@ -160,8 +167,8 @@ class GridFSBytes:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         count = math.ceil(self.length / self.chunk_size)
-        for first in range(0, count, BATCH_CHUNKS):
-            end = min(first + BATCH_CHUNKS, count)
+        for first in range(0, count, FETCH_CHUNKS):
+            end = min(first + FETCH_CHUNKS, count)
             found = await self.bucket.fetch_chunks(self.media_id, first, end)
             if [n for n, _ in found] != list(range(first, end)):
                 raise BytesLost(self.media_id, f"GridFS chunks of {first}..{end - 1} missing")
