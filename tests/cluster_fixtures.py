@@ -58,7 +58,7 @@ WAIT_SECONDS = 30
 # Variables of the developer's shell that would change what a node shares or where it
 # listens: never inherited, only set by the fixtures or the test.
 _NODE_SETTINGS = ("REDIS_URL", "WORKERS", "SERVER_HOST", "SERVER_PORT", "DATA_DIR",
-                  "MEDIA_PATH", "DB_CONNECTION", "DB_NAME", "JWT_KEY")
+                  "MEDIA_PATH", "MEDIA_STORE", "DB_CONNECTION", "DB_NAME", "JWT_KEY")
 _REDIS_READY = "Ready to accept connections"
 # How often a state with no wake-up of its own (a process stopped by SIGSTOP) is looked at.
 _POLL_SECONDS = 0.005

@@ -22,8 +22,7 @@ import trio
 from vpiska.config import Config, StoreLocation
 from vpiska.logs import JsonFormatter
 from vpiska.server import serve
-from vpiska.store import Store
-from vpiska.store.sqlite import SqliteStore
+from vpiska.store import Store, open_store
 
 pytest_plugins = [
     "tests.cluster_fixtures",  # redis_server, cluster, tcp_proxy
@@ -43,13 +42,13 @@ _raise_open_file_limit()
 
 
 def make_config(tmp_path: Path, **overrides: Any) -> Config:
-    return Config(
-        host="127.0.0.1",
-        port=0,
-        store=StoreLocation("sqlite", str(tmp_path / "vpiska.db")),
-        media_path=tmp_path / "media",
-        **overrides,
-    )
+    settings: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "store": StoreLocation("sqlite", str(tmp_path / "vpiska.db")),
+        "media_path": tmp_path / "media",
+    }
+    return Config(**(settings | overrides))
 
 
 @dataclasses.dataclass
@@ -144,8 +143,8 @@ async def server(
     config = make_config(tmp_path, **{"hypercorn_adapter": write_path != "stock-hypercorn",
                                       "direct_websockets": write_path == "adapted",
                                       **config_overrides})
-    store = await SqliteStore.open(config.store.target)
-    try:
+    # sqlite unless the module's config_overrides name another store (MongoDB: `mongo_config`).
+    async with open_store(config) as store:
         served = wrap_store(store)
         async with trio.open_nursery() as nursery:
             stop = trio.Event()
@@ -159,8 +158,6 @@ async def server(
                 # Stock hypercorn keeps idle and closed sockets open (hypercorn_adapter.py), so
                 # its graceful shutdown would take the whole grace period: cut it short.
                 nursery.cancel_scope.cancel()
-    finally:
-        await store.aclose()
 
 
 @pytest.fixture

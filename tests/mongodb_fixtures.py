@@ -19,6 +19,7 @@ START_SECONDS, then for its first answer to `ping`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import socket
@@ -162,3 +163,23 @@ def mongodb_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def new_database_name() -> str:
     """A database name no other test uses (tests share the session's server)."""
     return f"vpiska_test_{uuid.uuid4().hex}"
+
+
+@dataclasses.dataclass(frozen=True)
+class MongoDatabase:
+    """A database of the session's server that no other test uses."""
+
+    url: str
+    name: str
+
+
+@pytest.fixture
+def mongodb_database(mongodb_url: str) -> Iterator[MongoDatabase]:
+    """A throwaway database (`new_database_name`), dropped after the test."""
+    database = MongoDatabase(mongodb_url, new_database_name())
+    yield database
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(mongodb_url)
+    try:
+        client.drop_database(database.name)
+    finally:
+        client.close()

@@ -1,9 +1,12 @@
-"""`/api/v1/media*` over a real socket, and the bytes-before-record rule."""
+"""`/api/v1/media*` over a real socket, and the bytes-before-record rule: every test of a server
+runs on both homes of media bytes, sqlite with files and MongoDB with GridFS."""
 
 from __future__ import annotations
 
 import io
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,19 +16,49 @@ import pytest
 from tests.clients import host_event
 from tests.conftest import Server
 from tests.fakes import FaultyStore, StoreFailure
+from tests.mongodb_fixtures import MongoDatabase
 from tests.test_bad_input import Chunks
+from vpiska.config import StoreLocation
 from vpiska.domain import new_id
 from vpiska.media import MediaLibrary, Upload
-from vpiska.store import MediaFiles
+from vpiska.store import MediaBytes, MediaFiles, media_bytes
+from vpiska.store.gridfs import GridFSMedia
 from vpiska.store.memory import MemoryStore
+from vpiska.store.mongo import MongoStore
 from vpiska.store.sqlite import SqliteStore
 
 MAX_UPLOAD = 4096
 
 
+@pytest.fixture(params=["files", "gridfs"])
+def media_store(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The settings of one home of media bytes: sqlite with files, MongoDB with GridFS."""
+    if request.param == "files":
+        return {}
+    database: MongoDatabase = request.getfixturevalue("mongodb_database")
+    return {"store": StoreLocation("mongodb", database.url), "db_name": database.name,
+            "media_store": "gridfs"}
+
+
 @pytest.fixture
-def config_overrides() -> dict[str, Any]:
-    return {"max_upload_bytes": MAX_UPLOAD}
+def config_overrides(media_store: dict[str, Any]) -> dict[str, Any]:
+    return {"max_upload_bytes": MAX_UPLOAD, **media_store}
+
+
+def bytes_of(server: Server) -> MediaBytes:
+    """The home of the server's media bytes, as the server opened it."""
+    return media_bytes(server.config, server.store)
+
+
+async def nothing_stored(server: Server) -> bool:
+    """Whether no bytes at all are stored: no file, or no GridFS file and no chunk."""
+    home = bytes_of(server)
+    if isinstance(home, MediaFiles):
+        return list(home.root.iterdir()) == []
+    assert isinstance(server.store, MongoStore)
+    database = server.store.database
+    return (database["fs.files"].count_documents({}) == 0
+            and database["fs.chunks"].count_documents({}) == 0)
 
 
 async def upload(server: Server, data: bytes, content_type: str = "image/jpeg") -> str:
@@ -47,9 +80,25 @@ async def test_upload_download_metadata_delete(server: Server) -> None:
     deleted = (await server.http.delete(f"/api/v1/media/{media_id}")).json()
     assert deleted == {"isSuccess": True, "errors": None, "result": None}
     assert (await server.http.get(f"/api/v1/media/{media_id}")).status_code == 404
-    assert not (server.config.media_path / media_id).exists()
+    assert not await bytes_of(server).exists(media_id)
     again = (await server.http.delete(f"/api/v1/media/{media_id}")).json()
     assert again["errors"] == [{"errorCode": "MediaNotFound"}]
+
+
+async def test_a_record_whose_bytes_are_gone_is_not_found_with_one_warning(
+    server: Server, log_lines: list[dict[str, Any]]
+) -> None:
+    media_id = await upload(server, b"bytes")
+    await bytes_of(server).remove(media_id)  # a lost disk, a file `media import` did not find
+    response = await server.http.get(f"/api/v1/media/{media_id}")
+    assert (response.status_code, response.content) == (404, b"")
+    assert response.headers["x-content-type-options"] == "nosniff"
+    warnings = [line for line in log_lines if line["level"] in ("warning", "error", "critical")]
+    assert [(line["event"], line["media_id"]) for line in warnings] == [
+        ("media has a record but no bytes: answered as not found", media_id)]
+    assert "traceback" not in warnings[0]
+    meta = (await server.http.get(f"/api/v1/media/metadata/{media_id}")).json()
+    assert meta["result"]["size"] == 5  # the record itself is intact
 
 
 async def delete_codes(server: Server, media_id: str) -> list[str] | None:
@@ -303,15 +352,41 @@ async def test_oversize_upload_is_refused_and_nothing_is_kept(server: Server) ->
     # No Content-Length: the bound must hold as bytes arrive.
     assert await codes_of([part, *[b"y" * 1024] * 10], {"Transfer-Encoding": "chunked"}) == [
         "PayloadTooLarge"]
-    assert [p.name for p in server.config.media_path.iterdir()] == []
+    assert await nothing_stored(server)
     assert await upload(server, b"small")  # the server is still healthy
 
 
-async def test_failed_record_removes_the_bytes(tmp_path: Path) -> None:
-    files = MediaFiles(tmp_path / "media")
-    store = FaultyStore(MemoryStore())  # its media insert fails, as a lost database's would
-    store.fail("add_media")
-    library = MediaLibrary(store, files)
-    with pytest.raises(StoreFailure):
-        await library.add(Upload("a.png", "image/png", io.BytesIO(b"bytes")))
-    assert list(files.root.iterdir()) == []
+@asynccontextmanager
+async def a_home_of_bytes(kind: str, tmp_path: Path,
+                          request: pytest.FixtureRequest) -> AsyncIterator[MediaBytes]:
+    if kind == "files":
+        yield MediaFiles(tmp_path / "media")
+        return
+    database: MongoDatabase = request.getfixturevalue("mongodb_database")
+    store = await MongoStore.open(database.url, database.name)
+    try:
+        yield GridFSMedia(store.database)
+    finally:
+        await store.aclose()
+
+
+def stored_ids(home: MediaBytes) -> list[str]:
+    """Every id with bytes or a piece of them (a file, a GridFS file or chunk)."""
+    if isinstance(home, MediaFiles):
+        return [path.name for path in home.root.iterdir()]
+    assert isinstance(home, GridFSMedia)
+    return sorted({*home.database["fs.files"].distinct("_id"),
+                   *home.database["fs.chunks"].distinct("files_id")})
+
+
+@pytest.mark.parametrize("kind", ["files", "gridfs"])
+async def test_failed_record_removes_the_bytes(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    async with a_home_of_bytes(kind, tmp_path, request) as home:
+        store = FaultyStore(MemoryStore())  # its media insert fails, as a lost database's would
+        store.fail("add_media")
+        library = MediaLibrary(store, home)
+        with pytest.raises(StoreFailure):
+            await library.add(Upload("a.png", "image/png", io.BytesIO(b"bytes" * 100_000)))
+        assert stored_ids(home) == []

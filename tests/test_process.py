@@ -137,7 +137,8 @@ def env(tmp_path: Path, **extra: str) -> dict[str, str]:
 @pytest.mark.parametrize(
     ("variable", "value"),
     [("SERVER_PORT", "five"), ("HASH_KEY", "not-hex"), ("DB_CONNECTION", "postgres://db/x"),
-     ("LOGGING_TRACE_REQUESTS", "maybe"), ("JWT_LIFETIME_DAYS", "0")],
+     ("LOGGING_TRACE_REQUESTS", "maybe"), ("JWT_LIFETIME_DAYS", "0"),
+     ("MEDIA_STORE", "gridfs"), ("MEDIA_STORE", "s3")],
 )
 async def test_invalid_configuration_stops_with_one_line(
     tmp_path: Path, variable: str, value: str

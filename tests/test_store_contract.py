@@ -254,6 +254,18 @@ async def test_media(store: Store) -> None:
     assert await store.delete_media(media.id) is False
 
 
+async def test_media_ids_page_through_every_record_in_order(store: Store) -> None:
+    ids = sorted(new_id() for _ in range(5))
+    for media_id in reversed(ids):
+        await store.add_media(Media(media_id, "m", "image/png", 1, T0))
+    assert await store.media_ids("", 2) == ids[:2]
+    assert await store.media_ids(ids[1], 2) == ids[2:4]
+    assert await store.media_ids(ids[3], 2) == ids[4:]
+    assert await store.media_ids(ids[4], 2) == []
+    await store.delete_media(ids[2])
+    assert await store.media_ids(ids[0], 10) == [ids[1], ids[3], ids[4]]
+
+
 def some_media(content_type: str = "image/png") -> Media:
     return Media(id=new_id(), name="m", content_type=content_type, size=1, last_modified=T0)
 

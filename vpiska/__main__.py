@@ -3,18 +3,23 @@
 Exit codes: 0 after a clean shutdown; 2 when the server cannot start as configured (an invalid
 variable, an address it cannot listen on); 3 when a shutdown ran past SHUTDOWN_GRACE_SECONDS;
 1 for a crash. Whatever ends the process is one JSON log line, a traceback included.
+
+`python -m vpiska media import DIR` copies an older deployment's media folder into the media
+store of the same configuration (vpiska/media_import.py), then exits: 0, or 2 as above.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 import threading
+from pathlib import Path
 from types import TracebackType
 
 import trio
 
-from vpiska import logs
+from vpiska import logs, media_import
 from vpiska.config import Config, ConfigError
 from vpiska.server import EXIT_SHUTDOWN_TIMED_OUT, ListenError, ShutdownTimedOut, serve
 from vpiska.workers import run_workers
@@ -22,7 +27,8 @@ from vpiska.workers import run_workers
 log = logging.getLogger("vpiska")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    arguments = _parser().parse_args(argv)
     try:
         config = Config.from_env()
     except ConfigError as error:
@@ -31,6 +37,11 @@ def main() -> int:
     logs.configure(config.log_level)
     sys.excepthook = _log_crash
     threading.excepthook = _log_thread_crash
+    if arguments.command == "media":
+        return trio.run(media_import.run, config, arguments.folder)
+    if config.redis_url and config.store.kind == "mongodb" and config.media_store == "files":
+        log.warning("MEDIA_STORE=files in a cluster: media bytes stay on this machine, so nodes "
+                    "on other machines answer 404 for them (MEDIA_STORE=gridfs shares them)")
     if config.uses_default_jwt_key:
         log.warning("JWT_KEY is the public default: anyone can forge tokens; set JWT_KEY in "
                     "production (until then vpiska listens on %s only unless SERVER_HOST is set)",
@@ -46,6 +57,19 @@ def main() -> int:
         log.error("shutdown timed out", extra={"events": error.events})
         return EXIT_SHUTDOWN_TIMED_OUT
     return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m vpiska", description="Serve vpiska (no command), or run a command.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    media = commands.add_parser("media", help="manage stored media")
+    actions = media.add_subparsers(dest="action", required=True, metavar="ACTION")
+    imported = actions.add_parser(
+        "import", help="copy an older deployment's media folder into the media store")
+    imported.add_argument("folder", type=Path, metavar="DIR",
+                          help="the folder of media files, one per media id")
+    return parser
 
 
 def _log_crash(kind: type[BaseException], error: BaseException,

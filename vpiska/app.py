@@ -12,6 +12,7 @@ from vpiska.actors.rooms import Rooms
 from vpiska.auth import Passwords, Tokens
 from vpiska.config import Config
 from vpiska.http.body import close_if_body_unread
+from vpiska.http.bounded_body import BoundedBodyConnection, BoundedRequest
 from vpiska.http.errors import install_error_handlers
 from vpiska.http.events import events_routes, json_routes
 from vpiska.http.host_check import HostCheck
@@ -27,7 +28,7 @@ from vpiska.http.users import users_routes
 from vpiska.http.websocket import EventSocketEndpoint
 from vpiska.media import MediaLibrary
 from vpiska.metrics import registry_for
-from vpiska.store import MediaFiles, Store
+from vpiska.store import Store, media_bytes
 
 # Multipart framing around an upload of exactly MAX_UPLOAD_BYTES.
 MULTIPART_OVERHEAD = 64 * 1024
@@ -50,7 +51,7 @@ class Services:
             store=store,
             tokens=tokens,
             accounts=Accounts(store, tokens, Passwords(config)),
-            media=MediaLibrary(store, MediaFiles(config.media_path)),
+            media=MediaLibrary(store, media_bytes(config, store)),
             events=events,
         )
 
@@ -70,6 +71,8 @@ def create_app(services: Services) -> Any:
 def create_quart_app(services: Services) -> QuartTrio:
     config = services.config
     app = QuartTrio("vpiska", static_folder=None)  # no /static route: every route is documented
+    app.request_class = BoundedRequest  # a body is taken only as fast as it is read
+    app.asgi_http_class = BoundedBodyConnection
     install_request_ids(app)  # first: every hook and handler after it logs with the id
     # The outer cap: handlers bound what they read themselves; this stops Quart buffering a
     # body no handler reads.

@@ -15,6 +15,7 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 DEFAULT_JWT_KEY = "vpiska_secretkey!123"
+MEDIA_STORES = ("files", "gridfs")
 _N = TypeVar("_N", int, float)
 
 
@@ -43,6 +44,9 @@ class Config:
     store: StoreLocation = StoreLocation("sqlite", "data/vpiska.db")
     db_name: str = "vpiska"
     media_path: Path = Path("data/media")
+    # Where media bytes live: "files" (one file per media under media_path, on this machine)
+    # or "gridfs" (MongoDB's GridFS, shared by every node that shares the database).
+    media_store: str = "files"
     jwt_key: str = DEFAULT_JWT_KEY
     jwt_issuer: str = "VpiskaServer"
     jwt_audience: str = "VpiskaClient"
@@ -97,12 +101,14 @@ class Config:
         read = _Reader(env)
         data_dir = Path(read.text("DATA_DIR", "data"))
         jwt_key = read.text("JWT_KEY", cls.jwt_key, allow_empty=False)
+        store = _store_location(env.get("DB_CONNECTION", ""), data_dir)
         return cls(
             host=read.text("SERVER_HOST", cls.host if jwt_key == DEFAULT_JWT_KEY else "0.0.0.0"),
             port=read.integer("SERVER_PORT", cls.port, low=0, high=65535),
-            store=_store_location(env.get("DB_CONNECTION", ""), data_dir),
+            store=store,
             db_name=read.text("DB_NAME", cls.db_name),
             media_path=Path(read.text("MEDIA_PATH", str(data_dir / "media"))),
+            media_store=_media_store(read.text("MEDIA_STORE", "").strip().lower(), store),
             jwt_key=jwt_key,
             jwt_issuer=read.text("JWT_ISSUER", cls.jwt_issuer),
             jwt_audience=read.text("JWT_AUDIENCE", cls.jwt_audience),
@@ -170,6 +176,20 @@ def _redis_url(value: str) -> str | None:
     if urlsplit(value).scheme.lower() not in ("redis", "rediss", "unix"):
         raise ConfigError("REDIS_URL", f"{value!r} is not a redis://, rediss:// or unix:// URL")
     return value
+
+
+def _media_store(chosen: str, store: StoreLocation) -> str:
+    """MEDIA_STORE, or the default for the store: GridFS beside MongoDB, so nodes on other
+    machines serve the same bytes; files beside sqlite, which one machine holds anyway."""
+    if not chosen:
+        return "gridfs" if store.kind == "mongodb" else "files"
+    if chosen not in MEDIA_STORES:
+        raise ConfigError("MEDIA_STORE", f"{chosen!r} is not one of {', '.join(MEDIA_STORES)}")
+    if chosen == "gridfs" and store.kind != "mongodb":
+        raise ConfigError("MEDIA_STORE", "gridfs keeps media in MongoDB, and DB_CONNECTION "
+                          f"selects {store.kind}: set DB_CONNECTION=mongodb://… or "
+                          "MEDIA_STORE=files")
+    return chosen
 
 
 def _workers(workers: int, env: Mapping[str, str]) -> int:

@@ -1,9 +1,14 @@
-"""Media: bytes in MediaFiles, metadata in the Store, kept consistent in that order.
+"""Media: bytes in MediaBytes (files or GridFS), metadata in the Store, kept consistent in that
+order.
 
 Upload writes the bytes durably first and the record second, removing the bytes if the record
 fails; delete removes the record first and the bytes second. Either way a crash leaves at worst
-an orphan file, never a record the API would serve as broken. Whether media is still in use
+orphan bytes, never a record the API would serve as broken. Whether media is still in use
 (an event lists it, a user's image is it) is the store's decision, taken with the delete.
+
+A record can still lose its bytes by other means: a lost or restored disk in `files` mode, a
+record the older backend wrote whose file `media import` did not find. Such a media is answered
+as missing (404), with one warning naming it, rather than as a server error.
 
 What a client says of its file is kept only as far as it is safe: the type is sent back as the
 `Content-Type` of the download, so it must be a well-formed media type, and the name must be
@@ -13,14 +18,18 @@ text any store can hold (sqlite refuses a lone surrogate) and any client can rea
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
+from pathlib import Path
 from typing import IO
 
 import trio
 
 from vpiska.domain import Media, new_id, utc_now
 from vpiska.errors import DomainError, ErrorCode
-from vpiska.store import MediaFiles, Store
+from vpiska.store import MediaBytes, Store, StoredBytes
+
+log = logging.getLogger(__name__)
 
 OCTET_STREAM = "application/octet-stream"
 # RFC 6838 bounds type and subtype at 127 characters each; parameters (a charset) fit in the
@@ -68,20 +77,25 @@ class Upload:
 
 
 class MediaLibrary:
-    def __init__(self, store: Store, files: MediaFiles) -> None:
+    def __init__(self, store: Store, media_bytes: MediaBytes) -> None:
         self._store = store
-        self.files = files
+        self.media_bytes = media_bytes
+
+    @property
+    def spool_dir(self) -> Path | None:
+        """Where uploads wait to be added."""
+        return self.media_bytes.spool_dir
 
     async def add(self, upload: Upload) -> Media:
         media_id = new_id()
-        size = await self.files.save(media_id, upload.data)
+        size = await self.media_bytes.save(media_id, upload.data)
         media = Media(media_id, stored_name(upload.filename),
                       stored_content_type(upload.content_type), size, utc_now())
         try:
             await self._store.add_media(media)
         except BaseException:
             with trio.CancelScope(shield=True):
-                await self.files.remove(media_id)
+                await self.media_bytes.remove(media_id)
             raise
         return media
 
@@ -91,8 +105,18 @@ class MediaLibrary:
             raise DomainError(ErrorCode.MEDIA_NOT_FOUND)
         return media
 
+    async def open(self, media_id: str) -> tuple[Media, StoredBytes]:
+        """The record and the bytes of a media; MediaNotFound if either is missing."""
+        media = await self.get(media_id)
+        stored = await self.media_bytes.open(media_id)
+        if stored is None:
+            log.warning("media has a record but no bytes: answered as not found",
+                        extra={"media_id": media_id})
+            raise DomainError(ErrorCode.MEDIA_NOT_FOUND)
+        return media, stored
+
     async def delete(self, media_id: str) -> None:
         """MediaNotFound, or MediaInUse (from the store, which then deleted nothing)."""
         if not await self._store.delete_media(media_id):
             raise DomainError(ErrorCode.MEDIA_NOT_FOUND)
-        await self.files.remove(media_id)
+        await self.media_bytes.remove(media_id)

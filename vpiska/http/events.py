@@ -84,7 +84,7 @@ def events_routes(config: Config, accounts: Accounts, rooms: Rooms, store: Store
     @routes.post("/media/add")
     async def add_media() -> Any:
         identity = await caller(accounts)
-        with await read_multipart("media", config.max_upload_bytes, media.files.root) as form:
+        with await read_multipart("media", config.max_upload_bytes, media.spool_dir) as form:
             event_id = form.fields.get("eventId", "")
             require(id_codes(event_id))
             room = await room_of(event_id)

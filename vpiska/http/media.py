@@ -5,13 +5,18 @@ must never run as a page of it (API.md, Media (fix)). Every download says `nosni
 browser believes the stored type rather than guessing from the bytes; only types a browser
 shows passively are served inline, and anything else is a download whose CSP would sandbox it
 even if opened. The `Content-Type` stays the stored one: clients read it.
+
+A download streams the stored bytes chunk by chunk, wherever they live (files or GridFS), with
+the headers quart's `send_file` gave a file before: the exact `Content-Length`, Last-Modified,
+ETag and a public cache lifetime of SEND_FILE_MAX_AGE_DEFAULT.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from quart import Blueprint, Response, send_file
+from quart import Blueprint, Response, current_app
 
 from vpiska.config import Config
 from vpiska.errors import DomainError
@@ -19,6 +24,7 @@ from vpiska.http.body import id_codes, require
 from vpiska.http.envelope import success
 from vpiska.http.multipart import read_multipart
 from vpiska.media import OCTET_STREAM, MediaLibrary, is_media_type
+from vpiska.store import StoredBytes
 
 # Types a browser renders without running anything of theirs: raster images, sound, video and
 # plain text (which, not sniffed, stays text). Not here on purpose: SVG and every XML (scripts),
@@ -52,12 +58,27 @@ def download_headers(content_type: str) -> dict[str, str]:
     return headers
 
 
+def streamed(stored: StoredBytes) -> Response:
+    """A response sending `stored` in chunks, with the length and the cache headers of quart's
+    `send_file`. The chunks' iterator is closed with the response, sent or not."""
+    response = Response(stored.chunks(), mimetype=OCTET_STREAM)
+    response.content_length = stored.length
+    response.last_modified = stored.modified
+    response.cache_control.public = True
+    max_age = current_app.get_send_file_max_age(None)
+    if max_age is not None:
+        response.cache_control.max_age = max_age
+        response.expires = datetime.now(UTC) + timedelta(seconds=max_age)
+    response.set_etag(stored.tag)
+    return response
+
+
 def media_routes(config: Config, media: MediaLibrary) -> Blueprint:
     routes = Blueprint("media", __name__, url_prefix="/api/v1/media")
 
     @routes.post("")
     async def upload() -> Any:
-        with await read_multipart("file", config.max_upload_bytes, media.files.root) as form:
+        with await read_multipart("file", config.max_upload_bytes, media.spool_dir) as form:
             stored = await media.add(form.file())
         return success(stored.id)
 
@@ -67,10 +88,10 @@ def media_routes(config: Config, media: MediaLibrary) -> Blueprint:
         if id_codes(media_id):
             return Response(b"", status=400, headers=NOSNIFF)
         try:
-            found = await media.get(media_id)
+            found, stored = await media.open(media_id)
         except DomainError:
             return Response(b"", status=404, headers=NOSNIFF)
-        response = await send_file(media.files.path(found.id), conditional=False)
+        response = streamed(stored)
         response.headers.update(download_headers(found.content_type))
         return response
 

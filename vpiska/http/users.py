@@ -65,7 +65,7 @@ def users_routes(config: Config, accounts: Accounts, media: MediaLibrary) -> Blu
     @routes.post("/media/set")
     async def set_image() -> Any:
         identity = await caller(accounts)
-        with await read_multipart("image", config.max_upload_bytes, media.files.root) as form:
+        with await read_multipart("image", config.max_upload_bytes, media.spool_dir) as form:
             image = await media.add(form.file())
         token = await accounts.set_image(identity, image.id)
         return success({"imageId": image.id, "accessToken": token})

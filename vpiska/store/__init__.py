@@ -1,5 +1,5 @@
-"""Persistence: the Store interface, its sqlite, MongoDB and in-memory implementations, and media
-files."""
+"""Persistence: the Store interface, its sqlite, MongoDB and in-memory implementations, and the
+homes of media bytes (files, GridFS)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from contextlib import asynccontextmanager
 from vpiska.config import Config
 from vpiska.store.base import StaleEpoch, Store
 from vpiska.store.files import MediaFiles
+from vpiska.store.media_bytes import BytesLost, MediaBytes, StoredBytes
 from vpiska.store.memory import MemoryStore
 
-__all__ = ["MediaFiles", "MemoryStore", "StaleEpoch", "Store", "open_store"]
+__all__ = ["BytesLost", "MediaBytes", "MediaFiles", "MemoryStore", "StaleEpoch", "Store",
+           "StoredBytes", "media_bytes", "open_store"]
 
 
 @asynccontextmanager
@@ -36,3 +38,16 @@ async def open_store(config: Config) -> AsyncIterator[Store]:
         yield store
     finally:
         await store.aclose()
+
+
+def media_bytes(config: Config, store: Store) -> MediaBytes:
+    """The home of media bytes MEDIA_STORE selects; GridFS is the database of `store`, which
+    must then be the MongoDB store (Config.from_env refuses MEDIA_STORE=gridfs without it)."""
+    if config.media_store == "gridfs":
+        from vpiska.store.gridfs import GridFSMedia
+        from vpiska.store.mongo import MongoStore
+
+        if not isinstance(store, MongoStore):
+            raise TypeError(f"MEDIA_STORE=gridfs needs the MongoDB store, not {store!r}")
+        return GridFSMedia(store.database)
+    return MediaFiles(config.media_path)

@@ -92,10 +92,14 @@ class Store(Protocol):
 
     async def set_user_image(self, user_id: str, image_id: str) -> None: ...
 
-    # Media metadata (the bytes live in MediaFiles).
+    # Media metadata (the bytes live in MediaBytes: vpiska/store/media_bytes.py).
     async def add_media(self, media: Media) -> None: ...
 
     async def media(self, media_id: str) -> Media | None: ...
+
+    async def media_ids(self, after: str, limit: int) -> list[str]:
+        """Up to `limit` media ids above `after`, in ascending order: every record, a page at a
+        time (`media import` walks them)."""
 
     async def delete_media(self, media_id: str) -> bool:
         """Delete the record: True if there was one, False if not. MediaInUse, deleting nothing,

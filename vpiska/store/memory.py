@@ -168,6 +168,10 @@ class MemoryStore:
         await self._enter()
         return self._media.get(media_id)
 
+    async def media_ids(self, after: str, limit: int) -> list[str]:
+        await self._enter()
+        return sorted(media_id for media_id in self._media if media_id > after)[:limit]
+
     async def delete_media(self, media_id: str) -> bool:
         await self._enter()
         if media_id not in self._media:

@@ -130,6 +130,7 @@ class MongoStore:
 
     def __init__(self, client: MongoClient[Document], db: Database[Document], threads: int) -> None:
         self._client = client
+        self.database = db  # media bytes live beside the records, in GridFS (store/gridfs.py)
         self._users = db["users"]
         self._events = db["events"]
         self._media = db["media"]
@@ -259,6 +260,13 @@ class MongoStore:
             id=document["_id"], name=document["name"], content_type=document["content_type"],
             size=int(document["size"]), last_modified=_utc(document["last_modified_date"]),
         )
+
+    async def media_ids(self, after: str, limit: int) -> list[str]:
+        def select() -> list[str]:
+            found = self._media.find({"_id": {"$gt": after}}, {"_id": 1})
+            return [document["_id"] for document in found.sort("_id", ASCENDING).limit(limit)]
+
+        return await self._run(select)
 
     async def delete_media(self, media_id: str) -> bool:
         """Check, then delete: MongoDB has no transaction across collections without a replica

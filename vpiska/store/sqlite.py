@@ -292,6 +292,14 @@ class SqliteStore:
 
         return await self._run(select)
 
+    async def media_ids(self, after: str, limit: int) -> list[str]:
+        def select() -> list[str]:
+            rows = self._db.execute(
+                "SELECT id FROM media WHERE id > ? ORDER BY id LIMIT ?", (after, limit))
+            return [str(row[0]) for row in rows]
+
+        return await self._run(select)
+
     async def delete_media(self, media_id: str) -> bool:
         def delete() -> bool:
             # IMMEDIATE takes the write lock before the check: no other connection to the file
