@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import trio
+import trio.lowlevel
 
 from tests.clients import token_for
 from tests.cluster_fixtures import Cluster, Node, RedisServer, StartCluster, StartProxy
@@ -84,6 +85,7 @@ async def partition_under_load(
     alive = [True] * len(servers)
     followers = await start_followers(nursery, servers, event_id, 2, alive)
     healthy = [f for f in followers if f.home != cut_index]
+    cut_off = [f for f in followers if f.home == cut_index]
     pid = cut.pid
     async with talking(followers, servers, alive):
         for follower in followers:
@@ -96,6 +98,12 @@ async def partition_under_load(
             return await ready(servers[cut_index]) == 503
 
         await eventually(unready, HANDOVER_SECONDS + 5)
+
+        async def told_to_reconnect() -> bool:  # the cut node's own members, during the cut
+            await trio.lowlevel.checkpoint()
+            return all(f.closes for f in cut_off)
+
+        await eventually(told_to_reconnect, HANDOVER_SECONDS + 5)
         assert await ready(servers[0]) == 200  # (the cut node is the last one)
         new_owner = await owner_now(redis_server, event_id, group)
         assert new_owner is not cut
@@ -119,6 +127,8 @@ async def partition_under_load(
     assert cut.pid == pid  # no restart
     assert cut.returncode is None
     assert says_over()
+    for follower in cut_off:
+        assert follower.closes[0] == 1012, follower.closes
     # It serves events again: one rendezvous hashing gives it is activated there.
     await event_owned_by(cut, servers, redis_server, group)
 
@@ -147,3 +157,22 @@ async def test_an_owner_cut_off_from_mongodb_hands_its_events_over_and_serves_ag
 STORE_LOST = ("store unreachable: this node hands its events over and serves none until the "
               "store answers again")
 STORE_BACK = "store reachable again: this node serves events again"
+
+
+async def test_an_owner_cut_off_from_redis_hands_its_events_over_and_serves_again_after(
+    cluster: StartCluster, redis_server: RedisServer, tcp_proxy: StartProxy,
+    nursery: trio.Nursery
+) -> None:
+    group = await cluster(2, redis=redis_server, **UNLIMITED)
+    proxy = await tcp_proxy(redis_server.port)
+    cut = await group.start_node(REDIS_URL=proxy.url())
+    async with diagnosed(group):
+        await partition_under_load(
+            group, redis_server, proxy, cut, nursery,
+            says_cut=lambda: len(logged(cut, REDIS_LOST)) == 1,
+            says_over=lambda: (len(logged(cut, REDIS_LOST)) == 1
+                               and len(logged(cut, REDIS_BACK)) == 1))
+
+
+REDIS_LOST = "Redis unreachable"
+REDIS_BACK = "Redis unreachable: over"
