@@ -8,11 +8,12 @@ What a node does, every third of the lease TTL (`_keep_alive`):
   any lease could expire (self-fencing): another node may own them by the time it is back;
 - takes over the orphans it is designated for (rendezvous hashing over the live nodes).
 
-A node that cannot reach the store (`_follow_store`: a ping unanswered for a third of the TTL)
-can write nothing, so it steps aside until the store answers again: it fences its rooms and
-releases their leases (a healthy node takes each event over at once), leaves the nodes set (no
-node designates it), closes its sockets with 1012 (they reconnect to a node that can serve
-them), owns nothing new, and /readyz answers 503. Once the store answers, it joins again.
+A node that cannot reach the store (`_follow_store`: its ping, every third of the TTL, went
+unanswered for READY_TIMEOUT_SECONDS, as /readyz counts) can write nothing, so it steps aside
+until the store answers again: it fences its rooms and releases their leases (a healthy node
+takes each event over at once), leaves the nodes set (no node designates it), closes its
+sockets with 1012 (they reconnect to a node that can serve them), owns nothing new, and
+/readyz answers 503. Once the store answers, it joins again.
 
 An event nobody owns is also activated on demand: a request or a chat line for it goes to the
 node it is designated for, which acquires the lease, claims the epoch in the store (from then
@@ -137,7 +138,8 @@ class ClusterNode:
         self._counts: dict[str, int] = {}  # usersCount of events owned elsewhere
         self._last_renewal = -math.inf
         self.healthy = False  # Redis answered the last heartbeat
-        self._store_health = StoreHealth(store, interval=self._ttl / 3, deadline=self._ttl / 3)
+        self._store_health = StoreHealth(store, interval=self._ttl / 3,
+                                         deadline=config.ready_timeout_seconds)
         self._aside = False  # cut off from the store: owns nothing, not in the nodes set
         self._unreachable = Trouble(log, "Redis unreachable")
         self._nursery: trio.Nursery | None = None
