@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+import pytest
 import trio
 import trio.lowlevel
 
@@ -30,6 +31,7 @@ from tests.test_cluster_faults import (
     diagnosed,
     eventually,
     owner_now,
+    owner_of,
     ready,
     settle_and_check,
     start_followers,
@@ -41,6 +43,9 @@ from tests.test_cluster_faults import (
 # machine.
 HANDOVER_SECONDS = TTL + 2
 SILENCE_SECONDS = HANDOVER_SECONDS + 1
+# How the path fails: frozen (connections stay open, no byte passes; a thaw delivers what
+# was held), or cut (every connection reset, new ones refused until it is restored).
+FAULTS = pytest.mark.parametrize("fault", ["frozen", "cut"])
 
 
 async def open_event(server: Server) -> str:
@@ -75,7 +80,8 @@ def logged(node: Node, event: str) -> list[dict[str, Any]]:
 
 async def partition_under_load(
     group: Cluster, redis_server: RedisServer, proxy: TcpProxy, cut: Node,
-    nursery: trio.Nursery, *, says_cut: Callable[[], bool], says_over: Callable[[], bool],
+    nursery: trio.Nursery, fault: str, *, says_cut: Callable[[], bool],
+    says_over: Callable[[], bool],
 ) -> None:
     """The scene both partitions share: followers on every node, the cut node owning their
     event; the freeze under load, the checks during it, the heal, the checks after."""
@@ -92,7 +98,10 @@ async def partition_under_load(
             await follower.wait_for(20)
         alive[cut_index] = False  # a load balancer asks /readyz; the followers do not
         frozen_at = trio.current_time()
-        proxy.freeze()
+        if fault == "frozen":
+            proxy.freeze()
+        else:
+            proxy.cut()
 
         async def unready() -> bool:
             return await ready(servers[cut_index]) == 503
@@ -105,12 +114,18 @@ async def partition_under_load(
 
         await eventually(told_to_reconnect, HANDOVER_SECONDS + 5)
         assert await ready(servers[0]) == 200  # (the cut node is the last one)
-        new_owner = await owner_now(redis_server, event_id, group)
-        assert new_owner is not cut
+
+        async def taken_over() -> bool:
+            return await owner_of(redis_server, event_id, group) not in (None, cut)
+
+        await eventually(taken_over, HANDOVER_SECONDS + 5)
         for follower in healthy:  # the room goes on for the healthy nodes' members
             await follower.wait_for(len(follower.lines) + 40)
         assert says_cut()
-        proxy.thaw()
+        if fault == "frozen":
+            proxy.thaw()
+        else:
+            proxy.restore()
         thawed_at = trio.current_time()
 
         async def ready_again() -> bool:
@@ -133,9 +148,10 @@ async def partition_under_load(
     await event_owned_by(cut, servers, redis_server, group)
 
 
+@FAULTS
 async def test_an_owner_cut_off_from_mongodb_hands_its_events_over_and_serves_again_after(
     cluster: StartCluster, redis_server: RedisServer, tcp_proxy: StartProxy, mongodb_url: str,
-    nursery: trio.Nursery
+    nursery: trio.Nursery, fault: str
 ) -> None:
     mongodb = urlsplit(mongodb_url)
     assert mongodb.hostname is not None
@@ -148,7 +164,7 @@ async def test_an_owner_cut_off_from_mongodb_hands_its_events_over_and_serves_ag
         DB_CONNECTION=f"mongodb://{proxy.host}:{proxy.port}/?directConnection=true")
     async with diagnosed(group):
         await partition_under_load(
-            group, redis_server, proxy, cut, nursery,
+            group, redis_server, proxy, cut, nursery, fault,
             says_cut=lambda: len(logged(cut, STORE_LOST)) == 1,
             says_over=lambda: (len(logged(cut, STORE_LOST)) == 1
                                and len(logged(cut, STORE_BACK)) == 1))
@@ -159,16 +175,17 @@ STORE_LOST = ("store unreachable: this node hands its events over and serves non
 STORE_BACK = "store reachable again: this node serves events again"
 
 
+@FAULTS
 async def test_an_owner_cut_off_from_redis_hands_its_events_over_and_serves_again_after(
     cluster: StartCluster, redis_server: RedisServer, tcp_proxy: StartProxy,
-    nursery: trio.Nursery
+    nursery: trio.Nursery, fault: str
 ) -> None:
     group = await cluster(2, redis=redis_server, **UNLIMITED)
     proxy = await tcp_proxy(redis_server.port)
     cut = await group.start_node(REDIS_URL=proxy.url())
     async with diagnosed(group):
         await partition_under_load(
-            group, redis_server, proxy, cut, nursery,
+            group, redis_server, proxy, cut, nursery, fault,
             says_cut=lambda: len(logged(cut, REDIS_LOST)) == 1,
             says_over=lambda: (len(logged(cut, REDIS_LOST)) == 1
                                and len(logged(cut, REDIS_BACK)) == 1))
