@@ -328,6 +328,10 @@ class ClusterNode:
             self._owned[event_id] = lease
             self._owners.pop(event_id, None)
             log.info("event activated", extra={"event_id": event_id, "epoch": lease.epoch})
+            if self._aside:  # stepped aside while it was being claimed: not ours to keep
+                self._fence([event_id], "store unreachable")
+                await self._release(lease)
+                return None
             return room
         finally:
             del self._activating[event_id]
