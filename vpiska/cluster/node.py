@@ -8,6 +8,13 @@ What a node does, every third of the lease TTL (`_keep_alive`):
   any lease could expire (self-fencing): another node may own them by the time it is back;
 - takes over the orphans it is designated for (rendezvous hashing over the live nodes).
 
+A node that cannot reach the store (`_follow_store`: its ping, every third of the TTL, went
+unanswered for READY_TIMEOUT_SECONDS, as /readyz counts) can write nothing, so it steps aside
+until the store answers again: it fences its rooms and releases their leases (a healthy node
+takes each event over at once), leaves the nodes set (no node designates it), closes its
+sockets with 1012 (they reconnect to a node that can serve them), owns nothing new, and
+/readyz answers 503. Once the store answers, it joins again.
+
 An event nobody owns is also activated on demand: a request or a chat line for it goes to the
 node it is designated for, which acquires the lease, claims the epoch in the store (from then
 on the store refuses older owners' writes) and starts the actor.
@@ -53,6 +60,7 @@ from vpiska.config import Config
 from vpiska.domain import Coordinates, Event
 from vpiska.errors import DomainError, ErrorCode
 from vpiska.store import StaleEpoch, Store
+from vpiska.store.health import StoreHealth
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +138,9 @@ class ClusterNode:
         self._counts: dict[str, int] = {}  # usersCount of events owned elsewhere
         self._last_renewal = -math.inf
         self.healthy = False  # Redis answered the last heartbeat
+        self._store_health = StoreHealth(store, interval=self._ttl / 3,
+                                         deadline=config.ready_timeout_seconds)
+        self._aside = False  # cut off from the store: owns nothing, not in the nodes set
         self._unreachable = Trouble(log, "Redis unreachable")
         self._nursery: trio.Nursery | None = None
 
@@ -142,6 +153,8 @@ class ClusterNode:
                                       lambda: None)
             await self._bus.subscribe(redis.CLUSTER_CHANNEL, self._cluster_message,
                                       self._cluster_renewed)
+            await nursery.start(self._store_health.run)
+            nursery.start_soon(self._follow_store)
             nursery.start_soon(self._rpc.run)
             nursery.start_soon(self._views.run)
             nursery.start_soon(self.owner_link.run)
@@ -159,8 +172,9 @@ class ClusterNode:
 
     @property
     def ready(self) -> bool:
-        """Redis answered the last heartbeat: this node can reach the others."""
-        return self.healthy
+        """Redis answered the last heartbeat (this node can reach the others) and the store
+        answers (it can do their work)."""
+        return self.healthy and not self._aside
 
     async def open_event(self, owner_id: str, name: str, address: str,
                          coordinates: Coordinates) -> Event:
@@ -276,6 +290,8 @@ class ClusterNode:
     async def activate(self, event_id: str) -> Room | None:
         """Own `event_id` if nobody does: the lease, a new epoch claimed in the store, the
         actor. The room, or None if another node holds it or the event is closed."""
+        if self._aside:  # it could not claim the event, nor write a line of it
+            return None
         done = self._activating.get(event_id)
         if done is not None:  # another task of ours is at it
             await done.wait()
@@ -312,6 +328,10 @@ class ClusterNode:
             self._owned[event_id] = lease
             self._owners.pop(event_id, None)
             log.info("event activated", extra={"event_id": event_id, "epoch": lease.epoch})
+            if self._aside:  # stepped aside while it was being claimed: not ours to keep
+                self._fence([event_id], "store unreachable")
+                await self._release(lease)
+                return None
             return room
         finally:
             del self._activating[event_id]
@@ -349,7 +369,7 @@ class ClusterNode:
             await trio.sleep(self._ttl / 3)
             beats += 1
             try:
-                changed = await self._beat()
+                changed = await self._beat(leaving=self._aside)
                 lost = await self._leases.renew(list(self._owned.values()))
                 self._last_renewal = trio.current_time()
                 self._unreachable.succeeded()
@@ -362,7 +382,7 @@ class ClusterNode:
                 continue
             self._fence([lease.event_id for lease in lost], "lease lost")
             self._forget_idle_gateways()
-            if changed or beats % RECONCILE_EVERY_BEATS == 0:
+            if not self._aside and (changed or beats % RECONCILE_EVERY_BEATS == 0):
                 await self._reconcile()
 
     async def _beat(self, *, joining: bool = False, leaving: bool = False) -> bool:
@@ -396,6 +416,46 @@ class ClusterNode:
         for event_id, holder in zip(mine, holders, strict=True):
             if holder is None:
                 self._nursery.start_soon(contained, "activate", self.activate, event_id)
+
+    # Cut off from the store.
+
+    async def _follow_store(self) -> None:
+        while True:
+            await self._store_health.wait_until(reachable=False)
+            await self._step_aside()
+            await self._store_health.wait_until(reachable=True)
+            await self._step_back()
+
+    async def _step_aside(self) -> None:
+        """The store does not answer: hand every event over now, well within a lease's TTL
+        (the rooms would stall on their writes while this node kept renewing their leases),
+        and serve nothing until it answers again."""
+        self._aside = True
+        log.warning("store unreachable: this node hands its events over and serves none "
+                    "until the store answers again",
+                    extra={"node": self.node_id, "cause": self._store_health.cause})
+        leases = list(self._owned.values())
+        self._fence([lease.event_id for lease in leases], "store unreachable")
+        for gateway in list(self._gateways.values()):
+            gateway.close(CloseCode.SERVICE_RESTART)
+        try:
+            await self._beat(leaving=True)
+        except redis.REDIS_ERRORS as error:
+            self._unreachable.failed(error)
+        for lease in leases:  # free now, not at their expiry: the next owner takes them at once
+            await self._release(lease)
+        await self._notify("left", "", {"node": self.node_id})
+
+    async def _step_back(self) -> None:
+        """The store answers again: join the cluster again (the other nodes designate this
+        node again from their next beat on)."""
+        self._aside = False
+        log.info("store reachable again: this node serves events again",
+                 extra={"node": self.node_id})
+        try:
+            await self._beat()
+        except redis.REDIS_ERRORS as error:
+            self._unreachable.failed(error)
 
     # Leaving.
 

@@ -68,6 +68,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar
 
+import pymongo
 import trio
 from bson.int64 import Int64
 from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument
@@ -91,6 +92,9 @@ OPEN, CLOSED = 0, 1
 # Threads that may talk to the server at once: below pymongo's default pool of 100
 # connections, so a thread never waits for a connection while holding a limiter slot.
 THREADS = 32
+
+# The longest a ping may wait for its answer (StoreHealth keeps its own, shorter deadline).
+PING_TIMEOUT_SECONDS = 10.0
 
 # A `$slice` limit meaning "to the end": the server wants a positive int32.
 _TO_THE_END = 2**31 - 1
@@ -160,8 +164,13 @@ class MongoStore:
         return store
 
     async def _run(self, fn: Callable[[], _T]) -> _T:
+        # Abandoned when cancelled: a call on a connection the network froze would otherwise
+        # hold its caller until the path heals, and a room fenced for want of its store
+        # (vpiska/cluster/node.py) would never end. The thread goes on until the driver gives
+        # up; what it writes meanwhile is fenced like any stale owner's write.
         with _CALL_DURATION.time():
-            return await trio.to_thread.run_sync(fn, limiter=self._limiter)
+            return await trio.to_thread.run_sync(fn, limiter=self._limiter,
+                                                 abandon_on_cancel=True)
 
     async def aclose(self) -> None:
         await self._run(self._client.close)
@@ -170,7 +179,14 @@ class MongoStore:
         await trio.sleep_forever()  # nothing to look after
 
     async def ping(self) -> None:
-        await self._run(partial(self._client.admin.command, "ping"))
+        def ping() -> None:
+            # Bounded, unlike the other calls (pymongo's default has no socket timeout): a
+            # ping sent on a connection the network then dropped without a word must fail in
+            # time for the next one, on a new connection, to see the server back.
+            with pymongo.timeout(PING_TIMEOUT_SECONDS):
+                self._client.admin.command("ping")
+
+        await self._run(ping)
 
     # Users.
 
