@@ -9,6 +9,7 @@ import logging
 from vpiska.auth import Identity, Passwords, Tokens
 from vpiska.domain import User, new_id
 from vpiska.errors import DomainError, ErrorCode
+from vpiska.signin_limits import SigninLimits
 from vpiska.store import Store
 
 log = logging.getLogger(__name__)
@@ -28,10 +29,12 @@ class Session:
 
 
 class Accounts:
-    def __init__(self, store: Store, tokens: Tokens, passwords: Passwords) -> None:
+    def __init__(self, store: Store, tokens: Tokens, passwords: Passwords,
+                 limits: SigninLimits) -> None:
         self._store = store
         self._tokens = tokens
         self._passwords = passwords
+        self._limits = limits
         self._known: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     async def identify(self, token: str) -> Identity | None:
@@ -74,12 +77,16 @@ class Accounts:
         return Session(user, None, self._tokens.issue(user))
 
     async def log_in(self, phone: str, password: str) -> Session:
-        user = await self._store.user_by_phone(phone)
-        if user is None:
-            raise DomainError(ErrorCode.USER_NOT_FOUND)
-        ok, upgrade = await self._passwords.verify(password, user.password_hash)
-        if not ok:
-            raise DomainError(ErrorCode.INVALID_PASSWORD)
+        """TooManyRequests, before any hash, while the phone has had too many wrong passwords
+        (vpiska/signin_limits.py)."""
+        async with self._limits.guessing(phone) as guess:
+            user = await self._store.user_by_phone(phone)
+            if user is None:
+                raise DomainError(ErrorCode.USER_NOT_FOUND)
+            ok, upgrade = await self._passwords.verify(password, user.password_hash)
+            if not ok:
+                guess.wrong()
+                raise DomainError(ErrorCode.INVALID_PASSWORD)
         if upgrade:
             await self._store.set_password_hash(user.id, await self._passwords.hash(password))
             log.info("password hash upgraded to argon2id", extra={"user_id": user.id})

@@ -24,9 +24,12 @@ import trio
 from jwt.algorithms import HMACAlgorithm
 from passlib.context import CryptContext
 
+from vpiska import metrics
 from vpiska.config import Config
 from vpiska.domain import User, is_id, is_text, utc_now
 
+_HASHED = metrics.PASSWORD_HASHES.labels(work="hash")
+_VERIFIED = metrics.PASSWORD_HASHES.labels(work="verify")
 LEGACY_HASH = re.compile(r"^[0-9a-fA-F]{64}$")
 
 # The default JWT_KEY (20 bytes) is shorter than PyJWT likes, but deployed tokens are signed with
@@ -126,7 +129,11 @@ class Passwords:
         self._limiter = trio.CapacityLimiter(config.password_hash_concurrency)
 
     async def hash(self, password: str) -> str:
-        return await trio.to_thread.run_sync(self._context.hash, password, limiter=self._limiter)
+        return await trio.to_thread.run_sync(self._hash, password, limiter=self._limiter)
+
+    def _hash(self, password: str) -> str:
+        _HASHED.inc()
+        return self._context.hash(password)
 
     async def verify(self, password: str, stored: str) -> tuple[bool, bool]:
         """(password matches, stored hash should be replaced by a fresh one)."""
@@ -137,6 +144,7 @@ class Passwords:
         )
 
     def _verify_modern(self, password: str, stored: str) -> tuple[bool, bool]:
+        _VERIFIED.inc()
         try:
             ok = self._context.verify(password, stored)
         except ValueError:  # not a hash passlib knows: nothing can match it
