@@ -205,13 +205,13 @@ def test_invalid_settings_name_their_variable(env: dict[str, str], variable: str
 # --- Over real sockets -----------------------------------------------------------------------
 
 @asynccontextmanager
-async def client_from(server: Server, address: str, *, connections: int = 10
+async def client_from(url: str, address: str, *, connections: int = 10
                       ) -> AsyncIterator[httpx.AsyncClient]:
-    """A client of `server` whose connections (at most `connections` at once) come from
-    `address` (a loopback address)."""
+    """A client of the server at `url` whose connections (at most `connections` at once) come
+    from `address` (a loopback address)."""
     transport = httpx.AsyncHTTPTransport(
         local_address=address, limits=httpx.Limits(max_connections=connections))
-    async with httpx.AsyncClient(base_url=server.url, transport=transport,
+    async with httpx.AsyncClient(base_url=url, transport=transport,
                                  timeout=WAIT_SECONDS) as client:
         yield client
 
@@ -276,8 +276,8 @@ async def test_health_answers_200_with_an_empty_body(server: Server) -> None:
 @pytest.mark.parametrize("config_overrides", [{"signin_rate_per_minute": 3}])
 async def test_logins_and_sign_ups_over_the_address_rate_are_refused(server: Server) -> None:
     await add_users(server, "9001000001")
-    async with client_from(server, "127.0.0.2") as first, \
-            client_from(server, "127.0.0.3") as second:
+    async with client_from(server.url, "127.0.0.2") as first, \
+            client_from(server.url, "127.0.0.3") as second:
         assert await codes(first, LOGIN, login("9001000001")) == []
         assert await codes(first, LOGIN, login("9009999999")) == ["UserNotFound"]
         assert await codes(first, CREATE, sign_up("9001000002")) == []
@@ -295,8 +295,8 @@ async def test_a_phone_is_refused_from_every_address_after_five_wrong_passwords(
         server: Server) -> None:
     """With the address rate off (0), the per-phone rule still holds."""
     await add_users(server, "9001000001", "9001000002")
-    async with client_from(server, "127.0.0.2") as guesser, \
-            client_from(server, "127.0.0.3") as owner:
+    async with client_from(server.url, "127.0.0.2") as guesser, \
+            client_from(server.url, "127.0.0.3") as owner:
         for _ in range(5):
             assert await codes(guesser, LOGIN, login("9001000001", "wrong1")) == \
                 ["InvalidPassword"]
@@ -314,7 +314,7 @@ async def test_a_trusted_proxy_counts_each_client_by_its_forwarded_address(
     """A proxy at 10.0.0.1 is not 127.0.0.1, so the test's own loopback clients are not
     trusted; a trusted one is made by listing 127.0.0.1."""
     await add_users(server, "9001000001")
-    async with client_from(server, "127.0.0.2") as untrusted:
+    async with client_from(server.url, "127.0.0.2") as untrusted:
         assert await codes(untrusted, LOGIN, login("9001000001"),
                            headers={"X-Forwarded-For": "198.51.100.1"}) == []
         assert await codes(untrusted, LOGIN, login("9001000001"),
@@ -327,7 +327,7 @@ async def test_a_trusted_proxy_counts_each_client_by_its_forwarded_address(
 async def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_rate(
         server: Server) -> None:
     await add_users(server, "9001000001")
-    async with client_from(server, "127.0.0.1") as proxy:
+    async with client_from(server.url, "127.0.0.1") as proxy:
         for client in ("198.51.100.1", "198.51.100.2"):
             assert await codes(proxy, LOGIN, login("9001000001"),
                                headers={"X-Forwarded-For": client}) == []
@@ -364,7 +364,7 @@ async def test_a_storm_of_wrong_logins_spends_no_hash_on_refused_attempts(
     async def attack(address: str) -> None:
         # 80 connections of attackers and 10 of users: more than hypercorn's listen backlog
         # (100) connecting at once overflows it, and the kernel resets some (syncookies).
-        async with client_from(server, address, connections=4) as client:
+        async with client_from(server.url, address, connections=4) as client:
             async def one(n: int) -> None:
                 answers.update(await codes(client, LOGIN, login(VICTIMS[n % 2], "wrong1")))
 
@@ -374,7 +374,7 @@ async def test_a_storm_of_wrong_logins_spends_no_hash_on_refused_attempts(
 
     async def log_in(address: str, phone: str) -> None:
         nonlocal users_in
-        async with client_from(server, address) as client:
+        async with client_from(server.url, address) as client:
             assert await codes(client, LOGIN, login(phone)) == []
             users_in += 1
 
