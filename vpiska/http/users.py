@@ -29,10 +29,12 @@ def users_routes(config: Config, accounts: Accounts, media: MediaLibrary,
     async def body() -> dict[str, Any]:
         return await json_object(config.max_json_bytes)
 
-    async def admit() -> None:
-        """Counted once the request is valid: a malformed one costs nothing to refuse, and a
-        client fixing its typo is not charged for it."""
-        await limits.admit(client_address(request.scope, config.trusted_proxies))
+    async def admitted() -> str:
+        """The client's address, once admitted. Counted once the request is valid: a
+        malformed one costs nothing to refuse, and a client fixing its typo is not charged."""
+        address = client_address(request.scope, config.trusted_proxies)
+        await limits.admit(address)
+        return address
 
     @routes.post("/create")
     async def create() -> Any:
@@ -45,16 +47,16 @@ def users_routes(config: Config, accounts: Accounts, media: MediaLibrary,
             password_codes(password),
             (password != confirm, ErrorCode.CONFIRM_PASSWORD_INVALID),
         )
-        await admit()
-        return success(login_response(await accounts.sign_up(name, phone, password)))
+        address = await admitted()
+        return success(login_response(await accounts.sign_up(name, phone, password, address)))
 
     @routes.post("/login")
     async def login() -> Any:
         data = await body()
         phone, password = text(data, "phone"), text(data, "password")
         require(phone_codes(phone), password_codes(password))
-        await admit()
-        return success(login_response(await accounts.log_in(phone, password)))
+        address = await admitted()
+        return success(login_response(await accounts.log_in(phone, password, address)))
 
     @routes.post("/update")
     async def update() -> Any:
