@@ -401,3 +401,32 @@ async def test_a_storm_of_wrong_logins_spends_no_hash_on_refused_attempts(
     # refused by the address rate, before even the phone was looked at.
     admitted = len(ATTACKERS) * (RATE + int(elapsed * RATE / 60))
     assert refused["address"] >= 200 - admitted
+
+
+HOSTILE_FORWARDED = [
+    pytest.param("", id="empty"),
+    pytest.param(",,, ,", id="only-commas"),
+    pytest.param("1.2.3.4" + ", 10.0.0.1" * 1500, id="1500-entries"),
+    pytest.param("[::1", id="unclosed-bracket"),
+    pytest.param("999.1.1.1, ::ffff:zz", id="not-addresses"),
+    pytest.param("1.2.3.4%eth0, fe80::1%eth0", id="zone-ids"),
+    pytest.param("\u00ff\u00fe1.2.3.4", id="latin-1-bytes"),
+]
+
+
+@pytest.mark.parametrize("forwarded", HOSTILE_FORWARDED)
+@pytest.mark.parametrize("config_overrides", [{
+    "signin_rate_per_minute": 2,
+    "trusted_proxies": Config.from_env({"TRUSTED_PROXIES": "127.0.0.1"}).trusted_proxies}])
+async def test_a_hostile_x_forwarded_for_is_answered_and_counted_somewhere(
+        server: Server, forwarded: str, log_lines: list[dict[str, Any]]) -> None:
+    """Whatever a trusted peer forwards, the login is answered, the limit still holds (under
+    the proxy's own address when no client address can be read) and nothing is logged as an
+    error."""
+    await add_users(server, "9001000001")
+    headers = [("X-Forwarded-For", forwarded.encode("latin-1"))]
+    async with client_from(server.url, "127.0.0.1") as proxy:
+        found = [await codes(proxy, LOGIN, login("9001000001"), headers=headers)
+                 for _ in range(3)]
+    assert found[2] == ["TooManyRequests"]
+    assert [line for line in log_lines if line["level"] in ("error", "critical")] == []
