@@ -430,3 +430,11 @@ async def test_a_hostile_x_forwarded_for_is_answered_and_counted_somewhere(
                  for _ in range(3)]
     assert found[2] == ["TooManyRequests"]
     assert [line for line in log_lines if line["level"] in ("error", "critical")] == []
+
+
+async def test_phones_whose_places_were_all_given_back_are_forgotten() -> None:
+    counters = LocalCounters(Clock(), max_tracked=10)
+    limits = SigninLimits(counters, rate_per_minute=0)
+    for n in range(100):
+        await guess(limits, f"9{n:09d}", wrong=False)
+    assert counters.tracked() <= 1

@@ -141,7 +141,7 @@ class LocalCounters:
         claims[claim] = now
         self._guesses[phone] = claims
         self._guesses.move_to_end(phone)
-        self._forget(self._guesses, lambda held: max(held.values(), default=now) <= since)
+        self._forget(self._guesses, lambda held: not held or max(held.values()) <= since)
         return 0.0
 
     async def release_guess(self, phone: str, claim: str) -> None:

@@ -14,7 +14,9 @@ If Redis does not answer (down, partitioned, slower than REDIS_WAIT_SECONDS), a 
 neither fail nor hang: the node counts on its own (LocalCounters) for RETRY_SECONDS, then asks
 Redis again, and logs the outage once, with how many calls it cost when it ends. Meanwhile
 the limits hold per node, not cluster-wide: a guesser spread over n nodes gets up to n times
-the per-phone allowance while it lasts.
+the per-phone allowance while it lasts. A place claimed in Redis just before it went silent
+is not given back there: it counts as a wrong password until it expires (stricter, never
+looser).
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ class RedisCounters:
         self._alone_until = -math.inf
 
     async def take_attempt(self, address: str, per_minute: int) -> float:
-        interval = 60_000 // per_minute
+        interval = max(1, 60_000 // per_minute)  # ms; Redis takes no expiry of 0
         waited = await self._shared(lambda: self._take_attempt(
             keys=[address_key(address)], args=[interval, interval * (per_minute - 1)]))
         if waited is None:
