@@ -84,3 +84,46 @@ async def test_among_parties_holding_nothing_the_one_served_least_lately_goes_fi
             nursery.start_soon(hash_for, party, party)
             await trio.testing.wait_all_tasks_blocked()
     assert order == ["user", "guesser", "user"]
+
+
+HASH_SECONDS = 0.035
+
+
+async def test_users_wait_at_most_one_hash_while_twenty_addresses_guess_at_full_speed(
+        autojump_clock: trio.abc.Clock) -> None:
+    """Issue 20's storm on the hash slots alone, in virtual time: 20 addresses keep 10 hashes
+    each queued, without any rate limit, while 20 users log in every 2 s from addresses of
+    their own. No login waits longer than one hash for its slot (with a FIFO queue of 200:
+    100 hashes, 3.5 s)."""
+    slots = FairSlots(2)
+    waits: list[float] = []
+    guessed = 0
+
+    async def guess(party: str) -> None:
+        nonlocal guessed
+        while True:
+            async with slots.slot(party):
+                await trio.sleep(HASH_SECONDS)
+                guessed += 1
+
+    async def log_in(party: str) -> None:
+        for _ in range(10):
+            asked = trio.current_time()
+            async with slots.slot(party):
+                waits.append(trio.current_time() - asked)
+                await trio.sleep(HASH_SECONDS)
+            await trio.sleep(2 - (trio.current_time() - asked))
+
+    async with trio.open_nursery() as nursery:
+        for address in range(20):
+            for _ in range(10):
+                nursery.start_soon(guess, f"10.0.1.{address}")
+        await trio.testing.wait_all_tasks_blocked()
+        async with trio.open_nursery() as users:
+            for user in range(20):
+                users.start_soon(log_in, f"10.0.2.{user}")
+                await trio.sleep(0.1)
+        nursery.cancel_scope.cancel()
+    assert len(waits) == 200
+    assert max(waits) <= HASH_SECONDS
+    assert guessed > 900  # the guessers had the slots the rest of the time

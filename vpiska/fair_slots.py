@@ -4,10 +4,10 @@ The password hash slots (PASSWORD_HASH_CONCURRENCY) are few and each hash is slo
 Under a FIFO limiter, 20 guessing addresses with 30 admitted attempts each queued 600 hashes,
 and a user logging in from elsewhere waited behind all of them (seconds). Here a freed slot
 goes to the waiting party holding the fewest slots, then the one granted the fewest slots in
-the current minute, then the one that has waited longest. A user's single login has been
-granted nothing lately, so it starts as soon as one slot frees, however many hashes the
-guessing addresses have queued: it waits at most about one hash. Each party's own waiters
-keep their order.
+the current minute, then the one with the fewest waiting, then the one that has waited
+longest. A user's single login has been granted little lately and queues one hash, so it
+starts as soon as one slot frees, however many hashes the guessing addresses have queued: it
+waits at most about one hash. Each party's own waiters keep their order.
 
 Memory: one count per party granted a slot since the counts last started again from nothing
 (every RECENT_SECONDS), one entry per waiter.
@@ -46,6 +46,7 @@ class FairSlots:
         self._granted: collections.Counter[str] = collections.Counter()
         self._granted_since = -math.inf
         self._waiting: list[_Waiter] = []
+        self._queued: collections.Counter[str] = collections.Counter()
         self._order = itertools.count()
 
     @asynccontextmanager
@@ -56,13 +57,14 @@ class FairSlots:
         else:
             waiter = _Waiter(party, next(self._order))
             self._waiting.append(waiter)
+            self._queued[party] += 1
             try:
                 await waiter.granted.wait()
             except BaseException:
                 if waiter.granted.is_set():  # granted as it was cancelled: pass it on
                     self._release(party)
                 else:
-                    self._waiting.remove(waiter)
+                    self._dequeue(waiter)
                 raise
         try:
             yield
@@ -76,11 +78,17 @@ class FairSlots:
         if not self._waiting:
             self._free += 1
             return
-        chosen = min(self._waiting,
-                     key=lambda w: (self._held[w.party], self._granted[w.party], w.order))
-        self._waiting.remove(chosen)
+        chosen = min(self._waiting, key=lambda w: (
+            self._held[w.party], self._granted[w.party], self._queued[w.party], w.order))
+        self._dequeue(chosen)
         self._grant(chosen.party)
         chosen.granted.set()
+
+    def _dequeue(self, waiter: _Waiter) -> None:
+        self._waiting.remove(waiter)
+        self._queued[waiter.party] -= 1
+        if not self._queued[waiter.party]:
+            del self._queued[waiter.party]
 
     def _grant(self, party: str) -> None:
         now = trio.current_time()
