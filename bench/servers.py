@@ -35,7 +35,8 @@ SERVERS = ("vpiska", "websockets", "node-ws")  # the order of every interleaved 
 HTTP_PEERS = ("hypercorn-raw", "hypercorn-raw+adapter", "starlette-uvicorn", "go-net/http")
 ALL_SERVERS = (*SERVERS, *HTTP_PEERS)
 
-# Relaxed limits so vpiska's flood control and slow-consumer guard never fire under load.
+# Relaxed limits so vpiska's flood control, slow-consumer guard and sign-in limits never fire
+# under load.
 VPISKA_ENV = {
     "SERVER_HOST": "127.0.0.1",
     "LOG_LEVEL": "WARNING",
@@ -45,6 +46,7 @@ VPISKA_ENV = {
     "MAX_CHAT_CHARS": "65536",
     "MEMBER_OUTBOX_FRAMES": "4096",
     "SHUTDOWN_GRACE_SECONDS": "0.5",
+    "SIGNIN_RATE_PER_MINUTE": "0",
 }
 
 

@@ -16,6 +16,7 @@ from vpiska.accounts import Accounts
 from vpiska.auth import Passwords, Tokens
 from vpiska.config import Config
 from vpiska.domain import User, new_id
+from vpiska.signin_limits import LocalCounters, SigninLimits
 from vpiska.store.memory import MemoryStore
 from vpiska.store.sqlite import SqliteStore
 
@@ -89,6 +90,7 @@ async def test_create_reports_which_unique_field_is_taken(server: Server) -> Non
     assert await server.codes(CREATE, body("ann", "9001234568")) == ["NameAndPhoneAlreadyUse"]
 
 
+@pytest.mark.parametrize("config_overrides", [{"signin_rate_per_minute": 0}])  # 50 at once
 async def test_concurrent_sign_ups_with_one_phone_admit_exactly_one(server: Server) -> None:
     outcomes: list[list[str]] = []
 
@@ -246,7 +248,7 @@ async def test_users_stored_before_start_are_known_without_a_store_read() -> Non
     store = FaultyStore(inner)
     config = Config.from_env({})
     tokens = Tokens(config)
-    accounts = Accounts(store, tokens, Passwords(config))
+    accounts = Accounts(store, tokens, Passwords(config), SigninLimits(LocalCounters(), 0))
     await accounts.know_users()
     assert await accounts.identify(tokens.issue(user)) is not None
     assert store.count("user_by_id") == 0

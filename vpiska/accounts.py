@@ -9,6 +9,7 @@ import logging
 from vpiska.auth import Identity, Passwords, Tokens
 from vpiska.domain import User, new_id
 from vpiska.errors import DomainError, ErrorCode
+from vpiska.signin_limits import SigninLimits
 from vpiska.store import Store
 
 log = logging.getLogger(__name__)
@@ -28,10 +29,12 @@ class Session:
 
 
 class Accounts:
-    def __init__(self, store: Store, tokens: Tokens, passwords: Passwords) -> None:
+    def __init__(self, store: Store, tokens: Tokens, passwords: Passwords,
+                 limits: SigninLimits) -> None:
         self._store = store
         self._tokens = tokens
         self._passwords = passwords
+        self._limits = limits
         self._known: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     async def identify(self, token: str) -> Identity | None:
@@ -65,23 +68,29 @@ class Accounts:
         if len(self._known) > KNOWN_USERS:
             self._known.popitem(last=False)
 
-    async def sign_up(self, name: str, phone: str, password: str) -> Session:
+    async def sign_up(self, name: str, phone: str, password: str, address: str = "") -> Session:
+        """`address`: the client's, whose turn the password hash waits for (vpiska/auth.py)."""
         user = User(id=new_id(), name=name, phone=phone,
-                    password_hash=await self._passwords.hash(password))
+                    password_hash=await self._passwords.hash(password, address))
         await self._store.add_user(user)
         self._remember(user.id)
         log.info("user signed up", extra={"user_id": user.id})
         return Session(user, None, self._tokens.issue(user))
 
-    async def log_in(self, phone: str, password: str) -> Session:
-        user = await self._store.user_by_phone(phone)
-        if user is None:
-            raise DomainError(ErrorCode.USER_NOT_FOUND)
-        ok, upgrade = await self._passwords.verify(password, user.password_hash)
-        if not ok:
-            raise DomainError(ErrorCode.INVALID_PASSWORD)
+    async def log_in(self, phone: str, password: str, address: str = "") -> Session:
+        """TooManyRequests, before any hash, while the phone has had too many wrong passwords
+        (vpiska/signin_limits.py). `address`: as for `sign_up`."""
+        async with self._limits.guessing(phone) as guess:
+            user = await self._store.user_by_phone(phone)
+            if user is None:
+                raise DomainError(ErrorCode.USER_NOT_FOUND)
+            ok, upgrade = await self._passwords.verify(password, user.password_hash, address)
+            if not ok:
+                guess.wrong()
+                raise DomainError(ErrorCode.INVALID_PASSWORD)
         if upgrade:
-            await self._store.set_password_hash(user.id, await self._passwords.hash(password))
+            await self._store.set_password_hash(user.id,
+                                                await self._passwords.hash(password, address))
             log.info("password hash upgraded to argon2id", extra={"user_id": user.id})
         event_id = await self._store.open_event_of(user.id)
         return Session(user, event_id, self._tokens.issue(user))
@@ -95,7 +104,8 @@ class Accounts:
         return self._fresh_token(user)
 
     async def change_password(self, caller: Identity, password: str) -> str:
-        await self._store.set_password_hash(caller.user_id, await self._passwords.hash(password))
+        await self._store.set_password_hash(caller.user_id,
+                                            await self._passwords.hash(password, caller.user_id))
         return self._fresh_token(await self._store.user_by_id(caller.user_id))
 
     async def set_image(self, caller: Identity, image_id: str) -> str:

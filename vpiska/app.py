@@ -28,6 +28,7 @@ from vpiska.http.users import users_routes
 from vpiska.http.websocket import EventSocketEndpoint
 from vpiska.media import MediaLibrary
 from vpiska.metrics import registry_for
+from vpiska.signin_limits import LocalCounters, SigninCounters, SigninLimits
 from vpiska.store import Store, media_bytes
 
 # Multipart framing around an upload of exactly MAX_UPLOAD_BYTES.
@@ -42,17 +43,22 @@ class Services:
     accounts: Accounts
     media: MediaLibrary
     events: Rooms  # the EventSupervisor on one node, the cluster node in a cluster
+    signin: SigninLimits
 
     @classmethod
-    def build(cls, config: Config, store: Store, events: Rooms) -> Services:
+    def build(cls, config: Config, store: Store, events: Rooms,
+              signin_counters: SigninCounters | None = None) -> Services:
+        """`signin_counters`: where the sign-in limits count (default: in this process)."""
         tokens = Tokens(config)
+        signin = SigninLimits(signin_counters or LocalCounters(), config.signin_rate_per_minute)
         return cls(
             config=config,
             store=store,
             tokens=tokens,
-            accounts=Accounts(store, tokens, Passwords(config)),
+            accounts=Accounts(store, tokens, Passwords(config), signin),
             media=MediaLibrary(store, media_bytes(config, store)),
             events=events,
+            signin=signin,
         )
 
 
@@ -79,7 +85,8 @@ def create_quart_app(services: Services) -> QuartTrio:
     app.config["MAX_CONTENT_LENGTH"] = (
         max(config.max_upload_bytes, config.max_json_bytes) + MULTIPART_OVERHEAD
     )
-    app.register_blueprint(users_routes(config, services.accounts, services.media))
+    app.register_blueprint(users_routes(config, services.accounts, services.media,
+                                        services.signin))
     app.register_blueprint(media_routes(config, services.media))
     app.register_blueprint(events_routes(config, services.accounts, services.events,
                                          services.store, services.media))

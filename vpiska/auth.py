@@ -24,9 +24,13 @@ import trio
 from jwt.algorithms import HMACAlgorithm
 from passlib.context import CryptContext
 
+from vpiska import metrics
 from vpiska.config import Config
 from vpiska.domain import User, is_id, is_text, utc_now
+from vpiska.fair_slots import FairSlots
 
+_HASHED = metrics.PASSWORD_HASHES.labels(work="hash")
+_VERIFIED = metrics.PASSWORD_HASHES.labels(work="verify")
 LEGACY_HASH = re.compile(r"^[0-9a-fA-F]{64}$")
 
 # The default JWT_KEY (20 bytes) is shorter than PyJWT likes, but deployed tokens are signed with
@@ -112,7 +116,12 @@ class Tokens:
 
 
 class Passwords:
-    """Hash and verify off the event loop; at most `password_hash_concurrency` at once."""
+    """Hash and verify off the event loop; at most `password_hash_concurrency` at once.
+
+    `party` is who the work is for (the client address of a sign-up or login): the slots go
+    fairly among parties (vpiska/fair_slots.py), so addresses guessing passwords at their
+    full rate cannot make a user elsewhere wait behind all their hashes.
+    """
 
     def __init__(self, config: Config) -> None:
         self._hash_key = config.hash_key
@@ -123,20 +132,25 @@ class Passwords:
             argon2__time_cost=3,
             argon2__parallelism=1,
         )
-        self._limiter = trio.CapacityLimiter(config.password_hash_concurrency)
+        self._slots = FairSlots(config.password_hash_concurrency)
 
-    async def hash(self, password: str) -> str:
-        return await trio.to_thread.run_sync(self._context.hash, password, limiter=self._limiter)
+    async def hash(self, password: str, party: str = "") -> str:
+        async with self._slots.slot(party):
+            return await trio.to_thread.run_sync(self._hash, password)
 
-    async def verify(self, password: str, stored: str) -> tuple[bool, bool]:
+    def _hash(self, password: str) -> str:
+        _HASHED.inc()
+        return self._context.hash(password)
+
+    async def verify(self, password: str, stored: str, party: str = "") -> tuple[bool, bool]:
         """(password matches, stored hash should be replaced by a fresh one)."""
         if LEGACY_HASH.match(stored):
             return hmac.compare_digest(self.legacy_hash(password), stored.lower()), True
-        return await trio.to_thread.run_sync(
-            self._verify_modern, password, stored, limiter=self._limiter
-        )
+        async with self._slots.slot(party):
+            return await trio.to_thread.run_sync(self._verify_modern, password, stored)
 
     def _verify_modern(self, password: str, stored: str) -> tuple[bool, bool]:
+        _VERIFIED.inc()
         try:
             ok = self._context.verify(password, stored)
         except ValueError:  # not a hash passlib knows: nothing can match it

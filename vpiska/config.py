@@ -8,6 +8,7 @@ key is worse than one that refuses to start.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,6 +17,7 @@ from urllib.parse import urlsplit
 
 DEFAULT_JWT_KEY = "vpiska_secretkey!123"
 MEDIA_STORES = ("files", "gridfs")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _N = TypeVar("_N", int, float)
 
 
@@ -58,6 +60,11 @@ class Config:
     max_upload_bytes: int = 20 * 1024 * 1024
     # Concurrent argon2 computations; each holds ~12 MiB, and more than the core count only queues.
     password_hash_concurrency: int = 2
+    # Sign-ups and logins one client address may start per minute (a burst of as many, then
+    # one every 60/n s); 0: no per-address limit (load tests). vpiska/signin_limits.py.
+    signin_rate_per_minute: int = 30
+    # Peers whose X-Forwarded-For names the client (vpiska/http/client_address.py).
+    trusted_proxies: tuple[Network, ...] = ()
     # Events: the live room.
     actor_inbox_size: int = 1024
     member_outbox_frames: int = 256
@@ -123,6 +130,10 @@ class Config:
             password_hash_concurrency=read.integer(
                 "PASSWORD_HASH_CONCURRENCY", cls.password_hash_concurrency, low=1
             ),
+            signin_rate_per_minute=read.integer(
+                "SIGNIN_RATE_PER_MINUTE", cls.signin_rate_per_minute, low=0
+            ),
+            trusted_proxies=_networks("TRUSTED_PROXIES", env.get("TRUSTED_PROXIES", "")),
             actor_inbox_size=read.integer("ACTOR_INBOX_SIZE", cls.actor_inbox_size, low=1),
             member_outbox_frames=read.integer(
                 "MEMBER_OUTBOX_FRAMES", cls.member_outbox_frames, low=1
@@ -190,6 +201,17 @@ def _media_store(chosen: str, store: StoreLocation) -> str:
                           f"selects {store.kind}: set DB_CONNECTION=mongodb://… or "
                           "MEDIA_STORE=files")
     return chosen
+
+
+def _networks(variable: str, value: str) -> tuple[Network, ...]:
+    """Addresses and CIDR blocks, separated by commas or spaces: `10.0.0.1, 10.1.0.0/16`."""
+    networks = []
+    for item in value.replace(",", " ").split():
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ConfigError(variable, f"{item!r} is not an IP address or network") from None
+    return tuple(networks)
 
 
 def _workers(workers: int, env: Mapping[str, str]) -> int:

@@ -32,6 +32,9 @@ class ErrorCode(StrEnum):
     USER_IS_NOT_OWNER = "UserIsNotOwner"
     # (fix) DELETE of media that an event or a user's image still refers to.
     MEDIA_IN_USE = "MediaInUse"
+    # (new) a sign-up or login over its address's rate, or a login to a phone that had too
+    # many wrong passwords lately (vpiska/signin_limits.py).
+    TOO_MANY_REQUESTS = "TooManyRequests"
     # Validation.
     NAME_IS_EMPTY = "NameIsEmpty"
     PHONE_IS_EMPTY = "PhoneIsEmpty"
@@ -58,3 +61,12 @@ class DomainError(Exception):
         assert codes, "a DomainError names at least one code"
         super().__init__(", ".join(codes))
         self.codes = codes
+
+
+class TooManyRequests(DomainError):
+    """A sign-in attempt refused by its limits (`TooManyRequests`), and how many seconds
+    until one may pass: the HTTP layer tells the client as `Retry-After`."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(ErrorCode.TOO_MANY_REQUESTS)
+        self.retry_after = retry_after

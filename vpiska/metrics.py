@@ -51,6 +51,15 @@ STORE_CALL_DURATION = Histogram(
     "Store calls as the caller waits for them: a free worker thread, then the database.",
     ["store"], registry=None,
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+PASSWORD_HASHES = Counter(
+    "vpiska_password_hashes",
+    "argon2 computations: hash (sign-up, new password, upgrade of an older hash) and verify "
+    "(login).", ["work"], registry=None)
+SIGNIN_REFUSED = Counter(
+    "vpiska_signin_refused",
+    "Sign-ups and logins refused with TooManyRequests before any password hash: address (over "
+    "SIGNIN_RATE_PER_MINUTE) or phone (too many wrong passwords lately).",
+    ["limit"], registry=None)
 CHAT_BATCH_LINES = Histogram(
     "vpiska_chat_batch_lines", "Chat lines written per store write (the actor's group commit).",
     registry=None, buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500))
@@ -61,7 +70,7 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 
 _PROCESS_WIDE: tuple[Collector, ...] = (
     HTTP_REQUESTS, HTTP_DURATION, FRAMES_SENT, WS_DISCONNECTS, STORE_CALL_DURATION,
-    CHAT_BATCH_LINES,
+    CHAT_BATCH_LINES, PASSWORD_HASHES, SIGNIN_REFUSED,
 )
 
 

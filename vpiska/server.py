@@ -33,8 +33,10 @@ from vpiska.actors.rooms import Rooms
 from vpiska.app import Services, create_app
 from vpiska.cluster import redis
 from vpiska.cluster.node import ClusterIndex, ClusterNode
+from vpiska.cluster.signin_counters import RedisCounters
 from vpiska.config import Config
 from vpiska.http import hypercorn_adapter, websocket
+from vpiska.signin_limits import LocalCounters, SigninCounters
 from vpiska.store import Store, open_store
 
 log = logging.getLogger(__name__)
@@ -103,9 +105,10 @@ async def _serve(
     task_status: trio.TaskStatus[list[str]],
 ) -> None:
     async with (_store(config, store) as opened, _trigger(shutdown_trigger) as triggered,
-                _live_events(config, opened) as (supervisor, node)):
+                _live_events(config, opened) as (supervisor, node),
+                _signin_counters(config) as signin_counters):
         rooms: Rooms = supervisor if node is None else node
-        services = Services.build(config, opened, rooms)
+        services = Services.build(config, opened, rooms, signin_counters)
         await services.accounts.know_users()
         app = wrap_app(create_app(services), hypercorn_config.wsgi_max_body_size, "asgi")
         stopping = trio.Event()
@@ -202,6 +205,17 @@ async def _live_events(config: Config, store: Store
                                      on_room_ended=room_ended)
         node = ClusterNode(config, store, supervisor, client, config.redis_url, index)
         yield supervisor, node
+
+
+@asynccontextmanager
+async def _signin_counters(config: Config) -> AsyncIterator[SigninCounters | None]:
+    """With REDIS_URL, the sign-in limits counted in Redis for the whole cluster, on a client
+    of their own: a login storm waits behind no room's traffic, nor a room behind it."""
+    if config.redis_url is None:
+        yield None
+        return
+    async with redis.connect(config.redis_url) as client:
+        yield RedisCounters(client, LocalCounters())
 
 
 @asynccontextmanager

@@ -7,12 +7,13 @@ error envelope (clients read the envelope, not the status). A path no endpoint s
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from quart import Quart, has_websocket_context, request, websocket
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
-from vpiska.errors import DomainError, ErrorCode
+from vpiska.errors import DomainError, ErrorCode, TooManyRequests
 from vpiska.http.envelope import failure
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,10 @@ def install_error_handlers(app: Quart) -> None:
     @app.errorhandler(DomainError)
     async def refused(error: DomainError) -> Any:
         log.debug("request refused", extra=_where() | {"codes": list(error.codes)})
-        return failure(*error.codes)
+        response = failure(*error.codes)
+        if isinstance(error, TooManyRequests):
+            response.headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
+        return response
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Any:

@@ -124,9 +124,19 @@ def answer(description: str, content: dict[str, Any] | None = None, *,
     return response
 
 
-def json_answer(result: Schema) -> dict[str, Any]:
+def json_answer(result: Schema, headers: dict[str, Any] | None = None) -> dict[str, Any]:
     return answer("The envelope (HTTP 200 for refusals too, as the older backend answered: "
-                  "read `isSuccess`).", {"application/json": {"schema": envelope(result)}})
+                  "read `isSuccess`).", {"application/json": {"schema": envelope(result)}},
+                  headers=headers)
+
+
+# vpiska/http/errors.py: sent with TooManyRequests.
+RETRY_AFTER_HEADER = {
+    "Retry-After": {
+        "description": "With `TooManyRequests`: whole seconds until an attempt may pass.",
+        "schema": {"type": "integer", "minimum": 1},
+    },
+}
 
 
 UNROUTED = answer("The id holds a `/` or is empty, so no endpoint serves the path.",
@@ -136,14 +146,15 @@ LOCKED: list[dict[str, list[str]]] = [{"bearerAuth": []}]
 
 def json_operation(summary: str, request: Schema, result: Schema, *, tag: str,
                    locked: bool = False, description: str = "",
-                   example: dict[str, Any] | None = None) -> dict[str, Any]:
+                   example: dict[str, Any] | None = None,
+                   headers: dict[str, Any] | None = None) -> dict[str, Any]:
     media_type: dict[str, Any] = {"schema": request}
     if example is not None:  # Swagger UI's Try it out starts from it
         media_type["example"] = example
     operation: dict[str, Any] = {
         "tags": [tag], "summary": summary,
         "requestBody": {"required": True, "content": {"application/json": media_type}},
-        "responses": {"200": json_answer(result)},
+        "responses": {"200": json_answer(result, headers)},
     }
     if description:
         operation["description"] = description
@@ -198,16 +209,22 @@ USERS, EVENTS, MEDIA, LIVE, OPERATIONS = "users", "events", "media", "live room"
 PATHS: dict[str, dict[str, Any]] = {
     "/api/v1/users/create": {"post": json_operation(
         "Sign up", body(name=TEXT, phone=PHONE, password=PASSWORD, confirmPassword=PASSWORD),
-        ref("LoginResponse"), tag=USERS,
+        ref("LoginResponse"), tag=USERS, headers=RETRY_AFTER_HEADER,
         example={"name": "ann", "phone": "9001234567", "password": "secret1",
                  "confirmPassword": "secret1"},
         description="Codes in order: NameIsEmpty; PhoneIsEmpty or PhoneRegexInvalid; "
                     "PasswordIsEmpty or PasswordLengthInvalid; ConfirmPasswordInvalid. Then "
-                    "NameAlreadyUse, PhoneAlreadyUse or NameAndPhoneAlreadyUse.")},
+                    "TooManyRequests over the address's rate (SIGNIN_RATE_PER_MINUTE), with "
+                    "`Retry-After`; then NameAlreadyUse, PhoneAlreadyUse or "
+                    "NameAndPhoneAlreadyUse.")},
     "/api/v1/users/login": {"post": json_operation(
         "Log in", body(phone=PHONE, password=PASSWORD), ref("LoginResponse"), tag=USERS,
+        headers=RETRY_AFTER_HEADER,
         example={"phone": "9001234567", "password": "secret1"},
-        description="UserNotFound for an unknown phone, InvalidPassword for a wrong password.")},
+        description="UserNotFound for an unknown phone, InvalidPassword for a wrong password. "
+                    "TooManyRequests (with `Retry-After`, in seconds) over the address's rate "
+                    "(SIGNIN_RATE_PER_MINUTE), or for a phone that had 5 wrong passwords in "
+                    "the last 15 minutes, from any address; no password is checked then.")},
     "/api/v1/users/update": {"post": json_operation(
         "Change name and/or phone", body(name=TEXT, phone=PHONE), ref("AccessToken"),
         tag=USERS, locked=True,
@@ -301,6 +318,10 @@ PATHS: dict[str, dict[str, Any]] = {
             "426": answer("A plain HTTP request, not a WebSocket handshake."),
             "503": answer("The event's room has failed; it is served again after a restart."),
         },
+    }},
+    "/health": {"get": {
+        "tags": [OPERATIONS], "summary": "The older backend's health check: 200, empty body",
+        "responses": {"200": answer("Serving (nothing else is checked).")},
     }},
     "/healthz": {"get": {
         "tags": [OPERATIONS], "summary": "Liveness: the process serves requests",

@@ -1,5 +1,8 @@
 """`GET /healthz` and `GET /readyz`: what an orchestrator asks before routing traffic here.
 
+`GET /health` is the older backend's check, kept for the deployments that point at it: 200
+with an empty body (no content type: there is no content), whatever the store is doing.
+
 Liveness says only that the process serves requests, so a slow database never gets a healthy
 process restarted. Readiness says the store answers a ping within READY_TIMEOUT_SECONDS, and in
 a cluster that Redis answered the node's last heartbeat; if not, 503, and the load balancer
@@ -12,7 +15,7 @@ import logging
 from typing import Any
 
 import trio
-from quart import Blueprint
+from quart import Blueprint, Response
 from quart_trio import QuartTrio
 
 from vpiska.actors.rooms import Rooms
@@ -68,6 +71,12 @@ class _Ping:
 def probe_routes(app: QuartTrio, store: Store, rooms: Rooms, ready_timeout: float) -> Blueprint:
     routes = Blueprint("probes", __name__)
     ping = StorePing(store)
+
+    @routes.get("/health")
+    async def health() -> Any:
+        response = Response(b"", status=200)
+        del response.headers["Content-Type"]
+        return response
 
     @routes.get("/healthz")
     async def alive() -> Any:

@@ -5,26 +5,36 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from quart import Blueprint
+from quart import Blueprint, request
 
 from vpiska.accounts import Accounts, Session
 from vpiska.config import Config
 from vpiska.errors import ErrorCode
 from vpiska.http.auth import caller
 from vpiska.http.body import json_object, require, text
+from vpiska.http.client_address import client_address
 from vpiska.http.envelope import success
 from vpiska.http.multipart import read_multipart
 from vpiska.media import MediaLibrary
+from vpiska.signin_limits import SigninLimits
 
 PHONE = re.compile(r"[0-9]{10}")  # ASCII digits only, as the older backend's RE2 \d
 MIN_PASSWORD = 6
 
 
-def users_routes(config: Config, accounts: Accounts, media: MediaLibrary) -> Blueprint:
+def users_routes(config: Config, accounts: Accounts, media: MediaLibrary,
+                 limits: SigninLimits) -> Blueprint:
     routes = Blueprint("users", __name__, url_prefix="/api/v1/users")
 
     async def body() -> dict[str, Any]:
         return await json_object(config.max_json_bytes)
+
+    async def admitted() -> str:
+        """The client's address, once admitted. Counted once the request is valid: a
+        malformed one costs nothing to refuse, and a client fixing its typo is not charged."""
+        address = client_address(request.scope, config.trusted_proxies)
+        await limits.admit(address)
+        return address
 
     @routes.post("/create")
     async def create() -> Any:
@@ -37,14 +47,16 @@ def users_routes(config: Config, accounts: Accounts, media: MediaLibrary) -> Blu
             password_codes(password),
             (password != confirm, ErrorCode.CONFIRM_PASSWORD_INVALID),
         )
-        return success(login_response(await accounts.sign_up(name, phone, password)))
+        address = await admitted()
+        return success(login_response(await accounts.sign_up(name, phone, password, address)))
 
     @routes.post("/login")
     async def login() -> Any:
         data = await body()
         phone, password = text(data, "phone"), text(data, "password")
         require(phone_codes(phone), password_codes(password))
-        return success(login_response(await accounts.log_in(phone, password)))
+        address = await admitted()
+        return success(login_response(await accounts.log_in(phone, password, address)))
 
     @routes.post("/update")
     async def update() -> Any:

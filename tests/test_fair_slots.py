@@ -1,0 +1,129 @@
+"""The password hash slots go to the party holding the fewest (vpiska/fair_slots.py)."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from vpiska.fair_slots import RECENT_SECONDS, FairSlots
+
+
+async def test_a_party_holding_no_slot_goes_before_a_busy_partys_queue() -> None:
+    slots = FairSlots(2)
+    order: list[str] = []
+    done = {name: trio.Event() for name in ("a1", "a2", "a3", "a4", "a5", "b1")}
+
+    async def hold(party: str, name: str) -> None:
+        async with slots.slot(party):
+            order.append(name)
+            await done[name].wait()
+
+    async with trio.open_nursery() as nursery:
+        for name in ("a1", "a2", "a3", "a4", "a5"):  # a guesser: 2 holding, 3 queued
+            nursery.start_soon(hold, "guesser", name)
+            await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(hold, "user", "b1")  # arrives last
+        await trio.testing.wait_all_tasks_blocked()
+        assert order == ["a1", "a2"]
+        done["a1"].set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert order == ["a1", "a2", "b1"]  # first in, though it came after a3..a5
+        for name in ("a2", "b1", "a3", "a4", "a5"):
+            done[name].set()
+            await trio.testing.wait_all_tasks_blocked()
+    assert order == ["a1", "a2", "b1", "a3", "a4", "a5"]  # the guesser's own in order
+
+
+async def test_a_cancelled_waiter_leaves_the_queue_to_the_next() -> None:
+    slots = FairSlots(1)
+    got: list[str] = []
+    release = trio.Event()
+    impatient = trio.CancelScope()
+
+    async def hold(name: str, scope: trio.CancelScope | None = None) -> None:
+        with scope or trio.CancelScope():
+            async with slots.slot(name):
+                got.append(name)
+                await release.wait()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hold, "first")
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(hold, "impatient", impatient)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(hold, "patient")
+        await trio.testing.wait_all_tasks_blocked()
+        impatient.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        release.set()
+    assert got == ["first", "patient"]
+
+
+async def test_among_parties_holding_nothing_the_one_served_least_lately_goes_first(
+        autojump_clock: trio.abc.Clock) -> None:
+    slots = FairSlots(1)
+    order: list[str] = []
+
+    async def hash_for(party: str, name: str) -> None:
+        async with slots.slot(party):
+            order.append(name)
+            await trio.sleep(0.035)  # a hash
+
+    async with trio.open_nursery() as nursery:
+        for n in range(3):  # queued first: the guesser's turn comes, then the user's
+            nursery.start_soon(hash_for, "guesser", f"g{n}")
+            await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(hash_for, "user", "u")
+    assert order == ["g0", "u", "g1", "g2"]
+    # A minute later the guesser's 3 grants count no more: after the user's turn it goes
+    # before the user's second hash (counted, the user's 2 would have gone first).
+    await trio.sleep(RECENT_SECONDS)
+    order.clear()
+    async with trio.open_nursery() as nursery:
+        for party in ("user", "guesser", "user"):
+            nursery.start_soon(hash_for, party, party)
+            await trio.testing.wait_all_tasks_blocked()
+    assert order == ["user", "guesser", "user"]
+
+
+HASH_SECONDS = 0.035
+
+
+async def test_users_wait_at_most_one_hash_while_twenty_addresses_guess_at_full_speed(
+        autojump_clock: trio.abc.Clock) -> None:
+    """Issue 20's storm on the hash slots alone, in virtual time: 20 addresses keep 10 hashes
+    each queued, without any rate limit, while 20 users log in every 2 s from addresses of
+    their own. No login waits longer than one hash for its slot (with a FIFO queue of 200:
+    100 hashes, 3.5 s)."""
+    slots = FairSlots(2)
+    waits: list[float] = []
+    guessed = 0
+
+    async def guess(party: str) -> None:
+        nonlocal guessed
+        while True:
+            async with slots.slot(party):
+                await trio.sleep(HASH_SECONDS)
+                guessed += 1
+
+    async def log_in(party: str) -> None:
+        for _ in range(10):
+            asked = trio.current_time()
+            async with slots.slot(party):
+                waits.append(trio.current_time() - asked)
+                await trio.sleep(HASH_SECONDS)
+            await trio.sleep(2 - (trio.current_time() - asked))
+
+    async with trio.open_nursery() as nursery:
+        for address in range(20):
+            for _ in range(10):
+                nursery.start_soon(guess, f"10.0.1.{address}")
+        await trio.testing.wait_all_tasks_blocked()
+        async with trio.open_nursery() as users:
+            for user in range(20):
+                users.start_soon(log_in, f"10.0.2.{user}")
+                await trio.sleep(0.1)
+        nursery.cancel_scope.cancel()
+    assert len(waits) == 200
+    assert max(waits) <= HASH_SECONDS
+    assert guessed > 900  # the guessers had the slots the rest of the time
