@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from datetime import UTC, datetime
 from functools import partial
 from typing import IO, Any, TypeVar
@@ -165,7 +165,7 @@ class GridFSBytes:
     tag: str
     chunk_size: int
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
         count = math.ceil(self.length / self.chunk_size)
         for first in range(0, count, FETCH_CHUNKS):
             end = min(first + FETCH_CHUNKS, count)
