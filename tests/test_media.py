@@ -101,6 +101,24 @@ async def test_a_record_whose_bytes_are_gone_is_not_found_with_one_warning(
     assert meta["result"]["size"] == 5  # the record itself is intact
 
 
+@pytest.mark.parametrize("media_store", ["gridfs"], indirect=True)
+async def test_bytes_broken_after_the_head_cut_the_download_with_one_error(
+    server: Server, log_lines: list[dict[str, Any]]
+) -> None:
+    """A GridFS chunk gone under its file (what the head promised cannot be sent): the
+    connection closes mid-body, one error line says why, and the server serves on."""
+    media_id = await upload(server, b"bytes")
+    assert isinstance(server.store, MongoStore)
+    server.store.database["fs.chunks"].delete_many({"files_id": media_id})
+    with pytest.raises(httpx.RemoteProtocolError):
+        await server.http.get(f"/api/v1/media/{media_id}")
+    problems = [line for line in log_lines if line["level"] in ("warning", "error", "critical")]
+    assert [(line["event"], line["media_id"]) for line in problems] == [
+        ("media bytes broke while being sent: download cut short", media_id)]
+    assert "traceback" not in problems[0]
+    assert await is_served(server, await upload(server, b"more"))
+
+
 async def delete_codes(server: Server, media_id: str) -> list[str] | None:
     """The codes of `DELETE /api/v1/media/{media_id}`; None when it succeeded."""
     envelope = (await server.http.delete(f"/api/v1/media/{media_id}")).json()

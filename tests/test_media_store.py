@@ -142,7 +142,8 @@ async def test_twenty_parallel_20_mib_uploads_and_downloads_grow_rss_by_less_tha
     cluster: StartCluster, media_env: dict[str, str]
 ) -> None:
     """Measured on a node process of its own: its peak RSS while the transfers run, above its
-    RSS once warmed up (one small upload and download: code imported, pools opened)."""
+    RSS once warmed up (one small upload and download: code imported, pools opened). Twenty
+    uploads at once; then their twenty downloads at once, while twenty more uploads run."""
     group = await cluster(1, redis=None, MAX_UPLOAD_BYTES=str(UPLOAD_BYTES + MIB), **media_env)
     [node] = group.nodes
     async with httpx.AsyncClient(base_url=node.url, timeout=WAIT_SECONDS,
@@ -152,6 +153,7 @@ async def test_twenty_parallel_20_mib_uploads_and_downloads_grow_rss_by_less_tha
         reset_peak(node.pid)
         before = memory_of(node.pid)["VmRSS"]
         ids: list[str] = []
+        more_ids: list[str] = []
         digests: list[str] = []
         with trio.fail_after(10 * WAIT_SECONDS):
             async with trio.open_nursery() as nursery:
@@ -161,11 +163,13 @@ async def test_twenty_parallel_20_mib_uploads_and_downloads_grow_rss_by_less_tha
                 for media_id in ids:
                     nursery.start_soon(collect, digests, download_digest, http, media_id,
                                        UPLOAD_BYTES)
+                    nursery.start_soon(collect, more_ids, upload_big, http, UPLOAD_BYTES)
         peak = memory_of(node.pid)["VmHWM"]
     assert digests == [expected_digest(UPLOAD_BYTES)] * TRANSFERS
+    assert len(set(ids + more_ids)) == 2 * TRANSFERS
     growth = peak - before
-    print(f"RSS {before / MIB:.1f} MiB before, peak {peak / MIB:.1f} MiB: "
-          f"+{growth / MIB:.1f} MiB for {TRANSFERS} x {UPLOAD_BYTES // MIB} MiB up and down")
+    print(f"RSS {before / MIB:.1f} MiB before, peak {peak / MIB:.1f} MiB: +{growth / MIB:.1f} "
+          f"MiB for {TRANSFERS} x {UPLOAD_BYTES // MIB} MiB up, then as many down and up")
     assert growth < RSS_GROWTH_LIMIT
 
 

@@ -23,7 +23,7 @@ from collections.abc import Generator
 from typing import Any
 
 import trio
-from hypercorn.typing import ASGIReceiveCallable
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable
 from quart.wrappers import Request
 from quart_trio.asgi import TrioASGIHTTPConnection
 from quart_trio.wrappers.request import TrioBody, TrioRequest
@@ -61,8 +61,23 @@ class BoundedRequest(TrioRequest):
     body_class = BoundedBody
 
 
+class ResponseCutShort(Exception):
+    """A streamed response that cannot send all it announced (its source broke after the head
+    was sent). Raised from the response's body, it ends the request without a traceback: the
+    raiser has logged why, and the connection closes, so the client sees the body cut short."""
+
+
 class BoundedBodyConnection(TrioASGIHTTPConnection):
-    """quart-trio's HTTP connection, taking body pieces as BoundedBody has room for them."""
+    """quart-trio's HTTP connection, taking body pieces as BoundedBody has room for them, and
+    ending a request whose response was cut short (ResponseCutShort) quietly."""
+
+    async def handle_request(  # type: ignore[override]
+        self, nursery: trio.Nursery, request: Request, send: ASGISendCallable
+    ) -> None:
+        try:
+            await super().handle_request(nursery, request, send)
+        except ResponseCutShort:
+            nursery.cancel_scope.cancel()
 
     async def handle_messages(  # type: ignore[override]
         self, nursery: trio.Nursery, request: Request, receive: ASGIReceiveCallable

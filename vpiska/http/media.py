@@ -13,6 +13,8 @@ ETag and a public cache lifetime of SEND_FILE_MAX_AGE_DEFAULT.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,10 +23,13 @@ from quart import Blueprint, Response, current_app
 from vpiska.config import Config
 from vpiska.errors import DomainError
 from vpiska.http.body import id_codes, require
+from vpiska.http.bounded_body import ResponseCutShort
 from vpiska.http.envelope import success
 from vpiska.http.multipart import read_multipart
 from vpiska.media import OCTET_STREAM, MediaLibrary, is_media_type
-from vpiska.store import StoredBytes
+from vpiska.store import BytesLost, StoredBytes
+
+log = logging.getLogger(__name__)
 
 # Types a browser renders without running anything of theirs: raster images, sound, video and
 # plain text (which, not sniffed, stays text). Not here on purpose: SVG and every XML (scripts),
@@ -58,10 +63,10 @@ def download_headers(content_type: str) -> dict[str, str]:
     return headers
 
 
-def streamed(stored: StoredBytes) -> Response:
+def streamed(media_id: str, stored: StoredBytes) -> Response:
     """A response sending `stored` in chunks, with the length and the cache headers of quart's
     `send_file`. The chunks' iterator is closed with the response, sent or not."""
-    response = Response(stored.chunks(), mimetype=OCTET_STREAM)
+    response = Response(_chunks(media_id, stored), mimetype=OCTET_STREAM)
     response.content_length = stored.length
     response.last_modified = stored.modified
     response.cache_control.public = True
@@ -71,6 +76,21 @@ def streamed(stored: StoredBytes) -> Response:
         response.expires = datetime.now(UTC) + timedelta(seconds=max_age)
     response.set_etag(stored.tag)
     return response
+
+
+async def _chunks(media_id: str, stored: StoredBytes) -> AsyncIterator[bytes]:
+    """The chunks of `stored`; if they break after the head is sent, one error line and a
+    connection closed mid-body (the client sees fewer bytes than Content-Length)."""
+    chunks = stored.chunks()
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except BytesLost as lost:
+        log.error("media bytes broke while being sent: download cut short",
+                  extra={"media_id": media_id, "cause": str(lost)})
+        raise ResponseCutShort from None
+    finally:
+        await chunks.aclose()
 
 
 def media_routes(config: Config, media: MediaLibrary) -> Blueprint:
@@ -91,7 +111,7 @@ def media_routes(config: Config, media: MediaLibrary) -> Blueprint:
             found, stored = await media.open(media_id)
         except DomainError:
             return Response(b"", status=404, headers=NOSNIFF)
-        response = streamed(stored)
+        response = streamed(found.id, stored)
         response.headers.update(download_headers(found.content_type))
         return response
 

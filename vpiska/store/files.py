@@ -15,7 +15,7 @@ import dataclasses
 import os
 import shutil
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
@@ -91,7 +91,7 @@ class FileBytes:
     modified: datetime
     tag: str
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
         try:
             file = await trio.to_thread.run_sync(open, self.path, "rb")
         except FileNotFoundError:

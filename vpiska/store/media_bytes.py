@@ -15,7 +15,7 @@ Both keep two promises the media library builds on (vpiska/media.py):
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Protocol
@@ -44,9 +44,9 @@ class StoredBytes(Protocol):
     def tag(self) -> str:
         """A validator that changes when the bytes do (the response's ETag)."""
 
-    def chunks(self) -> AsyncIterator[bytes]:
+    def chunks(self) -> AsyncGenerator[bytes, None]:
         """The bytes in order, `length` of them in all; BytesLost if they cannot be.
-        Whatever the iterator opens it closes when it ends or is closed (`aclose`)."""
+        Whatever the generator opens it closes when it ends or is closed (`aclose`)."""
 
 
 class MediaBytes(Protocol):
