@@ -293,13 +293,15 @@ class ClusterNode:
                 if lease is None:
                     return None
                 try:
-                    room = await self._supervisor.activate(event_id, lease.epoch,
+                    room = await self._supervisor.activate(event_id, lease.epoch, self.node_id,
                                                            self.owner_link, self._views)
                     break
-                except StaleEpoch as stale:  # the store has seen later epochs than Redis
+                except StaleEpoch as stale:  # Redis handed out an epoch the store has seen
                     await self._release(lease)
-                    log.warning("epoch counter behind the store (Redis restarted?); raised",
-                                extra={"event_id": event_id, "claimed": stale.claimed})
+                    log.info("epoch counter behind the store (Redis restarted empty or failed"
+                             " over); raised above it", extra={
+                                 "event_id": event_id, "epoch": lease.epoch,
+                                 "claimed": stale.claimed, "cause": str(stale)})
                     try:
                         await self._leases.raise_epoch(event_id, stale.claimed)
                     except redis.REDIS_ERRORS:

@@ -66,19 +66,14 @@ def event_channel(event_id: str) -> str:
 
 
 # KEYS[1] lease, KEYS[2] epoch counter; ARGV[1] node id, ARGV[2] TTL in ms.
-# The new epoch if the lease was free and is now ours; nil if someone holds it. An epoch is at
-# least Redis' clock in microseconds: a Redis restarted without its data (counters back at 0)
-# still hands out epochs above every one it gave before, so a new owner never shares an epoch
-# with an old one (the store would take their writes for one owner's).
+# The new epoch if the lease was free and is now ours; nil if someone holds it. The counter
+# may go back (a Redis restarted without its data, a replica promoted before it had the last
+# INCR) and hand out an epoch again: the store refuses a second claim of an epoch, and the
+# refused node raises the counter above it (RAISE_EPOCH). '%d': Lua would print a large
+# number as 1.7e+15.
 ACQUIRE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return nil end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local epoch = redis.call('INCR', KEYS[2])
-if epoch < now then
-  epoch = now
-  redis.call('SET', KEYS[2], string.format('%d', epoch))
-end
 redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. string.format('%d', epoch), 'PX', ARGV[2])
 return epoch
 """
@@ -97,8 +92,9 @@ end
 return lost
 """
 
-# KEYS[1] epoch counter; ARGV[1] an epoch the store has seen. Raises the counter to it: after
-# a Redis restart (no persistence) the counters start again from 0, below the store's epochs.
+# KEYS[1] epoch counter; ARGV[1] an epoch the store has claimed. Raises the counter to it, so
+# the next INCR is above it: after a Redis restart (no persistence) or a failover that lost
+# writes, the counters are behind the store's epochs.
 RAISE_EPOCH = """
 if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then
   redis.call('SET', KEYS[1], ARGV[1])

@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from vpiska.config import Config
-from vpiska.store.base import StaleEpoch, Store
+from vpiska.store.base import EpochTaken, StaleEpoch, Store
 from vpiska.store.files import MediaFiles
 from vpiska.store.memory import MemoryStore
 
-__all__ = ["MediaFiles", "MemoryStore", "StaleEpoch", "Store", "open_store"]
+__all__ = ["EpochTaken", "MediaFiles", "MemoryStore", "StaleEpoch", "Store", "open_store"]
 
 
 @asynccontextmanager
