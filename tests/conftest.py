@@ -28,6 +28,7 @@ from vpiska.store.sqlite import SqliteStore
 pytest_plugins = [
     "tests.cluster_fixtures",  # redis_server, cluster, tcp_proxy
     "tests.mongodb_fixtures",  # mongodb_url
+    "tests.sentinel_fixtures",  # redis_sentinels
 ]
 
 
