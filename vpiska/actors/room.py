@@ -79,7 +79,7 @@ class Room:
         self.announced_count = 0
         self.failed = False
         self.epoch = epoch  # the fencing epoch of this node's lease; None on a single node
-        self.claimant = claimant  # this node's id, as it claimed `epoch` in the store
+        self.claimant = claimant  # who claimed `epoch` in the store: this node, this activation
         self.publisher = publisher
         self.mirror = mirror
         self.seq = 0  # the last message published (the publisher counts)

@@ -164,13 +164,13 @@ class EventSupervisor:
 
     async def activate(self, event_id: str, epoch: int, claimant: str, publisher: Publisher,
                        mirror: Mirror) -> Room | None:
-        """Start the room of an event this node, `claimant`, now owns under `epoch` (its
-        lease's).
+        """Start the room of an event this node now owns under `epoch` (its lease's), claimed
+        in the store as `claimant`.
 
         The store is claimed for `epoch` first, so from then on no older owner can write; the
         room then says Hello to the other nodes. None if the event is closed or unknown, or if
         the supervisor is stopping. Error handling: StaleEpoch if the store has a newer epoch
-        than `epoch`, or this one claimed by another node (Redis lost its counters: the caller
+        than `epoch`, or this one claimed by another claimant (Redis lost its counters: the caller
         takes an epoch above it).
         """
         if self.stopping or self._nursery is None:

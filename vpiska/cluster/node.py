@@ -25,6 +25,7 @@ connection (notices may have been missed).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 from collections.abc import Sequence
@@ -129,6 +130,7 @@ class ClusterNode:
         self._live: frozenset[str] = frozenset()
         self._counts: dict[str, int] = {}  # usersCount of events owned elsewhere
         self._last_renewal = -math.inf
+        self._activations = itertools.count(1)  # numbers each claim of this node (`activate`)
         self.healthy = False  # Redis answered the last heartbeat
         self._unreachable = Trouble(log, "Redis unreachable")
         self._nursery: trio.Nursery | None = None
@@ -292,8 +294,13 @@ class ClusterNode:
                     return None
                 if lease is None:
                     return None
+                # Who claims: this node, in this activation. Its room's own restarts claim again
+                # as it; a later activation of the same epoch here (Redis restarted, the
+                # counter back) is a new room, whose frames would restart at seq 1 under an
+                # epoch gateways have seen further on: refused, it takes an epoch above.
+                claimant = f"{self.node_id}/{next(self._activations)}"
                 try:
-                    room = await self._supervisor.activate(event_id, lease.epoch, self.node_id,
+                    room = await self._supervisor.activate(event_id, lease.epoch, claimant,
                                                            self.owner_link, self._views)
                     break
                 except StaleEpoch as stale:  # Redis handed out an epoch the store has seen

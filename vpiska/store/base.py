@@ -16,11 +16,11 @@ store can stop its writes, because only the store sees both owners. So:
   refuses every write to that event whose epoch is not `epoch`. Claims only move forward.
 - The store, not Redis, is the authority on epochs. Redis can hand one epoch out twice: restarted
   without its data, or failed over to a replica that missed the last INCR, its counter goes
-  back. So the store keeps who claimed the epoch (`claimant`, the node's id) beside it, and a
-  claim of the claimed epoch by another node is refused (EpochTaken) exactly like an older
-  one: the refused node raises its Redis counter above the stored epoch and claims again. Only
-  the node that made a claim may make it again (an owner retries its activation, a crashed
-  actor restarts), so two nodes can never both hold a claim of one epoch.
+  back. So the store keeps who claimed the epoch (`claimant`: the node's id and which of its
+  activations, vpiska/cluster/node.py) beside it, and a claim of the claimed epoch by anyone
+  else is refused (EpochTaken) exactly like an older one: the refused node raises its Redis
+  counter above the stored epoch and claims again. Only the claimant may claim again (a
+  crashed actor restarts, an owner retries), so two owners can never both hold one epoch.
 - Every write an event's actor makes (`append_chat`, `update_event`, `close_event`,
   `add_event_media`, `remove_event_media`) takes `epoch`. The rule is equality: a write is
   applied only if its epoch *is* the claimed one. Below it, StaleEpoch and nothing is written
@@ -145,12 +145,12 @@ class Store(Protocol):
         """Every open event, oldest first."""
 
     async def claim_event(self, event_id: str, epoch: int, claimant: str) -> Event | None:
-        """The first call of an event's new owner, the node `claimant`: from now on, writes to
+        """The first call of an event's new owner, `claimant`: from now on, writes to
         the event with an epoch other than `epoch` are refused (see "Fencing" above).
 
         Returns the event in any state, None if the store does not know it. Raises StaleEpoch
-        if a newer epoch has claimed it already, EpochTaken (a StaleEpoch) if another node has
-        claimed this one (check_claim). Claiming the claimed epoch again as its claimant is a
+        if a newer epoch has claimed it already, EpochTaken (a StaleEpoch) if another claimant
+        has claimed this one (check_claim). Claiming the claimed epoch again as its claimant is a
         no-op (an owner may retry its activation). Once this returns, no write of an older
         owner can land, so `chat_length` read after it is where the new owner numbers its lines
         from.
