@@ -152,8 +152,10 @@ class RedisServer:
 
     host = "127.0.0.1"
 
-    def __init__(self, executable: str, workdir: Path, nursery: trio.Nursery) -> None:
+    def __init__(self, executable: str, workdir: Path, nursery: trio.Nursery,
+                 *options: str) -> None:
         self.port = 0
+        self.options = options  # more of redis-server's options (`--replicaof host port`)
         self.log: list[str] = []  # every line each run of it wrote, in order
         self._executable = executable
         self._workdir = workdir
@@ -207,7 +209,7 @@ class RedisServer:
         process = await trio.lowlevel.open_process(
             [self._executable, "--bind", self.host, "--port", str(self.port),
              "--save", "", "--appendonly", "no", "--daemonize", "no",
-             "--dir", str(self._workdir), "--logfile", ""],
+             "--dir", str(self._workdir), "--logfile", "", *self.options],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert process.stdout is not None
         output = OutputLines()

@@ -27,6 +27,7 @@ from vpiska.store import Store, open_store
 pytest_plugins = [
     "tests.cluster_fixtures",  # redis_server, cluster, tcp_proxy
     "tests.mongodb_fixtures",  # mongodb_url
+    "tests.sentinel_fixtures",  # redis_sentinels
 ]
 
 

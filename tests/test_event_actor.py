@@ -941,7 +941,7 @@ async def mirrored_room(nursery: trio.Nursery, memory: MemoryStore,
                         mirror: GatedMirror) -> tuple[Event, Room]:
     event = await EventSupervisor(memory, Config()).create_event(
         new_id(), "party", "street 1", Coordinates(1.0, 2.0))
-    await memory.claim_event(event.id, 7)
+    await memory.claim_event(event.id, 7, "node-a")
     room = Room(event.id, event.owner_id, inbox_size=64, reply_timeout=REPLY_TIMEOUT,
                 epoch=7, mirror=mirror)
     actor = EventActor(room, event, 0, memory, MapIndex(), Config(), epoch=7)

@@ -98,7 +98,8 @@ async def start_node(nursery: trio.Nursery, store: Store, memory: MemoryStore) -
     supervisor = EventSupervisor(store, Config())
     await nursery.start(supervisor.run)
     event = await supervisor.open_event(new_id(), "party", "street 1", Coordinates(1.0, 2.0))
-    assert await memory.claim_event(event.id, NODE_EPOCH) == event  # this node's activation
+    # This node's activation.
+    assert await memory.claim_event(event.id, NODE_EPOCH, "node-a") == event
     room = supervisor.room(event.id)
     assert room is not None
     members = [await join(room, "ann"), await join(room, "bob")]
@@ -141,7 +142,7 @@ async def assert_fenced(node: Node, caplog: pytest.LogCaptureFixture) -> None:
 async def test_a_chat_line_after_a_newer_claim_ends_the_room_with_1012(
     node: Node, autojump_clock: MockClock, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    await node.memory.claim_event(node.event.id, NEWER_EPOCH)
+    await node.memory.claim_event(node.event.id, NEWER_EPOCH, "node-b")
     with caplog.at_level(logging.WARNING):
         await node.room.send(Chat(person("ann"), "after"))
         await trio.testing.wait_all_tasks_blocked()
@@ -151,7 +152,7 @@ async def test_a_chat_line_after_a_newer_claim_ends_the_room_with_1012(
 async def test_an_update_after_a_newer_claim_ends_the_room_with_1012(
     node: Node, autojump_clock: MockClock, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    await node.memory.claim_event(node.event.id, NEWER_EPOCH)
+    await node.memory.claim_event(node.event.id, NEWER_EPOCH, "node-b")
     with caplog.at_level(logging.WARNING):
         with pytest.raises(DomainError) as refused:
             await node.room.ask(
@@ -164,7 +165,7 @@ async def test_an_update_after_a_newer_claim_ends_the_room_with_1012(
 async def test_commands_queued_behind_the_fenced_write_answer_internal_error(
     node: Node, autojump_clock: MockClock,
 ) -> None:
-    await node.memory.claim_event(node.event.id, NEWER_EPOCH)
+    await node.memory.claim_event(node.event.id, NEWER_EPOCH, "node-b")
     answers: list[outcome.Outcome[object]] = []
 
     async def snapshot() -> None:
@@ -188,7 +189,7 @@ async def test_without_a_lease_the_room_ignores_claims(
     """One node without Redis: actors are unfenced, whatever epoch the store holds."""
     memory = MemoryStore()
     node = await start_node(nursery, memory, memory)
-    await memory.claim_event(node.event.id, NEWER_EPOCH)
+    await memory.claim_event(node.event.id, NEWER_EPOCH, "node-b")
     await node.room.send(Chat(person("ann"), "after"))
     await node.room.ask(
         lambda reply: Update(node.event.owner_id, "Moved 2", Coordinates(3, 4), reply))
@@ -210,7 +211,7 @@ async def run_actor(nursery: trio.Nursery, memory: MemoryStore, epoch: int | Non
     its `run` ended."""
     event = Event(new_id(), new_id(), "party", "street 1", Coordinates(1.0, 2.0), utc_now())
     await memory.add_event(event)
-    await memory.claim_event(event.id, NODE_EPOCH)
+    await memory.claim_event(event.id, NODE_EPOCH, "node-a")
     room = Room(event.id, event.owner_id, inbox_size=16, reply_timeout=10)
     index = MapIndex()
     index.put(event.id, event.name, event.coordinates)
@@ -259,7 +260,7 @@ async def test_after_a_newer_claim_any_write_ends_the_actor_and_changes_nothing(
     event = dataclasses.replace(event, media=(attached,))
     member = await join(room, "ann")
     member.take()
-    await memory.claim_event(event.id, NEWER_EPOCH)
+    await memory.claim_event(event.id, NEWER_EPOCH, "node-b")
 
     owner = event.owner_id
     requests: dict[str, Callable[[Reply], Command]] = {

@@ -46,11 +46,11 @@ class HeldStore(MemoryStore):
         await self.free.wait()
         await super().ping()
 
-    async def claim_event(self, event_id: str, epoch: int) -> Event | None:
+    async def claim_event(self, event_id: str, epoch: int, claimant: str) -> Event | None:
         if self.hold_claims:
             self.claiming.set()
             await self.claims_free.wait()
-        return await super().claim_event(event_id, epoch)
+        return await super().claim_event(event_id, epoch, claimant)
 
 
 @pytest.fixture

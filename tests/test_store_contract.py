@@ -35,7 +35,7 @@ from tests.mongodb_fixtures import new_database_name
 from vpiska.config import Config, StoreLocation
 from vpiska.domain import ChatMessage, Coordinates, Event, EventMedia, Media, User, new_id
 from vpiska.errors import DomainError, ErrorCode
-from vpiska.store import MemoryStore, StaleEpoch, Store, open_store
+from vpiska.store import EpochTaken, MemoryStore, StaleEpoch, Store, open_store
 from vpiska.store import memory as memory_store
 from vpiska.store.mongo import MongoStore
 from vpiska.store.sqlite import SqliteStore
@@ -480,7 +480,7 @@ async def claimed_event_with_a_chat(store: Store, epoch: int) -> tuple[Event, Ev
     attached = EventMedia(new_id(), "image/png")
     event = an_event(new_id())
     await store.add_event(event)
-    assert await store.claim_event(event.id, epoch) == event
+    assert await store.claim_event(event.id, epoch, "node-a") == event
     await store.append_chat(event.id, 0, [a_line(0), a_line(1)], epoch=epoch)
     await store.add_event_media(event.id, attached, epoch=epoch)
     return dataclasses.replace(event, media=(attached,)), attached
@@ -511,7 +511,7 @@ async def test_a_newer_claim_refuses_the_older_epochs_writes(store: Store, write
     event, attached = await claimed_event_with_a_chat(store, 1)
     before = await stored(store, event.id)
     # The new owner claims, then reads where its chat goes on.
-    assert await store.claim_event(event.id, 2) == event
+    assert await store.claim_event(event.id, 2, "node-a") == event
     assert await store.chat_length(event.id) == 2
 
     with pytest.raises(StaleEpoch) as refused_write:
@@ -536,7 +536,7 @@ async def test_a_newer_claim_refuses_the_older_epochs_writes(store: Store, write
 async def test_an_older_owner_stays_fenced_after_any_number_of_claims(store: Store) -> None:
     event, attached = await claimed_event_with_a_chat(store, 1)
     for epoch in (2, 3, 10):
-        await store.claim_event(event.id, epoch)
+        await store.claim_event(event.id, epoch, "node-a")
     before = await stored(store, event.id)
     for epoch in (1, 2, 3, 0):
         for name, call in fenced_writes(
@@ -567,7 +567,7 @@ async def test_unclaimed_events_are_at_epoch_0(store: Store) -> None:
     await store.append_chat(event.id, 0, [a_line(0)], epoch=0)
     await store.update_event(event.id, "Zero 0", Coordinates(0, 0), epoch=0)
     assert await store.chat_length(event.id) == 1
-    await store.claim_event(event.id, 1)
+    await store.claim_event(event.id, 1, "node-a")
     with pytest.raises(StaleEpoch):
         await store.update_event(event.id, "Zero 1", Coordinates(0, 0), epoch=0)
 
@@ -585,7 +585,7 @@ async def test_a_write_above_the_claimed_epoch_is_a_bug(store: Store) -> None:
 async def test_claim_with_an_older_epoch_is_refused(store: Store) -> None:
     event, _ = await claimed_event_with_a_chat(store, 5)
     with pytest.raises(StaleEpoch) as refused_claim:
-        await store.claim_event(event.id, 4)
+        await store.claim_event(event.id, 4, "node-a")
     assert (refused_claim.value.epoch, refused_claim.value.claimed) == (4, 5)
     # Still claimed by 5, not by 4.
     await store.append_chat(event.id, 2, [a_line(2)], epoch=5)
@@ -595,15 +595,68 @@ async def test_claim_with_an_older_epoch_is_refused(store: Store) -> None:
 
 async def test_claim_is_idempotent_and_returns_the_event_in_any_state(store: Store) -> None:
     event, _ = await claimed_event_with_a_chat(store, 3)
-    assert await store.claim_event(event.id, 3) == event
+    assert await store.claim_event(event.id, 3, "node-a") == event
     await store.append_chat(event.id, 2, [a_line(2)], epoch=3)
-    assert await store.claim_event(event.id, 3) == event
+    assert await store.claim_event(event.id, 3, "node-a") == event
     assert await store.chat_length(event.id) == 3
     await store.close_event(event.id, epoch=3)
     closed = dataclasses.replace(event, is_open=False)
-    assert await store.claim_event(event.id, 3) == closed
-    assert await store.claim_event(event.id, 8) == closed
-    assert await store.claim_event(new_id(), 1) is None
+    assert await store.claim_event(event.id, 3, "node-a") == closed
+    assert await store.claim_event(event.id, 8, "node-a") == closed
+    assert await store.claim_event(new_id(), 1, "node-a") is None
+
+
+async def test_a_claim_of_the_claimed_epoch_by_another_node_is_refused(store: Store) -> None:
+    """Redis handed epoch 5 out twice (restarted empty, or failed over before it had the INCR):
+    the second node is refused, whatever it believes, and the first writes on; the refused
+    node comes back with an epoch above, and only then is the first one fenced."""
+    event, attached = await claimed_event_with_a_chat(store, 5)  # by node-a
+    before = await stored(store, event.id)
+    with pytest.raises(EpochTaken) as taken:
+        await store.claim_event(event.id, 5, "node-b")
+    assert isinstance(taken.value, StaleEpoch)  # what a cluster node already handles
+    assert (taken.value.event_id, taken.value.epoch, taken.value.claimed,
+            taken.value.holder) == (event.id, 5, 5, "node-a")
+    assert str(taken.value) == f"event {event.id}: epoch 5 was claimed already, by node node-a"
+    assert await stored(store, event.id) == before
+
+    assert await store.claim_event(event.id, 5, "node-a") == event  # its own retry
+    await store.append_chat(event.id, 2, [a_line(2)], epoch=5)
+    with pytest.raises(EpochTaken):  # refused again: still not node-b's
+        await store.claim_event(event.id, 5, "node-b")
+
+    assert await store.claim_event(event.id, 6, "node-b") == event
+    for call in fenced_writes(store, event.id, 5, first_seq=3, attached=attached).values():
+        with pytest.raises(StaleEpoch):
+            await call()
+    with pytest.raises(EpochTaken):  # the old owner cannot take its epoch back either
+        await store.claim_event(event.id, 6, "node-a")
+    await store.append_chat(event.id, 3, [a_line(3)], epoch=6)
+    assert await store.chat(event.id) == [a_line(n) for n in range(4)]
+
+
+async def test_two_nodes_claiming_one_epoch_at_once_one_wins(store: Store) -> None:
+    event = an_event(new_id())
+    await store.add_event(event)
+    won: list[str] = []
+    refused: list[tuple[str, str | None]] = []
+
+    async def claim(node: str) -> None:
+        try:
+            await store.claim_event(event.id, 3, node)
+        except EpochTaken as taken:
+            refused.append((node, taken.holder))
+        else:
+            won.append(node)
+
+    async with trio.open_nursery() as nursery:
+        for node in ("node-a", "node-b", "node-c"):
+            nursery.start_soon(claim, node)
+    assert len(won) == 1
+    assert sorted(refused) == sorted((node, won[0]) for node in ("node-a", "node-b", "node-c")
+                                     if node != won[0])
+    await store.append_chat(event.id, 0, [a_line(0)], epoch=3)
+    assert await store.claim_event(event.id, 3, won[0]) == event
 
 
 async def test_a_fenced_batch_at_a_taken_seq_writes_none_of_its_lines(store: Store) -> None:
@@ -651,7 +704,7 @@ async def test_every_call_is_a_checkpoint_and_a_cancelled_call_changes_nothing(
         partial(store.append_chat, event.id, 0, [a_line(0)]),
         partial(store.append_chat, event.id, 0, []),
         partial(store.chat, event.id), partial(store.chat_length, event.id), store.ping,
-        partial(store.claim_event, event.id, 1),
+        partial(store.claim_event, event.id, 1, "node-a"),
         partial(store.append_chat, event.id, 0, [a_line(0)], epoch=1),
         partial(store.update_event, event.id, "x", Coordinates(1, 2), epoch=1),
         partial(store.close_event, event.id, epoch=1),
@@ -749,15 +802,16 @@ async def test_an_sqlite_file_from_before_fencing_is_migrated_and_fenced(tmp_pat
         assert await store.event(event.id) == event
         assert await store.chat_length(event.id) == 1
         await store.append_chat(event.id, 1, [a_line(1)], epoch=0)  # never claimed: epoch 0
-        assert await store.claim_event(event.id, 1) == event
+        assert await store.claim_event(event.id, 1, "node-a") == event
         with pytest.raises(StaleEpoch):
             await store.update_event(event.id, "y", Coordinates(0, 0), epoch=0)
         await store.append_chat(event.id, 2, [a_line(2)], epoch=1)
     finally:
         await store.aclose()
     migrated = sqlite3.connect(path)
-    assert [row[1] for row in migrated.execute("PRAGMA table_info(events)")][-1] == "epoch"
-    assert migrated.execute("SELECT epoch FROM events").fetchall() == [(1,)]
+    assert [row[1] for row in migrated.execute("PRAGMA table_info(events)")][-2:] == [
+        "epoch", "claimant"]
+    assert migrated.execute("SELECT epoch, claimant FROM events").fetchall() == [(1, "node-a")]
     migrated.close()
 
     store = await SqliteStore.open(path)  # migrated already: opens as it is, claim kept
@@ -766,7 +820,39 @@ async def test_an_sqlite_file_from_before_fencing_is_migrated_and_fenced(tmp_pat
             await store.append_chat(event.id, 3, [a_line(3)], epoch=0)
         await store.close_event(event.id, epoch=1)
         assert await store.chat_length(event.id) == 3
-        assert await store.claim_event(event.id, 1) == dataclasses.replace(event, is_open=False)
+        closed = dataclasses.replace(event, is_open=False)
+        assert await store.claim_event(event.id, 1, "node-a") == closed
+    finally:
+        await store.aclose()
+
+
+async def test_an_sqlite_file_from_before_claimants_refuses_its_claimed_epoch(
+    tmp_path: Path
+) -> None:
+    """A file of a vpiska that fenced but kept no claimant: an event's claimed epoch is nobody's
+    now, so no node may claim it again (it may be one Redis hands out twice); the next is fine."""
+    path = tmp_path / "fenced.sqlite"
+    event = an_event(new_id())
+    old = sqlite3.connect(path)
+    with old:
+        old.executescript(OLD_EVENTS_TABLE)
+        old.execute("ALTER TABLE events ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0")
+        old.execute(
+            "INSERT INTO events (id, owner_id, name, address, state, x, y, created_at, epoch)"
+            " VALUES (?, ?, ?, ?, 0, ?, ?, ?, 4)",
+            (event.id, event.owner_id, event.name, event.address, event.coordinates.x,
+             event.coordinates.y, event.created_at.isoformat()),
+        )
+    old.close()
+
+    store = await SqliteStore.open(path)
+    try:
+        with pytest.raises(EpochTaken) as taken:
+            await store.claim_event(event.id, 4, "node-a")
+        assert taken.value.holder is None
+        assert "by a node of an older vpiska" in str(taken.value)
+        assert await store.claim_event(event.id, 5, "node-a") == event
+        assert await store.claim_event(event.id, 5, "node-a") == event
     finally:
         await store.aclose()
 
@@ -777,7 +863,7 @@ async def test_two_sqlite_stores_on_one_file_a_claim_fences_the_other(tmp_path: 
     node_a, node_b = await SqliteStore.open(path), await SqliteStore.open(path)
     try:
         event, attached = await claimed_event_with_a_chat(node_a, 1)
-        assert await node_b.claim_event(event.id, 2) == event
+        assert await node_b.claim_event(event.id, 2, "node-b") == event
         before = await stored(node_b, event.id)
         for name, call in fenced_writes(
                 node_a, event.id, 1, first_seq=2, attached=attached).items():
@@ -785,7 +871,7 @@ async def test_two_sqlite_stores_on_one_file_a_claim_fences_the_other(tmp_path: 
                 await call()
             assert await stored(node_a, event.id) == before, name
         with pytest.raises(StaleEpoch):
-            await node_a.claim_event(event.id, 1)
+            await node_a.claim_event(event.id, 1, "node-a")
         await node_b.append_chat(event.id, 2, [a_line(2)], epoch=2)
         assert await node_a.chat(event.id) == [a_line(0), a_line(1), a_line(2)]
     finally:
@@ -803,7 +889,7 @@ async def test_sqlite_a_write_racing_a_claim_either_lands_before_it_or_not_at_al
     try:
         event = an_event(new_id())
         await nodes[0].add_event(event)
-        await nodes[0].claim_event(event.id, 1)
+        await nodes[0].claim_event(event.id, 1, "node-a")
         expected: list[ChatMessage] = []
         for epoch in range(1, 31):  # the owner at `epoch` loses the event to epoch + 1
             old, new = nodes[epoch % 2], nodes[(epoch + 1) % 2]
@@ -824,7 +910,7 @@ async def test_sqlite_a_write_racing_a_claim_either_lands_before_it_or_not_at_al
 
             async def take_over(new: Store = new, epoch: int = epoch,
                                 counted: list[int] = counted) -> None:
-                await new.claim_event(event.id, epoch + 1)
+                await new.claim_event(event.id, epoch + 1, "node-b")
                 counted.append(await new.chat_length(event.id))
 
             async with trio.open_nursery() as nursery:
@@ -997,7 +1083,7 @@ async def test_fencing_on_an_older_backends_event(mongo: MongoServer) -> None:
     })
     async with mongo.store(db) as store:
         await store.update_event(event_id, "Zero", Coordinates(0, 0), epoch=0)
-        claimed = await store.claim_event(event_id, 1)
+        claimed = await store.claim_event(event_id, 1, "node-a")
         assert claimed is not None
         assert claimed.address == "Zero"
         assert await store.chat_length(event_id) == 3
@@ -1012,6 +1098,21 @@ async def test_fencing_on_an_older_backends_event(mongo: MongoServer) -> None:
         assert raw["chat_next"] == 5
         assert [line["seq"] for line in raw["chat_pending"]] == [3, 4]
         assert len(raw["chat_messages"]) == 3  # the older backend's lines stay where they were
+
+
+async def test_an_event_claimed_before_claimants_were_kept(mongo: MongoServer) -> None:
+    """A document with `epoch` but no `claimant`: its epoch is nobody's, the next is fine."""
+    db = mongo.new_database()
+    async with mongo.store(db) as store:
+        event = an_event(new_id())
+        await store.add_event(event)
+        db.events.update_one({"_id": event.id}, {"$set": {"epoch": Int64(4)}})
+        with pytest.raises(EpochTaken) as taken:
+            await store.claim_event(event.id, 4, "node-a")
+        assert (taken.value.claimed, taken.value.holder) == (4, None)
+        assert await store.claim_event(event.id, 5, "node-a") == event
+        raw = db.events.find_one({"_id": event.id})
+        assert (raw["epoch"], raw["claimant"]) == (5, "node-a")
 
 
 def commit_without_copy(db: Any, event_id: str, first_seq: int, count: int) -> list[ChatMessage]:
@@ -1038,7 +1139,7 @@ async def test_a_batch_committed_before_the_claim_is_counted_by_the_new_owner(
         db.chat_messages.insert_one({"event_id": event.id, "seq": 3,
                                      **dataclasses.asdict(committed[1])})
 
-        assert await node_b.claim_event(event.id, 2) == event
+        assert await node_b.claim_event(event.id, 2, "node-b") == event
         assert await node_b.chat_length(event.id) == 5
         assert await node_b.chat(event.id) == [a_line(n) for n in range(5)]
         # The old owner wakes up: its next batch is refused, nothing of it lands.
@@ -1068,7 +1169,7 @@ async def test_two_mongo_stores_a_claim_fences_the_other(mongo: MongoServer) -> 
     db = mongo.new_database()
     async with mongo.store(db) as node_a, mongo.store(db) as node_b:
         event, attached = await claimed_event_with_a_chat(node_a, 1)
-        assert await node_b.claim_event(event.id, 2) == event
+        assert await node_b.claim_event(event.id, 2, "node-b") == event
         before = await stored(node_b, event.id)
         for name, call in fenced_writes(
                 node_a, event.id, 1, first_seq=2, attached=attached).items():
@@ -1077,7 +1178,7 @@ async def test_two_mongo_stores_a_claim_fences_the_other(mongo: MongoServer) -> 
             assert await stored(node_b, event.id) == before, name
             assert db.chat_messages.count_documents({"event_id": event.id}) == 2
         with pytest.raises(StaleEpoch):
-            await node_a.claim_event(event.id, 1)
+            await node_a.claim_event(event.id, 1, "node-a")
 
 
 async def test_sqlite_writes_leave_checkpoints_to_the_checkpointer(tmp_path: Path) -> None:

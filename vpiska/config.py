@@ -181,11 +181,60 @@ class Config:
         return self.jwt_key == DEFAULT_JWT_KEY
 
 
+SENTINEL_SCHEME = "redis+sentinel"
+
+
+@dataclasses.dataclass(frozen=True)
+class RedisSentinel:
+    """A Redis found through its Sentinels: `REDIS_URL` as
+    `redis+sentinel://[[user]:password@]host:port[,host:port…]/service[/db]`.
+
+    The nodes ask the Sentinels (`sentinels`) which server is the primary of `service` and
+    follow it when they fail over. `username`/`password` are those of the Redis servers; the
+    Sentinels are asked without any."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+
+def sentinel_of(url: str) -> RedisSentinel | None:
+    """The Sentinels `url` names; None if it names one Redis (redis://, rediss://, unix://).
+    Error handling: ValueError saying what is wrong with a malformed redis+sentinel:// URL."""
+    scheme, _, rest = url.partition("://")
+    if scheme.lower() != SENTINEL_SCHEME:
+        return None
+    authority, _, path = rest.partition("/")
+    credentials, _, hosts = authority.rpartition("@")
+    username, _, password = credentials.partition(":")
+    sentinels = []
+    for host_port in hosts.split(","):
+        host, _, port = host_port.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{host_port!r} is not host:port (a Sentinel's, 26379 usually)")
+        sentinels.append((host.strip("[]"), int(port)))
+    service, _, db = path.strip("/").partition("/")
+    if not service:
+        raise ValueError("no service name: redis+sentinel://host:26379/<service>")
+    if db and not db.isdigit():
+        raise ValueError(f"{db!r} is not a database number")
+    return RedisSentinel(tuple(sentinels), service, int(db or 0), username or None,
+                         password or None)
+
+
 def _redis_url(value: str) -> str | None:
     if not value:
         return None
+    try:
+        if sentinel_of(value) is not None:
+            return value
+    except ValueError as malformed:
+        raise ConfigError("REDIS_URL", f"{SENTINEL_SCHEME}:// URL: {malformed}") from None
     if urlsplit(value).scheme.lower() not in ("redis", "rediss", "unix"):
-        raise ConfigError("REDIS_URL", f"{value!r} is not a redis://, rediss:// or unix:// URL")
+        raise ConfigError("REDIS_URL", f"{value!r} is not a redis://, rediss://, unix:// or"
+                                       f" {SENTINEL_SCHEME}:// URL")
     return value
 
 

@@ -60,7 +60,7 @@ class Publisher(Protocol):
 
 class Room:
     def __init__(self, event_id: str, owner_id: str, *, inbox_size: int,
-                 reply_timeout: float, epoch: int | None = None,
+                 reply_timeout: float, epoch: int | None = None, claimant: str | None = None,
                  publisher: Publisher | None = None, mirror: Mirror | None = None) -> None:
         self.event_id = event_id
         self.owner_id = owner_id  # never changes, so callers may check ownership up front
@@ -79,6 +79,7 @@ class Room:
         self.announced_count = 0
         self.failed = False
         self.epoch = epoch  # the fencing epoch of this node's lease; None on a single node
+        self.claimant = claimant  # who claimed `epoch` in the store: this node, this activation
         self.publisher = publisher
         self.mirror = mirror
         self.seq = 0  # the last message published (the publisher counts)

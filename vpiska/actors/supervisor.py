@@ -162,23 +162,25 @@ class EventSupervisor:
         await self._store.add_event(event)
         return event
 
-    async def activate(self, event_id: str, epoch: int, publisher: Publisher,
+    async def activate(self, event_id: str, epoch: int, claimant: str, publisher: Publisher,
                        mirror: Mirror) -> Room | None:
-        """Start the room of an event this node now owns under `epoch` (its lease's).
+        """Start the room of an event this node now owns under `epoch` (its lease's), claimed
+        in the store as `claimant`.
 
         The store is claimed for `epoch` first, so from then on no older owner can write; the
         room then says Hello to the other nodes. None if the event is closed or unknown, or if
         the supervisor is stopping. Error handling: StaleEpoch if the store has a newer epoch
-        than `epoch` (Redis lost its counters: the caller takes an epoch above it).
+        than `epoch`, or this one claimed by another claimant (Redis lost its counters: the caller
+        takes an epoch above it).
         """
         if self.stopping or self._nursery is None:
             return None
-        event = await self._store.claim_event(event_id, epoch)
+        event = await self._store.claim_event(event_id, epoch, claimant)
         if event is None or not event.is_open or event_id in self._rooms:
             return self._rooms.get(event_id)
         room = Room(event.id, event.owner_id, inbox_size=self._config.actor_inbox_size,
                     reply_timeout=self._config.actor_reply_timeout_seconds, epoch=epoch,
-                    publisher=publisher, mirror=mirror)
+                    claimant=claimant, publisher=publisher, mirror=mirror)
         self._rooms[event.id] = room
         self._nursery.start_soon(self._supervise, room, event, name=f"event {event.id}")
         return room
@@ -288,7 +290,8 @@ class EventSupervisor:
     async def _incarnate(self, room: Room, event: Event | None) -> Exit:
         try:
             if room.epoch is not None:  # claimed again: a restart must not outlive its lease
-                event = await self._store.claim_event(room.event_id, room.epoch)
+                assert room.claimant is not None, "an owned room knows its claimant"
+                event = await self._store.claim_event(room.event_id, room.epoch, room.claimant)
             elif event is None:
                 event = await self._store.event(room.event_id)
             if event is None or not event.is_open:

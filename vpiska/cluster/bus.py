@@ -74,11 +74,10 @@ class Bus:
             await trio.sleep(MAX_RECONNECT_DELAY_SECONDS)
 
     async def _session(self, task_status: trio.TaskStatus[None]) -> None:
-        subscriber: coredis.Redis[bytes] = coredis.Redis.from_url(self._url)
         retry = ExponentialBackoffRetryPolicy(
             (RedisConnectionError, TimeoutError), retries=None, base_delay=0.05,
             max_delay=MAX_RECONNECT_DELAY_SECONDS, jitter=True)
-        async with subscriber, subscriber.pubsub(
+        async with redis.client_for(self._url) as subscriber, subscriber.pubsub(
             retry_policy=retry, max_idle_seconds=IDLE_PING_SECONDS
         ) as pubsub:
             self._pubsub = pubsub

@@ -32,6 +32,7 @@ connection (notices may have been missed).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 from collections.abc import Sequence
@@ -137,6 +138,7 @@ class ClusterNode:
         self._live: frozenset[str] = frozenset()
         self._counts: dict[str, int] = {}  # usersCount of events owned elsewhere
         self._last_renewal = -math.inf
+        self._activations = itertools.count(1)  # numbers each claim of this node (`activate`)
         self.healthy = False  # Redis answered the last heartbeat
         self._store_health = StoreHealth(store, interval=self._ttl / 3,
                                          deadline=config.ready_timeout_seconds)
@@ -308,14 +310,21 @@ class ClusterNode:
                     return None
                 if lease is None:
                     return None
+                # Who claims: this node, in this activation. Its room's own restarts claim again
+                # as it; a later activation of the same epoch here (Redis restarted, the
+                # counter back) is a new room, whose frames would restart at seq 1 under an
+                # epoch gateways have seen further on: refused, it takes an epoch above.
+                claimant = f"{self.node_id}/{next(self._activations)}"
                 try:
-                    room = await self._supervisor.activate(event_id, lease.epoch,
+                    room = await self._supervisor.activate(event_id, lease.epoch, claimant,
                                                            self.owner_link, self._views)
                     break
-                except StaleEpoch as stale:  # the store has seen later epochs than Redis
+                except StaleEpoch as stale:  # Redis handed out an epoch the store has seen
                     await self._release(lease)
-                    log.warning("epoch counter behind the store (Redis restarted?); raised",
-                                extra={"event_id": event_id, "claimed": stale.claimed})
+                    log.info("epoch counter behind the store (Redis restarted empty or failed"
+                             " over); raised above it", extra={
+                                 "event_id": event_id, "epoch": lease.epoch,
+                                 "claimed": stale.claimed, "cause": str(stale)})
                     try:
                         await self._leases.raise_epoch(event_id, stale.claimed)
                     except redis.REDIS_ERRORS:

@@ -20,10 +20,14 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 import coredis
+from coredis.connection import TCPLocation
 from coredis.exceptions import RedisError
+
+from vpiska.config import sentinel_of
 
 log = logging.getLogger(__name__)
 
@@ -66,19 +70,14 @@ def event_channel(event_id: str) -> str:
 
 
 # KEYS[1] lease, KEYS[2] epoch counter; ARGV[1] node id, ARGV[2] TTL in ms.
-# The new epoch if the lease was free and is now ours; nil if someone holds it. An epoch is at
-# least Redis' clock in microseconds: a Redis restarted without its data (counters back at 0)
-# still hands out epochs above every one it gave before, so a new owner never shares an epoch
-# with an old one (the store would take their writes for one owner's).
+# The new epoch if the lease was free and is now ours; nil if someone holds it. The counter
+# may go back (a Redis restarted without its data, a replica promoted before it had the last
+# INCR) and hand out an epoch again: the store refuses a second claim of an epoch, and the
+# refused node raises the counter above it (RAISE_EPOCH). '%d': Lua would print a large
+# number as 1.7e+15.
 ACQUIRE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return nil end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local epoch = redis.call('INCR', KEYS[2])
-if epoch < now then
-  epoch = now
-  redis.call('SET', KEYS[2], string.format('%d', epoch))
-end
 redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. string.format('%d', epoch), 'PX', ARGV[2])
 return epoch
 """
@@ -97,8 +96,9 @@ end
 return lost
 """
 
-# KEYS[1] epoch counter; ARGV[1] an epoch the store has seen. Raises the counter to it: after
-# a Redis restart (no persistence) the counters start again from 0, below the store's epochs.
+# KEYS[1] epoch counter; ARGV[1] an epoch the store has claimed. Raises the counter to it, so
+# the next INCR is above it: after a Redis restart (no persistence) or a failover that lost
+# writes, the counters are behind the store's epochs.
 RAISE_EPOCH = """
 if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then
   redis.call('SET', KEYS[1], ARGV[1])
@@ -163,19 +163,75 @@ return redis.call('ZRANGE', KEYS[1], 0, -1)
 """
 
 
+class _FollowedPrimary(coredis.SentinelConnectionPool):
+    """Sentinel's pool, which says when the primary it connects to has changed: the one
+    line a node logs about a failover (its outage is Trouble's "Redis unreachable")."""
+
+    _followed: TCPLocation | None = None
+
+    async def get_primary_location(self) -> TCPLocation:
+        location = await super().get_primary_location()
+        # Connections made at once all learn of a new primary: the first to say so says it.
+        before, self._followed = self._followed, location
+        if before is not None and location != before:
+            log.warning("Redis failed over: following the new primary", extra={
+                "service": self.service_name, "primary": f"{location.host}:{location.port}",
+                "was": f"{before.host}:{before.port}"})
+        return location
+
+
+@asynccontextmanager
+async def client_for(url: str, limit_seconds: float | None = None, *,
+                     tell_failovers: bool = False) -> AsyncIterator[coredis.Redis[bytes]]:
+    """An open client of the Redis `url` names (REDIS_URL, vpiska/config.py). `limit_seconds`: how
+    long a command, a connection or a wait for a free one in the pool may take (None: no
+    limit, for a subscription that blocks on its reads). `tell_failovers`: log when the
+    primary changes (one client of a node does, not each).
+
+    A `redis+sentinel://` URL names Sentinels: each new connection asks them which server is
+    the service's primary (and checks that it says so: ROLE), so once the Sentinels have
+    failed over, the connections that broke with the old primary come back to the new one.
+    The Sentinels are always asked within COMMAND_TIMEOUT_SECONDS: one that does not answer
+    must not hold every connection.
+
+    Resource handling: the client, its connections and those to the Sentinels are closed on
+    exit.
+    """
+    limits: dict[str, Any] = (
+        {} if limit_seconds is None
+        else {"stream_timeout": limit_seconds, "connect_timeout": limit_seconds})
+    sentinel = sentinel_of(url)
+    if sentinel is None:
+        client: coredis.Redis[bytes] = coredis.Redis.from_url(
+            url, pool_timeout=limit_seconds, **limits)
+        async with client:
+            yield client
+        return
+    asking: dict[str, Any] = {"stream_timeout": COMMAND_TIMEOUT_SECONDS,
+                              "connect_timeout": COMMAND_TIMEOUT_SECONDS}
+    async with coredis.Sentinel(
+            [TCPLocation(host, port) for host, port in sentinel.sentinels],
+            sentinel_kwargs=asking) as sentinels:
+        primary: coredis.Redis[bytes] = sentinels.primary_for(
+            sentinel.service, db=sentinel.db, username=sentinel.username,
+            password=sentinel.password, timeout=limit_seconds,
+            connection_pool_class=(_FollowedPrimary if tell_failovers
+                                   else coredis.SentinelConnectionPool),
+            **limits)
+        async with primary:
+            yield primary
+
+
 @asynccontextmanager
 async def connect(url: str) -> AsyncIterator[coredis.Redis[bytes]]:
-    """A client for `url` whose commands fail fast when Redis is unreachable.
+    """A client for `url` whose commands fail fast when Redis is unreachable (coredis' pool
+    would otherwise wait for a free connection without limit: connections stuck on a Redis
+    that went away must not hold every later command forever).
 
     Resource handling: the client and its connections are closed on exit.
     """
-    client: coredis.Redis[bytes] = coredis.Redis.from_url(
-        url, stream_timeout=COMMAND_TIMEOUT_SECONDS, connect_timeout=COMMAND_TIMEOUT_SECONDS,
-        # coredis' pool waits for a free connection without limit by default: connections
-        # stuck on a Redis that went away must not hold every later command forever.
-        pool_timeout=COMMAND_TIMEOUT_SECONDS)
     try:
-        async with client:
+        async with client_for(url, COMMAND_TIMEOUT_SECONDS, tell_failovers=True) as client:
             yield client
     except* (anyio.ClosedResourceError, anyio.BrokenResourceError) as closing:
         # coredis 6 can fail closing a pool whose connection Redis already dropped (or that

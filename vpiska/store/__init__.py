@@ -7,13 +7,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from vpiska.config import Config
-from vpiska.store.base import StaleEpoch, Store
+from vpiska.store.base import EpochTaken, StaleEpoch, Store
 from vpiska.store.files import MediaFiles
 from vpiska.store.media_bytes import BytesLost, MediaBytes, StoredBytes
 from vpiska.store.memory import MemoryStore
 
-__all__ = ["BytesLost", "MediaBytes", "MediaFiles", "MemoryStore", "StaleEpoch", "Store",
-           "StoredBytes", "media_bytes", "open_store"]
+__all__ = ["BytesLost", "EpochTaken", "MediaBytes", "MediaFiles", "MemoryStore", "StaleEpoch",
+           "Store", "StoredBytes", "media_bytes", "open_store"]
 
 
 @asynccontextmanager

@@ -12,8 +12,15 @@ its Redis lease, and every acquisition of a lease bumps the event's fencing epoc
 past its lease (GC, SIGSTOP, a partition) wakes up still believing it owns the event; only the
 store can stop its writes, because only the store sees both owners. So:
 
-- The new owner's first call is `claim_event(event_id, epoch)`: from then on the store refuses
-  every write to that event whose epoch is not `epoch`. Claims only move forward.
+- The new owner's first call is `claim_event(event_id, epoch, claimant)`: from then on the store
+  refuses every write to that event whose epoch is not `epoch`. Claims only move forward.
+- The store, not Redis, is the authority on epochs. Redis can hand one epoch out twice: restarted
+  without its data, or failed over to a replica that missed the last INCR, its counter goes
+  back. So the store keeps who claimed the epoch (`claimant`: the node's id and which of its
+  activations, vpiska/cluster/node.py) beside it, and a claim of the claimed epoch by anyone
+  else is refused (EpochTaken) exactly like an older one: the refused node raises its Redis
+  counter above the stored epoch and claims again. Only the claimant may claim again (a
+  crashed actor restarts, an owner retries), so two owners can never both hold one epoch.
 - Every write an event's actor makes (`append_chat`, `update_event`, `close_event`,
   `add_event_media`, `remove_event_media`) takes `epoch`. The rule is equality: a write is
   applied only if its epoch *is* the claimed one. Below it, StaleEpoch and nothing is written
@@ -29,7 +36,8 @@ store can stop its writes, because only the store sees both owners. So:
 - `epoch=None` is unfenced: one node without Redis, whatever epoch is stored; exactly the
   behaviour before fencing. An event the store does not know has no claim and is not fenced.
 - Events written before fencing existed (an older sqlite file, the older Go backend's documents)
-  have epoch 0.
+  have epoch 0, and no claimant; epochs handed out by Redis start at 1. An event claimed before
+  claimants were kept has none: a claim of its epoch is refused, whoever makes it.
 """
 
 from __future__ import annotations
@@ -54,6 +62,29 @@ class StaleEpoch(Exception):
         self.event_id = event_id
         self.epoch = epoch
         self.claimed = claimed
+
+
+class EpochTaken(StaleEpoch):
+    """A claim of the epoch the event is claimed at, by another node than the one that claimed
+    it: Redis handed that epoch out twice (it lost its counter). The claimant must take an epoch
+    above `claimed` and claim again; nothing was written."""
+
+    def __init__(self, event_id: str, epoch: int, holder: str | None) -> None:
+        super().__init__(event_id, epoch, epoch)
+        self.holder = holder
+
+    def __str__(self) -> str:
+        by = "a node of an older vpiska" if self.holder is None else f"node {self.holder}"
+        return f"event {self.event_id}: epoch {self.epoch} was claimed already, by {by}"
+
+
+def check_claim(event_id: str, epoch: int, claimant: str, claimed: int, holder: str | None
+                ) -> None:
+    """Refuse a claim of `epoch` by `claimant` of an event claimed at `claimed` by `holder`."""
+    if epoch < claimed:
+        raise StaleEpoch(event_id, epoch, claimed)
+    if epoch == claimed and claimant != holder:
+        raise EpochTaken(event_id, epoch, holder)
 
 
 def check_epoch(event_id: str, epoch: int | None, claimed: int) -> None:
@@ -117,14 +148,16 @@ class Store(Protocol):
     async def open_events(self) -> list[Event]:
         """Every open event, oldest first."""
 
-    async def claim_event(self, event_id: str, epoch: int) -> Event | None:
-        """The first call of an event's new owner: from now on, writes to the event with an
-        epoch other than `epoch` are refused (see "Fencing" above).
+    async def claim_event(self, event_id: str, epoch: int, claimant: str) -> Event | None:
+        """The first call of an event's new owner, `claimant`: from now on, writes to
+        the event with an epoch other than `epoch` are refused (see "Fencing" above).
 
         Returns the event in any state, None if the store does not know it. Raises StaleEpoch
-        if a newer epoch has claimed it already. Claiming the claimed epoch again is a no-op
-        (an owner may retry its activation). Once this returns, no write of an older owner can
-        land, so `chat_length` read after it is where the new owner numbers its lines from.
+        if a newer epoch has claimed it already, EpochTaken (a StaleEpoch) if another claimant
+        has claimed this one (check_claim). Claiming the claimed epoch again as its claimant is a
+        no-op (an owner may retry its activation). Once this returns, no write of an older
+        owner can land, so `chat_length` read after it is where the new owner numbers its lines
+        from.
         """
 
     # The writes of an event's actor. `epoch`: the writer's fencing epoch; None is unfenced.

@@ -18,8 +18,9 @@ trio.ClosedResourceError, as a closed connection refuses calls.
 Error handling: DomainError where the real stores raise one; IntegrityError where sqlite raises
 its own for a repeated key that no DomainError covers (a media id, a chat line's seq).
 
-Fencing (vpiska/store/base.py): each event's claimed epoch is kept beside it, and a fenced write
-checks it in the same step as it writes, so check and write are trivially atomic.
+Fencing (vpiska/store/base.py): each event's claimed epoch and its claimant are kept beside it,
+and a fenced write checks them in the same step as it writes, so check and write are trivially
+atomic.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import trio
 
 from vpiska.domain import ChatMessage, Coordinates, Event, EventMedia, Media, User
 from vpiska.errors import DomainError, ErrorCode
-from vpiska.store.base import StaleEpoch, check_epoch, clash_error
+from vpiska.store.base import check_claim, check_epoch, clash_error
 
 __all__ = ["IntegrityError", "MemoryStore"]
 
@@ -71,6 +72,7 @@ class MemoryStore:
         self._media: dict[str, Media] = {}
         self._events: dict[str, Event] = {}  # insertion order breaks created_at ties
         self._epochs: dict[str, int] = {}  # event id -> claimed epoch; absent: 0, never claimed
+        self._claimants: dict[str, str] = {}  # event id -> the node that claimed that epoch
         self._chats: dict[str, _Chat] = {}
         self._closed = False
 
@@ -214,15 +216,15 @@ class MemoryStore:
             key=attrgetter("created_at"),
         )
 
-    async def claim_event(self, event_id: str, epoch: int) -> Event | None:
+    async def claim_event(self, event_id: str, epoch: int, claimant: str) -> Event | None:
         await self._enter()
         event = self._events.get(event_id)
         if event is None:
             return None
-        claimed = self._epochs.get(event_id, 0)
-        if epoch < claimed:
-            raise StaleEpoch(event_id, epoch, claimed)
+        check_claim(event_id, epoch, claimant, self._epochs.get(event_id, 0),
+                    self._claimants.get(event_id))
         self._epochs[event_id] = epoch
+        self._claimants[event_id] = claimant
         return event
 
     def _fenced_event(self, event_id: str, epoch: int | None) -> Event | None:

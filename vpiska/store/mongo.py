@@ -20,8 +20,10 @@ must check lives on the event document, and every fenced write is, or starts wit
 conditional update of that document. Three fields, absent on documents written before fencing
 (and by the older Go backend, which ignores them):
 
-- `epoch`: the claimed epoch; absent means 0. `claim_event` raises it with
-  `find_one_and_update` filtered on `epoch <= new`, so two claims cannot both win.
+- `epoch`: the claimed epoch; absent means 0. `claimant`: the node that claimed it; absent on
+  events claimed before claimants were kept (then nobody may claim that epoch again).
+  `claim_event` sets both with one `find_one_and_update` filtered on `epoch < new`, or `epoch
+  == new` with `claimant` the same node, so two claims cannot both win.
 - `chat_next`: the seq after the last line a fenced writer committed; `claim_event` sets it to
   the chat's length, each fenced `append_chat` advances it.
 - `chat_pending`: the last fenced chat batch itself, as the documents of `chat_messages`.
@@ -79,7 +81,7 @@ from pymongo.results import UpdateResult
 from vpiska import metrics
 from vpiska.domain import ChatMessage, Coordinates, Event, EventMedia, Media, User
 from vpiska.errors import DomainError, ErrorCode
-from vpiska.store.base import StaleEpoch, check_epoch, clash_error
+from vpiska.store.base import StaleEpoch, check_claim, check_epoch, clash_error
 
 log = logging.getLogger(__name__)
 
@@ -341,24 +343,31 @@ class MongoStore:
 
         return await self._run(select)
 
-    async def claim_event(self, event_id: str, epoch: int) -> Event | None:
+    async def claim_event(self, event_id: str, epoch: int, claimant: str) -> Event | None:
         def claim() -> Event | None:
+            claimable: list[Document] = [{"epoch": {"$lt": epoch}},
+                                         {"epoch": epoch, "claimant": claimant}]
+            if epoch > 0:
+                claimable.append({"epoch": None})  # never claimed: at 0
             document = self._events.find_one_and_update(
-                {"_id": event_id, "$or": [{"epoch": {"$lte": epoch}}, {"epoch": None}]},
-                {"$set": {"epoch": epoch}},
+                {"_id": event_id, "$or": claimable},
+                {"$set": {"epoch": epoch, "claimant": claimant}},
                 _EVENT_FIELDS,
                 return_document=ReturnDocument.AFTER,
             )
             if document is None:
-                claimed = self._claimed_epoch(event_id)
-                if claimed is None:
+                held = self._events.find_one({"_id": event_id}, {"epoch": 1, "claimant": 1})
+                if held is None:
                     return None
-                raise StaleEpoch(event_id, epoch, claimed)
+                check_claim(event_id, epoch, claimant, int(held.get("epoch") or 0),
+                            held.get("claimant"))
+                raise AssertionError(f"event {event_id}: claims only move forward")
             # No older owner can commit a batch now; the last one committed is copied, if its
             # writer has not, and counted.
             length = self._chat_length(event_id)
             numbered = self._events.update_one(
-                {"_id": event_id, "epoch": epoch}, {"$set": {"chat_next": length}})
+                {"_id": event_id, "epoch": epoch, "claimant": claimant},
+                {"$set": {"chat_next": length}})
             if numbered.matched_count == 0:  # a newer claim came in between
                 raise StaleEpoch(event_id, epoch, self._claimed_epoch(event_id) or epoch)
             return _event(document)

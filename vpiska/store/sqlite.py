@@ -6,7 +6,8 @@ time) and as fast as a pool for writes. `synchronous=NORMAL` in WAL mode survive
 process (the WAL is in the OS page cache); only a power cut can lose the last transactions.
 
 Fencing (vpiska/store/base.py): the claimed epoch is the column `events.epoch` (0: never
-claimed). A fenced write is one `BEGIN IMMEDIATE` transaction that reads the epoch and writes:
+claimed), the node that claimed it `events.claimant` ('': none, or claimed before claimants were
+kept). A fenced write is one `BEGIN IMMEDIATE` transaction that reads the epoch and writes:
 IMMEDIATE takes the file's write lock before the read, so no claim (by this connection or
 another process's) can commit between the check and the write. An unfenced write (`epoch=None`)
 runs exactly as before fencing.
@@ -27,7 +28,7 @@ import trio
 from vpiska import metrics
 from vpiska.domain import ChatMessage, Coordinates, Event, EventMedia, Media, User
 from vpiska.errors import DomainError, ErrorCode
-from vpiska.store.base import StaleEpoch, check_epoch, clash_error
+from vpiska.store.base import check_claim, check_epoch, clash_error
 
 _T = TypeVar("_T")
 _CALL_DURATION = metrics.STORE_CALL_DURATION.labels(store="sqlite")
@@ -58,7 +59,8 @@ CREATE TABLE IF NOT EXISTS events (
     x REAL NOT NULL,
     y REAL NOT NULL,
     created_at TEXT NOT NULL,
-    epoch INTEGER NOT NULL DEFAULT 0
+    epoch INTEGER NOT NULL DEFAULT 0,
+    claimant TEXT NOT NULL DEFAULT ''
 );
 CREATE UNIQUE INDEX IF NOT EXISTS one_open_event_per_owner ON events(owner_id) WHERE state = 0;
 CREATE INDEX IF NOT EXISTS events_by_state ON events(state, created_at);
@@ -92,6 +94,8 @@ def _migrate(db: sqlite3.Connection) -> None:
         columns = {row[1] for row in db.execute("PRAGMA table_info(events)")}
         if "epoch" not in columns:  # before fencing: every event is unclaimed
             db.execute("ALTER TABLE events ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0")
+        if "claimant" not in columns:  # claimed before claimants were kept: by nobody known
+            db.execute("ALTER TABLE events ADD COLUMN claimant TEXT NOT NULL DEFAULT ''")
     except BaseException:
         db.execute("ROLLBACK")
         raise
@@ -381,19 +385,20 @@ class SqliteStore:
 
         return await self._run(select)
 
-    async def claim_event(self, event_id: str, epoch: int) -> Event | None:
+    async def claim_event(self, event_id: str, epoch: int, claimant: str) -> Event | None:
         def claim() -> Event | None:
             with self._transaction("BEGIN IMMEDIATE"):
                 row = self._db.execute(
-                    f"SELECT {self._EVENT_COLUMNS}, epoch FROM events WHERE id = ?", (event_id,)
+                    f"SELECT {self._EVENT_COLUMNS}, epoch, claimant FROM events WHERE id = ?",
+                    (event_id,)
                 ).fetchone()
                 if row is None:
                     return None
-                *fields, claimed = row
-                if epoch < claimed:
-                    raise StaleEpoch(event_id, epoch, claimed)
+                *fields, claimed, holder = row
+                check_claim(event_id, epoch, claimant, claimed, holder or None)
                 if epoch != claimed:
-                    self._db.execute("UPDATE events SET epoch = ? WHERE id = ?", (epoch, event_id))
+                    self._db.execute("UPDATE events SET epoch = ?, claimant = ? WHERE id = ?",
+                                     (epoch, claimant, event_id))
                 return self._event_from_row(tuple(fields))
 
         return await self._run(claim)
