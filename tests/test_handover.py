@@ -18,10 +18,12 @@ import trio.testing
 
 from tests.cluster_fixtures import RedisServer
 from vpiska.actors import EventSupervisor
+from vpiska.actors.commands import Update
 from vpiska.cluster import redis
+from vpiska.cluster.gateway import GatewayRoom
 from vpiska.cluster.leases import Leases
 from vpiska.cluster.node import ClusterIndex, ClusterNode
-from vpiska.cluster.protocol import Notice, encode
+from vpiska.cluster.protocol import Notice, Request, encode
 from vpiska.config import Config
 from vpiska.domain import ChatMessage, Coordinates, Event, new_id
 from vpiska.store import MemoryStore, Store
@@ -213,3 +215,53 @@ async def test_a_line_that_comes_while_the_room_hands_over_is_stored_by_the_next
         await successor.store.wrote("three")
     assert owner.store.lines == ["one", "two"]
     assert [line.message for line in await memory.chat(event.id)] == ["one", "two", "three"]
+
+
+async def test_a_request_that_comes_while_the_room_hands_over_is_answered_by_the_next_owner(
+    start_node: StartNode, memory: MemoryStore, nursery: trio.Nursery,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request from another node's gateway that reaches the room once it took its Stop is
+    not queued behind it to be refused as the room ends: the leaving node answers that it is
+    not the owner, and the gateway asks again until the next owner answers."""
+    owner = await start_node()
+    successor = await start_node()
+    event = await open_event(owner)
+    owner.store.hold()
+    owner.hears(event.id, "one")
+    with trio.fail_after(WAIT_SECONDS):
+        await owner.store.waiting.wait()
+    nursery.start_soon(owner.leave)
+    with trio.fail_after(WAIT_SECONDS):
+        await owner.supervisor.told.wait()
+    owner.hears(event.id, "two")
+    owner.store.let_one_through()
+    with trio.fail_after(WAIT_SECONDS):
+        await owner.store.waiting.wait()  # the room took its Stop, and writes "two"
+    asked = trio.Event()
+    answer = owner.node.owner_link.answer
+
+    async def answer_and_tell(request: Request) -> None:
+        if request.op == "update":
+            asked.set()
+        await answer(request)
+
+    monkeypatch.setattr(owner.node.owner_link, "answer", answer_and_tell)
+    gateway = await successor.node.find(event.id)
+    assert isinstance(gateway, GatewayRoom)
+    updated = trio.Event()
+
+    async def update() -> None:
+        await gateway.ask(lambda reply: Update(event.owner_id, "street 2",
+                                               Coordinates(3.0, 4.0), reply))
+        updated.set()
+
+    nursery.start_soon(update)
+    with trio.fail_after(WAIT_SECONDS):
+        await asked.wait()  # it reached the leaving room
+    owner.store.open()
+    with trio.fail_after(WAIT_SECONDS):
+        await updated.wait()
+    stored = await memory.event(event.id)
+    assert stored is not None
+    assert stored.address == "street 2"
