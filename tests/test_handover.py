@@ -39,6 +39,8 @@ class GatedStore:
     def __init__(self, inner: MemoryStore) -> None:
         self._inner = inner
         self._gate: trio.Event | None = None
+        self.claims: trio.Event | None = None  # while not None, claims wait until it is set
+        self.claiming = trio.Event()  # a claim waits
         self.waiting = trio.Event()  # a chat write waits at the gate
         self.lines: list[str] = []  # the chat lines this node wrote
         self._wrote = trio.Event()
@@ -68,6 +70,12 @@ class GatedStore:
         self.lines += [line.message for line in lines]
         self._wrote.set()
         self._wrote = trio.Event()
+
+    async def claim_event(self, event_id: str, epoch: int) -> Event | None:
+        if self.claims is not None:
+            self.claiming.set()
+            await self.claims.wait()
+        return await self._inner.claim_event(event_id, epoch)
 
     async def wrote(self, line: str) -> None:
         while line not in self.lines:
@@ -265,3 +273,36 @@ async def test_a_request_that_comes_while_the_room_hands_over_is_answered_by_the
     stored = await memory.event(event.id)
     assert stored is not None
     assert stored.address == "street 2"
+
+
+async def test_a_room_claimed_while_the_node_is_told_to_leave_is_not_started(
+    start_node: StartNode, nursery: trio.Nursery
+) -> None:
+    """An activation under way when the node is told to leave (its claim in the store not
+    answered yet) starts no room, and lets the lease go: a room started after the others
+    were told to stop would never be told, and the node would wait for it until its
+    shutdown's grace ran out."""
+    node = await start_node()
+    event = await node.supervisor.create_event(new_id(), "party", "street 1",
+                                               Coordinates(1.0, 2.0))
+    node.store.claims = trio.Event()
+    activated: list[object] = []
+    done = trio.Event()
+
+    async def activate() -> None:
+        activated.append(await node.node.activate(event.id))
+        done.set()
+
+    nursery.start_soon(activate)
+    with trio.fail_after(WAIT_SECONDS):
+        await node.store.claiming.wait()
+    nursery.start_soon(node.leave)
+    with trio.fail_after(WAIT_SECONDS):
+        await node.supervisor.told.wait()
+    node.store.claims.set()
+    with trio.fail_after(WAIT_SECONDS):
+        await node.left.wait()
+        await done.wait()
+    assert activated == [None]
+    assert node.supervisor.room(event.id) is None
+    assert await Leases(node.client, "the-next-node", TTL).acquire(event.id) is not None

@@ -179,6 +179,8 @@ class EventSupervisor:
         event = await self._store.claim_event(event_id, epoch)
         if event is None or not event.is_open or event_id in self._rooms:
             return self._rooms.get(event_id)
+        if self.stopping or self._nursery is None:  # told to stop meanwhile: nothing to start
+            return None
         room = Room(event.id, event.owner_id, inbox_size=self._config.actor_inbox_size,
                     reply_timeout=self._config.actor_reply_timeout_seconds, epoch=epoch,
                     publisher=publisher, mirror=mirror)
