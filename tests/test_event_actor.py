@@ -10,6 +10,7 @@ answers to their requests, close codes, and what the store holds.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 from collections.abc import Awaitable, Callable, Sequence
@@ -1029,7 +1030,8 @@ async def test_a_handover_takes_the_chat_lines_queued_behind_it(
 ) -> None:
     """A node leaving the cluster hands its rooms over: lines that reached the room before it
     ended (sockets on other nodes send them until they see the Handover) are stored and
-    shown here, not dropped with the room; a join behind them is refused."""
+    shown here, not dropped with the room, also those behind another command; a join
+    behind them is refused, its socket told to reconnect (the event moves)."""
     memory = MemoryStore()
     event = await EventSupervisor(memory, Config()).create_event(
         new_id(), "party", "street 1", Coordinates(1.0, 2.0))
@@ -1043,13 +1045,70 @@ async def test_a_handover_takes_the_chat_lines_queued_behind_it(
     actor = EventActor(room, event, 0, memory, MapIndex(), Config())
     assert await actor.run() is Exit.STOPPED
     room.shut(CloseCode.GOING_AWAY)  # as the supervisor does after a Stop
-    assert [line.message for line in await memory.chat(event.id)] == ["one", "two", "three"]
-    assert chat(ann) == ["one", "two", "three"]
+    assert [line.message for line in await memory.chat(event.id)] == [
+        "one", "two", "three", "four"]
+    assert chat(ann) == ["one", "two", "three", "four"]
     assert outbox(ann).close_code is CloseCode.SERVICE_RESTART
-    assert outbox(cid).close_code is CloseCode.GOING_AWAY  # the join behind them: refused
+    assert outbox(cid).close_code is CloseCode.SERVICE_RESTART  # the join behind: refused
     assert isinstance(answers.receive_nowait().unwrap(), Joined)
     with pytest.raises(DomainError):
         answers.receive_nowait().unwrap()
+
+
+class SlowChatStore:
+    """A MemoryStore whose chat writes take WRITE_SECONDS (of the test's virtual time)."""
+
+    WRITE_SECONDS = 0.01
+
+    def __init__(self, inner: MemoryStore) -> None:
+        self._inner = inner
+
+    async def append_chat(self, event_id: str, first_seq: int, lines: Sequence[ChatMessage],
+                          *, epoch: int | None = None) -> None:
+        await trio.sleep(self.WRITE_SECONDS)
+        await self._inner.append_chat(event_id, first_seq, lines, epoch=epoch)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+async def test_a_handover_ends_though_lines_keep_coming(
+    nursery: trio.Nursery, autojump_clock: MockClock
+) -> None:
+    """Sockets on other nodes talk until they see the Handover, which the room says only once
+    it has written what it took: it takes the lines queued when it takes its Stop, not
+    those that come while it writes them, or it would write for as long as they talk. (It
+    did: until the next owner fenced it, and its last lines were lost.)"""
+    memory = MemoryStore()
+    event = await EventSupervisor(memory, Config()).create_event(
+        new_id(), "party", "street 1", Coordinates(1.0, 2.0))
+    room = Room(event.id, event.owner_id, inbox_size=64, reply_timeout=REPLY_TIMEOUT)
+    bob = person("bob")
+    for command in (Chat(bob, "one"), Stop(hand_over=True), Chat(bob, "two")):
+        room.inbox.send_nowait(command)
+    said = ["one", "two"]
+
+    async def talk() -> None:  # a line every millisecond, a tenth of a write
+        for k in itertools.count():
+            line = f"later-{k}"
+            try:
+                await room.inbox.send(Chat(bob, line))
+            except trio.BrokenResourceError:
+                return  # the room has ended
+            said.append(line)
+            await trio.sleep(SlowChatStore.WRITE_SECONDS / 10)
+
+    nursery.start_soon(talk)
+    actor = EventActor(room, event, 0, cast(Store, SlowChatStore(memory)), MapIndex(),
+                       Config())
+    with trio.fail_after(1):
+        assert await actor.run() is Exit.STOPPED
+    room.shut(CloseCode.GOING_AWAY)  # as the supervisor does after a Stop
+    assert room.handing_over  # the node sends other nodes' lines on from now on
+    stored = [line.message for line in await memory.chat(event.id)]
+    assert stored[:2] == ["one", "two"]
+    assert stored == said[: len(stored)]  # in order, none missing, up to where it stopped
+    assert len(stored) < len(said)  # what came after the Stop was taken is not its to write
 
 
 async def test_started_once_every_room_of_the_start_has_its_actor(nursery: trio.Nursery) -> None:

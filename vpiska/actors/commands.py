@@ -86,9 +86,10 @@ class Close:
 @dataclasses.dataclass(frozen=True)
 class Stop:
     """Server shutdown: finish what is queued before this, then close every socket (1001).
-    With `hand_over` (a node leaving a cluster) the chat lines queued behind it are taken too,
-    the sockets here close with 1012 and those on other nodes stay, for the event's next
-    owner."""
+    With `hand_over` (a node leaving a cluster) the chat lines queued behind it when the actor
+    takes it are written too (not those that come later: the node sends other nodes' lines
+    on to the next owner), the sockets here close with 1012 and those on other nodes stay,
+    for the event's next owner."""
 
     hand_over: bool = False
 

@@ -145,8 +145,7 @@ class EventActor:
                     return Exit.CLOSED
             elif isinstance(command, Stop):
                 if command.hand_over:
-                    await self._chat_queued()
-                    self._room.hand_over(CloseCode.SERVICE_RESTART)
+                    await self._hand_over(command)
                 else:
                     self._room.finish_members(CloseCode.GOING_AWAY)
                 return Exit.STOPPED
@@ -276,19 +275,33 @@ class EventActor:
         await self._mirror_now()
         self._room.broadcast_lines(shown, first)
 
-    async def _chat_queued(self) -> None:
-        """Take the chat lines queued behind a handover, up to the first other command (which
-        the room refuses as it ends): lines from other nodes' sockets, which stay connected,
-        would be lost with the room; the next owner serves only what comes after."""
-        while self._room.read_ahead is None:
+    async def _hand_over(self, stop: Stop) -> None:
+        """Write the chat lines queued behind the Stop, then end the room here: its sockets
+        on this node close with 1012, the other nodes' stay for the next owner.
+
+        Only the lines queued when the actor takes the Stop: sockets talk until they see the
+        Handover, and a room that wrote until its inbox was empty wrote for as long as they
+        talked (until the next owner fenced it, losing its last lines, or the shutdown's grace
+        ran out). From then on a line from another node is not queued here (`handing_over`):
+        the node sends it on to the next owner. Other commands behind the Stop are refused,
+        as the room that ends refuses them; so are this node's sockets' later lines (their
+        sockets close with 1012 and were never answered)."""
+        self._room.handing_over = True
+        self._room.read_ahead = stop  # a crash in the writes below hands over again
+        lines: list[Chat] = []
+        for _ in range(self._room.commands.statistics().current_buffer_used):
             try:
-                first = self._room.commands.receive_nowait()
+                command = self._room.commands.receive_nowait()
             except trio.WouldBlock:
-                return
-            if not isinstance(first, Chat):
-                self._room.read_ahead = first
-                return
-            await self._chat(self._gather(first, Chat))
+                break
+            if isinstance(command, Chat):
+                lines.append(command)
+            else:
+                self._room.refuse(command, CloseCode.SERVICE_RESTART)
+        for start in range(0, len(lines), MAX_BATCH):
+            await self._chat(lines[start:start + MAX_BATCH])
+        self._room.read_ahead = None
+        self._room.hand_over(CloseCode.SERVICE_RESTART)
 
     def _storable(self, line: ChatMessage) -> bool:
         if all(map(is_text, (line.user_id, line.user_name, line.user_image_id, line.message))):

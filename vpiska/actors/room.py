@@ -78,6 +78,9 @@ class Room:
         # lives here so a change still pending when an actor crashes is announced by the next.
         self.announced_count = 0
         self.failed = False
+        # The actor has taken a Stop(hand_over): it writes what was queued and ends, and takes
+        # no chat line from another node any more (the node sends those on to the next owner).
+        self.handing_over = False
         self.epoch = epoch  # the fencing epoch of this node's lease; None on a single node
         self.claimant = claimant  # who claimed `epoch` in the store: this node, this activation
         self.publisher = publisher
@@ -230,20 +233,26 @@ class Room:
                     command = self.commands.receive_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                     break
-            if isinstance(command, Join):
-                command.member.outbox.finish(code)
-            reply = getattr(command, "reply", None)
-            if reply is not None:
-                # An answer, not a closed channel (which the asker would take for a crash):
-                # a closed event is what later asks get too; otherwise the room is gone.
-                refusal = DomainError(ErrorCode.EVENT_NOT_FOUND if code is CloseCode.NORMAL
-                                      else ErrorCode.INTERNAL_ERROR)
-                with contextlib.suppress(trio.BrokenResourceError):  # the caller gave up
-                    reply.send_nowait(outcome.Error(refusal))
-                reply.close()
+            self.refuse(command, code)
         self.commands.close()
         self.departures.clear()
         self.finish_members(code)
+
+    @staticmethod
+    def refuse(command: Command, code: CloseCode) -> None:
+        """Answer `command` as a room that ends with `code` does: a joining socket is closed
+        with it, an asker told the event is closed (NORMAL) or the room is gone."""
+        if isinstance(command, Join):
+            command.member.outbox.finish(code)
+        reply = getattr(command, "reply", None)
+        if reply is not None:
+            # An answer, not a closed channel (which the asker would take for a crash): a
+            # closed event is what later asks get too; otherwise the room is gone.
+            refusal = DomainError(ErrorCode.EVENT_NOT_FOUND if code is CloseCode.NORMAL
+                                  else ErrorCode.INTERNAL_ERROR)
+            with contextlib.suppress(trio.BrokenResourceError):  # the caller gave up
+                reply.send_nowait(outcome.Error(refusal))
+            reply.close()
 
     def finish_members(self, code: CloseCode) -> None:
         """Close every member's socket with `code` once its queued frames are out, on every

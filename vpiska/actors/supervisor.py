@@ -64,6 +64,7 @@ class EventSupervisor:
         self._hand_over = False
         self._starting: set[str] = set()  # events of the start whose actor is not made yet
         self.started = trio.Event()  # every room of the start has its actor
+        self.ended = trio.Event()  # `run` has returned: every room has ended
         self.restarts = 0  # total actor restarts, for metrics and tests
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -89,6 +90,7 @@ class EventSupervisor:
             task_status.started()
             await self._stopping.wait()
         self._nursery = None
+        self.ended.set()
 
     def refuse_new_events(self) -> None:
         """Shutdown has begun: open no new event from now on. The rooms go on until `stop`
@@ -100,7 +102,8 @@ class EventSupervisor:
         """Shutdown: open no new event, and tell every room to stop after what it has queued
         (`hand_over`: to another node's care, see Stop).
 
-        Returns once every room has its Stop; `run` returns once they have all ended.
+        Returns once every room has its Stop; `run` returns once they have all ended (and
+        `ended` is set).
         """
         self._hand_over = hand_over
         self._stopping.set()
@@ -178,6 +181,8 @@ class EventSupervisor:
         event = await self._store.claim_event(event_id, epoch, claimant)
         if event is None or not event.is_open or event_id in self._rooms:
             return self._rooms.get(event_id)
+        if self.stopping or self._nursery is None:  # told to stop meanwhile: nothing to start
+            return None
         room = Room(event.id, event.owner_id, inbox_size=self._config.actor_inbox_size,
                     reply_timeout=self._config.actor_reply_timeout_seconds, epoch=epoch,
                     claimant=claimant, publisher=publisher, mirror=mirror)

@@ -19,8 +19,9 @@ An event nobody owns is also activated on demand: a request or a chat line for i
 node it is designated for, which acquires the lease, claims the epoch in the store (from then
 on the store refuses older owners' writes) and starts the actor.
 
-Leaving (SIGTERM): the node leaves the nodes set, hands every room over (each drains, says
-Handover, its own sockets close with 1012), releases the leases and tells the others to look
+Leaving (SIGTERM): the node leaves the nodes set, hands every room over (each writes the lines
+it took in, says Handover, its own sockets close with 1012), releases the leases only then
+(the next owner cannot claim an event whose room still writes) and tells the others to look
 for orphans now, not after a TTL.
 
 The map index `events/range` reads is cluster-wide on every node: loaded from the store at
@@ -292,7 +293,9 @@ class ClusterNode:
     async def activate(self, event_id: str) -> Room | None:
         """Own `event_id` if nobody does: the lease, a new epoch claimed in the store, the
         actor. The room, or None if another node holds it or the event is closed."""
-        if self._aside:  # it could not claim the event, nor write a line of it
+        # Stepped aside, it could not claim the event nor write a line of it; stopping, a lease
+        # taken now would only hold the next owner up.
+        if self._aside or self.stopping:
             return None
         done = self._activating.get(event_id)
         if done is not None:  # another task of ours is at it
@@ -395,8 +398,11 @@ class ClusterNode:
                 await self._reconcile()
 
     async def _beat(self, *, joining: bool = False, leaving: bool = False) -> bool:
-        """Beat (or leave); True if the set of live nodes changed."""
+        """Beat (or leave: also every beat once the node is stopping, while it hands its
+        rooms over, so that no node takes it for live again); True if the set of live nodes
+        changed."""
         ttl_ms = int(self._ttl * 1000)
+        leaving = leaving or self.stopping
         nodes: list[bytes] = await self._heartbeat(
             keys=[redis.NODES], args=[self.node_id, ttl_ms, "0" if leaving else "1"])
         live = frozenset(node.decode() for node in nodes)
@@ -469,8 +475,15 @@ class ClusterNode:
     # Leaving.
 
     async def leave(self) -> None:
-        """Hand every room over and leave the cluster (the node is shutting down)."""
-        owned = bool(self._owned)
+        """Hand every room over and leave the cluster (the node is shutting down).
+
+        In this order: each room writes the chat lines it took in and says Handover (it
+        ends); then its lease is released; then the others are told the node left. A lease
+        released while its room still wrote let the next owner claim the event, and the
+        store refused the old room's last lines (fenced): lines of sockets on other nodes,
+        lost. Lines that reach this node after its room ended are sent on (`_forward`).
+        How long the rooms may take is bounded by the server's shutdown grace."""
+        leases = list(self._owned.values())
         try:
             await self._beat(leaving=True)
         except redis.REDIS_ERRORS:
@@ -478,16 +491,19 @@ class ClusterNode:
         await self._supervisor.stop(hand_over=True)
         for gateway in list(self._gateways.values()):
             gateway.close(CloseCode.SERVICE_RESTART)
+        await self._supervisor.ended.wait()
         with trio.move_on_after(self._ttl / 3):
             await self.owner_link.flush()
-        for lease in list(self._owned.values()):
+        # Also those of rooms that ended meanwhile, whose release (`room_ended`) may still be
+        # on its way: the others look for a new owner as soon as they are told.
+        for lease in {*leases, *self._owned.values()}:
             await self._release(lease)
         self._owned.clear()
         try:
             await self._notify("left", "", {"node": self.node_id})
         except DomainError:
             pass
-        if owned:
+        if leases:
             await self._linger()
         log.info("left the cluster", extra={"node": self.node_id})
 
@@ -548,7 +564,7 @@ class ClusterNode:
                 self._deliver_notice(each)
 
     def _deliver_notice(self, notice: Notice) -> None:
-        if self._supervisor.room(notice.event_id) is None and notice.op == "chat":
+        if notice.op == "chat" and not self._takes_lines(notice.event_id):
             self._forward(notice)
             return
         try:
@@ -556,11 +572,16 @@ class ClusterNode:
         except Exception:  # a bug, for this notice alone (contained.py)
             log.exception("cluster task failed", extra={"task": f"take {notice.op}"})
 
+    def _takes_lines(self, event_id: str) -> bool:
+        """The event runs here, and its room is not being handed over."""
+        room = self._supervisor.room(event_id)
+        return room is not None and not room.handing_over
+
     def _forward(self, notice: Notice) -> None:
-        """A chat line for an event that does not run here (any more: handed over, fenced)
-        goes on to the node that owns it now, at most MAX_FORWARDS times: a gateway may send
-        it here before it has seen the event move, and the line would be lost without a
-        word."""
+        """A chat line for an event that does not run here (any more: handed over, fenced;
+        or its room is being handed over) goes on to the node that owns it now (once this
+        one's lease is released), at most MAX_FORWARDS times: a gateway may send it here
+        before it has seen the event move, and the line would be lost without a word."""
         self._last_stray = trio.current_time()
         if _forwards(notice) >= MAX_FORWARDS:
             log.info("chat line dropped: forwarded to a node that does not run the event",
@@ -586,7 +607,7 @@ class ClusterNode:
                     owner = await self.owner_of(notice.event_id)
                 except DomainError:
                     return  # closed meanwhile
-                if self._supervisor.room(notice.event_id) is not None:
+                if self._takes_lines(notice.event_id):
                     self.owner_link.received(notice)
                     return
                 if owner != self.node_id:

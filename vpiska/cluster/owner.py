@@ -185,7 +185,8 @@ class OwnerLink:
         room's own reply deadline (Room.ask)."""
         async with self._requests:
             room = self._supervisor.room(request.event_id)
-            if room is None or room.epoch is None:
+            # A room being handed over refuses what comes: the asker tries the next owner.
+            if room is None or room.epoch is None or room.handing_over:
                 reply = Reply(request.id, "not_owner", None)
             else:
                 try:
