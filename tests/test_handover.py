@@ -71,11 +71,11 @@ class GatedStore:
         self._wrote.set()
         self._wrote = trio.Event()
 
-    async def claim_event(self, event_id: str, epoch: int) -> Event | None:
+    async def claim_event(self, event_id: str, epoch: int, claimant: str) -> Event | None:
         if self.claims is not None:
             self.claiming.set()
             await self.claims.wait()
-        return await self._inner.claim_event(event_id, epoch)
+        return await self._inner.claim_event(event_id, epoch, claimant)
 
     async def wrote(self, line: str) -> None:
         while line not in self.lines:
@@ -186,7 +186,7 @@ async def test_a_leaving_owner_keeps_the_lease_until_its_room_has_written_what_i
     next_owner = Leases(owner.client, "the-next-node", TTL)
     early = await next_owner.acquire(event.id)
     if early is not None:  # from now on the old epoch writes nothing
-        await memory.claim_event(event.id, early.epoch)
+        await memory.claim_event(event.id, early.epoch, "the-next-node")
     owner.store.open()
     with trio.fail_after(WAIT_SECONDS):
         await owner.left.wait()
