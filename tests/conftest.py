@@ -26,8 +26,8 @@ from vpiska.store import Store
 from vpiska.store.sqlite import SqliteStore
 
 pytest_plugins = [
-    "tests.cluster_fixtures",  # redis_server, cluster, tcp_proxy
-    "tests.mongodb_fixtures",  # mongodb_url
+    "tests.mongodb_fixtures",  # mongodb_url (first: cluster_fixtures imports it)
+    "tests.cluster_fixtures",  # redis_server, cluster, machines, tcp_proxy
 ]
 
 
