@@ -255,8 +255,9 @@ async def test_media_taken_in_by_a_machine_is_served_by_the_others_and_outlives_
     fresh = await group.server(await group.start_node())
     for server in (other, fresh):
         assert {media: await download(server, media) for media in expected} == expected
-        described = await server.ok(f"/api/v1/media/metadata/{media_id}")
-        assert (described["name"], described["size"]) == ("photo.jpg", len(photo))
+        described = (await server.http.get(f"/api/v1/media/metadata/{media_id}")).json()
+        assert (described["result"]["name"], described["result"]["size"]) == (
+            "photo.jpg", len(photo))
     shown = await fresh.ok("/api/v1/events/get", {"eventId": event_id})
     assert shown["media"] == [attached]
 
