@@ -118,7 +118,6 @@ class ClusterNode:
         self._index = index
         index.node = self
         self._owned: dict[str, Lease] = {}
-        self._room_ended = trio.Event()  # set, and replaced, as a room of ours ends
         self._owners: dict[str, str] = {}  # cached owner node of events owned elsewhere
         self._gateways: dict[str, GatewayRoom] = {}
         self._activating: dict[str, trio.Event] = {}
@@ -324,8 +323,6 @@ class ClusterNode:
         lease = self._owned.pop(event_id, None)
         if lease is not None and self._nursery is not None:
             self._nursery.start_soon(contained, "release a lease", self._release, lease)
-        self._room_ended.set()
-        self._room_ended = trio.Event()
 
     async def _release(self, lease: Lease) -> None:
         # Shielded: a room handed over at shutdown ends as the node's tasks are being
@@ -412,7 +409,6 @@ class ClusterNode:
         await self._supervisor.stop(hand_over=True)
         for gateway in list(self._gateways.values()):
             gateway.close(CloseCode.SERVICE_RESTART)
-        await self._rooms_handed_over()
         with trio.move_on_after(self._ttl / 3):
             await self.owner_link.flush()
         for lease in list(self._owned.values()):
@@ -425,24 +421,6 @@ class ClusterNode:
         if owned:
             await self._linger()
         log.info("left the cluster", extra={"node": self.node_id})
-
-    async def _rooms_handed_over(self) -> None:
-        """Wait until every room of ours has ended (each releases its lease as it does). A
-        room drains what was queued before its Stop, and the chat lines behind it, before it
-        says Handover; releasing its lease sooner let another node claim the event while
-        those lines were being written, and the store refused them (a stale epoch): lines
-        from other nodes' sockets, which stay, were lost between lines that were kept. The
-        leases are renewed meanwhile. Unbounded here: the server's shutdown deadline bounds
-        the whole leave (a room stuck on its store is cancelled then, and its lease expires);
-        a bound of one TTL (2 s in the tests) was too short for a room on MongoDB with a core
-        kept busy, ~150 lines behind. A room that failed (past its restart limit) writes
-        nothing more, so it is not waited for."""
-        while any(self._draining(event_id) for event_id in self._owned):
-            await self._room_ended.wait()
-
-    def _draining(self, event_id: str) -> bool:
-        room = self._supervisor.room(event_id)
-        return room is not None and not room.failed
 
     async def _linger(self) -> None:
         """Gateways send chat lines here until they have seen the Handover: stay until those
