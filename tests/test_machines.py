@@ -4,10 +4,8 @@ nothing else, as nodes on different hosts do. What a client did through one mach
 served through every other, by the survivors of a machine SIGKILLed, and by a fresh machine
 (an empty DATA_DIR) at once; a rolling restart onto fresh machines drops nobody.
 
-Media bytes must live in MongoDB for the media test to pass (GridFS, `MEDIA_STORE`): until
-they do, an upload lands on the disk of the machine that took it in, and that test is an
-expected failure (`NEEDS_MEDIA_IN_MONGODB`, strict: it fails once it passes, so the marker is
-removed with the change that makes it pass).
+Media bytes live in MongoDB (GridFS, `MEDIA_STORE`'s default beside it), so any machine serves
+any download.
 """
 
 from __future__ import annotations
@@ -15,7 +13,6 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-import pytest
 import trio
 
 from tests.clients import Crowd, Member, host_event, token_for
@@ -33,8 +30,6 @@ from tests.test_cluster_faults import (
     talking,
 )
 
-NEEDS_MEDIA_IN_MONGODB = pytest.mark.xfail(
-    strict=True, reason="media bytes are kept on the disk of the node that took them in")
 PASSWORD = "secret1"
 _phones = itertools.count(9200000000)
 
@@ -226,7 +221,6 @@ async def download(server: Server, media_id: str) -> tuple[int, bytes, str | Non
     return response.status_code, response.content, response.headers.get("content-type")
 
 
-@NEEDS_MEDIA_IN_MONGODB
 async def test_media_taken_in_by_a_machine_is_served_by_the_others_and_outlives_it(
     machines: StartCluster, redis_server: RedisServer
 ) -> None:
