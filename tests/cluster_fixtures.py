@@ -1,12 +1,16 @@
 """Fixtures for tests of several vpiska nodes: a Redis of the test's own, `python -m vpiska`
-node processes that share one data dir (one sqlite file, one media dir) and one JWT key, and
-TCP proxies to put faults between them. tests/conftest.py registers this module
-(`pytest_plugins`), so every test can ask for:
+node processes with one JWT key — either on one machine (one data dir: one sqlite file, one
+media dir) or as machines of their own (nothing on disk in common: MongoDB and Redis are all
+they share) — and TCP proxies to put faults between them. tests/conftest.py registers this
+module (`pytest_plugins`), so every test can ask for:
 
 - `redis_server` → RedisServer: a fresh redis-server on 127.0.0.1 without persistence.
 - `cluster` → StartCluster: `await cluster(n, redis=redis_server, **env)` starts n nodes with
   REDIS_URL set to that Redis (`redis=None`: plain single-process nodes); more with
   `Cluster.start_node`. Every node still running when the test ends is SIGKILLed.
+- `machines` → StartCluster: the same, each node as a machine of its own: a DATA_DIR of its
+  own (empty when it starts: a node started later is a fresh machine), and the store in a
+  MongoDB database of the test's own on the session's server (`mongodb_url`).
 - `tcp_proxy` → StartProxy: `await tcp_proxy(redis_server.port)`, a running TcpProxy
   (tests/tcp_proxy.py) whose `url()` a node can take as its REDIS_URL.
 
@@ -41,10 +45,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
+import pymongo
 import pytest
 import trio
 
 from tests.conftest import Server
+from tests.mongodb_fixtures import new_database_name
 from tests.tcp_proxy import TcpProxy
 from vpiska.config import Config
 from vpiska.store import Store, open_store
@@ -320,6 +326,11 @@ class Node:
         return int(self.url.rsplit(":", 1)[1])
 
     @property
+    def data_dir(self) -> Path:
+        """Its DATA_DIR (the disk of its machine, when it runs as one)."""
+        return Path(self.env["DATA_DIR"])
+
+    @property
     def ws_url(self) -> str:
         return self.url.replace("http://", "ws://", 1)
 
@@ -433,9 +444,13 @@ class Node:
 
 
 class Cluster:
-    """Nodes of one test sharing one data dir (so one sqlite file and one media dir), one
-    JWT key and, when `redis` is given, one Redis. Each node listens on its own ephemeral port
-    of 127.0.0.1.
+    """Nodes of one test sharing one JWT key and, when `redis` is given, one Redis. Each node
+    listens on its own ephemeral port of 127.0.0.1.
+
+    On one machine (`database=None`) they share one data dir, so one sqlite file and one
+    media dir. As machines (`database` = a MongoDB URL and a database name) each node has a
+    data dir of its own, `data_dir / <node name>`, empty when it starts, and the store is that
+    MongoDB database: as nodes on different machines, they share nothing else.
 
     `env` holds the settings every node gets on top of the test process's environment (less
     its own vpiska variables: a developer's REDIS_URL never leaks in); `start_node` takes more,
@@ -446,12 +461,17 @@ class Cluster:
     """
 
     def __init__(self, nursery: trio.Nursery, data_dir: Path, redis: RedisServer | None,
-                 env: Mapping[str, str | None]) -> None:
+                 env: Mapping[str, str | None], *,
+                 database: tuple[str, str] | None = None) -> None:
         self.data_dir = data_dir
         self.redis = redis
         self.jwt_key = JWT_KEY
+        self.database = database
+        store: dict[str, str | None] = (
+            {"DATA_DIR": str(data_dir)} if database is None
+            else {"DB_CONNECTION": database[0], "DB_NAME": database[1]})
         self.env: dict[str, str | None] = {
-            "SERVER_HOST": "127.0.0.1", "SERVER_PORT": "0", "DATA_DIR": str(data_dir),
+            "SERVER_HOST": "127.0.0.1", "SERVER_PORT": "0", **store,
             "JWT_KEY": JWT_KEY, "REDIS_URL": redis.url if redis is not None else None, **env}
         self.nodes: list[Node] = []  # every node started, in order, running or not
         self._nursery = nursery
@@ -459,12 +479,23 @@ class Cluster:
         self._exit = contextlib.AsyncExitStack()
         self._store: Store | None = None
 
+    @property
+    def machines(self) -> bool:
+        """Whether each node runs as a machine of its own."""
+        return self.database is not None
+
     async def start_node(self, name: str | None = None, **env: str | None) -> Node:
-        """Start one more node with the cluster's settings and `env`; return once it serves."""
-        settings = {**self.env, **env}
+        """Start one more node with the cluster's settings and `env`; return once it serves.
+        As machines, a node is a fresh machine: its data dir is new and empty."""
+        name = name or f"node-{next(self._names)}"
+        disk: dict[str, str | None] = {}
+        if self.machines:
+            disk["DATA_DIR"] = str(self.data_dir / name)
+            (self.data_dir / name).mkdir(parents=True)  # fails if a machine had that name
+        settings = {**self.env, **disk, **env}
         inherited = {k: v for k, v in os.environ.items() if k not in _NODE_SETTINGS}
         full = inherited | {k: v for k, v in settings.items() if v is not None}
-        node = await Node.start(self._nursery, full, name=name or f"node-{next(self._names)}")
+        node = await Node.start(self._nursery, full, name=name)
         self.nodes.append(node)
         return node
 
@@ -488,7 +519,8 @@ class Cluster:
     async def server(self, node: Node) -> Server:
         """`node` as tests/conftest.py's Server (for tests/clients.py's Crowd, token_for, …):
         an HTTP client of the node, its configuration as it read it, and the shared store,
-        opened here beside the nodes (sqlite in WAL mode takes more connections)."""
+        opened here beside the nodes (sqlite in WAL mode takes more connections; MongoDB
+        any number of clients)."""
         config = Config.from_env(node.env)
         if self._store is None:
             self._store = await self._exit.enter_async_context(open_store(config))
@@ -504,6 +536,17 @@ class Cluster:
                 with contextlib.suppress(trio.TooSlowError):
                     await node.wait()
             await self._exit.aclose()
+            if self.database is not None:
+                await trio.to_thread.run_sync(_drop_database, *self.database)
+
+
+def _drop_database(url: str, name: str) -> None:
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+        url, serverSelectionTimeoutMS=WAIT_SECONDS * 1000)
+    try:
+        client.drop_database(name)
+    finally:
+        client.close()
 
 
 class StartCluster(Protocol):
@@ -521,6 +564,31 @@ async def cluster(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[StartC
     async def start(count: int = 2, *, redis: RedisServer | None,
                     **env: str | None) -> Cluster:
         group = Cluster(nursery, tmp_path / f"cluster-{len(clusters) + 1}", redis, env)
+        clusters.append(group)
+        await group.start_nodes(count)
+        return group
+
+    try:
+        yield start
+    finally:
+        for group in clusters:
+            await group.aclose()
+
+
+@pytest.fixture
+async def machines(nursery: trio.Nursery, tmp_path: Path,
+                   mongodb_url: str) -> AsyncIterator[StartCluster]:
+    """`await machines(n, redis=redis_server)`: n nodes as machines of their own, sharing
+    that Redis and one MongoDB database of the cluster's own on the session's server (dropped
+    at the end); each node's data dir is `tmp_path / machines-K / <node name>`, new and empty,
+    so `Cluster.start_node` replaces a node by a fresh machine. Every node is SIGKILLed at the
+    end, if still running."""
+    clusters: list[Cluster] = []
+
+    async def start(count: int = 2, *, redis: RedisServer | None,
+                    **env: str | None) -> Cluster:
+        group = Cluster(nursery, tmp_path / f"machines-{len(clusters) + 1}", redis, env,
+                        database=(mongodb_url, new_database_name()))
         clusters.append(group)
         await group.start_nodes(count)
         return group

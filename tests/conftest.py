@@ -25,8 +25,8 @@ from vpiska.server import serve
 from vpiska.store import Store, open_store
 
 pytest_plugins = [
-    "tests.cluster_fixtures",  # redis_server, cluster, tcp_proxy
-    "tests.mongodb_fixtures",  # mongodb_url
+    "tests.mongodb_fixtures",  # mongodb_url (first: cluster_fixtures imports it)
+    "tests.cluster_fixtures",  # redis_server, cluster, machines, tcp_proxy
     "tests.sentinel_fixtures",  # redis_sentinels
 ]
 

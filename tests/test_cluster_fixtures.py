@@ -1,6 +1,7 @@
 """The cluster tests' own machinery (tests/cluster_fixtures.py), proven on what exists today:
-plain nodes (REDIS_URL unset) sharing one data dir, a Redis of the test's own that can be
-killed and restarted, and the TCP proxy in front of that Redis."""
+plain nodes (REDIS_URL unset) sharing one data dir, nodes as machines with nothing on disk in
+common, a Redis of the test's own that can be killed and restarted, and the TCP proxy in front
+of that Redis."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from tests.cluster_fixtures import (
     redis_ping,
     redis_server_executable,
 )
+from vpiska.config import Config
 
 
 async def healthz(cluster: Cluster, index: int) -> tuple[int, object]:
@@ -115,6 +117,30 @@ async def test_cluster_nodes_share_one_redis(
     third = await group.start_node(REDIS_URL=None)  # one without, for a mixed set-up
     assert "REDIS_URL" not in third.env
     assert {node.env["DATA_DIR"] for node in group.nodes} == {str(group.data_dir)}
+
+
+async def test_machines_share_mongodb_and_redis_and_no_folder(
+    machines: StartCluster, redis_server: RedisServer, mongodb_url: str
+) -> None:
+    group = await machines(2, redis=redis_server)
+    fresh = await group.start_node()
+    assert group.machines
+    disks = [node.data_dir for node in group.nodes]
+    assert disks == [group.data_dir / node.name for node in group.nodes]
+    for disk in disks:  # no data dir holds another's
+        assert not any(other != disk and other.is_relative_to(disk) for other in disks)
+    assert not [path for path in fresh.data_dir.rglob("*") if path.is_file()]  # fresh
+    database = group.nodes[0].env["DB_NAME"]
+    for node in group.nodes:
+        assert node.env["DB_CONNECTION"] == mongodb_url
+        assert node.env["DB_NAME"] == database
+        assert node.env["REDIS_URL"] == redis_server.url
+        serving = next(line for line in node.lines() if line["event"] == "serving")
+        assert serving["store"] == "mongodb"
+        assert Config.from_env(node.env).media_path.is_relative_to(node.data_dir)
+    for machine in group.data_dir.iterdir():  # nothing of the store on any disk
+        assert not list(machine.rglob("*.db")), machine
+    assert database != (await machines(1, redis=None)).nodes[0].env["DB_NAME"]
 
 
 async def test_redis_server_restarts_empty_on_the_same_port(redis_server: RedisServer) -> None:

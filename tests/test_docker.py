@@ -253,12 +253,15 @@ def test_cluster_profile_parses_and_leaves_the_default_services_alone() -> None:
     assert all("profiles" not in resolved[name] for name in ("mongodb", "vpiska"))
     for name in ("node-1", "node-2", "node-3"):
         assert resolved[name]["environment"]["JWT_KEY"] == "from-shell"  # one key for all
+        assert resolved[name]["environment"]["MEDIA_STORE"] == "gridfs"
+        assert not resolved[name].get("volumes"), resolved[name]["volumes"]  # no disk shared
     # The default services are those of before, whatever profile is active.
     assert compose_config()["services"]["vpiska"] == resolved["vpiska"]
     assert compose_config()["services"]["mongodb"] == resolved["mongodb"]
 
 
-def test_cluster_nodes_share_one_redis_one_mongodb_and_one_media_volume() -> None:
+def test_cluster_nodes_share_one_redis_one_mongodb_and_no_volume() -> None:
+    """As nodes on different hosts: media bytes in MongoDB, nothing on a disk in common."""
     services = compose()["services"]
     nodes = {name: service for name, service in services.items() if name.startswith("node-")}
     assert sorted(nodes) == ["node-1", "node-2", "node-3"]
@@ -273,8 +276,12 @@ def test_cluster_nodes_share_one_redis_one_mongodb_and_one_media_volume() -> Non
     assert config.store.kind == "mongodb"
     assert config.store.target == settings_of(services["vpiska"])["DB_CONNECTION"]
     assert "JWT_KEY" in node["environment"]  # passed on from the shell
-    assert f"media:{config.media_path}" in node["volumes"]
-    assert f"media:{config.media_path}" in services["vpiska"]["volumes"]
+    assert settings.get("MEDIA_STORE", "gridfs") == "gridfs"  # GridFS is MongoDB's default
+    assert "MEDIA_PATH" not in settings
+    assert "volumes" not in node  # /data is the image's anonymous volume: each node's own
+    mounted = [volume.split(":")[0] for name in (*nodes, "redis", "lb")
+               for volume in services[name].get("volumes", [])]
+    assert mounted == ["./deploy/nginx.conf"]  # the balancer's file, read-only, and nothing else
 
     redis = services["redis"]
     assert redis["image"].split(":")[1].startswith("7")
