@@ -177,7 +177,7 @@ def base_requests(target: Target) -> list[bytes]:
         body = multipart(field, fields)
         requests.append(http_request("POST", path, body, token=token,
                                      content_type="multipart/form-data; boundary=fuzz"))
-    for path in ["/healthz", "/readyz", "/metrics", f"/api/v1/media/{media}",
+    for path in ["/health", "/healthz", "/readyz", "/metrics", f"/api/v1/media/{media}",
                  f"/api/v1/media/metadata/{media}", WS_PATH, "/swagger/doc.json"]:
         requests.append(http_request("GET", path, b""))
     requests.append(http_request("DELETE", f"/api/v1/media/{none}", b""))
