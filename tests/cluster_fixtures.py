@@ -35,7 +35,6 @@ import contextlib
 import itertools
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -50,6 +49,7 @@ import pytest
 import trio
 
 from tests.conftest import Server
+from tests.executables import required
 from tests.mongodb_fixtures import new_database_name
 from tests.tcp_proxy import TcpProxy
 from vpiska.config import Config
@@ -109,15 +109,7 @@ class OutputLines:
 # --- Redis -----------------------------------------------------------------------------------
 
 def redis_server_executable() -> str:
-    """The path of redis-server; else skip the test (fail it under CI) with the reason."""
-    path = shutil.which("redis-server")
-    if path is not None:
-        return path
-    reason = "redis-server is not installed (Debian: apt-get install redis-server)"
-    if os.environ.get("CI", "").lower() in ("true", "1"):
-        pytest.fail(f"{reason}; .ci/run installs it, so CI must run the cluster tests",
-                    pytrace=False)
-    pytest.skip(reason)
+    return required("redis-server", "Debian: apt-get install redis-server", ".ci/run")
 
 
 async def redis_ping(host: str, port: int) -> bool:
@@ -554,16 +546,19 @@ class StartCluster(Protocol):
                  **env: str | None) -> Awaitable[Cluster]: ...
 
 
-@pytest.fixture
-async def cluster(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[StartCluster]:
-    """`await cluster(n, redis=redis_server)`: n nodes sharing that Redis and one data dir
-    (`redis=None`: plain nodes, REDIS_URL unset). Each call is a cluster of its own (its own
-    data dir). Every node is SIGKILLed at the end, if still running."""
+@contextlib.asynccontextmanager
+async def _clusters(nursery: trio.Nursery, folder: Callable[[int], Path],
+                    database: Callable[[], tuple[str, str]] | None = None
+                    ) -> AsyncIterator[StartCluster]:
+    """What the `cluster` and `machines` fixtures give a test: each call a cluster of its own
+    (its folder `folder(K)` for the K-th, and its own database if `database` makes one), every
+    one closed at the end."""
     clusters: list[Cluster] = []
 
     async def start(count: int = 2, *, redis: RedisServer | None,
                     **env: str | None) -> Cluster:
-        group = Cluster(nursery, tmp_path / f"cluster-{len(clusters) + 1}", redis, env)
+        group = Cluster(nursery, folder(len(clusters) + 1), redis, env,
+                        database=None if database is None else database())
         clusters.append(group)
         await group.start_nodes(count)
         return group
@@ -573,6 +568,15 @@ async def cluster(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[StartC
     finally:
         for group in clusters:
             await group.aclose()
+
+
+@pytest.fixture
+async def cluster(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[StartCluster]:
+    """`await cluster(n, redis=redis_server)`: n nodes sharing that Redis and one data dir
+    (`redis=None`: plain nodes, REDIS_URL unset). Each call is a cluster of its own (its own
+    data dir). Every node is SIGKILLed at the end, if still running."""
+    async with _clusters(nursery, lambda k: tmp_path / f"cluster-{k}") as start:
+        yield start
 
 
 @pytest.fixture
@@ -583,21 +587,9 @@ async def machines(nursery: trio.Nursery, tmp_path: Path,
     at the end); each node's data dir is `tmp_path / machines-K / <node name>`, new and empty,
     so `Cluster.start_node` replaces a node by a fresh machine. Every node is SIGKILLed at the
     end, if still running."""
-    clusters: list[Cluster] = []
-
-    async def start(count: int = 2, *, redis: RedisServer | None,
-                    **env: str | None) -> Cluster:
-        group = Cluster(nursery, tmp_path / f"machines-{len(clusters) + 1}", redis, env,
-                        database=(mongodb_url, new_database_name()))
-        clusters.append(group)
-        await group.start_nodes(count)
-        return group
-
-    try:
+    async with _clusters(nursery, lambda k: tmp_path / f"machines-{k}",
+                         lambda: (mongodb_url, new_database_name())) as start:
         yield start
-    finally:
-        for group in clusters:
-            await group.aclose()
 
 
 # --- Faults between processes ----------------------------------------------------------------

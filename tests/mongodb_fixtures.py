@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import socket
 import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -34,25 +32,16 @@ from typing import Any
 import pymongo
 import pytest
 
+from tests.executables import required
+
 MONGODB_URL = "VPISKA_TEST_MONGODB_URL"
 START_SECONDS = 60
 _LISTENING = "secantus listening on"
 
 
 def secantusd_executable() -> str:
-    """The path of `secantusd-py`, beside this interpreter (the venv's bin) or on PATH; else
-    skip the test (fail it under CI) with the reason."""
-    beside = Path(sys.executable).parent / "secantusd-py"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("secantusd-py")
-    if found is not None:
-        return found
-    reason = "secantusd-py is not installed (the test extra's secantusdb: pip install -e .[test])"
-    if os.environ.get("CI", "").lower() in ("true", "1"):
-        pytest.fail(f"{reason}; make test installs it, so CI must run the MongoDB tests",
-                    pytrace=False)
-    pytest.skip(reason)
+    return required("secantusd-py", "the test extra's secantusdb: pip install -e .[test]",
+                    "make test")
 
 
 def _free_port() -> int:

@@ -13,8 +13,6 @@ asked again until it holds, bounded by WAIT_SECONDS: there is nothing else to wa
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -32,6 +30,7 @@ from tests.cluster_fixtures import (
     _free_port,
     redis_server_executable,
 )
+from tests.executables import required
 
 SERVICE = "vpiska"
 DOWN_AFTER_MS = 1000
@@ -43,15 +42,7 @@ _T = TypeVar("_T")
 
 
 def redis_sentinel_executable() -> str:
-    """The path of redis-sentinel; else skip the test (fail it under CI) with the reason."""
-    path = shutil.which("redis-sentinel")
-    if path is not None:
-        return path
-    reason = "redis-sentinel is not installed (Debian: apt-get install redis-sentinel)"
-    if os.environ.get("CI", "").lower() in ("true", "1"):
-        pytest.fail(f"{reason}; .ci/run installs it, so CI must run the Sentinel tests",
-                    pytrace=False)
-    pytest.skip(reason)
+    return required("redis-sentinel", "Debian: apt-get install redis-sentinel", ".ci/run")
 
 
 async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:

@@ -25,6 +25,7 @@ from tests.test_cluster_faults import (
     Follower,
     diagnosed,
     eventually,
+    followed_room,
     node_id,
     owner_now,
     settle_and_check,
@@ -65,11 +66,8 @@ async def test_an_epoch_redis_hands_out_twice_is_claimed_by_one_node(
     node takes the next one, and only then is the old owner fenced."""
     group = await cluster(3, redis=redis_server, **UNLIMITED, **store_env)
     async with diagnosed(group):
-        servers = [await group.server(node) for node in group.nodes]
-        _, event_id = await host_event(servers[0])
-        alive = [True] * 3
-        followers = await start_followers(nursery, servers, event_id, 2, alive)
-        owner = await owner_now(redis_server, event_id, group)
+        servers, event_id, alive, followers, owner = await followed_room(
+            nursery, group, redis_server)
         paused = group.nodes.index(owner)
         async with talking(followers, servers, alive):
             for follower in followers:

@@ -13,6 +13,7 @@ import dataclasses
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import NamedTuple
 
 import coredis
 import trio
@@ -271,27 +272,53 @@ async def settle_and_check(followers: list[Follower], servers: list[Server], eve
     return stored
 
 
+class FollowedRoom(NamedTuple):
+    """An event of a cluster's first node, two followers on every node, and its owner."""
+
+    servers: list[Server]
+    event_id: str
+    alive: list[bool]  # whether each node is up, as `talking` reads it
+    followers: list[Follower]
+    owner: Node
+
+
+async def followed_room(nursery: trio.Nursery, group: Cluster, redis_server: RedisServer
+                        ) -> FollowedRoom:
+    servers = [await group.server(node) for node in group.nodes]
+    _, event_id = await host_event(servers[0])
+    alive = [True] * len(servers)
+    followers = await start_followers(nursery, servers, event_id, 2, alive)
+    return FollowedRoom(servers, event_id, alive, followers,
+                        await owner_now(redis_server, event_id, group))
+
+
+async def kill_until_served_again(owner: Node, victim: int, followers: list[Follower],
+                                  alive: list[bool], sent: dict[str, float]) -> float:
+    """SIGKILL the owner (node `victim`); return, with the time of the kill, once a line sent
+    after it has come back to a follower on another node."""
+    killed_at = trio.current_time()
+    alive[victim] = False
+    owner.sigkill()
+    survivor = next(f for f in followers if f.home != victim)
+    with trio.fail_after(TTL + 15):  # served again: a line sent after the kill comes back
+        while not any(sent.get(line, -1.0) > killed_at for line in survivor.lines):
+            await survivor.wait_for(len(survivor.lines) + 1)
+    return killed_at
+
+
 async def test_the_owner_killed_under_chat_load_is_served_again_and_nothing_seen_is_lost(
     cluster: StartCluster, redis_server: RedisServer, nursery: trio.Nursery
 ) -> None:
     group = await cluster(3, redis=redis_server, **UNLIMITED)
     async with diagnosed(group):
-        servers = [await group.server(node) for node in group.nodes]
-        _, event_id = await host_event(servers[0])
-        alive = [True] * 3
-        followers = await start_followers(nursery, servers, event_id, 2, alive)
-        owner = await owner_now(redis_server, event_id, group)
+        servers, event_id, alive, followers, owner = await followed_room(
+            nursery, group, redis_server)
         victim = group.nodes.index(owner)
         async with talking(followers, servers, alive) as sent:
             for follower in followers:
                 await follower.wait_for(20)
-            killed_at = trio.current_time()
-            alive[victim] = False
-            owner.sigkill()
+            killed_at = await kill_until_served_again(owner, victim, followers, alive, sent)
             survivor = next(f for f in followers if f.home != victim)
-            with trio.fail_after(TTL + 15):  # served again: a line sent after the kill comes back
-                while not any(sent.get(line, -1.0) > killed_at for line in survivor.lines):
-                    await survivor.wait_for(len(survivor.lines) + 1)
             first_new = min(survivor.seen_at[line] for line in survivor.lines
                             if sent.get(line, -1.0) > killed_at)
             for follower in followers:
@@ -332,11 +359,8 @@ async def test_a_rolling_restart_moves_the_event_and_drops_no_socket_elsewhere(
 ) -> None:
     group = await cluster(3, redis=redis_server, **UNLIMITED)
     async with diagnosed(group):
-        servers = [await group.server(node) for node in group.nodes]
-        _, event_id = await host_event(servers[0])
-        alive = [True] * 3
-        followers = await start_followers(nursery, servers, event_id, 2, alive)
-        owner = await owner_now(redis_server, event_id, group)
+        servers, event_id, alive, followers, owner = await followed_room(
+            nursery, group, redis_server)
         leaving = group.nodes.index(owner)
         async with talking(followers, servers, alive) as sent:
             for follower in followers:
@@ -372,11 +396,8 @@ async def test_an_owner_paused_past_its_lease_writes_nothing_when_it_wakes(
     (fencing), its sockets are told to reconnect, and nobody ever sees those lines."""
     group = await cluster(3, redis=redis_server, **UNLIMITED)
     async with diagnosed(group):
-        servers = [await group.server(node) for node in group.nodes]
-        _, event_id = await host_event(servers[0])
-        alive = [True] * 3
-        followers = await start_followers(nursery, servers, event_id, 2, alive)
-        owner = await owner_now(redis_server, event_id, group)
+        servers, event_id, alive, followers, owner = await followed_room(
+            nursery, group, redis_server)
         paused = group.nodes.index(owner)
         async with talking(followers, servers, alive) as sent:
             for follower in followers:
@@ -406,6 +427,16 @@ async def test_an_owner_paused_past_its_lease_writes_nothing_when_it_wakes(
         assert fenced, [line["event"] for line in owner.lines()]
 
 
+async def all_ready(servers: list[Server]) -> None:
+    """Return once every one of `servers` answers /readyz with 200."""
+    for server in servers:
+
+        async def ready_again(server: Server = server) -> bool:
+            return await ready(server) == 200
+
+        await eventually(ready_again)
+
+
 async def ready(server: Server) -> int:
     return (await server.http.get("/readyz")).status_code
 
@@ -415,11 +446,8 @@ async def test_redis_lost_for_a_while_then_back_loses_nothing_and_needs_no_resta
 ) -> None:
     group = await cluster(3, redis=redis_server, **UNLIMITED)
     async with diagnosed(group):
-        servers = [await group.server(node) for node in group.nodes]
-        _, event_id = await host_event(servers[0])
-        alive = [True] * 3
-        followers = await start_followers(nursery, servers, event_id, 2, alive)
-        owner = await owner_now(redis_server, event_id, group)
+        servers, event_id, alive, followers, owner = await followed_room(
+            nursery, group, redis_server)
         pids = [node.pid for node in group.nodes]
         async with talking(followers, servers, alive):
             for follower in followers:
@@ -440,12 +468,7 @@ async def test_redis_lost_for_a_while_then_back_loses_nothing_and_needs_no_resta
 
             await eventually(fenced_itself, TTL + 10)
             await redis_server.restart()
-            for server in servers:
-
-                async def ready_again(server: Server = server) -> bool:
-                    return await ready(server) == 200
-
-                await eventually(ready_again)
+            await all_ready(servers)
             for follower in followers:  # the room is served again, for everyone
                 await follower.wait_for(len(follower.lines) + 20)
         stored = await settle_and_check(followers, servers, event_id)

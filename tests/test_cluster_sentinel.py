@@ -21,6 +21,7 @@ from tests.sentinel_fixtures import SERVICE, Sentinels
 from tests.test_cluster_faults import (
     TTL,
     UNLIMITED,
+    all_ready,
     diagnosed,
     eventually,
     owner_now,
@@ -104,12 +105,7 @@ async def test_a_failover_under_chat_load_loses_nothing_and_needs_no_restart(
 
                 await eventually(all_unready, TTL + 15)
             healed_at = trio.current_time()
-            for server in servers:
-
-                async def ready_again(server: Server = server) -> bool:
-                    return await ready(server) == 200
-
-                await eventually(ready_again)
+            await all_ready(servers)
             for follower in followers:  # the room is served again, for everyone
                 await follower.wait_for(len(follower.lines) + 20)
             resumed = trio.current_time() - healed_at

@@ -163,6 +163,19 @@ async def open_event(node: Node) -> Event:
     return event
 
 
+async def leaving_while_writing(owner: Node, event: Event, line: str,
+                                nursery: trio.Nursery) -> None:
+    """Have `owner` write `line` (held in the store) and be told to leave meanwhile; return
+    once its room's Stop is queued behind the line."""
+    owner.store.hold()
+    owner.hears(event.id, line)
+    with trio.fail_after(WAIT_SECONDS):
+        await owner.store.waiting.wait()  # the line is being written
+    nursery.start_soon(owner.leave)
+    with trio.fail_after(WAIT_SECONDS):
+        await owner.supervisor.told.wait()
+
+
 async def test_a_leaving_owner_keeps_the_lease_until_its_room_has_written_what_it_took(
     start_node: StartNode, memory: MemoryStore, nursery: trio.Nursery
 ) -> None:
@@ -174,13 +187,8 @@ async def test_a_leaving_owner_keeps_the_lease_until_its_room_has_written_what_i
     and claims the event's epoch in the store."""
     owner = await start_node()
     event = await open_event(owner)
-    owner.store.hold()
-    owner.hears(event.id, "said on another node")
+    await leaving_while_writing(owner, event, "said on another node", nursery)
     with trio.fail_after(WAIT_SECONDS):
-        await owner.store.waiting.wait()
-    nursery.start_soon(owner.leave)
-    with trio.fail_after(WAIT_SECONDS):
-        await owner.supervisor.told.wait()  # the room's Stop is queued behind the line
         # The leaving node does whatever it does next until it waits on something.
         await trio.testing.wait_all_tasks_blocked(cushion=0.05)
     next_owner = Leases(owner.client, "the-next-node", TTL)
@@ -205,13 +213,7 @@ async def test_a_line_that_comes_while_the_room_hands_over_is_stored_by_the_next
     owner = await start_node()
     successor = await start_node()
     event = await open_event(owner)
-    owner.store.hold()
-    owner.hears(event.id, "one")
-    with trio.fail_after(WAIT_SECONDS):
-        await owner.store.waiting.wait()  # "one" is being written
-    nursery.start_soon(owner.leave)
-    with trio.fail_after(WAIT_SECONDS):
-        await owner.supervisor.told.wait()
+    await leaving_while_writing(owner, event, "one", nursery)
     owner.hears(event.id, "two")  # queued behind the Stop
     owner.store.let_one_through()
     with trio.fail_after(WAIT_SECONDS):
@@ -235,13 +237,7 @@ async def test_a_request_that_comes_while_the_room_hands_over_is_answered_by_the
     owner = await start_node()
     successor = await start_node()
     event = await open_event(owner)
-    owner.store.hold()
-    owner.hears(event.id, "one")
-    with trio.fail_after(WAIT_SECONDS):
-        await owner.store.waiting.wait()
-    nursery.start_soon(owner.leave)
-    with trio.fail_after(WAIT_SECONDS):
-        await owner.supervisor.told.wait()
+    await leaving_while_writing(owner, event, "one", nursery)
     owner.hears(event.id, "two")
     owner.store.let_one_through()
     with trio.fail_after(WAIT_SECONDS):

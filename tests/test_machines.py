@@ -23,6 +23,7 @@ from tests.test_cluster_faults import (
     UNLIMITED,
     diagnosed,
     eventually,
+    kill_until_served_again,
     owner_now,
     owner_of,
     settle_and_check,
@@ -152,13 +153,7 @@ async def test_a_machine_killed_under_chat_load_leaves_all_it_took_in_to_the_oth
         async with talking(followers, every, alive) as sent:
             for follower in followers:
                 await follower.wait_for(20)
-            killed_at = trio.current_time()
-            alive[victim] = False
-            owner.sigkill()
-            survivor = next(f for f in followers if f.home != victim)
-            with trio.fail_after(TTL + 15):  # served again: a line sent after the kill comes back
-                while not any(sent.get(line, -1.0) > killed_at for line in survivor.lines):
-                    await survivor.wait_for(len(survivor.lines) + 1)
+            await kill_until_served_again(owner, victim, followers, alive, sent)
             for follower in followers:
                 await follower.wait_for(len(follower.lines) + 5)
         stored = await settle_and_check(followers, every, event_id)

@@ -19,6 +19,43 @@ import trio
 from vpiska.store.base import Store
 
 
+class Ping:
+    """One ping of the store: `done` once it is answered or failed, `failure` if it failed."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.failure: Exception | None = None
+
+
+class StorePing:
+    """One ping of the store in flight at a time, shared by everyone who asks meanwhile.
+
+    A store call runs in a worker thread that cannot be cancelled, so a caller keeps its
+    deadline by waiting for the ping, not by cancelling it: a hung database leaves one ping
+    waiting, not one per probe or per round.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._in_flight: Ping | None = None
+
+    def start(self, nursery: trio.Nursery) -> Ping:
+        """The ping in flight, or a new one run in `nursery`."""
+        if self._in_flight is None:
+            self._in_flight = Ping()
+            nursery.start_soon(self._ping, self._in_flight)
+        return self._in_flight
+
+    async def _ping(self, ping: Ping) -> None:
+        try:
+            await self._store.ping()
+        except Exception as failed:  # any driver error: the store is not usable
+            ping.failure = failed
+        finally:
+            self._in_flight = None
+            ping.done.set()
+
+
 class StoreHealth:
     """`reachable`: the last ping was answered in time (True until a ping says otherwise);
     `cause`: why not, when not. It logs nothing: whoever acts on a change says what it does.
@@ -26,7 +63,7 @@ class StoreHealth:
     Resource handling: `run` owns the ping tasks and returns only when cancelled."""
 
     def __init__(self, store: Store, *, interval: float, deadline: float) -> None:
-        self._store = store
+        self._pings = StorePing(store)
         self._interval = interval
         self._deadline = deadline
         self.reachable = True
@@ -43,8 +80,7 @@ class StoreHealth:
         async with trio.open_nursery() as nursery:
             task_status.started()
             while True:
-                ping = _Ping()
-                nursery.start_soon(self._ping, ping)
+                ping = self._pings.start(nursery)
                 with trio.move_on_after(self._deadline):
                     await ping.done.wait()
                 if not ping.done.is_set():
@@ -56,14 +92,6 @@ class StoreHealth:
                     self._set(True, "")
                 await trio.sleep(self._interval)
 
-    async def _ping(self, ping: _Ping) -> None:
-        try:
-            await self._store.ping()
-        except Exception as failed:  # any driver error: the store is not usable
-            ping.failure = failed
-        finally:
-            ping.done.set()
-
     def _set(self, reachable: bool, cause: str) -> None:
         if reachable is self.reachable:
             return
@@ -71,9 +99,3 @@ class StoreHealth:
         self.cause = cause
         self._changed.set()
         self._changed = trio.Event()
-
-
-class _Ping:
-    def __init__(self) -> None:
-        self.done = trio.Event()
-        self.failure: Exception | None = None
