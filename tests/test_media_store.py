@@ -138,6 +138,23 @@ async def download_digest(http: httpx.AsyncClient, media_id: str, size: int) -> 
     return digest.hexdigest()
 
 
+async def test_media_files_left_under_media_path_beside_gridfs_are_named_at_start(
+    cluster: StartCluster, mongodb_database: MongoDatabase, tmp_path: Path
+) -> None:
+    """A MongoDB deployment that kept its media as files, started on a vpiska whose default
+    beside MongoDB is GridFS, would answer 404 for every photo it has without a word: it says
+    at start how to copy them over."""
+    media_path = tmp_path / "old-media"
+    media_path.mkdir()
+    (media_path / "3fa85f64-5717-4562-b3fc-2c963f66afa6").write_bytes(b"a photo")
+    group = await cluster(1, redis=None, DB_CONNECTION=mongodb_database.url,
+                          DB_NAME=mongodb_database.name, MEDIA_PATH=str(media_path))
+    [node] = group.nodes
+    [line] = [line for line in node.lines() if "MEDIA_PATH" in line.get("event", "")]
+    assert line["level"] == "warning"
+    assert f"python -m vpiska media import {media_path}" in line["event"]
+
+
 async def test_twenty_parallel_20_mib_uploads_and_downloads_grow_rss_by_less_than_64_mib(
     cluster: StartCluster, media_env: dict[str, str]
 ) -> None:

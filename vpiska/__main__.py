@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     if config.redis_url and config.store.kind == "mongodb" and config.media_store == "files":
         log.warning("MEDIA_STORE=files in a cluster: media bytes stay on this machine, so nodes "
                     "on other machines answer 404 for them (MEDIA_STORE=gridfs shares them)")
+    if config.media_store == "gridfs" and _holds_files(config.media_path):
+        log.warning("media files lie under MEDIA_PATH, but media bytes are read from GridFS: "
+                    "downloads of them answer 404 until `python -m vpiska media import %s` "
+                    "has copied them (or set MEDIA_STORE=files)", config.media_path)
     if config.uses_default_jwt_key:
         log.warning("JWT_KEY is the public default: anyone can forge tokens; set JWT_KEY in "
                     "production (until then vpiska listens on %s only unless SERVER_HOST is set)",
@@ -57,6 +61,15 @@ def main(argv: list[str] | None = None) -> int:
         log.error("shutdown timed out", extra={"events": error.events})
         return EXIT_SHUTDOWN_TIMED_OUT
     return 0
+
+
+def _holds_files(folder: Path) -> bool:
+    """Whether `folder` has a file of its own: what a deployment that kept its media as files
+    before GridFS became MongoDB's default left there."""
+    try:
+        return any(entry.is_file() for entry in folder.iterdir())
+    except OSError:  # no such folder, or none readable: nothing left behind to speak of
+        return False
 
 
 def _parser() -> argparse.ArgumentParser:
