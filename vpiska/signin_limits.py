@@ -12,7 +12,11 @@ Two rules (API.md, "Sign-in abuse"), each refused with `TooManyRequests`:
   else (the right password, an unknown phone, a store failure) gives it back. At most 5
   verifications per phone per 15 minutes, however concurrent the guesses. A successful login
   does not clear the other failures: the rightful owner logging in does not hand a guesser
-  5 more tries (the owner is in; only the next attempts wait).
+  5 more tries (the owner is in; only the next attempts wait). A place held by a check still
+  running is no wrong password yet: a login that finds every place taken while checks of its
+  phone run in this process waits for one of them to end and asks again, so the owner's
+  devices logging in at once are all let in, and 200 guesses at once still get 5 checks. (A
+  place held by a check on another node is not waited for: such a login is refused.)
 
 A refused attempt costs one counter step and no password hash. The counters live in
 `SigninCounters`: `LocalCounters` here, in this process, for one node; in a cluster the nodes
@@ -68,10 +72,19 @@ class Guess:
         self.is_wrong = True
 
 
+class _Checks:
+    """The password checks of one phone running in this process; `ended` is set when one ends."""
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.ended = trio.Event()
+
+
 class SigninLimits:
     def __init__(self, counters: SigninCounters, rate_per_minute: int) -> None:
         self._counters = counters
         self._rate = rate_per_minute
+        self._checks: dict[str, _Checks] = {}  # phones with a check running, no others
 
     async def admit(self, address: str) -> None:
         """A sign-up or login from `address`; TooManyRequests over the address's rate."""
@@ -87,19 +100,30 @@ class SigninLimits:
         """Around a login's password check: TooManyRequests if the phone had too many wrong
         passwords lately; call `Guess.wrong` when this one was wrong too."""
         claim = secrets.token_hex(8)
-        wait = await self._counters.claim_guess(phone, claim)
-        if wait > 0:
-            _BY_PHONE.inc()
-            raise TooManyRequests(wait)
+        while (wait := await self._counters.claim_guess(phone, claim)) > 0:
+            checks = self._checks.get(phone)
+            if checks is None:  # the places are wrong passwords (or another node's checks)
+                _BY_PHONE.inc()
+                raise TooManyRequests(wait)
+            await checks.ended.wait()  # one place may be free again: ask again
+        checks = self._checks.setdefault(phone, _Checks())
+        checks.running += 1
         guess = Guess()
         try:
             yield guess
         finally:
-            if not guess.is_wrong:
-                # Also when the login was cancelled (its client went away): the place must not
-                # stay taken. Bounded: the Redis counters give up within their own timeout.
-                with trio.CancelScope(shield=True):
-                    await self._counters.release_guess(phone, claim)
+            try:
+                if not guess.is_wrong:
+                    # Also when the login was cancelled (its client went away): the place must
+                    # not stay taken. Bounded: the Redis counters give up within their timeout.
+                    with trio.CancelScope(shield=True):
+                        await self._counters.release_guess(phone, claim)
+            finally:
+                checks.running -= 1
+                if checks.running == 0:
+                    del self._checks[phone]
+                checks.ended.set()
+                checks.ended = trio.Event()
 
 
 class LocalCounters:
