@@ -79,9 +79,10 @@ async def new_event(store: MemoryStore) -> str:
 
 
 async def until(check: Any) -> None:
-    """Ask `check` until it is true, within 5 s (the node's state is changed by its own tasks
-    on Redis' answers: nothing to wait on but asking again)."""
-    with trio.fail_after(5):
+    """Ask `check` until it is true, within 30 s (the node's state is changed by its own tasks
+    on Redis' answers, a process of its own: nothing to wait on but asking again; the bound is
+    generous because a loaded machine answers slowly)."""
+    with trio.fail_after(30):
         while not await check():  # noqa: ASYNC110
             await trio.sleep(0.01)
 
