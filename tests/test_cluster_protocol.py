@@ -8,7 +8,17 @@ import logging
 
 import pytest
 
-from vpiska.cluster.protocol import Notice, Reply, Request, decode_all, encode, encode_batch
+from vpiska.cluster.protocol import (
+    Frames,
+    Notice,
+    Reply,
+    Request,
+    Shown,
+    decode,
+    decode_all,
+    encode,
+    encode_batch,
+)
 
 MESSAGES: list[Request | Reply | Notice] = [
     Request(7, "node-a", "snapshot", "event-1", {}),
@@ -39,3 +49,21 @@ def test_a_malformed_message_in_a_batch_is_dropped_alone(
 @pytest.mark.parametrize("data", [b"", b"not json", b"[]", b'["b"', b"[[[[" * 10_000])
 def test_what_is_not_a_message_at_all_is_dropped(data: bytes) -> None:
     assert decode_all(data) == []
+
+
+def test_frames_for_everyone_keep_the_layout_nodes_before_v2_read() -> None:
+    frames = Frames("node-a", 3, 9, [Shown(4, "chatMessage/{}"), Shown(None, "closeEvent/")])
+    assert json.loads(encode(frames)) == ["f", "node-a", 3, 9,
+                                          [[4, "chatMessage/{}"], [None, "closeEvent/"]]]
+    assert decode(encode(frames)) == frames
+
+
+def test_frames_for_one_version_or_one_socket_read_back() -> None:
+    frames = Frames("node-a", 3, 9, [Shown(4, "chatMessage/{}", 1), Shown(4, "chatMessage/{", 2),
+                                     Shown(None, "ack/{}", 2, "node-b-7")])
+    assert decode(encode(frames)) == frames
+
+
+@pytest.mark.parametrize("entry", [[None, "x", 3], [None, "x", 0, "key", "more"], [None]])
+def test_a_frame_entry_of_no_known_shape_drops_its_message(entry: list[object]) -> None:
+    assert decode(json.dumps(["f", "node-a", 3, 9, [entry]]).encode()) is None

@@ -23,7 +23,7 @@ from vpiska.actors import EventView, Member
 from vpiska.actors.commands import Chat, Join, Joined, Snapshot
 from vpiska.auth import Identity
 from vpiska.cluster.gateway import READS_IN_FLIGHT, GatewayRoom
-from vpiska.cluster.protocol import Frames, Handover, Hello, Reply, encode
+from vpiska.cluster.protocol import Frames, Handover, Hello, Reply, Shown, encode
 from vpiska.domain import Coordinates, Event
 from vpiska.wire import event_json
 
@@ -159,11 +159,31 @@ async def test_frames_published_together_across_a_join_reach_the_socket_from_its
         joined = await gateway.ask(lambda reply: Join(member, reply))
         assert isinstance(joined, Joined)
         # Messages 2 and 3 went out in one PUBLISH (queued while the one before was in flight).
-        bus.publish(encode(Frames("owner-node", 7, 2, [(None, "two"), (None, "three")])))
-        bus.publish(encode(Frames("owner-node", 7, 4, [(None, "four")])))
+        bus.publish(encode(Frames("owner-node", 7, 2, [Shown(None, "two"), Shown(None, "three")])))
+        bus.publish(encode(Frames("owner-node", 7, 4, [Shown(None, "four")])))
         await trio.testing.wait_all_tasks_blocked()
         assert outbox.take() == ["three", "four"]
         assert outbox.close_code is None  # not told to reconnect: nothing was missing
+        nursery.cancel_scope.cancel()
+
+
+async def test_frames_reach_the_sockets_of_their_audience_or_the_one_they_are_for(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    owner = JoiningOwner(epoch=7, seq=1)
+    outboxes = {1: RecordingOutbox(), 2: RecordingOutbox()}
+    bus = Bus()
+    async with trio.open_nursery() as nursery:
+        gateway = gateway_for(owner, nursery, bus)
+        for version, outbox in outboxes.items():  # keys this-node-1 (v1) and this-node-2 (v2)
+            member = Member(Identity(f"u{version}", "guest", ""), outbox, version=version)
+            await gateway.ask(lambda reply, m=member: Join(m, reply))  # type: ignore[misc]
+        bus.publish(encode(Frames("owner-node", 7, 2, [
+            Shown(0, "line/v1", 1), Shown(0, "line/v2", 2), Shown(None, "both/"),
+            Shown(None, "ack/", 2, "this-node-2"), Shown(None, "not-here/", 2, "other-node-1")])))
+        await trio.testing.wait_all_tasks_blocked()
+        assert outboxes[1].take() == ["line/v1", "both/"]
+        assert outboxes[2].take() == ["line/v2", "both/", "ack/"]
         nursery.cancel_scope.cancel()
 
 

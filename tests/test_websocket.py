@@ -35,8 +35,12 @@ async def test_handshake_is_checked_before_the_upgrade(server: Server) -> None:
     assert await status(guest, "not-an-id") == 400
     assert await status(guest, event_id, since="-1") == 400
     assert await status(guest, event_id, since="x") == 400
+    for version in ("0", "3", "v2", "²", "2 "):
+        assert await status(guest, event_id, v=version) == 400
     assert await status(guest, new_id()) == 404
     assert await status(guest, event_id) == 101
+    assert await status(guest, event_id, v="1") == 101
+    assert await status(guest, event_id, v="2") == 101
     await server.ok("/api/v1/events/close", {"eventId": event_id}, token=token)
     assert await status(guest, event_id) == 404
 

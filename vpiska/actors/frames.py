@@ -4,25 +4,54 @@ A broadcast hands one Frame to every member. The transport turns it into bytes f
 sockets and keeps them in `encoded`, so a frame for a thousand members is encoded once, not a
 thousand times; what those bytes are (WebSocket framing, vpiska/http/outbox.py) is none of the
 room's business.
+
+A frame's `audience` says which sockets see it: every socket, or only those of one protocol
+version (API.md, "Opt-in room features": a socket opts in to v2 with `&v=2`). A change that v2
+shows differently is broadcast as two frames, one for each audience, side by side in one
+broadcast, so each socket sees the room's changes in the room's order whatever its version.
 """
 
 from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
 
 from vpiska import wire
 from vpiska.domain import ChatMessage, Event
 
 
-class Frame:
-    __slots__ = ("text", "encoded")
+class Audience(enum.IntEnum):
+    """Which sockets see a frame: the value is also what cluster messages carry."""
 
-    def __init__(self, text: str) -> None:
+    EVERYONE = 0
+    V1 = 1  # sockets without `v=2`: what the older backend's clients know
+    V2 = 2  # sockets that opted in to v2
+
+
+class Frame:
+    __slots__ = ("text", "encoded", "audience")
+
+    def __init__(self, text: str, audience: Audience = Audience.EVERYONE) -> None:
         self.text = text
         # The transport's encoding of `text`, filled on first delivery and shared by every
         # socket of the broadcast.
         self.encoded: bytes | None = None
+        self.audience = audience
 
     def __repr__(self) -> str:
         return f"Frame({self.text[:60]!r})"
+
+    def seen_by(self, version: int) -> bool:
+        """Whether a socket of protocol `version` (1 or 2) is shown this frame."""
+        return self.audience is Audience.EVERYONE or self.audience == version
+
+
+def for_version(frames: Sequence[Frame], version: int) -> Sequence[Frame]:
+    """The part of a broadcast's `frames` a socket of `version` sees, in their order; `frames`
+    itself when that is all of them (the common case costs no copy)."""
+    if all(frame.audience is Audience.EVERYONE for frame in frames):
+        return frames
+    return [frame for frame in frames if frame.seen_by(version)]
 
 
 CLOSE_EVENT = Frame("closeEvent/")

@@ -65,3 +65,6 @@ class Member:
     # The node whose socket this is, when not this one (vpiska/cluster): the room counts it,
     # and its frames reach it through the room's publisher, not through `outbox`.
     gateway: str | None = None
+    # The wire protocol the socket speaks: 1, the older backend's, or 2 (`&v=2`, API.md's
+    # "Opt-in room features"). It decides which frames of a broadcast it is shown (Frame.audience).
+    version: int = 1

@@ -31,7 +31,7 @@ import trio
 
 from vpiska import metrics
 from vpiska.actors.commands import Command, Join, Leave, Reply
-from vpiska.actors.frames import Frame
+from vpiska.actors.frames import Frame, for_version
 from vpiska.actors.member import CloseCode, Member, OutboxClosed, OutboxFull
 from vpiska.actors.view import Mirror
 from vpiska.errors import DomainError, ErrorCode
@@ -44,6 +44,9 @@ class Publisher(Protocol):
     Every method is called on the room's task and must not wait."""
 
     def frame(self, room: Room, frame: Frame, chat_index: int | None) -> None: ...
+
+    def direct(self, room: Room, member: Member, frame: Frame) -> None:
+        """`frame` for one socket on another node (`member.gateway`), in the stream's order."""
 
     def hello(self, room: Room, chat_length: int) -> None:
         """The room is (again) active under this node's epoch."""
@@ -199,22 +202,50 @@ class Room:
             for index, frame in enumerate(frames, start=first_index):
                 self.publisher.frame(self, frame, index)
 
+    def tell(self, member: Member, frame: Frame) -> None:
+        """Deliver `frame` to `member` alone (an answer to what its socket sent), after every
+        frame broadcast before it, never waiting; a member too slow to take it is dropped."""
+        if member.gateway is not None:
+            if self.publisher is not None:
+                self.publisher.direct(self, member, frame)
+        elif member in self.local and not self._deliver(member, (frame,)):
+            self.remove(member)
+
     def _to_everyone(self, frames: Sequence[Frame]) -> None:
+        # The loop is the fan-out's hot path: one delivery per member, nothing else.
+        v1, v2 = for_version(frames, 1), for_version(frames, 2)
         dropped: list[Member] = []
         for member in self.local:
+            shown = v2 if member.version == 2 else v1
+            if not shown:
+                continue
             try:
-                member.outbox.deliver_all(frames)
+                member.outbox.deliver_all(shown)
             except OutboxFull:
-                log.info("slow consumer disconnected", extra={
-                    "event_id": self.event_id, "user_id": member.identity.user_id})
-                member.outbox.abort(CloseCode.SLOW_CONSUMER)
-                metrics.SLOW_CONSUMER_DISCONNECTS.inc()
+                self._too_slow(member)
                 dropped.append(member)
             except OutboxClosed:
                 dropped.append(member)  # its connection is gone; its Leave is on the way
         for member in dropped:
             self.remove(member)
         metrics.FRAMES_SENT.inc(len(self.local) * len(frames))
+
+    def _deliver(self, member: Member, frames: Sequence[Frame]) -> bool:
+        """`frames` to a local member; False if it is gone or was dropped as too slow."""
+        try:
+            member.outbox.deliver_all(frames)
+        except OutboxFull:
+            self._too_slow(member)
+            return False
+        except OutboxClosed:
+            return False  # its connection is gone; its Leave is on the way
+        return True
+
+    def _too_slow(self, member: Member) -> None:
+        log.info("slow consumer disconnected", extra={
+            "event_id": self.event_id, "user_id": member.identity.user_id})
+        member.outbox.abort(CloseCode.SLOW_CONSUMER)
+        metrics.SLOW_CONSUMER_DISCONNECTS.inc()
 
     def announce(self, frame: Frame, users_count: int) -> None:
         """Broadcast an `eventUpdated` frame telling `users_count`."""

@@ -50,7 +50,7 @@ from vpiska.actors.commands import (
 from vpiska.actors.commands import (
     Reply as ReplyChannel,
 )
-from vpiska.actors.frames import Frame, chat_message
+from vpiska.actors.frames import Audience, Frame, chat_message
 from vpiska.cluster import redis
 from vpiska.cluster.bus import Bus
 from vpiska.cluster.contained import contained
@@ -270,9 +270,11 @@ class GatewayRoom:
         self._key_of[member] = key
         try:
             await self._subscribe()
-            answer = await self._request("join", {
-                "user": member.identity.user_id, "name": member.identity.name,
-                "image": member.identity.image_id, "key": key})
+            args: dict[str, Any] = {"user": member.identity.user_id, "name": member.identity.name,
+                                    "image": member.identity.image_id, "key": key}
+            if member.version != 1:  # absent for v1: the request nodes before v2 sent
+                args["v"] = member.version
+            answer = await self._request("join", args)
         except BaseException:
             self.leave(member)
             raise
@@ -369,18 +371,21 @@ class GatewayRoom:
             self._seq = message.seq  # a Hello of the epoch we follow: nothing new
 
     def _fan_out(self, message: Frames) -> None:
-        shown: list[tuple[tuple[int, int], Frame]] = []
-        for offset, (chat, text) in enumerate(message.frames):
-            if chat is not None:
-                self._chat_length = max(self._chat_length, chat + 1)
-            shown.append(((message.epoch, message.seq + offset), Frame(text)))
+        shown: list[tuple[tuple[int, int], Frame, str | None]] = []
+        for offset, entry in enumerate(message.frames):
+            if entry.chat is not None:
+                self._chat_length = max(self._chat_length, entry.chat + 1)
+            frame = Frame(entry.text, Audience(entry.audience))
+            shown.append(((message.epoch, message.seq + offset), frame, entry.to))
         delivered = 0
         for socket in list(self._sockets.values()):
+            mine = [(position, frame) for position, frame, to in shown
+                    if (to is None or to == socket.key) and frame.seen_by(socket.member.version)]
             if socket.held is not None:
-                socket.held.extend((*position, frame) for position, frame in shown)
+                socket.held.extend((*position, frame) for position, frame in mine)
                 continue
             # Frames from before its join are left out: it has those lines from the store.
-            due = [frame for position, frame in shown if position > socket.start]
+            due = [frame for position, frame in mine if position > socket.start]
             if due and self._deliver(socket, due):
                 delivered += len(due)
         metrics.FRAMES_SENT.inc(delivered)
@@ -504,7 +509,8 @@ class GatewayRoom:
     async def _sync(self, owner: str) -> None:
         """Tell the owner which sockets of this event are here."""
         members = [[key, s.member.identity.user_id, s.member.identity.name,
-                    s.member.identity.image_id] for key, s in self._sockets.items()]
+                    s.member.identity.image_id, *([s.member.version] * (s.member.version != 1))]
+                   for key, s in self._sockets.items()]
         try:
             await self._rpc.tell(owner, "sync", self.event_id,
                                  {"gateway": self._owners.node_id, "members": members})

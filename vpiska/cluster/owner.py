@@ -46,6 +46,7 @@ from vpiska.cluster.protocol import (
     Notice,
     Reply,
     Request,
+    Shown,
     encode,
 )
 from vpiska.cluster.rpc import Rpc
@@ -86,8 +87,8 @@ class RemoteOutbox:
         pass
 
 
-# A frame waiting for the sender: (epoch, seq, chat line number or None, text).
-_Queued = tuple[int, int, int | None, str]
+# A frame waiting for the sender: (epoch, seq, the frame).
+_Queued = tuple[int, int, Shown]
 
 
 class OwnerLink:
@@ -116,7 +117,14 @@ class OwnerLink:
 
     def frame(self, room: Room, frame: Frame, chat_index: int | None) -> None:
         room.seq += 1
-        self._queue(room.event_id, (self._epoch(room), room.seq, chat_index, frame.text))
+        self._queue(room.event_id, (self._epoch(room), room.seq,
+                                    Shown(chat_index, frame.text, frame.audience)))
+
+    def direct(self, room: Room, member: Member, frame: Frame) -> None:
+        assert isinstance(member.outbox, RemoteOutbox), "a member on another node"
+        room.seq += 1
+        self._queue(room.event_id, (self._epoch(room), room.seq,
+                                    Shown(None, frame.text, frame.audience, member.outbox.key)))
 
     def hello(self, room: Room, chat_length: int) -> None:
         room.seq += 1
@@ -204,7 +212,8 @@ class OwnerLink:
         op = request.op
         if op == "join":
             outbox = RemoteOutbox(request.reply_to, str(args["key"]))
-            member = Member(_identity(args), outbox, gateway=request.reply_to)
+            member = Member(_identity(args), outbox, gateway=request.reply_to,
+                            version=_version(args.get("v", 1)))
             self.remote[room.event_id][outbox.key] = member
             joined = await room.ask(lambda reply: Join(member, reply))
             assert isinstance(joined, Joined)
@@ -259,7 +268,9 @@ class OwnerLink:
             if key in known:
                 continue
             identity = _identity({"user": entry[1], "name": entry[2], "image": entry[3]})
-            member = Member(identity, RemoteOutbox(gateway, key), gateway=gateway)
+            version = _version(entry[4] if len(entry) > 4 else 1)
+            member = Member(identity, RemoteOutbox(gateway, key), gateway=gateway,
+                            version=version)
             known[key] = member
             try:  # the answer is not needed: the gateway's socket joined long ago
                 room.inbox.send_nowait(Join(member, None))
@@ -282,6 +293,13 @@ def _identity(args: dict[str, Any]) -> Identity:
     if not is_id(user_id):
         raise ValueError("not a user id")
     return Identity(user_id, str(args["name"]), str(args["image"]))
+
+
+def _version(value: Any) -> int:
+    """A socket's protocol version as a gateway tells it (absent from nodes before v2: 1)."""
+    if value not in (1, 2):
+        raise ValueError("not a protocol version")
+    return int(value)
 
 
 def _command(op: str, args: dict[str, Any]) -> Any:
@@ -308,7 +326,7 @@ def _messages(origin: str, entries: list[EventMessage | _Queued]) -> list[EventM
     def close_run() -> None:
         if run:
             messages.append(Frames(origin, run[0][0], run[0][1],
-                                   [(chat, text) for _, _, chat, text in run]))
+                                   [shown for _, _, shown in run]))
             run.clear()
 
     for entry in entries:

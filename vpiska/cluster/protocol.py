@@ -3,7 +3,10 @@
 On an event's channel, its owner publishes (each message numbered by the owner's epoch and a
 sequence number that counts every message of that epoch, so a listener can tell a gap):
 
-- `Frames`: frames to deliver, in order, each with its chat line number (or None);
+- `Frames`: frames to deliver, in order, each with its chat line number (or None), its
+  audience (every socket, or the sockets of one protocol version) and, for a frame meant for
+  one socket alone (an answer to what it sent), that socket's key. A frame for everyone is
+  `[chat, text]`, the layout nodes before v2 sockets wrote and read;
 - `Hello`: a new owner is active (after a failover or a handover), with the chat's length;
 - `Handover`: the owner is leaving; a new one follows, keep the sockets open;
 - `CloseAll`: close every socket of the event with this code (event closed, room failed).
@@ -29,11 +32,28 @@ _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=
 
 
 @dataclasses.dataclass(frozen=True)
+class Shown:
+    """One frame of a `Frames` message."""
+
+    chat: int | None  # the chat line it shows, if it is one
+    text: str
+    audience: int = 0  # vpiska/actors/frames.py's Audience
+    to: str | None = None  # the key of the one socket it is for; None: all of `audience`
+
+    def as_list(self) -> list[Any]:
+        if self.to is not None:
+            return [self.chat, self.text, self.audience, self.to]
+        if self.audience:
+            return [self.chat, self.text, self.audience]
+        return [self.chat, self.text]
+
+
+@dataclasses.dataclass(frozen=True)
 class Frames:
     origin: str  # the owner's node id
     epoch: int
     seq: int  # of the first frame; the others follow one by one
-    frames: list[tuple[int | None, str]]  # (chat line number or None, frame text)
+    frames: list[Shown]
 
     @property
     def last_seq(self) -> int:
@@ -95,7 +115,7 @@ NodeMessage = Request | Reply | Notice
 def encode(message: EventMessage | NodeMessage) -> bytes:
     if isinstance(message, Frames):
         body: list[Any] = ["f", message.origin, message.epoch, message.seq,
-                           [list(frame) for frame in message.frames]]
+                           [frame.as_list() for frame in message.frames]]
     elif isinstance(message, Hello):
         body = ["h", message.origin, message.epoch, message.seq, message.chat_length]
     elif isinstance(message, Handover):
@@ -149,8 +169,8 @@ def _message(body: Any) -> EventMessage | NodeMessage:
     try:
         kind = body[0]
         if kind == "f":
-            frames = [(None if n is None else int(n), str(text)) for n, text in body[4]]
-            return Frames(str(body[1]), int(body[2]), int(body[3]), frames)
+            return Frames(str(body[1]), int(body[2]), int(body[3]),
+                          [_shown(entry) for entry in body[4]])
         if kind == "h":
             return Hello(str(body[1]), int(body[2]), int(body[3]), int(body[4]))
         if kind == "v":
@@ -167,3 +187,12 @@ def _message(body: Any) -> EventMessage | NodeMessage:
     except (ValueError, TypeError, IndexError, KeyError, RecursionError) as error:
         raise ValueError(f"not a cluster message: {error!r}") from error
     raise ValueError(f"not a cluster message: kind {kind!r}")
+
+
+def _shown(entry: list[Any]) -> Shown:
+    chat, text, *rest = entry
+    audience = int(rest[0]) if rest else 0
+    if audience not in (0, 1, 2) or len(rest) > 2:
+        raise ValueError("not a frame")
+    return Shown(None if chat is None else int(chat), str(text), audience,
+                 str(rest[1]) if len(rest) == 2 else None)

@@ -1,7 +1,7 @@
 """`GET /api/v1/websockets/event`: a member's live connection to an event's room.
 
-The handshake is checked before the upgrade (401 token or unknown user, 400 event id or `since`,
-404 unknown or closed event, 503 failed room or server shutting down). A session is then a
+The handshake is checked before the upgrade (401 token or unknown user, 400 event id, `since`
+or `v`, 404 unknown or closed event, 503 failed room or server shutting down). A session is then a
 reader (the session's own task: client frames become commands) and, while the member's outbox
 has something to send, a writer. When either ends the session, both end, and the member leaves
 the room exactly once.
@@ -47,6 +47,8 @@ PATH = "/api/v1/websockets/event"
 CHAT_PREFIX = "chatMessage"
 # `since`: ASCII digits only (str.isdigit also takes "²" and "٣"), and few enough of them.
 SINCE = re.compile(r"[0-9]{1,10}")
+# `v`: the protocol the socket speaks (API.md, "Opt-in room features"); absent is 1.
+VERSIONS = {"1": 1, "2": 2}
 
 
 class EventSocketEndpoint:
@@ -79,10 +81,10 @@ class EventSocketEndpoint:
                 return
             await send({"type": "websocket.accept"})
             accepted = True
-            room, identity, since = member
+            room, identity, since, version = member
             # After the accept: the adapter's Sink comes with it.
             await EventSession(self._config, self._store, room, identity, receive, send,
-                               hypercorn_adapter.sink_of(scope), since).run()
+                               hypercorn_adapter.sink_of(scope), since, version).run()
         except Exception:
             log.exception("websocket session failed", extra={"path": PATH})
             if accepted:
@@ -91,10 +93,10 @@ class EventSocketEndpoint:
                 await _refuse(send, 500)
 
     async def _handshake(self, scope: dict[str, Any], receive: Any, send: Any
-                         ) -> tuple[RoomHandle, Identity, int | None] | None:
-        """The room, member and `since` of an acceptable handshake; None once a refusal has
-        been answered. (Its own function: what the handshake needed is freed before the session
-        starts.)"""
+                         ) -> tuple[RoomHandle, Identity, int | None, int] | None:
+        """The room, member, `since` and protocol version of an acceptable handshake; None
+        once a refusal has been answered. (Its own function: what the handshake needed is freed
+        before the session starts.)"""
         await receive()  # websocket.connect
         query = parse_qs(scope["query_string"].decode("latin-1"))
         offered_id = authorization = None  # the first of each, as werkzeug's Headers.get
@@ -108,11 +110,12 @@ class EventSocketEndpoint:
         identity = await self._accounts.identify(token) if token else None
         event_id = (query.get("eventId") or [""])[0]
         since_text = (query.get("since") or [None])[0]
+        version = VERSIONS.get((query.get("v") or ["1"])[0])
         room = None
         if identity is None:
             status = 401
-        elif id_codes(event_id) or (since_text is not None
-                                    and SINCE.fullmatch(since_text) is None):
+        elif id_codes(event_id) or version is None or (
+                since_text is not None and SINCE.fullmatch(since_text) is None):
             status = 400
         elif (room := await self._rooms.find(event_id)) is None:
             status = 404
@@ -125,7 +128,8 @@ class EventSocketEndpoint:
             return None
         assert room is not None
         assert identity is not None
-        return room, identity, int(since_text) if since_text is not None else None
+        assert version is not None
+        return room, identity, int(since_text) if since_text is not None else None, version
 
 
 async def _refuse(send: Any, status: int, headers: list[tuple[bytes, bytes]] | None = None
@@ -153,7 +157,7 @@ class EventSession:
 
     def __init__(self, config: Config, store: Store, room: RoomHandle, identity: Identity,
                  receive: Any, send: Any, sink: hypercorn_adapter.Sink | None,
-                 since: int | None) -> None:
+                 since: int | None, version: int = 1) -> None:
         self._receive_message = receive
         self._send_message = send
         self._sink = sink
@@ -162,6 +166,7 @@ class EventSession:
         self._room = room
         self._identity = identity
         self._since = since
+        self._version = version
         self._chat_length = 0  # when it joined: where a catch-up (`since`) ends
         self._flood: ChatFlood | None = None  # made at the first chat line: most members read
         self._close_code: CloseCode | None = None
@@ -173,7 +178,7 @@ class EventSession:
 
     async def run(self) -> None:
         outbox = self._outbox
-        member = Member(self._identity, outbox)
+        member = Member(self._identity, outbox, version=self._version)
         try:
             # Inside the try: the client may vanish while the join is being answered, and
             # the room must then still be told the member left.
