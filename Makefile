@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) -m vpiska
 
-# A cluster on this machine (README "Running a cluster"): deploy/local-cluster.sh installs
+# A cluster on this machine (docs/cluster.md): deploy/local-cluster.sh installs
 # Debian's redis-server if missing, starts it on 127.0.0.1:$(REDIS_PORT) unless a Redis answers
 # there, and runs WORKERS nodes (one per core) on :5000 sharing it; Ctrl-C stops the nodes,
 # then the Redis it started.
@@ -110,7 +110,7 @@ fuzz: $(STAMP)
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -s -p no:cacheprovider tests/test_fuzz.py
 	FUZZ_RAW_SECONDS=$(FUZZ_RAW_SECONDS) $(PY) -m pytest -s -p no:cacheprovider tests/test_fuzz_raw.py
 
-# Docker (README "Docker"): `infrastructure` starts MongoDB alone, for `make run` with
+# Docker (docs/operations.md "Docker"): `infrastructure` starts MongoDB alone, for `make run` with
 # DB_CONNECTION=mongodb://127.0.0.1:27017; `up` runs vpiska and MongoDB together.
 COMPOSE ?= docker compose
 

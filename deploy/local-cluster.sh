@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make cluster`: a vpiska cluster on this machine (README "Running a cluster").
+# `make cluster`: a vpiska cluster on this machine (docs/cluster.md).
 #
 # 1. Debian's redis-server, installed with apt when missing (with sudo when not root).
 # 2. A Redis on 127.0.0.1:$REDIS_PORT: the one that answers there already (used, and left

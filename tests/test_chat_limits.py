@@ -1,5 +1,5 @@
-"""Chat flood control (README: "Chat limits"): long lines and lines over the rate are dropped;
-sustained abuse is disconnected with 4009; nobody else is affected."""
+"""Chat flood control (docs/protocol.md, "Chat limits"): long lines and lines over the rate are
+dropped; sustained abuse is disconnected with 4009; nobody else is affected."""
 
 from __future__ import annotations
 

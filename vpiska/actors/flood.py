@@ -1,6 +1,6 @@
 """Chat flood control for one WebSocket: a token bucket, and a line it draws for abuse.
 
-Policy (documented in the README): a member may send `rate` lines per second with bursts of
+Policy (docs/protocol.md, "Chat limits"): a member may send `rate` lines per second with bursts of
 `burst`. A line over the rate, or longer than MAX_CHAT_CHARS, is dropped silently. A member
 whose dropped lines reach `burst` within ABUSE_WINDOW seconds is flooding, not typing fast,
 and is disconnected with close code 4009.

@@ -1,4 +1,4 @@
-"""Many nodes, one Redis, one store: vpiska as a cluster (README "Running a cluster").
+"""Many nodes, one Redis, one store: vpiska as a cluster (docs/cluster.md).
 
 Without REDIS_URL none of this runs. With it, each process is a node: an event's actor runs on
 exactly one node at a time (the holder of its lease, `leases.py`, placed by `nodes.py`), its
