@@ -108,8 +108,9 @@ def _command(name: str, port: int, data_dir: Path) -> tuple[list[str], dict[str,
 
 @contextlib.contextmanager
 def running(name: str, store_template: Path | None,
-            env: dict[str, str] | None = None) -> Iterator[Running]:
-    """Start `name` (vpiska on a copy of `store_template`, with `env` on top of its own),
+            env: dict[str, str] | None = None, source: Path = REPO) -> Iterator[Running]:
+    """Start `name` (vpiska on a copy of `store_template`, with `env` on top of its own, from
+    the tree `source`: `python -m vpiska` imports the vpiska of its working directory),
     yield once it accepts TCP connections, and stop it on the way out (SIGTERM, SIGKILL after
     3 s: the store is thrown away, and vpiska's graceful stop of 10,000 rooms alone takes
     several seconds)."""
@@ -123,7 +124,7 @@ def running(name: str, store_template: Path | None,
         log_path = Path(tmp) / "server.log"
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(["taskset", "-c", SERVER_CORE, *command],
-                                    env=own_env | (env or {}), cwd=REPO,
+                                    env=own_env | (env or {}), cwd=source,
                                     stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         try:
             wait_listening(proc, port, log_path)
