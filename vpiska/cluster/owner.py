@@ -29,6 +29,7 @@ from vpiska.actors.commands import (
     Close,
     Join,
     Joined,
+    Members,
     RemoveMedia,
     Snapshot,
     Update,
@@ -226,6 +227,10 @@ class OwnerLink:
             return view_value(view)
         if op == "position":
             return {"epoch": room.epoch, "seq": room.seq}
+        if op == "members":
+            present = await room.ask(Members)
+            assert isinstance(present, list)
+            return [[user.user_id, user.name, user.image_id] for user in present]
         command = _command(op, args)
         return await room.ask(command)
 
