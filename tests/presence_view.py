@@ -15,6 +15,14 @@ class PresenceView:
         self.users: dict[str, dict[str, str]] | None = None  # user id -> user, once listed
         self.lists = 0  # presence/ frames applied
         self.changes = 0  # membersJoined/ and membersLeft/ frames applied
+        self.largest = 0  # characters of the largest presence frame applied
+        self._followed = 0  # frames of a growing list already applied (`follow`)
+
+    def follow(self, frames: list[str]) -> None:
+        """Apply the frames added to `frames` (a client's list of what it got) since the last
+        call."""
+        self.apply_all(frames[self._followed:])
+        self._followed = len(frames)
 
     def apply_all(self, frames: Iterable[str]) -> None:
         for frame in frames:
@@ -22,6 +30,8 @@ class PresenceView:
 
     def apply(self, frame: str) -> None:
         prefix, _, payload = frame.partition("/")
+        if frame.startswith(PREFIXES):
+            self.largest = max(self.largest, len(frame))
         if prefix == "presence":
             listed = json.loads(payload)["users"]
             self.users = {user["userId"]: user for user in listed}
