@@ -63,6 +63,9 @@ async def comings_and_goings(owner: Server, other: Server, event_id: str,
     for _, member in arrivals[:4]:
         await member.ws.aclose()
     present |= {user_id for user_id, _ in arrivals[4:]}
+    arrived = [Watcher(user_id, member) for i, (user_id, member) in enumerate(arrivals)
+               if i >= 4 and i % 2]  # v2 sockets that joined while others watched, and stay
+    watchers += arrived
     await everyone_sees()
     # A second device of the far watcher, on the owner, then the first one's leaving, change
     # nothing: it is still there.
@@ -70,9 +73,9 @@ async def comings_and_goings(owner: Server, other: Server, event_id: str,
     await far.member.ws.aclose()
     await old.ws.aclose()
     present.discard(old_id)
-    watchers = [near]
+    watchers = [near, *arrived]
     await everyone_sees()
-    assert [far.view.lists, near.view.lists] == [1, 1], "one list each, then changes"
+    assert [w.view.lists for w in (far, near, *arrived)] == [1] * 4, "one list, then changes"
     assert second.frames
     assert not any(map(is_presence, old.frames))
     await on_owner.aclose()
