@@ -7,9 +7,10 @@ from __future__ import annotations
 import trio
 
 from tests.clients import Crowd, Member, host_event, token_for
-from tests.cluster_fixtures import RedisServer, StartCluster
+from tests.cluster_fixtures import Cluster, Node, RedisServer, StartCluster
 from tests.conftest import Server
 from tests.presence_view import PresenceView, is_presence
+from tests.test_cluster_faults import owner_now
 
 
 class Watcher:
@@ -82,22 +83,31 @@ async def comings_and_goings(owner: Server, other: Server, event_id: str,
     await on_other.aclose()
 
 
+async def owner_and_other(group: Cluster, redis_server: RedisServer, event_id: str
+                          ) -> tuple[Node, Node]:
+    """The node that runs the event (not always the one it was opened through), the other."""
+    owner = await owner_now(redis_server, event_id, group)
+    return owner, next(node for node in group.nodes if node is not owner)
+
+
 async def test_a_v2_socket_on_another_node_than_the_owner_sees_the_same_presence(
     cluster: StartCluster, redis_server: RedisServer, nursery: trio.Nursery
 ) -> None:
     group = await cluster(2, redis=redis_server)
-    a, b = [await group.server(node) for node in group.nodes]
-    _, event_id = await host_event(b)  # the host on b, which runs the event
-    await comings_and_goings(b, a, event_id, nursery)
+    _, event_id = await host_event(await group.server(group.nodes[1]))
+    owner, other = await owner_and_other(group, redis_server, event_id)
+    await comings_and_goings(await group.server(owner), await group.server(other), event_id,
+                             nursery)
 
 
 async def test_presence_across_machines_sharing_only_mongodb_and_redis(
     machines: StartCluster, redis_server: RedisServer, nursery: trio.Nursery
 ) -> None:
     group = await machines(2, redis=redis_server)
-    a, b = [await group.server(node) for node in group.nodes]
-    _, event_id = await host_event(a)
-    await comings_and_goings(a, b, event_id, nursery)
+    _, event_id = await host_event(await group.server(group.nodes[0]))
+    owner, other = await owner_and_other(group, redis_server, event_id)
+    await comings_and_goings(await group.server(owner), await group.server(other), event_id,
+                             nursery)
 
 
 async def test_after_the_event_moves_its_v2_sockets_get_a_new_list_then_its_changes(
@@ -106,14 +116,15 @@ async def test_after_the_event_moves_its_v2_sockets_get_a_new_list_then_its_chan
     """The owner's node leaves (SIGTERM): the other node's sockets stay, and the next owner,
     which knows nothing of what they were shown, sends each a list before any change."""
     group = await cluster(2, redis=redis_server)
-    a, b = [await group.server(node) for node in group.nodes]
-    _, event_id = await host_event(a)
+    _, event_id = await host_event(await group.server(group.nodes[0]))
+    leaving, staying = await owner_and_other(group, redis_server, event_id)
+    a, b = await group.server(leaving), await group.server(staying)
     on_a, on_b = Crowd(nursery, a), Crowd(nursery, b)
     leaving_id, _ = await joined(on_a, a, "on the leaving node", event_id, 1)
     stays = Watcher(*await joined(on_b, b, "stays", event_id, 2))
     await stays.sees({leaving_id, stays.user_id})
-    group.nodes[0].sigterm()
-    assert await group.nodes[0].wait() == 0
+    leaving.sigterm()
+    assert await leaving.wait() == 0
     await stays.sees({stays.user_id}, lists=2)  # the new owner's list
     late_id, _ = await joined(on_b, b, "late", event_id, 1)
     await stays.sees({stays.user_id, late_id})
