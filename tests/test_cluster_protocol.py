@@ -60,10 +60,11 @@ def test_frames_for_everyone_keep_the_layout_nodes_before_v2_read() -> None:
 
 def test_frames_for_one_version_or_one_socket_read_back() -> None:
     frames = Frames("node-a", 3, 9, [Shown(4, "chatMessage/{}", 1), Shown(4, "chatMessage/{", 2),
-                                     Shown(None, "ack/{}", 2, "node-b-7")])
+                                     Shown(None, "ack/{}", 2, "node-b-7"),
+                                     Shown(None, "membersLeft/[]", 3)])
     assert decode(encode(frames)) == frames
 
 
-@pytest.mark.parametrize("entry", [[None, "x", 3], [None, "x", 0, "key", "more"], [None]])
+@pytest.mark.parametrize("entry", [[None, "x", 4], [None, "x", 0, "key", "more"], [None]])
 def test_a_frame_entry_of_no_known_shape_drops_its_message(entry: list[object]) -> None:
     assert decode(json.dumps(["f", "node-a", 3, 9, [entry]]).encode()) is None

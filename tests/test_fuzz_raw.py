@@ -160,6 +160,7 @@ def base_requests(target: Target) -> list[bytes]:
         ("/api/v1/events/create", {"name": "e", "address": "a",
                                    "coordinates": {"x": 1, "y": 2}}, target.guest),
         ("/api/v1/events/get", {"eventId": event}, None),
+        ("/api/v1/events/members", {"eventId": event}, None),
         ("/api/v1/events/range", {"coordinates": {"x": 1, "y": 2}, "horizontalRange": 4,
                                   "verticalRange": 4}, None),
         ("/api/v1/events/update", {"eventId": event, "address": "b",
@@ -363,6 +364,8 @@ async def ws_session(target: Target, rng: random.Random) -> None:
     query = f"accessToken={token}&eventId={target.event_id}"
     if rng.random() < 0.2:
         query += rng.choice(["&since=0", "&since=-1", "&since=99999999999", "&since=x"])
+    if rng.random() < 0.3:  # v2 sockets get presence frames (and a join storm of them)
+        query += rng.choice(["&v=2", "&v=2", "&v=1", "&v=3"])
     handshake = (f"GET {WS_PATH}?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                  "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
                  "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n").encode()

@@ -25,6 +25,7 @@ from tests.fakes import FaultyStore
 from tests.raw_ws import RawSocket
 from tests.test_websocket import port_of, resource
 from vpiska import wire
+from vpiska.cluster.owner import _identity as remote_identity
 from vpiska.domain import new_id
 from vpiska.store import Store
 
@@ -32,6 +33,7 @@ CREATE = "/api/v1/events/create"
 UPDATE = "/api/v1/events/update"
 GET = "/api/v1/events/get"
 RANGE = "/api/v1/events/range"
+MEMBERS = "/api/v1/events/members"
 
 
 def strict_json(text: str) -> Any:
@@ -235,6 +237,44 @@ async def test_an_image_id_claim_that_is_not_text_is_dropped_not_stored(
     line = strict_json(next(f for f in member.frames if f.startswith("chatMessage/"))[12:])
     assert line["userImageId"] == ""
     assert line["userId"] == user_id
+
+
+@pytest.mark.parametrize(("body", "codes"), [
+    pytest.param('{"eventId": "\\ud800"}', ["IdIsEmpty"], id="lone-surrogate"),
+    pytest.param('{"eventId": 1e999}', ["IdIsEmpty"], id="infinity"),
+    pytest.param('{"eventId": {"$ne": null}}', ["IdIsEmpty"], id="operator"),
+    pytest.param('{"eventId": "' + "a" * 5_000 + '"}', ["InvalidIdFormat"], id="huge"),
+    pytest.param("[]", ["InternalError"], id="not-an-object"),  # as every JSON endpoint
+])
+async def test_members_of_a_hostile_event_id_is_a_code_and_no_error_log(
+    server: Server, caplog: pytest.LogCaptureFixture, body: str, codes: list[str]
+) -> None:
+    caplog.set_level(logging.INFO)
+    assert errors(await raw_post(server, MEMBERS, body)) == codes
+    assert not error_records(caplog)
+
+
+async def test_a_presence_list_shows_a_hostile_image_claim_as_no_image(
+    server: Server, crowd: Crowd
+) -> None:
+    user_id, _ = await token_for(server, "eve")
+    hostile = forged(server, ID=user_id, Name="eve", ImageID="\udfff")
+    _, event_id = await host_event(server)
+    member = await crowd.join(hostile, event_id, v=2)
+    await member.wait_for(lambda m: any(f.startswith("presence/") for f in m.frames))
+    listed = next(f for f in member.frames if f.startswith("presence/"))
+    assert strict_json(listed[9:]) == {"users": [
+        {"userId": user_id, "userName": "eve", "userImageId": ""}]}
+
+
+def test_a_remote_socket_whose_name_is_not_text_is_refused() -> None:
+    """Another node's join or sync names its socket's user; a name no wire can carry (a lone
+    surrogate, from a node that skipped the token's checks) would break every v2 socket's
+    presence list, so the request is refused as malformed."""
+    with pytest.raises(ValueError, match="not text"):
+        remote_identity({"user": new_id(), "name": "\ud800", "image": ""})
+    with pytest.raises(ValueError, match="not text"):
+        remote_identity({"user": new_id(), "name": "eve", "image": "\udfff"})
 
 
 @pytest.fixture

@@ -56,6 +56,13 @@ class Snapshot:
 
 
 @dataclasses.dataclass(frozen=True)
+class Members:
+    """The answer is the users present, each once (a list of Identity): `events/members`."""
+
+    reply: Reply
+
+
+@dataclasses.dataclass(frozen=True)
 class Update:
     by: str
     address: str
@@ -94,4 +101,5 @@ class Stop:
     hand_over: bool = False
 
 
-Command = Join | Leave | Chat | Snapshot | Update | AddMedia | RemoveMedia | Close | Stop
+Command = (Join | Leave | Chat | Snapshot | Members | Update | AddMedia | RemoveMedia | Close
+           | Stop)

@@ -18,7 +18,8 @@ cost N² frames when N people arrive at once. A room too large for that interval
 `count_frames_per_second` frames waits longer, members / that rate: a crowd of thousands arriving
 would otherwise spend a good part of the core telling each other the count. A joining socket is sent
 the current state at once, so a second device of a user (which changes no count) is not left without
-it.
+it. Presence frames for v2 sockets (vpiska/actors/presence.py) are announced on the same schedule,
+kept apart from the count's so that v1 sockets see the counts they always saw.
 
 A command is checked against the domain's rules before it touches the store (valid text, finite
 coordinates; the edge checks the same, so a client sees the field's code): a value no store or
@@ -49,6 +50,7 @@ from vpiska.actors.commands import (
     Join,
     Joined,
     Leave,
+    Members,
     RemoveMedia,
     Reply,
     Snapshot,
@@ -59,6 +61,7 @@ from vpiska.actors.geo import MapIndex
 from vpiska.actors.member import CloseCode, Member, OutboxClosed, OutboxFull
 from vpiska.actors.room import Room
 from vpiska.actors.view import EventView
+from vpiska.auth import Identity
 from vpiska.config import Config
 from vpiska.domain import ChatMessage, Event, is_place, is_text
 from vpiska.errors import DomainError, ErrorCode
@@ -103,6 +106,7 @@ class EventActor:
         self._update_interval = config.event_update_interval_ms / 1000
         self._count_frames_per_second = config.count_frames_per_second
         self._next_count_at = -math.inf
+        self._next_presence_at = -math.inf
         # The chat as events/get shows it, kept from the first snapshot on so that later ones
         # ask nothing of the store; dropped for good once longer than the bound.
         self._chat_memory_lines = config.chat_memory_lines
@@ -122,8 +126,9 @@ class EventActor:
             command, self._room.read_ahead = self._room.read_ahead, None
             if command is None:
                 command = await self._next_command()
-            if command is None:  # the coalescing deadline passed
-                self._announce_count()
+            if command is None:  # a coalescing deadline passed
+                self._announce_count_if_due()
+                self._announce_presence_if_due()
                 continue
             if isinstance(command, Chat):
                 await self._chat(self._gather(command, Chat))
@@ -133,6 +138,8 @@ class EventActor:
                 self._leave(command.member)
             elif isinstance(command, Snapshot):
                 await self._answer(command.reply, self._snapshot)
+            elif isinstance(command, Members):
+                await self._answer(command.reply, self._members)
             elif isinstance(command, Update):
                 await self._answer(command.reply, self._update, command)
             elif isinstance(command, AddMedia):
@@ -155,6 +162,7 @@ class EventActor:
                 self._room.remove(self._room.departures.pop())
             await self._mirror_now()  # after a leave; before the count is announced
             self._announce_count_if_due()
+            self._announce_presence_if_due()
 
     def _gather(self, first: _Batched, kind: type[_Batched]) -> list[_Batched]:
         """`first` and the commands of its kind queued right after it, up to MAX_BATCH."""
@@ -174,6 +182,8 @@ class EventActor:
     async def _next_command(self) -> Command | None:
         pending = self._room.users_count != self._room.announced_count
         due = self._next_count_at if pending else math.inf
+        if self._room.presence.pending:
+            due = min(due, self._next_presence_at)
         if due > trio.current_time():  # a command already queued needs no deadline to wait on
             try:
                 return self._room.commands.receive_nowait()
@@ -236,8 +246,18 @@ class EventActor:
     def _announce_count(self) -> None:
         count = self._room.users_count
         self._room.announce(self._event_updated(), count)
-        self._next_count_at = trio.current_time() + max(
-            self._update_interval, count / self._count_frames_per_second)
+        self._next_count_at = trio.current_time() + self._announcement_interval()
+
+    def _announce_presence_if_due(self) -> None:
+        if self._room.presence.pending and trio.current_time() >= self._next_presence_at:
+            self._room.announce_presence()
+            self._next_presence_at = trio.current_time() + self._announcement_interval()
+
+    def _announcement_interval(self) -> float:
+        return max(self._update_interval, self._room.users_count / self._count_frames_per_second)
+
+    async def _members(self) -> list[Identity]:
+        return self._room.present()
 
     def _event_updated(self) -> frames.Frame:
         return frames.event_updated(self._event, self._room.users_count)

@@ -26,6 +26,8 @@ class Audience(enum.IntEnum):
     EVERYONE = 0
     V1 = 1  # sockets without `v=2`: what the older backend's clients know
     V2 = 2  # sockets that opted in to v2
+    # v2 sockets that have been sent the presence list: the changes to it (presence.py)
+    PRESENT = 3
 
 
 class Frame:

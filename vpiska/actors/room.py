@@ -31,9 +31,11 @@ import trio
 
 from vpiska import metrics
 from vpiska.actors.commands import Command, Join, Leave, Reply
-from vpiska.actors.frames import Frame, for_version
+from vpiska.actors.frames import Audience, Frame, for_version
 from vpiska.actors.member import CloseCode, Member, OutboxClosed, OutboxFull
+from vpiska.actors.presence import LIST_PREFIX, Presence, present_users, users_text
 from vpiska.actors.view import Mirror
+from vpiska.auth import Identity
 from vpiska.errors import DomainError, ErrorCode
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,9 @@ class Room:
         self.publisher = publisher
         self.mirror = mirror
         self.seq = 0  # the last message published (the publisher counts)
+        # What v2 sockets were shown of who is here (presence.py); it lives here, like the
+        # member table, so an actor's restart keeps it.
+        self.presence = Presence()
         self._reply_timeout = reply_timeout
 
     @property
@@ -174,17 +179,48 @@ class Room:
             pass  # the room has ended and finished every member
 
     def add(self, member: Member) -> None:
+        if self.presence.watching and member.identity.user_id not in self.members:
+            self.presence.arrived(member.identity)
         self.members.setdefault(member.identity.user_id, set()).add(member)
         if member.gateway is None:
             self.local.add(member)
+        if member.version == 2:
+            self.presence.socket_added(member)
 
     def remove(self, member: Member) -> None:
+        if member.version == 2:
+            self.presence.socket_removed(member)
         sockets = self.members.get(member.identity.user_id)
         if sockets is not None:
             sockets.discard(member)
             if not sockets:
                 del self.members[member.identity.user_id]
+                if self.presence.watching:
+                    self.presence.departed(member.identity.user_id)
         self.local.discard(member)
+
+    def present(self) -> list[Identity]:
+        """Each user connected now, once, in the order they arrived."""
+        return present_users(self.members)
+
+    def announce_presence(self) -> None:
+        """Tell v2 sockets who came and went since the last announcement; those waiting for
+        their list are sent it instead (presence.py). Frames are built only when some
+        socket is to see them."""
+        changes = self.presence.changes()
+        if changes:
+            dropped = [member for member in self.presence.watching
+                       if member.gateway is None and not self._deliver(member, changes)]
+            for member in dropped:
+                self.remove(member)
+            if self.publisher is not None and self.presence.remote_watching:
+                for frame in changes:
+                    self.publisher.frame(self, frame, None)
+        waiting = self.presence.take_waiting()
+        if waiting:
+            listed = Frame(LIST_PREFIX + users_text(self.present()), Audience.V2)
+            for member in waiting:
+                self.tell(member, listed)
 
     def broadcast(self, frame: Frame, chat_index: int | None = None) -> None:
         """Deliver `frame` to every member, never waiting; a member too slow to take it is

@@ -43,6 +43,7 @@ from vpiska.actors.commands import (
     Close,
     Join,
     Joined,
+    Members,
     RemoveMedia,
     Snapshot,
     Update,
@@ -51,6 +52,8 @@ from vpiska.actors.commands import (
     Reply as ReplyChannel,
 )
 from vpiska.actors.frames import Audience, Frame, chat_message
+from vpiska.actors.presence import LIST_PREFIX
+from vpiska.auth import Identity
 from vpiska.cluster import redis
 from vpiska.cluster.bus import Bus
 from vpiska.cluster.contained import contained
@@ -111,6 +114,9 @@ class _Socket:
     # not its own (it read those lines from the store), also when they arrive after its
     # join's answer: the answer and the frames travel on different channels.
     start: tuple[int, int] = (0, 0)
+    # A v2 socket that has been told its presence list (the owner's `presence/`, for it alone)
+    # is shown the changes to it from then on (Audience.PRESENT); before, it is not.
+    present: bool = False
 
 
 class GatewayRoom:
@@ -170,6 +176,8 @@ class GatewayRoom:
             return await self._join(command.member)
         if isinstance(command, Snapshot):
             return await self._snapshot()
+        if isinstance(command, Members):
+            return [_identity(entry) for entry in await self._request("members", {})]
         if isinstance(command, Update):
             return await self._request("update", {
                 "by": command.by, "address": command.address,
@@ -379,8 +387,12 @@ class GatewayRoom:
             shown.append(((message.epoch, message.seq + offset), frame, entry.to))
         delivered = 0
         for socket in list(self._sockets.values()):
-            mine = [(position, frame) for position, frame, to in shown
-                    if (to is None or to == socket.key) and frame.seen_by(socket.member.version)]
+            if socket.member.version == 2:
+                mine = _shown_to_v2(socket, shown)
+            else:
+                mine = [(position, frame) for position, frame, to in shown
+                        if (to is None or to == socket.key)
+                        and frame.seen_by(socket.member.version)]
             if socket.held is not None:
                 socket.held.extend((*position, frame) for position, frame in mine)
                 continue
@@ -459,6 +471,8 @@ class GatewayRoom:
             "event_id": self.event_id, "owner": hello.origin, "epoch": hello.epoch,
             "chat_length": hello.chat_length, "had_lines": self._chat_length})
         self._epoch, self._seq = hello.epoch, hello.seq
+        for socket in self._sockets.values():
+            socket.present = False  # the new owner sends a list first, then its changes
         # The old owner may still listen on its channel (paused past its lease, or fenced
         # when it lost Redis): a chat line sent on to it would be taken and then dropped.
         self._owners.owner_is(self.event_id, hello.origin)
@@ -560,6 +574,30 @@ class GatewayRoom:
         log.error("event command failed", extra={"event_id": self.event_id, "op": op,
                                                  "cause": "no owner answered in time"})
         raise DomainError(ErrorCode.INTERNAL_ERROR)
+
+
+def _shown_to_v2(socket: _Socket, shown: list[tuple[tuple[int, int], Frame, str | None]]
+                 ) -> list[tuple[tuple[int, int], Frame]]:
+    """What of a message's frames a v2 socket sees, in order: presence changes only once its
+    presence list, told to it alone, has come before them (vpiska/actors/presence.py)."""
+    mine = []
+    for position, frame, to in shown:
+        if to is not None and to != socket.key:
+            continue
+        if frame.audience is Audience.PRESENT:
+            if socket.present:
+                mine.append((position, frame))
+        elif frame.seen_by(2):
+            mine.append((position, frame))
+            if to is not None and frame.text.startswith(LIST_PREFIX):
+                socket.present = True
+    return mine
+
+
+def _identity(entry: list[str]) -> Identity:
+    """A present user as the owner answers `members`."""
+    user_id, name, image_id = entry
+    return Identity(str(user_id), str(name), str(image_id))
 
 
 def _answer(reply: Reply) -> Any:

@@ -29,6 +29,7 @@ from vpiska.actors.commands import (
     Close,
     Join,
     Joined,
+    Members,
     RemoveMedia,
     Snapshot,
     Update,
@@ -52,7 +53,7 @@ from vpiska.cluster.protocol import (
 from vpiska.cluster.rpc import Rpc
 from vpiska.cluster.trouble import Trouble
 from vpiska.cluster.views import view_value
-from vpiska.domain import Coordinates, EventMedia, is_id
+from vpiska.domain import Coordinates, EventMedia, is_id, is_text
 from vpiska.errors import DomainError
 
 log = logging.getLogger(__name__)
@@ -226,6 +227,10 @@ class OwnerLink:
             return view_value(view)
         if op == "position":
             return {"epoch": room.epoch, "seq": room.seq}
+        if op == "members":
+            present = await room.ask(Members)
+            assert isinstance(present, list)
+            return [[user.user_id, user.name, user.image_id] for user in present]
         command = _command(op, args)
         return await room.ask(command)
 
@@ -292,7 +297,10 @@ def _identity(args: dict[str, Any]) -> Identity:
     user_id = str(args["user"])
     if not is_id(user_id):
         raise ValueError("not a user id")
-    return Identity(user_id, str(args["name"]), str(args["image"]))
+    name, image = str(args["name"]), str(args["image"])
+    if not (is_text(name) and is_text(image)):  # it would break every v2 socket's presence
+        raise ValueError("name or image not text")
+    return Identity(user_id, name, image)
 
 
 def _version(value: Any) -> int:

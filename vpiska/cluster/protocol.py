@@ -192,7 +192,7 @@ def _message(body: Any) -> EventMessage | NodeMessage:
 def _shown(entry: list[Any]) -> Shown:
     chat, text, *rest = entry
     audience = int(rest[0]) if rest else 0
-    if audience not in (0, 1, 2) or len(rest) > 2:
+    if audience not in (0, 1, 2, 3) or len(rest) > 2:
         raise ValueError("not a frame")
     return Shown(None if chat is None else int(chat), str(text), audience,
                  str(rest[1]) if len(rest) == 2 else None)

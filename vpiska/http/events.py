@@ -12,14 +12,15 @@ from quart import Blueprint
 
 from vpiska.accounts import Accounts
 from vpiska.actors import EventView
-from vpiska.actors.commands import AddMedia, Close, RemoveMedia, Snapshot, Update
+from vpiska.actors.commands import AddMedia, Close, Members, RemoveMedia, Snapshot, Update
+from vpiska.actors.presence import users_text
 from vpiska.actors.rooms import RoomHandle, Rooms
 from vpiska.config import Config
 from vpiska.domain import EventMedia
 from vpiska.errors import DomainError, ErrorCode
 from vpiska.http.auth import caller
 from vpiska.http.body import coordinates, id_codes, json_object, number, require, text
-from vpiska.http.envelope import answer, success, success_body, success_text_body
+from vpiska.http.envelope import answer, success, success_body, success_text, success_text_body
 from vpiska.http.json_routes import JsonHandler
 from vpiska.http.multipart import read_multipart
 from vpiska.media import MediaLibrary
@@ -60,6 +61,14 @@ def events_routes(config: Config, accounts: Accounts, rooms: Rooms, store: Store
     @routes.post("/range")
     async def in_range() -> Any:
         return answer(await events_in_range(await body()))
+
+    @routes.post("/members")
+    async def members() -> Any:
+        event_id = text(await body(), "eventId")
+        require(id_codes(event_id))
+        present = await (await room_of(event_id)).ask(Members)
+        assert isinstance(present, list)
+        return success_text(users_text(present))
 
     @routes.post("/update")
     async def update() -> Any:

@@ -93,6 +93,8 @@ SCHEMAS: dict[str, Schema] = {
     "ImageSet": record(imageId=ID, accessToken=TOKEN),
     "EventMedia": record(id=ID, contentType=TEXT),
     "ChatMessage": record(userId=ID, userName=TEXT, userImageId=TEXT, message=TEXT),
+    "PresentUser": record(userId=ID, userName=TEXT, userImageId=TEXT),
+    "Members": record(users={"type": "array", "items": ref("PresentUser")}),
     "EventResponse": record(
         id=ID, ownerId=ID, name=TEXT, address=TEXT, coordinates=ref("Coordinates"),
         usersCount={"type": "integer", "minimum": 0},
@@ -244,6 +246,12 @@ PATHS: dict[str, dict[str, Any]] = {
     "/api/v1/events/get": {"post": json_operation(
         "Read an open event", body(eventId=ID), ref("EventResponse"), tag=EVENTS,
         description="EventNotFound for an unknown or closed event.")},
+    "/api/v1/events/members": {"post": json_operation(
+        "Who is in an event's live room", body(eventId=ID), ref("Members"), tag=EVENTS,
+        description="Each user connected to the event's WebSocket now, once, in the order "
+                    "they arrived (`userImageId` is \"\" without an image): the list a v2 "
+                    "socket gets as `presence/`. EventNotFound for an unknown or closed "
+                    "event.")},
     "/api/v1/events/range": {"post": json_operation(
         "Open events in a map rectangle",
         body(coordinates=ref("Coordinates"), horizontalRange={"type": "number"},
