@@ -256,10 +256,14 @@ class MongoStore:
             partial(self._users.update_one, {"_id": user_id}, {"$set": {"password": password_hash}})
         )
 
-    async def set_user_image(self, user_id: str, image_id: str) -> None:
-        await self._run(
-            partial(self._users.update_one, {"_id": user_id}, {"$set": {"image_id": image_id}})
-        )
+    async def set_user_image(self, user_id: str, image_id: str) -> User | None:
+        def swap() -> User | None:  # one document's update: atomic
+            document = self._users.find_one_and_update(
+                {"_id": user_id}, {"$set": {"image_id": image_id}},
+                return_document=ReturnDocument.BEFORE)
+            return _user(document) if document else None
+
+        return await self._run(swap)
 
     # Media.
 
