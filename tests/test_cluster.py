@@ -374,7 +374,9 @@ async def test_one_user_on_two_nodes_counts_once_and_handshakes_are_checked_ever
     await b.ok("/api/v1/events/media/add", token=token, files=photo, data={"eventId": event_id})
     media = (await a.ok("/api/v1/events/get", {"eventId": event_id}))["media"]
     for member in (phone, tablet, watcher):
-        await member.wait_for(lambda m: f"mediaAdded/{media[0]['id']}" in m.frames)
+        await member.wait_for(
+            lambda m: f'mediaAdded/{{"id":"{media[0]["id"]}","contentType":"image/jpeg"}}'
+            in m.frames)
     await phone.say("before the late one")
     late = await crowd_b.join((await token_for(b, "late"))[1], event_id, since=0)
     await late.wait_for(lambda m: m.chat() == ["before the late one"])  # caught up on b

@@ -660,7 +660,8 @@ async def test_media_the_owner_adds_and_removes_is_stored_then_announced(
     assert await room.ask(lambda reply: AddMedia(event.owner_id, photo, reply)) is None
     assert (await snapshot(room)).event.media == (photo,)
     assert await room.ask(lambda reply: RemoveMedia(event.owner_id, photo.id, reply)) is None
-    assert outbox(ann).frames[-2:] == [f"mediaAdded/{photo.id}", f"mediaRemoved/{photo.id}"]
+    assert outbox(ann).frames[-2:] == [
+        f'mediaAdded/{{"id":"{photo.id}","contentType":"image/png"}}', f"mediaRemoved/{photo.id}"]
     stored = await rooms.stored_event(event.id)
     assert stored.media == ()
 

@@ -165,7 +165,8 @@ async def test_media_add_and_remove(server: Server, crowd: Crowd) -> None:
     [attached] = event["media"]
     assert attached["contentType"] == "image/jpeg"
     assert (await server.http.get(f"/api/v1/media/{attached['id']}")).content == b"jpeg"
-    await member.wait_for(lambda m: f"mediaAdded/{attached['id']}" in m.frames)
+    added = f'mediaAdded/{{"id":"{attached["id"]}","contentType":"image/jpeg"}}'
+    await member.wait_for(lambda m: added in m.frames)
 
     assert await server.codes(REMOVE_MEDIA, {"eventId": "x", "mediaId": ""}, token=token) == [
         "InvalidIdFormat", "IdIsEmpty"]
@@ -176,8 +177,7 @@ async def test_media_add_and_remove(server: Server, crowd: Crowd) -> None:
     await server.ok(REMOVE_MEDIA, {"eventId": event_id, "mediaId": attached["id"]}, token=token)
     await member.wait_for(lambda m: f"mediaRemoved/{attached['id']}" in m.frames)
     assert (await server.ok(GET, {"eventId": event_id}))["media"] == []
-    assert member.frames.index(f"mediaAdded/{attached['id']}") < member.frames.index(
-        f"mediaRemoved/{attached['id']}")
+    assert member.frames.index(added) < member.frames.index(f"mediaRemoved/{attached['id']}")
 
 
 @pytest.mark.parametrize("config_overrides", [{"chat_memory_lines": 2}, {}],

@@ -133,7 +133,7 @@ async def is_served(server: Server, media_id: str) -> bool:
     return status == 200
 
 
-async def test_a_users_image_is_in_use_until_replaced(server: Server) -> None:
+async def test_a_users_image_is_in_use_until_replaced_then_deleted(server: Server) -> None:
     token = (await server.sign_up())["accessToken"]
 
     async def set_image() -> str:
@@ -146,12 +146,14 @@ async def test_a_users_image_is_in_use_until_replaced(server: Server) -> None:
     assert await delete_codes(server, first) == ["MediaInUse"]
     assert await is_served(server, first)
     second = await set_image()
-    assert await delete_codes(server, first) is None
     assert not await is_served(server, first)
+    assert await delete_codes(server, first) == ["MediaNotFound"]
     assert await delete_codes(server, second) == ["MediaInUse"]
 
 
-async def test_an_events_media_is_in_use_until_removed_and_after_close(server: Server) -> None:
+async def test_an_events_media_is_in_use_until_removed_then_deleted_and_after_close(
+    server: Server
+) -> None:
     token, event_id = await host_event(server)
     for name in ("kept.png", "removed.png"):
         await server.ok("/api/v1/events/media/add", token=token, data={"eventId": event_id},
@@ -163,8 +165,8 @@ async def test_an_events_media_is_in_use_until_removed_and_after_close(server: S
     assert await delete_codes(server, removed) == ["MediaInUse"]
     await server.ok("/api/v1/events/media/remove", {"eventId": event_id, "mediaId": removed},
                     token=token)
-    assert await delete_codes(server, removed) is None
     assert not await is_served(server, removed)
+    assert await delete_codes(server, removed) == ["MediaNotFound"]
 
     await server.ok("/api/v1/events/close", {"eventId": event_id}, token=token)
     assert await delete_codes(server, kept) == ["MediaInUse"]

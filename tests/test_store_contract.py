@@ -218,6 +218,38 @@ async def test_password_and_image(store: Store) -> None:
         user, password_hash="new-hash", image_id=image_id)
 
 
+async def test_setting_an_image_answers_the_user_as_it_was(store: Store) -> None:
+    user = a_user()
+    await store.add_user(user)
+    first, second = new_id(), new_id()
+    assert await store.set_user_image(user.id, first) == user
+    assert await store.set_user_image(user.id, second) == dataclasses.replace(user, image_id=first)
+    assert await store.user_by_id(user.id) == dataclasses.replace(user, image_id=second)
+    assert await store.set_user_image(new_id(), first) is None
+
+
+async def test_concurrent_image_sets_each_replace_a_different_image(store: Store) -> None:
+    """What lets the avatar's replacement delete the image it replaced without an orphan: of
+    concurrent sets, each one's "before" is a different image, and never the one left set."""
+    user, initial = a_user(), new_id()
+    await store.add_user(user)
+    await store.set_user_image(user.id, initial)
+    images = [new_id() for _ in range(20)]
+    replaced: list[str | None] = []
+
+    async def set_image(image_id: str) -> None:
+        before = await store.set_user_image(user.id, image_id)
+        assert before is not None
+        replaced.append(before.image_id)
+
+    async with trio.open_nursery() as nursery:
+        for image_id in images:
+            nursery.start_soon(set_image, image_id)
+    left = await store.user_by_id(user.id)
+    assert left is not None
+    assert sorted(map(str, [*replaced, left.image_id])) == sorted([initial, *images])
+
+
 async def test_concurrent_sign_ups_with_one_phone(store: Store) -> None:
     refusals: list[tuple[ErrorCode, ...]] = []
     accepted: list[User] = []

@@ -28,6 +28,15 @@ class Session:
     access_token: str
 
 
+@dataclasses.dataclass(frozen=True)
+class ImageSet:
+    """A user's new image set: the fresh token carrying it, and the image it replaced (None:
+    the user had none), which nothing refers to any more."""
+
+    access_token: str
+    replaced: str | None
+
+
 class Accounts:
     def __init__(self, store: Store, tokens: Tokens, passwords: Passwords,
                  limits: SigninLimits) -> None:
@@ -108,9 +117,15 @@ class Accounts:
                                             await self._passwords.hash(password, caller.user_id))
         return self._fresh_token(await self._store.user_by_id(caller.user_id))
 
-    async def set_image(self, caller: Identity, image_id: str) -> str:
-        await self._store.set_user_image(caller.user_id, image_id)
-        return self._fresh_token(await self._store.user_by_id(caller.user_id))
+    async def set_image(self, caller: Identity, image_id: str) -> ImageSet:
+        """Make `image_id` the caller's image (UserNotFound if the user is gone). The image it
+        replaces is in the answer, once, for the caller to delete: the store swaps the two in
+        one step, so two sets at once each replace a different one."""
+        before = await self._store.set_user_image(caller.user_id, image_id)
+        if before is None:
+            raise DomainError(ErrorCode.USER_NOT_FOUND)
+        token = self._tokens.issue(dataclasses.replace(before, image_id=image_id))
+        return ImageSet(token, before.image_id)
 
     def _fresh_token(self, user: User | None) -> str:
         if user is None:  # a valid token of a user deleted since

@@ -6,6 +6,12 @@ fails; delete removes the record first and the bytes second. Either way a crash 
 orphan bytes, never a record the API would serve as broken. Whether media is still in use
 (an event lists it, a user's image is it) is the store's decision, taken with the delete.
 
+Media that its event or its user lets go of (`events/media/remove`, a replaced avatar) is
+deleted, record and bytes, as the older backend deleted it: a photo taken down must not stay
+downloadable by anyone who kept its id. The reference goes first, the media after (`discard`),
+so a crash in between leaves a whole media nothing refers to, still served, never an event or a
+user pointing at bytes that are gone.
+
 A record can still lose its bytes by other means: a lost or restored disk in `files` mode, a
 record the older backend wrote whose file `media import` did not find. Such a media is answered
 as missing (404), with one warning naming it, rather than as a server error.
@@ -120,3 +126,27 @@ class MediaLibrary:
         if not await self._store.delete_media(media_id):
             raise DomainError(ErrorCode.MEDIA_NOT_FOUND)
         await self.media_bytes.remove(media_id)
+
+    async def discard(self, media_id: str) -> None:
+        """Delete the record and the bytes of a media whose reference the store has just
+        dropped (an event's media list, a user's image), so a later download is 404.
+
+        Kept, with a line saying so, if the store finds it still in use: the older backend's
+        data may share one media between an event and a user. No record: the bytes are
+        removed all the same (what a discard cut short between the two left).
+
+        Error handling: store and bytes errors escape; the media is then whole (the record
+        failed) or a record-less orphan of bytes (the bytes failed), which no endpoint serves.
+        Called under a shield by callers that must not stop between the reference and this.
+        """
+        try:
+            found = await self._store.delete_media(media_id)
+        except DomainError as refusal:
+            if refusal.codes != (ErrorCode.MEDIA_IN_USE,):
+                raise
+            log.info("media let go of is still in use elsewhere: kept",
+                     extra={"media_id": media_id})
+            return
+        await self.media_bytes.remove(media_id)
+        log.info("media let go of: record and bytes deleted",
+                 extra={"media_id": media_id, "record_found": found})

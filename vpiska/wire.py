@@ -16,7 +16,7 @@ import functools
 import json
 from typing import Any
 
-from vpiska.domain import ChatMessage, Coordinates, Event
+from vpiska.domain import ChatMessage, Coordinates, Event, EventMedia
 
 encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
@@ -36,6 +36,12 @@ def chat_json(m: ChatMessage) -> dict[str, str]:
             "message": m.message}
 
 
+def media_json(m: EventMedia) -> dict[str, str]:
+    """An event's media as `eventResponse` lists it and as a `mediaAdded/` frame carries it:
+    the older backend's MediaInfo, `id` then `contentType`."""
+    return {"id": m.id, "contentType": m.content_type}
+
+
 def event_json(event: Event, users_count: int, chat: list[ChatMessage]) -> dict[str, Any]:
     """API.md's `eventResponse`."""
     return {
@@ -45,7 +51,7 @@ def event_json(event: Event, users_count: int, chat: list[ChatMessage]) -> dict[
         "address": event.address,
         "coordinates": coordinates_json(event.coordinates),
         "usersCount": users_count,
-        "media": [{"id": m.id, "contentType": m.content_type} for m in event.media],
+        "media": [media_json(m) for m in event.media],
         "chatMessages": [chat_json(line) for line in chat],
     }
 

@@ -363,7 +363,7 @@ class EventActor:
         media = tuple(m for m in self._event.media if m.id != command.media.id)
         self._event = dataclasses.replace(self._event, media=(*media, command.media))
         await self._mirror_now()
-        self._room.broadcast(frames.media_added(command.media.id))
+        self._room.broadcast(frames.media_added(command.media))
 
     async def _remove_media(self, command: RemoveMedia) -> None:
         self._check_owner(command.by)

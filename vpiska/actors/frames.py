@@ -17,7 +17,7 @@ import enum
 from collections.abc import Sequence
 
 from vpiska import wire
-from vpiska.domain import ChatMessage, Event
+from vpiska.domain import ChatMessage, Event, EventMedia
 
 
 class Audience(enum.IntEnum):
@@ -73,8 +73,10 @@ def payload(frame: Frame) -> str:
     return frame.text.partition("/")[2]
 
 
-def media_added(media_id: str) -> Frame:
-    return Frame("mediaAdded/" + media_id)
+def media_added(media: EventMedia) -> Frame:
+    """The older backend's running code sends the media's JSON (its commit "content type in
+    socket", 2022-06), not the id alone its README shows; the clients in use read the JSON."""
+    return Frame("mediaAdded/" + wire.encode(wire.media_json(media)))
 
 
 def media_removed(media_id: str) -> Frame:

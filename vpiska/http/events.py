@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import trio
 from quart import Blueprint
 
 from vpiska.accounts import Accounts
@@ -111,7 +112,12 @@ def events_routes(config: Config, accounts: Accounts, rooms: Rooms, store: Store
         event_id, media_id = text(data, "eventId"), text(data, "mediaId")
         require(id_codes(event_id), id_codes(media_id))
         room = await room_of(event_id)
-        await room.ask(lambda reply: RemoveMedia(identity.user_id, media_id, reply))
+        # The room detaches it (stored, then mediaRemoved/), then its record and bytes go
+        # (MediaLibrary.discard). Shielded, both bounded by the room's reply deadline: once
+        # asked, the room may detach it whether or not the client waits for the answer.
+        with trio.CancelScope(shield=True):
+            await room.ask(lambda reply: RemoveMedia(identity.user_id, media_id, reply))
+            await media.discard(media_id)
         return success(None)
 
     return routes

@@ -194,7 +194,8 @@ Frames from the server (text, `prefix/payload`):
   event changed, or a member joined or left;
 - `chatMessage/{"userId","userName","userImageId","message"}`: a member wrote in the chat
   (the sender gets it too);
-- `mediaAdded/<mediaId>`, `mediaRemoved/<mediaId>`: the owner attached or removed media;
+- `mediaAdded/{"id","contentType"}`, `mediaRemoved/<mediaId>`: the owner attached or removed
+  media;
 - `closeEvent/`: the event closed; the server then closes the socket (1000).
 
 Frames from the client: `chatMessage/<text>`; other prefixes are ignored.

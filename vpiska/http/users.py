@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import trio
 from quart import Blueprint, request
 
 from vpiska.accounts import Accounts, Session
@@ -79,8 +80,17 @@ def users_routes(config: Config, accounts: Accounts, media: MediaLibrary,
         identity = await caller(accounts)
         with await read_multipart("image", config.max_upload_bytes, media.spool_dir) as form:
             image = await media.add(form.file())
-        token = await accounts.set_image(identity, image.id)
-        return success({"imageId": image.id, "accessToken": token})
+        # Shielded: a client hanging up now must not leave the new image or the one it
+        # replaces behind, public and referred to by nothing.
+        with trio.CancelScope(shield=True):
+            try:
+                changed = await accounts.set_image(identity, image.id)
+            except BaseException:
+                await media.discard(image.id)  # kept if the swap happened after all
+                raise
+            if changed.replaced is not None:
+                await media.discard(changed.replaced)
+        return success({"imageId": image.id, "accessToken": changed.access_token})
 
     return routes
 

@@ -121,7 +121,11 @@ class Store(Protocol):
 
     async def set_password_hash(self, user_id: str, password_hash: str) -> None: ...
 
-    async def set_user_image(self, user_id: str, image_id: str) -> None: ...
+    async def set_user_image(self, user_id: str, image_id: str) -> User | None:
+        """Make `image_id` the user's image; return the user as it was before (with the image
+        this replaced), None if there is no such user. Read and write are one atomic step: of
+        concurrent calls for one user, each replaces a different image, so every image
+        replaced is returned exactly once and the one that ends up set never is."""
 
     # Media metadata (the bytes live in MediaBytes: vpiska/store/media_bytes.py).
     async def add_media(self, media: Media) -> None: ...

@@ -152,10 +152,11 @@ class MemoryStore:
         if (user := self._users.get(user_id)) is not None:
             self._users[user_id] = dataclasses.replace(user, password_hash=password_hash)
 
-    async def set_user_image(self, user_id: str, image_id: str) -> None:
+    async def set_user_image(self, user_id: str, image_id: str) -> User | None:
         await self._enter()
         if (user := self._users.get(user_id)) is not None:
             self._users[user_id] = dataclasses.replace(user, image_id=image_id)
+        return user
 
     # Media.
 

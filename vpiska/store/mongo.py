@@ -256,10 +256,23 @@ class MongoStore:
             partial(self._users.update_one, {"_id": user_id}, {"$set": {"password": password_hash}})
         )
 
-    async def set_user_image(self, user_id: str, image_id: str) -> None:
-        await self._run(
-            partial(self._users.update_one, {"_id": user_id}, {"$set": {"image_id": image_id}})
-        )
+    async def set_user_image(self, user_id: str, image_id: str) -> User | None:
+        # Compare-and-set, not find_one_and_update(BEFORE): the same on mongod, but
+        # SecantusDB's findAndModify reads its pre-image before it writes, so two concurrent
+        # swaps could both answer one image (one left behind, one deleted twice), while its
+        # conditional update is atomic. One more round trip, for a rare request.
+        def swap() -> User | None:
+            while True:
+                document = self._users.find_one({"_id": user_id})
+                if document is None:
+                    return None
+                swapped = self._users.update_one(
+                    {"_id": user_id, "image_id": document.get("image_id")},
+                    {"$set": {"image_id": image_id}})
+                if swapped.matched_count:
+                    return _user(document)
+
+        return await self._run(swap)
 
     # Media.
 

@@ -268,8 +268,17 @@ class SqliteStore:
     async def set_password_hash(self, user_id: str, password_hash: str) -> None:
         await self._execute("UPDATE users SET password = ? WHERE id = ?", password_hash, user_id)
 
-    async def set_user_image(self, user_id: str, image_id: str) -> None:
-        await self._execute("UPDATE users SET image_id = ? WHERE id = ?", image_id, user_id)
+    async def set_user_image(self, user_id: str, image_id: str) -> User | None:
+        def swap() -> User | None:
+            # IMMEDIATE: no other process on the file can set an image between read and write.
+            with self._transaction("BEGIN IMMEDIATE"):
+                before = self._one_user("id", user_id)
+                if before is not None:
+                    self._db.execute("UPDATE users SET image_id = ? WHERE id = ?",
+                                     (image_id, user_id))
+            return before
+
+        return await self._run(swap)
 
     async def _execute(self, sql: str, *params: Any) -> int:
         return await self._run(lambda: self._db.execute(sql, params).rowcount)
