@@ -37,12 +37,14 @@ import trio
 
 from vpiska import metrics
 from vpiska.actors import CloseCode, EventView, Member, OutboxClosed, OutboxFull
+from vpiska.actors import lines as chat_lines
 from vpiska.actors.commands import (
     AddMedia,
     Chat,
     Close,
     Join,
     Joined,
+    RemoveChat,
     RemoveMedia,
     Snapshot,
     Update,
@@ -50,7 +52,7 @@ from vpiska.actors.commands import (
 from vpiska.actors.commands import (
     Reply as ReplyChannel,
 )
-from vpiska.actors.frames import Audience, Frame, chat_message
+from vpiska.actors.frames import Audience, Frame
 from vpiska.cluster import redis
 from vpiska.cluster.bus import Bus
 from vpiska.cluster.contained import contained
@@ -183,6 +185,8 @@ class GatewayRoom:
                                        {"by": command.by, "media_id": command.media_id})
         if isinstance(command, Close):
             return await self._request("close", {"by": command.by})
+        if isinstance(command, RemoveChat):
+            return await self._request("remove_chat", {"by": command.by, "seq": command.seq})
         raise TypeError(f"GatewayRoom cannot ask {command!r}")
 
     async def enter(self, member: Member) -> None:
@@ -198,6 +202,11 @@ class GatewayRoom:
         identity = command.sender
         args = {"user": identity.user_id, "name": identity.name, "image": identity.image_id,
                 "text": command.text}
+        if command.client_id is not None:  # acknowledged to the socket with this key
+            args["id"] = command.client_id
+            key = None if command.member is None else self._key_of.get(command.member)
+            if key is not None:
+                args["key"] = key
         with trio.move_on_after(self._reply_timeout):
             if self._between_owners is not None:
                 await self._between_owners.wait()
@@ -488,11 +497,13 @@ class GatewayRoom:
         try:
             if hello.chat_length > had:
                 missed = await self._store.chat(self.event_id, had)
-                shown = [chat_message(line) for line in missed[: hello.chat_length - had]]
+                numbered = list(enumerate(missed[: hello.chat_length - had], start=had + 1))
+                shown = {version: [chat_lines.for_version(line, seq, version)
+                                   for seq, line in numbered] for version in (1, 2)}
                 for socket in list(self._sockets.values()):
                     # Those that joined the new owner read the store themselves.
-                    if shown and socket.held is None and socket.start[0] < hello.epoch:
-                        self._deliver(socket, shown)
+                    if numbered and socket.held is None and socket.start[0] < hello.epoch:
+                        self._deliver(socket, shown[socket.member.version])
                 self._chat_length = hello.chat_length
             await self._sync(hello.origin)
         except Exception as error:  # the store or Redis failed: the sockets rejoin instead
