@@ -297,7 +297,9 @@ class EventActor:
         metrics.CHAT_BATCH_LINES.observe(len(lines))
         first = self._chat_length
         self._chat_length += len(lines)
-        v2 = self._room.v2_members > 0
+        # In a cluster, both: a new owner learns other nodes' sockets (and their versions) only
+        # when their gateways tell it, after lines it may already have shown them.
+        v2 = self._room.v2_members > 0 or self._room.publisher is not None
         if v2:
             numbered = [(frame, index) for index, line in enumerate(lines, start=first)
                         for frame in chat_lines.shown(line, index + 1, v2=True)]

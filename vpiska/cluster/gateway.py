@@ -380,21 +380,39 @@ class GatewayRoom:
             self._seq = message.seq  # a Hello of the epoch we follow: nothing new
 
     def _fan_out(self, message: Frames) -> None:
-        shown: list[tuple[tuple[int, int], Frame, str | None]] = []
+        # Split once per message, by protocol version and by the socket a frame is for, so a
+        # socket's share costs it only its own frames: a chat line shown to v1 and v2 sockets
+        # as two frames costs a v1 socket what one frame did.
+        shown: dict[int, list[tuple[tuple[int, int], Frame]]] = {1: [], 2: []}
+        told: dict[str, list[tuple[tuple[int, int], Frame]]] = {}
         for offset, entry in enumerate(message.frames):
             if entry.chat is not None:
                 self._chat_length = max(self._chat_length, entry.chat + 1)
             frame = Frame(entry.text, Audience(entry.audience))
-            shown.append(((message.epoch, message.seq + offset), frame, entry.to))
+            position = (message.epoch, message.seq + offset)
+            if entry.to is not None:
+                told.setdefault(entry.to, []).append((position, frame))
+                continue
+            for version, frames in shown.items():
+                if frame.seen_by(version):
+                    frames.append((position, frame))
+        whole = {version: [frame for _, frame in frames] for version, frames in shown.items()}
         delivered = 0
         for socket in list(self._sockets.values()):
-            mine = [(position, frame) for position, frame, to in shown
-                    if (to is None or to == socket.key) and frame.seen_by(socket.member.version)]
+            version = socket.member.version
+            mine = shown[version]
+            own = told.get(socket.key) if told else None
+            if own:
+                mine = sorted([*mine, *((p, f) for p, f in own if f.seen_by(version))],
+                              key=lambda shown_at: shown_at[0])
             if socket.held is not None:
                 socket.held.extend((*position, frame) for position, frame in mine)
                 continue
             # Frames from before its join are left out: it has those lines from the store.
-            due = [frame for position, frame in mine if position > socket.start]
+            if not own and (not mine or mine[0][0] > socket.start):
+                due = whole[version]
+            else:
+                due = [frame for position, frame in mine if position > socket.start]
             if due and self._deliver(socket, due):
                 delivered += len(due)
         metrics.FRAMES_SENT.inc(delivered)
