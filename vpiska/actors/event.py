@@ -117,6 +117,12 @@ class EventActor:
         # (user id, client id) -> line number of the lines sent with an id (`chat/`), read at
         # the first such line (`_client_ids`).
         self._ids: dict[tuple[str, str], int] | None = None
+        # A new owner in a cluster learns the other nodes' sockets, and their versions, only as
+        # their gateways tell it (a sync, bounded by the reply deadline on the gateway's side,
+        # or their sockets rejoin). Until then each line is shown to both versions. Not for
+        # good: a v1 frame in its own audience is a message nodes before v2 cannot read.
+        self._versions_unknown_until = -math.inf if room.publisher is None else (
+            trio.current_time() + 2 * config.actor_reply_timeout_seconds)
 
     async def run(self) -> Exit:
         if self._room.mirror is not None:
@@ -297,9 +303,7 @@ class EventActor:
         metrics.CHAT_BATCH_LINES.observe(len(lines))
         first = self._chat_length
         self._chat_length += len(lines)
-        # In a cluster, both: a new owner learns other nodes' sockets (and their versions) only
-        # when their gateways tell it, after lines it may already have shown them.
-        v2 = self._room.v2_members > 0 or self._room.publisher is not None
+        v2 = self._room.v2_members > 0 or trio.current_time() < self._versions_unknown_until
         if v2:
             numbered = [(frame, index) for index, line in enumerate(lines, start=first)
                         for frame in chat_lines.shown(line, index + 1, v2=True)]
