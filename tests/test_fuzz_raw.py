@@ -75,6 +75,7 @@ async def test_raw_fuzzing_finds_no_fault(tmp_path: Path) -> None:
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
                 assert (await http.get("/healthz")).status_code == 200
             await assert_member_can_chat(target)
+            await assert_v2_member_is_acknowledged(target)
         finally:
             process.send_signal(signal.SIGTERM)
             with trio.fail_after(30):
@@ -167,6 +168,8 @@ def base_requests(target: Target) -> list[bytes]:
                                    "coordinates": {"x": 1, "y": 2}}, target.owner),
         ("/api/v1/events/media/remove", {"eventId": event, "mediaId": media}, target.owner),
         ("/api/v1/events/close", {"eventId": none}, target.owner),  # keeps the event open
+        ("/api/v1/events/chat", {"eventId": event, "before": 3, "limit": 2}, None),
+        ("/api/v1/events/chat/remove", {"eventId": event, "seq": 1}, target.owner),
     ]
     requests = [http_request("POST", path, json.dumps(body).encode(), token=token,
                              content_type="application/json") for path, body, token in post_json]
@@ -322,7 +325,7 @@ def frame(opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0,
 
 
 def random_frame(rng: random.Random) -> bytes:
-    kind = rng.randrange(14)
+    kind = rng.randrange(15)
     text = CHAT + rng.choice([b"hi", b"", "привет".encode(), b"x" * rng.randint(1, 3000)])
     if kind == 0:
         return frame(rng.choice([3, 4, 5, 6, 7, 11, 12, 13, 14, 15]), rng.randbytes(4))
@@ -356,7 +359,16 @@ def random_frame(rng: random.Random) -> bytes:
         return frame(1, b"", length=rng.choice([65537, 10_000_000])) + b"a" * 100
     if kind == 12:
         return rng.randbytes(rng.randint(1, 64))
+    if kind == 13:  # a v2 line with an id, well formed or not (a v1 socket ignores it)
+        return frame(1, b"chat/" + rng.choice(SENT_LINES))
     return frame(1, text)  # a valid chat line
+
+
+# Bodies of `chat/` frames (API.md, "Acknowledged sending"): one valid, then malformed ones.
+SENT_LINES = [b'{"id":"f1","text":"hi"}', b'{"id":"f1","text":""}', b"{}", b"[]", b"null",
+              b'{"id":1,"text":"a"}', b'{"id":"' + b"i" * 65 + b'","text":"a"}',
+              b'{"id":"a","text":' + b"9" * 5000 + b"}", b"[" * 5000, b'{"id":"\\ud800"}',
+              b'{"id":"b","text":"' + b"x" * 3000 + b'"}', b'{"id":"c","text":1e999}', b"\xff"]
 
 
 async def ws_session(target: Target, rng: random.Random) -> None:
@@ -364,7 +376,7 @@ async def ws_session(target: Target, rng: random.Random) -> None:
     query = f"accessToken={token}&eventId={target.event_id}"
     if rng.random() < 0.2:
         query += rng.choice(["&since=0", "&since=-1", "&since=99999999999", "&since=x"])
-    if rng.random() < 0.3:  # v2 sockets get presence frames (and a join storm of them)
+    if rng.random() < 0.4:  # v2 sockets get presence frames and acks (and storms of them)
         query += rng.choice(["&v=2", "&v=2", "&v=1", "&v=3"])
     handshake = (f"GET {WS_PATH}?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                  "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
@@ -402,6 +414,21 @@ async def assert_member_can_chat(target: Target) -> None:
                     await raw.send_frame(0xA, payload)
                 elif opcode == 0x1 and payload.startswith(CHAT):
                     assert json.loads(payload[len(CHAT):])["message"] == "after the fuzzing"
+                    return
+
+
+async def assert_v2_member_is_acknowledged(target: Target) -> None:
+    raw = await RawSocket.connect(target.port, f"{WS_PATH}?accessToken={target.guest}"
+                                               f"&eventId={target.event_id}&v=2")
+    async with raw.stream:
+        await raw.send_frame(0x1, b'chat/{"id":"after-fuzzing","text":"acknowledged"}')
+        with trio.fail_after(15):
+            while True:
+                opcode, payload = await raw.next_frame()
+                if opcode == 0x9:
+                    await raw.send_frame(0xA, payload)
+                elif opcode == 0x1 and payload.startswith(b"ack/"):
+                    assert json.loads(payload[4:])["id"] == "after-fuzzing"
                     return
 
 

@@ -331,3 +331,45 @@ async def test_a_host_header_that_is_no_host_name_is_a_400_not_a_server_error(
     assert answer.startswith(b"HTTP/1.1 400 "), answer
     assert not error_records(caplog)
     assert (await server.http.get("/healthz")).status_code == 200
+
+
+# Lines with an identity (API.md, "Opt-in room features").
+
+HOSTILE_SENT_LINES = [
+    '{"id":"a","text":"x\\ud800"}', '{"id":"\\udfff","text":"x"}', '{"id":"a","text":1e999}',
+    '{"id":"a","text":' + "1" * 5000 + "}", "[" * 60_000, '{"id":{"$gt":""},"text":"x"}',
+    '{"id":"a","text":["x"]}', '{"id":null,"text":"x"}', "\x00", '{"id":"a","text":"x"}' * 2,
+]
+
+
+async def test_hostile_v2_lines_get_a_nack_and_no_error(
+    server: Server, crowd: Crowd, caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    _, event_id = await host_event(server)
+    member = await crowd.join((await token_for(server))[1], event_id, v=2)
+    for payload in HOSTILE_SENT_LINES:
+        await member.ws.send_message("chat/" + payload)
+    await member.ws.send_message('chat/{"id":"fine","text":"still a room"}')
+    await member.wait_for(lambda m: any(frame.startswith("ack/") for frame in m.frames))
+    nacks = [strict_json(frame[5:]) for frame in member.frames if frame.startswith("nack/")]
+    assert len(nacks) == len(HOSTILE_SENT_LINES)
+    assert {nack["reason"] for nack in nacks} == {"malformed"}
+    assert [line.message for line in await server.store.chat(event_id)] == ["still a room"]
+    assert error_records(caplog) == []
+
+
+@pytest.mark.parametrize("body", [
+    '{{"eventId":"{e}","limit":1e999}}', '{{"eventId":"{e}","before":-1e999}}',
+    '{{"eventId":"{e}","limit":' + "9" * 400 + "}}", '{{"eventId":"{e}","before":"\\ud800"}}',
+    '{{"eventId":"{e}\\ud800"}}', '{{"eventId":"{e}","limit":{{"$gt":0}}}}',
+])
+async def test_hostile_history_requests_get_codes_and_no_error(
+    server: Server, caplog: pytest.LogCaptureFixture, body: str,
+) -> None:
+    caplog.set_level(logging.INFO)
+    token, event_id = await host_event(server)
+    assert errors(await raw_post(server, "/api/v1/events/chat", body.format(e=event_id))) != []
+    removal = body.format(e=event_id).replace('"limit"', '"seq"').replace('"before"', '"seq"')
+    assert errors(await raw_post(server, "/api/v1/events/chat/remove", removal, token)) != []
+    assert error_records(caplog) == []

@@ -1241,3 +1241,124 @@ async def test_sqlite_writes_leave_checkpoints_to_the_checkpointer(tmp_path: Pat
             nursery.cancel_scope.cancel()
     finally:
         await store.aclose()
+
+
+# Lines with an identity (API.md, "Opt-in room features").
+
+
+def a_sent_line(n: int, client_id: str | None = None) -> ChatMessage:
+    at = datetime(2026, 12, 7, 10, 0, 0, 123000 + n * 1000, UTC)
+    return dataclasses.replace(a_line(n), sent_at=at, client_id=client_id)
+
+
+async def test_a_line_keeps_its_time_and_client_id(store: Store) -> None:
+    event = an_event(new_id())
+    await store.add_event(event)
+    lines = [a_sent_line(0, "c-0"), a_sent_line(1), a_line(2)]
+    await store.append_chat(event.id, 0, lines)
+    [first, second, third] = await store.chat(event.id)
+    assert (first.sent_at, first.client_id) == (lines[0].sent_at, "c-0")
+    assert (second.sent_at, second.client_id) == (lines[1].sent_at, None)
+    assert (third.sent_at, third.client_id) == (None, None)
+    assert first.sent_at is not None
+    assert first.sent_at.tzinfo is not None
+
+
+async def test_client_ids_are_those_of_the_lines_sent_with_one(store: Store) -> None:
+    event = an_event(new_id())
+    await store.add_event(event)
+    claimed = await store.claim_event(event.id, 1, "node-a")
+    assert claimed == event
+    await store.append_chat(event.id, 0, [a_sent_line(0, "x"), a_line(1)], epoch=1)
+    await store.append_chat(event.id, 2, [a_sent_line(2, "x"), a_sent_line(3, "y")], epoch=1)
+    assert await store.chat_client_ids(event.id) == {
+        ("user-0", "x"): 0, ("user-2", "x"): 2, ("user-0", "y"): 3}
+    assert await store.chat_client_ids(new_id()) == {}
+
+
+async def test_chat_slice_is_a_page_of_lines(store: Store) -> None:
+    event = an_event(new_id())
+    await store.add_event(event)
+    lines = [a_line(n) for n in range(10)]
+    await store.append_chat(event.id, 0, lines)
+    assert await store.chat_slice(event.id, 3, 6) == lines[3:6]
+    assert await store.chat_slice(event.id, 0, 1) == lines[:1]
+    assert await store.chat_slice(event.id, 8, 50) == lines[8:]
+    assert await store.chat_slice(event.id, 6, 6) == []
+    assert await store.chat_slice(event.id, 20, 30) == []
+    assert await store.chat_slice(new_id(), 0, 5) == []
+
+
+async def test_erasing_a_line_keeps_its_place_and_is_fenced(store: Store) -> None:
+    event = an_event(new_id())
+    await store.add_event(event)
+    await store.claim_event(event.id, 1, "node-a")
+    await store.append_chat(event.id, 0, [a_line(0), a_sent_line(1, "c"), a_line(2)], epoch=1)
+    assert await store.erase_chat(event.id, 1, epoch=1) is True
+    assert [line.message for line in await store.chat(event.id)] == ["line 0", "", "line 2"]
+    erased = (await store.chat(event.id))[1]
+    assert (erased.user_id, erased.client_id) == ("user-1", "c")  # only the text goes
+    assert await store.erase_chat(event.id, 1, epoch=1) is True  # again: no harm
+    assert await store.erase_chat(event.id, 3, epoch=1) is False
+    await store.claim_event(event.id, 2, "node-b")
+    with pytest.raises(StaleEpoch):
+        await store.erase_chat(event.id, 0, epoch=1)
+    assert [line.message for line in await store.chat(event.id)] == ["line 0", "", "line 2"]
+    assert await store.erase_chat(event.id, 0) is True  # unfenced: one node
+    assert await store.chat_length(event.id) == 3
+
+
+async def test_an_sqlite_file_from_before_line_times_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    event = an_event(new_id())
+    old = sqlite3.connect(path)
+    with old:
+        old.executescript(OLD_EVENTS_TABLE)
+        old.execute(
+            "INSERT INTO events (id, owner_id, name, address, state, x, y, created_at)"
+            " VALUES (?, ?, ?, ?, 0, ?, ?, ?)",
+            (event.id, event.owner_id, event.name, event.address, event.coordinates.x,
+             event.coordinates.y, event.created_at.isoformat()),
+        )
+        old.execute("INSERT INTO chat_messages VALUES (?, 0, 'u', 'n', '', 'line 0')",
+                    (event.id,))
+    old.close()
+    store = await SqliteStore.open(path)
+    try:
+        [line] = await store.chat(event.id)
+        assert (line.message, line.sent_at, line.client_id) == ("line 0", None, None)
+        await store.append_chat(event.id, 1, [a_sent_line(1, "c")])
+        assert await store.chat_client_ids(event.id) == {("user-1", "c"): 1}
+        assert await store.erase_chat(event.id, 0) is True
+        assert [line.message for line in await store.chat_slice(event.id, 0, 2)] == [
+            "", "line 1"]
+    finally:
+        await store.aclose()
+
+
+async def test_an_older_backends_lines_have_no_time_and_can_be_erased(
+        mongo: MongoServer) -> None:
+    db = mongo.new_database()
+    event_id = new_id()
+    db.events.insert_one({
+        "_id": event_id, "owner_id": new_id(), "name": "n", "address": "a", "state": 0,
+        "coordinates": {"x": 0.0, "y": 0.0}, "created_at": datetime(2023, 1, 1), "users": [],
+        "media": [], "chat_messages": [{"user_id": "u", "user_name": "n", "user_image_id": "i",
+                                        "message": str(n)} for n in range(3)],
+    })
+    async with mongo.store(db) as store:
+        await store.append_chat(event_id, 3, [a_sent_line(3, "c")])
+        lines = await store.chat(event_id)
+        assert [line.sent_at for line in lines[:3]] == [None] * 3
+        assert lines[3].sent_at == a_sent_line(3).sent_at
+        assert [line.message for line in await store.chat_slice(event_id, 1, 4)] == [
+            "1", "2", "line 3"]
+        assert await store.chat_client_ids(event_id) == {("user-0", "c"): 3}
+        assert await store.erase_chat(event_id, 1) is True  # in the event document
+        assert await store.erase_chat(event_id, 3) is True  # in the collection
+        assert [line.message for line in await store.chat(event_id)] == ["0", "", "2", ""]
+        assert await store.erase_chat(event_id, 4) is False
+        assert await store.erase_chat(event_id, -1) is False
+        raw = db.events.find_one({"_id": event_id})
+        assert list(raw["chat_messages"][1]) == ["user_id", "user_name", "user_image_id",
+                                                 "message"]

@@ -21,6 +21,12 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def utc_now_ms() -> datetime:
+    """Now, to the millisecond: what every store can keep of a moment (BSON dates hold ms)."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
 # UTF-16 surrogate code points: JSON's "\\ud800" decodes to one, but no UTF-8 text (the wire,
 # sqlite, BSON, our logs) can carry it. A str holding one is not text anyone can store or send.
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -77,6 +83,11 @@ class ChatMessage:
     user_name: str
     user_image_id: str
     message: str
+    # When the server stored the line (UTC, whole milliseconds); None for lines stored before
+    # vpiska kept it. Not part of a line's equality: what a line says is who said what.
+    sent_at: datetime | None = dataclasses.field(default=None, compare=False)
+    # The id a v2 client gave the line (`chat/`), so a resend is stored once; None otherwise.
+    client_id: str | None = dataclasses.field(default=None, compare=False)
 
 
 @dataclasses.dataclass(frozen=True)

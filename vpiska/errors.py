@@ -35,6 +35,8 @@ class ErrorCode(StrEnum):
     # (new) a sign-up or login over its address's rate, or a login to a phone that had too
     # many wrong passwords lately (vpiska/signin_limits.py).
     TOO_MANY_REQUESTS = "TooManyRequests"
+    # (new) events/chat/remove of a line the chat does not have (API.md, "The host in charge").
+    CHAT_MESSAGE_NOT_FOUND = "ChatMessageNotFound"
     # Validation.
     NAME_IS_EMPTY = "NameIsEmpty"
     PHONE_IS_EMPTY = "PhoneIsEmpty"
@@ -48,6 +50,11 @@ class ErrorCode(StrEnum):
     VERTICAL_RANGE_IS_EMPTY = "VerticalRangeIsEmpty"
     ID_IS_EMPTY = "IdIsEmpty"
     INVALID_ID_FORMAT = "InvalidIdFormat"
+    # (new) events/chat: `limit` not an integer 1-200, `before` not an integer >= 1;
+    # events/chat/remove: `seq` not an integer >= 1.
+    LIMIT_INVALID = "LimitInvalid"
+    BEFORE_INVALID = "BeforeInvalid"
+    SEQ_INVALID = "SeqInvalid"
 
 
 class DomainError(Exception):

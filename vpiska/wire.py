@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 from vpiska.domain import ChatMessage, Coordinates, Event, EventMedia
@@ -40,6 +41,17 @@ def media_json(m: EventMedia) -> dict[str, str]:
     """An event's media as `eventResponse` lists it and as a `mediaAdded/` frame carries it:
     the older backend's MediaInfo, `id` then `contentType`."""
     return {"id": m.id, "contentType": m.content_type}
+
+
+def chat_json_v2(m: ChatMessage, seq: int) -> dict[str, Any]:
+    """A line as v2 shows it (API.md, "Lines with an identity"): `seq` is its 1-based place."""
+    return {**chat_json(m), "seq": seq, "sentAt": None if m.sent_at is None else moment(m.sent_at)}
+
+
+def moment(when: datetime) -> str:
+    """RFC 3339 in UTC with milliseconds and `Z`: `2026-12-07T10:00:00.123Z`."""
+    utc = when.astimezone(UTC)
+    return f"{utc:%Y-%m-%dT%H:%M:%S}.{utc.microsecond // 1000:03d}Z"
 
 
 def event_json(event: Event, users_count: int, chat: list[ChatMessage]) -> dict[str, Any]:

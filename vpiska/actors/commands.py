@@ -46,6 +46,20 @@ class Leave:
 class Chat:
     sender: Identity
     text: str
+    # A v2 line sent with an id (`chat/`, vpiska/actors/lines.py): stored once per id and
+    # sender, and acknowledged to `member`, the sending socket (None: nobody to tell, e.g. a
+    # socket the room does not know yet after a failover; the resend is acknowledged).
+    client_id: str | None = None
+    member: Member | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoveChat:
+    """The host erases line `seq` (1-based) of the chat; the answer is None."""
+
+    by: str
+    seq: int
+    reply: Reply
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,4 +116,4 @@ class Stop:
 
 
 Command = (Join | Leave | Chat | Snapshot | Members | Update | AddMedia | RemoveMedia | Close
-           | Stop)
+           | Stop | RemoveChat)

@@ -42,6 +42,7 @@ import trio
 
 from vpiska import metrics
 from vpiska.actors import frames
+from vpiska.actors import lines as chat_lines
 from vpiska.actors.commands import (
     AddMedia,
     Chat,
@@ -51,19 +52,21 @@ from vpiska.actors.commands import (
     Joined,
     Leave,
     Members,
+    RemoveChat,
     RemoveMedia,
     Reply,
     Snapshot,
     Stop,
     Update,
 )
+from vpiska.actors.frames import Audience
 from vpiska.actors.geo import MapIndex
 from vpiska.actors.member import CloseCode, Member, OutboxClosed, OutboxFull
 from vpiska.actors.room import Room
 from vpiska.actors.view import EventView
 from vpiska.auth import Identity
 from vpiska.config import Config
-from vpiska.domain import ChatMessage, Event, is_place, is_text
+from vpiska.domain import ChatMessage, Event, is_place, is_text, utc_now_ms
 from vpiska.errors import DomainError, ErrorCode
 from vpiska.store import Store
 
@@ -115,6 +118,15 @@ class EventActor:
         # lines (vpiska/actors/view.py). A new incarnation mirrors everything again.
         self._mirrored: tuple[Event, int, int] | None = None
         self._mirrored_lines = 0
+        # (user id, client id) -> line number of the lines sent with an id (`chat/`), read at
+        # the first such line (`_client_ids`).
+        self._ids: dict[tuple[str, str], int] | None = None
+        # A new owner in a cluster learns the other nodes' sockets, and their versions, only as
+        # their gateways tell it (a sync, bounded by the reply deadline on the gateway's side,
+        # or their sockets rejoin). Until then each line is shown to both versions. Not for
+        # good: a v1 frame in its own audience is a message nodes before v2 cannot read.
+        self._versions_unknown_until = -math.inf if room.publisher is None else (
+            trio.current_time() + 2 * config.actor_reply_timeout_seconds)
 
     async def run(self) -> Exit:
         if self._room.mirror is not None:
@@ -146,6 +158,8 @@ class EventActor:
                 await self._answer(command.reply, self._add_media, command)
             elif isinstance(command, RemoveMedia):
                 await self._answer(command.reply, self._remove_media, command)
+            elif isinstance(command, RemoveChat):
+                await self._answer(command.reply, self._remove_chat, command)
             elif isinstance(command, Close):
                 await self._answer(command.reply, self._close, command)
                 if not self._event.is_open:
@@ -278,22 +292,60 @@ class EventActor:
         self._mirrored_lines = 0 if chat is None else len(chat)
 
     async def _chat(self, batch: list[Chat]) -> None:
-        lines = [ChatMessage(c.sender.user_id, c.sender.name, c.sender.image_id, c.text)
-                 for c in batch]
-        lines = [line for line in lines if self._storable(line)]
-        if not lines:
-            return
+        sent_at = utc_now_ms()
+        lines: list[ChatMessage] = []
+        acks: list[tuple[Chat, int]] = []  # a line sent with an id, and its line's number
+        for command in batch:
+            line = ChatMessage(command.sender.user_id, command.sender.name,
+                               command.sender.image_id, command.text, sent_at, command.client_id)
+            if not self._storable(line):
+                continue
+            if command.client_id is None:
+                lines.append(line)
+                continue
+            # Once per id and sender: a resend is answered with the first line's number.
+            ids = await self._client_ids()
+            key = (command.sender.user_id, command.client_id)
+            if (index := ids.get(key)) is None:
+                index = ids[key] = self._chat_length + len(lines)
+                lines.append(line)
+            acks.append((command, index))
+        if lines:
+            await self._store_lines(lines)
+        for command, index in acks:
+            if command.member is not None:
+                assert command.client_id is not None
+                self._room.tell(command.member, chat_lines.ack(command.client_id, index + 1))
+
+    async def _store_lines(self, lines: list[ChatMessage]) -> None:
+        """Write `lines` as the chat's next ones (one write), then show them."""
         await self._store.append_chat(self._event.id, self._chat_length, lines, epoch=self._epoch)
         metrics.CHAT_BATCH_LINES.observe(len(lines))
         first = self._chat_length
         self._chat_length += len(lines)
-        shown = [frames.chat_message(line) for line in lines]
+        v2 = self._room.v2_members > 0 or trio.current_time() < self._versions_unknown_until
+        if v2:
+            numbered = [(frame, index) for index, line in enumerate(lines, start=first)
+                        for frame in chat_lines.shown(line, index + 1, v2=True)]
+            shown = [frame for frame, _ in numbered if frame.audience is not Audience.V2]
+        else:
+            shown = [frames.chat_message(line) for line in lines]
         if self._chat_json is not None:
             self._chat_json.extend(map(frames.payload, shown))
         if self._chat_json is not None and len(self._chat_json) > self._chat_memory_lines:
             self._chat_json = None
         await self._mirror_now()
-        self._room.broadcast_lines(shown, first)
+        if v2:
+            self._room.broadcast_numbered(numbered)
+        else:
+            self._room.broadcast_lines(shown, first)
+
+    async def _client_ids(self) -> dict[tuple[str, str], int]:
+        """The lines sent with an id: read from the store at this incarnation's first, then
+        kept current here (this actor is the event's only writer)."""
+        if self._ids is None:
+            self._ids = await self._store.chat_client_ids(self._event.id)
+        return self._ids
 
     async def _hand_over(self, stop: Stop) -> None:
         """Write the chat lines queued behind the Stop, then end the room here: its sockets
@@ -374,6 +426,19 @@ class EventActor:
             self._event, media=tuple(m for m in self._event.media if m.id != command.media_id))
         await self._mirror_now()
         self._room.broadcast(frames.media_removed(command.media_id))
+
+    async def _remove_chat(self, command: RemoveChat) -> None:
+        """Erase a line's text; its place stays, so `seq` and `since=` never shift."""
+        self._check_owner(command.by)
+        if not 1 <= command.seq <= self._chat_length:
+            raise DomainError(ErrorCode.CHAT_MESSAGE_NOT_FOUND)
+        index = command.seq - 1
+        await self._store.erase_chat(self._event.id, index, epoch=self._epoch)
+        if self._chat_json is not None:
+            self._chat_json[index] = chat_lines.erased(self._chat_json[index])
+            self._mirrored, self._mirrored_lines = None, 0  # the mirror's copy of it too
+        await self._mirror_now()
+        self._room.broadcast(chat_lines.chat_removed(command.seq))
 
     async def _close(self, command: Close) -> None:
         self._check_owner(command.by)

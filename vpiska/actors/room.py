@@ -72,6 +72,9 @@ class Room:
         self.inbox, self.commands = trio.open_memory_channel[Command](inbox_size)
         self.members: dict[str, set[Member]] = {}  # user id -> that user's open sockets
         self.local: set[Member] = set()  # the members whose sockets are on this node
+        # Sockets of protocol v2 among `members`, here or on other nodes: while there are
+        # none, a chat line is one frame for everyone (vpiska/actors/lines.py).
+        self.v2_members = 0
         # Members that left while the inbox was full; the actor removes them after its
         # current command.
         self.departures: list[Member] = []
@@ -181,7 +184,10 @@ class Room:
     def add(self, member: Member) -> None:
         if self.presence.watching and member.identity.user_id not in self.members:
             self.presence.arrived(member.identity)
-        self.members.setdefault(member.identity.user_id, set()).add(member)
+        sockets = self.members.setdefault(member.identity.user_id, set())
+        if member.version == 2 and member not in sockets:
+            self.v2_members += 1
+        sockets.add(member)
         if member.gateway is None:
             self.local.add(member)
         if member.version == 2:
@@ -192,6 +198,8 @@ class Room:
             self.presence.socket_removed(member)
         sockets = self.members.get(member.identity.user_id)
         if sockets is not None:
+            if member.version == 2 and member in sockets:
+                self.v2_members -= 1
             sockets.discard(member)
             if not sockets:
                 del self.members[member.identity.user_id]
@@ -236,6 +244,14 @@ class Room:
         self._to_everyone(frames)
         if self.publisher is not None:
             for index, frame in enumerate(frames, start=first_index):
+                self.publisher.frame(self, frame, index)
+
+    def broadcast_numbered(self, frames: Sequence[tuple[Frame, int]]) -> None:
+        """`broadcast_lines` for frames that each name their chat line: a line shown as one
+        frame per audience is two frames of one line."""
+        self._to_everyone([frame for frame, _ in frames])
+        if self.publisher is not None:
+            for frame, index in frames:
                 self.publisher.frame(self, frame, index)
 
     def tell(self, member: Member, frame: Frame) -> None:
@@ -340,4 +356,5 @@ class Room:
         for member in self.local:
             member.outbox.finish(code)
         self.members.clear()
+        self.v2_members = 0
         self.local.clear()

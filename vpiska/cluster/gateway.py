@@ -37,6 +37,7 @@ import trio
 
 from vpiska import metrics
 from vpiska.actors import CloseCode, EventView, Member, OutboxClosed, OutboxFull
+from vpiska.actors import lines as chat_lines
 from vpiska.actors.commands import (
     AddMedia,
     Chat,
@@ -44,6 +45,7 @@ from vpiska.actors.commands import (
     Join,
     Joined,
     Members,
+    RemoveChat,
     RemoveMedia,
     Snapshot,
     Update,
@@ -51,7 +53,7 @@ from vpiska.actors.commands import (
 from vpiska.actors.commands import (
     Reply as ReplyChannel,
 )
-from vpiska.actors.frames import Audience, Frame, chat_message
+from vpiska.actors.frames import Audience, Frame
 from vpiska.actors.presence import LIST_PREFIX
 from vpiska.auth import Identity
 from vpiska.cluster import redis
@@ -191,6 +193,8 @@ class GatewayRoom:
                                        {"by": command.by, "media_id": command.media_id})
         if isinstance(command, Close):
             return await self._request("close", {"by": command.by})
+        if isinstance(command, RemoveChat):
+            return await self._request("remove_chat", {"by": command.by, "seq": command.seq})
         raise TypeError(f"GatewayRoom cannot ask {command!r}")
 
     async def enter(self, member: Member) -> None:
@@ -206,6 +210,11 @@ class GatewayRoom:
         identity = command.sender
         args = {"user": identity.user_id, "name": identity.name, "image": identity.image_id,
                 "text": command.text}
+        if command.client_id is not None:  # acknowledged to the socket with this key
+            args["id"] = command.client_id
+            key = None if command.member is None else self._key_of.get(command.member)
+            if key is not None:
+                args["key"] = key
         with trio.move_on_after(self._reply_timeout):
             if self._between_owners is not None:
                 await self._between_owners.wait()
@@ -379,25 +388,49 @@ class GatewayRoom:
             self._seq = message.seq  # a Hello of the epoch we follow: nothing new
 
     def _fan_out(self, message: Frames) -> None:
-        shown: list[tuple[tuple[int, int], Frame, str | None]] = []
+        # Split once per message, by protocol version and by the socket a frame is for, so a
+        # socket's share costs it only its own frames: a chat line shown to v1 and v2 sockets
+        # as two frames costs a v1 socket what one frame did.
+        shown: dict[int, list[tuple[tuple[int, int], Frame]]] = {1: [], 2: []}
+        told: dict[str, list[tuple[tuple[int, int], Frame]]] = {}
+        changes = False  # presence changes, for the v2 sockets that have their list
         for offset, entry in enumerate(message.frames):
             if entry.chat is not None:
                 self._chat_length = max(self._chat_length, entry.chat + 1)
             frame = Frame(entry.text, Audience(entry.audience))
-            shown.append(((message.epoch, message.seq + offset), frame, entry.to))
+            position = (message.epoch, message.seq + offset)
+            if entry.to is not None:
+                told.setdefault(entry.to, []).append((position, frame))
+                continue
+            if frame.audience is Audience.PRESENT:
+                shown[2].append((position, frame))
+                changes = True
+                continue
+            for version, frames in shown.items():
+                if frame.seen_by(version):
+                    frames.append((position, frame))
+        whole = {version: [frame for _, frame in frames] for version, frames in shown.items()}
         delivered = 0
         for socket in list(self._sockets.values()):
-            if socket.member.version == 2:
-                mine = _shown_to_v2(socket, shown)
-            else:
-                mine = [(position, frame) for position, frame, to in shown
-                        if (to is None or to == socket.key)
-                        and frame.seen_by(socket.member.version)]
+            version = socket.member.version
+            mine = shown[version]
+            own = told.get(socket.key) if told else None
+            if own:
+                mine = sorted([*mine, *((p, f) for p, f in own if f.seen_by(version))],
+                              key=lambda shown_at: shown_at[0])
+            # Whether the message's frames for its version are all its own: `whole` then is.
+            common = not own
+            if version == 2 and (changes or own):
+                common = common and socket.present  # a socket without its list sees no change
+                mine = _shown_to_v2(socket, mine)
             if socket.held is not None:
                 socket.held.extend((*position, frame) for position, frame in mine)
                 continue
             # Frames from before its join are left out: it has those lines from the store.
-            due = [frame for position, frame in mine if position > socket.start]
+            if common and (not mine or mine[0][0] > socket.start):
+                due = whole[version]
+            else:
+                due = [frame for position, frame in mine if position > socket.start]
             if due and self._deliver(socket, due):
                 delivered += len(due)
         metrics.FRAMES_SENT.inc(delivered)
@@ -502,11 +535,13 @@ class GatewayRoom:
         try:
             if hello.chat_length > had:
                 missed = await self._store.chat(self.event_id, had)
-                shown = [chat_message(line) for line in missed[: hello.chat_length - had]]
+                numbered = list(enumerate(missed[: hello.chat_length - had], start=had + 1))
+                shown = {version: [chat_lines.for_version(line, seq, version)
+                                   for seq, line in numbered] for version in (1, 2)}
                 for socket in list(self._sockets.values()):
                     # Those that joined the new owner read the store themselves.
-                    if shown and socket.held is None and socket.start[0] < hello.epoch:
-                        self._deliver(socket, shown)
+                    if numbered and socket.held is None and socket.start[0] < hello.epoch:
+                        self._deliver(socket, shown[socket.member.version])
                 self._chat_length = hello.chat_length
             await self._sync(hello.origin)
         except Exception as error:  # the store or Redis failed: the sockets rejoin instead
@@ -576,22 +611,20 @@ class GatewayRoom:
         raise DomainError(ErrorCode.INTERNAL_ERROR)
 
 
-def _shown_to_v2(socket: _Socket, shown: list[tuple[tuple[int, int], Frame, str | None]]
+def _shown_to_v2(socket: _Socket, mine: list[tuple[tuple[int, int], Frame]]
                  ) -> list[tuple[tuple[int, int], Frame]]:
-    """What of a message's frames a v2 socket sees, in order: presence changes only once its
-    presence list, told to it alone, has come before them (vpiska/actors/presence.py)."""
-    mine = []
-    for position, frame, to in shown:
-        if to is not None and to != socket.key:
-            continue
+    """What of a v2 socket's share of a message it sees, in order: presence changes only once
+    its presence list, told to it alone, has come before them (vpiska/actors/presence.py)."""
+    seen = []
+    for position, frame in mine:
         if frame.audience is Audience.PRESENT:
             if socket.present:
-                mine.append((position, frame))
-        elif frame.seen_by(2):
-            mine.append((position, frame))
-            if to is not None and frame.text.startswith(LIST_PREFIX):
-                socket.present = True
-    return mine
+                seen.append((position, frame))
+            continue
+        seen.append((position, frame))
+        if frame.text.startswith(LIST_PREFIX):
+            socket.present = True
+    return seen
 
 
 def _identity(entry: list[str]) -> Identity:

@@ -30,11 +30,13 @@ from vpiska.actors.commands import (
     Join,
     Joined,
     Members,
+    RemoveChat,
     RemoveMedia,
     Snapshot,
     Update,
 )
 from vpiska.actors.frames import Frame
+from vpiska.actors.lines import MAX_CLIENT_ID_CHARS
 from vpiska.auth import Identity
 from vpiska.cluster import redis
 from vpiska.cluster.bus import Bus
@@ -253,8 +255,15 @@ class OwnerLink:
             log.warning("malformed notice", extra={"op": notice.op, "cause": repr(error)})
 
     def _chat(self, room: Room, args: dict[str, Any]) -> None:
+        client_id = args.get("id")
+        if client_id is not None and not _client_id(client_id):
+            raise ValueError("not a client id")
+        # The sending socket, if this room knows it yet (it may not after a failover: the line
+        # is stored, and its resend acknowledged).
+        member = self.remote[room.event_id].get(str(args.get("key")))
         try:
-            room.inbox.send_nowait(Chat(_identity(args), str(args["text"])))
+            room.inbox.send_nowait(Chat(_identity(args), str(args["text"]), client_id,
+                                        None if client_id is None else member))
         except trio.WouldBlock:
             log.warning("remote chat line dropped: the event's inbox is full",
                         extra={"event_id": room.event_id})
@@ -303,6 +312,12 @@ def _identity(args: dict[str, Any]) -> Identity:
     return Identity(user_id, name, image)
 
 
+def _client_id(value: Any) -> bool:
+    """Whether a gateway's `id` of a chat line is one a socket could have sent."""
+    return (isinstance(value, str) and 1 <= len(value) <= MAX_CLIENT_ID_CHARS
+            and is_text(value))
+
+
 def _version(value: Any) -> int:
     """A socket's protocol version as a gateway tells it (absent from nodes before v2: 1)."""
     if value not in (1, 2):
@@ -323,6 +338,11 @@ def _command(op: str, args: dict[str, Any]) -> Any:
         return lambda reply: RemoveMedia(by, str(args["media_id"]), reply)
     if op == "close":
         return lambda reply: Close(by, reply)
+    if op == "remove_chat":
+        seq = args["seq"]
+        if type(seq) is not int:
+            raise ValueError("not a line number")
+        return lambda reply: RemoveChat(by, seq, reply)
     raise ValueError(f"unknown request {op!r}")
 
 

@@ -21,6 +21,7 @@ from vpiska.domain import EventMedia
 from vpiska.errors import DomainError, ErrorCode
 from vpiska.http.auth import caller
 from vpiska.http.body import coordinates, id_codes, json_object, number, require, text
+from vpiska.http.chat_lines import add_chat_routes
 from vpiska.http.envelope import answer, success, success_body, success_text, success_text_body
 from vpiska.http.json_routes import JsonHandler
 from vpiska.http.multipart import read_multipart
@@ -120,6 +121,7 @@ def events_routes(config: Config, accounts: Accounts, rooms: Rooms, store: Store
             await media.discard(media_id)
         return success(None)
 
+    add_chat_routes(routes, config, accounts, rooms, store)
     return routes
 
 

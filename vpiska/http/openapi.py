@@ -95,6 +95,13 @@ SCHEMAS: dict[str, Schema] = {
     "ChatMessage": record(userId=ID, userName=TEXT, userImageId=TEXT, message=TEXT),
     "PresentUser": record(userId=ID, userName=TEXT, userImageId=TEXT),
     "Members": record(users={"type": "array", "items": ref("PresentUser")}),
+    # A line as v2 shows it (`&v=2` sockets, events/chat): its place and when it was stored.
+    "ChatLine": record(userId=ID, userName=TEXT, userImageId=TEXT, message=TEXT,
+                       seq={"type": "integer", "minimum": 1},
+                       sentAt={"type": "string", "format": "date-time", "nullable": True,
+                               "example": "2026-12-07T10:00:00.123Z"}),
+    "ChatPage": record(messages={"type": "array", "items": ref("ChatLine")},
+                       hasMore={"type": "boolean"}),
     "EventResponse": record(
         id=ID, ownerId=ID, name=TEXT, address=TEXT, coordinates=ref("Coordinates"),
         usersCount={"type": "integer", "minimum": 0},
@@ -268,6 +275,23 @@ PATHS: dict[str, dict[str, Any]] = {
     "/api/v1/events/close": {"post": json_operation(
         "Close an event", body(eventId=ID), NULL, tag=EVENTS, locked=True,
         description="Owner only; members get `closeEvent/` and are disconnected.")},
+    "/api/v1/events/chat": {"post": json_operation(
+        "Read the chat in pages",
+        body(eventId=ID, before={"type": "integer", "minimum": 1},
+             limit={"type": "integer", "minimum": 1, "maximum": 200, "default": 50}),
+        ref("ChatPage"), tag=EVENTS,
+        example={"eventId": "3fa85f64-5717-4562-b3fc-2c963f66afa6", "limit": 50},
+        description="The `limit` lines (1-200, default 50) before line `before` (1-based; "
+                    "default: after the last), oldest first; `hasMore` when earlier lines "
+                    "exist. LimitInvalid, BeforeInvalid for a value that is not such an "
+                    "integer; EventNotFound for an unknown or closed event.")},
+    "/api/v1/events/chat/remove": {"post": json_operation(
+        "Erase a chat line", body(eventId=ID, seq={"type": "integer", "minimum": 1}), NULL,
+        tag=EVENTS, locked=True,
+        description="Owner only (UserIsNotOwner). The line's text is erased, its place stays; "
+                    "v2 sockets get `chatRemoved/<seq>`, events/get shows an empty message. "
+                    "SeqInvalid for a seq that is not an integer >= 1, ChatMessageNotFound "
+                    "beyond the last line.")},
     "/api/v1/events/media/add": {"post": upload_operation(
         "Attach media to an event", record(eventId=ID, media=UPLOAD), NULL, tag=EVENTS,
         locked=True)},

@@ -27,7 +27,8 @@ import trio
 
 from vpiska import metrics
 from vpiska.accounts import Accounts
-from vpiska.actors import ChatFlood, CloseCode, Member, frames
+from vpiska.actors import ChatFlood, CloseCode, Member, OutboxClosed, OutboxFull
+from vpiska.actors import lines as chat_lines
 from vpiska.actors.commands import Chat, Join, Joined
 from vpiska.actors.rooms import RoomHandle, Rooms
 from vpiska.auth import Identity
@@ -171,6 +172,7 @@ class EventSession:
         self._flood: ChatFlood | None = None  # made at the first chat line: most members read
         self._close_code: CloseCode | None = None
         self._outbox = SocketOutbox(config.member_outbox_frames, sink, hold=since is not None)
+        self._member = Member(identity, self._outbox, version=version)
         self._session = trio.CancelScope()  # the reader's; cancelled to end the session
         self._spawn: Callable[[Callable[[], Awaitable[None]]], None] | None = None
         self._writer: trio.CancelScope | None = None  # the running writer's, if one runs
@@ -178,7 +180,7 @@ class EventSession:
 
     async def run(self) -> None:
         outbox = self._outbox
-        member = Member(self._identity, outbox, version=self._version)
+        member = self._member
         try:
             # Inside the try: the client may vanish while the join is being answered, and
             # the room must then still be told the member left.
@@ -253,8 +255,8 @@ class EventSession:
         chat_length = self._chat_length
         if since < chat_length:
             missed = await self._store.chat(self._room.event_id, since)
-            lines = [self._outbox.form(frames.chat_message(line))
-                     for line in missed[: chat_length - since]]
+            lines = [self._outbox.form(chat_lines.for_version(line, seq, self._version))
+                     for seq, line in enumerate(missed[: chat_length - since], start=since + 1)]
             for start in range(0, len(lines), MAX_WRITE_BATCH):
                 await self._send(lines[start:start + MAX_WRITE_BATCH])
 
@@ -294,27 +296,54 @@ class EventSession:
                 self._end(CloseCode.UNSUPPORTED_DATA)
                 return
             prefix, slash, text = data.partition("/")
-            if not slash or prefix != CHAT_PREFIX:
+            if slash and prefix == chat_lines.SEND_PREFIX and self._version == 2:
+                command = self._sent_line(text)
+            elif not slash or prefix != CHAT_PREFIX:
                 log.debug("unknown client frame ignored", extra={"prefix": prefix[:40]})
                 continue
-            if self._flood is None:  # a full bucket, as if made at the join
-                self._flood = ChatFlood(self._config.chat_rate_per_second, self._config.chat_burst)
-            if len(text) > self._config.max_chat_chars:
-                self._flood.drop()
-            elif self._flood.admit() and not await self._room.send(Chat(self._identity, text)):
+            elif len(text) > self._config.max_chat_chars:
+                command = None
+                self._chat_flood().drop()
+            else:
+                command = Chat(self._identity, text) if self._chat_flood().admit() else None
+            if command is not None and not await self._room.send(command):
                 log.warning("member disconnected: the event's inbox stayed full", extra={
                     "event_id": self._room.event_id, "user_id": self._identity.user_id,
                     "waited_seconds": self._config.actor_reply_timeout_seconds})
                 metrics.OVERLOADED_DISCONNECTS.inc()
                 self._end(CloseCode.TRY_AGAIN_LATER)
                 return
-            if self._flood.abusive:
+            if self._chat_flood().abusive:
                 log.info("chat flood: member disconnected",
                          extra={"event_id": self._room.event_id,
                                 "user_id": self._identity.user_id})
                 metrics.FLOODING_DISCONNECTS.inc()
                 self._end(CloseCode.FLOODING)
                 return
+
+    def _chat_flood(self) -> ChatFlood:
+        if self._flood is None:  # a full bucket, as if made at the join
+            self._flood = ChatFlood(self._config.chat_rate_per_second, self._config.chat_burst)
+        return self._flood
+
+    def _sent_line(self, payload: str) -> Chat | None:
+        """The command for a v2 `chat/` frame; None once it has been refused with a `nack`
+        (a refused line counts against the flood limit like a dropped one)."""
+        sent = chat_lines.read_sent(payload, self._config.max_chat_chars)
+        refusal = sent.refusal
+        if refusal is None and not self._chat_flood().admit():
+            refusal = chat_lines.Refusal.RATE_LIMITED
+        elif refusal is not None:
+            self._chat_flood().drop()
+        if refusal is None:
+            return Chat(self._identity, sent.text, sent.client_id, self._member)
+        try:
+            self._outbox.deliver(chat_lines.nack(sent.client_id, refusal))
+        except OutboxFull:
+            self._outbox.abort(CloseCode.SLOW_CONSUMER)
+        except OutboxClosed:
+            pass  # the session is ending
+        return None
 
     def _end(self, code: CloseCode) -> None:
         self._close_code = code

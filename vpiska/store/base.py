@@ -193,6 +193,19 @@ class Store(Protocol):
 
     async def chat_length(self, event_id: str) -> int: ...
 
+    # Lines with an identity (API.md, "Opt-in room features"): a line keeps its `sent_at` and
+    # `client_id` (ChatMessage), written with it in `append_chat`'s one transaction, so a
+    # resend is recognised after any crash or failover.
+    async def chat_slice(self, event_id: str, start: int, stop: int) -> list[ChatMessage]:
+        """Lines `start` … `stop - 1` that exist, in order (a page of the history)."""
+
+    async def chat_client_ids(self, event_id: str) -> dict[tuple[str, str], int]:
+        """(user id, client id) → line number, for every line of the event sent with an id."""
+
+    async def erase_chat(self, event_id: str, seq: int, *, epoch: int | None = None) -> bool:
+        """Empty line `seq`'s text (its place and the rest stay); False if there is no such
+        line. Fenced like the other writes of an event's actor."""
+
     async def ping(self) -> None:
         """Return when the store answers a trivial query."""
 

@@ -301,6 +301,30 @@ class MemoryStore:
         chat = self._chats.get(event_id)
         return chat.seqs[-1] + 1 if chat is not None and chat.seqs else 0
 
+    async def chat_slice(self, event_id: str, start: int, stop: int) -> list[ChatMessage]:
+        await self._enter()
+        chat = self._chats.get(event_id)
+        if chat is None:
+            return []
+        seqs = chat.seqs[bisect_left(chat.seqs, start):bisect_left(chat.seqs, stop)]
+        return [chat.lines[seq] for seq in seqs]
+
+    async def chat_client_ids(self, event_id: str) -> dict[tuple[str, str], int]:
+        await self._enter()
+        chat = self._chats.get(event_id)
+        lines = {} if chat is None else chat.lines
+        return {(line.user_id, line.client_id): seq for seq, line in lines.items()
+                if line.client_id is not None}
+
+    async def erase_chat(self, event_id: str, seq: int, *, epoch: int | None = None) -> bool:
+        await self._enter()
+        self._fenced_event(event_id, epoch)
+        chat = self._chats.get(event_id)
+        if chat is None or seq not in chat.lines:
+            return False
+        chat.lines[seq] = dataclasses.replace(chat.lines[seq], message="")
+        return True
+
 
 def _as_stored(coordinates: Coordinates) -> Coordinates:
     """Coordinates as a real store reads them back: doubles, even if JSON gave integers."""

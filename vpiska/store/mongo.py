@@ -125,7 +125,8 @@ _INDEXES: tuple[tuple[str, str, list[tuple[str, int]], Mapping[str, Any]], ...] 
 # backend's stale `users` list and its chat, which `chat` reads on its own, and the last fenced
 # chat batch (see "Fencing").
 _EVENT_FIELDS = {"users": 0, "chat_messages": 0, "chat_pending": 0}
-_CHAT_FIELDS = {"_id": 0, "user_id": 1, "user_name": 1, "user_image_id": 1, "message": 1}
+_CHAT_FIELDS = {"_id": 0, "user_id": 1, "user_name": 1, "user_image_id": 1, "message": 1,
+                "sent_at": 1, "client_id": 1}
 
 _DUPLICATE_KEY = 11000  # the server's error code for a write that breaks a unique index
 
@@ -443,13 +444,7 @@ class MongoStore:
         if not messages and epoch is None:  # insert_many refuses an empty batch
             await trio.lowlevel.checkpoint()  # still a checkpoint, as every store call is
             return
-        documents = [
-            {
-                "event_id": event_id, "seq": first_seq + i, "user_id": m.user_id,
-                "user_name": m.user_name, "user_image_id": m.user_image_id, "message": m.message,
-            }
-            for i, m in enumerate(messages)
-        ]
+        documents = [_chat_document(event_id, first_seq + i, m) for i, m in enumerate(messages)]
         if epoch is None:
             await self._run(partial(self._chat.insert_many, documents, ordered=True))
         else:
@@ -495,19 +490,56 @@ class MongoStore:
                 raise
 
     async def chat(self, event_id: str, start: int = 0) -> list[ChatMessage]:
+        return await self.chat_slice(event_id, start, _TO_THE_END)
+
+    async def chat_slice(self, event_id: str, start: int, stop: int) -> list[ChatMessage]:
+        stop = min(stop, _TO_THE_END)
+        if stop <= start:
+            await trio.lowlevel.checkpoint()
+            return []
+
         def select() -> list[ChatMessage]:
             event = self._events.find_one(
-                {"_id": event_id}, {"_id": 1, "chat_messages": {"$slice": [start, _TO_THE_END]}}
+                {"_id": event_id}, {"_id": 1, "chat_messages": {"$slice": [start, stop - start]}}
             )
             legacy = (event or {}).get("chat_messages") or []
-            # Non-empty `legacy` ends at line L; empty means start >= L. Either way the
-            # collection's part starts at start + len(legacy).
+            # Non-empty `legacy` ends at line L (or at `stop`); empty means start >= L. Either
+            # way the collection's part starts at start + len(legacy).
             cursor = self._chat.find(
-                {"event_id": event_id, "seq": {"$gte": start + len(legacy)}}, _CHAT_FIELDS
+                {"event_id": event_id, "seq": {"$gte": start + len(legacy), "$lt": stop}},
+                _CHAT_FIELDS,
             ).sort("seq", ASCENDING)
             return [_chat_message(line) for line in [*legacy, *cursor]]
 
         return await self._run(select)
+
+    async def chat_client_ids(self, event_id: str) -> dict[tuple[str, str], int]:
+        def select() -> dict[tuple[str, str], int]:
+            self._chat_length(event_id)  # copies a committed batch its writer did not
+            cursor = self._chat.find({"event_id": event_id, "client_id": {"$type": "string"}},
+                                     {"_id": 0, "user_id": 1, "client_id": 1, "seq": 1})
+            return {(line["user_id"], line["client_id"]): int(line["seq"]) for line in cursor}
+
+        return await self._run(select)
+
+    async def erase_chat(self, event_id: str, seq: int, *, epoch: int | None = None) -> bool:
+        return await self._run(partial(self._erase_chat, event_id, seq, epoch))
+
+    def _erase_chat(self, event_id: str, seq: int, epoch: int | None) -> bool:
+        """An older event's embedded line is erased in the event document, fenced as one
+        update; a line of the collection after that update's fenced check of the event (the
+        collection's line cannot carry the epoch). Erasing is idempotent, so a fenced-off owner
+        that slips one in between does what the new owner would do when asked."""
+        if seq < 0:
+            return False
+        field = f"chat_messages.{seq}"
+        # Not matched: no such embedded line, or (raised) a stale epoch.
+        if self._update_event(event_id, epoch, {field: {"$exists": True}},
+                              {"$set": {f"{field}.message": ""}}).matched_count:
+            return True
+        self._chat_length(event_id)  # the line may be in a committed batch not copied yet
+        return self._chat.update_one({"event_id": event_id, "seq": seq},
+                                     {"$set": {"message": ""}}).matched_count > 0
 
     async def chat_length(self, event_id: str) -> int:
         return await self._run(partial(self._chat_length, event_id))
@@ -582,5 +614,23 @@ def _event(document: Document) -> Event:
     )
 
 
+def _chat_document(event_id: str, seq: int, line: ChatMessage) -> Document:
+    """A line of `chat_messages`; the fields v2 added only when set, so a line without them is
+    the document vpiska wrote before."""
+    document: Document = {
+        "event_id": event_id, "seq": seq, "user_id": line.user_id, "user_name": line.user_name,
+        "user_image_id": line.user_image_id, "message": line.message,
+    }
+    if line.sent_at is not None:
+        document["sent_at"] = line.sent_at
+    if line.client_id is not None:
+        document["client_id"] = line.client_id
+    return document
+
+
 def _chat_message(line: Document) -> ChatMessage:
-    return ChatMessage(line["user_id"], line["user_name"], line["user_image_id"], line["message"])
+    sent_at = line.get("sent_at")
+    client_id = line.get("client_id")
+    return ChatMessage(line["user_id"], line["user_name"], line["user_image_id"], line["message"],
+                       _utc(sent_at) if isinstance(sent_at, datetime) else None,
+                       client_id if isinstance(client_id, str) else None)

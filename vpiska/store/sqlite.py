@@ -19,7 +19,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -78,8 +78,15 @@ CREATE TABLE IF NOT EXISTS chat_messages (
     user_name TEXT NOT NULL,
     user_image_id TEXT NOT NULL,
     message TEXT NOT NULL,
+    sent_at INTEGER,
+    client_id TEXT,
     PRIMARY KEY (event_id, seq)
 ) WITHOUT ROWID;
+"""
+# After `_migrate`: an older file's chat_messages has no client_id column before it.
+CHAT_ID_INDEX = """
+CREATE INDEX IF NOT EXISTS chat_messages_by_client_id ON chat_messages(event_id, user_id, client_id)
+WHERE client_id IS NOT NULL
 """
 
 OPEN, CLOSED = 0, 1
@@ -96,6 +103,12 @@ def _migrate(db: sqlite3.Connection) -> None:
             db.execute("ALTER TABLE events ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0")
         if "claimant" not in columns:  # claimed before claimants were kept: by nobody known
             db.execute("ALTER TABLE events ADD COLUMN claimant TEXT NOT NULL DEFAULT ''")
+        chat_columns = {row[1] for row in db.execute("PRAGMA table_info(chat_messages)")}
+        if "sent_at" not in chat_columns:  # lines stored before their time was kept: NULL
+            db.execute("ALTER TABLE chat_messages ADD COLUMN sent_at INTEGER")
+        if "client_id" not in chat_columns:  # and before v2 clients gave them ids
+            db.execute("ALTER TABLE chat_messages ADD COLUMN client_id TEXT")
+        db.execute(CHAT_ID_INDEX)
     except BaseException:
         db.execute("ROLLBACK")
         raise
@@ -477,7 +490,8 @@ class SqliteStore:
         epoch: int | None = None,
     ) -> None:
         rows = [
-            (event_id, first_seq + i, m.user_id, m.user_name, m.user_image_id, m.message)
+            (event_id, first_seq + i, m.user_id, m.user_name, m.user_image_id, m.message,
+             _millis(m.sent_at), m.client_id)
             for i, m in enumerate(messages)
         ]
 
@@ -487,24 +501,42 @@ class SqliteStore:
             with self._transaction("BEGIN" if epoch is None else "BEGIN IMMEDIATE"):
                 self._check_epoch(event_id, epoch)
                 self._db.executemany(
-                    "INSERT INTO chat_messages"
-                    " (event_id, seq, user_id, user_name, user_image_id, message)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO chat_messages (event_id, seq, user_id, user_name,"
+                    " user_image_id, message, sent_at, client_id)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
 
         await self._run(insert)
 
     async def chat(self, event_id: str, start: int = 0) -> list[ChatMessage]:
+        return await self.chat_slice(event_id, start, _NO_END)
+
+    async def chat_slice(self, event_id: str, start: int, stop: int) -> list[ChatMessage]:
         def select() -> list[ChatMessage]:
             rows = self._db.execute(
-                "SELECT user_id, user_name, user_image_id, message FROM chat_messages"
-                " WHERE event_id = ? AND seq >= ? ORDER BY seq",
-                (event_id, start),
+                "SELECT user_id, user_name, user_image_id, message, sent_at, client_id"
+                " FROM chat_messages WHERE event_id = ? AND seq >= ? AND seq < ? ORDER BY seq",
+                (event_id, start, min(stop, _NO_END)),
             ).fetchall()
-            return [ChatMessage(*row) for row in rows]
+            return [ChatMessage(user_id, name, image_id, message, _moment(sent_at), client_id)
+                    for user_id, name, image_id, message, sent_at, client_id in rows]
 
         return await self._run(select)
+
+    async def chat_client_ids(self, event_id: str) -> dict[tuple[str, str], int]:
+        def select() -> dict[tuple[str, str], int]:
+            rows = self._db.execute(
+                "SELECT user_id, client_id, seq FROM chat_messages"
+                " WHERE event_id = ? AND client_id IS NOT NULL", (event_id,)).fetchall()
+            return {(user_id, client_id): seq for user_id, client_id, seq in rows}
+
+        return await self._run(select)
+
+    async def erase_chat(self, event_id: str, seq: int, *, epoch: int | None = None) -> bool:
+        return await self._execute_fenced(
+            event_id, epoch, "UPDATE chat_messages SET message = '' WHERE event_id = ? AND seq = ?",
+            event_id, seq) > 0
 
     async def chat_length(self, event_id: str) -> int:
         def count() -> int:
@@ -515,3 +547,17 @@ class SqliteStore:
 
         return await self._run(count)
 
+
+# sqlite's integers are 64-bit: a seq bound beyond every line.
+_NO_END = 2**63 - 1
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _millis(moment: datetime | None) -> int | None:
+    return None if moment is None else (moment - _EPOCH) // timedelta(milliseconds=1)
+
+
+def _moment(millis: int | None) -> datetime | None:
+    return None if millis is None else _EPOCH + timedelta(milliseconds=millis)
