@@ -80,6 +80,12 @@ CREATE TABLE IF NOT EXISTS chat_messages (
     message TEXT NOT NULL,
     PRIMARY KEY (event_id, seq)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS chat_messages_by_user ON chat_messages(user_id);
+CREATE TABLE IF NOT EXISTS event_bans (
+    event_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    PRIMARY KEY (event_id, user_id)
+) WITHOUT ROWID;
 """
 
 OPEN, CLOSED = 0, 1
@@ -271,6 +277,28 @@ class SqliteStore:
     async def set_user_image(self, user_id: str, image_id: str) -> None:
         await self._execute("UPDATE users SET image_id = ? WHERE id = ?", image_id, user_id)
 
+    async def delete_user(self, user_id: str) -> User | None:
+        def delete() -> User | None:
+            with self._transaction("BEGIN IMMEDIATE"):
+                user = self._one_user("id", user_id)
+                self._db.execute("DELETE FROM users WHERE id = ?", (user_id,))
+            return user
+
+        return await self._run(delete)
+
+    async def anonymise_chat(self, user_id: str) -> list[str]:
+        def anonymise() -> list[str]:
+            with self._transaction("BEGIN IMMEDIATE"):
+                rows = self._db.execute(
+                    "SELECT DISTINCT event_id FROM chat_messages WHERE user_id = ?", (user_id,))
+                touched = [str(row[0]) for row in rows]
+                self._db.execute(
+                    "UPDATE chat_messages SET user_name = '', user_image_id = ''"
+                    " WHERE user_id = ?", (user_id,))
+            return touched
+
+        return await self._run(anonymise)
+
     async def _execute(self, sql: str, *params: Any) -> int:
         return await self._run(lambda: self._db.execute(sql, params).rowcount)
 
@@ -350,10 +378,13 @@ class SqliteStore:
             "SELECT media_id, content_type FROM event_media WHERE event_id = ? ORDER BY rowid",
             (event_id,),
         ).fetchall()
+        banned = self._db.execute(
+            "SELECT user_id FROM event_bans WHERE event_id = ?", (event_id,)).fetchall()
         return Event(
             id=event_id, owner_id=owner_id, name=name, address=address,
             coordinates=Coordinates(x, y), created_at=datetime.fromisoformat(created_at),
             is_open=state == OPEN, media=tuple(EventMedia(*m) for m in media),
+            banned=frozenset(str(row[0]) for row in banned),
         )
 
     async def event(self, event_id: str) -> Event | None:
@@ -460,6 +491,16 @@ class SqliteStore:
             event_id, epoch,
             "DELETE FROM event_media WHERE event_id = ? AND media_id = ?", event_id, media_id,
         ) > 0
+
+    async def ban_member(self, event_id: str, user_id: str, *, epoch: int | None = None) -> None:
+        def ban() -> None:
+            with self._fenced(event_id, epoch):
+                # Only for an event that exists: a ban lives and ends with its event.
+                self._db.execute(
+                    "INSERT OR IGNORE INTO event_bans (event_id, user_id)"
+                    " SELECT id, ? FROM events WHERE id = ?", (user_id, event_id))
+
+        await self._run(ban)
 
     # Chat.
 
