@@ -18,6 +18,7 @@ from vpiska.http.events import events_routes, json_routes
 from vpiska.http.host_check import HostCheck
 from vpiska.http.json_routes import JsonRoutes
 from vpiska.http.media import media_routes
+from vpiska.http.member_removal import member_removal_routes
 from vpiska.http.probes import probe_routes
 from vpiska.http.request_id import install_request_ids
 from vpiska.http.scrape import count_requests, metrics_routes
@@ -90,6 +91,7 @@ def create_quart_app(services: Services) -> QuartTrio:
     app.register_blueprint(media_routes(config, services.media))
     app.register_blueprint(events_routes(config, services.accounts, services.events,
                                          services.store, services.media))
+    app.register_blueprint(member_removal_routes(config, services.accounts, services.events))
     app.register_blueprint(upgrade_required_routes())
     app.register_blueprint(swagger_routes())
     app.register_blueprint(probe_routes(app, services.store, services.events,

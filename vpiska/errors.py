@@ -35,6 +35,9 @@ class ErrorCode(StrEnum):
     # (new) a sign-up or login over its address's rate, or a login to a phone that had too
     # many wrong passwords lately (vpiska/signin_limits.py).
     TOO_MANY_REQUESTS = "TooManyRequests"
+    # (new) events/members/remove of the event's own host: he would lock himself out of the
+    # room he still owns (vpiska/actors/event.py).
+    OWNER_CANNOT_BE_REMOVED = "OwnerCannotBeRemoved"
     # Validation.
     NAME_IS_EMPTY = "NameIsEmpty"
     PHONE_IS_EMPTY = "PhoneIsEmpty"
@@ -48,6 +51,8 @@ class ErrorCode(StrEnum):
     VERTICAL_RANGE_IS_EMPTY = "VerticalRangeIsEmpty"
     ID_IS_EMPTY = "IdIsEmpty"
     INVALID_ID_FORMAT = "InvalidIdFormat"
+    # (new) events/members/remove's `ban` given, but not as true or false.
+    BAN_INVALID = "BanInvalid"
 
 
 class DomainError(Exception):

@@ -84,6 +84,17 @@ class Close:
 
 
 @dataclasses.dataclass(frozen=True)
+class RemoveMember:
+    """The host removes `user_id`'s sockets from the event (4003); with `ban`, for as long
+    as the event is open (their handshakes get 403)."""
+
+    by: str
+    user_id: str
+    ban: bool
+    reply: Reply
+
+
+@dataclasses.dataclass(frozen=True)
 class Stop:
     """Server shutdown: finish what is queued before this, then close every socket (1001).
     With `hand_over` (a node leaving a cluster) the chat lines queued behind it when the actor
@@ -94,4 +105,5 @@ class Stop:
     hand_over: bool = False
 
 
-Command = Join | Leave | Chat | Snapshot | Update | AddMedia | RemoveMedia | Close | Stop
+Command = (Join | Leave | Chat | Snapshot | Update | AddMedia | RemoveMedia | Close | Stop
+           | RemoveMember)

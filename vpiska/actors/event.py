@@ -50,6 +50,7 @@ from vpiska.actors.commands import (
     Joined,
     Leave,
     RemoveMedia,
+    RemoveMember,
     Reply,
     Snapshot,
     Stop,
@@ -139,6 +140,8 @@ class EventActor:
                 await self._answer(command.reply, self._add_media, command)
             elif isinstance(command, RemoveMedia):
                 await self._answer(command.reply, self._remove_media, command)
+            elif isinstance(command, RemoveMember):
+                await self._answer(command.reply, self._remove_member, command)
             elif isinstance(command, Close):
                 await self._answer(command.reply, self._close, command)
                 if not self._event.is_open:
@@ -203,13 +206,16 @@ class EventActor:
             for join in joins:
                 if join.reply is not None:
                     replies.enter_context(join.reply)
-                self._room.add(join.member)
+                if join.member.identity.user_id not in self._room.banned:
+                    self._room.add(join.member)
             await self._mirror_now()
             # The same state for all of them; none if the announcement after this command
             # tells everyone anyway.
             state = None if self._count_due() else self._event_updated()
             for join in joins:
-                if join.reply is None:
+                if join.member.identity.user_id in self._room.banned:
+                    await self._answer_banned(join)
+                elif join.reply is None:
                     await self._welcome(join.member, state)
                 else:
                     await self._answer(join.reply, self._welcome, join.member, state)
@@ -221,6 +227,19 @@ class EventActor:
             except (OutboxFull, OutboxClosed):
                 self._room.remove(member)  # gone already: its Leave is on the way
         return Joined(self._chat_length, self._room.seq)
+
+    async def _answer_banned(self, join: Join) -> None:
+        """A banned user's socket got past the handshake's check (banned meanwhile, or on a
+        node that had not heard of the ban yet): closed with 4003, its join refused."""
+        log.info("banned member turned away", extra={
+            "event_id": self._event.id, "user_id": join.member.identity.user_id})
+        join.member.outbox.finish(CloseCode.REMOVED)
+        if join.reply is not None:
+            await self._answer(join.reply, self._refuse_banned)
+
+    @staticmethod
+    async def _refuse_banned() -> None:
+        raise DomainError(ErrorCode.EVENT_NOT_FOUND)
 
     def _leave(self, member: Member) -> None:
         self._room.remove(member)
@@ -354,6 +373,23 @@ class EventActor:
             self._event, media=tuple(m for m in self._event.media if m.id != command.media_id))
         await self._mirror_now()
         self._room.broadcast(frames.media_removed(command.media_id))
+
+    async def _remove_member(self, command: RemoveMember) -> None:
+        """The ban is stored before any socket closes: a removed user who reconnects at once
+        finds it, here or on any node, also after a failover."""
+        self._check_owner(command.by)
+        if command.user_id == self._event.owner_id:
+            raise DomainError(ErrorCode.OWNER_CANNOT_BE_REMOVED)
+        if command.ban and command.user_id not in self._room.banned:
+            await self._store.ban_member(self._event.id, command.user_id, epoch=self._epoch)
+            self._room.banned.add(command.user_id)
+            if self._room.publisher is not None:
+                self._room.publisher.banned(self._room, command.user_id)
+        sockets = len(self._room.members.get(command.user_id, ()))
+        self._room.dismiss(command.user_id, CloseCode.REMOVED)
+        log.info("member removed by the host", extra={
+            "event_id": self._event.id, "user_id": command.user_id, "ban": command.ban,
+            "sockets": sockets})
 
     async def _close(self, command: Close) -> None:
         self._check_owner(command.by)

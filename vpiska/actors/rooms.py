@@ -21,6 +21,7 @@ class RoomHandle(Protocol):
     event_id: str
     owner_id: str  # the user who owns the event
     failed: bool  # past its restart limit: it answers InternalError, sockets get 1011
+    banned: set[str]  # users the host banned: their handshakes get 403
 
     async def ask(self, make: Callable[[Reply], Command]) -> object:
         """Send `make(reply)`, return its answer or raise its DomainError (Room.ask)."""

@@ -186,6 +186,7 @@ class EventSupervisor:
         room = Room(event.id, event.owner_id, inbox_size=self._config.actor_inbox_size,
                     reply_timeout=self._config.actor_reply_timeout_seconds, epoch=epoch,
                     claimant=claimant, publisher=publisher, mirror=mirror)
+        room.banned.update(event.banned)
         self._rooms[event.id] = room
         self._nursery.start_soon(self._supervise, room, event, name=f"event {event.id}")
         return room
@@ -220,6 +221,7 @@ class EventSupervisor:
             return
         room = Room(event.id, event.owner_id, inbox_size=self._config.actor_inbox_size,
                     reply_timeout=self._config.actor_reply_timeout_seconds)
+        room.banned.update(event.banned)
         self._rooms[event.id] = room
         self._index.put(event.id, event.name, event.coordinates)
         self._nursery.start_soon(self._supervise, room, event, name=f"event {event.id}")

@@ -640,6 +640,10 @@ class ClusterNode:
                 self._index.closed_elsewhere(message.event_id)
                 self._counts.pop(message.event_id, None)
                 self._owners.pop(message.event_id, None)
+            elif message.op == "banned":
+                gateway = self._gateways.get(message.event_id)
+                if gateway is not None:
+                    gateway.banned.add(str(args["user"]))
             elif message.op == "counted":
                 self._counts[message.event_id] = int(args["count"])
             elif message.op == "left":
@@ -678,11 +682,13 @@ class ClusterNode:
 
     def _gateway(self, event: Event) -> GatewayRoom:
         assert self._nursery is not None
-        return GatewayRoom(
+        gateway = GatewayRoom(
             event.id, event.owner_id, owners=self, bus=self._bus, rpc=self._rpc,
             views=self._views, store=self._store, nursery=self._nursery,
             reply_timeout=self._config.actor_reply_timeout_seconds,
             owner_silence=2 * self._ttl + self._config.actor_reply_timeout_seconds)
+        gateway.banned.update(event.banned)
+        return gateway
 
     def _forget_idle_gateways(self) -> None:
         """Gateways an HTTP request made and no socket uses, once they have been idle long

@@ -30,6 +30,7 @@ from vpiska.actors.commands import (
     Join,
     Joined,
     RemoveMedia,
+    RemoveMember,
     Snapshot,
     Update,
 )
@@ -39,6 +40,7 @@ from vpiska.cluster import redis
 from vpiska.cluster.bus import Bus
 from vpiska.cluster.protocol import (
     CloseAll,
+    CloseSockets,
     EventMessage,
     Frames,
     Handover,
@@ -72,6 +74,8 @@ class RemoteOutbox:
         self.gateway = gateway
         self.key = key
         self.state: Frame | None = None
+        # The code the room closed it with at its join (a banned user's), for the answer.
+        self.closed: CloseCode | None = None
 
     def deliver(self, frame: Frame) -> None:
         self.state = frame
@@ -81,7 +85,7 @@ class RemoteOutbox:
             self.state = frames[-1]
 
     def finish(self, code: CloseCode) -> None:
-        pass  # the gateway closes its sockets on CloseAll
+        self.closed = code  # otherwise the gateway closes its sockets on CloseAll
 
     def abort(self, code: CloseCode) -> None:
         pass
@@ -139,6 +143,19 @@ class OwnerLink:
         self._queue(room.event_id, CloseAll(self._node_id, self._epoch(room), room.seq,
                                             int(code)))
         self.remote.pop(room.event_id, None)
+
+    def close_sockets(self, room: Room, members: Sequence[Member], code: CloseCode) -> None:
+        keys = [member.outbox.key for member in members
+                if isinstance(member.outbox, RemoteOutbox)]
+        room.seq += 1
+        self._queue(room.event_id, CloseSockets(self._node_id, self._epoch(room), room.seq,
+                                                int(code), keys))
+        known = self.remote.get(room.event_id, {})
+        for key in keys:
+            known.pop(key, None)
+
+    def banned(self, room: Room, user_id: str) -> None:
+        self._notify("banned", room.event_id, {"user": user_id})
 
     def counted(self, room: Room, users_count: int) -> None:
         self._notify("counted", room.event_id, {"count": users_count})
@@ -215,7 +232,13 @@ class OwnerLink:
             member = Member(_identity(args), outbox, gateway=request.reply_to,
                             version=_version(args.get("v", 1)))
             self.remote[room.event_id][outbox.key] = member
-            joined = await room.ask(lambda reply: Join(member, reply))
+            try:
+                joined = await room.ask(lambda reply: Join(member, reply))
+            except DomainError:
+                if outbox.closed is None:
+                    raise
+                self.remote[room.event_id].pop(outbox.key, None)
+                return {"closed": int(outbox.closed)}  # turned away: banned
             assert isinstance(joined, Joined)
             state = outbox.state
             return {"chat_length": joined.chat_length, "seq": joined.seq,
@@ -315,6 +338,11 @@ def _command(op: str, args: dict[str, Any]) -> Any:
         return lambda reply: RemoveMedia(by, str(args["media_id"]), reply)
     if op == "close":
         return lambda reply: Close(by, reply)
+    if op == "remove_member":
+        user_id, ban = str(args["user"]), args["ban"]
+        if not is_id(user_id) or type(ban) is not bool:
+            raise ValueError("not a member to remove")
+        return lambda reply: RemoveMember(by, user_id, ban, reply)
     raise ValueError(f"unknown request {op!r}")
 
 
