@@ -95,6 +95,14 @@ class RemoveMember:
 
 
 @dataclasses.dataclass(frozen=True)
+class RereadChat:
+    """The store's chat lines of the event changed under the actor (a deleted account's were
+    anonymised): what it keeps of them (and mirrors) is read again."""
+
+    reply: Reply
+
+
+@dataclasses.dataclass(frozen=True)
 class Stop:
     """Server shutdown: finish what is queued before this, then close every socket (1001).
     With `hand_over` (a node leaving a cluster) the chat lines queued behind it when the actor
@@ -106,4 +114,4 @@ class Stop:
 
 
 Command = (Join | Leave | Chat | Snapshot | Update | AddMedia | RemoveMedia | Close | Stop
-           | RemoveMember)
+           | RemoveMember | RereadChat)

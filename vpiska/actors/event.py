@@ -52,6 +52,7 @@ from vpiska.actors.commands import (
     RemoveMedia,
     RemoveMember,
     Reply,
+    RereadChat,
     Snapshot,
     Stop,
     Update,
@@ -142,6 +143,8 @@ class EventActor:
                 await self._answer(command.reply, self._remove_media, command)
             elif isinstance(command, RemoveMember):
                 await self._answer(command.reply, self._remove_member, command)
+            elif isinstance(command, RereadChat):
+                await self._answer(command.reply, self._reread_chat)
             elif isinstance(command, Close):
                 await self._answer(command.reply, self._close, command)
                 if not self._event.is_open:
@@ -390,6 +393,12 @@ class EventActor:
         log.info("member removed by the host", extra={
             "event_id": self._event.id, "user_id": command.user_id, "ban": command.ban,
             "sockets": sockets})
+
+    async def _reread_chat(self) -> None:
+        self._chat_json = None
+        await self._snapshot()  # reads the store again (if the chat is short enough to keep)
+        self._mirrored, self._mirrored_lines = None, 0  # every line mirrored again
+        await self._mirror_now()
 
     async def _close(self, command: Close) -> None:
         self._check_owner(command.by)

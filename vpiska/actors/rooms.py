@@ -60,5 +60,9 @@ class Rooms(Protocol):
     def users_count(self, event_id: str) -> int:
         """Distinct users connected to the event (0 if unknown)."""
 
+    async def close_account(self, user_id: str) -> None:
+        """Close every socket of `user_id`, on every node, with 4004 (their account was
+        deleted); in a cluster the other nodes also forget the account (`Accounts.forget`)."""
+
     def live_stats(self) -> LiveStats:
         """This node's rooms and sockets, for GET /metrics."""

@@ -197,6 +197,18 @@ class EventSupervisor:
         if scope is not None:
             scope.cancel()
 
+    async def close_account(self, user_id: str) -> None:
+        """Close every socket of `user_id` here with 4004: their account was deleted."""
+        self.close_sockets_of(user_id, CloseCode.ACCOUNT_DELETED)
+
+    def close_sockets_of(self, user_id: str, code: CloseCode) -> None:
+        """Close `user_id`'s sockets on this node with `code`; each leaves its room as a
+        closed socket does (only the actor changes the member table)."""
+        for room in self._rooms.values():
+            for member in list(room.members.get(user_id, ())):
+                if member.gateway is None:
+                    member.outbox.finish(code)
+
     def users_count(self, event_id: str) -> int:
         room = self._rooms.get(event_id)
         return 0 if room is None else room.users_count

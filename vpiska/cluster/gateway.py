@@ -45,6 +45,7 @@ from vpiska.actors.commands import (
     Joined,
     RemoveMedia,
     RemoveMember,
+    RereadChat,
     Snapshot,
     Update,
 )
@@ -188,6 +189,8 @@ class GatewayRoom:
                                        {"by": command.by, "media_id": command.media_id})
         if isinstance(command, Close):
             return await self._request("close", {"by": command.by})
+        if isinstance(command, RereadChat):
+            return await self._request("reread_chat", {})
         if isinstance(command, RemoveMember):
             return await self._request("remove_member", {
                 "by": command.by, "user": command.user_id, "ban": command.ban})
@@ -269,6 +272,12 @@ class GatewayRoom:
         """Close this node's sockets of the event (the node is leaving the cluster)."""
         for socket in list(self._sockets.values()):
             socket.member.outbox.finish(code)
+
+    def close_user(self, user_id: str, code: CloseCode) -> None:
+        """Close this node's sockets of `user_id` to the event (their account was deleted)."""
+        for socket in list(self._sockets.values()):
+            if socket.member.identity.user_id == user_id:
+                socket.member.outbox.finish(code)
 
     # Joining.
 

@@ -31,6 +31,7 @@ from vpiska.actors.commands import (
     Joined,
     RemoveMedia,
     RemoveMember,
+    RereadChat,
     Snapshot,
     Update,
 )
@@ -338,6 +339,8 @@ def _command(op: str, args: dict[str, Any]) -> Any:
         return lambda reply: RemoveMedia(by, str(args["media_id"]), reply)
     if op == "close":
         return lambda reply: Close(by, reply)
+    if op == "reread_chat":
+        return RereadChat
     if op == "remove_member":
         user_id, ban = str(args["user"]), args["ban"]
         if not is_id(user_id) or type(ban) is not bool:
