@@ -192,8 +192,11 @@ class GatewayRoom:
         if isinstance(command, RereadChat):
             return await self._request("reread_chat", {})
         if isinstance(command, RemoveMember):
-            return await self._request("remove_member", {
+            removed = await self._request("remove_member", {
                 "by": command.by, "user": command.user_id, "ban": command.ban})
+            if command.ban:  # here at once: the host's client may check through this node
+                self.banned.add(command.user_id)
+            return removed
         raise TypeError(f"GatewayRoom cannot ask {command!r}")
 
     async def enter(self, member: Member) -> None:
