@@ -13,8 +13,9 @@ In this order, and why:
 3. The record is deleted. From here the token fails where its user is looked up in the store.
 4. Every node forgets the account and closes its sockets with 4004 (Rooms.close_account).
 5. The image's record and bytes are deleted (no longer anyone's image, so not in use).
-6. Steps 2 again: a request that passed its token check before step 3 (an events/create, a
-   chat line on a socket closed in step 4) may have written after the first pass.
+6. Steps 2 and 4 again: a request that passed its token check before step 3 may have done
+   something after the first pass (an events/create, a chat line on a socket closed in step
+   4, a handshake that joined its room just after the sweep of its node).
 
 What a crash between 3 and 5 leaves: an image nobody refers to, served by its id until then.
 """
@@ -56,6 +57,7 @@ class AccountDeletion:
             with contextlib.suppress(DomainError):  # MediaNotFound: deleted by a retry
                 await self._media.delete(user.image_id)
         await self._leave_traces(user.id)
+        await self._rooms.close_account(user.id)
         log.info("account deleted", extra={"user_id": user.id})
 
     async def _leave_traces(self, user_id: str) -> None:

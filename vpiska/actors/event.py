@@ -239,6 +239,9 @@ class EventActor:
         join.member.outbox.finish(CloseCode.REMOVED)
         if join.reply is not None:
             await self._answer(join.reply, self._refuse_banned)
+        elif join.member.gateway is not None and self._room.publisher is not None:
+            # A socket a gateway told a new owner of (sync): nobody waits for an answer.
+            self._room.publisher.close_sockets(self._room, [join.member], CloseCode.REMOVED)
 
     @staticmethod
     async def _refuse_banned() -> None:
