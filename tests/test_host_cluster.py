@@ -101,7 +101,10 @@ async def test_a_deleted_accounts_sockets_on_two_nodes_both_close_with_4004(
     leaving = await a.sign_up("leaver", "9006660001", PASSWORD)
     token, user_id = leaving["accessToken"], leaving["id"]
     _, guest = await token_for(a)
+    own = await b.ok("/api/v1/events/create", {
+        "name": "mine", "address": "here", "coordinates": {"x": 1, "y": 2}}, token=token)
     on_a, on_b = Crowd(nursery, a), Crowd(nursery, b)
+    at_own = await on_a.join(guest, own["id"])
     watcher = await on_b.join(guest, party)
     mine_a = await on_a.join(token, party)
     mine_b = await on_b.join(token, party, v="2")
@@ -115,6 +118,8 @@ async def test_a_deleted_accounts_sockets_on_two_nodes_both_close_with_4004(
 
     assert await mine_a.wait_closed() == 4004
     assert await mine_b.wait_closed() == 4004  # closed by node b on the cluster's notice
+    assert await at_own.wait_closed() == 1000  # its event closed, wherever its room ran
+    assert at_own.frames[-1] == "closeEvent/"
     await watcher.wait_for(lambda m: m.counts()[-1:] == [1])
     for server in (a, b):
         assert await handshake(server, token, party) == 401

@@ -2,10 +2,9 @@
 
 The handshake is checked before the upgrade (401 token or unknown user, 400 event id, `since`
 or `v`, 404 unknown or closed event, 403 a user the host banned from it, 503 failed room or
-server shutting down). A session is then a
-reader (the session's own task: client frames become commands) and, while the member's outbox
-has something to send, a writer. When either ends the session, both end, and the member leaves
-the room exactly once.
+server shutting down). A session is then a reader (the session's own task: client frames become
+commands) and, while the member's outbox has something to send, a writer. When either ends the
+session, both end, and the member leaves the room exactly once.
 
 Back-pressure: a chat line waits for room in the event's inbox, and while it waits nothing more
 is read from that socket. A line that cannot enter within ACTOR_REPLY_TIMEOUT_SECONDS closes the
