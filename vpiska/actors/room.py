@@ -223,12 +223,12 @@ class Room:
     def dismiss(self, user_id: str, code: CloseCode) -> None:
         """Close every socket of `user_id`, here and on other nodes, with `code` once what
         is queued for it is out, and take them out of the room (the count changes now)."""
-        members = self.members.pop(user_id, set())
+        members = list(self.members.get(user_id, ()))
         remote = [member for member in members if member.gateway is not None]
         for member in members:
             if member.gateway is None:
                 member.outbox.finish(code)
-                self.local.discard(member)
+            self.remove(member)  # the one way out of the member table
         if remote and self.publisher is not None:
             self.publisher.close_sockets(self, remote, code)
 
