@@ -1304,7 +1304,6 @@ async def test_an_sqlite_file_from_main_gets_bans(tmp_path: Path) -> None:
     await old.aclose()
     db = sqlite3.connect(path)
     db.execute("DROP TABLE event_bans")
-    db.execute("DROP INDEX chat_messages_by_user")
     db.commit()
     db.close()
     store = await SqliteStore.open(path)

@@ -80,7 +80,6 @@ CREATE TABLE IF NOT EXISTS chat_messages (
     message TEXT NOT NULL,
     PRIMARY KEY (event_id, seq)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS chat_messages_by_user ON chat_messages(user_id);
 CREATE TABLE IF NOT EXISTS event_bans (
     event_id TEXT NOT NULL,
     user_id TEXT NOT NULL,
@@ -287,17 +286,32 @@ class SqliteStore:
         return await self._run(delete)
 
     async def anonymise_chat(self, user_id: str) -> list[str]:
-        def anonymise() -> list[str]:
-            with self._transaction("BEGIN IMMEDIATE"):
-                rows = self._db.execute(
-                    "SELECT DISTINCT event_id FROM chat_messages WHERE user_id = ?", (user_id,))
-                touched = [str(row[0]) for row in rows]
-                self._db.execute(
-                    "UPDATE chat_messages SET user_name = '', user_image_id = ''"
-                    " WHERE user_id = ?", (user_id,))
-            return touched
+        """No index finds a user's lines: one on chat_messages(user_id) made every chat write
+        about three times slower, for an account deletion now and then. So the lines are found
+        by a scan on a connection of its own (a WAL read: no write and no other call of this
+        store waits for it), then rewritten event by event along the primary key."""
+        path = self._path
 
-        return await self._run(anonymise)
+        def scan() -> list[str]:
+            db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            try:
+                rows = db.execute(
+                    "SELECT DISTINCT event_id FROM chat_messages WHERE user_id = ?", (user_id,))
+                return [str(row[0]) for row in rows]
+            finally:
+                db.close()
+
+        touched = await trio.to_thread.run_sync(scan)
+
+        def anonymise() -> None:
+            with self._transaction("BEGIN IMMEDIATE"):
+                self._db.executemany(
+                    "UPDATE chat_messages SET user_name = '', user_image_id = ''"
+                    " WHERE event_id = ? AND user_id = ?",
+                    [(event_id, user_id) for event_id in touched])
+
+        await self._run(anonymise)
+        return touched
 
     async def _execute(self, sql: str, *params: Any) -> int:
         return await self._run(lambda: self._db.execute(sql, params).rowcount)
