@@ -13,7 +13,7 @@ from tests.clients import Crowd, host_event, socket_url, token_for
 from tests.cluster_fixtures import Cluster, RedisServer, StartCluster
 from tests.conftest import Server
 from tests.raw_ws import RawSocket
-from tests.test_cluster_faults import owner_now
+from tests.test_cluster_faults import eventually, owner_now
 
 REMOVE = "/api/v1/events/members/remove"
 PASSWORD = "secret1"
@@ -70,6 +70,36 @@ async def test_across_machines_the_host_removes_and_bans_a_member(
 ) -> None:
     group = await machines(2, redis=redis_server)
     await a_member_removed_and_banned_through_the_gateway(group, redis_server, nursery)
+
+
+async def test_a_third_node_closes_the_banned_members_socket_and_then_refuses_them(
+    cluster: StartCluster, redis_server: RedisServer, nursery: trio.Nursery
+) -> None:
+    """The host's request through one gateway, the member's socket on another: that node
+    closes the socket (the event's stream) and refuses the user's handshakes once it knows of
+    the ban: from the owner's notice (the cluster channel, in no order with the stream) or,
+    if a handshake comes first, from the owner turning that one away. So it is waited for."""
+    group = await cluster(3, redis=redis_server)
+    first = await group.server(group.nodes[0])
+    host, event_id = await host_event(first)
+    owner_node = await owner_now(redis_server, event_id, group)
+    forwarding, holding = [await group.server(node) for node in group.nodes
+                           if node is not owner_node]
+    guest_id, guest = await token_for(forwarding)
+    crowd = Crowd(nursery, holding)
+    member = await crowd.join(guest, event_id)
+
+    await forwarding.ok(REMOVE, {"eventId": event_id, "userId": guest_id, "ban": True},
+                        token=host)
+
+    assert await member.wait_closed() == 4003
+
+    async def refused() -> bool:
+        return await handshake(holding, guest, event_id) == 403
+
+    await eventually(refused, 15)
+    assert await handshake(forwarding, guest, event_id) == 403
+    await crowd.aclose()
 
 
 async def test_a_ban_outlives_its_owner_node(
