@@ -161,3 +161,24 @@ async def test_a_deleted_accounts_sockets_on_two_nodes_both_close_with_4004(
     await b.sign_up("leaver", "9006660001", PASSWORD)
     await on_a.aclose()
     await on_b.aclose()
+
+
+async def test_a_node_that_missed_a_deletion_while_redis_was_away_forgets_the_account_after(
+    cluster: StartCluster, redis_server: RedisServer
+) -> None:
+    """The account_deleted notice cannot reach node b while Redis is down: b's cache keeps the
+    account until its cluster subscription is renewed, then it asks the store again."""
+    group = await cluster(2, redis=redis_server)
+    a, b = [await group.server(node) for node in group.nodes]
+    _, party = await host_event(a)
+    leaving = await a.sign_up("away", "9006660002", PASSWORD)
+    token = leaving["accessToken"]
+    assert await handshake(b, token, party) == 101  # b knows the account from here on
+    await redis_server.kill()
+    await a.ok("/api/v1/users/delete", {"password": PASSWORD}, token=token)
+    await redis_server.restart()
+
+    async def refused() -> bool:
+        return await handshake(b, token, party) == 401
+
+    await eventually(refused, 30)

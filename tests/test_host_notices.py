@@ -2,8 +2,8 @@
 good (vpiska/cluster/node.py): `banned` reaches the node's gateway to the event (its handshakes
 then get 403 without asking the owner), `account_deleted` makes the node forget the account
 and close its sockets of it; a renewed subscription, which may have missed one, forgets every
-account. One node in this process over a real Redis; the notices are published as another
-node would."""
+account (tests/test_host_cluster.py, with Redis restarted). One node in this process over a
+real Redis; the notices are published as another node would."""
 
 from __future__ import annotations
 
@@ -128,13 +128,3 @@ async def test_a_malformed_notice_changes_nothing_and_the_node_goes_on(
                          encode(Notice("banned", gateway.event_id, {"user": "after"})))
     await until(lambda: gateway.banned == {"after"})
 
-
-async def test_a_node_whose_cluster_subscription_was_renewed_forgets_every_account(
-    node: tuple[ClusterNode, MemoryStore, coredis.Redis[bytes]], redis_server: RedisServer
-) -> None:
-    """An account_deleted notice published while it was away never reaches it."""
-    cluster_node, _, _ = node
-    known = KnownUsers()
-    cluster_node.known_users = known
-    await redis_server.restart()
-    await until(lambda: known.cleared > 0)
