@@ -53,6 +53,8 @@ class Target:
         self.guest = guest
         self.event_id = event_id
         self.media_id = media_id
+        # A third account, for users/delete: a mutation may splice a right password in.
+        self.leaver = ""
 
 
 async def test_raw_fuzzing_finds_no_fault(tmp_path: Path) -> None:
@@ -114,9 +116,12 @@ async def prepare(port: int) -> Target:
         event = await http.post("/api/v1/events/create", headers=bearer(owner), json={
             "name": "fuzz", "address": "here", "coordinates": {"x": 1, "y": 2}})
         media = await http.post("/api/v1/media", files={"file": ("a.png", b"\x89PNG", "image/png")})
+        leaver = await sign_up("leaver", "9000000003")
     media_id = media.json()["result"]
-    return Target(port, owner, guest, event.json()["result"]["id"],
-                  media_id if isinstance(media_id, str) else "")
+    target = Target(port, owner, guest, event.json()["result"]["id"],
+                    media_id if isinstance(media_id, str) else "")
+    target.leaver = leaver
+    return target
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -170,6 +175,10 @@ def base_requests(target: Target) -> list[bytes]:
         ("/api/v1/events/close", {"eventId": none}, target.owner),  # keeps the event open
         ("/api/v1/events/chat", {"eventId": event, "before": 3, "limit": 2}, None),
         ("/api/v1/events/chat/remove", {"eventId": event, "seq": 1}, target.owner),
+        # Bans nobody who is there; deletes nobody unless a mutation finds the password.
+        ("/api/v1/events/members/remove", {"eventId": event, "userId": none, "ban": True},
+         target.owner),
+        ("/api/v1/users/delete", {"password": "wrong-password"}, target.leaver),
     ]
     requests = [http_request("POST", path, json.dumps(body).encode(), token=token,
                              content_type="application/json") for path, body, token in post_json]

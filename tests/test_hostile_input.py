@@ -373,3 +373,56 @@ async def test_hostile_history_requests_get_codes_and_no_error(
     removal = body.format(e=event_id).replace('"limit"', '"seq"').replace('"before"', '"seq"')
     assert errors(await raw_post(server, "/api/v1/events/chat/remove", removal, token)) != []
     assert error_records(caplog) == []
+
+
+REMOVE_MEMBER = "/api/v1/events/members/remove"
+
+
+@pytest.mark.parametrize(
+    ("body", "codes"),
+    [
+        pytest.param('{"eventId": "E", "userId": "U", "ban": "1"}', ["BanInvalid"],
+                     id="ban-as-text"),
+        pytest.param('{"eventId": "E", "userId": "U", "ban": 1e999}', ["BanInvalid"],
+                     id="ban-infinite"),
+        pytest.param('{"eventId": "E", "userId": "U", "ban": {"$ne": 0}}', ["BanInvalid"],
+                     id="ban-operator"),
+        pytest.param('{"eventId": "E", "userId": "\\ud800", "ban": true}', ["IdIsEmpty"],
+                     id="user-lone-surrogate"),
+        pytest.param('{"eventId": "E", "userId": ["U"]}', ["IdIsEmpty"], id="user-as-list"),
+        pytest.param('{"eventId": {"$gt": ""}, "userId": "U"}', ["IdIsEmpty"],
+                     id="event-operator"),
+        pytest.param('[1, 2]', ["InternalError"], id="not-an-object"),
+    ],
+)
+async def test_members_remove_with_hostile_values_gets_codes_and_bans_nobody(
+    server: Server, crowd: Crowd, caplog: pytest.LogCaptureFixture, body: str,
+    codes: list[str],
+) -> None:
+    token, event_id = await host_event(server)
+    user_id, guest = await token_for(server)
+    member = await crowd.join(guest, event_id)
+    filled = body.replace('"E"', f'"{event_id}"').replace('"U"', f'"{user_id}"')
+    assert errors(await raw_post(server, REMOVE_MEMBER, filled, token)) == codes
+    assert [r for r in error_records(caplog) if "Traceback" in r] == []
+    event = await server.store.event(event_id)
+    assert event is not None
+    assert event.banned == frozenset()
+    await member.say("still here")
+    await member.wait_for(lambda m: m.chat() == ["still here"])
+
+
+@pytest.mark.parametrize("body", [
+    pytest.param('{"password": "\\ud800\\udfff-x"}', id="lone-surrogates"),
+    pytest.param('{"password": {"$ne": ""}}', id="operator"),
+    pytest.param('{"password": 1e999}', id="infinite"),
+    pytest.param('{"password": "' + "p" * 10_000 + '"}', id="long"),
+])
+async def test_users_delete_with_a_hostile_password_deletes_nothing(
+    server: Server, caplog: pytest.LogCaptureFixture, body: str
+) -> None:
+    leaving = await server.sign_up("hostile", "9007770001", "secret1")
+    envelope = await raw_post(server, "/api/v1/users/delete", body, leaving["accessToken"])
+    assert errors(envelope)[0] in {"PasswordIsEmpty", "InvalidPassword", "PayloadTooLarge"}
+    assert error_records(caplog) == []
+    assert await server.store.user_by_id(leaving["id"]) is not None

@@ -1362,3 +1362,109 @@ async def test_an_older_backends_lines_have_no_time_and_can_be_erased(
         raw = db.events.find_one({"_id": event_id})
         assert list(raw["chat_messages"][1]) == ["user_id", "user_name", "user_image_id",
                                                  "message"]
+
+
+# The host in charge and leaving for good (API.md, "Opt-in room features").
+
+
+async def test_a_ban_is_kept_with_the_event(store: Store) -> None:
+    event = an_event(new_id())
+    await store.add_event(event)
+    assert (await store.event(event.id)) == event
+    banned = new_id()
+    await store.ban_member(event.id, banned)
+    await store.ban_member(event.id, banned)  # again: a no-op
+    found = await store.event(event.id)
+    assert found is not None
+    assert found.banned == {banned}
+    assert (await store.open_events())[0].banned == {banned}
+    await store.ban_member(new_id(), banned)  # an unknown event: nothing to keep it with
+
+
+async def test_a_ban_is_fenced_like_the_other_writes(store: Store) -> None:
+    event = an_event(new_id())
+    await store.add_event(event)
+    await store.claim_event(event.id, 2, "node-b")
+    with pytest.raises(StaleEpoch):
+        await store.ban_member(event.id, new_id(), epoch=1)
+    await store.ban_member(event.id, "x" * 36, epoch=2)
+    found = await store.event(event.id)
+    assert found is not None
+    assert found.banned == {"x" * 36}
+
+
+async def test_a_deleted_user_frees_their_name_and_phone(store: Store) -> None:
+    user = dataclasses.replace(a_user(), image_id=new_id())
+    await store.add_user(user)
+    assert await store.delete_user(user.id) == user
+    assert await store.delete_user(user.id) is None
+    assert await store.user_by_id(user.id) is None
+    assert await store.user_by_phone(user.phone) is None
+    assert user.id not in await store.user_ids(10)
+    await store.add_user(a_user(user.name, user.phone))  # free at once
+
+
+async def test_anonymising_empties_one_users_name_and_image_in_every_event(store: Store
+                                                                            ) -> None:
+    leaving, staying = new_id(), new_id()
+    first, second, other = an_event(new_id()), an_event(new_id()), an_event(new_id())
+    for event in (first, second, other):
+        await store.add_event(event)
+
+    def line(user_id: str, text: str) -> ChatMessage:
+        return ChatMessage(user_id, "name-" + user_id[:4], "image", text)
+
+    await store.append_chat(first.id, 0, [line(leaving, "a"), line(staying, "b")])
+    await store.append_chat(second.id, 0, [line(leaving, "c")])
+    await store.append_chat(other.id, 0, [line(staying, "d")])
+    assert sorted(await store.anonymise_chat(leaving)) == sorted([first.id, second.id])
+    assert await store.chat(first.id) == [ChatMessage(leaving, "", "", "a"),
+                                          line(staying, "b")]
+    assert await store.chat(second.id) == [ChatMessage(leaving, "", "", "c")]
+    assert await store.chat(other.id) == [line(staying, "d")]
+    assert await store.anonymise_chat(new_id()) == []
+
+
+async def test_anonymising_reaches_an_older_backends_embedded_chat(mongo: MongoServer) -> None:
+    db = mongo.new_database()
+    event_id, leaving = new_id(), new_id()
+    legacy = [ChatMessage(leaving, "old", "img", "old line"),
+              ChatMessage(new_id(), "other", "", "kept")]
+    db.events.insert_one({
+        "_id": event_id, "owner_id": new_id(), "name": "old party", "address": "Old street",
+        "state": 0, "coordinates": {"x": 10.0, "y": 20.5}, "created_at": datetime(2023, 1, 2),
+        "users": [], "media": [],
+        "chat_messages": [
+            {"user_id": m.user_id, "user_name": m.user_name, "user_image_id": m.user_image_id,
+             "message": m.message}
+            for m in legacy
+        ],
+    })
+    async with mongo.store(db) as store:
+        await store.append_chat(event_id, 2, [ChatMessage(leaving, "old", "img", "new line")])
+        assert await store.anonymise_chat(leaving) == [event_id]
+        assert await store.chat(event_id) == [ChatMessage(leaving, "", "", "old line"),
+                                              legacy[1],
+                                              ChatMessage(leaving, "", "", "new line")]
+
+
+async def test_an_sqlite_file_from_main_gets_bans(tmp_path: Path) -> None:
+    """A file written before bans (no event_bans table) opens, and its events take bans."""
+    path = tmp_path / "old.sqlite"
+    old = await SqliteStore.open(path)
+    event = an_event(new_id())
+    await old.add_event(event)
+    await old.aclose()
+    db = sqlite3.connect(path)
+    db.execute("DROP TABLE event_bans")
+    db.commit()
+    db.close()
+    store = await SqliteStore.open(path)
+    try:
+        assert await store.event(event.id) == event
+        await store.ban_member(event.id, "someone")
+        found = await store.event(event.id)
+        assert found is not None
+        assert found.banned == {"someone"}
+    finally:
+        await store.aclose()

@@ -15,7 +15,8 @@ from vpiska.store import Store
 log = logging.getLogger(__name__)
 
 # User ids known to exist, kept so a token's user is looked up once, not on every request.
-# Users are never deleted, so an entry never goes stale; the bound only caps memory.
+# An account deleted (users/delete) is forgotten at once here, and on every node of a cluster
+# when its notice arrives (vpiska/cluster/node.py); the bound only caps memory.
 KNOWN_USERS = 100_000
 
 
@@ -71,6 +72,30 @@ class Accounts:
         for user_id in await self._store.user_ids(KNOWN_USERS):
             self._remember(user_id)
         log.info("known users loaded", extra={"users": len(self._known)})
+
+    def forget(self, user_id: str) -> None:
+        """The account was deleted: its tokens identify nobody from now on."""
+        self._known.pop(user_id, None)
+
+    def forget_all(self) -> None:
+        """Every token's user is looked up in the store again, once (a cluster node that may
+        have missed a deletion's notice)."""
+        self._known.clear()
+
+    async def check_password(self, caller: Identity, password: str, address: str = "") -> User:
+        """The caller's account, if `password` is theirs: what an irreversible change asks
+        for. A wrong one counts against the phone's sign-in limit like a wrong login
+        (TooManyRequests after too many), so this is no way around that limit.
+        UserNotFound if the account is gone, InvalidPassword if the password is wrong."""
+        user = await self._store.user_by_id(caller.user_id)
+        if user is None:
+            raise DomainError(ErrorCode.USER_NOT_FOUND)
+        async with self._limits.guessing(user.phone) as guess:
+            ok, _ = await self._passwords.verify(password, user.password_hash, address)
+            if not ok:
+                guess.wrong()
+                raise DomainError(ErrorCode.INVALID_PASSWORD)
+        return user
 
     def _remember(self, user_id: str) -> None:
         self._known[user_id] = None

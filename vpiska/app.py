@@ -7,6 +7,7 @@ from typing import Any
 
 from quart_trio import QuartTrio
 
+from vpiska.account_deletion import AccountDeletion
 from vpiska.accounts import Accounts
 from vpiska.actors.rooms import Rooms
 from vpiska.auth import Passwords, Tokens
@@ -17,7 +18,9 @@ from vpiska.http.errors import install_error_handlers
 from vpiska.http.events import events_routes, json_routes
 from vpiska.http.host_check import HostCheck
 from vpiska.http.json_routes import JsonRoutes
+from vpiska.http.leaving import leaving_routes
 from vpiska.http.media import media_routes
+from vpiska.http.member_removal import member_removal_routes
 from vpiska.http.probes import probe_routes
 from vpiska.http.request_id import install_request_ids
 from vpiska.http.scrape import count_requests, metrics_routes
@@ -90,6 +93,9 @@ def create_quart_app(services: Services) -> QuartTrio:
     app.register_blueprint(media_routes(config, services.media))
     app.register_blueprint(events_routes(config, services.accounts, services.events,
                                          services.store, services.media))
+    app.register_blueprint(member_removal_routes(config, services.accounts, services.events))
+    app.register_blueprint(leaving_routes(config, services.accounts, AccountDeletion(
+        services.accounts, services.store, services.events, services.media)))
     app.register_blueprint(upgrade_required_routes())
     app.register_blueprint(swagger_routes())
     app.register_blueprint(probe_routes(app, services.store, services.events,

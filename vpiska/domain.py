@@ -100,3 +100,6 @@ class Event:
     created_at: datetime
     is_open: bool = True
     media: tuple[EventMedia, ...] = ()
+    # Users the host removed with `ban: true`: their handshakes to the event are refused until
+    # it closes. Kept with the event so that every node and every later owner refuses them.
+    banned: frozenset[str] = frozenset()

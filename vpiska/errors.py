@@ -37,6 +37,9 @@ class ErrorCode(StrEnum):
     TOO_MANY_REQUESTS = "TooManyRequests"
     # (new) events/chat/remove of a line the chat does not have (API.md, "The host in charge").
     CHAT_MESSAGE_NOT_FOUND = "ChatMessageNotFound"
+    # (new) events/members/remove of the event's own host: he would lock himself out of the
+    # room he still owns (vpiska/actors/event.py).
+    OWNER_CANNOT_BE_REMOVED = "OwnerCannotBeRemoved"
     # Validation.
     NAME_IS_EMPTY = "NameIsEmpty"
     PHONE_IS_EMPTY = "PhoneIsEmpty"
@@ -55,6 +58,8 @@ class ErrorCode(StrEnum):
     LIMIT_INVALID = "LimitInvalid"
     BEFORE_INVALID = "BeforeInvalid"
     SEQ_INVALID = "SeqInvalid"
+    # (new) events/members/remove's `ban` given, but not as true or false.
+    BAN_INVALID = "BanInvalid"
 
 
 class DomainError(Exception):

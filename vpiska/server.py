@@ -109,6 +109,8 @@ async def _serve(
                 _signin_counters(config) as signin_counters):
         rooms: Rooms = supervisor if node is None else node
         services = Services.build(config, opened, rooms, signin_counters)
+        if node is not None:
+            node.known_users = services.accounts
         await services.accounts.know_users()
         app = wrap_app(create_app(services), hypercorn_config.wsgi_max_body_size, "asgi")
         stopping = trio.Event()

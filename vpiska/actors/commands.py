@@ -105,6 +105,25 @@ class Close:
 
 
 @dataclasses.dataclass(frozen=True)
+class RemoveMember:
+    """The host removes `user_id`'s sockets from the event (4003); with `ban`, for as long
+    as the event is open (their handshakes get 403)."""
+
+    by: str
+    user_id: str
+    ban: bool
+    reply: Reply
+
+
+@dataclasses.dataclass(frozen=True)
+class RereadChat:
+    """The store's chat lines of the event changed under the actor (a deleted account's were
+    anonymised): what it keeps of them (and mirrors) is read again."""
+
+    reply: Reply
+
+
+@dataclasses.dataclass(frozen=True)
 class Stop:
     """Server shutdown: finish what is queued before this, then close every socket (1001).
     With `hand_over` (a node leaving a cluster) the chat lines queued behind it when the actor
@@ -116,4 +135,4 @@ class Stop:
 
 
 Command = (Join | Leave | Chat | Snapshot | Members | Update | AddMedia | RemoveMedia | Close
-           | Stop | RemoveChat)
+           | Stop | RemoveChat | RemoveMember | RereadChat)

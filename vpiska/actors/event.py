@@ -54,7 +54,9 @@ from vpiska.actors.commands import (
     Members,
     RemoveChat,
     RemoveMedia,
+    RemoveMember,
     Reply,
+    RereadChat,
     Snapshot,
     Stop,
     Update,
@@ -160,6 +162,10 @@ class EventActor:
                 await self._answer(command.reply, self._remove_media, command)
             elif isinstance(command, RemoveChat):
                 await self._answer(command.reply, self._remove_chat, command)
+            elif isinstance(command, RemoveMember):
+                await self._answer(command.reply, self._remove_member, command)
+            elif isinstance(command, RereadChat):
+                await self._answer(command.reply, self._reread_chat)
             elif isinstance(command, Close):
                 await self._answer(command.reply, self._close, command)
                 if not self._event.is_open:
@@ -227,13 +233,16 @@ class EventActor:
             for join in joins:
                 if join.reply is not None:
                     replies.enter_context(join.reply)
-                self._room.add(join.member)
+                if join.member.identity.user_id not in self._room.banned:
+                    self._room.add(join.member)
             await self._mirror_now()
             # The same state for all of them; none if the announcement after this command
             # tells everyone anyway.
             state = None if self._count_due() else self._event_updated()
             for join in joins:
-                if join.reply is None:
+                if join.member.identity.user_id in self._room.banned:
+                    await self._answer_banned(join)
+                elif join.reply is None:
                     await self._welcome(join.member, state)
                 else:
                     await self._answer(join.reply, self._welcome, join.member, state)
@@ -245,6 +254,22 @@ class EventActor:
             except (OutboxFull, OutboxClosed):
                 self._room.remove(member)  # gone already: its Leave is on the way
         return Joined(self._chat_length, self._room.seq)
+
+    async def _answer_banned(self, join: Join) -> None:
+        """A banned user's socket got past the handshake's check (banned meanwhile, or on a
+        node that had not heard of the ban yet): closed with 4003, its join refused."""
+        log.info("banned member turned away", extra={
+            "event_id": self._event.id, "user_id": join.member.identity.user_id})
+        join.member.outbox.finish(CloseCode.REMOVED)
+        if join.reply is not None:
+            await self._answer(join.reply, self._refuse_banned)
+        elif join.member.gateway is not None and self._room.publisher is not None:
+            # A socket a gateway told a new owner of (sync): nobody waits for an answer.
+            self._room.publisher.close_sockets(self._room, [join.member], CloseCode.REMOVED)
+
+    @staticmethod
+    async def _refuse_banned() -> None:
+        raise DomainError(ErrorCode.EVENT_NOT_FOUND)
 
     def _leave(self, member: Member) -> None:
         self._room.remove(member)
@@ -439,6 +464,28 @@ class EventActor:
             self._mirrored, self._mirrored_lines = None, 0  # the mirror's copy of it too
         await self._mirror_now()
         self._room.broadcast(chat_lines.chat_removed(command.seq))
+    async def _remove_member(self, command: RemoveMember) -> None:
+        """The ban is stored before any socket closes: a removed user who reconnects at once
+        finds it, here or on any node, also after a failover."""
+        self._check_owner(command.by)
+        if command.user_id == self._event.owner_id:
+            raise DomainError(ErrorCode.OWNER_CANNOT_BE_REMOVED)
+        if command.ban and command.user_id not in self._room.banned:
+            await self._store.ban_member(self._event.id, command.user_id, epoch=self._epoch)
+            self._room.banned.add(command.user_id)
+            if self._room.publisher is not None:
+                self._room.publisher.banned(self._room, command.user_id)
+        sockets = len(self._room.members.get(command.user_id, ()))
+        self._room.dismiss(command.user_id, CloseCode.REMOVED)
+        log.info("member removed by the host", extra={
+            "event_id": self._event.id, "user_id": command.user_id, "ban": command.ban,
+            "sockets": sockets})
+
+    async def _reread_chat(self) -> None:
+        self._chat_json = None
+        await self._snapshot()  # reads the store again (if the chat is short enough to keep)
+        self._mirrored, self._mirrored_lines = None, 0  # every line mirrored again
+        await self._mirror_now()
 
     async def _close(self, command: Close) -> None:
         self._check_owner(command.by)

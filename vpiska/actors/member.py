@@ -26,6 +26,8 @@ class CloseCode(enum.IntEnum):
     INTERNAL_ERROR = 1011  # the event's room failed beyond its restart limit
     SERVICE_RESTART = 1012  # the event moved to another node: reconnect
     TRY_AGAIN_LATER = 1013  # the event's inbox stayed full: the room is overloaded
+    REMOVED = 4003  # the host removed the member from the event (events/members/remove)
+    ACCOUNT_DELETED = 4004  # the member's account was deleted (users/delete)
     SLOW_CONSUMER = 4008  # the member's outbox filled up: it does not read fast enough
     FLOODING = 4009  # the member kept sending chat lines over its rate limit
 

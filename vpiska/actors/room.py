@@ -59,6 +59,12 @@ class Publisher(Protocol):
     def close_all(self, room: Room, code: CloseCode) -> None:
         """Every socket of the event closes with `code` (closed, failed)."""
 
+    def close_sockets(self, room: Room, members: Sequence[Member], code: CloseCode) -> None:
+        """`members`, sockets on other nodes, close with `code`, in the stream's order."""
+
+    def banned(self, room: Room, user_id: str) -> None:
+        """`user_id` was banned: every node's gateway to the event refuses their handshakes."""
+
     def counted(self, room: Room, users_count: int) -> None:
         """The usersCount members were just told (for every node's map)."""
 
@@ -86,6 +92,9 @@ class Room:
         # lives here so a change still pending when an actor crashes is announced by the next.
         self.announced_count = 0
         self.failed = False
+        # Users the host banned (Event.banned): their handshakes are refused with 403 before
+        # the upgrade, a set lookup; the actor turns away a join that slipped past it.
+        self.banned: set[str] = set()
         # The actor has taken a Stop(hand_over): it writes what was queued and ends, and takes
         # no chat line from another node any more (the node sends those on to the next owner).
         self.handing_over = False
@@ -262,6 +271,18 @@ class Room:
                 self.publisher.direct(self, member, frame)
         elif member in self.local and not self._deliver(member, (frame,)):
             self.remove(member)
+
+    def dismiss(self, user_id: str, code: CloseCode) -> None:
+        """Close every socket of `user_id`, here and on other nodes, with `code` once what
+        is queued for it is out, and take them out of the room (the count changes now)."""
+        members = list(self.members.get(user_id, ()))
+        remote = [member for member in members if member.gateway is not None]
+        for member in members:
+            if member.gateway is None:
+                member.outbox.finish(code)
+            self.remove(member)  # the one way out of the member table
+        if remote and self.publisher is not None:
+            self.publisher.close_sockets(self, remote, code)
 
     def _to_everyone(self, frames: Sequence[Frame]) -> None:
         # The loop is the fan-out's hot path: one delivery per member, nothing else.

@@ -21,6 +21,7 @@ class RoomHandle(Protocol):
     event_id: str
     owner_id: str  # the user who owns the event
     failed: bool  # past its restart limit: it answers InternalError, sockets get 1011
+    banned: set[str]  # users the host banned: their handshakes get 403
 
     async def ask(self, make: Callable[[Reply], Command]) -> object:
         """Send `make(reply)`, return its answer or raise its DomainError (Room.ask)."""
@@ -58,6 +59,10 @@ class Rooms(Protocol):
 
     def users_count(self, event_id: str) -> int:
         """Distinct users connected to the event (0 if unknown)."""
+
+    async def close_account(self, user_id: str) -> None:
+        """Close every socket of `user_id`, on every node, with 4004 (their account was
+        deleted); in a cluster the other nodes also forget the account (`Accounts.forget`)."""
 
     def live_stats(self) -> LiveStats:
         """This node's rooms and sockets, for GET /metrics."""

@@ -186,6 +186,7 @@ class EventSupervisor:
         room = Room(event.id, event.owner_id, inbox_size=self._config.actor_inbox_size,
                     reply_timeout=self._config.actor_reply_timeout_seconds, epoch=epoch,
                     claimant=claimant, publisher=publisher, mirror=mirror)
+        room.banned.update(event.banned)
         self._rooms[event.id] = room
         self._nursery.start_soon(self._supervise, room, event, name=f"event {event.id}")
         return room
@@ -195,6 +196,18 @@ class EventSupervisor:
         scope = self._scopes.get(event_id)
         if scope is not None:
             scope.cancel()
+
+    async def close_account(self, user_id: str) -> None:
+        """Close every socket of `user_id` here with 4004: their account was deleted."""
+        self.close_sockets_of(user_id, CloseCode.ACCOUNT_DELETED)
+
+    def close_sockets_of(self, user_id: str, code: CloseCode) -> None:
+        """Close `user_id`'s sockets on this node with `code`; each leaves its room as a
+        closed socket does (only the actor changes the member table)."""
+        for room in self._rooms.values():
+            for member in list(room.members.get(user_id, ())):
+                if member.gateway is None:
+                    member.outbox.finish(code)
 
     def users_count(self, event_id: str) -> int:
         room = self._rooms.get(event_id)
@@ -220,6 +233,7 @@ class EventSupervisor:
             return
         room = Room(event.id, event.owner_id, inbox_size=self._config.actor_inbox_size,
                     reply_timeout=self._config.actor_reply_timeout_seconds)
+        room.banned.update(event.banned)
         self._rooms[event.id] = room
         self._index.put(event.id, event.name, event.coordinates)
         self._nursery.start_soon(self._supervise, room, event, name=f"event {event.id}")

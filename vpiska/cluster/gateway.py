@@ -47,6 +47,8 @@ from vpiska.actors.commands import (
     Members,
     RemoveChat,
     RemoveMedia,
+    RemoveMember,
+    RereadChat,
     Snapshot,
     Update,
 )
@@ -61,6 +63,7 @@ from vpiska.cluster.bus import Bus
 from vpiska.cluster.contained import contained
 from vpiska.cluster.protocol import (
     CloseAll,
+    CloseSockets,
     EventMessage,
     Frames,
     Handover,
@@ -133,6 +136,9 @@ class GatewayRoom:
         self.event_id = event_id
         self.owner_id = owner_id  # the event's owner user, for the early check of uploads
         self.failed = False
+        # Users the host banned, as the store had them when this gateway was made and as the
+        # owner's notices told since (ClusterNode): their handshakes here get 403.
+        self.banned: set[str] = set()
         self._owners = owners
         self._bus = bus
         self._rpc = rpc
@@ -195,6 +201,14 @@ class GatewayRoom:
             return await self._request("close", {"by": command.by})
         if isinstance(command, RemoveChat):
             return await self._request("remove_chat", {"by": command.by, "seq": command.seq})
+        if isinstance(command, RereadChat):
+            return await self._request("reread_chat", {})
+        if isinstance(command, RemoveMember):
+            removed = await self._request("remove_member", {
+                "by": command.by, "user": command.user_id, "ban": command.ban})
+            if command.ban:  # here at once: the host's client may check through this node
+                self.banned.add(command.user_id)
+            return removed
         raise TypeError(f"GatewayRoom cannot ask {command!r}")
 
     async def enter(self, member: Member) -> None:
@@ -279,6 +293,12 @@ class GatewayRoom:
         for socket in list(self._sockets.values()):
             socket.member.outbox.finish(code)
 
+    def close_user(self, user_id: str, code: CloseCode) -> None:
+        """Close this node's sockets of `user_id` to the event (their account was deleted)."""
+        for socket in list(self._sockets.values()):
+            if socket.member.identity.user_id == user_id:
+                socket.member.outbox.finish(code)
+
     # Joining.
 
     async def _join(self, member: Member) -> Joined:
@@ -295,6 +315,11 @@ class GatewayRoom:
         except BaseException:
             self.leave(member)
             raise
+        if "closed" in answer:  # turned away by the owner: banned
+            self.banned.add(member.identity.user_id)
+            member.outbox.finish(CloseCode(answer["closed"]))
+            self.leave(member)
+            raise DomainError(ErrorCode.EVENT_NOT_FOUND)
         epoch, seq = int(answer["epoch"]), int(answer["seq"])
         if self._epoch is None:  # the first socket: this answer is where the stream starts
             self._epoch, self._seq = epoch, seq
@@ -343,7 +368,7 @@ class GatewayRoom:
 
     def _received(self, data: bytes) -> None:
         message = decode(data)
-        if not isinstance(message, Frames | Hello | Handover | CloseAll):
+        if not isinstance(message, Frames | Hello | Handover | CloseAll | CloseSockets):
             return
         if self._epoch is None:
             self._early.append(message)
@@ -380,6 +405,10 @@ class GatewayRoom:
             self.failed = message.code == CloseCode.INTERNAL_ERROR
             for socket in list(self._sockets.values()):
                 socket.member.outbox.finish(CloseCode(message.code))
+        elif isinstance(message, CloseSockets):
+            self._seq = message.seq
+            for removed in filter(None, map(self._sockets.get, message.keys)):
+                removed.member.outbox.finish(CloseCode(message.code))
         elif isinstance(message, Handover):
             self._seq = message.seq
             self._between_owners = self._between_owners or trio.Event()

@@ -38,7 +38,7 @@ import logging
 import math
 from collections.abc import Sequence
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import coredis
 import trio
@@ -76,6 +76,14 @@ MAX_FORWARDS = 2
 # Every this many beats the node also looks for orphans it should own, in case a notice was
 # missed (a node's death is noticed by its missing heartbeat, not by any message).
 RECONCILE_EVERY_BEATS = 3
+
+
+class KnownUsers(Protocol):
+    def forget(self, user_id: str) -> None:
+        """The account was deleted: its tokens must not identify anyone any more."""
+
+    def forget_all(self) -> None:
+        """Deletions may have been missed: ask the store again about every account."""
 
 
 class ClusterIndex(MapIndex):
@@ -146,6 +154,9 @@ class ClusterNode:
         self._aside = False  # cut off from the store: owns nothing, not in the nodes set
         self._unreachable = Trouble(log, "Redis unreachable")
         self._nursery: trio.Nursery | None = None
+        # The node's cache of known users (vpiska/accounts.py; set by the server): it forgets
+        # every account deleted anywhere in the cluster, or its tokens would keep working here.
+        self.known_users: KnownUsers | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -215,6 +226,20 @@ class ClusterNode:
         if room is not None:
             return room
         return self._gateways.setdefault(event_id, self._gateway(event))
+
+    async def close_account(self, user_id: str) -> None:
+        """Close the account's sockets here at once, then tell every node (which forgets the
+        account and closes its own sockets of it). A node that misses the notice (its
+        subscription lost) clears its cache of known users when it subscribes again."""
+        self._close_account_here(user_id)
+        await self._notify("account_deleted", "", {"user": user_id})
+
+    def _close_account_here(self, user_id: str) -> None:
+        if self.known_users is not None:
+            self.known_users.forget(user_id)
+        self._supervisor.close_sockets_of(user_id, CloseCode.ACCOUNT_DELETED)
+        for gateway in self._gateways.values():
+            gateway.close_user(user_id, CloseCode.ACCOUNT_DELETED)
 
     def users_count(self, event_id: str) -> int:
         room = self._supervisor.room(event_id)
@@ -640,6 +665,12 @@ class ClusterNode:
                 self._index.closed_elsewhere(message.event_id)
                 self._counts.pop(message.event_id, None)
                 self._owners.pop(message.event_id, None)
+            elif message.op == "account_deleted":
+                self._close_account_here(str(args["user"]))
+            elif message.op == "banned":
+                gateway = self._gateways.get(message.event_id)
+                if gateway is not None:
+                    gateway.banned.add(str(args["user"]))
             elif message.op == "counted":
                 self._counts[message.event_id] = int(args["count"])
             elif message.op == "left":
@@ -655,6 +686,8 @@ class ClusterNode:
             log.warning("malformed notice", extra={"op": message.op, "cause": repr(error)})
 
     def _cluster_renewed(self) -> None:
+        if self.known_users is not None:  # an account_deleted notice may have been missed
+            self.known_users.forget_all()
         assert self._nursery is not None
         self._nursery.start_soon(contained, "reload the map", self._reload_index)
 
@@ -678,11 +711,13 @@ class ClusterNode:
 
     def _gateway(self, event: Event) -> GatewayRoom:
         assert self._nursery is not None
-        return GatewayRoom(
+        gateway = GatewayRoom(
             event.id, event.owner_id, owners=self, bus=self._bus, rpc=self._rpc,
             views=self._views, store=self._store, nursery=self._nursery,
             reply_timeout=self._config.actor_reply_timeout_seconds,
             owner_silence=2 * self._ttl + self._config.actor_reply_timeout_seconds)
+        gateway.banned.update(event.banned)
+        return gateway
 
     def _forget_idle_gateways(self) -> None:
         """Gateways an HTTP request made and no socket uses, once they have been idle long

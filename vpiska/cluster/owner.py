@@ -32,6 +32,8 @@ from vpiska.actors.commands import (
     Members,
     RemoveChat,
     RemoveMedia,
+    RemoveMember,
+    RereadChat,
     Snapshot,
     Update,
 )
@@ -42,6 +44,7 @@ from vpiska.cluster import redis
 from vpiska.cluster.bus import Bus
 from vpiska.cluster.protocol import (
     CloseAll,
+    CloseSockets,
     EventMessage,
     Frames,
     Handover,
@@ -75,6 +78,8 @@ class RemoteOutbox:
         self.gateway = gateway
         self.key = key
         self.state: Frame | None = None
+        # The code the room closed it with at its join (a banned user's), for the answer.
+        self.closed: CloseCode | None = None
 
     def deliver(self, frame: Frame) -> None:
         self.state = frame
@@ -84,7 +89,7 @@ class RemoteOutbox:
             self.state = frames[-1]
 
     def finish(self, code: CloseCode) -> None:
-        pass  # the gateway closes its sockets on CloseAll
+        self.closed = code  # otherwise the gateway closes its sockets on CloseAll
 
     def abort(self, code: CloseCode) -> None:
         pass
@@ -142,6 +147,19 @@ class OwnerLink:
         self._queue(room.event_id, CloseAll(self._node_id, self._epoch(room), room.seq,
                                             int(code)))
         self.remote.pop(room.event_id, None)
+
+    def close_sockets(self, room: Room, members: Sequence[Member], code: CloseCode) -> None:
+        keys = [member.outbox.key for member in members
+                if isinstance(member.outbox, RemoteOutbox)]
+        room.seq += 1
+        self._queue(room.event_id, CloseSockets(self._node_id, self._epoch(room), room.seq,
+                                                int(code), keys))
+        known = self.remote.get(room.event_id, {})
+        for key in keys:
+            known.pop(key, None)
+
+    def banned(self, room: Room, user_id: str) -> None:
+        self._notify("banned", room.event_id, {"user": user_id})
 
     def counted(self, room: Room, users_count: int) -> None:
         self._notify("counted", room.event_id, {"count": users_count})
@@ -218,7 +236,13 @@ class OwnerLink:
             member = Member(_identity(args), outbox, gateway=request.reply_to,
                             version=_version(args.get("v", 1)))
             self.remote[room.event_id][outbox.key] = member
-            joined = await room.ask(lambda reply: Join(member, reply))
+            try:
+                joined = await room.ask(lambda reply: Join(member, reply))
+            except DomainError:
+                if outbox.closed is None:
+                    raise
+                self.remote[room.event_id].pop(outbox.key, None)
+                return {"closed": int(outbox.closed)}  # turned away: banned
             assert isinstance(joined, Joined)
             state = outbox.state
             return {"chat_length": joined.chat_length, "seq": joined.seq,
@@ -343,6 +367,13 @@ def _command(op: str, args: dict[str, Any]) -> Any:
         if type(seq) is not int:
             raise ValueError("not a line number")
         return lambda reply: RemoveChat(by, seq, reply)
+    if op == "reread_chat":
+        return RereadChat
+    if op == "remove_member":
+        user_id, ban = str(args["user"]), args["ban"]
+        if not is_id(user_id) or type(ban) is not bool:
+            raise ValueError("not a member to remove")
+        return lambda reply: RemoveMember(by, user_id, ban, reply)
     raise ValueError(f"unknown request {op!r}")
 
 

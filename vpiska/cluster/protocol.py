@@ -9,7 +9,8 @@ sequence number that counts every message of that epoch, so a listener can tell 
   `[chat, text]`, the layout nodes before v2 sockets wrote and read;
 - `Hello`: a new owner is active (after a failover or a handover), with the chat's length;
 - `Handover`: the owner is leaving; a new one follows, keep the sockets open;
-- `CloseAll`: close every socket of the event with this code (event closed, room failed).
+- `CloseAll`: close every socket of the event with this code (event closed, room failed);
+- `CloseSockets`: close these sockets (by key) with this code (a member the host removed).
 
 On a node's channel: `Request` (answered by a `Reply` on the asker's channel) and `Notice`
 (no answer), several to one node in one batch (`encode_batch`, read by `decode_all`). On the
@@ -83,7 +84,16 @@ class CloseAll:
     code: int
 
 
-EventMessage = Frames | Hello | Handover | CloseAll
+@dataclasses.dataclass(frozen=True)
+class CloseSockets:
+    origin: str
+    epoch: int
+    seq: int
+    code: int
+    keys: list[str]
+
+
+EventMessage = Frames | Hello | Handover | CloseAll | CloseSockets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +132,8 @@ def encode(message: EventMessage | NodeMessage) -> bytes:
         body = ["v", message.origin, message.epoch, message.seq]
     elif isinstance(message, CloseAll):
         body = ["x", message.origin, message.epoch, message.seq, message.code]
+    elif isinstance(message, CloseSockets):
+        body = ["k", message.origin, message.epoch, message.seq, message.code, message.keys]
     elif isinstance(message, Request):
         body = ["q", message.id, message.reply_to, message.op, message.event_id, message.args]
     elif isinstance(message, Reply):
@@ -177,6 +189,9 @@ def _message(body: Any) -> EventMessage | NodeMessage:
             return Handover(str(body[1]), int(body[2]), int(body[3]))
         if kind == "x":
             return CloseAll(str(body[1]), int(body[2]), int(body[3]), int(body[4]))
+        if kind == "k":
+            return CloseSockets(str(body[1]), int(body[2]), int(body[3]), int(body[4]),
+                                [str(key) for key in body[5]])
         if kind == "q":
             return Request(int(body[1]), str(body[2]), str(body[3]), str(body[4]),
                            dict(body[5]))

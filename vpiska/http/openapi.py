@@ -212,6 +212,7 @@ Frames from the client: `chatMessage/<text>`; other prefixes are ignored.
 Close codes: 1000 event closed, 1001 server shutting down, 1002/1007/1009 malformed, non-UTF-8
 or oversize frame, 1003 binary frame, 1011 the event's room failed, 1013 the event's room is
 overloaded (try again later), 4008 slow consumer (rejoin with `since`), 4009 chat flooding.
+4003 removed by the host (`events/members/remove`), 4004 account deleted (`users/delete`).
 """
 
 USERS, EVENTS, MEDIA, LIVE, OPERATIONS = "users", "events", "media", "live room", "operations"
@@ -243,6 +244,15 @@ PATHS: dict[str, dict[str, Any]] = {
     "/api/v1/users/password/change": {"post": json_operation(
         "Change password", body(password=PASSWORD, confirmPassword=PASSWORD),
         ref("AccessToken"), tag=USERS, locked=True)},
+    "/api/v1/users/delete": {"post": json_operation(
+        "Delete the caller's account for good", body(password=PASSWORD), NULL, tag=USERS,
+        locked=True, headers=RETRY_AFTER_HEADER, example={"password": "your-password"},
+        description="PasswordIsEmpty; InvalidPassword (counted like a wrong login: "
+                    "TooManyRequests after 5 in 15 minutes). Closes the caller's open event "
+                    "(`closeEvent/`), closes every socket of the account with 4004, deletes "
+                    "the account and its image, and empties userName and userImageId of its "
+                    "chat lines everywhere. The token stops working; the name and phone are "
+                    "free at once.")},
     "/api/v1/users/media/set": {"post": upload_operation(
         "Set the avatar", record(image=UPLOAD), ref("ImageSet"), tag=USERS, locked=True)},
     "/api/v1/events/create": {"post": json_operation(
@@ -298,6 +308,17 @@ PATHS: dict[str, dict[str, Any]] = {
     "/api/v1/events/media/remove": {"post": json_operation(
         "Detach media from an event", body(eventId=ID, mediaId=ID), NULL, tag=EVENTS,
         locked=True, description="Owner only; MediaNotFound if not attached.")},
+    "/api/v1/events/members/remove": {"post": json_operation(
+        "Remove a member (the host)", body(eventId=ID, userId=ID, ban={"type": "boolean"}),
+        NULL, tag=EVENTS, locked=True,
+        example={"eventId": "3fa85f64-5717-4562-b3fc-2c963f66afa6",
+                 "userId": "3fa85f64-5717-4562-b3fc-2c963f66afa7", "ban": False},
+        description="Owner only (UserIsNotOwner); codes of eventId, then of userId, then "
+                    "BanInvalid (`ban` given but not a boolean); EventNotFound; "
+                    "OwnerCannotBeRemoved for the owner himself. The user's sockets to the "
+                    "event close with 4003 on every node (a user not connected: nothing to "
+                    "close). With `ban: true` their handshakes to the event get 403 until it "
+                    "closes; without, they may rejoin. A ban is not lifted.")},
     "/api/v1/media": {"post": upload_operation(
         "Upload a file", record(file=UPLOAD), ID, tag=MEDIA, locked=False)},
     "/api/v1/media/{media_id}": {
@@ -347,6 +368,7 @@ PATHS: dict[str, dict[str, Any]] = {
                           request_id=False),
             "400": answer("`eventId` or `since` is malformed."),
             "401": answer("The token is missing or invalid."),
+            "403": answer("The host banned this user from the event (until it closes)."),
             "404": answer("The event is unknown or closed."),
             "426": answer("A plain HTTP request, not a WebSocket handshake."),
             "503": answer("The event's room has failed; it is served again after a restart."),

@@ -1,10 +1,10 @@
 """`GET /api/v1/websockets/event`: a member's live connection to an event's room.
 
 The handshake is checked before the upgrade (401 token or unknown user, 400 event id, `since`
-or `v`, 404 unknown or closed event, 503 failed room or server shutting down). A session is then a
-reader (the session's own task: client frames become commands) and, while the member's outbox
-has something to send, a writer. When either ends the session, both end, and the member leaves
-the room exactly once.
+or `v`, 404 unknown or closed event, 403 a user the host banned from it, 503 failed room or
+server shutting down). A session is then a reader (the session's own task: client frames become
+commands) and, while the member's outbox has something to send, a writer. When either ends the
+session, both end, and the member leaves the room exactly once.
 
 Back-pressure: a chat line waits for room in the event's inbox, and while it waits nothing more
 is read from that socket. A line that cannot enter within ACTOR_REPLY_TIMEOUT_SECONDS closes the
@@ -50,6 +50,9 @@ CHAT_PREFIX = "chatMessage"
 SINCE = re.compile(r"[0-9]{1,10}")
 # `v`: the protocol the socket speaks (API.md, "Opt-in room features"); absent is 1.
 VERSIONS = {"1": 1, "2": 2}
+# The reason sent with a close code whose meaning a client shows its user.
+CLOSE_REASONS = {CloseCode.REMOVED: "removed by the host",
+                 CloseCode.ACCOUNT_DELETED: "account deleted"}
 
 
 class EventSocketEndpoint:
@@ -120,6 +123,8 @@ class EventSocketEndpoint:
             status = 400
         elif (room := await self._rooms.find(event_id)) is None:
             status = 404
+        elif identity.user_id in room.banned:
+            status = 403
         else:
             status = 503 if room.failed or self._rooms.stopping else 101
         if self._config.trace_requests:
@@ -216,8 +221,11 @@ class EventSession:
             outbox.close()
             self._room.leave(member)
         if self._close_code is not None:
+            close: dict[str, Any] = {"type": "websocket.close", "code": self._close_code}
+            if self._close_code in CLOSE_REASONS:
+                close["reason"] = CLOSE_REASONS[self._close_code]
             with trio.move_on_after(self._config.shutdown_grace_seconds):
-                await self._send_message({"type": "websocket.close", "code": self._close_code})
+                await self._send_message(close)
 
     def _start(self) -> None:
         """The session is running: writers may start; one starts now if there is work."""

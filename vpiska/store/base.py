@@ -127,6 +127,14 @@ class Store(Protocol):
         concurrent calls for one user, each replaces a different image, so every image
         replaced is returned exactly once and the one that ends up set never is."""
 
+    async def delete_user(self, user_id: str) -> User | None:
+        """Delete the user's record: the record as it was, or None if there was none. Its
+        name and phone are free for a sign-up as soon as this returns."""
+
+    async def anonymise_chat(self, user_id: str) -> list[str]:
+        """Empty `user_name` and `user_image_id` of every chat line `user_id` wrote, in every
+        event (the lines keep their place and text): the ids of the events that had any."""
+
     # Media metadata (the bytes live in MediaBytes: vpiska/store/media_bytes.py).
     async def add_media(self, media: Media) -> None: ...
 
@@ -180,6 +188,10 @@ class Store(Protocol):
         self, event_id: str, media_id: str, *, epoch: int | None = None
     ) -> bool:
         """True if the media was attached and is now detached."""
+
+    async def ban_member(self, event_id: str, user_id: str, *, epoch: int | None = None) -> None:
+        """Add `user_id` to the event's `banned` (a no-op if it is there already or the event
+        is unknown). Fenced like the other writes of an event's actor."""
 
     # Chat: lines are numbered 0, 1, 2, … per event; a batch is written in one transaction.
     async def append_chat(

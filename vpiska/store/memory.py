@@ -158,6 +158,25 @@ class MemoryStore:
             self._users[user_id] = dataclasses.replace(user, image_id=image_id)
         return user
 
+    async def delete_user(self, user_id: str) -> User | None:
+        await self._enter()
+        user = self._users.pop(user_id, None)
+        if user is not None:
+            del self._user_names[user.name], self._user_phones[user.phone]
+        return user
+
+    async def anonymise_chat(self, user_id: str) -> list[str]:
+        await self._enter()
+        touched = []
+        for event_id, chat in self._chats.items():
+            mine = [seq for seq, line in chat.lines.items() if line.user_id == user_id]
+            for seq in mine:
+                chat.lines[seq] = dataclasses.replace(chat.lines[seq], user_name="",
+                                                      user_image_id="")
+            if mine:
+                touched.append(event_id)
+        return touched
+
     # Media.
 
     async def add_media(self, media: Media) -> None:
@@ -272,6 +291,12 @@ class MemoryStore:
             return False
         self._events[event_id] = dataclasses.replace(event, media=kept)
         return True
+
+    async def ban_member(self, event_id: str, user_id: str, *, epoch: int | None = None) -> None:
+        await self._enter()
+        event = self._fenced_event(event_id, epoch)
+        if event is not None and user_id not in event.banned:
+            self._events[event_id] = dataclasses.replace(event, banned=event.banned | {user_id})
 
     # Chat.
 
