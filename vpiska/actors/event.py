@@ -464,6 +464,7 @@ class EventActor:
             self._mirrored, self._mirrored_lines = None, 0  # the mirror's copy of it too
         await self._mirror_now()
         self._room.broadcast(chat_lines.chat_removed(command.seq))
+
     async def _remove_member(self, command: RemoveMember) -> None:
         """The ban is stored before any socket closes: a removed user who reconnects at once
         finds it, here or on any node, also after a failover."""
