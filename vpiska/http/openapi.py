@@ -209,6 +209,12 @@ Frames from the client: `chatMessage/<text>`; other prefixes are ignored.
 
 `since=n`: the client already has the first n chat lines; it gets lines n, n+1, … first.
 
+`v=2` opts in to the room features old clients never see: `chatMessage` adds `"seq"` and
+`"sentAt"`; the client may send `chat/{"id","text"}` and gets `ack/{"id","seq"}` once the line is
+stored or `nack/{"id","reason"}` (`rateLimited`, `tooLong`, `empty`, `malformed`), a resent id
+being stored once; `presence/{"users":[…]}` once, then `membersJoined/[…]` and
+`membersLeft/["<userId>",…]`; `chatRemoved/<seq>` when the host erases a line.
+
 Close codes: 1000 event closed, 1001 server shutting down, 1002/1007/1009 malformed, non-UTF-8
 or oversize frame, 1003 binary frame, 1011 the event's room failed, 1013 the event's room is
 overloaded (try again later), 4008 slow consumer (rejoin with `since`), 4009 chat flooding.
@@ -362,11 +368,14 @@ PATHS: dict[str, dict[str, Any]] = {
             {"name": "eventId", "in": "query", "required": True, "schema": ID},
             {"name": "since", "in": "query", "schema": {"type": "integer", "minimum": 0},
              "description": "Chat lines the client already has."},
+            {"name": "v", "in": "query", "schema": {"type": "integer", "enum": [1, 2]},
+             "description": "2 opts in to the room features above; absent or 1: the older "
+                            "backend's frames."},
         ],
         "responses": {
             "101": answer("Switching Protocols: the socket is open; frames as described.",
                           request_id=False),
-            "400": answer("`eventId` or `since` is malformed."),
+            "400": answer("`eventId`, `since` or `v` is malformed."),
             "401": answer("The token is missing or invalid."),
             "403": answer("The host banned this user from the event (until it closes)."),
             "404": answer("The event is unknown or closed."),
