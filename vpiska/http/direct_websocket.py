@@ -51,6 +51,7 @@ from vpiska import metrics
 from vpiska.http.connection_guard import describe, where
 from vpiska.http.socket_writes import write_now
 from vpiska.http.ws_limits import bound_messages
+from vpiska.sink import SINK
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -61,7 +62,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SINK = "vpiska.direct_sink"  # the ASGI scope extension that carries a connection's Sink
 _ACCEPT_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
 _REQUEST_LINE = re.compile(rb"GET (/[!-~]*) HTTP/1\.1\r\n")
 # RFC 9110 §5.1, §5.5: a token, a colon, optional whitespace around a value of visible
@@ -388,7 +388,7 @@ class DirectWebSocket:
             self._broken = True
             return 0
 
-    # The Sink of the app's frames (hypercorn_adapter.Sink).
+    # The Sink of the app's frames (vpiska/sink.py).
 
     def write_now(self, data: bytes) -> int:
         if not self._open or self._send_lock.locked():

@@ -180,9 +180,10 @@ from wsproto.utilities import LocalProtocolError
 
 from vpiska import metrics
 from vpiska.http.connection_guard import GuardedTCPServer
-from vpiska.http.direct_websocket import SINK, DirectWebSocket, parse_upgrade
+from vpiska.http.direct_websocket import DirectWebSocket, parse_upgrade
 from vpiska.http.socket_writes import write_now
 from vpiska.http.ws_limits import bound_messages, fits_wsproto
+from vpiska.sink import SINK
 
 log = logging.getLogger(__name__)
 
@@ -923,28 +924,6 @@ def _server_headers(config: HypercornConfig) -> list[tuple[bytes, bytes]]:
     return cached[1]
 
 
-class Sink(Protocol):
-    """Where a member's whole WebSocket frames are written: a DirectSink on hypercorn's path, or
-    the DirectWebSocket itself (18)."""
-
-    def write_now(self, data: bytes) -> int:
-        """Write what the socket takes at once; 0 if another send is under way, the socket is
-        full or the WebSocket is closing. The caller sends the rest with `send_frames`.
-
-        Error handling: trio.BrokenResourceError when the connection has broken (the peer
-        reset it), so a vanished client is told apart from a slow one.
-        """
-
-    async def send_frames(self, data: bytes) -> None:
-        """Write `data` after everything written before it, waiting for room."""
-
-    def spawn(self, job: Callable[[], Awaitable[None]]) -> None:
-        """Run `job` as a task of the connection (it ends with the connection, if not before).
-
-        Error handling: RuntimeError once the connection's tasks are ending.
-        """
-
-
 class DirectSink:
     """Writes whole WebSocket frames to one connection, in order with hypercorn's own sends.
 
@@ -987,12 +966,6 @@ def _server_of(stream: VpiskaWSStream) -> VpiskaTCPServer | None:
     if isinstance(server, VpiskaTCPServer) and server._sock is not None:
         return server
     return None
-
-
-def sink_of(scope: dict[str, Any]) -> Sink | None:
-    """The Sink of a WebSocket connection, if the adapter made one."""
-    sink = scope.get("extensions", {}).get(SINK)
-    return sink if isinstance(sink, DirectSink | DirectWebSocket) else None
 
 
 def installed_hypercorn() -> str:
