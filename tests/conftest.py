@@ -156,7 +156,7 @@ async def server(
                 yield Server(binds[0], config, http, served)
             stop.set()
             if not config.hypercorn_adapter:
-                # Stock hypercorn keeps idle and closed sockets open (hypercorn_adapter.py), so
+                # Stock hypercorn keeps idle and closed sockets open (docs/transport.md), so
                 # its graceful shutdown would take the whole grace period: cut it short.
                 nursery.cancel_scope.cancel()
 

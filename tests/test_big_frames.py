@@ -2,7 +2,7 @@
 
 hypercorn read such a frame whole before closing with 1009, and what it had buffered stayed
 with the process: 30 frames of 10 MB took a server from 62 to 264 MB of RSS for good. The
-adapter refuses the message as soon as a header shows it too big (vpiska/http/ws_limits.py),
+adapter refuses the message as soon as a header shows it too big (vpiska/transport/frame_limits.py),
 so the close comes before the payload, and memory does not grow. Stock hypercorn (no adapter)
 still buffers; those tests run with the adapter only.
 """

@@ -25,9 +25,9 @@ from tests.clients import Crowd, host_event, token_for
 from tests.conftest import EVERY_WEBSOCKET_PATH, Server, make_config
 from tests.raw_ws import RawSocket
 from tests.test_websocket import port_of, resource
-from vpiska.http import connection_guard, direct_websocket
 from vpiska.http.websocket import EventSession
 from vpiska.server import serve
+from vpiska.transport import connection_guard, direct_websocket
 
 WS_UPGRADE = (b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n")

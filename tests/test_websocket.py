@@ -186,7 +186,7 @@ async def test_protocol_violations_close_only_that_socket(
 ) -> None:
     """Each violation closes with its RFC 6455 code. Stock hypercorn drops the TCP connection
     without a close frame on frames wsproto cannot parse (1007, 1002), and may then crash the
-    whole server (see hypercorn_adapter.py): those cases run only with the adapter."""
+    whole server (see docs/transport.md): those cases run only with the adapter."""
     if not server.config.hypercorn_adapter and code in (1002, 1007):
         pytest.skip("stock hypercorn 0.18 can crash the server on this; the adapter fixes it")
     _, event_id = await host_event(server)
