@@ -125,6 +125,20 @@ EVERY_WEBSOCKET_PATH = pytest.mark.parametrize(
     "write_path", ["adapted", "adapted-h11", "stock-hypercorn"])
 
 
+def stock_hypercorn_fails(bug: str, *, every_run: bool = True) -> pytest.MarkDecorator:
+    """EVERY_WEBSOCKET_PATH, with the stock-hypercorn case expected to fail because of `bug`, a
+    defect of hypercorn 0.18 that vpiska/transport/ fixes (docs/transport.md lists them).
+
+    Strict: once a hypercorn release fixes it, the case passes and the suite says so. A bug
+    that is a race stock hypercorn loses on some runs only (`every_run=False`) cannot be held
+    to that: its case may pass, and the reason says so."""
+    reason = f"hypercorn 0.18: {bug}" + ("" if every_run else " (a race: some runs only)")
+    return pytest.mark.parametrize("write_path", [
+        "adapted", "adapted-h11",
+        pytest.param("stock-hypercorn",
+                     marks=pytest.mark.xfail(strict=every_run, reason=reason))])
+
+
 @pytest.fixture
 def write_path() -> str:
     return "adapted"
