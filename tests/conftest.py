@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import resource
+import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -208,3 +209,16 @@ def log_lines() -> Iterator[list[dict[str, Any]]]:
     yield handler.lines
     root.removeHandler(handler)
     root.setLevel(level)
+
+
+class MockSocket:
+    """What hypercorn's TCPServer asks of a connection's socket (its family and addresses), for
+    a connection over trio.testing.memory_stream_pair, as hypercorn's own tests/helpers.py."""
+
+    family = socket.AF_INET
+
+    def getpeername(self) -> tuple[str, int]:
+        return ("127.0.0.1", 50000)
+
+    def getsockname(self) -> tuple[str, int]:
+        return ("127.0.0.1", 5000)

@@ -3,7 +3,7 @@ and per-socket costs taken out, and event WebSockets served below it (docs/trans
 
 Laid out as hypercorn lays out `hypercorn/trio/`, one module per concern:
 
-- install.py: puts the transport's classes where hypercorn looks for them (or its own back)
+- hypercorn_classes.py: `install`, the transport's classes where hypercorn looks for them
 - config.py: hypercorn's Config with the transport's settings
 - worker_context.py: the worker's idle connections, lingering closes and pinger
 - tcp_server.py: one connection's reader, writer and close
@@ -23,6 +23,6 @@ vpiska/sink.py.
 """
 
 from vpiska.transport.config import ServerConfig
-from vpiska.transport.install import TESTED_HYPERCORN, install, installed_hypercorn
+from vpiska.transport.hypercorn_classes import TESTED_HYPERCORN, install, installed_hypercorn
 
 __all__ = ["TESTED_HYPERCORN", "ServerConfig", "install", "installed_hypercorn"]

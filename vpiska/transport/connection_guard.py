@@ -12,7 +12,7 @@ wrapped around `serve()` (hypercorn's `run()`, or what the transport serves inst
 exception ends a connection with, that connection is closed and the fault is logged once, as a
 warning with its cause, and the server goes on. The defects themselves are fixed at their root
 in this package's other modules; the guard is what makes an unknown one cost a connection
-instead of the server, with or without the rest of the transport (install.py).
+instead of the server, with or without the rest of the transport (hypercorn_classes.py).
 
 Error handling: trio.Cancelled, KeyboardInterrupt and SystemExit (anything not an Exception)
 pass through untouched, also when they come in an exception group next to a fault: the group's
