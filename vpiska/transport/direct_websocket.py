@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 
 _ACCEPT_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
 _UNANSWERED = frozenset({WebSocketState.CONNECTING, WebSocketState.HANDSHAKE})
+_ACCEPTED = WebSocketState.ACCEPTED  # read on every read: a global, not an enum's attribute
 
 
 class DirectConnection(Protocol):
@@ -188,7 +189,7 @@ class DirectWebSocket:
     async def send(self, message: dict[str, Any]) -> None:
         kind = message["type"]
         state = self._state
-        if kind == "websocket.send" and state is WebSocketState.ACCEPTED:
+        if kind == "websocket.send" and state is _ACCEPTED:
             if self._open:
                 data = message.get("bytes")
                 await self._write_event(TextMessage(data=message["text"]) if data is None
@@ -270,7 +271,7 @@ class DirectWebSocket:
         """Read what the peer sent into the frame decoder; at the end of the stream, a silence
         of the read timeout or a broken connection, the peer has disconnected."""
         data: bytes | None = b""
-        if not self._broken and self._state is WebSocketState.ACCEPTED:
+        if not self._broken and self._state is _ACCEPTED:
             data = read_ready(self._sock)
             if data is not None:  # a peer that always has more must not keep the others waiting
                 await trio.lowlevel.cancel_shielded_checkpoint()
