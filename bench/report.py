@@ -474,7 +474,7 @@ def _markdown(meta: Row, summary: list[Row], goals: list[Row], rows: list[Row]) 
         "The references answer `POST /api/v1/events/get` with vpiska's own answer for the same "
         "event, parsing the body and encoding the envelope per request (`bench/peers/http_*`): "
         "a raw ASGI app on stock hypercorn's trio worker (`hypercorn-raw`), the same app after "
-        "`vpiska.http.hypercorn_adapter.install(enabled=True)` (`hypercorn-raw+adapter`), "
+        "`vpiska.transport.install(enabled=True)` (`hypercorn-raw+adapter`), "
         "Starlette on uvicorn (uvloop, httptools), and Go's net/http with GOMAXPROCS=1. Each "
         "pinned to core 0 like vpiska.",
         "",

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from vpiska.http import direct_websocket
-from vpiska.http.direct_websocket import parse_upgrade
+from vpiska.transport import upgrade
+from vpiska.transport.upgrade import parse_upgrade
 
 PATHS = frozenset({b"/api/v1/websockets/event"})
 MAX_HEAD = 16 * 1024
@@ -108,7 +108,7 @@ def test_a_long_bad_line_costs_one_pass(line: bytes) -> None:
     a bad line again, ~1.5 s of CPU for one 16 KiB request. Counted, not timed: the header
     pattern may be tried once per line."""
     calls = 0
-    pattern = direct_websocket._HEADER_LINE
+    pattern = upgrade._HEADER_LINE
 
     class Counting:
         def match(self, *args: Any) -> Any:
@@ -118,6 +118,6 @@ def test_a_long_bad_line_costs_one_pass(line: bytes) -> None:
 
     request = head(headers=[b"Host: x", line])
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(direct_websocket, "_HEADER_LINE", Counting())
+        patch.setattr(upgrade, "_HEADER_LINE", Counting())
         assert parse_upgrade(request, PATHS, MAX_HEAD) is None
     assert calls <= 2

@@ -155,7 +155,7 @@ async def test_invalid_configuration_stops_with_one_line(
 
 @pytest.mark.parametrize("adapter", ["true", "false"], ids=["adapted", "stock-hypercorn"])
 async def test_idle_keep_alive_connection_is_closed(tmp_path: Path, adapter: str) -> None:
-    """hypercorn 0.18 never closes an idle kept-alive HTTP connection (hypercorn_adapter.py).
+    """hypercorn 0.18 never closes an idle kept-alive HTTP connection (docs/transport.md).
 
     How long "idle" has lasted is read off the server's clock: a connection opened once the
     first one went idle, and never used, is closed by the same keep-alive timer (hypercorn

@@ -9,11 +9,9 @@ import pytest
 import trio
 
 from tests.clients import Crowd, host_event, socket_url, token_for, wait_for_sockets
-from tests.conftest import EVERY_WEBSOCKET_PATH, Server
+from tests.conftest import EVERY_WEBSOCKET_PATH, Server, stock_hypercorn_fails
 from tests.raw_ws import RawMember, RawSocket
 from vpiska.domain import new_id
-
-pytestmark = EVERY_WEBSOCKET_PATH
 
 
 def port_of(server: Server) -> int:
@@ -24,6 +22,7 @@ def resource(server: Server, token: str | None, event_id: str, **params: Any) ->
     return socket_url(server, token, event_id, **params).split(server.ws_url, 1)[1]
 
 
+@EVERY_WEBSOCKET_PATH
 async def test_handshake_is_checked_before_the_upgrade(server: Server) -> None:
     token, event_id = await host_event(server)
     _, guest = await token_for(server)
@@ -45,6 +44,7 @@ async def test_handshake_is_checked_before_the_upgrade(server: Server) -> None:
     assert await status(guest, event_id) == 404
 
 
+@EVERY_WEBSOCKET_PATH
 @pytest.mark.parametrize("extra_headers", [
     pytest.param(b"", id="ordinary"),
     pytest.param(b"Content-Length: 0\r\n", id="with-a-body-header"),
@@ -67,6 +67,7 @@ async def test_upgrades_the_direct_path_leaves_to_hypercorn_are_served_alike(
             await member.wait_for(lambda m: m.chat() == ["either way"])
 
 
+@EVERY_WEBSOCKET_PATH
 async def test_bearer_header_is_accepted(server: Server, crowd: Crowd) -> None:
     _, event_id = await host_event(server)
     _, guest = await token_for(server)
@@ -74,6 +75,7 @@ async def test_bearer_header_is_accepted(server: Server, crowd: Crowd) -> None:
     await member.wait_for(lambda m: m.counts() == [1])
 
 
+@EVERY_WEBSOCKET_PATH
 async def test_chat_reaches_every_member_including_the_sender(
     server: Server, crowd: Crowd
 ) -> None:
@@ -96,6 +98,7 @@ async def test_chat_reaches_every_member_including_the_sender(
                                         "userImageId": "", "message": "hi / there"}
 
 
+@EVERY_WEBSOCKET_PATH
 async def test_unknown_client_frames_are_ignored(server: Server, crowd: Crowd) -> None:
     _, event_id = await host_event(server)
     _, guest = await token_for(server)
@@ -107,6 +110,7 @@ async def test_unknown_client_frames_are_ignored(server: Server, crowd: Crowd) -
     assert [f.split("/")[0] for f in member.frames] == ["eventUpdated", "chatMessage"]
 
 
+@EVERY_WEBSOCKET_PATH
 async def test_users_count_counts_a_user_once_across_devices(
     server: Server, crowd: Crowd
 ) -> None:
@@ -139,6 +143,7 @@ UNLIMITED_CHAT = pytest.mark.parametrize(
     "config_overrides", [{"chat_rate_per_second": 1e6, "chat_burst": 10**6}], ids=["no-limit"])
 
 
+@EVERY_WEBSOCKET_PATH
 @UNLIMITED_CHAT
 async def test_catch_up_since_has_no_gap_and_no_duplicate(
     server: Server, crowd: Crowd, nursery: trio.Nursery
@@ -167,28 +172,44 @@ async def test_catch_up_since_has_no_gap_and_no_duplicate(
     assert old_client.chat() == []
 
 
-@pytest.mark.parametrize(
-    "config_overrides",
-    [{"hypercorn_adapter": True}, {"hypercorn_adapter": False}],
-    ids=["adapted", "stock-hypercorn"],
-)
+UNPARSEABLE_FRAME = (
+    "a frame wsproto cannot parse (invalid UTF-8, a bad opcode) ends the TCP connection without "
+    "the close frame RFC 6455 section 7.1.7 asks for, so the client never learns why")
+
+
+@EVERY_WEBSOCKET_PATH
 @pytest.mark.parametrize(
     ("opcode", "payload", "code"),
     [
         pytest.param(0x2, b"binary", 1003, id="binary-frame"),
-        pytest.param(0x1, b"chatMessage/\xff\xfe", 1007, id="invalid-utf8"),
         pytest.param(0x1, b"chatMessage/" + b"a" * 70_000, 1009, id="oversized"),
-        pytest.param(0x3, b"reserved opcode", 1002, id="bad-opcode"),
     ],
 )
 async def test_protocol_violations_close_only_that_socket(
     server: Server, crowd: Crowd, opcode: int, payload: bytes, code: int
 ) -> None:
-    """Each violation closes with its RFC 6455 code. Stock hypercorn drops the TCP connection
-    without a close frame on frames wsproto cannot parse (1007, 1002), and may then crash the
-    whole server (see hypercorn_adapter.py): those cases run only with the adapter."""
-    if not server.config.hypercorn_adapter and code in (1002, 1007):
-        pytest.skip("stock hypercorn 0.18 can crash the server on this; the adapter fixes it")
+    """Each violation closes with its RFC 6455 code, and the room goes on."""
+    await violate(server, crowd, opcode, payload, code)
+
+
+@stock_hypercorn_fails(UNPARSEABLE_FRAME)
+@pytest.mark.parametrize(
+    ("opcode", "payload", "code"),
+    [
+        pytest.param(0x1, b"chatMessage/\xff\xfe", 1007, id="invalid-utf8"),
+        pytest.param(0x3, b"reserved opcode", 1002, id="bad-opcode"),
+    ],
+)
+async def test_unparseable_frames_close_only_that_socket(
+    server: Server, crowd: Crowd, opcode: int, payload: bytes, code: int
+) -> None:
+    """The same for frames wsproto cannot parse: the peer gets the close frame it is owed."""
+    await violate(server, crowd, opcode, payload, code)
+
+
+async def violate(server: Server, crowd: Crowd, opcode: int, payload: bytes, code: int) -> None:
+    """A member sends a frame that breaks the protocol: it is closed with `code` and leaves the
+    room, and a bystander's room goes on."""
     _, event_id = await host_event(server)
     _, guest = await token_for(server)
     _, other = await token_for(server)
@@ -208,10 +229,10 @@ async def test_protocol_violations_close_only_that_socket(
     assert json.loads((await server.http.get("/api/v1/nothing")).text)["errors"]
 
 
+@stock_hypercorn_fails(UNPARSEABLE_FRAME)
 async def test_many_clients_failing_at_once_do_not_stop_the_server(server: Server) -> None:
-    """Regression: stock hypercorn 0.18 could crash on a close racing its first ping."""
-    if not server.config.hypercorn_adapter:
-        pytest.skip("stock hypercorn 0.18 can crash on this; the adapter is the fix")
+    """Regression: stock hypercorn 0.18 could crash on a close racing its first ping (the
+    connection guard now ends that connection only)."""
     _, event_id = await host_event(server)
 
     async def misbehave(i: int) -> None:

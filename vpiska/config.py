@@ -89,10 +89,10 @@ class Config:
     shutdown_grace_seconds: float = 10.0
     # GET /readyz answers 503 when a store ping takes longer than this.
     ready_timeout_seconds: float = 2.0
-    # Use vpiska/http/hypercorn_adapter.py (only ever on the hypercorn versions it was tested on).
+    # Use vpiska/transport/ (only ever on the hypercorn versions it was tested on).
     hypercorn_adapter: bool = True
     # With the adapter: serve ordinary event WebSocket handshakes off the socket, below
-    # hypercorn (vpiska/http/direct_websocket.py).
+    # hypercorn (vpiska/transport/direct_websocket.py).
     direct_websockets: bool = True
     # The cluster (vpiska/cluster): with no Redis, one process serves alone.
     redis_url: str | None = None

@@ -28,6 +28,7 @@ from hypercorn.config import Sockets
 from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 
+from vpiska import transport
 from vpiska.actors import EventSupervisor
 from vpiska.actors.rooms import Rooms
 from vpiska.app import Services, create_app
@@ -35,7 +36,7 @@ from vpiska.cluster import redis
 from vpiska.cluster.node import ClusterIndex, ClusterNode
 from vpiska.cluster.signin_counters import RedisCounters
 from vpiska.config import Config
-from vpiska.http import hypercorn_adapter, websocket
+from vpiska.http import websocket
 from vpiska.signin_limits import LocalCounters, SigninCounters
 from vpiska.store import Store, open_store
 
@@ -78,7 +79,7 @@ async def serve(
     Error handling: ListenError before anything starts if the address cannot be had;
     ShutdownTimedOut after a shutdown that ran past its deadline.
     """
-    adapted = hypercorn_adapter.install(enabled=config.hypercorn_adapter)
+    adapted = transport.install(enabled=config.hypercorn_adapter)
     hypercorn_config = _hypercorn_config(config)
     sockets = _listen(hypercorn_config, config)
     deadline_passed = _DeadlinePassed()
@@ -314,7 +315,7 @@ def _listen(hypercorn_config: HypercornConfig, config: Config) -> Sockets:
 
 
 def _hypercorn_config(config: Config) -> HypercornConfig:
-    hc = hypercorn_adapter.ServerConfig()
+    hc = transport.ServerConfig()
     hc.body_timeout = config.body_timeout_seconds
     hc.bind = [f"{config.host}:{config.port}"]
     hc.graceful_timeout = config.shutdown_grace_seconds

@@ -7,7 +7,7 @@ routing framework, no validation, no store: the floor of an ASGI server on trio.
 
 Usage: PORT=… EVENT_ANSWER_FILE=… python http_asgi.py stock|adapter
 - `stock`: hypercorn 0.18 as installed;
-- `adapter`: the same, after vpiska's `hypercorn_adapter.install(enabled=True)` (its TCP server
+- `adapter`: the same, after vpiska's `vpiska.transport.install(enabled=True)` (its TCP server
   and WebSocket stream classes, and its ServerConfig with vpiska's body deadline).
 Both get vpiska's read timeout (40 s) and no access log.
 """
@@ -83,11 +83,11 @@ def main() -> None:
     variant = sys.argv[1] if len(sys.argv) > 1 else "stock"
     config: Config
     if variant == "adapter":
-        from vpiska.http import hypercorn_adapter
+        from vpiska import transport
 
-        if not hypercorn_adapter.install(enabled=True):
+        if not transport.install(enabled=True):
             raise SystemExit("vpiska's hypercorn adapter refused this hypercorn version")
-        config = hypercorn_adapter.ServerConfig()
+        config = transport.ServerConfig()
         config.body_timeout = 30.0
     elif variant == "stock":
         config = Config()

@@ -12,9 +12,10 @@ A handler that awaits the whole body at once (`await request.body`, `get_data`) 
 for its request: it asked for all of it in memory, and would otherwise wait for ever.
 
 What the bound couples: a body now arrives as fast as its handler reads it, so
-BODY_TIMEOUT_SECONDS (hypercorn_adapter.py, 10) bounds the handler's reading too (an upload
-spooled to disk reads far faster than that needs); and while the bound holds, a client's
-disconnect is seen once the handler reads on or answers, which every handler does at once.
+BODY_TIMEOUT_SECONDS (the transport's body deadline, vpiska/transport/tcp_server.py) bounds the
+handler's reading too (an upload spooled to disk reads far faster than that needs); and while
+the bound holds, a client's disconnect is seen once the handler reads on or answers, which
+every handler does at once.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The room delivers a frame without ever waiting. Here that becomes the cheapest write the socket
 allows:
 
-- With a `Sink` (the hypercorn adapter's plain TCP sockets), the frame's WebSocket bytes
+- With a `Sink` (vpiska/sink.py: the transport's plain TCP sockets), the frame's WebSocket bytes
   are built once per broadcast (`wire_bytes`, cached on the frame) and, when nothing of this
   socket's is queued or being written, written at once from the room's task: no task switch.
 - Otherwise the frame is queued, and the session's writer sends everything queued in one go.
@@ -29,7 +29,7 @@ import trio
 
 from vpiska.actors.frames import Frame
 from vpiska.actors.member import CloseCode, OutboxClosed, OutboxFull
-from vpiska.http.hypercorn_adapter import Sink
+from vpiska.sink import Sink
 
 # Items one write may carry: large enough to amortise a send, small enough to keep it short.
 MAX_WRITE_BATCH = 256

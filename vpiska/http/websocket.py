@@ -10,7 +10,7 @@ Back-pressure: a chat line waits for room in the event's inbox, and while it wai
 is read from that socket. A line that cannot enter within ACTOR_REPLY_TIMEOUT_SECONDS closes the
 socket with 1013 (try again later): the room is overloaded, and the client is told so.
 
-Keep-alive: the server pings every WS_PING_SECONDS (the adapter's pinger, or hypercorn's
+Keep-alive: the server pings every WS_PING_SECONDS (the transport's pinger, or hypercorn's
 task); pongs are not visible through ASGI, so the server drops a peer from which nothing at all
 (frames or pongs) was read for two intervals (hypercorn's read_timeout, set in server.py).
 """
@@ -34,12 +34,12 @@ from vpiska.actors.rooms import RoomHandle, Rooms
 from vpiska.auth import Identity
 from vpiska.config import Config
 from vpiska.errors import DomainError, ErrorCode
-from vpiska.http import hypercorn_adapter
 from vpiska.http.auth import bearer_token
 from vpiska.http.body import id_codes
 from vpiska.http.outbox import MAX_WRITE_BATCH, Item, OutboxState, SocketOutbox
 from vpiska.http.request_id import name_socket
 from vpiska.http.tracing import trace_handshake
+from vpiska.sink import Sink, sink_of
 from vpiska.store import Store
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class EventSocketEndpoint:
             room, identity, since, version = member
             # After the accept: the adapter's Sink comes with it.
             await EventSession(self._config, self._store, room, identity, receive, send,
-                               hypercorn_adapter.sink_of(scope), since, version).run()
+                               sink_of(scope), since, version).run()
         except Exception:
             log.exception("websocket session failed", extra={"path": PATH})
             if accepted:
@@ -151,7 +151,7 @@ class EventSession:
     and, while there is something to write, a writer (the outbox to the socket); when either
     ends the session, both end.
 
-    With a Sink (hypercorn_adapter.py) the writer is a task of the connection, started only when the
+    With a Sink (vpiska/sink.py) the writer is a task of the connection, started only when the
     outbox has something queued or its end to tell (an idle member has no task besides its reader),
     and ended with the session. Without one (plain hypercorn) every frame is queued, and writers run
     in the session's nursery.
@@ -162,7 +162,7 @@ class EventSession:
     """
 
     def __init__(self, config: Config, store: Store, room: RoomHandle, identity: Identity,
-                 receive: Any, send: Any, sink: hypercorn_adapter.Sink | None,
+                 receive: Any, send: Any, sink: Sink | None,
                  since: int | None, version: int = 1) -> None:
         self._receive_message = receive
         self._send_message = send

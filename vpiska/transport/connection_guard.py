@@ -8,11 +8,11 @@ the close, ...), and hypercorn 0.18 does not catch those. One request and one by
 (tests/test_connection_faults.py).
 
 `GuardedTCPServer` is hypercorn's TCPServer with `run()` — the connection task's one entry point —
-wrapped around `serve()` (hypercorn's `run()`, or what the adapter serves instead): whatever an
+wrapped around `serve()` (hypercorn's `run()`, or what the transport serves instead): whatever an
 exception ends a connection with, that connection is closed and the fault is logged once, as a
 warning with its cause, and the server goes on. The defects themselves are fixed at their root
-in hypercorn_adapter.py; the guard is what makes an unknown one cost a connection instead of the
-server, with or without the adapter.
+in this package's other modules; the guard is what makes an unknown one cost a connection
+instead of the server, with or without the rest of the transport (hypercorn_classes.py).
 
 Error handling: trio.Cancelled, KeyboardInterrupt and SystemExit (anything not an Exception)
 pass through untouched, also when they come in an exception group next to a fault: the group's

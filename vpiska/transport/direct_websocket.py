@@ -1,28 +1,27 @@
-"""WebSockets served straight off their sockets, below hypercorn (hypercorn_adapter.py, 18).
+"""WebSockets served straight off their sockets, below hypercorn.
 
 Why: through hypercorn a WebSocket handshake cost ~0.67 ms of the core before the app saw it:
 h11 parsing the request, a protocol, a stream and a handshake object, a task group, an app task
 and its inbox, h11 again for the answer. trio alone answers one in ~0.17 ms. For a party's
 crowd arriving at once that was the difference between a third and two thirds of Node's `ws`.
 
-What: a connection whose first read holds a whole, ordinary upgrade request for one of
-`ServerConfig.direct_websocket_paths` is served here. The ASGI app runs in the connection's own
-task; its `receive` reads the socket and decodes frames with wsproto's frame layer (with the
-bounded decoder, ws_limits.py), its `send` writes; the connection is its own Sink.
-"Ordinary" means: `GET <path>[?query] HTTP/1.1`, one Host, `Upgrade: websocket`, a Connection
-header naming upgrade, `Sec-WebSocket-Version: 13`, a key, no body, every header line well
-formed. Anything else (a head split over reads, another path or method, a malformed or unusual
-header) goes to hypercorn with the bytes already read, exactly as before; so do TLS
-connections.
+What: a connection whose first read holds a whole, ordinary upgrade request (upgrade.py) for
+one of `ServerConfig.direct_websocket_paths` is served here. The ASGI app runs in the
+connection's own task; its `receive` reads the socket and decodes frames with wsproto's frame
+layer (with the bounded decoder, frame_limits.py), its `send` writes; the connection is its own
+Sink (vpiska/sink.py). TLS connections and anything else go to hypercorn.
 
-It keeps what the adapter guarantees on hypercorn's path: the peer's invalid frame or oversized
-message gets its close code (1, 8); a close during a send ends the connection, not the server
-(2); no ping task per socket, the worker's pinger pings it (4, 15); frames are written without
-a task switch (5); bytes sent with the handshake are the first frames of an accepted socket and
-dropped for a refused one (6); nothing waits for an app that has finished (7); the server's
-close lingers for the peer's last bytes (17). A peer silent for the read timeout is dropped, as
-a keep-alive disconnect: the pinger finds it (at the first ping after the timeout), so a read
-that waits sets no deadline; without pings nobody is dropped for silence.
+It keeps what the transport guarantees on hypercorn's path (ws_stream.py, tcp_server.py): the
+peer's invalid frame or oversized message gets its close code; a close during a send ends the
+connection, not the server; no ping task per socket, the worker's pinger pings it; frames are
+written without a task switch; bytes sent with the handshake are the first frames of an
+accepted socket and dropped for a refused one; nothing waits for an app that has finished; the
+server's close lingers for the peer's last bytes. A peer silent for the read timeout is
+dropped, as a keep-alive disconnect: the pinger finds it (at the first ping after the timeout),
+so a read that waits sets no deadline; without pings nobody is dropped for silence.
+
+The handshake's lifecycle is a `WebSocketState` (lifecycle.py); an app that answers before it
+has received `websocket.connect` is not given it afterwards.
 
 Resource handling: the connection's task runs the app; what the app starts beside it (its
 writers, a ping the socket did not take at once) runs in the nursery of the server's
@@ -33,102 +32,62 @@ from __future__ import annotations
 
 import http
 import logging
-import re
 import time
 from base64 import b64encode
 from collections import deque
-from dataclasses import dataclass
 from hashlib import sha1
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import trio
+from hypercorn.config import Config as HypercornConfig
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Event, Message, Ping, TextMessage
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError
 
 from vpiska import metrics
-from vpiska.http.connection_guard import describe, where
-from vpiska.http.socket_writes import write_now
-from vpiska.http.ws_limits import bound_messages
+from vpiska.sink import SINK
+from vpiska.transport.connection_guard import describe, where
+from vpiska.transport.frame_limits import bound_messages
+from vpiska.transport.lifecycle import WebSocketState
+from vpiska.transport.pinger import Pinger
+from vpiska.transport.socket_io import read_ready, write_now
+from vpiska.transport.upgrade import Upgrade
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from hypercorn.typing import WebsocketScope
 
-    from vpiska.http.hypercorn_adapter import VpiskaTCPServer
-
 log = logging.getLogger(__name__)
 
-SINK = "vpiska.direct_sink"  # the ASGI scope extension that carries a connection's Sink
 _ACCEPT_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
-_REQUEST_LINE = re.compile(rb"GET (/[!-~]*) HTTP/1\.1\r\n")
-# RFC 9110 §5.1, §5.5: a token, a colon, optional whitespace around a value of visible
-# characters (and inner spaces), CRLF. Nothing else: no obs-fold, no control characters.
-_HEADER_LINE = re.compile(
-    rb"([-!#$%&'*+.^_`|~0-9A-Za-z]+):[ \t]*"
-    rb"((?:[!-~\x80-\xff](?:[ \t!-~\x80-\xff]*[!-~\x80-\xff])?)?)[ \t]*\r\n")
-# A header that changes how a request is read: such a request is left to h11.
-_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"expect"})
+_UNANSWERED = frozenset({WebSocketState.CONNECTING, WebSocketState.HANDSHAKE})
+_ACCEPTED = WebSocketState.ACCEPTED  # read on every read: a global, not an enum's attribute
 
 
-@dataclass(frozen=True, slots=True)
-class Upgrade:
-    """An ordinary WebSocket upgrade request, as read off the socket."""
+class DirectConnection(Protocol):
+    """What a direct WebSocket needs of its TCP connection (tcp_server.py)."""
 
-    path: bytes
-    query_string: bytes
-    headers: list[tuple[bytes, bytes]]  # names lowercased, as h11 gives them
-    key: bytes
-    subprotocols: list[str]
+    config: HypercornConfig
+    send_lock: trio.Lock  # held while a send is under way
+    peer_address: tuple[str, int] | None
+    local_address: tuple[str, int] | None
 
+    async def send_raw(self, data: bytes) -> bool:
+        """Send `data` after everything sent before it; False if the connection is gone."""
 
-def parse_upgrade(data: bytes, paths: frozenset[bytes], max_head: int
-                  ) -> tuple[Upgrade, bytes] | None:
-    """The upgrade request at the start of `data` and the bytes after it, or None if `data`
-    does not start with a whole, ordinary upgrade request for one of `paths` (hypercorn reads
-    it then)."""
-    end = data.find(b"\r\n\r\n", 0, max_head) + 2  # the head's last CRLF
-    request = _REQUEST_LINE.match(data, 0, end) if end > 1 else None
-    if request is None:
-        return None
-    path, _, query_string = request[1].partition(b"?")
-    if path not in paths:
-        return None
-    headers: list[tuple[bytes, bytes]] = []
-    hosts = 0
-    upgrade = version = key = None
-    connection: list[bytes] = []
-    subprotocols: list[str] = []
-    at = request.end()
-    while at < end:
-        # Anchored at each line: a search would try every offset of a bad line again
-        # (seconds of CPU for one 16 KiB line).
-        header = _HEADER_LINE.match(data, at, end)
-        if header is None:
-            return None
-        at = header.end()
-        name, value = header[1].lower(), header[2]
-        headers.append((name, value))
-        if name == b"host":
-            hosts += 1
-        elif name == b"upgrade":
-            upgrade = value
-        elif name == b"connection":
-            connection += (token.strip().lower() for token in value.split(b","))
-        elif name == b"sec-websocket-version":
-            version = value
-        elif name == b"sec-websocket-key":
-            key = value
-        elif name == b"sec-websocket-protocol":
-            subprotocols += (token.strip().decode("latin-1") for token in value.split(b","))
-        elif name in _FRAMING:
-            return None
-    if (hosts != 1 or upgrade is None or upgrade.lower() != b"websocket"
-            or b"upgrade" not in connection or version != b"13" or not key):
-        return None
-    return Upgrade(path, query_string, headers, key, subprotocols), data[end + 2:]
+    async def close_now(self, *, linger: bool = False) -> None:
+        """Close the connection, reading what the peer still sends if `linger`."""
+
+    def response_headers(self) -> list[tuple[bytes, bytes]]:
+        """Date, Server and the other headers of every response."""
+
+    def pinger(self, interval: float) -> Pinger | None:
+        """The worker's pinger, if there is one."""
+
+    def lifespan_state(self) -> dict[str, Any]:
+        """A connection's copy of the app's lifespan state."""
 
 
 class DirectWebSocket:
@@ -140,15 +99,15 @@ class DirectWebSocket:
     already applies back-pressure.
     """
 
-    def __init__(self, server: VpiskaTCPServer, upgrade: Upgrade, rest: bytes) -> None:
+    def __init__(self, server: DirectConnection, sock: trio.socket.SocketType, upgrade: Upgrade,
+                 rest: bytes) -> None:
         self._server = server
-        self._sock = server._sock
+        self._sock = sock
         self._upgrade = upgrade
-        self._rest = rest  # bytes after the head: the first frames, if the app accepts (6)
+        self._rest = rest  # bytes after the head: the first frames, if the app accepts
         self.scope = _scope(server, upgrade)
-        self._connect_given = False
-        self._accepted = False
-        self._answered = False  # accepted or refused
+        self._state = WebSocketState.CONNECTING
+        # The app's own refusal while its body comes (RESPONDING): status, headers, body.
         self._refusal: tuple[int, list[tuple[bytes, bytes]], list[bytes]] | None = None
         self._connection: Connection | None = None
         self._events: deque[Event] = deque()
@@ -180,15 +139,16 @@ class DirectWebSocket:
             await self._app_finished()
         finally:
             self._nursery = None
-            await self._server._close_now(linger=not self._broken)
+            await self._server.close_now(linger=not self._broken)
 
     async def _app_finished(self) -> None:
         # What hypercorn does for an app that returns: a handshake it never answered is a 500;
         # a socket it left open is closed with 1011.
-        if not self._answered:
+        if self._state is WebSocketState.ACCEPTED:
+            if self._open:
+                await self._send_close(CloseReason.INTERNAL_ERROR, None)
+        elif self._state is not WebSocketState.REFUSED:
             await self._refuse(500, [(b"content-length", b"0")], [b""])
-        elif self._accepted and self._open:
-            await self._send_close(CloseReason.INTERNAL_ERROR, None)
 
     @property
     def _typed_scope(self) -> WebsocketScope:
@@ -202,8 +162,8 @@ class DirectWebSocket:
     # The ASGI side.
 
     async def receive(self) -> dict[str, Any]:
-        if not self._connect_given:
-            self._connect_given = True
+        if self._state is WebSocketState.CONNECTING:
+            self._state = WebSocketState.CONNECTING.advance(WebSocketState.HANDSHAKE)
             return {"type": "websocket.connect"}
         while True:
             if self._disconnect is not None:
@@ -228,9 +188,16 @@ class DirectWebSocket:
 
     async def send(self, message: dict[str, Any]) -> None:
         kind = message["type"]
-        if kind == "websocket.accept" and not self._answered:
+        state = self._state
+        if kind == "websocket.send" and state is _ACCEPTED:
+            if self._open:
+                data = message.get("bytes")
+                await self._write_event(TextMessage(data=message["text"]) if data is None
+                                        else BytesMessage(data=bytes(data)))
+        elif kind == "websocket.accept" and state in _UNANSWERED:
             await self._accept(message)
-        elif kind == "websocket.http.response.start" and not self._answered:
+        elif kind == "websocket.http.response.start" and state in _UNANSWERED:
+            self._state = state.advance(WebSocketState.RESPONDING)
             self._refusal = (int(message["status"]), list(message.get("headers", [])), [])
         elif kind == "websocket.http.response.body" and self._refusal is not None:
             status, headers, body = self._refusal
@@ -238,22 +205,18 @@ class DirectWebSocket:
             if not message.get("more_body", False):
                 self._refusal = None
                 await self._refuse(status, headers, body)
-        elif kind == "websocket.close" and not self._answered:
+        elif kind == "websocket.close" and state in _UNANSWERED:
             await self._refuse(403, [(b"content-length", b"0")], [b""])
-        elif kind == "websocket.close":
+        elif kind == "websocket.close" and state is not WebSocketState.RESPONDING:
             if self._open:
                 await self._send_close(int(message.get("code", CloseReason.NORMAL_CLOSURE)),
                                        message.get("reason"))
-        elif kind == "websocket.send" and self._accepted:
-            if self._open:
-                data = message.get("bytes")
-                await self._write_event(TextMessage(data=message["text"]) if data is None
-                                        else BytesMessage(data=bytes(data)))
         else:
-            raise RuntimeError(f"unexpected ASGI message {kind!r} on a direct WebSocket")
+            raise RuntimeError(f"unexpected ASGI message {kind!r} on a direct WebSocket "
+                               f"{state.value}")
 
     async def _accept(self, message: dict[str, Any]) -> None:
-        self._answered = self._accepted = True
+        self._state = self._state.advance(WebSocketState.ACCEPTED)
         accept = b64encode(sha1(self._upgrade.key + _ACCEPT_GUID).digest())
         head = [b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n"
                 b"connection: Upgrade\r\nsec-websocket-accept: ", accept, b"\r\n"]
@@ -263,7 +226,7 @@ class DirectWebSocket:
         for name, value in message.get("headers", ()):
             head += [name, b": ", value, b"\r\n"]
         head.append(b"\r\n")
-        self._connection = Connection(ConnectionType.SERVER)  # no permessage-deflate (8)
+        self._connection = Connection(ConnectionType.SERVER)  # no permessage-deflate
         config = self._server.config
         bound_messages(self._connection, config.websocket_max_message_size)
         await self._write(b"".join(head))
@@ -282,8 +245,8 @@ class DirectWebSocket:
     async def _refuse(self, status: int, headers: list[tuple[bytes, bytes]],
                       body: list[bytes]) -> None:
         """Answer the handshake with an HTTP response; the connection ends after it, and what
-        the client sent after its request is dropped (6)."""
-        self._answered = True
+        the client sent after its request is dropped."""
+        self._state = self._state.advance(WebSocketState.REFUSED)
         content = b"".join(body)
         names = {name.lower() for name, _ in headers}
         extra = [(b"connection", b"close")] if b"connection" not in names else []
@@ -308,8 +271,8 @@ class DirectWebSocket:
         """Read what the peer sent into the frame decoder; at the end of the stream, a silence
         of the read timeout or a broken connection, the peer has disconnected."""
         data: bytes | None = b""
-        if not self._broken and self._accepted:
-            data = self._server.read_ready()
+        if not self._broken and self._state is _ACCEPTED:
+            data = read_ready(self._sock)
             if data is not None:  # a peer that always has more must not keep the others waiting
                 await trio.lowlevel.cancel_shielded_checkpoint()
             else:
@@ -325,7 +288,7 @@ class DirectWebSocket:
         """The peer's next bytes, once the socket has some; b"" if the connection ended.
 
         No deadline is set for the wait: the worker's pinger finds a peer silent for the read
-        timeout (`_ping`) and ends its wait. A deadline per read cost a cancel scope and a
+        timeout (`send_ping`) and ends its wait. A deadline per read cost a cancel scope and a
         place in trio's deadline heap for every member waiting for its next frame.
         """
         assert self._sock is not None
@@ -338,7 +301,7 @@ class DirectWebSocket:
                     if self._silent:
                         metrics.KEEP_ALIVE_DISCONNECTS.inc()
                     return b""
-                data = self._server.read_ready()
+                data = read_ready(self._sock)
                 if data is not None:
                     return data
         finally:
@@ -352,7 +315,7 @@ class DirectWebSocket:
     async def _closed_by_peer(self, event: CloseConnection) -> None:
         """The peer closed, or sent what cannot be decoded (wsproto reports a CloseConnection
         with the reason's code while the connection is still OPEN): either way the app is
-        told, and the peer gets the close frame it is owed (1, 8)."""
+        told, and the peer gets the close frame it is owed."""
         assert self._connection is not None
         if self._connection.state is ConnectionState.REMOTE_CLOSING:
             await self._write_event(event.response())
@@ -376,7 +339,7 @@ class DirectWebSocket:
         await self._write(data)
 
     async def _write(self, data: bytes) -> None:
-        """Write `data` after everything written before it (VpiskaTCPServer.send_raw)."""
+        """Write `data` after everything written before it (tcp_server.py `send_raw`)."""
         if not self._broken and not await self._server.send_raw(data):
             self._broken = True
 
@@ -388,7 +351,7 @@ class DirectWebSocket:
             self._broken = True
             return 0
 
-    # The Sink of the app's frames (hypercorn_adapter.Sink).
+    # The Sink of the app's frames (vpiska/sink.py).
 
     def write_now(self, data: bytes) -> int:
         if not self._open or self._send_lock.locked():
@@ -417,9 +380,9 @@ class DirectWebSocket:
             if self._sock is not None:
                 trio.lowlevel.notify_closing(self._sock)
 
-    # The worker's pinger (hypercorn_adapter._Pinger).
+    # The worker's pinger (pinger.py).
 
-    def _ping(self) -> bool:
+    def send_ping(self) -> bool:
         """Ping the peer now; False once the socket is done. A peer whose read has waited for
         the read timeout is gone: its wait is ended instead, and the connection closes."""
         if not self._open or self._nursery is None:
@@ -440,7 +403,7 @@ class DirectWebSocket:
         return not self._broken
 
 
-def _scope(server: VpiskaTCPServer, upgrade: Upgrade) -> dict[str, Any]:
+def _scope(server: DirectConnection, upgrade: Upgrade) -> dict[str, Any]:
     """The ASGI scope hypercorn 0.18 makes for the same request (WSStream.handle)."""
     return {
         "type": "websocket",

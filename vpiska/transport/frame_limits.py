@@ -6,7 +6,7 @@ freed only when the connection ended; 30 such frames took the server's RSS from 
 and it never came back. Here the decoder looks at each data frame's header and refuses the
 message (wsproto's ParseFailed with 1009, MESSAGE_TOO_BIG) as soon as the header shows it over
 the bound, whether one frame says so or the running total of a fragmented message: at most one
-read's bytes of the payload are ever held. The adapter then sends the 1009 close, and the
+read's bytes of the payload are ever held. The WebSocket then sends the 1009 close, and the
 connection ends without another byte fed to wsproto.
 
 permessage-deflate is not offered back (hypercorn accepts it whenever a client asks): a frame's
