@@ -41,9 +41,8 @@ from vpiska.actors.commands import (
 )
 from vpiska.actors.event import MAX_BATCH, EventActor, Exit
 from vpiska.actors.geo import MapIndex
-from vpiska.auth import Identity
 from vpiska.config import Config
-from vpiska.domain import ChatMessage, Coordinates, Event, EventMedia, new_id, utc_now
+from vpiska.domain import ChatMessage, Coordinates, Event, EventMedia, Identity, new_id, utc_now
 from vpiska.errors import DomainError, ErrorCode
 from vpiska.store import MemoryStore, Store
 

@@ -34,9 +34,8 @@ from vpiska.actors.commands import (
 )
 from vpiska.actors.event import EventActor
 from vpiska.actors.geo import MapIndex
-from vpiska.auth import Identity
 from vpiska.config import Config
-from vpiska.domain import Coordinates, Event, EventMedia, new_id, utc_now
+from vpiska.domain import Coordinates, Event, EventMedia, Identity, new_id, utc_now
 from vpiska.errors import DomainError, ErrorCode
 from vpiska.store import MemoryStore, StaleEpoch, Store
 

@@ -21,10 +21,9 @@ import trio.testing
 from tests.fakes import RecordingOutbox
 from vpiska.actors import EventView, Member
 from vpiska.actors.commands import Chat, Join, Joined, Snapshot
-from vpiska.auth import Identity
 from vpiska.cluster.gateway import READS_IN_FLIGHT, GatewayRoom
 from vpiska.cluster.protocol import Frames, Handover, Hello, Reply, Shown, encode
-from vpiska.domain import Coordinates, Event
+from vpiska.domain import Coordinates, Event, Identity
 from vpiska.wire import event_json
 
 EVENT = Event(id="e1", owner_id="u1", name="party", address="here",

@@ -20,12 +20,11 @@ from tests.conftest import make_config
 from tests.fakes import RecordingOutbox
 from vpiska.actors import CloseCode, EventSupervisor, Member
 from vpiska.actors.commands import Join
-from vpiska.auth import Identity
 from vpiska.cluster import redis
 from vpiska.cluster.gateway import GatewayRoom
 from vpiska.cluster.node import ClusterIndex, ClusterNode
 from vpiska.cluster.protocol import Notice, encode
-from vpiska.domain import Coordinates, Event, new_id, utc_now
+from vpiska.domain import Coordinates, Event, Identity, new_id, utc_now
 from vpiska.store import MemoryStore
 
 

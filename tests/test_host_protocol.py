@@ -15,8 +15,8 @@ from tests.fakes import RecordingOutbox
 from tests.test_gateway import Bus, JoiningOwner, gateway_for
 from vpiska.actors import CloseCode, Member
 from vpiska.actors.commands import Join
-from vpiska.auth import Identity
 from vpiska.cluster.protocol import CloseSockets, Frames, Reply, Shown, decode, encode
+from vpiska.domain import Identity
 from vpiska.errors import DomainError
 
 

@@ -16,7 +16,7 @@ from tests.presence_view import PresenceView, is_presence
 from tests.test_event_actor import INTERVAL, Rooms, person, start_rooms
 from vpiska.actors import Member, Room
 from vpiska.actors.commands import Join, Joined, Members
-from vpiska.auth import Identity
+from vpiska.domain import Identity
 
 
 @pytest.fixture

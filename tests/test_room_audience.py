@@ -6,7 +6,7 @@ from __future__ import annotations
 from vpiska.actors.frames import Audience, Frame
 from vpiska.actors.member import Member
 from vpiska.actors.room import Room
-from vpiska.auth import Identity
+from vpiska.domain import Identity
 
 from .fakes import RecordingOutbox
 

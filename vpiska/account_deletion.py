@@ -28,7 +28,7 @@ import logging
 from vpiska.accounts import Accounts
 from vpiska.actors.commands import Close, RereadChat
 from vpiska.actors.rooms import Rooms
-from vpiska.auth import Identity
+from vpiska.domain import Identity
 from vpiska.errors import DomainError, ErrorCode
 from vpiska.media import MediaLibrary
 from vpiska.store import Store

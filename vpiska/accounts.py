@@ -6,8 +6,8 @@ import collections
 import dataclasses
 import logging
 
-from vpiska.auth import Identity, Passwords, Tokens
-from vpiska.domain import User, new_id
+from vpiska.auth import Passwords, Tokens
+from vpiska.domain import Identity, User, new_id
 from vpiska.errors import DomainError, ErrorCode
 from vpiska.signin_limits import SigninLimits
 from vpiska.store import Store

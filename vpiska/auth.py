@@ -12,7 +12,6 @@ are reported as needing an upgrade, which the login path does at once.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import hmac
 import re
@@ -26,7 +25,7 @@ from passlib.context import CryptContext
 
 from vpiska import metrics
 from vpiska.config import Config
-from vpiska.domain import User, is_id, is_text, utc_now
+from vpiska.domain import Identity, User, is_id, is_text, utc_now
 from vpiska.fair_slots import FairSlots
 
 _HASHED = metrics.PASSWORD_HASHES.labels(work="hash")
@@ -60,15 +59,6 @@ class _HS256(HMACAlgorithm):
 
 jwt.unregister_algorithm("HS256")
 jwt.register_algorithm("HS256", _HS256())
-
-
-@dataclasses.dataclass(frozen=True)
-class Identity:
-    """Who a valid token says the caller is."""
-
-    user_id: str
-    name: str
-    image_id: str  # "" when the user has no image, as in the token
 
 
 class Tokens:

@@ -53,6 +53,16 @@ class Coordinates:
 
 
 @dataclasses.dataclass(frozen=True)
+class Identity:
+    """Who a valid token says the caller is (vpiska/auth.py reads it from the token): what a
+    room knows of a member, without the token machinery."""
+
+    user_id: str
+    name: str
+    image_id: str  # "" when the user has no image, as in the token
+
+
+@dataclasses.dataclass(frozen=True)
 class User:
     id: str
     name: str

@@ -13,8 +13,7 @@ import outcome
 import trio
 
 from vpiska.actors.member import Member
-from vpiska.auth import Identity
-from vpiska.domain import Coordinates, EventMedia
+from vpiska.domain import Coordinates, EventMedia, Identity
 
 Reply = trio.MemorySendChannel[outcome.Outcome[object]]
 

@@ -66,9 +66,8 @@ from vpiska.actors.geo import MapIndex
 from vpiska.actors.member import CloseCode, Member, OutboxClosed, OutboxFull
 from vpiska.actors.room import Room
 from vpiska.actors.view import EventView
-from vpiska.auth import Identity
 from vpiska.config import Config
-from vpiska.domain import ChatMessage, Event, is_place, is_text, utc_now_ms
+from vpiska.domain import ChatMessage, Event, Identity, is_place, is_text, utc_now_ms
 from vpiska.errors import DomainError, ErrorCode
 from vpiska.store import Store
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from vpiska.actors.frames import Frame
-from vpiska.auth import Identity
+from vpiska.domain import Identity
 
 
 class CloseCode(enum.IntEnum):

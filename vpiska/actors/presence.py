@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from vpiska import wire
 from vpiska.actors.frames import Audience, Frame
 from vpiska.actors.member import Member
-from vpiska.auth import Identity
+from vpiska.domain import Identity
 
 LIST_PREFIX = "presence/"
 

@@ -35,7 +35,7 @@ from vpiska.actors.frames import Audience, Frame, for_version
 from vpiska.actors.member import CloseCode, Member, OutboxClosed, OutboxFull
 from vpiska.actors.presence import LIST_PREFIX, Presence, present_users, users_text
 from vpiska.actors.view import Mirror
-from vpiska.auth import Identity
+from vpiska.domain import Identity
 from vpiska.errors import DomainError, ErrorCode
 
 log = logging.getLogger(__name__)

@@ -57,7 +57,6 @@ from vpiska.actors.commands import (
 )
 from vpiska.actors.frames import Audience, Frame
 from vpiska.actors.presence import LIST_PREFIX
-from vpiska.auth import Identity
 from vpiska.cluster import redis
 from vpiska.cluster.bus import Bus
 from vpiska.cluster.contained import contained
@@ -74,6 +73,7 @@ from vpiska.cluster.protocol import (
 from vpiska.cluster.rpc import NoAnswer, Rpc, Unreachable
 from vpiska.cluster.shared_answer import SharedAnswer
 from vpiska.cluster.views import view_of
+from vpiska.domain import Identity
 from vpiska.errors import DomainError, ErrorCode
 from vpiska.store import Store
 

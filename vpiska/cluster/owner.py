@@ -39,7 +39,6 @@ from vpiska.actors.commands import (
 )
 from vpiska.actors.frames import Frame
 from vpiska.actors.lines import MAX_CLIENT_ID_CHARS
-from vpiska.auth import Identity
 from vpiska.cluster import redis
 from vpiska.cluster.bus import Bus
 from vpiska.cluster.protocol import (
@@ -58,7 +57,7 @@ from vpiska.cluster.protocol import (
 from vpiska.cluster.rpc import Rpc
 from vpiska.cluster.trouble import Trouble
 from vpiska.cluster.views import view_value
-from vpiska.domain import Coordinates, EventMedia, is_id, is_text
+from vpiska.domain import Coordinates, EventMedia, Identity, is_id, is_text
 from vpiska.errors import DomainError
 
 log = logging.getLogger(__name__)

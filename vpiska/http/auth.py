@@ -5,7 +5,7 @@ from __future__ import annotations
 from quart import request
 
 from vpiska.accounts import Accounts
-from vpiska.auth import Identity
+from vpiska.domain import Identity
 from vpiska.errors import DomainError, ErrorCode
 
 

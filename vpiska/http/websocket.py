@@ -31,8 +31,8 @@ from vpiska.actors import ChatFlood, CloseCode, Member, OutboxClosed, OutboxFull
 from vpiska.actors import lines as chat_lines
 from vpiska.actors.commands import Chat, Join, Joined
 from vpiska.actors.rooms import RoomHandle, Rooms
-from vpiska.auth import Identity
 from vpiska.config import Config
+from vpiska.domain import Identity
 from vpiska.errors import DomainError, ErrorCode
 from vpiska.http.auth import bearer_token
 from vpiska.http.body import id_codes

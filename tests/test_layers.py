@@ -1,0 +1,49 @@
+"""Dependencies point one way: domain ← store ← actors ← {http, cluster} ← server, so each
+layer can be tested with fakes of the one below. And the actor core stays free of the token
+and password machinery (PyJWT, passlib): a room knows a member by its `Identity` alone."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import vpiska
+
+PACKAGE = Path(vpiska.__file__).parent
+# What each package may import of vpiska besides itself.
+BELOW = {
+    "store": ("vpiska.domain", "vpiska.errors", "vpiska.config", "vpiska.metrics"),
+    "actors": ("vpiska.domain", "vpiska.errors", "vpiska.config", "vpiska.metrics",
+               "vpiska.store", "vpiska.wire"),
+}
+
+
+def imported(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module is not None and node.level == 0:
+            names.add(node.module)
+    return {name for name in names if name.startswith("vpiska.")}
+
+
+@pytest.mark.parametrize("package", sorted(BELOW))
+def test_a_layer_imports_only_the_layers_below_it(package: str) -> None:
+    allowed = (f"vpiska.{package}", *BELOW[package])
+    wrong = {f"{path.relative_to(PACKAGE)}: {name}"
+             for path in sorted((PACKAGE / package).rglob("*.py"))
+             for name in imported(path) if not name.startswith(allowed)}
+    assert not wrong
+
+
+def test_the_actor_core_loads_neither_pyjwt_nor_passlib() -> None:
+    probe = ("import sys, vpiska.actors, vpiska.actors.event, vpiska.actors.supervisor; "
+             "print(sorted({m.split('.')[0] for m in sys.modules} & {'jwt', 'passlib'}))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            check=True, timeout=60).stdout.strip()
+    assert loaded == "[]"
