@@ -45,23 +45,30 @@ def checkout(revision: str) -> Path:
     return tree
 
 
-def rows_of(source: Path, seeds: Seeds) -> dict[str, dict[str, Any]]:
-    """One measurement of every row with the vpiska of `source`."""
+KINDS = ("fanout", "handshakes", "http")
+
+
+def rows_of(source: Path, seeds: Seeds, kinds: tuple[str, ...] = KINDS
+            ) -> dict[str, dict[str, Any]]:
+    """One measurement of each row of `kinds` with the vpiska of `source`."""
     plan = FULL
     out: dict[str, dict[str, Any]] = {}
-    options = room_options(plan, 1000) | {"window": window(1000)}
-    with running("vpiska", seeds.room_db, source=source) as server:
-        out["fanout N=1000"] = client.run("fanout", [server.port], [seeds.room_event_id],
-                                          [server.pid], options, time_limit(plan))
-    with running("vpiska", seeds.room_db, source=source) as server:
-        out["handshakes N=5000"] = client.run(
-            "connect", [server.port], [seeds.room_event_id], [server.pid],
-            room_options(plan, plan.connect_n), time_limit(plan))
-    with running("vpiska", seeds.map_db, source=source) as server:
-        wait_idle(server.pid)
-        for endpoint in httpload.endpoints(seeds.map_event_id)[:2]:
-            out[endpoint.name] = httpload.wrk(server, endpoint, plan.http_seconds,
-                                              HTTP_CONNECTIONS)
+    if "fanout" in kinds:
+        options = room_options(plan, 1000) | {"window": window(1000)}
+        with running("vpiska", seeds.room_db, source=source) as server:
+            out["fanout N=1000"] = client.run("fanout", [server.port], [seeds.room_event_id],
+                                              [server.pid], options, time_limit(plan))
+    if "handshakes" in kinds:
+        with running("vpiska", seeds.room_db, source=source) as server:
+            out["handshakes N=5000"] = client.run(
+                "connect", [server.port], [seeds.room_event_id], [server.pid],
+                room_options(plan, plan.connect_n), time_limit(plan))
+    if "http" in kinds:
+        with running("vpiska", seeds.map_db, source=source) as server:
+            wait_idle(server.pid)
+            for endpoint in httpload.endpoints(seeds.map_event_id)[:2]:
+                out[endpoint.name] = httpload.wrk(server, endpoint, plan.http_seconds,
+                                                  HTTP_CONNECTIONS)
     return out
 
 
@@ -69,7 +76,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("revisions", nargs="+", help="git revisions; the first is the base")
     parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--only", choices=KINDS, action="append",
+                        help="measure only these rows (repeatable); default: all")
     args = parser.parse_args()
+    kinds = tuple(args.only or KINDS)
     trees = {revision: checkout(revision) for revision in args.revisions}
     seeds = make_seeds(CACHE)
     client.use_members(seeds.member_ids)
@@ -77,7 +87,7 @@ def main() -> None:
     for rep in range(args.repetitions):
         for revision, tree in trees.items():
             print(f"repetition {rep + 1}: {revision}", file=sys.stderr, flush=True)
-            results[revision].append(rows_of(tree, seeds))
+            results[revision].append(rows_of(tree, seeds, kinds))
     print(table(args.revisions, results))
 
 
