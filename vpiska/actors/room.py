@@ -194,21 +194,21 @@ class Room:
         if self.presence.watching and member.identity.user_id not in self.members:
             self.presence.arrived(member.identity)
         sockets = self.members.setdefault(member.identity.user_id, set())
-        if member.version == 2 and member not in sockets:
-            self.v2_members += 1
+        if member.version == 2:
+            if member not in sockets:
+                self.v2_members += 1
+            self.presence.socket_added(member)
         sockets.add(member)
         if member.gateway is None:
             self.local.add(member)
-        if member.version == 2:
-            self.presence.socket_added(member)
 
     def remove(self, member: Member) -> None:
+        sockets = self.members.get(member.identity.user_id)
         if member.version == 2:
             self.presence.socket_removed(member)
-        sockets = self.members.get(member.identity.user_id)
-        if sockets is not None:
-            if member.version == 2 and member in sockets:
+            if sockets is not None and member in sockets:
                 self.v2_members -= 1
+        if sockets is not None:
             sockets.discard(member)
             if not sockets:
                 del self.members[member.identity.user_id]
