@@ -112,7 +112,7 @@ class Node:
     def hears(self, event_id: str, text: str) -> None:
         """A chat line from a socket on another node, as the bus hands the node its
         messages."""
-        self.node._node_message(encode(Notice("chat", event_id, {
+        self.node.routing.node_message(encode(Notice("chat", event_id, {
             "user": new_id(), "name": "bob", "image": "", "text": text})))
 
 

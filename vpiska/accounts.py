@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 # User ids known to exist, kept so a token's user is looked up once, not on every request.
 # An account deleted (users/delete) is forgotten at once here, and on every node of a cluster
-# when its notice arrives (vpiska/cluster/node.py); the bound only caps memory.
+# when its notice arrives (vpiska/cluster/cluster_channel.py); the bound only caps memory.
 KNOWN_USERS = 100_000
 
 

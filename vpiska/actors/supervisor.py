@@ -9,7 +9,7 @@ in the store, so the next server start serves it again.
 On one node (`serve_all`) the supervisor starts a room for every open event in the store and
 keeps the map index of open events that `events/range` reads. In a cluster a room is started
 here only when this node owns the event (`activate`, with its lease's epoch and a publisher;
-vpiska/cluster/node.py), the index holds every open event of the cluster, and rooms end when
+vpiska/cluster/ownership.py), the index holds every open event of the cluster, and rooms end when
 the node hands them over or loses them.
 
 Fencing: an actor whose store write raises StaleEpoch has lost the event to a newer owner

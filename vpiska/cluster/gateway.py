@@ -127,7 +127,7 @@ class _Socket:
 class GatewayRoom:
     """Resource handling: the gateway subscribes to the event's channel while it has sockets
     and unsubscribes after the last one leaves; the node forgets a gateway that has stayed
-    `idle` a while (`ClusterNode`). Tasks it starts (leaves, syncs, catch-ups) run in the
+    `idle` a while (routing.py). Tasks it starts (leaves, syncs, catch-ups) run in the
     node's nursery."""
 
     def __init__(self, event_id: str, owner_id: str, *, owners: Owners, bus: Bus, rpc: Rpc,
@@ -137,7 +137,7 @@ class GatewayRoom:
         self.owner_id = owner_id  # the event's owner user, for the early check of uploads
         self.failed = False
         # Users the host banned, as the store had them when this gateway was made and as the
-        # owner's notices told since (ClusterNode): their handshakes here get 403.
+        # owner's notices told since (cluster_channel.py): their handshakes here get 403.
         self.banned: set[str] = set()
         self._owners = owners
         self._bus = bus

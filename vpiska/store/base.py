@@ -17,7 +17,7 @@ store can stop its writes, because only the store sees both owners. So:
 - The store, not Redis, is the authority on epochs. Redis can hand one epoch out twice: restarted
   without its data, or failed over to a replica that missed the last INCR, its counter goes
   back. So the store keeps who claimed the epoch (`claimant`: the node's id and which of its
-  activations, vpiska/cluster/node.py) beside it, and a claim of the claimed epoch by anyone
+  activations, vpiska/cluster/ownership.py) beside it, and a claim of the claimed epoch by anyone
   else is refused (EpochTaken) exactly like an older one: the refused node raises its Redis
   counter above the stored epoch and claims again. Only the claimant may claim again (a
   crashed actor restarts, an owner retries), so two owners can never both hold one epoch.

@@ -1,0 +1,136 @@
+"""The cluster channel: what every node tells every other, and what it does with their notices.
+
+The map index `events/range` reads is cluster-wide on every node: loaded from the store at
+start, then kept current by notices (created, moved, closed) on this channel, and reloaded from
+the store when the channel's subscription was renewed after a lost connection (notices may
+have been missed). The channel also carries the users count of events owned elsewhere
+(counted), the host's bans (banned: the node's gateway to the event refuses the user), deleted
+accounts (account_deleted: the node forgets the account and closes its sockets of it) and a
+node that left (its events go to the nodes designated without it at once, not after a TTL).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+import trio
+
+from vpiska.actors import CloseCode, EventSupervisor
+from vpiska.cluster import redis
+from vpiska.cluster.bus import Bus
+from vpiska.cluster.contained import contained
+from vpiska.cluster.membership import Membership
+from vpiska.cluster.ownership import Ownership
+from vpiska.cluster.protocol import Notice, decode, encode
+from vpiska.cluster.routing import Routing
+from vpiska.cluster.trouble import Trouble
+from vpiska.domain import Coordinates
+from vpiska.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class KnownUsers(Protocol):
+    def forget(self, user_id: str) -> None:
+        """The account was deleted: its tokens must not identify anyone any more."""
+
+    def forget_all(self) -> None:
+        """Deletions may have been missed: ask the store again about every account."""
+
+
+class ClusterMap(Protocol):
+    """The map index as other nodes' notices change it (node.ClusterIndex)."""
+
+    def put(self, event_id: str, name: str, coordinates: Coordinates) -> None: ...
+
+    def moved_elsewhere(self, event_id: str, coordinates: Coordinates) -> None: ...
+
+    def closed_elsewhere(self, event_id: str) -> None: ...
+
+    def replace(self, events: list[tuple[str, str, Coordinates]]) -> None: ...
+
+
+class ClusterChannel:
+    """Resource handling: notices are published from tasks of `nursery` (the node's) when the
+    caller may not wait (`notify_soon`); the map's reload after a renewal too."""
+
+    def __init__(self, *, bus: Bus, index: ClusterMap, store: Store,
+                 supervisor: EventSupervisor, membership: Membership, ownership: Ownership,
+                 routing: Routing, known_users: KnownUsers | None, nursery: trio.Nursery,
+                 unreachable: Trouble) -> None:
+        self._bus = bus
+        self._index = index
+        self._store = store
+        self._supervisor = supervisor
+        self._membership = membership
+        self._ownership = ownership
+        self._routing = routing
+        # The node's cache of known users (vpiska/accounts.py): it forgets every account
+        # deleted anywhere in the cluster, or its tokens would keep working here.
+        self.known_users = known_users
+        self._nursery = nursery
+        self._unreachable = unreachable
+        self.counts: dict[str, int] = {}  # usersCount of events owned elsewhere
+
+    def cluster_message(self, data: bytes) -> None:
+        message = decode(data)
+        if not isinstance(message, Notice):
+            return
+        args = message.args
+        try:
+            if message.op == "created":
+                self._index.put(message.event_id, str(args["name"]),
+                                Coordinates(float(args["x"]), float(args["y"])))
+            elif message.op == "moved":
+                self._index.moved_elsewhere(message.event_id,
+                                            Coordinates(float(args["x"]), float(args["y"])))
+            elif message.op == "closed":
+                self._index.closed_elsewhere(message.event_id)
+                self.counts.pop(message.event_id, None)
+                self._ownership.forget_owner(message.event_id)
+            elif message.op == "account_deleted":
+                self.close_account_here(str(args["user"]))
+            elif message.op == "banned":
+                gateway = self._routing.gateways.get(message.event_id)
+                if gateway is not None:
+                    gateway.banned.add(str(args["user"]))
+            elif message.op == "counted":
+                self.counts[message.event_id] = int(args["count"])
+            elif message.op == "left":
+                # Gone now, not at this node's next beat: the events it handed over go to
+                # the nodes designated without it, and its sockets (closed) leave the rooms.
+                node = str(args["node"])
+                self._membership.left(node)
+                self._ownership.node_left(node)
+        except (KeyError, TypeError, ValueError) as error:
+            log.warning("malformed notice", extra={"op": message.op, "cause": repr(error)})
+
+    def cluster_renewed(self) -> None:
+        if self.known_users is not None:  # an account_deleted notice may have been missed
+            self.known_users.forget_all()
+        self._nursery.start_soon(contained, "reload the map", self._reload_index)
+
+    async def _reload_index(self) -> None:
+        """Notices may have been missed: the store says which events are open."""
+        events = await self._store.open_events()
+        self._index.replace([(e.id, e.name, e.coordinates) for e in events])
+
+    def close_account_here(self, user_id: str) -> None:
+        if self.known_users is not None:
+            self.known_users.forget(user_id)
+        self._supervisor.close_sockets_of(user_id, CloseCode.ACCOUNT_DELETED)
+        for gateway in self._routing.gateways.values():
+            gateway.close_user(user_id, CloseCode.ACCOUNT_DELETED)
+
+    def notify_soon(self, op: str, event_id: str, args: dict[str, Any]) -> None:
+        """Tell every node, from a task of the node's (callers may not wait)."""
+        self._nursery.start_soon(contained, f"notify {op}", self.notify, op, event_id, args)
+
+    async def notify(self, op: str, event_id: str, args: dict[str, Any]) -> None:
+        try:
+            await self._bus.publish(redis.CLUSTER_CHANNEL, encode(Notice(op, event_id, args)))
+        except redis.REDIS_ERRORS as error:
+            self._unreachable.failed(error, notice=op)
+        else:
+            self._unreachable.succeeded()
