@@ -3,17 +3,21 @@
 `FaultyStore` wraps a real store and fails chosen calls, as a lost database would: the server
 under test is served on it (the `wrap_store` fixture of tests/conftest.py, or `serve(store=)`).
 `RecordingOutbox` is a member's socket for the room's unit tests: it keeps what it is sent.
+`FakeRedis` is the Redis of the cluster's parts (vpiska/cluster) on virtual time, which a test
+can cut off as a partition would.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import trio
+from coredis.exceptions import ConnectionError as RedisConnectionError
 
 from vpiska.actors.frames import Frame
 from vpiska.actors.member import CloseCode, OutboxClosed, OutboxFull
+from vpiska.cluster import redis
 from vpiska.store import Store
 
 
@@ -120,3 +124,116 @@ class TimedOutbox(RecordingOutbox):
     def deliver(self, frame: Frame) -> None:
         super().deliver(frame)
         self.arrivals.append((trio.current_time(), frame.text))
+
+
+class FakeRedis:
+    """The keys, commands and scripts of vpiska/cluster/redis.py that the node's parts use, each
+    script one step as in Redis, with expiries on the trio clock (`autojump_clock`).
+
+    `cut()` makes every call fail as an unreachable Redis does, until `heal()`; what it holds
+    meanwhile expires as it would. `calls` counts the calls by command (a script by its
+    constant's name in redis.py)."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, tuple[bytes, float]] = {}  # key: (value, expiry)
+        self._counters: dict[str, int] = {}
+        self._nodes: dict[str, float] = {}  # the nodes set: node id, expiry
+        self.published: list[tuple[str, bytes]] = []
+        self.calls: dict[str, int] = {}
+        self.is_cut = False
+
+    def cut(self) -> None:
+        self.is_cut = True
+
+    def heal(self) -> None:
+        self.is_cut = False
+
+    async def _call(self, name: str) -> None:
+        await trio.lowlevel.checkpoint()
+        self.calls[name] = self.calls.get(name, 0) + 1
+        if self.is_cut:
+            raise RedisConnectionError("injected: Redis unreachable")
+
+    def value(self, key: str) -> bytes | None:
+        """The key's value now, if it has one and it has not expired."""
+        value, expiry = self._values.get(key, (None, 0.0))
+        return value if value is not None and expiry > trio.current_time() else None
+
+    def expiry(self, key: str) -> float:
+        """When `key` expires (its value is gone from then on)."""
+        return self._values[key][1]
+
+    def put(self, key: str, value: str, ttl: float = float("inf")) -> None:
+        """Set `key` as another node would."""
+        self._values[key] = (value.encode(), trio.current_time() + ttl)
+
+    def delete(self, key: str) -> None:
+        self._values.pop(key, None)
+
+    async def get(self, key: str) -> bytes | None:
+        await self._call("get")
+        return self.value(key)
+
+    async def mget(self, keys: list[str]) -> list[bytes | None]:
+        await self._call("mget")
+        return [self.value(key) for key in keys]
+
+    async def publish(self, channel: str, data: bytes) -> int:
+        await self._call("publish")
+        self.published.append((channel, data))
+        return 1
+
+    def register_script(self, source: str) -> Callable[..., Awaitable[Any]]:
+        scripts: dict[str, tuple[str, Callable[[list[str], list[Any]], Any]]] = {
+            redis.HEARTBEAT: ("HEARTBEAT", self._heartbeat),
+            redis.ACQUIRE: ("ACQUIRE", self._acquire),
+            redis.RENEW: ("RENEW", self._renew),
+            redis.RELEASE: ("RELEASE", self._release),
+            redis.RAISE_EPOCH: ("RAISE_EPOCH", self._raise_epoch),
+        }
+        name, run = scripts[source]
+
+        async def script(*, keys: list[str], args: list[Any]) -> Any:
+            await self._call(name)
+            return run(keys, args)
+
+        return script
+
+    def _heartbeat(self, keys: list[str], args: list[Any]) -> list[bytes]:
+        node, ttl_ms, beating = str(args[0]), int(args[1]), args[2] == "1"
+        now = trio.current_time()
+        if beating:
+            self._nodes[node] = now + ttl_ms / 1000
+        else:
+            self._nodes.pop(node, None)
+        self._nodes = {n: expiry for n, expiry in self._nodes.items() if expiry > now}
+        return [n.encode() for n in sorted(self._nodes, key=self._nodes.__getitem__)]
+
+    def _acquire(self, keys: list[str], args: list[Any]) -> int | None:
+        lease, counter = keys
+        if self.value(lease) is not None:
+            return None
+        epoch = self._counters[counter] = self._counters.get(counter, 0) + 1
+        self.put(lease, f"{args[0]} {epoch}", int(args[1]) / 1000)
+        return epoch
+
+    def _renew(self, keys: list[str], args: list[Any]) -> list[int]:
+        lost = []
+        for position, key in enumerate(keys, start=1):
+            held = self.value(key)
+            if held is not None and held.decode() == args[position]:
+                self.put(key, args[position], int(args[0]) / 1000)
+            else:
+                lost.append(position)
+        return lost
+
+    def _release(self, keys: list[str], args: list[Any]) -> int:
+        held = self.value(keys[0])
+        if held is None or held.decode() != args[0]:
+            return 0
+        self.delete(keys[0])
+        return 1
+
+    def _raise_epoch(self, keys: list[str], args: list[Any]) -> int:
+        self._counters[keys[0]] = max(self._counters.get(keys[0], 0), int(args[0]))
+        return 1
