@@ -200,3 +200,18 @@ async def open_event(store: MemoryStore, index: MapIndex | None = None) -> Event
     if index is not None:
         index.put(event.id, event.name, event.coordinates)
     return event
+
+
+async def beside_another_node(nursery: trio.Nursery) -> tuple[Parts, Membership]:
+    """The parts of node-a, and the membership of node-b on the same Redis: both live."""
+    parts = make_parts(nursery, "node-a")
+    client: Any = parts.redis
+    other = Membership(client, "node-b", TTL, stopping=lambda: False, gone=lambda node: None)
+    await other.beat()
+    await parts.membership.beat()
+    return parts, other
+
+
+async def events_on_the_map(parts: Parts, count: int) -> list[str]:
+    """`count` new open events, in the store and on the node's map, owned by nobody yet."""
+    return [(await open_event(parts.store, parts.index)).id for _ in range(count)]

@@ -15,12 +15,17 @@ import pytest
 import trio
 import trio.testing
 
-from tests.cluster_parts import TTL, make_parts, open_event
+from tests.cluster_parts import (
+    TTL,
+    beside_another_node,
+    events_on_the_map,
+    make_parts,
+    open_event,
+)
 from vpiska.actors import CloseCode
 from vpiska.actors.geo import Spot
 from vpiska.cluster import redis
 from vpiska.cluster.gateway import GatewayRoom
-from vpiska.cluster.membership import Membership
 from vpiska.cluster.nodes import designated
 from vpiska.cluster.protocol import Notice, decode, encode
 from vpiska.domain import Coordinates
@@ -88,12 +93,8 @@ async def test_a_renewed_subscription_reloads_the_map_from_the_store_and_forgets
 async def test_a_node_that_left_is_gone_at_once_and_its_orphans_designated_here_start_here(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery,
 ) -> None:
-    parts = make_parts(nursery, "node-a")
-    client: Any = parts.redis
-    leaving = Membership(client, "node-b", TTL, stopping=lambda: False, gone=lambda node: None)
-    await leaving.beat()
-    await parts.membership.beat()
-    events = [(await open_event(parts.store, parts.index)).id for _ in range(12)]
+    parts, leaving = await beside_another_node(nursery)
+    events = await events_on_the_map(parts, 12)
     theirs = [e for e in events if designated(e, {"node-a", "node-b"}) == "node-b"]
     assert theirs
     parts.ownership.owner_is(theirs[0], "node-b")

@@ -32,13 +32,19 @@ class Node:
             gone=lambda node: self.gone.append((node, trio.current_time())))
 
 
-async def test_a_node_that_stops_beating_is_gone_once_its_last_beat_is_a_ttl_old(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
+async def both_beating() -> tuple[Node, Node]:
+    """Nodes a and b on one Redis, each having beaten once: both live."""
     redis = FakeRedis()
     a, b = Node(redis, "a"), Node(redis, "b")
     await b.membership.beat()
-    assert await a.membership.beat()  # changed: it sees both
+    await a.membership.beat()
+    return a, b
+
+
+async def test_a_node_that_stops_beating_is_gone_once_its_last_beat_is_a_ttl_old(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    a, _ = await both_beating()
     assert a.membership.live == {"a", "b"}
     last_beat_of_b = trio.current_time()
     while not a.gone:  # b beats no more; a beats every third of the TTL
@@ -54,10 +60,7 @@ async def test_a_node_that_stops_beating_is_gone_once_its_last_beat_is_a_ttl_old
 async def test_a_node_that_said_it_left_is_gone_at_once(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    redis = FakeRedis()
-    a, b = Node(redis, "a"), Node(redis, "b")
-    await b.membership.beat()
-    await a.membership.beat()
+    a, b = await both_beating()
     a.membership.left("b")
     assert a.membership.live == {"a"}
     assert a.gone == [("b", trio.current_time())]
@@ -67,10 +70,7 @@ async def test_a_stopping_node_beats_out_of_the_set(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """While it hands its rooms over, no node may take it for live again."""
-    redis = FakeRedis()
-    a, b = Node(redis, "a"), Node(redis, "b")
-    await b.membership.beat()
-    await a.membership.beat()
+    a, b = await both_beating()
     b.stopping = True
     await b.membership.beat()
     assert await a.membership.beat()

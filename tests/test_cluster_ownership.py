@@ -12,10 +12,16 @@ from typing import Any
 import trio
 import trio.testing
 
-from tests.cluster_parts import TTL, Parts, make_parts, open_event
+from tests.cluster_parts import (
+    TTL,
+    Parts,
+    beside_another_node,
+    events_on_the_map,
+    make_parts,
+    open_event,
+)
 from vpiska.cluster import redis
 from vpiska.cluster.leases import Leases
-from vpiska.cluster.membership import Membership
 from vpiska.cluster.nodes import designated
 
 
@@ -84,12 +90,8 @@ async def test_a_lease_another_node_took_is_fenced_at_the_next_beat(
 async def test_reconcile_activates_the_orphans_designated_here_and_only_those(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery,
 ) -> None:
-    parts = make_parts(nursery, "node-a")
-    client: Any = parts.redis
-    other = Membership(client, "node-b", TTL, stopping=lambda: False, gone=lambda node: None)
-    await other.beat()
-    await parts.membership.beat()
-    events = [(await open_event(parts.store, parts.index)).id for _ in range(24)]
+    parts, _ = await beside_another_node(nursery)
+    events = await events_on_the_map(parts, 24)
     here = [e for e in events if designated(e, {"node-a", "node-b"}) == "node-a"]
     there = [e for e in events if e not in here]
     assert len(here) >= 2

@@ -16,6 +16,7 @@ import pytest
 import trio
 
 from tests.cluster_fixtures import RedisServer
+from tests.cluster_parts import KnownUsers
 from tests.conftest import make_config
 from tests.fakes import RecordingOutbox
 from vpiska.actors import CloseCode, EventSupervisor, Member
@@ -26,18 +27,6 @@ from vpiska.cluster.node import ClusterIndex, ClusterNode
 from vpiska.cluster.protocol import Notice, encode
 from vpiska.domain import Coordinates, Event, Identity, new_id, utc_now
 from vpiska.store import MemoryStore
-
-
-class KnownUsers:
-    def __init__(self) -> None:
-        self.forgotten: list[str] = []
-        self.cleared = 0
-
-    def forget(self, user_id: str) -> None:
-        self.forgotten.append(user_id)
-
-    def forget_all(self) -> None:
-        self.cleared += 1
 
 
 @pytest.fixture
