@@ -1,6 +1,6 @@
 """One node of the cluster: its parts, wired, and what the node does as a whole.
 
-The parts, each a class given its collaborators (docs/cluster.md, "Modules"):
+The parts, each a class given its collaborators (docs/cluster.md lists every module):
 - membership.py: the heartbeat, and which nodes are alive;
 - ownership.py: who owns an event; this node's leases, their renewal every third of the TTL,
   self-fencing, activation of what it is designated for;
