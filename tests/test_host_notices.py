@@ -7,6 +7,8 @@ real Redis; the notices are published as another node would."""
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from tests.conftest import make_config
 from tests.fakes import RecordingOutbox
 from vpiska.actors import CloseCode, EventSupervisor, Member
 from vpiska.actors.commands import Join
-from vpiska.cluster import redis
+from vpiska.cluster import protocol, redis
 from vpiska.cluster.gateway import GatewayRoom
 from vpiska.cluster.node import ClusterIndex, ClusterNode
 from vpiska.cluster.protocol import Notice, encode
@@ -82,7 +84,7 @@ async def test_a_banned_notice_reaches_the_nodes_gateway_to_the_event(
     gateway = await gateway_of(cluster_node, store)
     other = await gateway_of(cluster_node, store)
     await client.publish(redis.CLUSTER_CHANNEL,
-                         encode(Notice("banned", gateway.event_id, {"user": "u-banned"})))
+                         encode(Notice(protocol.Banned("u-banned"), gateway.event_id)))
     await until(lambda: gateway.banned == {"u-banned"})
     assert other.banned == set()
 
@@ -101,7 +103,7 @@ async def test_an_account_deleted_notice_forgets_the_account_and_closes_its_sock
                    Member(Identity(new_id(), "stays", ""), staying)):
         await room.ask(lambda reply, m=member: Join(m, reply))  # type: ignore[misc]
     await client.publish(redis.CLUSTER_CHANNEL,
-                         encode(Notice("account_deleted", "", {"user": gone})))
+                         encode(Notice(protocol.AccountDeleted(gone), "")))
     await until(lambda: leaving.close_code is not None)
     assert leaving.close_code == CloseCode.ACCOUNT_DELETED
     assert staying.close_code is None
@@ -115,15 +117,19 @@ async def store_event(store: MemoryStore) -> tuple[Event, str]:
 
 
 async def test_a_malformed_notice_changes_nothing_and_the_node_goes_on(
-    node: tuple[ClusterNode, MemoryStore, coredis.Redis[bytes]]
+    node: tuple[ClusterNode, MemoryStore, coredis.Redis[bytes]],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     cluster_node, store, client = node
     gateway = await gateway_of(cluster_node, store)
+    caplog.set_level(logging.WARNING, logger="vpiska.cluster.protocol")
+    for malformed in (["n", "banned", gateway.event_id, {"nobody": 1}],
+                      ["n", "account_deleted", "", {}]):
+        await client.publish(redis.CLUSTER_CHANNEL, json.dumps(malformed))
     await client.publish(redis.CLUSTER_CHANNEL,
-                         encode(Notice("banned", gateway.event_id, {"nobody": 1})))
-    await client.publish(redis.CLUSTER_CHANNEL,
-                         encode(Notice("account_deleted", "", {})))
-    await client.publish(redis.CLUSTER_CHANNEL,
-                         encode(Notice("banned", gateway.event_id, {"user": "after"})))
+                         encode(Notice(protocol.Banned("after"), gateway.event_id)))
     await until(lambda: gateway.banned == {"after"})
+    dropped = [record.__dict__["cause"] for record in caplog.records
+               if record.message == "malformed cluster message dropped"]
+    assert dropped == ["Object missing required field `user`"] * 2
 

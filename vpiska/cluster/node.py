@@ -38,22 +38,23 @@ import logging
 import math
 from collections.abc import Sequence
 from functools import partial
-from typing import Any, Protocol
+from typing import Protocol, assert_never
 
 import coredis
+import msgspec
 import trio
 
 from vpiska import metrics
 from vpiska.actors import CloseCode, EventSupervisor, Room
 from vpiska.actors.geo import MapIndex, Spot
-from vpiska.cluster import redis
+from vpiska.cluster import protocol, redis
 from vpiska.cluster.bus import Bus
 from vpiska.cluster.contained import contained
 from vpiska.cluster.gateway import RETRY_SECONDS, GatewayRoom
 from vpiska.cluster.leases import Lease, Leases
 from vpiska.cluster.nodes import designated, new_node_id
 from vpiska.cluster.owner import OwnerLink
-from vpiska.cluster.protocol import Notice, Reply, Request, decode, decode_all, encode
+from vpiska.cluster.protocol import Answer, BadRequest, Notice, Request, decode, decode_all, encode
 from vpiska.cluster.rpc import Rpc, Unreachable
 from vpiska.cluster.shared_answer import SharedAnswer
 from vpiska.cluster.trouble import Trouble
@@ -97,12 +98,12 @@ class ClusterIndex(MapIndex):
     def move(self, event_id: str, coordinates: Coordinates) -> None:
         super().move(event_id, coordinates)
         if self.node is not None:
-            self.node.notify_soon("moved", event_id, {"x": coordinates.x, "y": coordinates.y})
+            self.node.notify_soon(protocol.Moved(coordinates.x, coordinates.y), event_id)
 
     def remove(self, event_id: str) -> None:
         super().remove(event_id)
         if self.node is not None:
-            self.node.notify_soon("closed", event_id, {})
+            self.node.notify_soon(protocol.Closed(), event_id)
 
     def moved_elsewhere(self, event_id: str, coordinates: Coordinates) -> None:
         """Another node's move, told by its notice: applied, not told again."""
@@ -232,7 +233,7 @@ class ClusterNode:
         account and closes its own sockets of it). A node that misses the notice (its
         subscription lost) clears its cache of known users when it subscribes again."""
         self._close_account_here(user_id)
-        await self._notify("account_deleted", "", {"user": user_id})
+        await self._notify(protocol.AccountDeleted(user_id), "")
 
     def _close_account_here(self, user_id: str) -> None:
         if self.known_users is not None:
@@ -248,14 +249,14 @@ class ClusterNode:
     async def event_opened(self, event: Event) -> None:
         """A new event was stored here: every node's index learns it; its owner starts it."""
         self._index.put(event.id, event.name, event.coordinates)
-        await self._notify("created", event.id, {
-            "name": event.name, "x": event.coordinates.x, "y": event.coordinates.y})
+        await self._notify(protocol.Created(event.name, event.coordinates.x,
+                                            event.coordinates.y), event.id)
         target = designated(event.id, self._live | {self.node_id}) or self.node_id
         if target == self.node_id:
             await self.activate(event.id)
         else:  # it starts there now, not at its first request or the next reconcile
             with contextlib.suppress(Unreachable):
-                await self._rpc.tell(target, "activate", event.id, {})
+                await self._rpc.tell(target, protocol.Activate(), event.id)
 
     # Ownership.
 
@@ -484,7 +485,7 @@ class ClusterNode:
             self._unreachable.failed(error)
         for lease in leases:  # free now, not at their expiry: the next owner takes them at once
             await self._release(lease)
-        await self._notify("left", "", {"node": self.node_id})
+        await self._notify(protocol.Left(self.node_id), "")
 
     async def _step_back(self) -> None:
         """The store answers again: join the cluster again (the other nodes designate this
@@ -525,7 +526,7 @@ class ClusterNode:
             await self._release(lease)
         self._owned.clear()
         try:
-            await self._notify("left", "", {"node": self.node_id})
+            await self._notify(protocol.Left(self.node_id), "")
         except DomainError:
             pass
         if leases:
@@ -550,15 +551,23 @@ class ClusterNode:
     def _node_message(self, data: bytes) -> None:
         assert self._nursery is not None
         for message in decode_all(data):
-            if isinstance(message, Reply):
-                self._rpc.received(message)
-            elif isinstance(message, Request):
-                self._nursery.start_soon(contained, f"serve {message.op}", self._serve, message)
-            elif isinstance(message, Notice):
-                self._take_notice(message)
+            match message:
+                case Answer():
+                    self._rpc.received(message)
+                case Request():
+                    self._nursery.start_soon(contained, f"serve {message.op.op}", self._serve,
+                                             message)
+                case BadRequest():
+                    self._nursery.start_soon(contained, "refuse a request",
+                                             self.owner_link.refuse, message)
+                case Notice():
+                    self._take_notice(message)
+                case _:
+                    pass  # an event's message: not for a node's channel
 
     async def _serve(self, request: Request) -> None:
-        if self._supervisor.room(request.event_id) is None and request.op != "position":
+        if (self._supervisor.room(request.event_id) is None
+                and not isinstance(request.op, protocol.Position)):
             await self._activate_if_designated(request.event_id)
         await self.owner_link.answer(request)
 
@@ -571,16 +580,17 @@ class ClusterNode:
         if held is not None:
             held.append(notice)
         elif (self._supervisor.room(notice.event_id) is None
-                and notice.op in ("chat", "sync", "activate")):
+                and isinstance(notice.op, protocol.Chat | protocol.Sync | protocol.Activate)):
             assert self._nursery is not None
             self._held_notices[notice.event_id] = []
-            self._nursery.start_soon(contained, f"take {notice.op}", self._take, notice)
+            self._nursery.start_soon(contained, f"take {notice.op.op}", self._take, notice)
         else:
             self._deliver_notice(notice)
 
     async def _take(self, notice: Notice) -> None:
         try:
-            if notice.args.get("forwarded"):  # sent here as its owner: the lease decides
+            if isinstance(notice.op, protocol.Chat) and notice.op.forwarded:
+                # Sent here as its owner: the lease decides.
                 await self.activate(notice.event_id)
             else:
                 await self._activate_if_designated(notice.event_id)
@@ -589,61 +599,61 @@ class ClusterNode:
                 self._deliver_notice(each)
 
     def _deliver_notice(self, notice: Notice) -> None:
-        if notice.op == "chat" and not self._takes_lines(notice.event_id):
-            self._forward(notice)
+        if isinstance(notice.op, protocol.Chat) and not self._takes_lines(notice.event_id):
+            self._forward(notice.op, notice.event_id)
             return
         try:
             self.owner_link.received(notice)
         except Exception:  # a bug, for this notice alone (contained.py)
-            log.exception("cluster task failed", extra={"task": f"take {notice.op}"})
+            log.exception("cluster task failed", extra={"task": f"take {notice.op.op}"})
 
     def _takes_lines(self, event_id: str) -> bool:
         """The event runs here, and its room is not being handed over."""
         room = self._supervisor.room(event_id)
         return room is not None and not room.handing_over
 
-    def _forward(self, notice: Notice) -> None:
+    def _forward(self, line: protocol.Chat, event_id: str) -> None:
         """A chat line for an event that does not run here (any more: handed over, fenced;
         or its room is being handed over) goes on to the node that owns it now (once this
         one's lease is released), at most MAX_FORWARDS times: a gateway may send it here
         before it has seen the event move, and the line would be lost without a word."""
         self._last_stray = trio.current_time()
-        if _forwards(notice) >= MAX_FORWARDS:
+        if line.forwarded >= MAX_FORWARDS:
             log.info("chat line dropped: forwarded to a node that does not run the event",
-                     extra={"event_id": notice.event_id})
+                     extra={"event_id": event_id})
             return
         assert self._nursery is not None
         with contextlib.suppress(RuntimeError):  # the node is closing: nobody to tell
             self._nursery.start_soon(contained, "forward a chat line", self._forward_to_owner,
-                                     notice)
+                                     line, event_id)
 
-    async def _forward_to_owner(self, notice: Notice) -> None:
+    async def _forward_to_owner(self, line: protocol.Chat, event_id: str) -> None:
         self._forwarding += 1
         try:
-            await self._forward_once(notice)
+            await self._forward_once(line, event_id)
         finally:
             self._forwarding -= 1
 
-    async def _forward_once(self, notice: Notice) -> None:
-        args = notice.args | {"forwarded": _forwards(notice) + 1}
+    async def _forward_once(self, line: protocol.Chat, event_id: str) -> None:
         with trio.move_on_after(self._config.actor_reply_timeout_seconds):
             while True:
                 try:
-                    owner = await self.owner_of(notice.event_id)
+                    owner = await self.owner_of(event_id)
                 except DomainError:
                     return  # closed meanwhile
-                if self._takes_lines(notice.event_id):
-                    self.owner_link.received(notice)
+                if self._takes_lines(event_id):
+                    self.owner_link.received(Notice(line, event_id))
                     return
                 if owner != self.node_id:
                     try:
-                        await self._rpc.tell(owner, "chat", notice.event_id, args)
+                        await self._rpc.tell(owner, msgspec.structs.replace(
+                            line, forwarded=line.forwarded + 1), event_id)
                         return
                     except Unreachable:
                         pass
-                self.forget_owner(notice.event_id)  # its lease may still name this node
+                self.forget_owner(event_id)  # its lease may still name this node
                 await trio.sleep(RETRY_SECONDS)
-        log.info("chat line dropped: no owner reachable", extra={"event_id": notice.event_id})
+        log.info("chat line dropped: no owner reachable", extra={"event_id": event_id})
 
     async def _activate_if_designated(self, event_id: str) -> None:
         if designated(event_id, self._live | {self.node_id}) == self.node_id:
@@ -653,37 +663,36 @@ class ClusterNode:
         message = decode(data)
         if not isinstance(message, Notice):
             return
-        args = message.args
-        try:
-            if message.op == "created":
-                self._index.put(message.event_id, str(args["name"]),
-                                Coordinates(float(args["x"]), float(args["y"])))
-            elif message.op == "moved":
-                self._index.moved_elsewhere(message.event_id,
-                                            Coordinates(float(args["x"]), float(args["y"])))
-            elif message.op == "closed":
-                self._index.closed_elsewhere(message.event_id)
-                self._counts.pop(message.event_id, None)
-                self._owners.pop(message.event_id, None)
-            elif message.op == "account_deleted":
-                self._close_account_here(str(args["user"]))
-            elif message.op == "banned":
-                gateway = self._gateways.get(message.event_id)
+        event_id = message.event_id
+        match message.op:
+            case protocol.Created(name, x, y):
+                self._index.put(event_id, name, Coordinates(x, y))
+            case protocol.Moved(x, y):
+                self._index.moved_elsewhere(event_id, Coordinates(x, y))
+            case protocol.Closed():
+                self._index.closed_elsewhere(event_id)
+                self._counts.pop(event_id, None)
+                self._owners.pop(event_id, None)
+            case protocol.AccountDeleted(user_id):
+                self._close_account_here(user_id)
+            case protocol.Banned(user_id):
+                gateway = self._gateways.get(event_id)
                 if gateway is not None:
-                    gateway.banned.add(str(args["user"]))
-            elif message.op == "counted":
-                self._counts[message.event_id] = int(args["count"])
-            elif message.op == "left":
+                    gateway.banned.add(user_id)
+            case protocol.Counted(count):
+                self._counts[event_id] = count
+            case protocol.Left(node):
                 # Gone now, not at this node's next beat: the events it handed over go to
                 # the nodes designated without it, and its sockets (closed) leave the rooms.
-                node = str(args["node"])
                 self._live = self._live - {node}
                 self.owner_link.drop_gateway(node)
                 self._owners = {e: n for e, n in self._owners.items() if n != node}
                 assert self._nursery is not None
                 self._nursery.start_soon(contained, "reconcile", self._reconcile)
-        except (KeyError, TypeError, ValueError) as error:
-            log.warning("malformed notice", extra={"op": message.op, "cause": repr(error)})
+            case protocol.Chat() | protocol.Leave() | protocol.Sync() | protocol.Activate():
+                pass  # for an event's owner, on its node's channel
+            case op:
+                assert_never(op)
 
     def _cluster_renewed(self) -> None:
         if self.known_users is not None:  # an account_deleted notice may have been missed
@@ -696,16 +705,16 @@ class ClusterNode:
         events = await self._store.open_events()
         self._index.replace([(e.id, e.name, e.coordinates) for e in events])
 
-    def notify_soon(self, op: str, event_id: str, args: dict[str, Any]) -> None:
+    def notify_soon(self, op: protocol.ClusterNoticeOp, event_id: str) -> None:
         """Tell every node, from a task of the node's (callers may not wait)."""
         if self._nursery is not None:
-            self._nursery.start_soon(contained, f"notify {op}", self._notify, op, event_id, args)
+            self._nursery.start_soon(contained, f"notify {op.op}", self._notify, op, event_id)
 
-    async def _notify(self, op: str, event_id: str, args: dict[str, Any]) -> None:
+    async def _notify(self, op: protocol.ClusterNoticeOp, event_id: str) -> None:
         try:
-            await self._bus.publish(redis.CLUSTER_CHANNEL, encode(Notice(op, event_id, args)))
+            await self._bus.publish(redis.CLUSTER_CHANNEL, encode(Notice(op, event_id)))
         except redis.REDIS_ERRORS as error:
-            self._unreachable.failed(error, notice=op)
+            self._unreachable.failed(error, notice=op.op)
         else:
             self._unreachable.succeeded()
 
@@ -727,9 +736,3 @@ class ClusterNode:
             if gateway.idle and now - gateway.last_used > GATEWAY_IDLE_SECONDS:
                 del self._gateways[event_id]
 
-
-def _forwards(notice: Notice) -> int:
-    """How many times `notice` was sent on already; a count that is not one (a malformed
-    message from another node) counts as too many: the line is dropped, alone."""
-    forwarded = notice.args.get("forwarded", 0)
-    return forwarded if type(forwarded) is int else MAX_FORWARDS
