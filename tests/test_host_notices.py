@@ -23,9 +23,10 @@ from tests.fakes import RecordingOutbox
 from vpiska.actors import CloseCode, EventSupervisor, Member
 from vpiska.actors.commands import Join
 from vpiska.cluster import protocol, redis
+from vpiska.cluster.bus import Bus
 from vpiska.cluster.gateway import GatewayRoom
 from vpiska.cluster.node import ClusterIndex, ClusterNode
-from vpiska.cluster.protocol import Notice, encode
+from vpiska.cluster.protocol import Answer, Notice, decode, encode
 from vpiska.domain import Coordinates, Event, Identity, new_id, utc_now
 from vpiska.store import MemoryStore
 
@@ -133,3 +134,33 @@ async def test_a_malformed_notice_changes_nothing_and_the_node_goes_on(
                if record.message == "malformed cluster message dropped"]
     assert dropped == ["Object missing required field `user`"] * 2
 
+
+
+@pytest.mark.parametrize("request_body", [
+    ["q", 1, "asker", "teleport", "event-1", {}],
+    ["q", 1, "asker", "remove_chat", "event-1", {"by": "u1", "seq": "3"}],
+], ids=["unknown-op", "wrong-type"])
+async def test_a_request_whose_operation_the_node_cannot_read_is_answered_failed_at_once(
+    node: tuple[ClusterNode, MemoryStore, coredis.Redis[bytes]], redis_server: RedisServer,
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture, request_body: list[object],
+) -> None:
+    """An op a newer node knows, or arguments of the wrong type: the asker learns at once
+    that it failed (and the node says why), rather than waiting out its deadline."""
+    cluster_node, _, client = node
+    caplog.set_level(logging.WARNING, logger="vpiska.cluster.owner")
+    answers: list[bytes] = []
+    answered = trio.Event()
+
+    def on_answer(data: bytes) -> None:
+        answers.append(data)
+        answered.set()
+
+    asker = Bus(redis_server.url, client)
+    await nursery.start(asker.run)
+    await asker.subscribe(redis.node_channel("asker"), on_answer, lambda: None)
+    await client.publish(redis.node_channel(cluster_node.node_id), json.dumps(request_body))
+    with trio.fail_after(10):
+        await answered.wait()
+    assert [decode(data) for data in answers] == [Answer(1, "failed", None)]
+    [warning] = [r for r in caplog.records if r.message == "malformed request"]
+    assert warning.__dict__["op"] == request_body[3]
