@@ -23,7 +23,7 @@ from vpiska.cluster.leases import Leases
 from vpiska.cluster.membership import Membership
 from vpiska.cluster.node import ClusterIndex
 from vpiska.cluster.ownership import Ownership
-from vpiska.cluster.protocol import Notice, Reply, Request
+from vpiska.cluster.protocol import Answer, Notice, NoticeOp, Request
 from vpiska.cluster.routing import Routing
 from vpiska.cluster.rpc import Unreachable
 from vpiska.cluster.trouble import Trouble
@@ -106,17 +106,17 @@ class FakeRpc:
     """Notices sent to other nodes; one in `deaf` does not listen (Unreachable)."""
 
     def __init__(self) -> None:
-        self.told: list[tuple[str, str, str, dict[str, Any]]] = []
-        self.replies: list[Reply] = []
+        self.told: list[tuple[str, NoticeOp, str]] = []
+        self.replies: list[Answer] = []
         self.deaf: set[str] = set()
 
-    async def tell(self, node: str, op: str, event_id: str, args: dict[str, Any]) -> None:
+    async def tell(self, node: str, op: NoticeOp, event_id: str) -> None:
         await trio.lowlevel.checkpoint()
         if node in self.deaf:
             raise Unreachable(f"node {node} is not listening")
-        self.told.append((node, op, event_id, args))
+        self.told.append((node, op, event_id))
 
-    def received(self, reply: Reply) -> None:
+    def received(self, reply: Answer) -> None:
         self.replies.append(reply)
 
 

@@ -8,6 +8,7 @@ Redis.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -24,15 +25,16 @@ from tests.cluster_parts import (
 )
 from vpiska.actors import CloseCode
 from vpiska.actors.geo import Spot
-from vpiska.cluster import redis
+from vpiska.cluster import protocol, redis
 from vpiska.cluster.gateway import GatewayRoom
 from vpiska.cluster.nodes import designated
-from vpiska.cluster.protocol import Notice, decode, encode
+from vpiska.cluster.protocol import Notice, decode
 from vpiska.domain import Coordinates
 
 
 def notice(op: str, event_id: str = "", **args: Any) -> bytes:
-    return encode(Notice(op, event_id, args))
+    """A cluster notice as nodes write it (`["n", op, event_id, {args}]`), well formed or not."""
+    return json.dumps(["n", op, event_id, args], separators=(",", ":")).encode()
 
 
 def spots(index: Any) -> list[Spot]:
@@ -73,8 +75,9 @@ async def test_a_malformed_notice_changes_nothing_and_says_so_once(
     assert [spot.event_id for spot in spots(parts.index)] == ["e2"]
     assert channel.counts == {}
     assert parts.owner_link.dropped == []
-    malformed = [r for r in caplog.records if r.message == "malformed notice"]
-    assert [r.op for r in malformed] == ["created", "counted", "left"]  # type: ignore[attr-defined]
+    dropped = [r for r in caplog.records if r.message == "malformed cluster message dropped"]
+    assert len(dropped) == 4  # one each, saying where it went wrong
+    assert "$.x" in dropped[0].cause and "$.count" in dropped[1].cause  # type: ignore[attr-defined]
 
 
 async def test_a_renewed_subscription_reloads_the_map_from_the_store_and_forgets_every_account(
@@ -136,15 +139,15 @@ async def test_notices_go_out_on_the_cluster_channel_and_an_outage_is_said_once(
 ) -> None:
     caplog.set_level(logging.INFO)
     parts = make_parts(nursery)
-    parts.channel.notify_soon("moved", "e1", {"x": 1.0, "y": 2.0})
+    parts.channel.notify_soon(protocol.Moved(1.0, 2.0), "e1")
     await trio.testing.wait_all_tasks_blocked()
     [(channel, data)] = parts.redis.published
     assert channel == redis.CLUSTER_CHANNEL
-    assert decode(data) == Notice("moved", "e1", {"x": 1.0, "y": 2.0})
+    assert decode(data) == Notice(protocol.Moved(1.0, 2.0), "e1")
     parts.redis.cut()
     for _ in range(3):
-        await parts.channel.notify("closed", "e1", {})
+        await parts.channel.notify(protocol.Closed(), "e1")
     parts.redis.heal()
-    await parts.channel.notify("closed", "e1", {})
+    await parts.channel.notify(protocol.Closed(), "e1")
     assert [r.message for r in caplog.records] == ["Redis unreachable",
                                                    "Redis unreachable: over"]

@@ -9,27 +9,32 @@ received.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
 from tests.cluster_parts import TTL, Parts, make_parts, open_event
-from vpiska.cluster import redis, routing
+from vpiska.cluster import protocol, redis, routing
 from vpiska.cluster.gateway import RETRY_SECONDS, GatewayRoom
-from vpiska.cluster.protocol import Notice, Reply, Request, encode, encode_batch
+from vpiska.cluster.protocol import Answer, Notice, Request, encode, encode_batch
 from vpiska.cluster.routing import GATEWAY_IDLE_SECONDS, MAX_FORWARDS
 
 
-def chat(event_id: str, text: str, **more: Any) -> bytes:
+def chat(event_id: str, text: str, forwarded: int = 0) -> bytes:
     """A chat line from a socket on another node, as that node sends it."""
-    return encode(Notice("chat", event_id, {"user": "u1", "name": "bob", "image": "",
-                                            "text": text, **more}))
+    return encode(Notice(protocol.Chat("u1", "bob", "", text, forwarded=forwarded), event_id))
+
+
+def told_line(parts: Parts) -> tuple[str, protocol.Chat]:
+    """The one chat line sent on to another node, and that node."""
+    [(node, line, _)] = parts.rpc.told
+    assert isinstance(line, protocol.Chat)
+    return node, line
 
 
 def texts(parts: Parts) -> list[str]:
-    return [str(notice.args.get("text", notice.op))
+    return [notice.op.text if isinstance(notice.op, protocol.Chat) else notice.op.op
             for notice in parts.owner_link.received_notices]
 
 
@@ -48,10 +53,11 @@ async def test_a_chat_line_for_an_event_owned_elsewhere_is_forwarded_to_its_owne
     parts.redis.put(redis.lease_key(event.id), "owner-node 3", TTL)
     parts.routing.node_message(chat(event.id, "hi"))
     await trio.testing.wait_all_tasks_blocked()
-    [(node, op, event_id, args)] = parts.rpc.told
-    assert (node, op, event_id) == ("owner-node", "chat", event.id)
-    assert args["text"] == "hi"
-    assert args["forwarded"] == 1
+    [(_, _, event_id)] = parts.rpc.told
+    node, line = told_line(parts)
+    assert (node, event_id) == ("owner-node", event.id)
+    assert line.text == "hi"
+    assert line.forwarded == 1
     assert parts.supervisor.rooms == {}  # its lease is held: not started here
     assert parts.owner_link.received_notices == []
 
@@ -78,7 +84,7 @@ async def test_notices_that_arrive_while_their_room_starts_reach_it_in_their_ord
     parts.supervisor.open = trio.Event()  # the room's claim waits for the store
     parts.routing.node_message(chat(event.id, "one"))
     parts.routing.node_message(encode_batch([
-        chat(event.id, "two"), encode(Notice("sync", event.id, {"members": []})),
+        chat(event.id, "two"), encode(Notice(protocol.Sync("gateway-node", []), event.id)),
         chat(event.id, "three")]))
     await trio.testing.wait_all_tasks_blocked()
     assert parts.owner_link.received_notices == []  # held
@@ -103,10 +109,10 @@ async def test_a_line_whose_owner_does_not_listen_waits_until_another_node_owns_
     assert parts.rpc.told == []
     parts.redis.put(redis.lease_key(event.id), "next-node 4", TTL)
     await trio.sleep(2 * RETRY_SECONDS)
-    [(node, _, _, args)] = parts.rpc.told
+    node, line = told_line(parts)
     assert node == "next-node"
-    assert args["text"] == "patient"
-    assert args["forwarded"] == 2
+    assert line.text == "patient"
+    assert line.forwarded == 2
 
 
 async def test_a_line_whose_owner_lease_names_this_node_reaches_the_room_once_it_runs_here(
@@ -131,7 +137,7 @@ async def test_a_request_for_an_event_designated_here_starts_its_room_and_is_ans
 ) -> None:
     parts = await alone(nursery)
     event = await open_event(parts.store)
-    request = Request(7, "asking-node", "snapshot", event.id, {})
+    request = Request(7, "asking-node", protocol.Snapshot(), event.id)
     parts.routing.node_message(encode(request))
     await trio.testing.wait_all_tasks_blocked()
     assert event.id in parts.supervisor.rooms
@@ -142,8 +148,8 @@ async def test_a_reply_goes_to_the_request_waiting_for_it(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery,
 ) -> None:
     parts = await alone(nursery)
-    parts.routing.node_message(encode(Reply(3, "ok", {"users": 2})))
-    assert parts.rpc.replies == [Reply(3, "ok", {"users": 2})]
+    parts.routing.node_message(encode(Answer(3, "ok", {"users": 2})))
+    assert parts.rpc.replies == [Answer(3, "ok", {"users": 2})]
 
 
 async def test_find_gives_the_room_here_or_one_gateway_to_the_owner_forgotten_once_idle(

@@ -21,8 +21,9 @@ import trio.testing
 from tests.fakes import RecordingOutbox
 from vpiska.actors import EventView, Member
 from vpiska.actors.commands import Chat, Join, Joined, Snapshot
+from vpiska.cluster import protocol
 from vpiska.cluster.gateway import READS_IN_FLIGHT, GatewayRoom
-from vpiska.cluster.protocol import Frames, Handover, Hello, Reply, Shown, encode
+from vpiska.cluster.protocol import Answer, Frames, Handover, Hello, Shown, encode
 from vpiska.domain import Coordinates, Event, Identity
 from vpiska.wire import event_json
 
@@ -52,13 +53,13 @@ class Owner:
 
     node_id = "this-node"
 
-    async def ask(self, node: str, op: str, event_id: str, args: dict[str, Any],
-                  timeout: float) -> Reply:  # noqa: ASYNC109 (Rpc's signature)
-        assert op == "snapshot"
+    async def ask(self, node: str, op: protocol.RequestOp, event_id: str,
+                  timeout: float) -> Answer:  # noqa: ASYNC109 (Rpc's signature)
+        assert isinstance(op, protocol.Snapshot)
         self.asked += 1
         chat = [f'{{"message":"{line}"}}' for line in self.chat]  # read on arrival
         await self.release.wait()
-        return Reply(self.asked, "ok", {
+        return Answer(self.asked, "ok", {
             "event": event_json(EVENT, 1, []), "open": True,
             "created_at": EVENT.created_at.isoformat(), "chat_length": len(chat), "chat": chat})
 
@@ -139,10 +140,10 @@ class JoiningOwner(Owner):
         super().__init__()
         self.epoch, self.seq = epoch, seq
 
-    async def ask(self, node: str, op: str, event_id: str, args: dict[str, Any],
-                  timeout: float) -> Reply:  # noqa: ASYNC109 (Rpc's signature)
-        assert op == "join"
-        return Reply(1, "ok", {"epoch": self.epoch, "seq": self.seq, "chat_length": 0,
+    async def ask(self, node: str, op: protocol.RequestOp, event_id: str,
+                  timeout: float) -> Answer:  # noqa: ASYNC109 (Rpc's signature)
+        assert isinstance(op, protocol.Join)
+        return Answer(1, "ok", {"epoch": self.epoch, "seq": self.seq, "chat_length": 0,
                                "state": None})
 
 
@@ -200,8 +201,8 @@ class MovingOwner(JoiningOwner):
     def owner_is(self, event_id: str, node_id: str) -> None:
         self.cached = node_id
 
-    async def tell(self, node: str, op: str, event_id: str, args: dict[str, Any]) -> None:
-        self.told.append((node, op))  # the old owner, still listening, takes it too
+    async def tell(self, node: str, op: protocol.NoticeOp, event_id: str) -> None:
+        self.told.append((node, op.op))  # the old owner, still listening, takes it too
 
 
 async def talking_member(gateway: GatewayRoom) -> Member:

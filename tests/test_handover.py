@@ -19,7 +19,7 @@ import trio.testing
 from tests.cluster_fixtures import RedisServer
 from vpiska.actors import EventSupervisor
 from vpiska.actors.commands import Update
-from vpiska.cluster import redis
+from vpiska.cluster import protocol, redis
 from vpiska.cluster.gateway import GatewayRoom
 from vpiska.cluster.leases import Leases
 from vpiska.cluster.node import ClusterIndex, ClusterNode
@@ -112,8 +112,8 @@ class Node:
     def hears(self, event_id: str, text: str) -> None:
         """A chat line from a socket on another node, as the bus hands the node its
         messages."""
-        self.node.routing.node_message(encode(Notice("chat", event_id, {
-            "user": new_id(), "name": "bob", "image": "", "text": text})))
+        self.node.routing.node_message(encode(Notice(protocol.Chat(new_id(), "bob", "", text),
+                                                     event_id)))
 
 
 StartNode = Callable[[], Awaitable[Node]]
@@ -246,7 +246,7 @@ async def test_a_request_that_comes_while_the_room_hands_over_is_answered_by_the
     answer = owner.node.owner_link.answer
 
     async def answer_and_tell(request: Request) -> None:
-        if request.op == "update":
+        if isinstance(request.op, protocol.Update):
             asked.set()
         await answer(request)
 

@@ -7,6 +7,8 @@ real Redis; the notices are published as another node would."""
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,10 +23,11 @@ from tests.conftest import make_config
 from tests.fakes import RecordingOutbox
 from vpiska.actors import CloseCode, EventSupervisor, Member
 from vpiska.actors.commands import Join
-from vpiska.cluster import redis
+from vpiska.cluster import protocol, redis
+from vpiska.cluster.bus import Bus
 from vpiska.cluster.gateway import GatewayRoom
 from vpiska.cluster.node import ClusterIndex, ClusterNode
-from vpiska.cluster.protocol import Notice, encode
+from vpiska.cluster.protocol import Answer, Notice, decode, encode
 from vpiska.domain import Coordinates, Event, Identity, new_id, utc_now
 from vpiska.store import MemoryStore
 
@@ -71,7 +74,7 @@ async def test_a_banned_notice_reaches_the_nodes_gateway_to_the_event(
     gateway = await gateway_of(cluster_node, store)
     other = await gateway_of(cluster_node, store)
     await client.publish(redis.CLUSTER_CHANNEL,
-                         encode(Notice("banned", gateway.event_id, {"user": "u-banned"})))
+                         encode(Notice(protocol.Banned("u-banned"), gateway.event_id)))
     await until(lambda: gateway.banned == {"u-banned"})
     assert other.banned == set()
 
@@ -90,7 +93,7 @@ async def test_an_account_deleted_notice_forgets_the_account_and_closes_its_sock
                    Member(Identity(new_id(), "stays", ""), staying)):
         await room.ask(lambda reply, m=member: Join(m, reply))  # type: ignore[misc]
     await client.publish(redis.CLUSTER_CHANNEL,
-                         encode(Notice("account_deleted", "", {"user": gone})))
+                         encode(Notice(protocol.AccountDeleted(gone), "")))
     await until(lambda: leaving.close_code is not None)
     assert leaving.close_code == CloseCode.ACCOUNT_DELETED
     assert staying.close_code is None
@@ -104,15 +107,49 @@ async def store_event(store: MemoryStore) -> tuple[Event, str]:
 
 
 async def test_a_malformed_notice_changes_nothing_and_the_node_goes_on(
-    node: tuple[ClusterNode, MemoryStore, coredis.Redis[bytes]]
+    node: tuple[ClusterNode, MemoryStore, coredis.Redis[bytes]],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     cluster_node, store, client = node
     gateway = await gateway_of(cluster_node, store)
+    caplog.set_level(logging.WARNING, logger="vpiska.cluster.protocol")
+    for malformed in (["n", "banned", gateway.event_id, {"nobody": 1}],
+                      ["n", "account_deleted", "", {}]):
+        await client.publish(redis.CLUSTER_CHANNEL, json.dumps(malformed))
     await client.publish(redis.CLUSTER_CHANNEL,
-                         encode(Notice("banned", gateway.event_id, {"nobody": 1})))
-    await client.publish(redis.CLUSTER_CHANNEL,
-                         encode(Notice("account_deleted", "", {})))
-    await client.publish(redis.CLUSTER_CHANNEL,
-                         encode(Notice("banned", gateway.event_id, {"user": "after"})))
+                         encode(Notice(protocol.Banned("after"), gateway.event_id)))
     await until(lambda: gateway.banned == {"after"})
+    dropped = [record.__dict__["cause"] for record in caplog.records
+               if record.message == "malformed cluster message dropped"]
+    assert dropped == ["Object missing required field `user`"] * 2
 
+
+
+@pytest.mark.parametrize("request_body", [
+    ["q", 1, "asker", "teleport", "event-1", {}],
+    ["q", 1, "asker", "remove_chat", "event-1", {"by": "u1", "seq": "3"}],
+], ids=["unknown-op", "wrong-type"])
+async def test_a_request_whose_operation_the_node_cannot_read_is_answered_failed_at_once(
+    node: tuple[ClusterNode, MemoryStore, coredis.Redis[bytes]], redis_server: RedisServer,
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture, request_body: list[object],
+) -> None:
+    """An op a newer node knows, or arguments of the wrong type: the asker learns at once
+    that it failed (and the node says why), rather than waiting out its deadline."""
+    cluster_node, _, client = node
+    caplog.set_level(logging.WARNING, logger="vpiska.cluster.owner")
+    answers: list[bytes] = []
+    answered = trio.Event()
+
+    def on_answer(data: bytes) -> None:
+        answers.append(data)
+        answered.set()
+
+    asker = Bus(redis_server.url, client)
+    await nursery.start(asker.run)
+    await asker.subscribe(redis.node_channel("asker"), on_answer, lambda: None)
+    await client.publish(redis.node_channel(cluster_node.node_id), json.dumps(request_body))
+    with trio.fail_after(10):
+        await answered.wait()
+    assert [decode(data) for data in answers] == [Answer(1, "failed", None)]
+    [warning] = [r for r in caplog.records if r.message == "malformed request"]
+    assert warning.__dict__["op"] == request_body[3]

@@ -15,7 +15,8 @@ from tests.fakes import RecordingOutbox
 from tests.test_gateway import Bus, JoiningOwner, gateway_for
 from vpiska.actors import CloseCode, Member
 from vpiska.actors.commands import Join
-from vpiska.cluster.protocol import CloseSockets, Frames, Reply, Shown, decode, encode
+from vpiska.cluster import protocol
+from vpiska.cluster.protocol import Answer, CloseSockets, Frames, Shown, decode, encode
 from vpiska.domain import Identity
 from vpiska.errors import DomainError
 
@@ -35,7 +36,7 @@ def test_a_malformed_close_sockets_is_dropped(body: list[Any]) -> None:
 class ToldOwner(JoiningOwner):
     """Takes the notices a gateway sends (a closed socket's leave)."""
 
-    async def tell(self, node: str, op: str, event_id: str, args: dict[str, Any]) -> None:
+    async def tell(self, node: str, op: protocol.NoticeOp, event_id: str) -> None:
         pass
 
 
@@ -62,10 +63,10 @@ async def test_close_sockets_closes_the_sockets_it_names_after_the_frames_before
 
 
 class BanningOwner(ToldOwner):
-    async def ask(self, node: str, op: str, event_id: str, args: dict[str, Any],
-                  timeout: float) -> Reply:  # noqa: ASYNC109 (Rpc's signature)
-        assert op == "join"
-        return Reply(1, "ok", {"closed": 4003})
+    async def ask(self, node: str, op: protocol.RequestOp, event_id: str,
+                  timeout: float) -> Answer:  # noqa: ASYNC109 (Rpc's signature)
+        assert isinstance(op, protocol.Join)
+        return Answer(1, "ok", {"closed": 4003})
 
 
 async def test_a_join_the_owner_turns_away_closes_with_its_code_and_is_refused_here_next(

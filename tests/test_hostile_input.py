@@ -272,9 +272,9 @@ def test_a_remote_socket_whose_name_is_not_text_is_refused() -> None:
     surrogate, from a node that skipped the token's checks) would break every v2 socket's
     presence list, so the request is refused as malformed."""
     with pytest.raises(ValueError, match="not text"):
-        remote_identity({"user": new_id(), "name": "\ud800", "image": ""})
+        remote_identity(new_id(), "\ud800", "")
     with pytest.raises(ValueError, match="not text"):
-        remote_identity({"user": new_id(), "name": "eve", "image": "\udfff"})
+        remote_identity(new_id(), "eve", "\udfff")
 
 
 @pytest.fixture

@@ -12,12 +12,12 @@ node that left (its events go to the nodes designated without it at once, not af
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol
+from typing import Protocol, assert_never
 
 import trio
 
 from vpiska.actors import CloseCode, EventSupervisor
-from vpiska.cluster import redis
+from vpiska.cluster import protocol, redis
 from vpiska.cluster.bus import Bus
 from vpiska.cluster.contained import contained
 from vpiska.cluster.membership import Membership
@@ -77,34 +77,33 @@ class ClusterChannel:
         message = decode(data)
         if not isinstance(message, Notice):
             return
-        args = message.args
-        try:
-            if message.op == "created":
-                self._index.put(message.event_id, str(args["name"]),
-                                Coordinates(float(args["x"]), float(args["y"])))
-            elif message.op == "moved":
-                self._index.moved_elsewhere(message.event_id,
-                                            Coordinates(float(args["x"]), float(args["y"])))
-            elif message.op == "closed":
-                self._index.closed_elsewhere(message.event_id)
-                self.counts.pop(message.event_id, None)
-                self._ownership.forget_owner(message.event_id)
-            elif message.op == "account_deleted":
-                self.close_account_here(str(args["user"]))
-            elif message.op == "banned":
-                gateway = self._routing.gateways.get(message.event_id)
+        event_id = message.event_id
+        match message.op:
+            case protocol.Created(name, x, y):
+                self._index.put(event_id, name, Coordinates(x, y))
+            case protocol.Moved(x, y):
+                self._index.moved_elsewhere(event_id, Coordinates(x, y))
+            case protocol.Closed():
+                self._index.closed_elsewhere(event_id)
+                self.counts.pop(event_id, None)
+                self._ownership.forget_owner(event_id)
+            case protocol.AccountDeleted(user_id):
+                self.close_account_here(user_id)
+            case protocol.Banned(user_id):
+                gateway = self._routing.gateways.get(event_id)
                 if gateway is not None:
-                    gateway.banned.add(str(args["user"]))
-            elif message.op == "counted":
-                self.counts[message.event_id] = int(args["count"])
-            elif message.op == "left":
+                    gateway.banned.add(user_id)
+            case protocol.Counted(count):
+                self.counts[event_id] = count
+            case protocol.Left(node):
                 # Gone now, not at this node's next beat: the events it handed over go to
                 # the nodes designated without it, and its sockets (closed) leave the rooms.
-                node = str(args["node"])
                 self._membership.left(node)
                 self._ownership.node_left(node)
-        except (KeyError, TypeError, ValueError) as error:
-            log.warning("malformed notice", extra={"op": message.op, "cause": repr(error)})
+            case protocol.Chat() | protocol.Leave() | protocol.Sync() | protocol.Activate():
+                pass  # for an event's owner, on its node's channel
+            case op:
+                assert_never(op)
 
     def cluster_renewed(self) -> None:
         if self.known_users is not None:  # an account_deleted notice may have been missed
@@ -123,14 +122,14 @@ class ClusterChannel:
         for gateway in self._routing.gateways.values():
             gateway.close_user(user_id, CloseCode.ACCOUNT_DELETED)
 
-    def notify_soon(self, op: str, event_id: str, args: dict[str, Any]) -> None:
+    def notify_soon(self, op: protocol.ClusterNoticeOp, event_id: str) -> None:
         """Tell every node, from a task of the node's (callers may not wait)."""
-        self._nursery.start_soon(contained, f"notify {op}", self.notify, op, event_id, args)
+        self._nursery.start_soon(contained, f"notify {op.op}", self.notify, op, event_id)
 
-    async def notify(self, op: str, event_id: str, args: dict[str, Any]) -> None:
+    async def notify(self, op: protocol.ClusterNoticeOp, event_id: str) -> None:
         try:
-            await self._bus.publish(redis.CLUSTER_CHANNEL, encode(Notice(op, event_id, args)))
+            await self._bus.publish(redis.CLUSTER_CHANNEL, encode(Notice(op, event_id)))
         except redis.REDIS_ERRORS as error:
-            self._unreachable.failed(error, notice=op)
+            self._unreachable.failed(error, notice=op.op)
         else:
             self._unreachable.succeeded()

@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, Protocol
 
+import msgspec
 import trio
 
 from vpiska import metrics
@@ -57,7 +58,7 @@ from vpiska.actors.commands import (
 )
 from vpiska.actors.frames import Audience, Frame
 from vpiska.actors.presence import LIST_PREFIX
-from vpiska.cluster import redis
+from vpiska.cluster import protocol, redis
 from vpiska.cluster.bus import Bus
 from vpiska.cluster.contained import contained
 from vpiska.cluster.protocol import (
@@ -67,7 +68,6 @@ from vpiska.cluster.protocol import (
     Frames,
     Handover,
     Hello,
-    Reply,
     decode,
 )
 from vpiska.cluster.rpc import NoAnswer, Rpc, Unreachable
@@ -180,35 +180,31 @@ class GatewayRoom:
         answer.close()
         command = make(reply)
         reply.close()
-        if isinstance(command, Join):
-            return await self._join(command.member)
-        if isinstance(command, Snapshot):
-            return await self._snapshot()
-        if isinstance(command, Members):
-            return [_identity(entry) for entry in await self._request("members", {})]
-        if isinstance(command, Update):
-            return await self._request("update", {
-                "by": command.by, "address": command.address,
-                "x": command.coordinates.x, "y": command.coordinates.y})
-        if isinstance(command, AddMedia):
-            return await self._request("add_media", {
-                "by": command.by, "id": command.media.id,
-                "content_type": command.media.content_type})
-        if isinstance(command, RemoveMedia):
-            return await self._request("remove_media",
-                                       {"by": command.by, "media_id": command.media_id})
-        if isinstance(command, Close):
-            return await self._request("close", {"by": command.by})
-        if isinstance(command, RemoveChat):
-            return await self._request("remove_chat", {"by": command.by, "seq": command.seq})
-        if isinstance(command, RereadChat):
-            return await self._request("reread_chat", {})
-        if isinstance(command, RemoveMember):
-            removed = await self._request("remove_member", {
-                "by": command.by, "user": command.user_id, "ban": command.ban})
-            if command.ban:  # here at once: the host's client may check through this node
-                self.banned.add(command.user_id)
-            return removed
+        match command:
+            case Join():
+                return await self._join(command.member)
+            case Snapshot():
+                return await self._snapshot()
+            case Members():
+                return [_identity(entry) for entry in await self._request(protocol.Members())]
+            case Update(by, address, coordinates):
+                return await self._request(
+                    protocol.Update(by, address, coordinates.x, coordinates.y))
+            case AddMedia(by, media):
+                return await self._request(protocol.AddMedia(by, media.id, media.content_type))
+            case RemoveMedia(by, media_id):
+                return await self._request(protocol.RemoveMedia(by, media_id))
+            case Close(by):
+                return await self._request(protocol.Close(by))
+            case RemoveChat(by, seq):
+                return await self._request(protocol.RemoveChat(by, seq))
+            case RereadChat():
+                return await self._request(protocol.RereadChat())
+            case RemoveMember(by, user_id, ban):
+                removed = await self._request(protocol.RemoveMember(by, user_id, ban))
+                if ban:  # here at once: the host's client may check through this node
+                    self.banned.add(user_id)
+                return removed
         raise TypeError(f"GatewayRoom cannot ask {command!r}")
 
     async def enter(self, member: Member) -> None:
@@ -222,20 +218,18 @@ class GatewayRoom:
         a Handover it waits for the next owner's Hello: the old one has ended the room."""
         assert isinstance(command, Chat)
         identity = command.sender
-        args = {"user": identity.user_id, "name": identity.name, "image": identity.image_id,
-                "text": command.text}
-        if command.client_id is not None:  # acknowledged to the socket with this key
-            args["id"] = command.client_id
-            key = None if command.member is None else self._key_of.get(command.member)
-            if key is not None:
-                args["key"] = key
+        # An acknowledged line goes with the key of its socket, when it is still here.
+        key = (None if command.client_id is None or command.member is None
+               else self._key_of.get(command.member))
+        line = protocol.Chat(identity.user_id, identity.name, identity.image_id, command.text,
+                             command.client_id, key)
         with trio.move_on_after(self._reply_timeout):
             if self._between_owners is not None:
                 await self._between_owners.wait()
             while True:
                 try:
-                    await self._rpc.tell(await self._owners.owner_of(self.event_id), "chat",
-                                         self.event_id, args)
+                    await self._rpc.tell(await self._owners.owner_of(self.event_id), line,
+                                         self.event_id)
                     return True
                 except Unreachable:
                     self._owners.forget_owner(self.event_id)
@@ -258,7 +252,7 @@ class GatewayRoom:
                     partial(self._read, read)))
             except RuntimeError:  # the node is closing: ask alone
                 self._next_read = None
-                return view_of(await self._request("snapshot", {}))
+                return view_of(await self._request(protocol.Snapshot()))
         return await read.wait()
 
     async def _read(self, read: SharedAnswer[EventView]) -> EventView:
@@ -267,14 +261,14 @@ class GatewayRoom:
         async with self._reading:
             if self._next_read is read:
                 self._next_read = None  # from here on, callers wait for the next read
-            return view_of(await self._request("snapshot", {}))
+            return view_of(await self._request(protocol.Snapshot()))
 
     def leave(self, member: Member) -> None:
         key = self._key_of.pop(member, None)
         if key is None:
             return
         del self._sockets[key]
-        self._spawn("leave", self._tell_owner, "leave", {"key": key})
+        self._spawn("leave", self._tell_owner, protocol.Leave(key))
         if not self._sockets:
             self._spawn("unsubscribe", self._unsubscribe)
 
@@ -307,11 +301,9 @@ class GatewayRoom:
         self._key_of[member] = key
         try:
             await self._subscribe()
-            args: dict[str, Any] = {"user": member.identity.user_id, "name": member.identity.name,
-                                    "image": member.identity.image_id, "key": key}
-            if member.version != 1:  # absent for v1: the request nodes before v2 sent
-                args["v"] = member.version
-            answer = await self._request("join", args)
+            identity = member.identity
+            answer = await self._request(protocol.Join(
+                identity.user_id, identity.name, identity.image_id, key, member.version))
         except BaseException:
             self.leave(member)
             raise
@@ -392,8 +384,8 @@ class GatewayRoom:
                 return  # had it already
             # Frames the owner published in one message across the point this gateway
             # started from (a join's answer): the later ones are new.
-            message = dataclasses.replace(message, seq=self._seq + 1,
-                                          frames=message.frames[self._seq + 1 - message.seq:])
+            message = msgspec.structs.replace(
+                message, seq=self._seq + 1, frames=message.frames[self._seq + 1 - message.seq:])
         if message.seq != self._seq + 1:
             self._lost(f"frames {self._seq + 1}..{message.seq - 1} missing")
             return
@@ -497,7 +489,7 @@ class GatewayRoom:
         if self._epoch is None:
             return
         try:
-            position = await self._request("position", {})
+            position = await self._request(protocol.Position())
         except DomainError:
             self._spawn("await a new owner", self._await_new_owner)
             return
@@ -586,25 +578,24 @@ class GatewayRoom:
 
     async def _sync(self, owner: str) -> None:
         """Tell the owner which sockets of this event are here."""
-        members = [[key, s.member.identity.user_id, s.member.identity.name,
-                    s.member.identity.image_id, *([s.member.version] * (s.member.version != 1))]
+        members = [protocol.SyncedSocket(key, s.member.identity.user_id, s.member.identity.name,
+                                         s.member.identity.image_id, s.member.version)
                    for key, s in self._sockets.items()]
         try:
-            await self._rpc.tell(owner, "sync", self.event_id,
-                                 {"gateway": self._owners.node_id, "members": members})
+            await self._rpc.tell(owner, protocol.Sync(self._owners.node_id, members),
+                                 self.event_id)
         except Unreachable:
             self._owners.forget_owner(self.event_id)
 
     # Talking to the owner.
 
-    async def _tell_owner(self, op: str, args: dict[str, Any]) -> None:
+    async def _tell_owner(self, op: protocol.OwnerNoticeOp) -> None:
         try:
-            await self._rpc.tell(await self._owners.owner_of(self.event_id), op,
-                                 self.event_id, args)
+            await self._rpc.tell(await self._owners.owner_of(self.event_id), op, self.event_id)
         except (Unreachable, DomainError):
             pass  # an owner that is gone forgets this socket with this node's heartbeat
 
-    async def _request(self, op: str, args: dict[str, Any]) -> Any:
+    async def _request(self, op: protocol.RequestOp) -> Any:
         """Ask the owner; through a failover, until the reply deadline.
 
         Error handling: the owner's refusal as DomainError; InternalError (logged) when no
@@ -612,30 +603,29 @@ class GatewayRoom:
         """
         self._requests += 1
         try:
-            return await self._ask_owner(op, args)
+            return await self._ask_owner(op)
         finally:
             self._requests -= 1
             self.last_used = trio.current_time()
 
-    async def _ask_owner(self, op: str, args: dict[str, Any]) -> Any:
+    async def _ask_owner(self, op: protocol.RequestOp) -> Any:
         with trio.move_on_after(self._reply_timeout):
             while True:
                 owner = await self._owners.owner_of(self.event_id)
                 try:
-                    reply = await self._rpc.ask(owner, op, self.event_id, args,
-                                                self._reply_timeout)
+                    answer = await self._rpc.ask(owner, op, self.event_id, self._reply_timeout)
                 except Unreachable:
                     self._owners.forget_owner(self.event_id)
                     await trio.sleep(RETRY_SECONDS)
                     continue
                 except NoAnswer:
                     break
-                if reply.status == "not_owner":
+                if answer.status == "not_owner":
                     self._owners.forget_owner(self.event_id)
                     await trio.sleep(RETRY_SECONDS)
                     continue
-                return _answer(reply)
-        log.error("event command failed", extra={"event_id": self.event_id, "op": op,
+                return _value_of(answer)
+        log.error("event command failed", extra={"event_id": self.event_id, "op": op.op,
                                                  "cause": "no owner answered in time"})
         raise DomainError(ErrorCode.INTERNAL_ERROR)
 
@@ -662,9 +652,9 @@ def _identity(entry: list[str]) -> Identity:
     return Identity(str(user_id), str(name), str(image_id))
 
 
-def _answer(reply: Reply) -> Any:
-    if reply.status == "ok":
-        return reply.value
-    if reply.status == "refused":
-        raise DomainError(*(ErrorCode(code) for code in reply.value))
+def _value_of(answer: protocol.Answer) -> Any:
+    if answer.status == "ok":
+        return answer.value
+    if answer.status == "refused":
+        raise DomainError(*(ErrorCode(code) for code in answer.value))
     raise DomainError(ErrorCode.INTERNAL_ERROR)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from typing import Any
 
 import coredis
 import trio
@@ -35,7 +34,7 @@ import trio
 from vpiska import metrics
 from vpiska.actors import CloseCode, EventSupervisor, Room
 from vpiska.actors.geo import MapIndex, Spot
-from vpiska.cluster import redis
+from vpiska.cluster import protocol, redis
 from vpiska.cluster.bus import Bus
 from vpiska.cluster.cluster_channel import ClusterChannel, KnownUsers
 from vpiska.cluster.gateway import GatewayRoom
@@ -68,12 +67,12 @@ class ClusterIndex(MapIndex):
     def move(self, event_id: str, coordinates: Coordinates) -> None:
         super().move(event_id, coordinates)
         if self.node is not None:
-            self.node.notify_soon("moved", event_id, {"x": coordinates.x, "y": coordinates.y})
+            self.node.notify_soon(protocol.Moved(coordinates.x, coordinates.y), event_id)
 
     def remove(self, event_id: str) -> None:
         super().remove(event_id)
         if self.node is not None:
-            self.node.notify_soon("closed", event_id, {})
+            self.node.notify_soon(protocol.Closed(), event_id)
 
     def moved_elsewhere(self, event_id: str, coordinates: Coordinates) -> None:
         """Another node's move, told by its notice: applied, not told again."""
@@ -226,7 +225,7 @@ class ClusterNode:
         subscription lost) clears its cache of known users when it subscribes again."""
         channel = self._running.channel
         channel.close_account_here(user_id)
-        await channel.notify("account_deleted", "", {"user": user_id})
+        await channel.notify(protocol.AccountDeleted(user_id), "")
 
     def users_count(self, event_id: str) -> int:
         room = self._supervisor.room(event_id)
@@ -236,14 +235,14 @@ class ClusterNode:
     async def event_opened(self, event: Event) -> None:
         """A new event was stored here: every node's index learns it; its owner starts it."""
         self._index.put(event.id, event.name, event.coordinates)
-        await self._running.channel.notify("created", event.id, {
-            "name": event.name, "x": event.coordinates.x, "y": event.coordinates.y})
+        await self._running.channel.notify(
+            protocol.Created(event.name, event.coordinates.x, event.coordinates.y), event.id)
         target = designated(event.id, self._membership.live | {self.node_id}) or self.node_id
         if target == self.node_id:
             await self.activate(event.id)
         else:  # it starts there now, not at its first request or the next reconcile
             with contextlib.suppress(Unreachable):
-                await self._rpc.tell(target, "activate", event.id, {})
+                await self._rpc.tell(target, protocol.Activate(), event.id)
 
     async def activate(self, event_id: str) -> Room | None:
         return await self._running.ownership.activate(event_id)
@@ -253,10 +252,10 @@ class ClusterNode:
         if self._parts is not None:
             self._parts.ownership.room_ended(event_id)
 
-    def notify_soon(self, op: str, event_id: str, args: dict[str, Any]) -> None:
+    def notify_soon(self, op: protocol.ClusterNoticeOp, event_id: str) -> None:
         """Tell every node, from a task of the node's (callers may not wait)."""
         if self._parts is not None:
-            self._parts.channel.notify_soon(op, event_id, args)
+            self._parts.channel.notify_soon(op, event_id)
 
     # Cut off from the store.
 
@@ -285,7 +284,7 @@ class ClusterNode:
             self._unreachable.failed(error)
         for lease in leases:  # free now, not at their expiry: the next owner takes them at once
             await ownership.release(lease)
-        await self._running.channel.notify("left", "", {"node": self.node_id})
+        await self._running.channel.notify(protocol.Left(self.node_id), "")
 
     async def _step_back(self) -> None:
         """The store answers again: join the cluster again (the other nodes designate this
@@ -326,7 +325,7 @@ class ClusterNode:
             await ownership.release(lease)
         ownership.owned.clear()
         try:
-            await self._running.channel.notify("left", "", {"node": self.node_id})
+            await self._running.channel.notify(protocol.Left(self.node_id), "")
         except DomainError:
             pass
         if leases:

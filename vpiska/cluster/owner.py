@@ -18,7 +18,7 @@ from __future__ import annotations
 import collections
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, assert_never
 
 import trio
 
@@ -27,6 +27,7 @@ from vpiska.actors.commands import (
     AddMedia,
     Chat,
     Close,
+    Command,
     Join,
     Joined,
     Members,
@@ -37,11 +38,14 @@ from vpiska.actors.commands import (
     Snapshot,
     Update,
 )
+from vpiska.actors.commands import Reply as ReplyChannel
 from vpiska.actors.frames import Frame
 from vpiska.actors.lines import MAX_CLIENT_ID_CHARS
-from vpiska.cluster import redis
+from vpiska.cluster import protocol, redis
 from vpiska.cluster.bus import Bus
 from vpiska.cluster.protocol import (
+    Answer,
+    BadRequest,
     CloseAll,
     CloseSockets,
     EventMessage,
@@ -49,7 +53,6 @@ from vpiska.cluster.protocol import (
     Handover,
     Hello,
     Notice,
-    Reply,
     Request,
     Shown,
     encode,
@@ -103,7 +106,7 @@ class OwnerLink:
     cancelled only as far as the cancellation allows (a handover flushes first: `flush`)."""
 
     def __init__(self, node_id: str, bus: Bus, rpc: Rpc, supervisor: EventSupervisor, *,
-                 notify: Callable[[str, str, dict[str, Any]], None]) -> None:
+                 notify: Callable[[protocol.ClusterNoticeOp, str], None]) -> None:
         self._node_id = node_id
         self._notify = notify
         self._bus = bus
@@ -158,10 +161,10 @@ class OwnerLink:
             known.pop(key, None)
 
     def banned(self, room: Room, user_id: str) -> None:
-        self._notify("banned", room.event_id, {"user": user_id})
+        self._notify(protocol.Banned(user_id), room.event_id)
 
     def counted(self, room: Room, users_count: int) -> None:
-        self._notify("counted", room.event_id, {"count": users_count})
+        self._notify(protocol.Counted(users_count), room.event_id)
 
     @staticmethod
     def _epoch(room: Room) -> int:
@@ -215,25 +218,31 @@ class OwnerLink:
             room = self._supervisor.room(request.event_id)
             # A room being handed over refuses what comes: the asker tries the next owner.
             if room is None or room.epoch is None or room.handing_over:
-                reply = Reply(request.id, "not_owner", None)
+                answer = Answer(request.id, "not_owner", None)
             else:
                 try:
-                    reply = Reply(request.id, "ok", await self._ask(room, request))
+                    answer = Answer(request.id, "ok", await self._ask(room, request))
                 except DomainError as refusal:
-                    reply = Reply(request.id, "refused", [str(code) for code in refusal.codes])
-                except (KeyError, TypeError, ValueError) as error:
-                    log.warning("malformed request", extra={"op": request.op,
+                    answer = Answer(request.id, "refused", [str(code) for code in refusal.codes])
+                except ValueError as error:
+                    log.warning("malformed request", extra={"op": request.op.op,
                                                             "cause": repr(error)})
-                    reply = Reply(request.id, "failed", None)
-            await self._rpc.answer(request, reply)
+                    answer = Answer(request.id, "failed", None)
+            await self._rpc.answer(request, answer)
+
+    async def refuse(self, request: BadRequest) -> None:
+        """Answer a request whose operation could not be read: it failed (the asker learns at
+        once, rather than at its deadline)."""
+        log.warning("malformed request", extra={"op": request.op, "from": request.reply_to,
+                                                "cause": request.cause})
+        await self._rpc.answer(request, Answer(request.id, "failed", None))
 
     async def _ask(self, room: Room, request: Request) -> Any:
-        args = request.args
         op = request.op
-        if op == "join":
-            outbox = RemoteOutbox(request.reply_to, str(args["key"]))
-            member = Member(_identity(args), outbox, gateway=request.reply_to,
-                            version=_version(args.get("v", 1)))
+        if isinstance(op, protocol.Join):
+            outbox = RemoteOutbox(request.reply_to, op.key)
+            member = Member(_identity(op.user, op.name, op.image), outbox,
+                            gateway=request.reply_to, version=op.v)
             self.remote[room.event_id][outbox.key] = member
             try:
                 joined = await room.ask(lambda reply: Join(member, reply))
@@ -246,57 +255,64 @@ class OwnerLink:
             state = outbox.state
             return {"chat_length": joined.chat_length, "seq": joined.seq,
                     "epoch": room.epoch, "state": None if state is None else state.text}
-        if op == "snapshot":
+        if isinstance(op, protocol.Snapshot):
             view = await room.ask(Snapshot)
             assert isinstance(view, EventView)
             return view_value(view)
-        if op == "position":
+        if isinstance(op, protocol.Position):
             return {"epoch": room.epoch, "seq": room.seq}
-        if op == "members":
+        if isinstance(op, protocol.Members):
             present = await room.ask(Members)
             assert isinstance(present, list)
             return [[user.user_id, user.name, user.image_id] for user in present]
-        command = _command(op, args)
-        return await room.ask(command)
+        return await room.ask(_command(op))
 
     def received(self, notice: Notice, from_node: str | None = None) -> None:
         """A notice for an event this node owns: chat, leave or a gateway's sync."""
         room = self._supervisor.room(notice.event_id)
         if room is None or room.epoch is None:
             return  # moved on: the sender re-resolves the owner when it next asks
-        args = notice.args
+        op = notice.op
         try:
-            if notice.op == "chat":
-                self._chat(room, args)
-            elif notice.op == "leave":
-                member = self.remote[room.event_id].pop(str(args["key"]), None)
-                if member is not None:
-                    room.leave(member)
-            elif notice.op == "sync":
-                self._sync(room, str(args["gateway"]), args["members"])
-        except (KeyError, TypeError, ValueError) as error:
-            log.warning("malformed notice", extra={"op": notice.op, "cause": repr(error)})
+            match op:
+                case protocol.Chat():
+                    self._chat(room, op)
+                case protocol.Leave(key):
+                    member = self.remote[room.event_id].pop(key, None)
+                    if member is not None:
+                        room.leave(member)
+                case protocol.Sync(gateway, members):
+                    self._sync(room, gateway, members)
+                case protocol.Activate():
+                    pass  # the node started the room (node.py `_take_notice`)
+                case (protocol.Created() | protocol.Moved() | protocol.Closed()
+                      | protocol.AccountDeleted() | protocol.Banned() | protocol.Counted()
+                      | protocol.Left()):
+                    pass  # for every node, on the cluster channel (node.py)
+                case _:
+                    assert_never(op)
+        except ValueError as error:
+            log.warning("malformed notice", extra={"op": op.op, "cause": repr(error)})
 
-    def _chat(self, room: Room, args: dict[str, Any]) -> None:
-        client_id = args.get("id")
-        if client_id is not None and not _client_id(client_id):
+    def _chat(self, room: Room, line: protocol.Chat) -> None:
+        if line.id is not None and not _client_id(line.id):
             raise ValueError("not a client id")
         # The sending socket, if this room knows it yet (it may not after a failover: the line
         # is stored, and its resend acknowledged).
-        member = self.remote[room.event_id].get(str(args.get("key")))
+        member = None if line.key is None else self.remote[room.event_id].get(line.key)
         try:
-            room.inbox.send_nowait(Chat(_identity(args), str(args["text"]), client_id,
-                                        None if client_id is None else member))
+            room.inbox.send_nowait(Chat(_identity(line.user, line.name, line.image), line.text,
+                                        line.id, None if line.id is None else member))
         except trio.WouldBlock:
             log.warning("remote chat line dropped: the event's inbox is full",
                         extra={"event_id": room.event_id})
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 
-    def _sync(self, room: Room, gateway: str, members: list[list[str]]) -> None:
+    def _sync(self, room: Room, gateway: str, members: list[protocol.SyncedSocket]) -> None:
         """Make the room's view of `gateway`'s sockets what the gateway says it is."""
         known = self.remote[room.event_id]
-        said = {str(entry[0]): entry for entry in members}
+        said = {entry.key: entry for entry in members}
         for key in [key for key, member in known.items()
                     if isinstance(member.outbox, RemoteOutbox)
                     and member.outbox.gateway == gateway and key not in said]:
@@ -304,10 +320,8 @@ class OwnerLink:
         for key, entry in said.items():
             if key in known:
                 continue
-            identity = _identity({"user": entry[1], "name": entry[2], "image": entry[3]})
-            version = _version(entry[4] if len(entry) > 4 else 1)
-            member = Member(identity, RemoteOutbox(gateway, key), gateway=gateway,
-                            version=version)
+            member = Member(_identity(entry.user, entry.name, entry.image),
+                            RemoteOutbox(gateway, key), gateway=gateway, version=entry.v)
             known[key] = member
             try:  # the answer is not needed: the gateway's socket joined long ago
                 room.inbox.send_nowait(Join(member, None))
@@ -325,55 +339,42 @@ class OwnerLink:
                     room.leave(member)
 
 
-def _identity(args: dict[str, Any]) -> Identity:
-    user_id = str(args["user"])
+def _identity(user_id: str, name: str, image: str) -> Identity:
     if not is_id(user_id):
         raise ValueError("not a user id")
-    name, image = str(args["name"]), str(args["image"])
     if not (is_text(name) and is_text(image)):  # it would break every v2 socket's presence
         raise ValueError("name or image not text")
     return Identity(user_id, name, image)
 
 
-def _client_id(value: Any) -> bool:
+def _client_id(value: str) -> bool:
     """Whether a gateway's `id` of a chat line is one a socket could have sent."""
-    return (isinstance(value, str) and 1 <= len(value) <= MAX_CLIENT_ID_CHARS
-            and is_text(value))
+    return 1 <= len(value) <= MAX_CLIENT_ID_CHARS and is_text(value)
 
 
-def _version(value: Any) -> int:
-    """A socket's protocol version as a gateway tells it (absent from nodes before v2: 1)."""
-    if value not in (1, 2):
-        raise ValueError("not a protocol version")
-    return int(value)
-
-
-def _command(op: str, args: dict[str, Any]) -> Any:
+def _command(op: protocol.Update | protocol.AddMedia | protocol.RemoveMedia | protocol.Close
+             | protocol.RemoveChat | protocol.RereadChat | protocol.RemoveMember
+             ) -> Callable[[ReplyChannel], Command]:
     """The room command a request asks for, as `ask` takes it."""
-    by = str(args.get("by", ""))
-    if op == "update":
-        coordinates = Coordinates(float(args["x"]), float(args["y"]))
-        return lambda reply: Update(by, str(args["address"]), coordinates, reply)
-    if op == "add_media":
-        media = EventMedia(str(args["id"]), str(args["content_type"]))
-        return lambda reply: AddMedia(by, media, reply)
-    if op == "remove_media":
-        return lambda reply: RemoveMedia(by, str(args["media_id"]), reply)
-    if op == "close":
-        return lambda reply: Close(by, reply)
-    if op == "remove_chat":
-        seq = args["seq"]
-        if type(seq) is not int:
-            raise ValueError("not a line number")
-        return lambda reply: RemoveChat(by, seq, reply)
-    if op == "reread_chat":
-        return RereadChat
-    if op == "remove_member":
-        user_id, ban = str(args["user"]), args["ban"]
-        if not is_id(user_id) or type(ban) is not bool:
-            raise ValueError("not a member to remove")
-        return lambda reply: RemoveMember(by, user_id, ban, reply)
-    raise ValueError(f"unknown request {op!r}")
+    match op:
+        case protocol.Update(by, address, x, y):
+            return lambda reply: Update(by, address, Coordinates(x, y), reply)
+        case protocol.AddMedia(by, media_id, content_type):
+            return lambda reply: AddMedia(by, EventMedia(media_id, content_type), reply)
+        case protocol.RemoveMedia(by, media_id):
+            return lambda reply: RemoveMedia(by, media_id, reply)
+        case protocol.Close(by):
+            return lambda reply: Close(by, reply)
+        case protocol.RemoveChat(by, seq):
+            return lambda reply: RemoveChat(by, seq, reply)
+        case protocol.RereadChat():
+            return RereadChat
+        case protocol.RemoveMember(by, user_id, ban):
+            if not is_id(user_id):
+                raise ValueError("not a member to remove")
+            return lambda reply: RemoveMember(by, user_id, ban, reply)
+        case _:
+            assert_never(op)
 
 
 def _messages(origin: str, entries: list[EventMessage | _Queued]) -> list[EventMessage]:

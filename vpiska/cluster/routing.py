@@ -17,15 +17,17 @@ import contextlib
 import logging
 import math
 
+import msgspec
 import trio
 
 from vpiska.actors import CloseCode, EventSupervisor, Room
+from vpiska.cluster import protocol
 from vpiska.cluster.bus import Bus
 from vpiska.cluster.contained import contained
 from vpiska.cluster.gateway import RETRY_SECONDS, GatewayRoom
 from vpiska.cluster.owner import OwnerLink
 from vpiska.cluster.ownership import Ownership
-from vpiska.cluster.protocol import Notice, Reply, Request, decode_all
+from vpiska.cluster.protocol import Answer, BadRequest, Notice, Request, decode_all
 from vpiska.cluster.rpc import Rpc, Unreachable
 from vpiska.cluster.views import ViewMirror
 from vpiska.domain import Event
@@ -123,15 +125,23 @@ class Routing:
 
     def node_message(self, data: bytes) -> None:
         for message in decode_all(data):
-            if isinstance(message, Reply):
-                self._rpc.received(message)
-            elif isinstance(message, Request):
-                self._nursery.start_soon(contained, f"serve {message.op}", self._serve, message)
-            elif isinstance(message, Notice):
-                self._take_notice(message)
+            match message:
+                case Answer():
+                    self._rpc.received(message)
+                case Request():
+                    self._nursery.start_soon(contained, f"serve {message.op.op}", self._serve,
+                                             message)
+                case BadRequest():
+                    self._nursery.start_soon(contained, "refuse a request",
+                                             self._owner_link.refuse, message)
+                case Notice():
+                    self._take_notice(message)
+                case _:
+                    pass  # an event's message: not for a node's channel
 
     async def _serve(self, request: Request) -> None:
-        if self._supervisor.room(request.event_id) is None and request.op != "position":
+        if (self._supervisor.room(request.event_id) is None
+                and not isinstance(request.op, protocol.Position)):
             await self._ownership.activate_if_designated(request.event_id)
         await self._owner_link.answer(request)
 
@@ -144,15 +154,16 @@ class Routing:
         if held is not None:
             held.append(notice)
         elif (self._supervisor.room(notice.event_id) is None
-                and notice.op in ("chat", "sync", "activate")):
+                and isinstance(notice.op, protocol.Chat | protocol.Sync | protocol.Activate)):
             self._held_notices[notice.event_id] = []
-            self._nursery.start_soon(contained, f"take {notice.op}", self._take, notice)
+            self._nursery.start_soon(contained, f"take {notice.op.op}", self._take, notice)
         else:
             self._deliver_notice(notice)
 
     async def _take(self, notice: Notice) -> None:
         try:
-            if notice.args.get("forwarded"):  # sent here as its owner: the lease decides
+            if isinstance(notice.op, protocol.Chat) and notice.op.forwarded:
+                # Sent here as its owner: the lease decides.
                 await self._ownership.activate(notice.event_id)
             else:
                 await self._ownership.activate_if_designated(notice.event_id)
@@ -161,60 +172,60 @@ class Routing:
                 self._deliver_notice(each)
 
     def _deliver_notice(self, notice: Notice) -> None:
-        if notice.op == "chat" and not self._takes_lines(notice.event_id):
-            self._forward(notice)
+        if isinstance(notice.op, protocol.Chat) and not self._takes_lines(notice.event_id):
+            self._forward(notice.op, notice.event_id)
             return
         try:
             self._owner_link.received(notice)
         except Exception:  # a bug, for this notice alone (contained.py)
-            log.exception("cluster task failed", extra={"task": f"take {notice.op}"})
+            log.exception("cluster task failed", extra={"task": f"take {notice.op.op}"})
 
     def _takes_lines(self, event_id: str) -> bool:
         """The event runs here, and its room is not being handed over."""
         room = self._supervisor.room(event_id)
         return room is not None and not room.handing_over
 
-    def _forward(self, notice: Notice) -> None:
+    def _forward(self, line: protocol.Chat, event_id: str) -> None:
         """A chat line for an event that does not run here (any more: handed over, fenced;
         or its room is being handed over) goes on to the node that owns it now (once this
         one's lease is released), at most MAX_FORWARDS times: a gateway may send it here
         before it has seen the event move, and the line would be lost without a word."""
         self._last_stray = trio.current_time()
-        if _forwards(notice) >= MAX_FORWARDS:
+        if line.forwarded >= MAX_FORWARDS:
             log.info("chat line dropped: forwarded to a node that does not run the event",
-                     extra={"event_id": notice.event_id})
+                     extra={"event_id": event_id})
             return
         with contextlib.suppress(RuntimeError):  # the node is closing: nobody to tell
             self._nursery.start_soon(contained, "forward a chat line", self._forward_to_owner,
-                                     notice)
+                                     line, event_id)
 
-    async def _forward_to_owner(self, notice: Notice) -> None:
+    async def _forward_to_owner(self, line: protocol.Chat, event_id: str) -> None:
         self._forwarding += 1
         try:
-            await self._forward_once(notice)
+            await self._forward_once(line, event_id)
         finally:
             self._forwarding -= 1
 
-    async def _forward_once(self, notice: Notice) -> None:
-        args = notice.args | {"forwarded": _forwards(notice) + 1}
+    async def _forward_once(self, line: protocol.Chat, event_id: str) -> None:
         with trio.move_on_after(self._reply_timeout):
             while True:
                 try:
-                    owner = await self._ownership.owner_of(notice.event_id)
+                    owner = await self._ownership.owner_of(event_id)
                 except DomainError:
                     return  # closed meanwhile
-                if self._takes_lines(notice.event_id):
-                    self._owner_link.received(notice)
+                if self._takes_lines(event_id):
+                    self._owner_link.received(Notice(line, event_id))
                     return
                 if owner != self.node_id:
                     try:
-                        await self._rpc.tell(owner, "chat", notice.event_id, args)
+                        await self._rpc.tell(owner, msgspec.structs.replace(
+                            line, forwarded=line.forwarded + 1), event_id)
                         return
                     except Unreachable:
                         pass
-                self._ownership.forget_owner(notice.event_id)  # its lease may still name this node
+                self._ownership.forget_owner(event_id)  # its lease may still name this node
                 await trio.sleep(RETRY_SECONDS)
-        log.info("chat line dropped: no owner reachable", extra={"event_id": notice.event_id})
+        log.info("chat line dropped: no owner reachable", extra={"event_id": event_id})
 
     async def linger(self) -> None:
         """Gateways send chat lines here until they have seen the Handover: stay until those
@@ -229,9 +240,3 @@ class Routing:
                     return
                 await trio.sleep_until(max(quiet_at, now + LINGER_SECONDS / 10))
 
-
-def _forwards(notice: Notice) -> int:
-    """How many times `notice` was sent on already; a count that is not one (a malformed
-    message from another node) counts as too many: the line is dropped, alone."""
-    forwarded = notice.args.get("forwarded", 0)
-    return forwarded if type(forwarded) is int else MAX_FORWARDS

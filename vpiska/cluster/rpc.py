@@ -19,13 +19,21 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-from typing import Any
 
 import trio
 
 from vpiska.cluster import redis
 from vpiska.cluster.bus import Bus
-from vpiska.cluster.protocol import Notice, Reply, Request, encode, encode_batch
+from vpiska.cluster.protocol import (
+    Answer,
+    BadRequest,
+    Notice,
+    NoticeOp,
+    Request,
+    RequestOp,
+    encode,
+    encode_batch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +70,7 @@ class Rpc:
         self._bus = bus
         self._node_id = node_id
         self._ids = itertools.count(1)
-        self._waiting: dict[int, trio.MemorySendChannel[Reply]] = {}
+        self._waiting: dict[int, trio.MemorySendChannel[Answer]] = {}
         self._gathering: dict[str, list[_Batch]] = {}  # by node, in the order they go out
         self._wake = trio.Event()
 
@@ -75,40 +83,41 @@ class Rpc:
             for node, batches in gathered.items():
                 await self._send(node, batches)
 
-    async def ask(self, node: str, op: str, event_id: str, args: dict[str, Any],
-                  timeout: float) -> Reply:  # noqa: ASYNC109 (NoAnswer names the deadline)
-        """Send a request to `node` and return its reply.
+    async def ask(self, node: str, op: RequestOp, event_id: str,
+                  timeout: float) -> Answer:  # noqa: ASYNC109 (NoAnswer names the deadline)
+        """Send a request to `node` and return its answer.
 
         Error handling: Unreachable if `node` did not get it; NoAnswer past `timeout`.
         """
         request_id = next(self._ids)
-        send, receive = trio.open_memory_channel[Reply](1)
+        send, receive = trio.open_memory_channel[Answer](1)
         self._waiting[request_id] = send
         try:
             with trio.move_on_after(timeout):
                 await self._publish(node, encode(Request(request_id, self._node_id, op,
-                                                         event_id, args)))
+                                                         event_id)))
                 return await receive.receive()
-            raise NoAnswer(f"{op} {event_id} to {node}: no answer in {timeout} s")
+            raise NoAnswer(f"{op.op} {event_id} to {node}: no answer in {timeout} s")
         finally:
             del self._waiting[request_id]
 
-    async def tell(self, node: str, op: str, event_id: str, args: dict[str, Any]) -> None:
+    async def tell(self, node: str, op: NoticeOp, event_id: str) -> None:
         """Send a notice that needs no answer. Error handling: Unreachable."""
-        await self._publish(node, encode(Notice(op, event_id, args)))
+        await self._publish(node, encode(Notice(op, event_id)))
 
-    async def answer(self, request: Request, reply: Reply) -> None:
-        """Send `reply` to the node that asked; a lost answer is the asker's timeout."""
+    async def answer(self, request: Request | BadRequest, answer: Answer) -> None:
+        """Send `answer` to the node that asked; a lost answer is the asker's timeout."""
         try:
-            await self._publish(request.reply_to, encode(reply))
+            await self._publish(request.reply_to, encode(answer))
         except Unreachable:
-            log.info("answer not delivered", extra={"op": request.op, "to": request.reply_to})
+            op = request.op if isinstance(request, BadRequest) else request.op.op
+            log.info("answer not delivered", extra={"op": op, "to": request.reply_to})
 
-    def received(self, reply: Reply) -> None:
-        """A reply arrived on this node's channel (called by the bus listener)."""
-        waiting = self._waiting.get(reply.id)
+    def received(self, answer: Answer) -> None:
+        """An answer arrived on this node's channel (called by the bus listener)."""
+        waiting = self._waiting.get(answer.id)
         if waiting is not None:
-            waiting.send_nowait(reply)  # capacity 1, one reply per id: never blocks
+            waiting.send_nowait(answer)  # capacity 1, one answer per id: never blocks
 
     async def _publish(self, node: str, data: bytes) -> None:
         batches = self._gathering.setdefault(node, [])
