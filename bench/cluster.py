@@ -94,7 +94,7 @@ class Cluster:
         """Wait until every open event has its owner and none changed hands for `quiet` s.
 
         Why: a node takes over every orphan it is designated for at once (vpiska/cluster/
-        node.py `_reconcile`); a measurement during that measures the take-over, not serving.
+        ownership.py `reconcile`); a measurement during that measures the take-over, not serving.
         On a store of 10,000 open events it never ends: the leases churn (bench/README.md)."""
         start = time.monotonic()
         last, since = -1, start
