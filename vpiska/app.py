@@ -27,7 +27,7 @@ from vpiska.http.scrape import count_requests, metrics_routes
 from vpiska.http.swagger import swagger_routes
 from vpiska.http.tracing import install_request_tracing
 from vpiska.http.upgrade_required import upgrade_required_routes
-from vpiska.http.users import users_routes
+from vpiska.http.users import signin_routes, users_routes
 from vpiska.http.websocket import EventSocketEndpoint
 from vpiska.media import MediaLibrary
 from vpiska.metrics import registry_for
@@ -72,7 +72,9 @@ def create_app(services: Services) -> Any:
     quart_app = create_quart_app(services)
     sockets = EventSocketEndpoint(quart_app, config, services.accounts, services.events,
                                   services.store)
-    return HostCheck(JsonRoutes(sockets, json_routes(services.events, services.store),
+    in_front = (json_routes(services.events, services.store)
+                | signin_routes(config, services.accounts, services.signin))
+    return HostCheck(JsonRoutes(sockets, in_front,
                                 max_json_bytes=config.max_json_bytes,
                                 trace=config.trace_requests))
 
