@@ -53,7 +53,8 @@ class Services:
               signin_counters: SigninCounters | None = None) -> Services:
         """`signin_counters`: where the sign-in limits count (default: in this process)."""
         tokens = Tokens(config)
-        signin = SigninLimits(signin_counters or LocalCounters(), config.signin_rate_per_minute)
+        signin = SigninLimits(signin_counters or LocalCounters(), config.signin_rate_per_minute,
+                              config.signin_refusal_pause_ms / 1000)
         return cls(
             config=config,
             store=store,
