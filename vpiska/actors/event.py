@@ -130,6 +130,7 @@ class EventActor:
             trio.current_time() + 2 * config.actor_reply_timeout_seconds)
 
     async def run(self) -> Exit:
+        self._room.hello(self._chat_length)
         if self._room.mirror is not None:
             await self._snapshot()  # the chat, for the mirror, before the first answer
             await self._mirror_now()
@@ -177,8 +178,7 @@ class EventActor:
                 return Exit.STOPPED
             else:
                 raise TypeError(f"EventActor got {command!r}; expected one of commands.Command")
-            while self._room.departures:
-                self._room.remove(self._room.departures.pop())
+            self._room.remove_departed()
             await self._mirror_now()  # after a leave; before the count is announced
             self._announce_count_if_due()
             self._announce_presence_if_due()
@@ -262,9 +262,9 @@ class EventActor:
         join.member.outbox.finish(CloseCode.REMOVED)
         if join.reply is not None:
             await self._answer(join.reply, self._refuse_banned)
-        elif join.member.gateway is not None and self._room.publisher is not None:
+        elif join.member.gateway is not None:
             # A socket a gateway told a new owner of (sync): nobody waits for an answer.
-            self._room.publisher.close_sockets(self._room, [join.member], CloseCode.REMOVED)
+            self._room.close_remote([join.member], CloseCode.REMOVED)
 
     @staticmethod
     async def _refuse_banned() -> None:
@@ -472,9 +472,7 @@ class EventActor:
             raise DomainError(ErrorCode.OWNER_CANNOT_BE_REMOVED)
         if command.ban and command.user_id not in self._room.banned:
             await self._store.ban_member(self._event.id, command.user_id, epoch=self._epoch)
-            self._room.banned.add(command.user_id)
-            if self._room.publisher is not None:
-                self._room.publisher.banned(self._room, command.user_id)
+            self._room.ban(command.user_id)
         sockets = len(self._room.members.get(command.user_id, ()))
         self._room.dismiss(command.user_id, CloseCode.REMOVED)
         log.info("member removed by the host", extra={

@@ -29,6 +29,7 @@ from __future__ import annotations
 import collections
 import logging
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import trio
@@ -109,14 +110,7 @@ class EventSupervisor:
         self._stopping.set()
         async with trio.open_nursery() as nursery:
             for room in list(self._rooms.values()):
-                nursery.start_soon(self._stop_room, room, hand_over)
-
-    @staticmethod
-    async def _stop_room(room: Room, hand_over: bool) -> None:
-        try:
-            await room.inbox.send(Stop(hand_over))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # ended or failed already
+                nursery.start_soon(partial(room.stop, hand_over=hand_over))
 
     @property
     def stopping(self) -> bool:
@@ -185,8 +179,7 @@ class EventSupervisor:
             return None
         room = Room(event.id, event.owner_id, inbox_size=self._config.actor_inbox_size,
                     reply_timeout=self._config.actor_reply_timeout_seconds, epoch=epoch,
-                    claimant=claimant, publisher=publisher, mirror=mirror)
-        room.banned.update(event.banned)
+                    claimant=claimant, publisher=publisher, mirror=mirror, banned=event.banned)
         self._rooms[event.id] = room
         self._nursery.start_soon(self._supervise, room, event, name=f"event {event.id}")
         return room
@@ -232,13 +225,12 @@ class EventSupervisor:
                         extra={"event_id": event.id})
             return
         room = Room(event.id, event.owner_id, inbox_size=self._config.actor_inbox_size,
-                    reply_timeout=self._config.actor_reply_timeout_seconds)
-        room.banned.update(event.banned)
+                    reply_timeout=self._config.actor_reply_timeout_seconds, banned=event.banned)
         self._rooms[event.id] = room
         self._index.put(event.id, event.name, event.coordinates)
         self._nursery.start_soon(self._supervise, room, event, name=f"event {event.id}")
         if self.stopping:  # created while stop() was telling the others
-            room.inbox.send_nowait(Stop(self._hand_over))
+            room.offer(Stop(self._hand_over))  # its inbox is empty: it takes it now
 
     async def _supervise(self, room: Room, event: Event | None) -> None:
         with trio.CancelScope() as scope:  # cancelled by `fence`
@@ -277,8 +269,7 @@ class EventSupervisor:
             while crashes[0] < now - self._config.actor_restart_window_seconds:
                 crashes.popleft()
             if len(crashes) > self._config.actor_max_restarts:
-                room.failed = True
-                room.shut(CloseCode.INTERNAL_ERROR)
+                room.shut_failed()
                 if self._serve_all:
                     self._index.remove(room.event_id)
                 log.error("event room failed: restart limit reached; the event stays open in "
@@ -291,9 +282,7 @@ class EventSupervisor:
         """A newer owner has the event: close this node's sockets (1012), and only those."""
         log.warning("event room fenced: a newer owner has claimed the event",
                     extra=self._about(room) | {"cause": cause})
-        room.failed = True
-        room.publisher = None  # the other nodes' sockets stay, for the new owner
-        room.shut(CloseCode.SERVICE_RESTART)
+        room.shut_fenced()
         if self._serve_all:
             self._index.remove(room.event_id)  # stays registered: callers get InternalError
         else:
@@ -316,8 +305,6 @@ class EventSupervisor:
             if event is None or not event.is_open:
                 return Exit.CLOSED
             chat_length = await self._store.chat_length(room.event_id)
-            if room.publisher is not None:
-                room.publisher.hello(room, chat_length)
             actor = EventActor(room, event, chat_length, self._store, self._index,
                                self._config, epoch=room.epoch)
         finally:
