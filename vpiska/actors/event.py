@@ -63,6 +63,7 @@ from vpiska.actors.commands import (
 )
 from vpiska.actors.frames import Audience
 from vpiska.actors.geo import MapIndex
+from vpiska.actors.map_publisher import UNSHARED_MAP, MapPublisher
 from vpiska.actors.member import CloseCode, Member, OutboxClosed, OutboxFull
 from vpiska.actors.room import Room
 from vpiska.actors.view import EventView
@@ -97,16 +98,21 @@ class EventActor:
     `epoch`: the fencing epoch of this node's lease on the event, passed to every store write,
     so that once another node has claimed the event the store refuses them (StaleEpoch, which
     escapes `run` like any store error). None (one node, no lease): unfenced.
+
+    `index` is this node's map; `map_publisher` tells the actor's moves and closes to whoever
+    else keeps one (in a cluster, every other node).
     """
 
     def __init__(self, room: Room, event: Event, chat_length: int, store: Store,
-                 index: MapIndex, config: Config, *, epoch: int | None = None) -> None:
+                 index: MapIndex, config: Config, *, epoch: int | None = None,
+                 map_publisher: MapPublisher = UNSHARED_MAP) -> None:
         self._room = room
         self._event = event
         self._chat_length = chat_length
         self._store = store
         self._epoch = epoch
         self._index = index
+        self._map_publisher = map_publisher
         self._update_interval = config.event_update_interval_ms / 1000
         self._count_frames_per_second = config.count_frames_per_second
         self._next_count_at = -math.inf
@@ -430,6 +436,7 @@ class EventActor:
         self._event = dataclasses.replace(self._event, address=command.address,
                                           coordinates=command.coordinates)
         self._index.move(self._event.id, command.coordinates)
+        self._map_publisher.moved(self._event.id, command.coordinates)
         await self._mirror_now()
         self._announce_count()  # announced at once, with the current count
 
@@ -490,6 +497,7 @@ class EventActor:
         await self._store.close_event(self._event.id, epoch=self._epoch)
         self._event = dataclasses.replace(self._event, is_open=False)
         self._index.remove(self._event.id)
+        self._map_publisher.closed(self._event.id)
         await self._mirror_now()
         self._room.broadcast(frames.CLOSE_EVENT)
         self._room.finish_members(CloseCode.NORMAL)

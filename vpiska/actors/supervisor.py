@@ -9,8 +9,10 @@ in the store, so the next server start serves it again.
 On one node (`serve_all`) the supervisor starts a room for every open event in the store and
 keeps the map index of open events that `events/range` reads. In a cluster a room is started
 here only when this node owns the event (`activate`, with its lease's epoch and a publisher;
-vpiska/cluster/node.py), the index holds every open event of the cluster, and rooms end when
-the node hands them over or loses them.
+vpiska/cluster/node.py), the index holds every open event of the cluster, its actors tell the
+other nodes of their moves and closes through the map publisher the supervisor was given, and
+rooms end when the node hands them over or loses them (the node, told through the `ended`
+it activated the room with, releases the lease).
 
 Fencing: an actor whose store write raises StaleEpoch has lost the event to a newer owner
 (another node claimed it), and so has one whose lease the node found lost (`fence`). It is not
@@ -38,6 +40,7 @@ from vpiska import metrics
 from vpiska.actors.commands import Stop
 from vpiska.actors.event import EventActor, Exit
 from vpiska.actors.geo import MapIndex, Spot
+from vpiska.actors.map_publisher import UNSHARED_MAP, MapPublisher
 from vpiska.actors.member import CloseCode
 from vpiska.actors.room import Publisher, Room
 from vpiska.actors.view import Mirror
@@ -52,14 +55,15 @@ log = logging.getLogger(__name__)
 class EventSupervisor:
     def __init__(self, store: Store, config: Config, *, serve_all: bool = True,
                  index: MapIndex | None = None,
-                 on_room_ended: Callable[[str], None] | None = None) -> None:
+                 map_publisher: MapPublisher = UNSHARED_MAP) -> None:
         self._store = store
         self._config = config
         self._serve_all = serve_all
         self._rooms: dict[str, Room] = {}
         self._scopes: dict[str, trio.CancelScope] = {}
         self._index = MapIndex() if index is None else index
-        self._on_room_ended = on_room_ended
+        self._map_publisher = map_publisher
+        self._ended: dict[str, Callable[[str], None]] = {}  # told when an activated room ends
         self._nursery: trio.Nursery | None = None
         self._stopping = trio.Event()
         self._hand_over = False
@@ -160,9 +164,10 @@ class EventSupervisor:
         return event
 
     async def activate(self, event_id: str, epoch: int, claimant: str, publisher: Publisher,
-                       mirror: Mirror) -> Room | None:
+                       mirror: Mirror, *, ended: Callable[[str], None]) -> Room | None:
         """Start the room of an event this node now owns under `epoch` (its lease's), claimed
-        in the store as `claimant`.
+        in the store as `claimant`; `ended(event_id)` is called once the room has ended
+        (closed, stopped, fenced), on its task.
 
         The store is claimed for `epoch` first, so from then on no older owner can write; the
         room then says Hello to the other nodes. None if the event is closed or unknown, or if
@@ -181,6 +186,7 @@ class EventSupervisor:
                     reply_timeout=self._config.actor_reply_timeout_seconds, epoch=epoch,
                     claimant=claimant, publisher=publisher, mirror=mirror, banned=event.banned)
         self._rooms[event.id] = room
+        self._ended[event.id] = ended
         self._nursery.start_soon(self._supervise, room, event, name=f"event {event.id}")
         return room
 
@@ -292,8 +298,9 @@ class EventSupervisor:
         if self._serve_all:
             self._index.remove(room.event_id)
         del self._rooms[room.event_id]
-        if self._on_room_ended is not None:
-            self._on_room_ended(room.event_id)
+        ended = self._ended.pop(room.event_id, None)
+        if ended is not None:
+            ended(room.event_id)
 
     async def _incarnate(self, room: Room, event: Event | None) -> Exit:
         try:
@@ -306,7 +313,7 @@ class EventSupervisor:
                 return Exit.CLOSED
             chat_length = await self._store.chat_length(room.event_id)
             actor = EventActor(room, event, chat_length, self._store, self._index,
-                               self._config, epoch=room.epoch)
+                               self._config, epoch=room.epoch, map_publisher=self._map_publisher)
         finally:
             self._made(room)
         return await actor.run()
