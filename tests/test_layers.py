@@ -3,7 +3,8 @@ layer can be tested with fakes of the one below. The actor core stays free of th
 password machinery (PyJWT, passlib): a room knows a member by its `Identity` alone. And the
 transport stays below ASGI: only the composition root (vpiska/server.py) imports
 vpiska.transport, the ASGI side knows only vpiska/sink.py, and the transport imports nothing of
-vpiska's above it."""
+vpiska's above it. Within the actors, only a room's own task changes a Room; everyone else
+sends it commands (docs/room-ownership.md)."""
 
 from __future__ import annotations
 
