@@ -134,9 +134,9 @@ async def test_a_cluster_room_numbers_what_it_publishes_and_its_end_is_told_to_i
 
 
 class FakeBus:
-    """The cluster channel: what is published on it, each PUBLISH taking `PUBLISH_SECONDS`
-    of virtual time; `failing` makes that many calls fail as a Redis away would; `held`, until
-    set, makes them wait."""
+    """The cluster channel: what is published on it. Each PUBLISH takes virtual time, less
+    than the one before it (notices published at once would overtake each other); `failing`
+    makes that many calls fail as a Redis away would; `held`, until set, makes them wait."""
 
     PUBLISH_SECONDS = 0.01
 
@@ -153,7 +153,7 @@ class FakeBus:
         self._tell()
         if self.held is not None:
             await self.held.wait()
-        await trio.sleep(self.PUBLISH_SECONDS)
+        await trio.sleep(self.PUBLISH_SECONDS / self.calls)
         if self.failing:
             self.failing -= 1
             raise RedisConnectionError("Redis is away")
