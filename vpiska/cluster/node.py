@@ -27,7 +27,8 @@ for orphans now, not after a TTL.
 The map index `events/range` reads is cluster-wide on every node: loaded from the store at
 start, then kept current by notices (created, moved, closed, counted) on the cluster channel,
 and reloaded from the store when that channel's subscription was renewed after a lost
-connection (notices may have been missed).
+connection (notices may have been missed). The moves and closes of the rooms owned here are
+told by their actors through `MapNotices` (map_notices.py), which the node only runs.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from vpiska.cluster.bus import Bus
 from vpiska.cluster.contained import contained
 from vpiska.cluster.gateway import RETRY_SECONDS, GatewayRoom
 from vpiska.cluster.leases import Lease, Leases
+from vpiska.cluster.map_notices import MapNotices
 from vpiska.cluster.nodes import designated, new_node_id
 from vpiska.cluster.owner import OwnerLink
 from vpiska.cluster.protocol import Answer, BadRequest, Notice, Request, decode, decode_all, encode
@@ -87,47 +89,27 @@ class KnownUsers(Protocol):
         """Deletions may have been missed: ask the store again about every account."""
 
 
-class ClusterIndex(MapIndex):
-    """The map of every open event of the cluster. A change this node makes (an owner's move
-    or close) is told to the others; theirs arrive as notices (`ClusterNode`)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.node: ClusterNode | None = None
-
-    def move(self, event_id: str, coordinates: Coordinates) -> None:
-        super().move(event_id, coordinates)
-        if self.node is not None:
-            self.node.notify_soon(protocol.Moved(coordinates.x, coordinates.y), event_id)
-
-    def remove(self, event_id: str) -> None:
-        super().remove(event_id)
-        if self.node is not None:
-            self.node.notify_soon(protocol.Closed(), event_id)
-
-    def moved_elsewhere(self, event_id: str, coordinates: Coordinates) -> None:
-        """Another node's move, told by its notice: applied, not told again."""
-        super().move(event_id, coordinates)
-
-    def closed_elsewhere(self, event_id: str) -> None:
-        super().remove(event_id)
-
-
 class ClusterNode:
     """The `Rooms` of vpiska/http in a cluster (vpiska/actors/rooms.py).
 
-    Resource handling: `run` owns every task of the node (the bus, the sender, the heartbeat)
-    and returns only when cancelled; `leave` hands the rooms over first."""
+    `index` is the map of every open event of the cluster, the one `supervisor` keeps and
+    its actors change; `map_notices` is the map publisher the supervisor was given, which
+    tells the other nodes of those changes.
+
+    Resource handling: `run` owns every task of the node (the bus, the senders, the
+    heartbeat) and returns only when cancelled; `leave` hands the rooms over first."""
 
     def __init__(self, config: Config, store: Store, supervisor: EventSupervisor,
-                 client: coredis.Redis[bytes], url: str, index: ClusterIndex) -> None:
+                 client: coredis.Redis[bytes], bus: Bus, index: MapIndex,
+                 map_notices: MapNotices) -> None:
         self.node_id = new_node_id()
         self._config = config
         self._store = store
         self._supervisor = supervisor
         self._client = client
         self._ttl = config.lease_ttl_seconds
-        self._bus = Bus(url, client)
+        self._bus = bus
+        self._map_notices = map_notices
         self._rpc = Rpc(self._bus, self.node_id)
         self._leases = Leases(client, self.node_id, self._ttl)
         self._views = ViewMirror(client, Trouble(log, "event views not written: Redis unreachable"))
@@ -135,7 +117,6 @@ class ClusterNode:
                                     notify=self.notify_soon)
         self._heartbeat = client.register_script(redis.HEARTBEAT)
         self._index = index
-        index.node = self
         self._owned: dict[str, Lease] = {}
         self._owners: dict[str, str] = {}  # cached owner node of events owned elsewhere
         self._gateways: dict[str, GatewayRoom] = {}
@@ -173,6 +154,7 @@ class ClusterNode:
             nursery.start_soon(self._rpc.run)
             nursery.start_soon(self._views.run)
             nursery.start_soon(self.owner_link.run)
+            nursery.start_soon(self._map_notices.run)
             await self._beat(joining=True)
             nursery.start_soon(self._keep_alive)
             log.info("cluster node started", extra={"node": self.node_id,
@@ -346,7 +328,8 @@ class ClusterNode:
                 claimant = f"{self.node_id}/{next(self._activations)}"
                 try:
                     room = await self._supervisor.activate(event_id, lease.epoch, claimant,
-                                                           self.owner_link, self._views)
+                                                           self.owner_link, self._views,
+                                                           ended=self.room_ended)
                     break
                 except StaleEpoch as stale:  # Redis handed out an epoch the store has seen
                     await self._release(lease)
@@ -668,9 +651,9 @@ class ClusterNode:
             case protocol.Created(name, x, y):
                 self._index.put(event_id, name, Coordinates(x, y))
             case protocol.Moved(x, y):
-                self._index.moved_elsewhere(event_id, Coordinates(x, y))
+                self._index.move(event_id, Coordinates(x, y))
             case protocol.Closed():
-                self._index.closed_elsewhere(event_id)
+                self._index.remove(event_id)
                 self._counts.pop(event_id, None)
                 self._owners.pop(event_id, None)
             case protocol.AccountDeleted(user_id):
