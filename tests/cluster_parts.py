@@ -1,7 +1,7 @@
 """A cluster node's parts (vpiska/cluster/node.py) built on fakes, for their unit tests.
 
 Real `Membership`, `Ownership`, `Routing`, `ClusterChannel` and `Leases` over a `FakeRedis`, a
-real `MemoryStore` and map index (a `ClusterIndex` no node is told of: it publishes nothing);
+real `MemoryStore` and map index;
 fakes for what lies beyond them: the supervisor (rooms are records the test can look at), the
 owner link (what reached the rooms) and the RPC (what was sent to which node). Everything runs
 on the test's nursery and clock.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from typing import Any, cast
 
 import trio
@@ -21,7 +22,6 @@ from vpiska.actors.geo import MapIndex
 from vpiska.cluster.cluster_channel import ClusterChannel
 from vpiska.cluster.leases import Leases
 from vpiska.cluster.membership import Membership
-from vpiska.cluster.node import ClusterIndex
 from vpiska.cluster.ownership import Ownership
 from vpiska.cluster.protocol import Answer, Notice, NoticeOp, Request
 from vpiska.cluster.routing import Routing
@@ -64,7 +64,7 @@ class FakeSupervisor:
         return self.rooms.get(event_id)
 
     async def activate(self, event_id: str, epoch: int, claimant: str, publisher: Any,
-                       mirror: Any) -> FakeRoom | None:
+                       mirror: Any, *, ended: Callable[[str], None]) -> FakeRoom | None:
         self.claims.append((event_id, epoch, claimant))
         await self.open.wait()
         claimed = self.claimed.get(event_id, 0)
@@ -149,7 +149,7 @@ class Parts:
     node_id: str
     redis: FakeRedis
     store: MemoryStore
-    index: ClusterIndex
+    index: MapIndex
     supervisor: FakeSupervisor
     owner_link: FakeOwnerLink
     rpc: FakeRpc
@@ -166,7 +166,7 @@ def make_parts(nursery: trio.Nursery, node_id: str = "this-node", *,
     share them)."""
     redis = FakeRedis() if redis is None else redis
     store = MemoryStore() if store is None else store
-    index = ClusterIndex()
+    index = MapIndex()
     supervisor = FakeSupervisor()
     owner_link = FakeOwnerLink()
     rpc = FakeRpc()

@@ -1041,7 +1041,7 @@ async def test_a_handover_takes_the_chat_lines_queued_behind_it(
     for command in (Join(ann, joined.clone()), Chat(ann.identity, "one"), Stop(hand_over=True),
                     Chat(person("bob"), "two"), Chat(ann.identity, "three"),
                     Join(cid, joined.clone()), Chat(ann.identity, "four")):
-        room.inbox.send_nowait(command)
+        room.offer(command)
     actor = EventActor(room, event, 0, memory, MapIndex(), Config())
     assert await actor.run() is Exit.STOPPED
     room.shut(CloseCode.GOING_AWAY)  # as the supervisor does after a Stop
@@ -1085,14 +1085,14 @@ async def test_a_handover_ends_though_lines_keep_coming(
     room = Room(event.id, event.owner_id, inbox_size=64, reply_timeout=REPLY_TIMEOUT)
     bob = person("bob")
     for command in (Chat(bob, "one"), Stop(hand_over=True), Chat(bob, "two")):
-        room.inbox.send_nowait(command)
+        room.offer(command)
     said = ["one", "two"]
 
     async def talk() -> None:  # a line every millisecond, a tenth of a write
         for k in itertools.count():
             line = f"later-{k}"
             try:
-                await room.inbox.send(Chat(bob, line))
+                room.offer(Chat(bob, line))  # the inbox holds ten writes' worth: never full
             except trio.BrokenResourceError:
                 return  # the room has ended
             said.append(line)

@@ -86,6 +86,35 @@ async def test_among_parties_holding_nothing_the_one_served_least_lately_goes_fi
     assert order == ["user", "guesser", "user"]
 
 
+async def test_forgiven_slots_do_not_count_against_their_party(
+        autojump_clock: trio.abc.Clock) -> None:
+    """A user who logged in 10 times (right passwords, forgiven) still goes before a guesser
+    granted 3 wrong guesses in the same minute; counted, the user would go after it."""
+    slots = FairSlots(1)
+    order: list[str] = []
+
+    async def hash_for(party: str, name: str, right: bool) -> None:
+        async with slots.slot(party) as slot:
+            order.append(name)
+            await trio.sleep(0.035)
+            if right:
+                slot.forgive()
+
+    for _ in range(10):
+        await hash_for("user", "u", True)
+    for _ in range(3):
+        await hash_for("guesser", "g", False)
+    order.clear()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hash_for, "other", "first", False)  # holds the one slot
+        await trio.testing.wait_all_tasks_blocked()
+        for name in ("g1", "g2"):  # queued before the user
+            nursery.start_soon(hash_for, "guesser", name, False)
+            await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(hash_for, "user", "u", True)
+    assert order == ["first", "u", "g1", "g2"]
+
+
 HASH_SECONDS = 0.035
 
 

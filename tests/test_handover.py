@@ -19,10 +19,13 @@ import trio.testing
 from tests.cluster_fixtures import RedisServer
 from vpiska.actors import EventSupervisor
 from vpiska.actors.commands import Update
+from vpiska.actors.geo import MapIndex
 from vpiska.cluster import protocol, redis
+from vpiska.cluster.bus import Bus
 from vpiska.cluster.gateway import GatewayRoom
 from vpiska.cluster.leases import Leases
-from vpiska.cluster.node import ClusterIndex, ClusterNode
+from vpiska.cluster.map_notices import MapNotices
+from vpiska.cluster.node import ClusterNode
 from vpiska.cluster.protocol import Notice, Request, encode
 from vpiska.config import Config
 from vpiska.domain import ChatMessage, Coordinates, Event, new_id
@@ -134,14 +137,12 @@ async def start_node(redis_server: RedisServer, memory: MemoryStore
         async def run_node(*, task_status: trio.TaskStatus[Node]) -> None:
             store = GatedStore(memory)
             async with redis.connect(redis_server.url) as client:
-                index = ClusterIndex()
-                ended: list[Callable[[str], None]] = []
-                supervisor = ToldSupervisor(
-                    cast(Store, store), config, serve_all=False, index=index,
-                    on_room_ended=lambda event_id: ended[0](event_id))
-                node = ClusterNode(config, cast(Store, store), supervisor, client,
-                                   redis_server.url, index)
-                ended.append(node.room_ended)
+                bus, index = Bus(redis_server.url, client), MapIndex()
+                map_notices = MapNotices(bus)
+                supervisor = ToldSupervisor(cast(Store, store), config, serve_all=False,
+                                            index=index, map_publisher=map_notices)
+                node = ClusterNode(config, cast(Store, store), supervisor, client, bus, index,
+                                   map_notices)
                 async with trio.open_nursery() as own:
                     await own.start(node.run)
                     await own.start(supervisor.run)

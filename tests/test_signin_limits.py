@@ -64,6 +64,29 @@ async def test_an_address_gets_its_burst_then_one_attempt_per_interval() -> None
         await limits.admit("10.0.0.1")
 
 
+async def test_refusals_are_answered_after_the_pause_with_the_wait_left(
+        autojump_clock: trio.abc.Clock) -> None:
+    """A guesser resending each refusal at once gets one answer per pause per connection;
+    admitted attempts do not wait, and the wait announced is what is left after the pause."""
+    limits = SigninLimits(LocalCounters(trio.current_time), rate_per_minute=6,
+                          refusal_pause=1.0)
+    started = trio.current_time()
+    for _ in range(6):
+        await limits.admit("10.0.0.1")
+    for _ in range(4):
+        await guess(limits, "9001234567", wrong=True)
+    assert trio.current_time() == started
+    with pytest.raises(TooManyRequests) as by_address:
+        await limits.admit("10.0.0.1")
+    assert trio.current_time() - started == pytest.approx(1.0)
+    assert by_address.value.retry_after == pytest.approx(9.0)  # 10 s from the refusal
+    await guess(limits, "9001234567", wrong=True)
+    with pytest.raises(TooManyRequests) as by_phone:
+        await guess(limits, "9001234567", wrong=False)
+    assert trio.current_time() - started == pytest.approx(2.0)
+    assert by_phone.value.retry_after == pytest.approx(WRONG_PASSWORD_WINDOW_SECONDS - 2.0)
+
+
 async def test_a_zero_rate_admits_every_attempt() -> None:
     limits = SigninLimits(LocalCounters(Clock()), rate_per_minute=0)
     for _ in range(1000):
@@ -215,6 +238,8 @@ def test_the_client_address(request_scope: dict[str, Any], address: str) -> None
     ({"TRUSTED_PROXIES": "10.0.0.0/33"}, "TRUSTED_PROXIES"),
     ({"SIGNIN_RATE_PER_MINUTE": "-1"}, "SIGNIN_RATE_PER_MINUTE"),
     ({"SIGNIN_RATE_PER_MINUTE": "many"}, "SIGNIN_RATE_PER_MINUTE"),
+    ({"SIGNIN_REFUSAL_PAUSE_MS": "-1"}, "SIGNIN_REFUSAL_PAUSE_MS"),
+    ({"SIGNIN_REFUSAL_PAUSE_MS": "10001"}, "SIGNIN_REFUSAL_PAUSE_MS"),
 ])
 def test_invalid_settings_name_their_variable(env: dict[str, str], variable: str) -> None:
     with pytest.raises(ConfigError) as invalid:
@@ -308,6 +333,30 @@ async def test_logins_and_sign_ups_over_the_address_rate_are_refused(server: Ser
         # Another address has its own rate.
         assert await codes(second, LOGIN, login("9001000001")) == []
     assert await server.store.user_by_phone("9001000003") is None
+
+
+PAUSE_MS = 300
+
+
+@pytest.mark.parametrize("config_overrides", [{"signin_rate_per_minute": 2,
+                                                "signin_refusal_pause_ms": PAUSE_MS}])
+async def test_over_sockets_a_refusal_waits_for_the_pause(server: Server) -> None:
+    """Served in front of Quart (vpiska/http/json_routes.py), with Retry-After (`codes`
+    checks it): a refusal comes no sooner than the pause. (That admitted attempts are not
+    held is shown on the virtual clock above: real time only says "no sooner".)"""
+    await add_users(server, "9001000001")
+
+    async def timed(client: httpx.AsyncClient, body: dict[str, str]) -> tuple[list[str], float]:
+        started = trio.current_time()
+        found = await codes(client, LOGIN, body)
+        return found, trio.current_time() - started
+
+    async with client_from(server.url, "127.0.0.2") as client:
+        for _ in range(2):
+            assert (await timed(client, login("9001000001")))[0] == []
+        found, took = await timed(client, login("9001000001"))
+        assert found == ["TooManyRequests"]
+        assert took >= PAUSE_MS / 1000
 
 
 @pytest.mark.parametrize("config_overrides", [{"signin_rate_per_minute": 0}])

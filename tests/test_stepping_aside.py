@@ -18,8 +18,11 @@ import trio.testing
 from tests.cluster_fixtures import RedisServer
 from tests.conftest import make_config
 from vpiska.actors import EventSupervisor
+from vpiska.actors.geo import MapIndex
 from vpiska.cluster import redis
-from vpiska.cluster.node import ClusterIndex, ClusterNode
+from vpiska.cluster.bus import Bus
+from vpiska.cluster.map_notices import MapNotices
+from vpiska.cluster.node import ClusterNode
 from vpiska.domain import Coordinates, Event, new_id, utc_now
 from vpiska.store import MemoryStore
 
@@ -59,12 +62,11 @@ async def node(redis_server: RedisServer, tmp_path: Path, nursery: trio.Nursery
     config = make_config(tmp_path, lease_ttl_seconds=TTL, ready_timeout_seconds=READY_TIMEOUT)
     store = HeldStore()
     async with redis.connect(redis_server.url) as client:
-        index = ClusterIndex()
-        holder: list[ClusterNode] = []
+        bus, index = Bus(redis_server.url, client), MapIndex()
+        map_notices = MapNotices(bus)
         supervisor = EventSupervisor(store, config, serve_all=False, index=index,
-                                     on_room_ended=lambda event_id: holder[0].room_ended(event_id))
-        cluster_node = ClusterNode(config, store, supervisor, client, redis_server.url, index)
-        holder.append(cluster_node)
+                                     map_publisher=map_notices)
+        cluster_node = ClusterNode(config, store, supervisor, client, bus, index, map_notices)
         async with trio.open_nursery() as inner:
             await inner.start(supervisor.run)
             await inner.start(cluster_node.run)

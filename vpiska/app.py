@@ -27,7 +27,7 @@ from vpiska.http.scrape import count_requests, metrics_routes
 from vpiska.http.swagger import swagger_routes
 from vpiska.http.tracing import install_request_tracing
 from vpiska.http.upgrade_required import upgrade_required_routes
-from vpiska.http.users import users_routes
+from vpiska.http.users import signin_routes, users_routes
 from vpiska.http.websocket import EventSocketEndpoint
 from vpiska.media import MediaLibrary
 from vpiska.metrics import registry_for
@@ -53,7 +53,8 @@ class Services:
               signin_counters: SigninCounters | None = None) -> Services:
         """`signin_counters`: where the sign-in limits count (default: in this process)."""
         tokens = Tokens(config)
-        signin = SigninLimits(signin_counters or LocalCounters(), config.signin_rate_per_minute)
+        signin = SigninLimits(signin_counters or LocalCounters(), config.signin_rate_per_minute,
+                              config.signin_refusal_pause_ms / 1000)
         return cls(
             config=config,
             store=store,
@@ -72,7 +73,9 @@ def create_app(services: Services) -> Any:
     quart_app = create_quart_app(services)
     sockets = EventSocketEndpoint(quart_app, config, services.accounts, services.events,
                                   services.store)
-    return HostCheck(JsonRoutes(sockets, json_routes(services.events, services.store),
+    in_front = (json_routes(services.events, services.store)
+                | signin_routes(config, services.accounts, services.signin))
+    return HostCheck(JsonRoutes(sockets, in_front,
                                 max_json_bytes=config.max_json_bytes,
                                 trace=config.trace_requests))
 

@@ -110,7 +110,8 @@ class Passwords:
 
     `party` is who the work is for (the client address of a sign-up or login): the slots go
     fairly among parties (vpiska/fair_slots.py), so addresses guessing passwords at their
-    full rate cannot make a user elsewhere wait behind all their hashes.
+    full rate cannot make a user elsewhere wait behind all their hashes; a right password's
+    verification is forgiven (not counted against its party).
     """
 
     def __init__(self, config: Config) -> None:
@@ -136,8 +137,11 @@ class Passwords:
         """(password matches, stored hash should be replaced by a fresh one)."""
         if LEGACY_HASH.match(stored):
             return hmac.compare_digest(self.legacy_hash(password), stored.lower()), True
-        async with self._slots.slot(party):
-            return await trio.to_thread.run_sync(self._verify_modern, password, stored)
+        async with self._slots.slot(party) as slot:
+            ok, upgrade = await trio.to_thread.run_sync(self._verify_modern, password, stored)
+            if ok:  # a user logging in, not a guess: it does not delay the party's next turn
+                slot.forgive()
+            return ok, upgrade
 
     def _verify_modern(self, password: str, stored: str) -> tuple[bool, bool]:
         _VERIFIED.inc()

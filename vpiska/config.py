@@ -63,6 +63,9 @@ class Config:
     # Sign-ups and logins one client address may start per minute (a burst of as many, then
     # one every 60/n s); 0: no per-address limit (load tests). vpiska/signin_limits.py.
     signin_rate_per_minute: int = 30
+    # How long a refused sign-in waits for its answer: a guesser resending at once is slowed
+    # to one attempt per connection per pause. 0: answered at once. vpiska/signin_limits.py.
+    signin_refusal_pause_ms: int = 1000
     # Peers whose X-Forwarded-For names the client (vpiska/http/client_address.py).
     trusted_proxies: tuple[Network, ...] = ()
     # Events: the live room.
@@ -132,6 +135,9 @@ class Config:
             ),
             signin_rate_per_minute=read.integer(
                 "SIGNIN_RATE_PER_MINUTE", cls.signin_rate_per_minute, low=0
+            ),
+            signin_refusal_pause_ms=read.integer(
+                "SIGNIN_REFUSAL_PAUSE_MS", cls.signin_refusal_pause_ms, low=0, high=10_000
             ),
             trusted_proxies=_networks("TRUSTED_PROXIES", env.get("TRUSTED_PROXIES", "")),
             actor_inbox_size=read.integer("ACTOR_INBOX_SIZE", cls.actor_inbox_size, low=1),

@@ -9,6 +9,12 @@ longest. A user's single login has been granted little lately and queues one has
 starts as soon as one slot frees, however many hashes the guessing addresses have queued: it
 waits at most about one hash. Each party's own waiters keep their order.
 
+A slot whose holder calls `Slot.forgive` (a login whose password was right) does not count
+among its party's grants: a user logging in every 2 s is granted as often as a guesser at the
+sign-in rate (30 a minute), and counted alike they tied, so the user's login queued behind
+every guessing address's hashes whenever the hashes were short of CPU. Forgiven, a user who
+logs in is never behind an address that has been guessing.
+
 Memory: one count per party granted a slot since the counts last started again from nothing
 (every RECENT_SECONDS), one entry per waiter.
 """
@@ -34,6 +40,16 @@ class _Waiter:
         self.granted = trio.Event()
 
 
+class Slot:
+    """One slot held; `forgive` it to take it off its party's grants."""
+
+    def __init__(self) -> None:
+        self.forgiven = False
+
+    def forgive(self) -> None:
+        self.forgiven = True
+
+
 class FairSlots:
     """`slots` concurrent holders at most; see the module's docstring for who goes next.
 
@@ -50,7 +66,7 @@ class FairSlots:
         self._order = itertools.count()
 
     @asynccontextmanager
-    async def slot(self, party: str) -> AsyncIterator[None]:
+    async def slot(self, party: str) -> AsyncIterator[Slot]:
         if self._free and not self._waiting:
             self._free -= 1
             self._grant(party)
@@ -66,9 +82,15 @@ class FairSlots:
                 else:
                     self._dequeue(waiter)
                 raise
+        granted_since = self._granted_since
+        held = Slot()
         try:
-            yield
+            yield held
         finally:
+            if held.forgiven and self._granted_since == granted_since:
+                self._granted[party] -= 1  # not when the counts have started again since
+                if not self._granted[party]:
+                    del self._granted[party]
             self._release(party)
 
     def _release(self, party: str) -> None:

@@ -30,10 +30,13 @@ from hypercorn.utils import wrap_app
 
 from vpiska import transport
 from vpiska.actors import EventSupervisor
+from vpiska.actors.geo import MapIndex
 from vpiska.actors.rooms import Rooms
 from vpiska.app import Services, create_app
 from vpiska.cluster import redis
-from vpiska.cluster.node import ClusterIndex, ClusterNode
+from vpiska.cluster.bus import Bus
+from vpiska.cluster.map_notices import MapNotices
+from vpiska.cluster.node import ClusterNode
 from vpiska.cluster.signin_counters import RedisCounters
 from vpiska.config import Config
 from vpiska.http import websocket
@@ -192,22 +195,19 @@ async def _freeze_the_rooms(supervisor: EventSupervisor) -> None:
 @asynccontextmanager
 async def _live_events(config: Config, store: Store
                        ) -> AsyncIterator[tuple[EventSupervisor, ClusterNode | None]]:
-    """The supervisor of this process's rooms and, with REDIS_URL, the cluster node around it."""
+    """The supervisor of this process's rooms and, with REDIS_URL, the cluster node around it,
+    each made after what it needs: the rooms' actors tell the other nodes of their map changes
+    through `map_notices`, and the node learns of a room's end as it activates it."""
     if config.redis_url is None:
         yield EventSupervisor(store, config), None
         return
     async with redis.connect(config.redis_url) as client:
-        index = ClusterIndex()
-        node: ClusterNode | None = None
-
-        def room_ended(event_id: str) -> None:
-            assert node is not None
-            node.room_ended(event_id)
-
+        bus = Bus(config.redis_url, client)
+        index = MapIndex()
+        map_notices = MapNotices(bus)
         supervisor = EventSupervisor(store, config, serve_all=False, index=index,
-                                     on_room_ended=room_ended)
-        node = ClusterNode(config, store, supervisor, client, config.redis_url, index)
-        yield supervisor, node
+                                     map_publisher=map_notices)
+        yield supervisor, ClusterNode(config, store, supervisor, client, bus, index, map_notices)
 
 
 @asynccontextmanager

@@ -18,9 +18,16 @@ Two rules (API.md, "Sign-in abuse"), each refused with `TooManyRequests`:
   devices logging in at once are all let in, and 200 guesses at once still get 5 checks. (A
   place held by a check on another node is not waited for: such a login is refused.)
 
-A refused attempt costs one counter step and no password hash. The counters live in
-`SigninCounters`: `LocalCounters` here, in this process, for one node; in a cluster the nodes
-share them through Redis (vpiska/cluster/signin_counters.py).
+A refused attempt costs one counter step and no password hash, and is answered after
+`refusal_pause` seconds (SIGNIN_REFUSAL_PAUSE_MS). A guesser resends each refused attempt as
+soon as it is answered: answered at once, 200 connections kept the event loop busy with
+thousands of refusals a second, and every user's login waited behind them (Little's law: 200
+requests in flight, each some 0.4 ms of the loop, is 80 ms before a login is even read). A
+paused refusal is a sleeping task: each connection makes one attempt per pause, and a client
+that waits for `Retry-After` (at least a second) loses nothing.
+
+The counters live in `SigninCounters`: `LocalCounters` here, in this process, for one node;
+in a cluster the nodes share them through Redis (vpiska/cluster/signin_counters.py).
 """
 
 from __future__ import annotations
@@ -81,9 +88,11 @@ class _Checks:
 
 
 class SigninLimits:
-    def __init__(self, counters: SigninCounters, rate_per_minute: int) -> None:
+    def __init__(self, counters: SigninCounters, rate_per_minute: int,
+                 refusal_pause: float = 0.0) -> None:
         self._counters = counters
         self._rate = rate_per_minute
+        self._pause = refusal_pause
         self._checks: dict[str, _Checks] = {}  # phones with a check running, no others
 
     async def admit(self, address: str) -> None:
@@ -93,7 +102,7 @@ class SigninLimits:
         wait = await self._counters.take_attempt(address, self._rate)
         if wait > 0:
             _BY_ADDRESS.inc()
-            raise TooManyRequests(wait)
+            raise await self._refusal(wait)
 
     @asynccontextmanager
     async def guessing(self, phone: str) -> AsyncIterator[Guess]:
@@ -104,7 +113,7 @@ class SigninLimits:
             checks = self._checks.get(phone)
             if checks is None:  # the places are wrong passwords (or another node's checks)
                 _BY_PHONE.inc()
-                raise TooManyRequests(wait)
+                raise await self._refusal(wait)
             await checks.ended.wait()  # one place may be free again: ask again
         checks = self._checks.setdefault(phone, _Checks())
         checks.running += 1
@@ -124,6 +133,12 @@ class SigninLimits:
                     del self._checks[phone]
                 checks.ended.set()
                 checks.ended = trio.Event()
+
+
+    async def _refusal(self, wait: float) -> TooManyRequests:
+        """The refusal of an attempt that may pass in `wait` seconds, after the pause."""
+        await trio.sleep(self._pause)
+        return TooManyRequests(max(0.0, wait - self._pause))
 
 
 class LocalCounters:

@@ -63,6 +63,7 @@ from vpiska.actors.commands import (
 )
 from vpiska.actors.frames import Audience
 from vpiska.actors.geo import MapIndex
+from vpiska.actors.map_publisher import UNSHARED_MAP, MapPublisher
 from vpiska.actors.member import CloseCode, Member, OutboxClosed, OutboxFull
 from vpiska.actors.room import Room
 from vpiska.actors.view import EventView
@@ -97,16 +98,21 @@ class EventActor:
     `epoch`: the fencing epoch of this node's lease on the event, passed to every store write,
     so that once another node has claimed the event the store refuses them (StaleEpoch, which
     escapes `run` like any store error). None (one node, no lease): unfenced.
+
+    `index` is this node's map; `map_publisher` tells the actor's moves and closes to whoever
+    else keeps one (in a cluster, every other node).
     """
 
     def __init__(self, room: Room, event: Event, chat_length: int, store: Store,
-                 index: MapIndex, config: Config, *, epoch: int | None = None) -> None:
+                 index: MapIndex, config: Config, *, epoch: int | None = None,
+                 map_publisher: MapPublisher = UNSHARED_MAP) -> None:
         self._room = room
         self._event = event
         self._chat_length = chat_length
         self._store = store
         self._epoch = epoch
         self._index = index
+        self._map_publisher = map_publisher
         self._update_interval = config.event_update_interval_ms / 1000
         self._count_frames_per_second = config.count_frames_per_second
         self._next_count_at = -math.inf
@@ -130,6 +136,7 @@ class EventActor:
             trio.current_time() + 2 * config.actor_reply_timeout_seconds)
 
     async def run(self) -> Exit:
+        self._room.hello(self._chat_length)
         if self._room.mirror is not None:
             await self._snapshot()  # the chat, for the mirror, before the first answer
             await self._mirror_now()
@@ -177,8 +184,7 @@ class EventActor:
                 return Exit.STOPPED
             else:
                 raise TypeError(f"EventActor got {command!r}; expected one of commands.Command")
-            while self._room.departures:
-                self._room.remove(self._room.departures.pop())
+            self._room.remove_departed()
             await self._mirror_now()  # after a leave; before the count is announced
             self._announce_count_if_due()
             self._announce_presence_if_due()
@@ -262,9 +268,9 @@ class EventActor:
         join.member.outbox.finish(CloseCode.REMOVED)
         if join.reply is not None:
             await self._answer(join.reply, self._refuse_banned)
-        elif join.member.gateway is not None and self._room.publisher is not None:
+        elif join.member.gateway is not None:
             # A socket a gateway told a new owner of (sync): nobody waits for an answer.
-            self._room.publisher.close_sockets(self._room, [join.member], CloseCode.REMOVED)
+            self._room.close_remote([join.member], CloseCode.REMOVED)
 
     @staticmethod
     async def _refuse_banned() -> None:
@@ -430,6 +436,7 @@ class EventActor:
         self._event = dataclasses.replace(self._event, address=command.address,
                                           coordinates=command.coordinates)
         self._index.move(self._event.id, command.coordinates)
+        self._map_publisher.moved(self._event.id, command.coordinates)
         await self._mirror_now()
         self._announce_count()  # announced at once, with the current count
 
@@ -472,9 +479,7 @@ class EventActor:
             raise DomainError(ErrorCode.OWNER_CANNOT_BE_REMOVED)
         if command.ban and command.user_id not in self._room.banned:
             await self._store.ban_member(self._event.id, command.user_id, epoch=self._epoch)
-            self._room.banned.add(command.user_id)
-            if self._room.publisher is not None:
-                self._room.publisher.banned(self._room, command.user_id)
+            self._room.ban(command.user_id)
         sockets = len(self._room.members.get(command.user_id, ()))
         self._room.dismiss(command.user_id, CloseCode.REMOVED)
         log.info("member removed by the host", extra={
@@ -492,6 +497,7 @@ class EventActor:
         await self._store.close_event(self._event.id, epoch=self._epoch)
         self._event = dataclasses.replace(self._event, is_open=False)
         self._index.remove(self._event.id)
+        self._map_publisher.closed(self._event.id)
         await self._mirror_now()
         self._room.broadcast(frames.CLOSE_EVENT)
         self._room.finish_members(CloseCode.NORMAL)

@@ -2,8 +2,11 @@
 
 It holds the event's inbox and its live member table, so a restarted actor takes over the same
 queue and the same sockets: members stay connected across a restart (see EventSupervisor).
-Only the running EventActor changes the member table (and the supervisor, once no actor runs);
-anyone may read it.
+
+Only the room's own task changes it: the running EventActor, and the supervisor on that same
+task once no actor runs (between two incarnations, and as the room ends). Any other task may
+read it, and reaches the actor only through the messaging methods below, which put a command
+in its inbox and change nothing else; tests/test_layers.py holds the code to that.
 
 In a cluster (vpiska/cluster) the room also has a `Publisher`: every frame it broadcasts goes
 to its own sockets here and, once, to the other nodes' sockets through the publisher, numbered
@@ -16,21 +19,24 @@ How callers reach the actor, by what they need:
 - `send`: a chat line; waits while the inbox is full (back-pressure on the socket's reader), up
   to the same deadline, then reports the room as overloaded;
 - `leave`: never waits and is never lost, because a member that cannot leave would be counted
-  forever.
+  forever;
+- `offer`: a command from another node, which nobody waits for: queued now or not at all;
+- `stop`: the server shuts down; waits for room in the inbox as long as it takes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Iterable, Sequence
 from typing import NoReturn, Protocol
 
 import outcome
 import trio
 
 from vpiska import metrics
-from vpiska.actors.commands import Command, Join, Leave, Reply
+from vpiska.actors.commands import Command, Join, Leave, Reply, Stop
 from vpiska.actors.frames import Audience, Frame, for_version
 from vpiska.actors.member import CloseCode, Member, OutboxClosed, OutboxFull
 from vpiska.actors.presence import LIST_PREFIX, Presence, present_users, users_text
@@ -43,23 +49,26 @@ log = logging.getLogger(__name__)
 
 class Publisher(Protocol):
     """Where a cluster room's frames go besides its own sockets (vpiska/cluster/owner.py).
-    Every method is called on the room's task and must not wait."""
+    Every method is called on the room's task and must not wait. The room numbers what it
+    publishes: `seq` is the message's number within the room's epoch (the room's `seq`
+    now), one more than the message before it."""
 
-    def frame(self, room: Room, frame: Frame, chat_index: int | None) -> None: ...
+    def frame(self, room: Room, seq: int, frame: Frame, chat_index: int | None) -> None: ...
 
-    def direct(self, room: Room, member: Member, frame: Frame) -> None:
+    def direct(self, room: Room, seq: int, member: Member, frame: Frame) -> None:
         """`frame` for one socket on another node (`member.gateway`), in the stream's order."""
 
-    def hello(self, room: Room, chat_length: int) -> None:
+    def hello(self, room: Room, seq: int, chat_length: int) -> None:
         """The room is (again) active under this node's epoch."""
 
-    def handover(self, room: Room) -> None:
+    def handover(self, room: Room, seq: int) -> None:
         """The room stops here; another node will own it."""
 
-    def close_all(self, room: Room, code: CloseCode) -> None:
+    def close_all(self, room: Room, seq: int, code: CloseCode) -> None:
         """Every socket of the event closes with `code` (closed, failed)."""
 
-    def close_sockets(self, room: Room, members: Sequence[Member], code: CloseCode) -> None:
+    def close_sockets(self, room: Room, seq: int, members: Sequence[Member],
+                      code: CloseCode) -> None:
         """`members`, sockets on other nodes, close with `code`, in the stream's order."""
 
     def banned(self, room: Room, user_id: str) -> None:
@@ -72,18 +81,19 @@ class Publisher(Protocol):
 class Room:
     def __init__(self, event_id: str, owner_id: str, *, inbox_size: int,
                  reply_timeout: float, epoch: int | None = None, claimant: str | None = None,
-                 publisher: Publisher | None = None, mirror: Mirror | None = None) -> None:
+                 publisher: Publisher | None = None, mirror: Mirror | None = None,
+                 banned: Iterable[str] = ()) -> None:
         self.event_id = event_id
         self.owner_id = owner_id  # never changes, so callers may check ownership up front
-        self.inbox, self.commands = trio.open_memory_channel[Command](inbox_size)
+        self._inbox, self.commands = trio.open_memory_channel[Command](inbox_size)
         self.members: dict[str, set[Member]] = {}  # user id -> that user's open sockets
         self.local: set[Member] = set()  # the members whose sockets are on this node
         # Sockets of protocol v2 among `members`, here or on other nodes: while there are
         # none, a chat line is one frame for everyone (vpiska/actors/lines.py).
         self.v2_members = 0
-        # Members that left while the inbox was full; the actor removes them after its
-        # current command.
-        self.departures: list[Member] = []
+        # Members that left while the inbox was full: a second inbox, for them alone and
+        # unbounded, which the actor empties after its current command (`remove_departed`).
+        self._departing, self._departures = trio.open_memory_channel[Member](math.inf)
         # A command the actor took from the inbox early (the one that ended a chat batch it was
         # gathering) and has not handled yet. It lives here, not in the actor, so a crash in
         # the batch's write does not lose it: the next incarnation handles it first.
@@ -94,7 +104,7 @@ class Room:
         self.failed = False
         # Users the host banned (Event.banned): their handshakes are refused with 403 before
         # the upgrade, a set lookup; the actor turns away a join that slipped past it.
-        self.banned: set[str] = set()
+        self.banned: set[str] = set(banned)
         # The actor has taken a Stop(hand_over): it writes what was queued and ends, and takes
         # no chat line from another node any more (the node sends those on to the next owner).
         self.handing_over = False
@@ -102,7 +112,7 @@ class Room:
         self.claimant = claimant  # who claimed `epoch` in the store: this node, this activation
         self.publisher = publisher
         self.mirror = mirror
-        self.seq = 0  # the last message published (the publisher counts)
+        self.seq = 0  # the last message published (`_next_seq`)
         # What v2 sockets were shown of who is here (presence.py); it lives here, like the
         # member table, so an actor's restart keeps it.
         self.presence = Presence()
@@ -127,7 +137,7 @@ class Room:
         reply, answer = trio.open_memory_channel[outcome.Outcome[object]](1)
         try:
             with trio.fail_after(self._reply_timeout):
-                await self.inbox.send(make(reply))
+                await self._inbox.send(make(reply))
                 with answer:
                     result = await answer.receive()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -149,10 +159,10 @@ class Room:
         join = Join(member, None)
         try:
             try:
-                self.inbox.send_nowait(join)
+                self._inbox.send_nowait(join)
             except trio.WouldBlock:
                 with trio.fail_after(self._reply_timeout):
-                    await self.inbox.send(join)
+                    await self._inbox.send(join)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._ended()
         except trio.TooSlowError:
@@ -174,7 +184,7 @@ class Room:
         members are being closed already."""
         try:
             with trio.move_on_after(self._reply_timeout):
-                await self.inbox.send(command)
+                await self._inbox.send(command)
                 return True
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             log.debug("command dropped: the room has ended", extra={"event_id": self.event_id})
@@ -184,11 +194,38 @@ class Room:
     def leave(self, member: Member) -> None:
         """Take `member` out of the room, now or after the actor's current command."""
         try:
-            self.inbox.send_nowait(Leave(member))
+            self._inbox.send_nowait(Leave(member))
         except trio.WouldBlock:
-            self.departures.append(member)
+            self._departing.send_nowait(member)  # unbounded: never WouldBlock
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the room has ended and finished every member
+
+    def offer(self, command: Command) -> None:
+        """Queue `command` now, without waiting (a notice from another node).
+
+        Error handling: trio.WouldBlock if the inbox is full; trio.BrokenResourceError or
+        trio.ClosedResourceError once the room has ended.
+        """
+        self._inbox.send_nowait(command)
+
+    async def stop(self, *, hand_over: bool = False) -> None:
+        """Queue a Stop after what is queued, waiting for room in the inbox for as long as it
+        takes (the server bounds its shutdown); a room that has ended needs none."""
+        try:
+            await self._inbox.send(Stop(hand_over))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # ended or failed already
+
+    # What follows runs on the room's task only.
+
+    def remove_departed(self) -> None:
+        """Take out the members that left while the inbox was full."""
+        while True:
+            try:
+                member = self._departures.receive_nowait()
+            except trio.WouldBlock:
+                return
+            self.remove(member)
 
     def add(self, member: Member) -> None:
         if self.presence.watching and member.identity.user_id not in self.members:
@@ -232,7 +269,7 @@ class Room:
                 self.remove(member)
             if self.publisher is not None and self.presence.remote_watching:
                 for frame in changes:
-                    self.publisher.frame(self, frame, None)
+                    self.publisher.frame(self, self._next_seq(), frame, None)
         waiting = self.presence.take_waiting()
         if waiting:
             listed = Frame(LIST_PREFIX + users_text(self.present()), Audience.V2)
@@ -245,7 +282,7 @@ class Room:
         line the frame shows, if it is one (the other nodes' catch-up counts on it)."""
         self._to_everyone((frame,))
         if self.publisher is not None:
-            self.publisher.frame(self, frame, chat_index)
+            self.publisher.frame(self, self._next_seq(), frame, chat_index)
 
     def broadcast_lines(self, frames: Sequence[Frame], first_index: int) -> None:
         """`broadcast` the frames of chat lines `first_index`, `first_index + 1`, ... (one
@@ -253,7 +290,7 @@ class Room:
         self._to_everyone(frames)
         if self.publisher is not None:
             for index, frame in enumerate(frames, start=first_index):
-                self.publisher.frame(self, frame, index)
+                self.publisher.frame(self, self._next_seq(), frame, index)
 
     def broadcast_numbered(self, frames: Sequence[tuple[Frame, int]]) -> None:
         """`broadcast_lines` for frames that each name their chat line: a line shown as one
@@ -261,14 +298,14 @@ class Room:
         self._to_everyone([frame for frame, _ in frames])
         if self.publisher is not None:
             for frame, index in frames:
-                self.publisher.frame(self, frame, index)
+                self.publisher.frame(self, self._next_seq(), frame, index)
 
     def tell(self, member: Member, frame: Frame) -> None:
         """Deliver `frame` to `member` alone (an answer to what its socket sent), after every
         frame broadcast before it, never waiting; a member too slow to take it is dropped."""
         if member.gateway is not None:
             if self.publisher is not None:
-                self.publisher.direct(self, member, frame)
+                self.publisher.direct(self, self._next_seq(), member, frame)
         elif member in self.local and not self._deliver(member, (frame,)):
             self.remove(member)
 
@@ -281,8 +318,31 @@ class Room:
             if member.gateway is None:
                 member.outbox.finish(code)
             self.remove(member)  # the one way out of the member table
-        if remote and self.publisher is not None:
-            self.publisher.close_sockets(self, remote, code)
+        if remote:
+            self.close_remote(remote, code)
+
+    def close_remote(self, members: Sequence[Member], code: CloseCode) -> None:
+        """Close `members`, sockets on other nodes, with `code` once what is queued for them
+        is out."""
+        if self.publisher is not None:
+            self.publisher.close_sockets(self, self._next_seq(), members, code)
+
+    def ban(self, user_id: str) -> None:
+        """Turn `user_id` away from now on, here and at every node's gateway to the event."""
+        self.banned.add(user_id)
+        if self.publisher is not None:
+            self.publisher.banned(self, user_id)
+
+    def hello(self, chat_length: int) -> None:
+        """A new incarnation of the actor starts: tell the other nodes the room is active
+        (again) under this node's epoch."""
+        if self.publisher is not None:
+            self.publisher.hello(self, self._next_seq(), chat_length)
+
+    def _next_seq(self) -> int:
+        """The number of the message about to be published."""
+        self.seq += 1
+        return self.seq
 
     def _to_everyone(self, frames: Sequence[Frame]) -> None:
         # The loop is the fan-out's hot path: one delivery per member, nothing else.
@@ -339,8 +399,21 @@ class Room:
                     break
             self.refuse(command, code)
         self.commands.close()
-        self.departures.clear()
+        self._departures.close()
         self.finish_members(code)
+
+    def shut_failed(self) -> None:
+        """End the room as failed (past its restart limit): its callers get InternalError,
+        every socket of it 1011."""
+        self.failed = True
+        self.shut(CloseCode.INTERNAL_ERROR)
+
+    def shut_fenced(self) -> None:
+        """End the room as fenced (a newer owner has the event): its callers get
+        InternalError, this node's sockets 1012; the other nodes' stay, for the new owner."""
+        self.failed = True
+        self.publisher = None
+        self.shut(CloseCode.SERVICE_RESTART)
 
     @staticmethod
     def refuse(command: Command, code: CloseCode) -> None:
@@ -363,14 +436,14 @@ class Room:
         node."""
         self._finish_local(code)
         if self.publisher is not None:
-            self.publisher.close_all(self, code)
+            self.publisher.close_all(self, self._next_seq(), code)
 
     def hand_over(self, code: CloseCode) -> None:
         """Close this node's sockets with `code`; the other nodes keep theirs for the next
         owner."""
         self._finish_local(code)
         if self.publisher is not None:
-            self.publisher.handover(self)
+            self.publisher.handover(self, self._next_seq())
             self.publisher = None  # the room's last word here: what follows is the new owner's
 
     def _finish_local(self, code: CloseCode) -> None:

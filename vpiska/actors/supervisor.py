@@ -9,8 +9,10 @@ in the store, so the next server start serves it again.
 On one node (`serve_all`) the supervisor starts a room for every open event in the store and
 keeps the map index of open events that `events/range` reads. In a cluster a room is started
 here only when this node owns the event (`activate`, with its lease's epoch and a publisher;
-vpiska/cluster/ownership.py), the index holds every open event of the cluster, and rooms end when
-the node hands them over or loses them.
+vpiska/cluster/ownership.py), the index holds every open event of the cluster, its actors tell
+the other nodes of their moves and closes through the map publisher the supervisor was given,
+and rooms end when the node hands them over or loses them (the node, told through the `ended`
+it activated the room with, releases the lease).
 
 Fencing: an actor whose store write raises StaleEpoch has lost the event to a newer owner
 (another node claimed it), and so has one whose lease the node found lost (`fence`). It is not
@@ -29,6 +31,7 @@ from __future__ import annotations
 import collections
 import logging
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import trio
@@ -37,6 +40,7 @@ from vpiska import metrics
 from vpiska.actors.commands import Stop
 from vpiska.actors.event import EventActor, Exit
 from vpiska.actors.geo import MapIndex, Spot
+from vpiska.actors.map_publisher import UNSHARED_MAP, MapPublisher
 from vpiska.actors.member import CloseCode
 from vpiska.actors.room import Publisher, Room
 from vpiska.actors.view import Mirror
@@ -51,14 +55,15 @@ log = logging.getLogger(__name__)
 class EventSupervisor:
     def __init__(self, store: Store, config: Config, *, serve_all: bool = True,
                  index: MapIndex | None = None,
-                 on_room_ended: Callable[[str], None] | None = None) -> None:
+                 map_publisher: MapPublisher = UNSHARED_MAP) -> None:
         self._store = store
         self._config = config
         self._serve_all = serve_all
         self._rooms: dict[str, Room] = {}
         self._scopes: dict[str, trio.CancelScope] = {}
         self._index = MapIndex() if index is None else index
-        self._on_room_ended = on_room_ended
+        self._map_publisher = map_publisher
+        self._ended: dict[str, Callable[[str], None]] = {}  # told when an activated room ends
         self._nursery: trio.Nursery | None = None
         self._stopping = trio.Event()
         self._hand_over = False
@@ -109,14 +114,7 @@ class EventSupervisor:
         self._stopping.set()
         async with trio.open_nursery() as nursery:
             for room in list(self._rooms.values()):
-                nursery.start_soon(self._stop_room, room, hand_over)
-
-    @staticmethod
-    async def _stop_room(room: Room, hand_over: bool) -> None:
-        try:
-            await room.inbox.send(Stop(hand_over))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # ended or failed already
+                nursery.start_soon(partial(room.stop, hand_over=hand_over))
 
     @property
     def stopping(self) -> bool:
@@ -166,9 +164,10 @@ class EventSupervisor:
         return event
 
     async def activate(self, event_id: str, epoch: int, claimant: str, publisher: Publisher,
-                       mirror: Mirror) -> Room | None:
+                       mirror: Mirror, *, ended: Callable[[str], None]) -> Room | None:
         """Start the room of an event this node now owns under `epoch` (its lease's), claimed
-        in the store as `claimant`.
+        in the store as `claimant`; `ended(event_id)` is called once the room has ended
+        (closed, stopped, fenced), on its task.
 
         The store is claimed for `epoch` first, so from then on no older owner can write; the
         room then says Hello to the other nodes. None if the event is closed or unknown, or if
@@ -185,9 +184,9 @@ class EventSupervisor:
             return None
         room = Room(event.id, event.owner_id, inbox_size=self._config.actor_inbox_size,
                     reply_timeout=self._config.actor_reply_timeout_seconds, epoch=epoch,
-                    claimant=claimant, publisher=publisher, mirror=mirror)
-        room.banned.update(event.banned)
+                    claimant=claimant, publisher=publisher, mirror=mirror, banned=event.banned)
         self._rooms[event.id] = room
+        self._ended[event.id] = ended
         self._nursery.start_soon(self._supervise, room, event, name=f"event {event.id}")
         return room
 
@@ -232,13 +231,12 @@ class EventSupervisor:
                         extra={"event_id": event.id})
             return
         room = Room(event.id, event.owner_id, inbox_size=self._config.actor_inbox_size,
-                    reply_timeout=self._config.actor_reply_timeout_seconds)
-        room.banned.update(event.banned)
+                    reply_timeout=self._config.actor_reply_timeout_seconds, banned=event.banned)
         self._rooms[event.id] = room
         self._index.put(event.id, event.name, event.coordinates)
         self._nursery.start_soon(self._supervise, room, event, name=f"event {event.id}")
         if self.stopping:  # created while stop() was telling the others
-            room.inbox.send_nowait(Stop(self._hand_over))
+            room.offer(Stop(self._hand_over))  # its inbox is empty: it takes it now
 
     async def _supervise(self, room: Room, event: Event | None) -> None:
         with trio.CancelScope() as scope:  # cancelled by `fence`
@@ -277,8 +275,7 @@ class EventSupervisor:
             while crashes[0] < now - self._config.actor_restart_window_seconds:
                 crashes.popleft()
             if len(crashes) > self._config.actor_max_restarts:
-                room.failed = True
-                room.shut(CloseCode.INTERNAL_ERROR)
+                room.shut_failed()
                 if self._serve_all:
                     self._index.remove(room.event_id)
                 log.error("event room failed: restart limit reached; the event stays open in "
@@ -291,9 +288,7 @@ class EventSupervisor:
         """A newer owner has the event: close this node's sockets (1012), and only those."""
         log.warning("event room fenced: a newer owner has claimed the event",
                     extra=self._about(room) | {"cause": cause})
-        room.failed = True
-        room.publisher = None  # the other nodes' sockets stay, for the new owner
-        room.shut(CloseCode.SERVICE_RESTART)
+        room.shut_fenced()
         if self._serve_all:
             self._index.remove(room.event_id)  # stays registered: callers get InternalError
         else:
@@ -303,8 +298,9 @@ class EventSupervisor:
         if self._serve_all:
             self._index.remove(room.event_id)
         del self._rooms[room.event_id]
-        if self._on_room_ended is not None:
-            self._on_room_ended(room.event_id)
+        ended = self._ended.pop(room.event_id, None)
+        if ended is not None:
+            ended(room.event_id)
 
     async def _incarnate(self, room: Room, event: Event | None) -> Exit:
         try:
@@ -316,10 +312,8 @@ class EventSupervisor:
             if event is None or not event.is_open:
                 return Exit.CLOSED
             chat_length = await self._store.chat_length(room.event_id)
-            if room.publisher is not None:
-                room.publisher.hello(room, chat_length)
             actor = EventActor(room, event, chat_length, self._store, self._index,
-                               self._config, epoch=room.epoch)
+                               self._config, epoch=room.epoch, map_publisher=self._map_publisher)
         finally:
             self._made(room)
         return await actor.run()

@@ -3,10 +3,12 @@
 The map index `events/range` reads is cluster-wide on every node: loaded from the store at
 start, then kept current by notices (created, moved, closed) on this channel, and reloaded from
 the store when the channel's subscription was renewed after a lost connection (notices may
-have been missed). The channel also carries the users count of events owned elsewhere
-(counted), the host's bans (banned: the node's gateway to the event refuses the user), deleted
-accounts (account_deleted: the node forgets the account and closes its sockets of it) and a
-node that left (its events go to the nodes designated without it at once, not after a TTL).
+have been missed). The moves and closes of the rooms owned here are told by their actors
+through `MapNotices` (map_notices.py), not from here. The channel also carries the users
+count of events owned elsewhere (counted), the host's bans (banned: the node's gateway to the
+event refuses the user), deleted accounts (account_deleted: the node forgets the account and
+closes its sockets of it) and a node that left (its events go to the nodes designated without
+it at once, not after a TTL).
 """
 
 from __future__ import annotations
@@ -40,13 +42,13 @@ class KnownUsers(Protocol):
 
 
 class ClusterMap(Protocol):
-    """The map index as other nodes' notices change it (node.ClusterIndex)."""
+    """The map index (vpiska/actors/geo.py) as other nodes' notices change it."""
 
     def put(self, event_id: str, name: str, coordinates: Coordinates) -> None: ...
 
-    def moved_elsewhere(self, event_id: str, coordinates: Coordinates) -> None: ...
+    def move(self, event_id: str, coordinates: Coordinates) -> None: ...
 
-    def closed_elsewhere(self, event_id: str) -> None: ...
+    def remove(self, event_id: str) -> None: ...
 
     def replace(self, events: list[tuple[str, str, Coordinates]]) -> None: ...
 
@@ -82,9 +84,9 @@ class ClusterChannel:
             case protocol.Created(name, x, y):
                 self._index.put(event_id, name, Coordinates(x, y))
             case protocol.Moved(x, y):
-                self._index.moved_elsewhere(event_id, Coordinates(x, y))
+                self._index.move(event_id, Coordinates(x, y))
             case protocol.Closed():
-                self._index.closed_elsewhere(event_id)
+                self._index.remove(event_id)
                 self.counts.pop(event_id, None)
                 self._ownership.forget_owner(event_id)
             case protocol.AccountDeleted(user_id):

@@ -39,6 +39,7 @@ from vpiska.cluster.bus import Bus
 from vpiska.cluster.cluster_channel import ClusterChannel, KnownUsers
 from vpiska.cluster.gateway import GatewayRoom
 from vpiska.cluster.leases import Leases
+from vpiska.cluster.map_notices import MapNotices
 from vpiska.cluster.membership import Membership
 from vpiska.cluster.nodes import designated, new_node_id
 from vpiska.cluster.owner import OwnerLink
@@ -54,32 +55,6 @@ from vpiska.store import Store
 from vpiska.store.health import StoreHealth
 
 log = logging.getLogger(__name__)
-
-
-class ClusterIndex(MapIndex):
-    """The map of every open event of the cluster. A change this node makes (an owner's move
-    or close) is told to the others; theirs arrive as notices (`ClusterNode`)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.node: ClusterNode | None = None
-
-    def move(self, event_id: str, coordinates: Coordinates) -> None:
-        super().move(event_id, coordinates)
-        if self.node is not None:
-            self.node.notify_soon(protocol.Moved(coordinates.x, coordinates.y), event_id)
-
-    def remove(self, event_id: str) -> None:
-        super().remove(event_id)
-        if self.node is not None:
-            self.node.notify_soon(protocol.Closed(), event_id)
-
-    def moved_elsewhere(self, event_id: str, coordinates: Coordinates) -> None:
-        """Another node's move, told by its notice: applied, not told again."""
-        super().move(event_id, coordinates)
-
-    def closed_elsewhere(self, event_id: str) -> None:
-        super().remove(event_id)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,14 +73,16 @@ class ClusterNode:
     and returns only when cancelled; `leave` hands the rooms over first."""
 
     def __init__(self, config: Config, store: Store, supervisor: EventSupervisor,
-                 client: coredis.Redis[bytes], url: str, index: ClusterIndex) -> None:
+                 client: coredis.Redis[bytes], bus: Bus, index: MapIndex,
+                 map_notices: MapNotices) -> None:
         self.node_id = new_node_id()
         self._config = config
         self._store = store
         self._supervisor = supervisor
         self._client = client
         self._ttl = config.lease_ttl_seconds
-        self._bus = Bus(url, client)
+        self._bus = bus
+        self._map_notices = map_notices
         self._rpc = Rpc(self._bus, self.node_id)
         self._leases = Leases(client, self.node_id, self._ttl)
         self._views = ViewMirror(client, Trouble(log, "event views not written: Redis unreachable"))
@@ -115,7 +92,6 @@ class ClusterNode:
                                       stopping=lambda: supervisor.stopping,
                                       gone=self.owner_link.drop_gateway)
         self._index = index
-        index.node = self
         self._store_health = StoreHealth(store, interval=self._ttl / 3,
                                          deadline=config.ready_timeout_seconds)
         self._unreachable = Trouble(log, "Redis unreachable")
@@ -137,6 +113,7 @@ class ClusterNode:
             nursery.start_soon(self._rpc.run)
             nursery.start_soon(self._views.run)
             nursery.start_soon(self.owner_link.run)
+            nursery.start_soon(self._map_notices.run)
             await self._membership.beat()
             nursery.start_soon(parts.ownership.keep_alive)
             nursery.start_soon(parts.routing.sweep)
@@ -246,11 +223,6 @@ class ClusterNode:
 
     async def activate(self, event_id: str) -> Room | None:
         return await self._running.ownership.activate(event_id)
-
-    def room_ended(self, event_id: str) -> None:
-        """A room of ours ended (closed, stopped, failed, fenced): free its lease."""
-        if self._parts is not None:
-            self._parts.ownership.room_ended(event_id)
 
     def notify_soon(self, op: protocol.ClusterNoticeOp, event_id: str) -> None:
         """Tell every node, from a task of the node's (callers may not wait)."""

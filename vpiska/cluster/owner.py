@@ -125,36 +125,30 @@ class OwnerLink:
 
     # The publisher interface of vpiska/actors/room.py (called on the room's task).
 
-    def frame(self, room: Room, frame: Frame, chat_index: int | None) -> None:
-        room.seq += 1
-        self._queue(room.event_id, (self._epoch(room), room.seq,
+    def frame(self, room: Room, seq: int, frame: Frame, chat_index: int | None) -> None:
+        self._queue(room.event_id, (self._epoch(room), seq,
                                     Shown(chat_index, frame.text, frame.audience)))
 
-    def direct(self, room: Room, member: Member, frame: Frame) -> None:
+    def direct(self, room: Room, seq: int, member: Member, frame: Frame) -> None:
         assert isinstance(member.outbox, RemoteOutbox), "a member on another node"
-        room.seq += 1
-        self._queue(room.event_id, (self._epoch(room), room.seq,
+        self._queue(room.event_id, (self._epoch(room), seq,
                                     Shown(None, frame.text, frame.audience, member.outbox.key)))
 
-    def hello(self, room: Room, chat_length: int) -> None:
-        room.seq += 1
-        self._queue(room.event_id, Hello(self._node_id, self._epoch(room), room.seq, chat_length))
+    def hello(self, room: Room, seq: int, chat_length: int) -> None:
+        self._queue(room.event_id, Hello(self._node_id, self._epoch(room), seq, chat_length))
 
-    def handover(self, room: Room) -> None:
-        room.seq += 1
-        self._queue(room.event_id, Handover(self._node_id, self._epoch(room), room.seq))
+    def handover(self, room: Room, seq: int) -> None:
+        self._queue(room.event_id, Handover(self._node_id, self._epoch(room), seq))
 
-    def close_all(self, room: Room, code: CloseCode) -> None:
-        room.seq += 1
-        self._queue(room.event_id, CloseAll(self._node_id, self._epoch(room), room.seq,
-                                            int(code)))
+    def close_all(self, room: Room, seq: int, code: CloseCode) -> None:
+        self._queue(room.event_id, CloseAll(self._node_id, self._epoch(room), seq, int(code)))
         self.remote.pop(room.event_id, None)
 
-    def close_sockets(self, room: Room, members: Sequence[Member], code: CloseCode) -> None:
+    def close_sockets(self, room: Room, seq: int, members: Sequence[Member],
+                      code: CloseCode) -> None:
         keys = [member.outbox.key for member in members
                 if isinstance(member.outbox, RemoteOutbox)]
-        room.seq += 1
-        self._queue(room.event_id, CloseSockets(self._node_id, self._epoch(room), room.seq,
+        self._queue(room.event_id, CloseSockets(self._node_id, self._epoch(room), seq,
                                                 int(code), keys))
         known = self.remote.get(room.event_id, {})
         for key in keys:
@@ -301,8 +295,8 @@ class OwnerLink:
         # is stored, and its resend acknowledged).
         member = None if line.key is None else self.remote[room.event_id].get(line.key)
         try:
-            room.inbox.send_nowait(Chat(_identity(line.user, line.name, line.image), line.text,
-                                        line.id, None if line.id is None else member))
+            room.offer(Chat(_identity(line.user, line.name, line.image), line.text,
+                            line.id, None if line.id is None else member))
         except trio.WouldBlock:
             log.warning("remote chat line dropped: the event's inbox is full",
                         extra={"event_id": room.event_id})
@@ -324,7 +318,7 @@ class OwnerLink:
                             RemoteOutbox(gateway, key), gateway=gateway, version=entry.v)
             known[key] = member
             try:  # the answer is not needed: the gateway's socket joined long ago
-                room.inbox.send_nowait(Join(member, None))
+                room.offer(Join(member, None))
             except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
                 known.pop(key)
 

@@ -167,7 +167,8 @@ class Ownership:
                 claimant = f"{self.node_id}/{next(self._activations)}"
                 try:
                     room = await self._supervisor.activate(event_id, lease.epoch, claimant,
-                                                           self.owner_link, self._views)
+                                                           self.owner_link, self._views,
+                                                           ended=self.room_ended)
                     break
                 except StaleEpoch as stale:  # Redis handed out an epoch the store has seen
                     await self.release(lease)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import trio
-from quart import Blueprint
+from quart import Blueprint, request
 
 from vpiska.accounts import Accounts
 from vpiska.actors import EventView
@@ -23,7 +23,7 @@ from vpiska.http.auth import caller
 from vpiska.http.body import coordinates, id_codes, json_object, number, require, text
 from vpiska.http.chat_lines import add_chat_routes
 from vpiska.http.envelope import answer, success, success_body, success_text, success_text_body
-from vpiska.http.json_routes import JsonHandler
+from vpiska.http.json_routes import JsonHandler, RequestScope
 from vpiska.http.multipart import read_multipart
 from vpiska.media import MediaLibrary
 from vpiska.store import Store
@@ -58,11 +58,11 @@ def events_routes(config: Config, accounts: Accounts, rooms: Rooms, store: Store
 
     @routes.post("/get")
     async def get() -> Any:
-        return answer(await get_event(await body()))
+        return answer(await get_event(await body(), request.scope))
 
     @routes.post("/range")
     async def in_range() -> Any:
-        return answer(await events_in_range(await body()))
+        return answer(await events_in_range(await body(), request.scope))
 
     @routes.post("/members")
     async def members() -> Any:
@@ -132,7 +132,7 @@ def json_routes(rooms: Rooms, store: Store) -> dict[str, JsonHandler]:
 
 
 def event_getter(rooms: Rooms, store: Store) -> JsonHandler:
-    async def get(data: dict[str, Any]) -> str:
+    async def get(data: dict[str, Any], _: RequestScope) -> str:
         event_id = text(data, "eventId")
         require(id_codes(event_id))
         room = await rooms.find(event_id)
@@ -149,7 +149,7 @@ def event_getter(rooms: Rooms, store: Store) -> JsonHandler:
 
 
 def range_finder(rooms: Rooms) -> JsonHandler:
-    async def in_range(data: dict[str, Any]) -> str:
+    async def in_range(data: dict[str, Any], _: RequestScope) -> str:
         width, height = number(data, "horizontalRange"), number(data, "verticalRange")
         centre = coordinates(data)
         require((width is None, ErrorCode.HORIZONTAL_RANGE_IS_EMPTY),

@@ -1,4 +1,6 @@
-"""The hottest JSON endpoints (`events/get`, `events/range`) served as plain ASGI in front of Quart.
+"""The hottest JSON endpoints served as plain ASGI in front of Quart: `events/get` and
+`events/range`, and the sign-in endpoints (`users/login`, `users/create`), whose refusals a
+password guesser makes by the thousand.
 
 Quart's request machinery (a request context, a second task per request, request and response
 objects, six hooks) cost more than the server under it: an `events/get` took 3.5 times the CPU
@@ -11,8 +13,9 @@ the route stays registered and documented; it is what serves them without this l
 - `Content-Type` must be application/json and the body at most MAX_JSON_BYTES, or the answer is
   the envelope of `invalid Content-Type` / `PayloadTooLarge`, with `Connection: close` when the
   body was left unread; a body that is not a JSON object is an InternalError envelope;
-- a refusal (DomainError) is its codes' envelope, any other exception an InternalError one,
-  logged as Quart's error handlers log them (vpiska/http/errors.py);
+- a refusal (DomainError) is its codes' envelope (with `Retry-After` for TooManyRequests),
+  any other exception an InternalError one, logged as Quart's error handlers log them
+  (vpiska/http/errors.py);
 - with LOGGING_TRACE_REQUESTS, the same two trace lines (vpiska/http/tracing.py).
 
 A client that goes away before its body has arrived gets no answer, as under Quart.
@@ -22,15 +25,16 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl
 
 from werkzeug.datastructures import MultiDict
 
 from vpiska import metrics
-from vpiska.errors import DomainError, ErrorCode
+from vpiska.errors import DomainError, ErrorCode, TooManyRequests
 from vpiska.http.body import JSON_TYPES, as_object, parse_json
 from vpiska.http.envelope import failure_body
 from vpiska.http.request_id import choose
@@ -41,10 +45,12 @@ log = logging.getLogger(__name__)
 errors_log = logging.getLogger("vpiska.http.errors")
 trace_log = logging.getLogger("vpiska.http.tracing")
 
-# A request's JSON object → the text of its success envelope; refusals raise DomainError.
-JsonHandler = Callable[[dict[str, Any]], Awaitable[str]]
-
 Scope = dict[str, Any]
+# What a handler reads of its request's ASGI scope (who asks: its peer and headers).
+RequestScope = Mapping[str, Any]
+# A request's JSON object and its scope → the text of its success envelope; refusals raise
+# DomainError.
+JsonHandler = Callable[[dict[str, Any], RequestScope], Awaitable[str]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -97,6 +103,7 @@ class _Route:
         mimetype = content_type.partition(";")[0].strip().lower()
         body: Any = None
         read = False
+        retry_after: int | None = None
         try:
             if mimetype not in JSON_TYPES:
                 raise DomainError(ErrorCode.INVALID_CONTENT_TYPE)
@@ -107,11 +114,13 @@ class _Route:
                 return  # the client went away before its body arrived
             read = True
             body = parse_json(raw, self._path)
-            answer = await self._handler(as_object(body, self._path))
+            answer = await self._handler(as_object(body, self._path), scope)
         except DomainError as refusal:
             errors_log.debug("request refused", extra={"method": "POST", "path": self._path,
                                                        "codes": list(refusal.codes)})
             answer = failure_body(*refusal.codes)
+            if isinstance(refusal, TooManyRequests):
+                retry_after = max(1, math.ceil(refusal.retry_after))
         except Exception as error:
             errors_log.error("request failed", exc_info=error,
                              extra={"method": "POST", "path": self._path})
@@ -121,6 +130,8 @@ class _Route:
                    (b"content-length", str(len(data)).encode())]
         if (length or "chunked" in transfer_encoding.lower()) and not read:  # see body.py
             headers.append((b"connection", b"close"))
+        if retry_after is not None:
+            headers.append((b"retry-after", str(retry_after).encode()))
         headers.append((b"x-request-id", serving.encode()))
         self._account(started)
         if self._trace:

@@ -1,4 +1,10 @@
-"""`/api/v1/users/*`: sign-up, login, profile, password and avatar."""
+"""`/api/v1/users/*`: sign-up, login, profile, password and avatar.
+
+Sign-up and login are served in front of Quart (`signin_routes`, vpiska/http/json_routes.py):
+a password guesser over its rate makes thousands of refused attempts a second, and each must
+cost next to nothing, or the users logging in meanwhile wait behind them in the event loop.
+Their Quart routes stay (documented, and what serves them without that layer).
+"""
 
 from __future__ import annotations
 
@@ -14,50 +20,34 @@ from vpiska.errors import ErrorCode
 from vpiska.http.auth import caller
 from vpiska.http.body import json_object, require, text
 from vpiska.http.client_address import client_address
-from vpiska.http.envelope import success
+from vpiska.http.envelope import answer, success, success_body
+from vpiska.http.json_routes import JsonHandler, RequestScope
 from vpiska.http.multipart import read_multipart
 from vpiska.media import MediaLibrary
 from vpiska.signin_limits import SigninLimits
 
+PREFIX = "/api/v1/users"
 PHONE = re.compile(r"[0-9]{10}")  # ASCII digits only, as the older backend's RE2 \d
 MIN_PASSWORD = 6
 
 
 def users_routes(config: Config, accounts: Accounts, media: MediaLibrary,
                  limits: SigninLimits) -> Blueprint:
-    routes = Blueprint("users", __name__, url_prefix="/api/v1/users")
+    routes = Blueprint("users", __name__, url_prefix=PREFIX)
 
     async def body() -> dict[str, Any]:
         return await json_object(config.max_json_bytes)
 
-    async def admitted() -> str:
-        """The client's address, once admitted. Counted once the request is valid: a
-        malformed one costs nothing to refuse, and a client fixing its typo is not charged."""
-        address = client_address(request.scope, config.trusted_proxies)
-        await limits.admit(address)
-        return address
+    handlers = signin_routes(config, accounts, limits)
+    signing_up, logging_in = handlers[f"{PREFIX}/create"], handlers[f"{PREFIX}/login"]
 
     @routes.post("/create")
     async def create() -> Any:
-        data = await body()
-        name, phone = text(data, "name"), text(data, "phone")
-        password, confirm = text(data, "password"), text(data, "confirmPassword")
-        require(
-            (not name, ErrorCode.NAME_IS_EMPTY),
-            phone_codes(phone),
-            password_codes(password),
-            (password != confirm, ErrorCode.CONFIRM_PASSWORD_INVALID),
-        )
-        address = await admitted()
-        return success(login_response(await accounts.sign_up(name, phone, password, address)))
+        return answer(await signing_up(await body(), request.scope))
 
     @routes.post("/login")
     async def login() -> Any:
-        data = await body()
-        phone, password = text(data, "phone"), text(data, "password")
-        require(phone_codes(phone), password_codes(password))
-        address = await admitted()
-        return success(login_response(await accounts.log_in(phone, password, address)))
+        return answer(await logging_in(await body(), request.scope))
 
     @routes.post("/update")
     async def update() -> Any:
@@ -93,6 +83,39 @@ def users_routes(config: Config, accounts: Accounts, media: MediaLibrary,
         return success({"imageId": image.id, "accessToken": changed.access_token})
 
     return routes
+
+
+def signin_routes(config: Config, accounts: Accounts,
+                  limits: SigninLimits) -> dict[str, JsonHandler]:
+    """Sign-up and login, by path, for vpiska/http/json_routes.py (and the Quart routes)."""
+
+    async def admitted(scope: RequestScope) -> str:
+        """The client's address, once admitted. Counted once the request is valid: a
+        malformed one costs nothing to refuse, and a client fixing its typo is not charged."""
+        address = client_address(scope, config.trusted_proxies)
+        await limits.admit(address)
+        return address
+
+    async def create(data: dict[str, Any], scope: RequestScope) -> str:
+        name, phone = text(data, "name"), text(data, "phone")
+        password, confirm = text(data, "password"), text(data, "confirmPassword")
+        require(
+            (not name, ErrorCode.NAME_IS_EMPTY),
+            phone_codes(phone),
+            password_codes(password),
+            (password != confirm, ErrorCode.CONFIRM_PASSWORD_INVALID),
+        )
+        address = await admitted(scope)
+        session = await accounts.sign_up(name, phone, password, address)
+        return success_body(login_response(session))
+
+    async def login(data: dict[str, Any], scope: RequestScope) -> str:
+        phone, password = text(data, "phone"), text(data, "password")
+        require(phone_codes(phone), password_codes(password))
+        address = await admitted(scope)
+        return success_body(login_response(await accounts.log_in(phone, password, address)))
+
+    return {f"{PREFIX}/create": create, f"{PREFIX}/login": login}
 
 
 def phone_codes(phone: str) -> list[ErrorCode]:
