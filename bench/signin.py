@@ -104,7 +104,7 @@ def counter(page: str, sample: str) -> float:
 
 def client(url: str, address: str, connections: int) -> httpx.AsyncClient:
     # An idle connection is dropped after 1 s, before the server's keep-alive timeout (5 s)
-    # could close it under a request (tests/conftest.py CLIENT_LIMITS).
+    # could close it under a request (tests/helpers/server.py CLIENT_LIMITS).
     transport = httpx.AsyncHTTPTransport(
         local_address=address,
         limits=httpx.Limits(max_connections=connections, keepalive_expiry=1.0))

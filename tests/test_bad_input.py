@@ -8,8 +8,8 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from tests.conftest import Server
-from tests.fakes import FaultyStore
+from tests.helpers.fakes import FaultyStore
+from tests.helpers.server import Server
 from vpiska.store import Store
 
 CREATE = "/api/v1/users/create"

@@ -18,9 +18,9 @@ import httpx
 import pytest
 import trio
 
-from tests.clients import Crowd, host_event, token_for
-from tests.conftest import EVERY_WEBSOCKET_PATH, Server, stock_hypercorn_fails
-from tests.raw_ws import RawSocket
+from tests.helpers.clients import Crowd, host_event, token_for
+from tests.helpers.raw_ws import RawSocket
+from tests.helpers.server import EVERY_WEBSOCKET_PATH, Server, stock_hypercorn_fails
 from tests.test_connection_faults import (
     DEADLINE,
     assert_still_serving,

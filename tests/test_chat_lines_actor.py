@@ -13,7 +13,7 @@ import trio
 import trio.testing
 from trio.testing import MockClock
 
-from tests.fakes import RecordingOutbox
+from tests.helpers.fakes import RecordingOutbox
 from tests.test_event_actor import (
     Rooms,
     join,

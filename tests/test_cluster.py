@@ -16,10 +16,10 @@ import coredis
 import httpx
 import trio
 
-from tests.clients import Crowd, Member, connected_sockets, host_event, token_for
-from tests.cluster_fixtures import Cluster, RedisServer, StartCluster
-from tests.conftest import Server
-from tests.raw_ws import RawSocket
+from tests.helpers.clients import Crowd, Member, connected_sockets, host_event, token_for
+from tests.helpers.cluster_fixtures import Cluster, RedisServer, StartCluster
+from tests.helpers.raw_ws import RawSocket
+from tests.helpers.server import Server
 from tests.test_cluster_faults import owner_now
 from tests.test_process import ServerProcess, env, vpiska_process
 from tests.test_websocket import port_of, resource

@@ -16,9 +16,9 @@ import coredis
 import pytest
 import trio
 
-from tests.clients import host_event
-from tests.cluster_fixtures import RedisServer, StartCluster
-from tests.mongodb_fixtures import new_database_name
+from tests.helpers.clients import host_event
+from tests.helpers.cluster_fixtures import RedisServer, StartCluster
+from tests.helpers.mongodb_fixtures import new_database_name
 from tests.test_cluster_faults import (
     TTL,
     UNLIMITED,

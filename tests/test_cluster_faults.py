@@ -19,9 +19,9 @@ import coredis
 import trio
 import trio.lowlevel
 
-from tests.clients import Crowd, Member, host_event, token_for
-from tests.cluster_fixtures import Cluster, Node, RedisServer, StartCluster, StartProxy
-from tests.conftest import Server
+from tests.helpers.clients import Crowd, Member, host_event, token_for
+from tests.helpers.cluster_fixtures import Cluster, Node, RedisServer, StartCluster, StartProxy
+from tests.helpers.server import Server
 
 TTL = 2.0  # the lease TTL of these clusters: failover is bounded by it
 UNLIMITED = {"CHAT_RATE_PER_SECOND": "1000000", "CHAT_BURST": "1000000",

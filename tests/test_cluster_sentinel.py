@@ -14,10 +14,10 @@ import pytest
 import trio
 import trio.lowlevel
 
-from tests.clients import host_event
-from tests.cluster_fixtures import StartCluster
-from tests.conftest import Server
-from tests.sentinel_fixtures import SERVICE, Sentinels
+from tests.helpers.clients import host_event
+from tests.helpers.cluster_fixtures import StartCluster
+from tests.helpers.sentinel_fixtures import SERVICE, Sentinels
+from tests.helpers.server import Server
 from tests.test_cluster_faults import (
     TTL,
     UNLIMITED,

@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 import trio
 
-from tests.clients import Crowd, host_event, token_for
-from tests.conftest import EVERY_WEBSOCKET_PATH, Server, make_config, stock_hypercorn_fails
-from tests.raw_ws import RawSocket
+from tests.helpers.clients import Crowd, host_event, token_for
+from tests.helpers.raw_ws import RawSocket
+from tests.helpers.server import EVERY_WEBSOCKET_PATH, Server, make_config, stock_hypercorn_fails
 from tests.test_websocket import port_of, resource
 from vpiska.http.websocket import EventSession
 from vpiska.server import serve

@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import trio
 
-from tests.clients import Crowd, Member, token_for
-from tests.conftest import CLIENT_LIMITS, Server, make_config
+from tests.helpers.clients import Crowd, Member, token_for
+from tests.helpers.server import CLIENT_LIMITS, Server, make_config
 from tests.test_process import ServerProcess, env, vpiska_process, wait_until_serving
 from vpiska.store.sqlite import SqliteStore
 
@@ -24,8 +24,8 @@ JWT_KEY = "a test key that is long enough for HS256!"
 
 @asynccontextmanager
 async def running(tmp_path: Path) -> AsyncIterator[tuple[Server, ServerProcess]]:
-    """`python -m vpiska` on the test's data directory, as tests/conftest.py's Server, with
-    its store file opened beside it (sqlite in WAL mode takes a second connection) to put
+    """`python -m vpiska` on the test's data directory, as a Server (tests/helpers/server.py),
+    with its store file opened beside it (sqlite in WAL mode takes a second connection) to put
     users in. Each start gets a port of its own."""
     async with (
         vpiska_process(tmp_path, JWT_KEY=JWT_KEY, CHAT_RATE_PER_SECOND="1000",
@@ -60,7 +60,8 @@ async def server_process(tmp_path: Path, port: int) -> AsyncIterator[trio.Proces
 
 @asynccontextmanager
 async def as_server(tmp_path: Path, port: int, http: httpx.AsyncClient) -> AsyncIterator[Server]:
-    """`server_process` as tests/conftest.py's Server, with its store file opened beside it."""
+    """`server_process` as a Server (tests/helpers/server.py), with its store file opened
+    beside it."""
     config = make_config(tmp_path, jwt_key=JWT_KEY)
     store = await SqliteStore.open(tmp_path / "data" / "vpiska.db")
     try:

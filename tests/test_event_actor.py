@@ -2,8 +2,8 @@
 
 Members are `Member(identity, RecordingOutbox())`; every test runs on trio's virtual clock
 (`autojump_clock`), so a reply deadline of ten seconds or a restart window of five costs
-nothing. Faults come from FaultyStore (tests/fakes.py) wrapped around the MemoryStore; nothing
-is patched. Tests assert what the room's users observe: the frames their outboxes got, the
+nothing. Faults come from FaultyStore (tests/helpers/fakes.py) wrapped around the MemoryStore;
+nothing is patched. Tests assert what the room's users observe: the frames their outboxes got, the
 answers to their requests, close codes, and what the store holds.
 """
 
@@ -23,7 +23,7 @@ import trio
 import trio.testing
 from trio.testing import MockClock
 
-from tests.fakes import FaultyStore, RecordingOutbox, TimedOutbox
+from tests.helpers.fakes import FaultyStore, RecordingOutbox, TimedOutbox
 from vpiska import metrics
 from vpiska.actors import CloseCode, EventSupervisor, EventView, Member, Room
 from vpiska.actors.commands import (

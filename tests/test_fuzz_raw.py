@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 import trio
 
-from tests.raw_ws import RawSocket
+from tests.helpers.raw_ws import RawSocket
 from tests.test_process import env, free_port, wait_until_serving
 from vpiska.http.openapi import PATHS
 

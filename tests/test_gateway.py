@@ -18,7 +18,7 @@ from typing import Any, cast
 import trio
 import trio.testing
 
-from tests.fakes import RecordingOutbox
+from tests.helpers.fakes import RecordingOutbox
 from vpiska.actors import EventView, Member
 from vpiska.actors.commands import Chat, Join, Joined, Snapshot
 from vpiska.cluster.gateway import READS_IN_FLIGHT, GatewayRoom

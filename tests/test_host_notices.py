@@ -15,9 +15,9 @@ import coredis
 import pytest
 import trio
 
-from tests.cluster_fixtures import RedisServer
-from tests.conftest import make_config
-from tests.fakes import RecordingOutbox
+from tests.helpers.cluster_fixtures import RedisServer
+from tests.helpers.fakes import RecordingOutbox
+from tests.helpers.server import make_config
 from vpiska.actors import CloseCode, EventSupervisor, Member
 from vpiska.actors.commands import Join
 from vpiska.cluster import redis

@@ -11,7 +11,7 @@ import pytest
 import trio
 import trio.testing
 
-from tests.fakes import RecordingOutbox
+from tests.helpers.fakes import RecordingOutbox
 from tests.test_gateway import Bus, JoiningOwner, gateway_for
 from vpiska.actors import CloseCode, Member
 from vpiska.actors.commands import Join

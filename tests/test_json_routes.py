@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import BOTH_WRITE_PATHS, Server
+from tests.helpers.server import BOTH_WRITE_PATHS, Server
 from tests.test_connection_faults import JSON, connection, read_to_end, request
 from tests.test_metrics import scrape, value
 from tests.test_websocket import port_of

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import trio
 
-from tests.clients import host_event, token_for
-from tests.conftest import Server
-from tests.raw_ws import RawMember, RawSocket
+from tests.helpers.clients import host_event, token_for
+from tests.helpers.raw_ws import RawMember, RawSocket
+from tests.helpers.server import Server
 from tests.test_websocket import port_of, resource
 
 # The peers answer pings from this process, which also runs the server: a stall of about one

@@ -13,10 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.clients import host_event
-from tests.conftest import Server
-from tests.fakes import FaultyStore, StoreFailure
-from tests.mongodb_fixtures import MongoDatabase
+from tests.helpers.clients import host_event
+from tests.helpers.fakes import FaultyStore, StoreFailure
+from tests.helpers.mongodb_fixtures import MongoDatabase
+from tests.helpers.server import Server
 from tests.test_bad_input import Chunks
 from vpiska.config import StoreLocation
 from vpiska.domain import new_id

@@ -7,9 +7,9 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.clients import Crowd, flood, host_event, token_for, wait_for_sockets
-from tests.conftest import Server
-from tests.raw_ws import RawSocket
+from tests.helpers.clients import Crowd, flood, host_event, token_for, wait_for_sockets
+from tests.helpers.raw_ws import RawSocket
+from tests.helpers.server import Server
 from tests.test_websocket import port_of, resource
 from vpiska.metrics import LiveEvents, LiveStats
 

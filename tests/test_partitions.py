@@ -19,11 +19,11 @@ import pytest
 import trio
 import trio.lowlevel
 
-from tests.clients import token_for
-from tests.cluster_fixtures import Cluster, Node, RedisServer, StartCluster, StartProxy
-from tests.conftest import Server
-from tests.mongodb_fixtures import new_database_name
-from tests.tcp_proxy import TcpProxy
+from tests.helpers.clients import token_for
+from tests.helpers.cluster_fixtures import Cluster, Node, RedisServer, StartCluster, StartProxy
+from tests.helpers.mongodb_fixtures import new_database_name
+from tests.helpers.server import Server
+from tests.helpers.tcp_proxy import TcpProxy
 from tests.test_cluster_faults import (
     TTL,
     UNLIMITED,

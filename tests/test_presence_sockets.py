@@ -9,10 +9,10 @@ from collections.abc import Callable
 import pytest
 import trio
 
-from tests.clients import Crowd, Member, host_event, token_for
-from tests.conftest import Server
-from tests.presence_view import PresenceView, is_presence
-from tests.raw_ws import RawMember, RawSocket
+from tests.helpers.clients import Crowd, Member, host_event, token_for
+from tests.helpers.presence_view import PresenceView, is_presence
+from tests.helpers.raw_ws import RawMember, RawSocket
+from tests.helpers.server import Server
 from tests.test_websocket import port_of, resource
 from vpiska.domain import new_id
 

@@ -12,9 +12,9 @@ from typing import TypeVar
 import pytest
 import trio
 
-from tests.clients import Crowd, Member, host_event, token_for
-from tests.conftest import BOTH_WRITE_PATHS, Server
-from tests.raw_ws import RawMember, RawSocket
+from tests.helpers.clients import Crowd, Member, host_event, token_for
+from tests.helpers.raw_ws import RawMember, RawSocket
+from tests.helpers.server import BOTH_WRITE_PATHS, Server
 from tests.test_websocket import port_of, resource
 from vpiska.actors.member import Member as RoomMember
 from vpiska.actors.room import Room

@@ -21,10 +21,10 @@ import httpx
 import pytest
 import trio
 
-from tests.clients import Crowd, Member, host_event, token_for, wait_for_sockets
-from tests.conftest import Server, make_config
-from tests.fakes import FaultyStore
-from tests.raw_ws import RawSocket
+from tests.helpers.clients import Crowd, Member, host_event, token_for, wait_for_sockets
+from tests.helpers.fakes import FaultyStore
+from tests.helpers.raw_ws import RawSocket
+from tests.helpers.server import Server, make_config
 from tests.test_process import env, free_port, wait_until_serving
 from tests.test_websocket import port_of, resource
 from vpiska.server import ShutdownTimedOut, serve

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import trio
 
-from tests.cluster_fixtures import WAIT_SECONDS, RedisServer, StartCluster, StartProxy
+from tests.helpers.cluster_fixtures import WAIT_SECONDS, RedisServer, StartCluster, StartProxy
 from tests.test_signin_limits import LOGIN, Clock, add_users, client_from, codes, login
 from vpiska.cluster import redis
 from vpiska.cluster.signin_counters import REDIS_WAIT_SECONDS, RETRY_SECONDS, RedisCounters

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import trio
 
-from tests.conftest import Server
+from tests.helpers.server import Server
 from vpiska.auth import Passwords
 from vpiska.config import Config, ConfigError
 from vpiska.domain import User, new_id

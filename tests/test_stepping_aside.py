@@ -15,8 +15,8 @@ import pytest
 import trio
 import trio.testing
 
-from tests.cluster_fixtures import RedisServer
-from tests.conftest import make_config
+from tests.helpers.cluster_fixtures import RedisServer
+from tests.helpers.server import make_config
 from vpiska.actors import EventSupervisor
 from vpiska.cluster import redis
 from vpiska.cluster.node import ClusterIndex, ClusterNode

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import trio
 
-from tests.clients import Crowd, host_event, socket_url, token_for, wait_for_sockets
-from tests.conftest import EVERY_WEBSOCKET_PATH, Server, stock_hypercorn_fails
-from tests.raw_ws import RawMember, RawSocket
+from tests.helpers.clients import Crowd, host_event, socket_url, token_for, wait_for_sockets
+from tests.helpers.raw_ws import RawMember, RawSocket
+from tests.helpers.server import EVERY_WEBSOCKET_PATH, Server, stock_hypercorn_fails
 from vpiska.domain import new_id
 
 

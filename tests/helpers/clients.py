@@ -13,7 +13,7 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
 
-from tests.conftest import Server
+from tests.helpers.server import Server
 from vpiska.auth import Tokens
 from vpiska.domain import User, new_id
 

@@ -22,7 +22,7 @@ import coredis
 import pytest
 import trio
 
-from tests.cluster_fixtures import (
+from tests.helpers.cluster_fixtures import (
     START_SECONDS,
     WAIT_SECONDS,
     OutputLines,
@@ -30,7 +30,7 @@ from tests.cluster_fixtures import (
     _free_port,
     redis_server_executable,
 )
-from tests.executables import required
+from tests.helpers.executables import required
 
 SERVICE = "vpiska"
 DOWN_AFTER_MS = 1000
