@@ -15,8 +15,8 @@ import trio
 
 from tests.helpers.clients import Crowd, Member, host_event, token_for
 from tests.helpers.cluster_fixtures import Cluster, Node, RedisServer, StartCluster
+from tests.helpers.cluster_state import UNLIMITED, diagnosed, owner_now
 from tests.helpers.server import Server
-from tests.test_cluster_faults import UNLIMITED, diagnosed, owner_now
 
 # How long a client waits for an ack before it sends the line again, as a client would.
 ACK_TIMEOUT = 2.0

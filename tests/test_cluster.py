@@ -18,11 +18,10 @@ import trio
 
 from tests.helpers.clients import Crowd, Member, connected_sockets, host_event, token_for
 from tests.helpers.cluster_fixtures import Cluster, RedisServer, StartCluster
-from tests.helpers.raw_ws import RawSocket
-from tests.helpers.server import Server
-from tests.test_cluster_faults import owner_now
-from tests.test_process import ServerProcess, env, vpiska_process
-from tests.test_websocket import port_of, resource
+from tests.helpers.cluster_state import owner_now
+from tests.helpers.process import ServerProcess, env, vpiska_process
+from tests.helpers.raw_ws import RawSocket, resource
+from tests.helpers.server import Server, port_of
 from vpiska.config import Config
 from vpiska.domain import new_id
 from vpiska.store.sqlite import SqliteStore

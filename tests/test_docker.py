@@ -32,8 +32,8 @@ from tests.helpers.cluster_fixtures import (
     redis_ping,
     redis_server_executable,
 )
+from tests.helpers.process import env, free_port, vpiska_process
 from tests.helpers.server import Server
-from tests.test_process import env, free_port, vpiska_process
 from vpiska.config import Config
 
 ROOT = Path(__file__).parent.parent

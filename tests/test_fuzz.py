@@ -19,17 +19,12 @@ from typing import Any
 import httpx
 import trio
 
-from tests.test_process import vpiska_process
-from vpiska.http.openapi import PATHS
+from tests.helpers.openapi import documented_operations
+from tests.helpers.process import vpiska_process
 
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "15"))
 FUZZ_SEED = os.environ.get("FUZZ_SEED")  # replay a reported run
 HERE = Path(__file__).parent
-HTTP_METHODS = {"get", "post", "put", "patch", "delete"}
-
-
-def documented_operations() -> int:
-    return sum(1 for item in PATHS.values() for method in item if method in HTTP_METHODS)
 
 
 async def test_fuzzing_every_operation_finds_no_fault(tmp_path: Path) -> None:

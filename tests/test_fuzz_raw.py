@@ -31,8 +31,8 @@ from typing import Any
 import httpx
 import trio
 
+from tests.helpers.process import env, free_port, wait_until_serving
 from tests.helpers.raw_ws import RawSocket
-from tests.test_process import env, free_port, wait_until_serving
 from vpiska.http.openapi import PATHS
 
 FUZZ_RAW_SECONDS = float(os.environ.get("FUZZ_RAW_SECONDS", "10"))

@@ -21,9 +21,8 @@ import trio.testing
 
 from tests.helpers.clients import Crowd, host_event, token_for, wait_for_sockets
 from tests.helpers.fakes import FaultyStore
-from tests.helpers.raw_ws import RawSocket
-from tests.helpers.server import Server
-from tests.test_websocket import port_of, resource
+from tests.helpers.raw_ws import RawSocket, resource
+from tests.helpers.server import Server, port_of
 from vpiska import wire
 from vpiska.cluster.owner import _identity as remote_identity
 from vpiska.domain import new_id

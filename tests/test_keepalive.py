@@ -14,9 +14,8 @@ import pytest
 import trio
 
 from tests.helpers.clients import host_event, token_for
-from tests.helpers.raw_ws import RawMember, RawSocket
-from tests.helpers.server import Server
-from tests.test_websocket import port_of, resource
+from tests.helpers.raw_ws import RawMember, RawSocket, resource
+from tests.helpers.server import Server, port_of
 
 # The peers answer pings from this process, which also runs the server: a stall of about one
 # interval would drop a live peer. 2 s leaves a loaded machine room; it costs ~6 s a run.

@@ -3,7 +3,8 @@ layer can be tested with fakes of the one below. The actor core stays free of th
 password machinery (PyJWT, passlib): a room knows a member by its `Identity` alone. And the
 transport stays below ASGI: only the composition root (vpiska/server.py) imports
 vpiska.transport, the ASGI side knows only vpiska/sink.py, and the transport imports nothing of
-vpiska's above it."""
+vpiska's above it. The tests take what they share from tests/helpers/ alone: a test module
+imports no other test module, nor conftest.py."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 import vpiska
 
 PACKAGE = Path(vpiska.__file__).parent
+TESTS = Path(__file__).parent
 # What each package may import of vpiska besides itself.
 BELOW = {
     "store": ("vpiska.domain", "vpiska.errors", "vpiska.config", "vpiska.metrics"),
@@ -70,3 +72,21 @@ def test_the_transport_imports_nothing_above_it(path: Path) -> None:
     allowed = ("vpiska.transport", "vpiska.sink", "vpiska.metrics")
     above = {name for name in imported(path) if not name.startswith(allowed)}
     assert not above, f"{path.name} imports {sorted(above)}"
+
+
+def test_no_test_module_imports_another_or_conftest() -> None:
+    """A helper borrowed from a test module ties that module's name and layout to every test
+    that borrows it; shared code lives in tests/helpers/."""
+    wrong: set[str] = set()
+    for path in modules(TESTS):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [("." * node.level) + (node.module or "")]
+            else:
+                continue
+            wrong.update(f"{path.relative_to(TESTS)}: {name}" for name in names
+                         if name.startswith(("tests.test_", "tests.conftest", "."))
+                         or name.split(".")[-1].startswith(("test_", "conftest")))
+    assert not wrong

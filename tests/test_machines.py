@@ -17,19 +17,14 @@ import trio
 
 from tests.helpers.clients import Crowd, Member, host_event, token_for
 from tests.helpers.cluster_fixtures import Cluster, Node, RedisServer, StartCluster
-from tests.helpers.server import Server
-from tests.test_cluster_faults import (
-    TTL,
-    UNLIMITED,
-    diagnosed,
-    eventually,
+from tests.helpers.cluster_state import TTL, UNLIMITED, diagnosed, eventually, owner_now, owner_of
+from tests.helpers.followers import (
     kill_until_served_again,
-    owner_now,
-    owner_of,
     settle_and_check,
     start_followers,
     talking,
 )
+from tests.helpers.server import Server
 
 PASSWORD = "secret1"
 _phones = itertools.count(9200000000)

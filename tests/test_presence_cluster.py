@@ -8,9 +8,9 @@ import trio
 
 from tests.helpers.clients import Crowd, Member, host_event, token_for
 from tests.helpers.cluster_fixtures import Cluster, Node, RedisServer, StartCluster
+from tests.helpers.cluster_state import owner_now
 from tests.helpers.presence_view import PresenceView, is_presence
 from tests.helpers.server import Server
-from tests.test_cluster_faults import owner_now
 
 
 class Watcher:

@@ -11,9 +11,8 @@ import trio
 
 from tests.helpers.clients import Crowd, Member, host_event, token_for
 from tests.helpers.presence_view import PresenceView, is_presence
-from tests.helpers.raw_ws import RawMember, RawSocket
-from tests.helpers.server import Server
-from tests.test_websocket import port_of, resource
+from tests.helpers.raw_ws import RawMember, RawSocket, resource
+from tests.helpers.server import Server, port_of
 from vpiska.domain import new_id
 
 # The crowd of the join storm below. PRESENCE_STORM=5000 is the size issue 20 names: 22 s on an

@@ -13,9 +13,8 @@ import pytest
 import trio
 
 from tests.helpers.clients import Crowd, Member, host_event, token_for
-from tests.helpers.raw_ws import RawMember, RawSocket
-from tests.helpers.server import BOTH_WRITE_PATHS, Server
-from tests.test_websocket import port_of, resource
+from tests.helpers.raw_ws import RawMember, RawSocket, resource
+from tests.helpers.server import BOTH_WRITE_PATHS, Server, port_of
 from vpiska.actors.member import Member as RoomMember
 from vpiska.actors.room import Room
 

@@ -23,10 +23,9 @@ import trio
 
 from tests.helpers.clients import Crowd, Member, host_event, token_for, wait_for_sockets
 from tests.helpers.fakes import FaultyStore
-from tests.helpers.raw_ws import RawSocket
-from tests.helpers.server import Server, make_config
-from tests.test_process import env, free_port, wait_until_serving
-from tests.test_websocket import port_of, resource
+from tests.helpers.process import env, free_port, wait_until_serving
+from tests.helpers.raw_ws import RawSocket, resource
+from tests.helpers.server import Server, make_config, port_of
 from vpiska.server import ShutdownTimedOut, serve
 from vpiska.store.sqlite import SqliteStore
 

@@ -184,3 +184,14 @@ async def wait_for_sockets(server: Server, count: int,
     with trio.fail_after(timeout):
         while await connected_sockets(server) != count:  # noqa: ASYNC110 (another process's state)
             await trio.sleep(0.01)
+
+
+async def assert_still_serving(server: Server, crowd: Crowd) -> None:
+    """The server answers /healthz and serves a live room: what a fault must leave intact."""
+    health = await server.http.get("/healthz")
+    assert health.status_code == 200
+    _, event_id = await host_event(server)
+    _, guest = await token_for(server)
+    member = await crowd.join(guest, event_id)
+    await member.say("still serving")
+    await member.wait_for(lambda m: m.chat() == ["still serving"])

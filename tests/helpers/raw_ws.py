@@ -8,8 +8,17 @@ import json
 import os
 import struct
 from collections.abc import Callable
+from typing import Any
 
 import trio
+
+from tests.helpers.clients import socket_url
+from tests.helpers.server import Server
+
+
+def resource(server: Server, token: str | None, event_id: str, **params: Any) -> str:
+    """The request target of the live room's URL (socket_url), as RawSocket.connect takes it."""
+    return socket_url(server, token, event_id, **params).split(server.ws_url, 1)[1]
 
 
 class RawSocket:
@@ -184,3 +193,24 @@ class RawMember:
                              timeout: float = 60) -> None:  # noqa: ASYNC109 (a test's deadline)
         with trio.fail_after(timeout):
             await self.wait_for(lambda m: m.counts[-1:] == [count])
+
+
+def masked_frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
+    """A client frame with a zero mask (valid, and the payload stays readable)."""
+    first = (0x80 if fin else 0) | opcode
+    if len(payload) < 126:
+        header = struct.pack("!BB", first, 0x80 | len(payload))
+    elif len(payload) < 65536:
+        header = struct.pack("!BBH", first, 0x80 | 126, len(payload))
+    else:
+        header = struct.pack("!BBQ", first, 0x80 | 127, len(payload))
+    return header + b"\0\0\0\0" + payload
+
+
+async def until_closed(raw: RawSocket) -> None:
+    """Read (and drop) frames until the server closes the TCP connection."""
+    try:
+        while True:
+            await raw.next_frame()
+    except (EOFError, trio.BrokenResourceError):
+        return
