@@ -46,12 +46,9 @@ async def test_silent_peer_is_dropped_and_live_peer_stays(
         # Dropped after two silent intervals: it got those intervals' pings (one more if the
         # drop and a ping fall due together), not a ping per interval for ever.
         assert pings <= 3, pings
-        with trio.fail_after(15):
-            await live.wait_for_count(1)  # it left the room (the live peer last saw 2)
+        await live.wait_for_count(1, 15)  # it left the room (the live peer last saw 2)
         # The live peer stays well past the silence limit: three intervals after it joined,
         # it still gets its lines.
-        with trio.fail_after(3 * PING + 30):
-            await live.wait_for(lambda m: m.pings >= 3)
+        await live.wait_for(lambda m: m.pings >= 3, 3 * PING + 30)
         await live.say("still here")
-        with trio.fail_after(15):
-            await live.wait_for(lambda m: m.chat() == ["still here"])
+        await live.wait_for(lambda m: m.chat() == ["still here"])

@@ -116,19 +116,17 @@ async def test_a_join_storm_costs_watchers_a_bounded_number_of_presence_frames(
             def caught_up(m: RawMember) -> bool:
                 view.follow(m.frames)
                 return view.users is not None and view.present == present
-            await member.wait_for(caught_up)
+            await member.wait_for(caught_up, 120)
 
-        with trio.fail_after(120):
-            async with trio.open_nursery() as waiting:
-                for (_, member), view in zip(watchers, views, strict=True):
-                    waiting.start_soon(watch, member, view)
+        async with trio.open_nursery() as waiting:
+            for (_, member), view in zip(watchers, views, strict=True):
+                waiting.start_soon(watch, member, view)
 
     started = trio.current_time()
     async with trio.open_nursery() as arrivals:
         for i in range(STORM):
             arrivals.start_soon(arrive, i)
-    with trio.fail_after(120):
-        await watchers[0][1].wait_for(lambda m: m.counts[-1:] == [len(watchers) + STORM])
+    await watchers[0][1].wait_for_count(len(watchers) + STORM, 120)
     for member in crowd:
         await member.raw.stream.aclose()
     await everyone_sees({user_id for user_id, _ in watchers})

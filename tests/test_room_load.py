@@ -135,7 +135,7 @@ async def test_join_storm_costs_a_bounded_number_of_count_frames(
     storm = trio.current_time() - started
     try:
         interval = server.config.event_update_interval_ms / 1000
-        per_member = [len(m.counts) for m in members]
+        per_member = [len(m.counts()) for m in members]
         # At most one count frame per interval, plus one at each edge; announcing every
         # join to everyone would average ~500 frames per member.
         assert max(per_member) <= storm / interval + 2, (max(per_member), storm)
@@ -190,7 +190,7 @@ async def test_close_under_load_ends_everything(
     # deadline.
     with trio.fail_after(30):
         while any(ref() is not None for ref in held) or room_tasks(event_id):
-            await trio.sleep(0.05)
+            await trio.sleep(0.05)  # how often to look (and collect), not a wait for anything
             gc.collect()
 
 

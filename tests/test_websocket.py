@@ -54,7 +54,7 @@ async def test_upgrades_the_direct_path_leaves_to_hypercorn_are_served_alike(
     nursery.start_soon(member.collect)
     async with member.raw.stream:
         with trio.fail_after(30):
-            await member.wait_for(lambda m: m.counts == [1])
+            await member.wait_for(lambda m: m.counts() == [1])
             await member.say("either way")
             await member.wait_for(lambda m: m.chat() == ["either way"])
 
