@@ -44,7 +44,7 @@ async def steady_chat(members: list[Member], stop: trio.Event) -> None:
             except Exception:  # the server went away mid-send
                 return
             k += 1
-            await trio.sleep(0.01)
+            await trio.sleep(0.01)  # the pace of the load, not a wait for anything
 
     async with trio.open_nursery() as nursery:
         for i, member in enumerate(members):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import coredis
 import pytest
@@ -19,7 +18,7 @@ from tests.helpers.cluster_fixtures import RedisServer
 from tests.helpers.fakes import RecordingOutbox
 from tests.helpers.server import make_config
 from vpiska.actors import CloseCode, EventSupervisor, Member
-from vpiska.actors.commands import Join
+from vpiska.actors.commands import Join, Snapshot
 from vpiska.cluster import redis
 from vpiska.cluster.gateway import GatewayRoom
 from vpiska.cluster.node import ClusterIndex, ClusterNode
@@ -29,12 +28,24 @@ from vpiska.store import MemoryStore
 
 
 class KnownUsers:
+    """The node's cache of accounts, as notices reach it. The node handles notices one at a
+    time in the order they were published, so an `account_deleted` published last, once
+    forgotten here, is the sentinel for every notice before it (`handled`)."""
+
     def __init__(self) -> None:
         self.forgotten: list[str] = []
         self.cleared = 0
+        self._forgot = trio.Event()
 
     def forget(self, user_id: str) -> None:
         self.forgotten.append(user_id)
+        self._forgot.set()
+        self._forgot = trio.Event()
+
+    async def wait_forgotten(self, user_id: str) -> None:
+        with trio.fail_after(30):  # the notice comes back through Redis, a process of its own
+            while user_id not in self.forgotten:
+                await self._forgot.wait()
 
     def forget_all(self) -> None:
         self.cleared += 1
@@ -59,11 +70,15 @@ async def node(redis_server: RedisServer, tmp_path: Path, nursery: trio.Nursery
             inner.cancel_scope.cancel()
 
 
-async def until(check: Any) -> None:
-    """Within 30 s: the notice comes back through Redis, a process of its own."""
-    with trio.fail_after(30):
-        while not check():  # noqa: ASYNC110
-            await trio.sleep(0.01)
+async def handled(cluster_node: ClusterNode, client: coredis.Redis[bytes]) -> None:
+    """Return once the node has handled every notice published so far: a sentinel notice
+    (an account nobody has) published after them has reached it."""
+    known = cluster_node.known_users
+    assert isinstance(known, KnownUsers)
+    sentinel = new_id()
+    await client.publish(redis.CLUSTER_CHANNEL,
+                         encode(Notice("account_deleted", "", {"user": sentinel})))
+    await known.wait_forgotten(sentinel)
 
 
 async def gateway_of(cluster_node: ClusterNode, store: MemoryStore) -> GatewayRoom:
@@ -79,11 +94,13 @@ async def test_a_banned_notice_reaches_the_nodes_gateway_to_the_event(
     node: tuple[ClusterNode, MemoryStore, coredis.Redis[bytes]]
 ) -> None:
     cluster_node, store, client = node
+    cluster_node.known_users = KnownUsers()
     gateway = await gateway_of(cluster_node, store)
     other = await gateway_of(cluster_node, store)
     await client.publish(redis.CLUSTER_CHANNEL,
                          encode(Notice("banned", gateway.event_id, {"user": "u-banned"})))
-    await until(lambda: gateway.banned == {"u-banned"})
+    await handled(cluster_node, client)
+    assert gateway.banned == {"u-banned"}
     assert other.banned == set()
 
 
@@ -102,7 +119,8 @@ async def test_an_account_deleted_notice_forgets_the_account_and_closes_its_sock
         await room.ask(lambda reply, m=member: Join(m, reply))  # type: ignore[misc]
     await client.publish(redis.CLUSTER_CHANNEL,
                          encode(Notice("account_deleted", "", {"user": gone})))
-    await until(lambda: leaving.close_code is not None)
+    await known.wait_forgotten(gone)
+    await room.ask(Snapshot)  # through the room's actor: a close it was sent is done
     assert leaving.close_code == CloseCode.ACCOUNT_DELETED
     assert staying.close_code is None
     assert known.forgotten == [gone]
@@ -118,6 +136,7 @@ async def test_a_malformed_notice_changes_nothing_and_the_node_goes_on(
     node: tuple[ClusterNode, MemoryStore, coredis.Redis[bytes]]
 ) -> None:
     cluster_node, store, client = node
+    cluster_node.known_users = KnownUsers()
     gateway = await gateway_of(cluster_node, store)
     await client.publish(redis.CLUSTER_CHANNEL,
                          encode(Notice("banned", gateway.event_id, {"nobody": 1})))
@@ -125,5 +144,6 @@ async def test_a_malformed_notice_changes_nothing_and_the_node_goes_on(
                          encode(Notice("account_deleted", "", {})))
     await client.publish(redis.CLUSTER_CHANNEL,
                          encode(Notice("banned", gateway.event_id, {"user": "after"})))
-    await until(lambda: gateway.banned == {"after"})
+    await handled(cluster_node, client)
+    assert gateway.banned == {"after"}
 

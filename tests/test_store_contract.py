@@ -1237,7 +1237,7 @@ async def test_sqlite_writes_leave_checkpoints_to_the_checkpointer(tmp_path: Pat
             nursery.start_soon(partial(store.maintain, every=0.01))
             with trio.fail_after(15):
                 while lines_in_the_file_alone() != 1:  # noqa: ASYNC110 (the file, not a task)
-                    await trio.sleep(0.01)
+                    await trio.sleep(0.01)  # how often to look, not a wait for anything
             nursery.cancel_scope.cancel()
     finally:
         await store.aclose()

@@ -55,8 +55,8 @@ async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 30) 
     """Ask `check` until it is true, within `seconds`. For state that lives in another
     process (Redis, a node): there is nothing to wait on but asking again."""
     with trio.fail_after(seconds):
-        while not await check():  # noqa: ASYNC110
-            await trio.sleep(0.02)
+        while not await check():  # noqa: ASYNC110 (another process: no wake-up to wait on)
+            await trio.sleep(0.02)  # how often to ask, not a wait for anything
 
 
 async def owner_now(redis_server: RedisServer, event_id: str, group: Cluster) -> Node:

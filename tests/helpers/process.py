@@ -9,7 +9,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -31,6 +31,7 @@ class ServerProcess:
     url: str = ""  # from its "serving" log line
     output: bytearray = dataclasses.field(default_factory=bytearray)
     ended: trio.Event = dataclasses.field(default_factory=trio.Event)  # its output is all read
+    _more: trio.Event = dataclasses.field(default_factory=trio.Event)  # set at each piece read
 
     @property
     def port(self) -> int:
@@ -38,6 +39,23 @@ class ServerProcess:
 
     def text(self) -> str:
         return self.output.decode(errors="replace")
+
+    async def wait_for_output(self, done: Callable[[ServerProcess], bool]) -> None:
+        """Return once `done(self)` holds, checked as each piece of its output is read; fails
+        if its output ends first. Put a deadline around it (`trio.fail_after`)."""
+        while not done(self):
+            if self.ended.is_set():
+                raise AssertionError(f"its output ended before the condition:\n{self.text()}")
+            await self._more.wait()
+
+    def _read(self, chunk: bytes | bytearray) -> None:
+        self.output += chunk
+        self._more.set()
+        self._more = trio.Event()
+
+    def _end(self) -> None:
+        self.ended.set()
+        self._more.set()
 
     async def exit_code(self) -> int:
         """Wait until the process has exited and all it wrote has been read."""
@@ -87,13 +105,13 @@ async def vpiska_process(tmp_path: Path, command: list[str] | None = None,
         scanned = 0
         async with process.stdout:
             async for chunk in process.stdout:
-                served.output += chunk
+                served._read(chunk)
                 while not served.url and (end := served.output.find(b"\n", scanned)) >= 0:
                     served.url = serving_url(served.output[scanned:end]) or ""
                     scanned = end + 1
                 if served.url:
                     settled.set()
-        served.ended.set()
+        served._end()
         settled.set()
 
     async with trio.open_nursery() as nursery:
@@ -131,8 +149,8 @@ async def wait_until_serving(url: str) -> None:
                 try:
                     await client.get(f"{url}/api/v1/nothing")
                     return
-                except httpx.TransportError:
-                    await trio.sleep(0.05)
+                except httpx.TransportError:  # not listening yet: nothing tells when it will
+                    await trio.sleep(0.05)  # how often to ask, not a wait for anything
 
 
 def env(tmp_path: Path, **extra: str) -> dict[str, str]:

@@ -48,8 +48,8 @@ def redis_sentinel_executable() -> str:
 async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
     """Ask `check` until it is true, within WAIT_SECONDS (then fail saying `what`)."""
     with trio.move_on_after(WAIT_SECONDS):
-        while not await check():  # noqa: ASYNC110
-            await trio.sleep(_POLL_SECONDS)
+        while not await check():  # noqa: ASYNC110 (Redis and Sentinels: processes of their own)
+            await trio.sleep(_POLL_SECONDS)  # how often to ask, not a wait for anything
         return
     raise AssertionError(f"not within {WAIT_SECONDS} s: {what}")
 
