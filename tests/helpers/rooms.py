@@ -18,7 +18,7 @@ from vpiska.domain import ChatMessage, Coordinates, Event, Identity, new_id
 from vpiska.errors import DomainError, ErrorCode
 from vpiska.store import MemoryStore, Store
 
-INTERVAL = Config().event_update_interval_ms / 1000
+INTERVAL = Config().event_update_interval_ms / 1000  # seconds between count announcements
 
 
 @dataclasses.dataclass
