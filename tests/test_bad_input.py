@@ -8,8 +8,9 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from tests.conftest import Server
-from tests.fakes import FaultyStore
+from tests.helpers.fakes import FaultyStore
+from tests.helpers.request_bodies import Chunks
+from tests.helpers.server import Server
 from vpiska.store import Store
 
 CREATE = "/api/v1/users/create"
@@ -40,26 +41,6 @@ async def test_charset_parameter_is_accepted(server: Server) -> None:
            b'"confirmPassword": "secret1"}'
     await server.ok(CREATE, content=body,
                     headers={"Content-Type": "application/json; charset=utf-8"})
-
-
-class Chunks(httpx.AsyncByteStream):
-    """A chunked request body that is not an async generator. The server answers before
-    reading it all, and an async generator left unfinished is reported when it is garbage
-    collected: in whichever test the collector runs, if the generator sits in a reference
-    cycle (it did, in 1 run of 6). httpx wraps any async iterable given as `content` in a
-    generator of its own, so this one is handed over as the request's stream."""
-
-    def __init__(self, chunks: list[bytes]) -> None:
-        self._chunks = iter(chunks)
-
-    def __aiter__(self) -> Chunks:
-        return self
-
-    async def __anext__(self) -> bytes:
-        try:
-            return next(self._chunks)
-        except StopIteration:
-            raise StopAsyncIteration from None
 
 
 async def test_huge_json_body_is_refused(server: Server) -> None:

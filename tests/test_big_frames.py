@@ -18,18 +18,11 @@ import httpx
 import pytest
 import trio
 
-from tests.clients import Crowd, host_event, token_for
-from tests.conftest import EVERY_WEBSOCKET_PATH, Server, stock_hypercorn_fails
-from tests.raw_ws import RawSocket
-from tests.test_connection_faults import (
-    DEADLINE,
-    assert_still_serving,
-    masked_frame,
-    until_closed,
-)
-from tests.test_durability import as_server, server_process
-from tests.test_process import free_port
-from tests.test_websocket import port_of, resource
+from tests.helpers.clients import Crowd, assert_still_serving, host_event, token_for
+from tests.helpers.process import as_server, free_port, server_process
+from tests.helpers.raw_http import DEADLINE
+from tests.helpers.raw_ws import RawSocket, masked_frame, resource, until_closed
+from tests.helpers.server import EVERY_WEBSOCKET_PATH, Server, port_of, stock_hypercorn_fails
 
 MIB = 1024 * 1024
 BIG = 10_000_000  # bytes of each oversized frame

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from tests.clients import Crowd, flood, host_event, token_for
-from tests.conftest import Server
+from tests.helpers.clients import Crowd, flood, host_event, token_for
+from tests.helpers.server import Server
 
 
 @pytest.fixture

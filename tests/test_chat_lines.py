@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from tests.clients import Crowd, Member, host_event, token_for
-from tests.conftest import BOTH_WRITE_PATHS, Server
+from tests.helpers.clients import Crowd, Member, host_event, token_for
+from tests.helpers.server import BOTH_WRITE_PATHS, Server
 from vpiska.domain import new_id
 
 pytestmark = BOTH_WRITE_PATHS

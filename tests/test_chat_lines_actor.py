@@ -13,16 +13,8 @@ import trio
 import trio.testing
 from trio.testing import MockClock
 
-from tests.fakes import RecordingOutbox
-from tests.test_event_actor import (
-    Rooms,
-    join,
-    outbox,
-    person,
-    refusal,
-    snapshot,
-    start_rooms,
-)
+from tests.helpers.fakes import RecordingOutbox
+from tests.helpers.rooms import Rooms, join, outbox, person, refusal, snapshot, start_rooms
 from vpiska.actors import Member, Room
 from vpiska.actors.commands import Chat, Join, Joined, RemoveChat
 from vpiska.errors import ErrorCode

@@ -13,10 +13,10 @@ from typing import Any
 
 import trio
 
-from tests.clients import Crowd, Member, host_event, token_for
-from tests.cluster_fixtures import Cluster, Node, RedisServer, StartCluster
-from tests.conftest import Server
-from tests.test_cluster_faults import UNLIMITED, diagnosed, owner_now
+from tests.helpers.clients import Crowd, Member, host_event, token_for
+from tests.helpers.cluster_fixtures import Cluster, Node, RedisServer, StartCluster
+from tests.helpers.cluster_state import UNLIMITED, diagnosed, owner_now
+from tests.helpers.server import Server
 
 # How long a client waits for an ack before it sends the line again, as a client would.
 ACK_TIMEOUT = 2.0

@@ -16,13 +16,12 @@ import coredis
 import httpx
 import trio
 
-from tests.clients import Crowd, Member, connected_sockets, host_event, token_for
-from tests.cluster_fixtures import Cluster, RedisServer, StartCluster
-from tests.conftest import Server
-from tests.raw_ws import RawSocket
-from tests.test_cluster_faults import owner_now
-from tests.test_process import ServerProcess, env, vpiska_process
-from tests.test_websocket import port_of, resource
+from tests.helpers.clients import Crowd, Member, connected_sockets, host_event, token_for
+from tests.helpers.cluster_fixtures import Cluster, RedisServer, StartCluster
+from tests.helpers.cluster_state import eventually, owner_now
+from tests.helpers.process import ServerProcess, env, vpiska_process
+from tests.helpers.raw_ws import RawSocket, resource
+from tests.helpers.server import Server, port_of
 from vpiska.config import Config
 from vpiska.domain import new_id
 from vpiska.store.sqlite import SqliteStore
@@ -283,10 +282,12 @@ async def _wait_for_range(server: Server, x: float, y: float,
     another's moves and counts by notices, so this is a notice away."""
     body: dict[str, Any] = {"coordinates": {"x": x, "y": y}, "horizontalRange": 1,
                             "verticalRange": 1}
-    with trio.fail_after(15):
-        while [(e["id"], e["usersCount"]) for e in await server.ok(  # noqa: ASYNC110
-                "/api/v1/events/range", body)] != expected:  # nothing to wait on but asking
-            await trio.sleep(0.02)
+
+    async def shown() -> bool:
+        return [(e["id"], e["usersCount"])
+                for e in await server.ok("/api/v1/events/range", body)] == expected
+
+    await eventually(shown, 15)
 
 
 def _has_chat(count: int, member: Member) -> bool:
@@ -303,13 +304,8 @@ async def test_workers_run_several_nodes_on_one_port(
 ) -> None:
     async with vpiska_process(tmp_path, WORKERS="2", REDIS_URL=redis_server.url,
                               JWT_KEY=JWT_KEY) as served:
-        async def both_serving() -> bool:
-            await trio.lowlevel.checkpoint()
-            return len(serving_lines(served)) == 2
-
         with trio.fail_after(30):
-            while not await both_serving():  # noqa: ASYNC110 (another process's output)
-                await trio.sleep(0.02)
+            await served.wait_for_output(lambda served: len(serving_lines(served)) == 2)
         lines = serving_lines(served)
         assert {line["binds"][0] for line in lines} == {served.url}
         assert len({line["cluster_node"] for line in lines}) == 2

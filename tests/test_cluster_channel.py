@@ -16,7 +16,7 @@ import pytest
 import trio
 import trio.testing
 
-from tests.cluster_parts import (
+from tests.helpers.cluster_parts import (
     TTL,
     beside_another_node,
     events_on_the_map,

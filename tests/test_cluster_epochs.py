@@ -2,7 +2,7 @@
 
 A Redis restarted without its data, or a replica promoted before it had the last writes, has
 counters behind the epochs it handed out: it hands one out again. What must hold for the
-members (the `Follower`s of tests/test_cluster_faults.py): no line stored twice, every member
+members (the `Follower`s of tests/helpers/followers.py): no line stored twice, every member
 sees one order, nothing any of them saw is lost, and every room chats again soon, without a
 restart of any node. On sqlite and on MongoDB, the two stores a cluster runs on.
 """
@@ -16,22 +16,17 @@ import coredis
 import pytest
 import trio
 
-from tests.clients import host_event
-from tests.cluster_fixtures import RedisServer, StartCluster
-from tests.mongodb_fixtures import new_database_name
-from tests.test_cluster_faults import (
-    TTL,
-    UNLIMITED,
+from tests.helpers.clients import host_event
+from tests.helpers.cluster_fixtures import RedisServer, StartCluster
+from tests.helpers.cluster_state import TTL, UNLIMITED, diagnosed, eventually, node_id, owner_now
+from tests.helpers.followers import (
     Follower,
-    diagnosed,
-    eventually,
     followed_room,
-    node_id,
-    owner_now,
     settle_and_check,
     start_followers,
     talking,
 )
+from tests.helpers.mongodb_fixtures import new_database_name
 from vpiska.cluster import redis
 
 

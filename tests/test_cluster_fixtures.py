@@ -1,5 +1,5 @@
-"""The cluster tests' own machinery (tests/cluster_fixtures.py), proven on what exists today:
-plain nodes (REDIS_URL unset) sharing one data dir, nodes as machines with nothing on disk in
+"""The cluster tests' own machinery (tests/helpers/cluster_fixtures.py), proven on what exists
+today: plain nodes (REDIS_URL unset) sharing one data dir, nodes as machines with nothing on disk in
 common, a Redis of the test's own that can be killed and restarted, and the TCP proxy in front
 of that Redis."""
 
@@ -11,8 +11,8 @@ import coredis
 import pytest
 import trio
 
-from tests.clients import token_for
-from tests.cluster_fixtures import (
+from tests.helpers.clients import token_for
+from tests.helpers.cluster_fixtures import (
     WAIT_SECONDS,
     Cluster,
     NodeDidNotStart,

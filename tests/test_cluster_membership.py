@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio.testing
 
-from tests.fakes import FakeRedis
+from tests.helpers.fakes import FakeRedis
 from vpiska.cluster.membership import Membership
 from vpiska.cluster.redis import REDIS_ERRORS
 

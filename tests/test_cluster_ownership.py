@@ -12,7 +12,7 @@ from typing import Any
 import trio
 import trio.testing
 
-from tests.cluster_parts import (
+from tests.helpers.cluster_parts import (
     TTL,
     Parts,
     beside_another_node,

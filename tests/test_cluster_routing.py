@@ -14,7 +14,7 @@ import pytest
 import trio
 import trio.testing
 
-from tests.cluster_parts import TTL, Parts, make_parts, open_event
+from tests.helpers.cluster_parts import TTL, Parts, make_parts, open_event
 from vpiska.cluster import protocol, redis, routing
 from vpiska.cluster.gateway import RETRY_SECONDS, GatewayRoom
 from vpiska.cluster.protocol import Answer, Notice, Request, encode, encode_batch

@@ -14,11 +14,9 @@ import pytest
 import trio
 import trio.lowlevel
 
-from tests.clients import host_event
-from tests.cluster_fixtures import StartCluster
-from tests.conftest import Server
-from tests.sentinel_fixtures import SERVICE, Sentinels
-from tests.test_cluster_faults import (
+from tests.helpers.clients import host_event
+from tests.helpers.cluster_fixtures import StartCluster
+from tests.helpers.cluster_state import (
     TTL,
     UNLIMITED,
     all_ready,
@@ -26,11 +24,10 @@ from tests.test_cluster_faults import (
     eventually,
     owner_now,
     ready,
-    settle_and_check,
-    start_followers,
-    stored_chat,
-    talking,
 )
+from tests.helpers.followers import settle_and_check, start_followers, stored_chat, talking
+from tests.helpers.sentinel_fixtures import SERVICE, Sentinels
+from tests.helpers.server import Server
 from vpiska.config import Config, ConfigError, RedisSentinel, sentinel_of
 
 

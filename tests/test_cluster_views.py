@@ -12,7 +12,7 @@ import coredis
 import pytest
 import trio
 
-from tests.cluster_fixtures import RedisServer
+from tests.helpers.cluster_fixtures import RedisServer
 from vpiska.actors import EventView
 from vpiska.cluster import redis
 from vpiska.cluster.leases import Lease, Leases

@@ -21,10 +21,16 @@ from typing import Any
 import pytest
 import trio
 
-from tests.clients import Crowd, host_event, token_for
-from tests.conftest import EVERY_WEBSOCKET_PATH, Server, make_config, stock_hypercorn_fails
-from tests.raw_ws import RawSocket
-from tests.test_websocket import port_of, resource
+from tests.helpers.clients import Crowd, assert_still_serving, host_event, token_for
+from tests.helpers.raw_http import DEADLINE, JSON, connection, first_bytes, read_to_end, request
+from tests.helpers.raw_ws import RawSocket, masked_frame, resource, until_closed
+from tests.helpers.server import (
+    EVERY_WEBSOCKET_PATH,
+    Server,
+    make_config,
+    port_of,
+    stock_hypercorn_fails,
+)
 from vpiska.http.websocket import EventSession
 from vpiska.server import serve
 from vpiska.transport import connection_guard, direct_websocket
@@ -32,29 +38,9 @@ from vpiska.transport import connection_guard, direct_websocket
 WS_UPGRADE = (b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n")
 H2C_UPGRADE = b"Upgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABk\r\n"
-JSON = b"Content-Type: application/json\r\n"
 READ = "read"  # a step: wait for the server's first bytes (or its close)
 AT_ONCE = 6  # connections per attack, concurrently: the faults were races
-DEADLINE = 15  # seconds a client waits for anything it expects
 PAST_SOCKET_BUFFERS = 4000  # 4 KB pieces: more than both kernels' socket buffers hold (16 MB)
-
-
-def request(target: str = "/healthz", method: str = "GET", headers: bytes = b"",
-            body: bytes = b"") -> bytes:
-    return (f"{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode() + headers + b"\r\n"
-            + body)
-
-
-def masked_frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
-    """A client frame with a zero mask (valid, and the payload stays readable)."""
-    first = (0x80 if fin else 0) | opcode
-    if len(payload) < 126:
-        header = struct.pack("!BB", first, 0x80 | len(payload))
-    elif len(payload) < 65536:
-        header = struct.pack("!BBH", first, 0x80 | 126, len(payload))
-    else:
-        header = struct.pack("!BBQ", first, 0x80 | 127, len(payload))
-    return header + b"\0\0\0\0" + payload
 
 
 ATTACKS = [
@@ -123,43 +109,6 @@ async def attack(port: int, steps: list[bytes | str]) -> None:
                     await stream.send_all(step)
                 except trio.BrokenResourceError:
                     return  # the server ended the connection: the outcome we want
-
-
-@asynccontextmanager
-async def connection(port: int) -> AsyncIterator[trio.SocketStream]:
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    try:
-        yield stream
-    finally:
-        await trio.aclose_forcefully(stream)
-
-
-async def first_bytes(stream: trio.SocketStream) -> bytes:
-    """What the server sends next; b"" if it closed (or reset) the connection instead."""
-    with trio.fail_after(DEADLINE):
-        try:
-            return bytes(await stream.receive_some(65536))
-        except trio.BrokenResourceError:
-            return b""
-
-
-async def read_to_end(stream: trio.SocketStream) -> bytes:
-    """Everything the server sends until it closes the connection, within DEADLINE."""
-    received = b""
-    with trio.fail_after(DEADLINE):
-        while chunk := await first_bytes(stream):
-            received += chunk
-    return received
-
-
-async def assert_still_serving(server: Server, crowd: Crowd) -> None:
-    health = await server.http.get("/healthz")
-    assert health.status_code == 200
-    _, event_id = await host_event(server)
-    _, guest = await token_for(server)
-    member = await crowd.join(guest, event_id)
-    await member.say("still serving")
-    await member.wait_for(lambda m: m.chat() == ["still serving"])
 
 
 def assert_no_fault_logged(server: Server, caplog: pytest.LogCaptureFixture) -> None:
@@ -302,15 +251,6 @@ async def test_bytes_after_the_clients_close_end_the_connection(
             assert await raw.close_code() == 1000
             await until_closed(raw)
     await assert_still_serving(server, crowd)
-
-
-async def until_closed(raw: RawSocket) -> None:
-    """Read (and drop) frames until the server closes the TCP connection."""
-    try:
-        while True:
-            await raw.next_frame()
-    except (EOFError, trio.BrokenResourceError):
-        return
 
 
 @EVERY_WEBSOCKET_PATH

@@ -22,8 +22,8 @@ import pytest
 import trio
 import yaml
 
-from tests.clients import Crowd, token_for
-from tests.cluster_fixtures import (
+from tests.helpers.clients import Crowd, token_for
+from tests.helpers.cluster_fixtures import (
     START_SECONDS,
     WAIT_SECONDS,
     OutputLines,
@@ -32,8 +32,8 @@ from tests.cluster_fixtures import (
     redis_ping,
     redis_server_executable,
 )
-from tests.conftest import Server
-from tests.test_process import env, free_port, vpiska_process
+from tests.helpers.process import env, free_port, vpiska_process
+from tests.helpers.server import Server
 from vpiska.config import Config
 
 ROOT = Path(__file__).parent.parent

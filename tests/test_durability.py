@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,18 +12,16 @@ from typing import Any
 import httpx
 import trio
 
-from tests.clients import Crowd, Member, token_for
-from tests.conftest import CLIENT_LIMITS, Server, make_config
-from tests.test_process import ServerProcess, env, vpiska_process, wait_until_serving
+from tests.helpers.clients import Crowd, Member, token_for
+from tests.helpers.process import JWT_KEY, ServerProcess, vpiska_process
+from tests.helpers.server import CLIENT_LIMITS, Server, make_config
 from vpiska.store.sqlite import SqliteStore
-
-JWT_KEY = "a test key that is long enough for HS256!"
 
 
 @asynccontextmanager
 async def running(tmp_path: Path) -> AsyncIterator[tuple[Server, ServerProcess]]:
-    """`python -m vpiska` on the test's data directory, as tests/conftest.py's Server, with
-    its store file opened beside it (sqlite in WAL mode takes a second connection) to put
+    """`python -m vpiska` on the test's data directory, as a Server (tests/helpers/server.py),
+    with its store file opened beside it (sqlite in WAL mode takes a second connection) to put
     users in. Each start gets a port of its own."""
     async with (
         vpiska_process(tmp_path, JWT_KEY=JWT_KEY, CHAT_RATE_PER_SECOND="1000",
@@ -39,36 +35,6 @@ async def running(tmp_path: Path) -> AsyncIterator[tuple[Server, ServerProcess]]
             await store.aclose()
 
 
-@asynccontextmanager
-async def server_process(tmp_path: Path, port: int) -> AsyncIterator[trio.Process]:
-    """`python -m vpiska` on a port chosen beforehand (`free_port`: racy, see there); the tests
-    here use `running`, which lets the server pick its port. Kept for tests that still pass one.
-    """
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "vpiska"],
-        env=env(tmp_path, SERVER_PORT=str(port), JWT_KEY=JWT_KEY,
-                CHAT_RATE_PER_SECOND="1000", CHAT_BURST="1000"),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        await wait_until_serving(f"http://127.0.0.1:{port}")
-        yield process
-    finally:
-        process.kill()
-        await process.wait()
-
-
-@asynccontextmanager
-async def as_server(tmp_path: Path, port: int, http: httpx.AsyncClient) -> AsyncIterator[Server]:
-    """`server_process` as tests/conftest.py's Server, with its store file opened beside it."""
-    config = make_config(tmp_path, jwt_key=JWT_KEY)
-    store = await SqliteStore.open(tmp_path / "data" / "vpiska.db")
-    try:
-        yield Server(f"http://127.0.0.1:{port}", config, http, store)
-    finally:
-        await store.aclose()
-
-
 async def steady_chat(members: list[Member], stop: trio.Event) -> None:
     async def talk(member: Member, i: int) -> None:
         k = 0
@@ -78,7 +44,7 @@ async def steady_chat(members: list[Member], stop: trio.Event) -> None:
             except Exception:  # the server went away mid-send
                 return
             k += 1
-            await trio.sleep(0.01)
+            await trio.sleep(0.01)  # the pace of the load, not a wait for anything
 
     async with trio.open_nursery() as nursery:
         for i, member in enumerate(members):

@@ -2,14 +2,13 @@
 
 Members are `Member(identity, RecordingOutbox())`; every test runs on trio's virtual clock
 (`autojump_clock`), so a reply deadline of ten seconds or a restart window of five costs
-nothing. Faults come from FaultyStore (tests/fakes.py) wrapped around the MemoryStore; nothing
-is patched. Tests assert what the room's users observe: the frames their outboxes got, the
+nothing. Faults come from FaultyStore (tests/helpers/fakes.py) wrapped around the MemoryStore;
+nothing is patched. Tests assert what the room's users observe: the frames their outboxes got, the
 answers to their requests, close codes, and what the store holds.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import math
@@ -23,7 +22,17 @@ import trio
 import trio.testing
 from trio.testing import MockClock
 
-from tests.fakes import FaultyStore, RecordingOutbox, TimedOutbox
+from tests.helpers.fakes import FaultyStore, RecordingOutbox, TimedOutbox
+from tests.helpers.rooms import (
+    INTERVAL,
+    Rooms,
+    join,
+    outbox,
+    person,
+    refusal,
+    snapshot,
+    start_rooms,
+)
 from vpiska import metrics
 from vpiska.actors import CloseCode, EventSupervisor, EventView, Member, Room
 from vpiska.actors.commands import (
@@ -42,62 +51,11 @@ from vpiska.actors.commands import (
 from vpiska.actors.event import MAX_BATCH, EventActor, Exit
 from vpiska.actors.geo import MapIndex
 from vpiska.config import Config
-from vpiska.domain import ChatMessage, Coordinates, Event, EventMedia, Identity, new_id, utc_now
+from vpiska.domain import ChatMessage, Coordinates, Event, EventMedia, new_id, utc_now
 from vpiska.errors import DomainError, ErrorCode
 from vpiska.store import MemoryStore, Store
 
-INTERVAL = Config().event_update_interval_ms / 1000
 REPLY_TIMEOUT = Config().actor_reply_timeout_seconds
-
-
-@dataclasses.dataclass
-class Rooms:
-    """A running EventSupervisor, the FaultyStore it runs on and the MemoryStore behind that."""
-
-    supervisor: EventSupervisor
-    store: FaultyStore
-    memory: MemoryStore
-    config: Config
-    ended: trio.Event  # set once `supervisor.run` has returned
-
-    async def open(self) -> tuple[Event, Room]:
-        """Open an event of a new owner, as events/create does."""
-        event = await self.supervisor.open_event(
-            new_id(), "party", "street 1", Coordinates(1.0, 2.0))
-        room = self.supervisor.room(event.id)
-        assert room is not None
-        return event, room
-
-    async def stored_chat(self, event_id: str) -> list[str]:
-        return [line.message for line in await self.memory.chat(event_id)]
-
-    async def stored_event(self, event_id: str) -> Event:
-        stored = await self.memory.event(event_id)
-        assert stored is not None
-        return stored
-
-    def crash_on(self, poison: str) -> None:
-        """Make a chat write that holds `poison` fail, as a lost database would."""
-        def poisoned(event_id: str, first_seq: int, lines: Sequence[ChatMessage]) -> bool:
-            return any(poison in line.message for line in lines)
-
-        self.store.fail("append_chat", poisoned)
-
-
-async def start_rooms(nursery: trio.Nursery, **overrides: Any) -> Rooms:
-    memory = MemoryStore()
-    store = FaultyStore(memory)
-    config = Config(**overrides)
-    # FaultyStore is a Store by delegation (__getattr__), which a Protocol check cannot see.
-    supervisor = EventSupervisor(cast(Store, store), config)
-    ended = trio.Event()
-
-    async def run(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        await supervisor.run(task_status=task_status)
-        ended.set()
-
-    await nursery.start(run)
-    return Rooms(supervisor, store, memory, config, ended)
 
 
 @pytest.fixture
@@ -105,39 +63,8 @@ async def rooms(nursery: trio.Nursery) -> Rooms:
     return await start_rooms(nursery)
 
 
-def person(name: str = "ann") -> Identity:
-    return Identity(new_id(), name, "")
-
-
-async def join(room: Room, who: Identity | str = "ann",
-               outbox: RecordingOutbox | None = None) -> Member:
-    identity = person(who) if isinstance(who, str) else who
-    member = Member(identity, RecordingOutbox() if outbox is None else outbox)
-    joined = await room.ask(lambda reply: Join(member, reply))
-    assert isinstance(joined, Joined)
-    return member
-
-
 async def say(room: Room, member: Member, text: str) -> None:
     assert await room.send(Chat(member.identity, text))
-
-
-async def snapshot(room: Room) -> EventView:
-    view = await room.ask(Snapshot)
-    assert isinstance(view, EventView)
-    return view
-
-
-async def refusal(room: Room, make: Callable[[Reply], Command]) -> tuple[ErrorCode, ...]:
-    """The codes of the DomainError that `room.ask(make)` answers with."""
-    with pytest.raises(DomainError) as refused:
-        await room.ask(make)
-    return refused.value.codes
-
-
-def outbox(member: Member) -> RecordingOutbox:
-    assert isinstance(member.outbox, RecordingOutbox)
-    return member.outbox
 
 
 def payloads(texts: Sequence[str], kind: str) -> list[Any]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import trio
 
-from tests.clients import Crowd, host_event, token_for
-from tests.conftest import BOTH_WRITE_PATHS, Server
+from tests.helpers.clients import Crowd, host_event, token_for
+from tests.helpers.server import BOTH_WRITE_PATHS, Server
 from vpiska.domain import new_id
 
 pytestmark = BOTH_WRITE_PATHS

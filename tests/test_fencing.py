@@ -2,8 +2,9 @@
 room ends without a restart, its sockets closed with 1012 (reconnect: served elsewhere).
 
 Everything runs on a MemoryStore and trio's virtual clock (`autojump_clock`); members are
-RecordingOutboxes (tests/fakes.py). "Another node" is a `claim_event` with a newer epoch made on
-the store behind the actor's back. The store's side of fencing is tests/test_store_contract.py.
+RecordingOutboxes (tests/helpers/fakes.py). "Another node" is a `claim_event` with a newer epoch
+made on the store behind the actor's back. The store's side of fencing is
+tests/test_store_contract.py.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import trio
 import trio.testing
 from trio.testing import MockClock
 
-from tests.fakes import RecordingOutbox
+from tests.helpers.fakes import RecordingOutbox
 from vpiska.actors import CloseCode, EventSupervisor, Member, Room
 from vpiska.actors.commands import (
     AddMedia,

@@ -2,7 +2,7 @@
 
 Generated and malformed requests (its examples, coverage, fuzzing and stateful phases), every
 answer checked against the document, plus: no status ≥ 500, every JSON answer an envelope
-(tests/fuzz_checks.py), and a server log of JSON lines without an error or a traceback.
+(tests/helpers/fuzz_checks.py), and a server log of JSON lines without an error or a traceback.
 `make test` runs FUZZ_EXAMPLES examples per operation; `make fuzz` sets many more.
 """
 
@@ -19,17 +19,12 @@ from typing import Any
 import httpx
 import trio
 
-from tests.test_process import vpiska_process
-from vpiska.http.openapi import PATHS
+from tests.helpers.openapi import documented_operations
+from tests.helpers.process import vpiska_process
 
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "15"))
 FUZZ_SEED = os.environ.get("FUZZ_SEED")  # replay a reported run
 HERE = Path(__file__).parent
-HTTP_METHODS = {"get", "post", "put", "patch", "delete"}
-
-
-def documented_operations() -> int:
-    return sum(1 for item in PATHS.values() for method in item if method in HTTP_METHODS)
 
 
 async def test_fuzzing_every_operation_finds_no_fault(tmp_path: Path) -> None:
@@ -81,7 +76,7 @@ async def fuzz(url: str, token: str, report: Path) -> subprocess.CompletedProces
         command += ["--seed", FUZZ_SEED]
     return await trio.run_process(  # in the report's folder: it keeps caches in its cwd
         command, capture_stdout=True, stderr=subprocess.STDOUT, check=False, cwd=report.parent,
-        env={**os.environ, "SCHEMATHESIS_HOOKS": str(HERE / "fuzz_checks.py")})
+        env={**os.environ, "SCHEMATHESIS_HOOKS": str(HERE / "helpers" / "fuzz_checks.py")})
 
 
 def read_log(text: str) -> list[dict[str, Any]]:

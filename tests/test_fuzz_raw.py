@@ -31,8 +31,8 @@ from typing import Any
 import httpx
 import trio
 
-from tests.raw_ws import RawSocket
-from tests.test_process import env, free_port, wait_until_serving
+from tests.helpers.process import env, free_port, wait_until_serving
+from tests.helpers.raw_ws import RawSocket
 from vpiska.http.openapi import PATHS
 
 FUZZ_RAW_SECONDS = float(os.environ.get("FUZZ_RAW_SECONDS", "10"))
@@ -300,7 +300,7 @@ async def send_in_pieces(stream: trio.SocketStream, data: bytes, rng: random.Ran
         await stream.send_all(data[:size])
         data = data[size:]
         if data and rng.random() < 0.3:
-            await trio.sleep(rng.random() * 0.01)
+            await trio.sleep(rng.random() * 0.01)  # the client's pace, not a wait for anything
 
 
 async def read_some_then_leave(stream: trio.SocketStream, rng: random.Random) -> None:

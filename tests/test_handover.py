@@ -16,7 +16,7 @@ import pytest
 import trio
 import trio.testing
 
-from tests.cluster_fixtures import RedisServer
+from tests.helpers.cluster_fixtures import RedisServer
 from vpiska.actors import EventSupervisor
 from vpiska.actors.commands import Update
 from vpiska.actors.geo import MapIndex

@@ -7,8 +7,8 @@ import pytest
 import trio
 import trio.testing
 
-from tests.fakes import RecordingOutbox
-from tests.test_event_actor import Rooms, join, outbox, person, refusal, start_rooms
+from tests.helpers.fakes import RecordingOutbox
+from tests.helpers.rooms import Rooms, join, outbox, person, refusal, start_rooms
 from vpiska.actors import CloseCode, Member
 from vpiska.actors.commands import Join, RemoveMember
 from vpiska.errors import ErrorCode

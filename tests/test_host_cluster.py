@@ -9,11 +9,11 @@ from typing import Any
 
 import trio
 
-from tests.clients import Crowd, host_event, socket_url, token_for
-from tests.cluster_fixtures import Cluster, RedisServer, StartCluster
-from tests.conftest import Server
-from tests.raw_ws import RawSocket
-from tests.test_cluster_faults import eventually, owner_now
+from tests.helpers.clients import Crowd, host_event, socket_url, token_for
+from tests.helpers.cluster_fixtures import Cluster, RedisServer, StartCluster
+from tests.helpers.cluster_state import eventually, owner_now
+from tests.helpers.raw_ws import RawSocket
+from tests.helpers.server import Server
 
 REMOVE = "/api/v1/events/members/remove"
 PASSWORD = "secret1"

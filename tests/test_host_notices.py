@@ -11,18 +11,17 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import coredis
 import pytest
 import trio
 
-from tests.cluster_fixtures import RedisServer
-from tests.cluster_parts import KnownUsers
-from tests.conftest import make_config
-from tests.fakes import RecordingOutbox
+from tests.helpers.cluster_fixtures import RedisServer
+from tests.helpers.cluster_parts import KnownUsers
+from tests.helpers.fakes import RecordingOutbox
+from tests.helpers.server import make_config
 from vpiska.actors import CloseCode, EventSupervisor, Member
-from vpiska.actors.commands import Join
+from vpiska.actors.commands import Join, Snapshot
 from vpiska.actors.geo import MapIndex
 from vpiska.cluster import protocol, redis
 from vpiska.cluster.bus import Bus
@@ -52,11 +51,15 @@ async def node(redis_server: RedisServer, tmp_path: Path, nursery: trio.Nursery
             inner.cancel_scope.cancel()
 
 
-async def until(check: Any) -> None:
-    """Within 30 s: the notice comes back through Redis, a process of its own."""
-    with trio.fail_after(30):
-        while not check():  # noqa: ASYNC110
-            await trio.sleep(0.01)
+async def handled(cluster_node: ClusterNode, client: coredis.Redis[bytes]) -> None:
+    """Return once the node has handled every notice published so far: a sentinel notice
+    (an account nobody has) published after them has reached it."""
+    known = cluster_node.known_users
+    assert isinstance(known, KnownUsers)
+    sentinel = new_id()
+    await client.publish(redis.CLUSTER_CHANNEL,
+                         encode(Notice(protocol.AccountDeleted(sentinel), "")))
+    await known.wait_forgotten(sentinel)
 
 
 async def gateway_of(cluster_node: ClusterNode, store: MemoryStore) -> GatewayRoom:
@@ -72,11 +75,13 @@ async def test_a_banned_notice_reaches_the_nodes_gateway_to_the_event(
     node: tuple[ClusterNode, MemoryStore, coredis.Redis[bytes]]
 ) -> None:
     cluster_node, store, client = node
+    cluster_node.known_users = KnownUsers()
     gateway = await gateway_of(cluster_node, store)
     other = await gateway_of(cluster_node, store)
     await client.publish(redis.CLUSTER_CHANNEL,
                          encode(Notice(protocol.Banned("u-banned"), gateway.event_id)))
-    await until(lambda: gateway.banned == {"u-banned"})
+    await handled(cluster_node, client)
+    assert gateway.banned == {"u-banned"}
     assert other.banned == set()
 
 
@@ -95,7 +100,8 @@ async def test_an_account_deleted_notice_forgets_the_account_and_closes_its_sock
         await room.ask(lambda reply, m=member: Join(m, reply))  # type: ignore[misc]
     await client.publish(redis.CLUSTER_CHANNEL,
                          encode(Notice(protocol.AccountDeleted(gone), "")))
-    await until(lambda: leaving.close_code is not None)
+    await known.wait_forgotten(gone)
+    await room.ask(Snapshot)  # through the room's actor: a close it was sent is done
     assert leaving.close_code == CloseCode.ACCOUNT_DELETED
     assert staying.close_code is None
     assert known.forgotten == [gone]
@@ -112,6 +118,7 @@ async def test_a_malformed_notice_changes_nothing_and_the_node_goes_on(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     cluster_node, store, client = node
+    cluster_node.known_users = KnownUsers()
     gateway = await gateway_of(cluster_node, store)
     caplog.set_level(logging.WARNING, logger="vpiska.cluster.protocol")
     for malformed in (["n", "banned", gateway.event_id, {"nobody": 1}],
@@ -119,7 +126,8 @@ async def test_a_malformed_notice_changes_nothing_and_the_node_goes_on(
         await client.publish(redis.CLUSTER_CHANNEL, json.dumps(malformed))
     await client.publish(redis.CLUSTER_CHANNEL,
                          encode(Notice(protocol.Banned("after"), gateway.event_id)))
-    await until(lambda: gateway.banned == {"after"})
+    await handled(cluster_node, client)
+    assert gateway.banned == {"after"}
     dropped = [record.__dict__["cause"] for record in caplog.records
                if record.message == "malformed cluster message dropped"]
     assert dropped == ["Object missing required field `user`"] * 2

@@ -11,8 +11,8 @@ import pytest
 import trio
 import trio.testing
 
-from tests.fakes import RecordingOutbox
-from tests.test_gateway import Bus, JoiningOwner, gateway_for
+from tests.helpers.fake_owner import Bus, JoiningOwner, gateway_for
+from tests.helpers.fakes import RecordingOutbox
 from vpiska.actors import CloseCode, Member
 from vpiska.actors.commands import Join
 from vpiska.cluster import protocol

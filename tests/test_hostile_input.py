@@ -19,11 +19,10 @@ import pytest
 import trio
 import trio.testing
 
-from tests.clients import Crowd, host_event, token_for, wait_for_sockets
-from tests.conftest import Server
-from tests.fakes import FaultyStore
-from tests.raw_ws import RawSocket
-from tests.test_websocket import port_of, resource
+from tests.helpers.clients import Crowd, host_event, token_for, wait_for_sockets
+from tests.helpers.fakes import FaultyStore
+from tests.helpers.raw_ws import RawSocket, resource
+from tests.helpers.server import Server, port_of
 from vpiska import wire
 from vpiska.cluster.owner import _identity as remote_identity
 from vpiska.domain import new_id

@@ -12,10 +12,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import BOTH_WRITE_PATHS, Server
-from tests.test_connection_faults import JSON, connection, read_to_end, request
-from tests.test_metrics import scrape, value
-from tests.test_websocket import port_of
+from tests.helpers.metrics import scrape, value
+from tests.helpers.raw_http import JSON, connection, read_to_end, request
+from tests.helpers.server import BOTH_WRITE_PATHS, Server, port_of
 
 GET, RANGE, LOGIN = "/api/v1/events/get", "/api/v1/events/range", "/api/v1/users/login"
 MEMBERS = "/api/v1/events/members"

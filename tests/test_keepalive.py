@@ -13,10 +13,9 @@ from typing import Any
 import pytest
 import trio
 
-from tests.clients import host_event, token_for
-from tests.conftest import Server
-from tests.raw_ws import RawMember, RawSocket
-from tests.test_websocket import port_of, resource
+from tests.helpers.clients import host_event, token_for
+from tests.helpers.raw_ws import RawMember, RawSocket, resource
+from tests.helpers.server import Server, port_of
 
 # The peers answer pings from this process, which also runs the server: a stall of about one
 # interval would drop a live peer. 2 s leaves a loaded machine room; it costs ~6 s a run.
@@ -47,12 +46,9 @@ async def test_silent_peer_is_dropped_and_live_peer_stays(
         # Dropped after two silent intervals: it got those intervals' pings (one more if the
         # drop and a ping fall due together), not a ping per interval for ever.
         assert pings <= 3, pings
-        with trio.fail_after(15):
-            await live.wait_for_count(1)  # it left the room (the live peer last saw 2)
+        await live.wait_for_count(1, 15)  # it left the room (the live peer last saw 2)
         # The live peer stays well past the silence limit: three intervals after it joined,
         # it still gets its lines.
-        with trio.fail_after(3 * PING + 30):
-            await live.wait_for(lambda m: m.pings >= 3)
+        await live.wait_for(lambda m: m.pings >= 3, 3 * PING + 30)
         await live.say("still here")
-        with trio.fail_after(15):
-            await live.wait_for(lambda m: m.chat() == ["still here"])
+        await live.wait_for(lambda m: m.chat() == ["still here"])

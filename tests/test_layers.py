@@ -4,7 +4,8 @@ password machinery (PyJWT, passlib): a room knows a member by its `Identity` alo
 transport stays below ASGI: only the composition root (vpiska/server.py) imports
 vpiska.transport, the ASGI side knows only vpiska/sink.py, and the transport imports nothing of
 vpiska's above it. Within the actors, only a room's own task changes a Room; everyone else
-sends it commands (docs/room-ownership.md)."""
+sends it commands (docs/room-ownership.md). The tests take what they share from
+tests/helpers/ alone: a test module imports no other test module, nor conftest.py."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pytest
 import vpiska
 
 PACKAGE = Path(vpiska.__file__).parent
+TESTS = Path(__file__).parent
 # What each package may import of vpiska besides itself.
 BELOW = {
     "store": ("vpiska.domain", "vpiska.errors", "vpiska.config", "vpiska.metrics"),
@@ -171,3 +173,21 @@ def test_only_the_room_s_task_changes_a_room() -> None:
 ])
 def test_the_room_check_tells_a_change_from_a_message(source: str, flagged: bool) -> None:
     assert bool(room_writes(source)) is flagged
+
+
+def test_no_test_module_imports_another_or_conftest() -> None:
+    """A helper borrowed from a test module ties that module's name and layout to every test
+    that borrows it; shared code lives in tests/helpers/."""
+    wrong: set[str] = set()
+    for path in modules(TESTS):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [("." * node.level) + (node.module or "")]
+            else:
+                continue
+            wrong.update(f"{path.relative_to(TESTS)}: {name}" for name in names
+                         if name.startswith(("tests.test_", "tests.conftest", "."))
+                         or name.split(".")[-1].startswith(("test_", "conftest")))
+    assert not wrong

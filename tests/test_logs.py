@@ -14,8 +14,8 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-from tests.conftest import Server, make_config
-from tests.test_process import vpiska_process
+from tests.helpers.process import vpiska_process
+from tests.helpers.server import Server, make_config
 from vpiska.logs import JsonFormatter
 from vpiska.server import serve
 

@@ -1,4 +1,4 @@
-"""Nodes as machines of their own (tests/cluster_fixtures.py's `machines`): each node has a
+"""Nodes as machines of their own (tests/helpers/cluster_fixtures.py's `machines`): each node has a
 DATA_DIR of its own and no folder in common with another; they share MongoDB and Redis, and
 nothing else, as nodes on different hosts do. What a client did through one machine must be
 served through every other, by the survivors of a machine SIGKILLed, and by a fresh machine
@@ -15,21 +15,16 @@ from typing import Any
 
 import trio
 
-from tests.clients import Crowd, Member, host_event, token_for
-from tests.cluster_fixtures import Cluster, Node, RedisServer, StartCluster
-from tests.conftest import Server
-from tests.test_cluster_faults import (
-    TTL,
-    UNLIMITED,
-    diagnosed,
-    eventually,
+from tests.helpers.clients import Crowd, Member, host_event, token_for
+from tests.helpers.cluster_fixtures import Cluster, Node, RedisServer, StartCluster
+from tests.helpers.cluster_state import TTL, UNLIMITED, diagnosed, eventually, owner_now, owner_of
+from tests.helpers.followers import (
     kill_until_served_again,
-    owner_now,
-    owner_of,
     settle_and_check,
     start_followers,
     talking,
 )
+from tests.helpers.server import Server
 
 PASSWORD = "secret1"
 _phones = itertools.count(9200000000)

@@ -14,7 +14,7 @@ import trio.testing
 from coredis.exceptions import ConnectionError as RedisConnectionError
 from trio.testing import MockClock
 
-from tests.fakes import RecordingOutbox
+from tests.helpers.fakes import RecordingOutbox
 from vpiska.actors import CloseCode, EventSupervisor, EventView, Member, Room
 from vpiska.actors.commands import Chat, Close, Join, Joined, Update
 from vpiska.actors.frames import Frame

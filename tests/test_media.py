@@ -5,24 +5,22 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.clients import host_event
-from tests.conftest import Server
-from tests.fakes import FaultyStore, StoreFailure
-from tests.mongodb_fixtures import MongoDatabase
-from tests.test_bad_input import Chunks
+from tests.helpers.clients import host_event
+from tests.helpers.fakes import FaultyStore, StoreFailure
+from tests.helpers.media import a_home_of_bytes, bytes_of, stored_ids
+from tests.helpers.mongodb_fixtures import MongoDatabase
+from tests.helpers.request_bodies import Chunks
+from tests.helpers.server import Server
 from vpiska.config import StoreLocation
 from vpiska.domain import new_id
 from vpiska.media import MediaLibrary, Upload
-from vpiska.store import MediaBytes, MediaFiles, media_bytes
-from vpiska.store.gridfs import GridFSMedia
+from vpiska.store import MediaFiles
 from vpiska.store.memory import MemoryStore
 from vpiska.store.mongo import MongoStore
 from vpiska.store.sqlite import SqliteStore
@@ -43,11 +41,6 @@ def media_store(request: pytest.FixtureRequest) -> dict[str, Any]:
 @pytest.fixture
 def config_overrides(media_store: dict[str, Any]) -> dict[str, Any]:
     return {"max_upload_bytes": MAX_UPLOAD, **media_store}
-
-
-def bytes_of(server: Server) -> MediaBytes:
-    """The home of the server's media bytes, as the server opened it."""
-    return media_bytes(server.config, server.store)
 
 
 async def nothing_stored(server: Server) -> bool:
@@ -374,29 +367,6 @@ async def test_oversize_upload_is_refused_and_nothing_is_kept(server: Server) ->
         "PayloadTooLarge"]
     assert await nothing_stored(server)
     assert await upload(server, b"small")  # the server is still healthy
-
-
-@asynccontextmanager
-async def a_home_of_bytes(kind: str, tmp_path: Path,
-                          request: pytest.FixtureRequest) -> AsyncIterator[MediaBytes]:
-    if kind == "files":
-        yield MediaFiles(tmp_path / "media")
-        return
-    database: MongoDatabase = request.getfixturevalue("mongodb_database")
-    store = await MongoStore.open(database.url, database.name)
-    try:
-        yield GridFSMedia(store.database)
-    finally:
-        await store.aclose()
-
-
-def stored_ids(home: MediaBytes) -> list[str]:
-    """Every id with bytes or a piece of them (a file, a GridFS file or chunk)."""
-    if isinstance(home, MediaFiles):
-        return [path.name for path in home.root.iterdir()]
-    assert isinstance(home, GridFSMedia)
-    return sorted({*home.database["fs.files"].distinct("_id"),
-                   *home.database["fs.chunks"].distinct("files_id")})
 
 
 @pytest.mark.parametrize("kind", ["files", "gridfs"])

@@ -23,13 +23,13 @@ import pytest
 import trio
 import trio.testing
 
-from tests.clients import Crowd, host_event, token_for
-from tests.cluster_fixtures import RedisServer, StartCluster
-from tests.conftest import CLIENT_LIMITS, Server
-from tests.fakes import FaultyStore
-from tests.mongodb_fixtures import MongoDatabase
-from tests.test_cluster_faults import TTL, eventually, owner_now
-from tests.test_media import a_home_of_bytes, bytes_of, stored_ids
+from tests.helpers.clients import Crowd, host_event, token_for
+from tests.helpers.cluster_fixtures import RedisServer, StartCluster
+from tests.helpers.cluster_state import TTL, eventually, owner_now
+from tests.helpers.fakes import FaultyStore
+from tests.helpers.media import a_home_of_bytes, bytes_of, stored_ids
+from tests.helpers.mongodb_fixtures import MongoDatabase
+from tests.helpers.server import CLIENT_LIMITS, Server
 from vpiska.auth import Tokens
 from vpiska.config import StoreLocation
 from vpiska.domain import User, new_id

@@ -23,8 +23,8 @@ import httpx
 import pytest
 import trio
 
-from tests.cluster_fixtures import StartCluster
-from tests.mongodb_fixtures import MongoDatabase
+from tests.helpers.cluster_fixtures import StartCluster
+from tests.helpers.mongodb_fixtures import MongoDatabase
 from vpiska.config import Config, ConfigError
 from vpiska.domain import Media, new_id, utc_now
 from vpiska.store import MediaBytes, Store, media_bytes, open_store

@@ -2,33 +2,14 @@
 
 from __future__ import annotations
 
-import httpx
 import pytest
 import trio
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.clients import Crowd, flood, host_event, token_for, wait_for_sockets
-from tests.conftest import Server
-from tests.raw_ws import RawSocket
-from tests.test_websocket import port_of, resource
+from tests.helpers.clients import Crowd, flood, host_event, token_for, wait_for_sockets
+from tests.helpers.metrics import scrape, value
+from tests.helpers.raw_ws import RawSocket, resource
+from tests.helpers.server import Server, port_of
 from vpiska.metrics import LiveEvents, LiveStats
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-async def scrape(server: Server) -> Samples:
-    # A connection of its own: with short ping intervals the server drops idle pooled ones.
-    async with httpx.AsyncClient(base_url=server.url) as http:
-        response = await http.get("/metrics")
-    assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
-    return {(sample.name, frozenset(sample.labels.items())): sample.value
-            for family in text_string_to_metric_families(response.text)
-            for sample in family.samples}
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 async def test_requests_are_counted_by_route_template_and_status(server: Server) -> None:

@@ -27,8 +27,8 @@ from typing import Any
 
 import httpx
 
-from tests.clients import Crowd, Member
-from tests.conftest import EVERY_WEBSOCKET_PATH, Server
+from tests.helpers.clients import Crowd, Member
+from tests.helpers.server import EVERY_WEBSOCKET_PATH, Server
 
 GOLDEN = Path(__file__).parent / "golden" / "old_client_session.txt"
 _ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")

@@ -10,7 +10,7 @@ import pytest
 from openapi_spec_validator import validate
 from quart_trio import QuartTrio
 
-from tests.conftest import Server, make_config
+from tests.helpers.server import Server, make_config
 from vpiska.actors import EventSupervisor
 from vpiska.app import Services, create_quart_app
 from vpiska.http import websocket

@@ -1,7 +1,7 @@
 """Partitions: the network path between the node that owns an event and Redis, or between it
 and MongoDB, frozen under chat load (connections stay open, no byte passes), then healed.
 
-The members are tests/test_cluster_faults.py's Followers, some on every node. What must hold:
+The members are Followers (tests/helpers/followers.py), some on every node. What must hold:
 the members on the healthy nodes get lines back within the lease TTL + 2 s of the freeze (the
 cut node hands its events over, a healthy one serves them); the cut node stays up, says once,
 in plain words, what happened and that it is over, and answers /readyz 503 meanwhile; after
@@ -19,24 +19,21 @@ import pytest
 import trio
 import trio.lowlevel
 
-from tests.clients import token_for
-from tests.cluster_fixtures import Cluster, Node, RedisServer, StartCluster, StartProxy
-from tests.conftest import Server
-from tests.mongodb_fixtures import new_database_name
-from tests.tcp_proxy import TcpProxy
-from tests.test_cluster_faults import (
+from tests.helpers.clients import token_for
+from tests.helpers.cluster_fixtures import Cluster, Node, RedisServer, StartCluster, StartProxy
+from tests.helpers.cluster_state import (
     TTL,
     UNLIMITED,
-    Follower,
     diagnosed,
     eventually,
     owner_now,
     owner_of,
     ready,
-    settle_and_check,
-    start_followers,
-    talking,
 )
+from tests.helpers.followers import Follower, settle_and_check, start_followers, talking
+from tests.helpers.mongodb_fixtures import new_database_name
+from tests.helpers.server import Server
+from tests.helpers.tcp_proxy import TcpProxy
 
 # The longest a member on a healthy node may go without a line once the owner is cut off:
 # the hand-over's bound (TTL + 2 s), and a second for the new owner's catch-up on a loaded

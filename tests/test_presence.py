@@ -11,9 +11,9 @@ import trio
 import trio.testing
 from trio.testing import MockClock
 
-from tests.fakes import RecordingOutbox
-from tests.presence_view import PresenceView, is_presence
-from tests.test_event_actor import INTERVAL, Rooms, person, start_rooms
+from tests.helpers.fakes import RecordingOutbox
+from tests.helpers.presence_view import PresenceView, is_presence
+from tests.helpers.rooms import INTERVAL, Rooms, person, start_rooms
 from vpiska.actors import Member, Room
 from vpiska.actors.commands import Join, Joined, Members
 from vpiska.domain import Identity

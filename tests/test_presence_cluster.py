@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import trio
 
-from tests.clients import Crowd, Member, host_event, token_for
-from tests.cluster_fixtures import Cluster, Node, RedisServer, StartCluster
-from tests.conftest import Server
-from tests.presence_view import PresenceView, is_presence
-from tests.test_cluster_faults import owner_now
+from tests.helpers.clients import Crowd, Member, host_event, token_for
+from tests.helpers.cluster_fixtures import Cluster, Node, RedisServer, StartCluster
+from tests.helpers.cluster_state import owner_now
+from tests.helpers.presence_view import PresenceView, is_presence
+from tests.helpers.server import Server
 
 
 class Watcher:

@@ -9,11 +9,10 @@ from collections.abc import Callable
 import pytest
 import trio
 
-from tests.clients import Crowd, Member, host_event, token_for
-from tests.conftest import Server
-from tests.presence_view import PresenceView, is_presence
-from tests.raw_ws import RawMember, RawSocket
-from tests.test_websocket import port_of, resource
+from tests.helpers.clients import Crowd, Member, host_event, token_for
+from tests.helpers.presence_view import PresenceView, is_presence
+from tests.helpers.raw_ws import RawMember, RawSocket, resource
+from tests.helpers.server import Server, port_of
 from vpiska.domain import new_id
 
 # The crowd of the join storm below. PRESENCE_STORM=5000 is the size issue 20 names: 22 s on an
@@ -117,19 +116,17 @@ async def test_a_join_storm_costs_watchers_a_bounded_number_of_presence_frames(
             def caught_up(m: RawMember) -> bool:
                 view.follow(m.frames)
                 return view.users is not None and view.present == present
-            await member.wait_for(caught_up)
+            await member.wait_for(caught_up, 120)
 
-        with trio.fail_after(120):
-            async with trio.open_nursery() as waiting:
-                for (_, member), view in zip(watchers, views, strict=True):
-                    waiting.start_soon(watch, member, view)
+        async with trio.open_nursery() as waiting:
+            for (_, member), view in zip(watchers, views, strict=True):
+                waiting.start_soon(watch, member, view)
 
     started = trio.current_time()
     async with trio.open_nursery() as arrivals:
         for i in range(STORM):
             arrivals.start_soon(arrive, i)
-    with trio.fail_after(120):
-        await watchers[0][1].wait_for(lambda m: m.counts[-1:] == [len(watchers) + STORM])
+    await watchers[0][1].wait_for_count(len(watchers) + STORM, 120)
     for member in crowd:
         await member.raw.stream.aclose()
     await everyone_sees({user_id for user_id, _ in watchers})

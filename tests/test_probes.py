@@ -12,7 +12,7 @@ import pytest
 import trio
 from quart import typing as quart_types
 
-from tests.conftest import Server, make_config
+from tests.helpers.server import Server, make_config
 from vpiska.actors import EventSupervisor
 from vpiska.app import Services, create_quart_app
 from vpiska.store import Store, open_store

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.test_process import vpiska_process
+from tests.helpers.process import vpiska_process
 
 README = Path(__file__).parent.parent / "README.md"
 

@@ -3,12 +3,11 @@ sockets what they opted in to, each in the room's one order (vpiska/actors/room.
 
 from __future__ import annotations
 
+from tests.helpers.fakes import RecordingOutbox
 from vpiska.actors.frames import Audience, Frame
 from vpiska.actors.member import Member
 from vpiska.actors.room import Room
 from vpiska.domain import Identity
-
-from .fakes import RecordingOutbox
 
 
 def room() -> Room:

@@ -12,10 +12,9 @@ from typing import TypeVar
 import pytest
 import trio
 
-from tests.clients import Crowd, Member, host_event, token_for
-from tests.conftest import BOTH_WRITE_PATHS, Server
-from tests.raw_ws import RawMember, RawSocket
-from tests.test_websocket import port_of, resource
+from tests.helpers.clients import Crowd, Member, host_event, token_for
+from tests.helpers.raw_ws import RawMember, RawSocket, resource
+from tests.helpers.server import BOTH_WRITE_PATHS, Server, port_of
 from vpiska.actors.member import Member as RoomMember
 from vpiska.actors.room import Room
 
@@ -136,7 +135,7 @@ async def test_join_storm_costs_a_bounded_number_of_count_frames(
     storm = trio.current_time() - started
     try:
         interval = server.config.event_update_interval_ms / 1000
-        per_member = [len(m.counts) for m in members]
+        per_member = [len(m.counts()) for m in members]
         # At most one count frame per interval, plus one at each edge; announcing every
         # join to everyone would average ~500 frames per member.
         assert max(per_member) <= storm / interval + 2, (max(per_member), storm)
@@ -191,7 +190,7 @@ async def test_close_under_load_ends_everything(
     # deadline.
     with trio.fail_after(30):
         while any(ref() is not None for ref in held) or room_tasks(event_id):
-            await trio.sleep(0.05)
+            await trio.sleep(0.05)  # how often to look (and collect), not a wait for anything
             gc.collect()
 
 

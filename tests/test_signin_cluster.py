@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import trio
 
-from tests.cluster_fixtures import WAIT_SECONDS, RedisServer, StartCluster, StartProxy
-from tests.test_signin_limits import LOGIN, Clock, add_users, client_from, codes, login
+from tests.helpers.cluster_fixtures import WAIT_SECONDS, RedisServer, StartCluster, StartProxy
+from tests.helpers.signin import LOGIN, Clock, add_users, client_from, codes, login
 from vpiska.cluster import redis
 from vpiska.cluster.signin_counters import REDIS_WAIT_SECONDS, RETRY_SECONDS, RedisCounters
 from vpiska.signin_limits import WRONG_PASSWORD_WINDOW_SECONDS, LocalCounters

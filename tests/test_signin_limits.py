@@ -7,18 +7,24 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import pytest
 import trio
 
-from tests.conftest import Server
-from vpiska.auth import Passwords
+from tests.helpers.server import Server
+from tests.helpers.signin import (
+    LOGIN,
+    PASSWORD,
+    WAIT_SECONDS,
+    Clock,
+    add_users,
+    client_from,
+    codes,
+    login,
+)
 from vpiska.config import Config, ConfigError
-from vpiska.domain import User, new_id
 from vpiska.errors import TooManyRequests
 from vpiska.http.client_address import client_address
 from vpiska.signin_limits import (
@@ -27,18 +33,7 @@ from vpiska.signin_limits import (
     SigninLimits,
 )
 
-LOGIN = "/api/v1/users/login"
 CREATE = "/api/v1/users/create"
-PASSWORD = "secret1"
-WAIT_SECONDS = 30
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 # --- The rules, on the test's clock ----------------------------------------------------------
@@ -249,54 +244,9 @@ def test_invalid_settings_name_their_variable(env: dict[str, str], variable: str
 
 # --- Over real sockets -----------------------------------------------------------------------
 
-@asynccontextmanager
-async def client_from(url: str, address: str, *, connections: int = 10
-                      ) -> AsyncIterator[httpx.AsyncClient]:
-    """A client of the server at `url` whose connections (at most `connections` at once) come
-    from `address` (a loopback address)."""
-    transport = httpx.AsyncHTTPTransport(
-        local_address=address, limits=httpx.Limits(max_connections=connections))
-    async with httpx.AsyncClient(base_url=url, transport=transport,
-                                 timeout=WAIT_SECONDS) as client:
-        yield client
-
-
-async def codes(client: httpx.AsyncClient, path: str, body: dict[str, str],
-                **kwargs: Any) -> list[str]:
-    """The envelope's error codes ([] for a success), checking the envelope's form."""
-    response = await client.post(path, json=body, **kwargs)
-    assert response.status_code == 200
-    envelope = response.json()
-    assert list(envelope) == ["isSuccess", "errors", "result"]
-    if envelope["isSuccess"]:
-        return []
-    found = [error["errorCode"] for error in envelope["errors"]]
-    if found == ["TooManyRequests"]:
-        assert int(response.headers["retry-after"]) >= 1
-    else:
-        assert "retry-after" not in response.headers
-    return found
-
-
-def login(phone: str, password: str = PASSWORD) -> dict[str, str]:
-    return {"phone": phone, "password": password}
-
-
 def sign_up(phone: str) -> dict[str, str]:
     return {"name": f"n{phone}", "phone": phone, "password": PASSWORD,
             "confirmPassword": PASSWORD}
-
-
-_hash: list[str] = []
-
-
-async def add_users(server: Server, *phones: str) -> None:
-    """Users with PASSWORD, put in the store directly: one argon2 hash for all of them."""
-    if not _hash:
-        _hash.append(await Passwords(server.config).hash(PASSWORD))
-    for phone in phones:
-        await server.store.add_user(User(id=new_id(), name=f"n{phone}", phone=phone,
-                                          password_hash=_hash[0]))
 
 
 async def test_health_answers_200_with_an_empty_body(server: Server) -> None:

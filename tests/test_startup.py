@@ -9,7 +9,7 @@ from pathlib import Path
 
 import trio
 
-from tests.test_process import env
+from tests.helpers.process import env
 from vpiska.config import DEFAULT_JWT_KEY, Config
 
 

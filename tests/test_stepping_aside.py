@@ -8,21 +8,22 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import coredis
 import pytest
 import trio
 import trio.testing
 
-from tests.cluster_fixtures import RedisServer
-from tests.conftest import make_config
+from tests.helpers.cluster_fixtures import RedisServer
+from tests.helpers.cluster_state import eventually
+from tests.helpers.server import make_config
 from vpiska.actors import EventSupervisor
 from vpiska.actors.geo import MapIndex
-from vpiska.cluster import redis
+from vpiska.cluster import protocol, redis
 from vpiska.cluster.bus import Bus
 from vpiska.cluster.map_notices import MapNotices
 from vpiska.cluster.node import ClusterNode
+from vpiska.cluster.protocol import Notice, decode
 from vpiska.domain import Coordinates, Event, new_id, utc_now
 from vpiska.store import MemoryStore
 
@@ -80,17 +81,40 @@ async def new_event(store: MemoryStore) -> str:
     return event.id
 
 
-async def until(check: Any) -> None:
-    """Ask `check` until it is true, within 30 s (the node's state is changed by its own tasks
-    on Redis' answers, a process of its own: nothing to wait on but asking again; the bound is
-    generous because a loaded machine answers slowly)."""
-    with trio.fail_after(30):
-        while not await check():  # noqa: ASYNC110
-            await trio.sleep(0.01)
+class Notices:
+    """The cluster channel as the other nodes hear it. A node stepping aside says "left" last,
+    once it has left the live set and freed its leases: what the test waits for."""
+
+    def __init__(self) -> None:
+        self.heard: list[Notice] = []
+        self._more = trio.Event()
+
+    def hear(self, data: bytes) -> None:
+        message = decode(data)
+        if isinstance(message, Notice):
+            self.heard.append(message)
+            self._more.set()
+            self._more = trio.Event()
+
+    async def wait_for_left(self, node_id: str) -> None:
+        with trio.fail_after(30):  # generous: a loaded machine answers slowly
+            while protocol.Left(node_id) not in (notice.op for notice in self.heard):
+                await self._more.wait()
+
+
+@pytest.fixture
+async def notices(redis_server: RedisServer) -> AsyncIterator[Notices]:
+    notices = Notices()
+    async with redis.connect(redis_server.url) as client, trio.open_nursery() as listening:
+        bus = Bus(redis_server.url, client)
+        await listening.start(bus.run)
+        await bus.subscribe(redis.CLUSTER_CHANNEL, notices.hear, lambda: None)
+        yield notices
+        listening.cancel_scope.cancel()
 
 
 async def test_a_node_whose_store_stops_answering_hands_its_events_over_and_comes_back(
-    node: tuple[ClusterNode, HeldStore, coredis.Redis[bytes]]
+    node: tuple[ClusterNode, HeldStore, coredis.Redis[bytes]], notices: Notices
 ) -> None:
     cluster_node, store, client = node
     event_id = await new_event(store)
@@ -99,12 +123,10 @@ async def test_a_node_whose_store_stops_answering_hands_its_events_over_and_come
     store.hold()
     held_at = trio.current_time()
 
-    async def stepped_aside() -> bool:
-        return (not cluster_node.ready
-                and await client.get(redis.lease_key(event_id)) is None
-                and cluster_node.node_id.encode() not in await client.zrange(redis.NODES, 0, -1))
-
-    await until(stepped_aside)
+    await notices.wait_for_left(cluster_node.node_id)
+    assert not cluster_node.ready
+    assert await client.get(redis.lease_key(event_id)) is None
+    assert cluster_node.node_id.encode() not in await client.zrange(redis.NODES, 0, -1)
     # Handed over within the bound the cluster promises (it takes a beat and a ping's deadline).
     assert trio.current_time() - held_at < TTL + 2
     assert await cluster_node.activate(event_id) is None  # owns nothing new meanwhile
@@ -114,12 +136,12 @@ async def test_a_node_whose_store_stops_answering_hands_its_events_over_and_come
         return (cluster_node.ready
                 and cluster_node.node_id.encode() in await client.zrange(redis.NODES, 0, -1))
 
-    await until(back)
+    await eventually(back)  # its beat, in Redis: nothing announces it
     assert await cluster_node.activate(event_id) is not None  # and owns events again
 
 
 async def test_an_event_being_claimed_as_the_node_steps_aside_is_not_kept(
-    node: tuple[ClusterNode, HeldStore, coredis.Redis[bytes]]
+    node: tuple[ClusterNode, HeldStore, coredis.Redis[bytes]], notices: Notices
 ) -> None:
     cluster_node, store, client = node
     event_id = await new_event(store)
@@ -133,12 +155,8 @@ async def test_an_event_being_claimed_as_the_node_steps_aside_is_not_kept(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(activate)
         await store.claiming.wait()
-
-        async def aside() -> bool:
-            await trio.lowlevel.checkpoint()
-            return not cluster_node.ready
-
-        await until(aside)
+        await notices.wait_for_left(cluster_node.node_id)
+        assert not cluster_node.ready
         store.claims_free.set()  # the claim is answered after the node stepped aside
     assert activated == [None]
     assert await client.get(redis.lease_key(event_id)) is None

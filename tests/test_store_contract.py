@@ -1,8 +1,8 @@
 """One contract for every Store: the server must not be able to tell sqlite from MongoDB.
 
 Each test runs on sqlite, on MongoStore over mongomock, on the in-memory store the actor tests
-use as a fake, and on a real MongoDB wire server (tests/mongodb_fixtures.py: SecantusDB, or the
-server VPISKA_TEST_MONGODB_URL names). The tests on the
+use as a fake, and on a real MongoDB wire server (tests/helpers/mongodb_fixtures.py: SecantusDB,
+or the server VPISKA_TEST_MONGODB_URL names). The tests on the
 `mongo` fixture check what only MongoDB has: the older Go backend's document shapes, its
 embedded chat arrays, and an older database whose data breaks an index.
 
@@ -31,7 +31,7 @@ import pytest
 import trio
 from bson.int64 import Int64
 
-from tests.mongodb_fixtures import new_database_name
+from tests.helpers.mongodb_fixtures import new_database_name
 from vpiska.config import Config, StoreLocation
 from vpiska.domain import ChatMessage, Coordinates, Event, EventMedia, Media, User, new_id
 from vpiska.errors import DomainError, ErrorCode
@@ -1237,7 +1237,7 @@ async def test_sqlite_writes_leave_checkpoints_to_the_checkpointer(tmp_path: Pat
             nursery.start_soon(partial(store.maintain, every=0.01))
             with trio.fail_after(15):
                 while lines_in_the_file_alone() != 1:  # noqa: ASYNC110 (the file, not a task)
-                    await trio.sleep(0.01)
+                    await trio.sleep(0.01)  # how often to look, not a wait for anything
             nursery.cancel_scope.cancel()
     finally:
         await store.aclose()

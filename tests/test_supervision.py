@@ -10,11 +10,10 @@ from typing import Any
 import pytest
 import trio
 
-from tests.clients import Crowd, host_event, token_for
-from tests.conftest import BOTH_WRITE_PATHS, Server
-from tests.fakes import FaultyStore
-from tests.raw_ws import RawSocket
-from tests.test_websocket import port_of, resource
+from tests.helpers.clients import Crowd, host_event, token_for
+from tests.helpers.fakes import FaultyStore
+from tests.helpers.raw_ws import RawSocket, resource
+from tests.helpers.server import BOTH_WRITE_PATHS, Server, port_of
 from vpiska.domain import ChatMessage
 from vpiska.store import Store
 

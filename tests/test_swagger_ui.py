@@ -23,8 +23,8 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.wait import WebDriverWait
 
-from tests.test_fuzz import documented_operations
-from tests.test_process import env, serving_url
+from tests.helpers.openapi import documented_operations
+from tests.helpers.process import env, serving_url
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -38,7 +38,7 @@ pytestmark = pytest.mark.skipif(
 def server_url(tmp_path: Path) -> Iterator[str]:
     """A `python -m vpiska` of its own: the browser's calls block this (synchronous) test.
 
-    On a port the kernel picks, read from its "serving" log line (as tests/test_process.py's
+    On a port the kernel picks, read from its "serving" log line (as tests/helpers/process.py's
     `vpiska_process` does); a thread reads its output all along, so a full pipe never stops it.
     """
     process = subprocess.Popen([sys.executable, "-m", "vpiska"], stdout=subprocess.PIPE,

@@ -1,5 +1,5 @@
-"""tests/tcp_proxy.py against a tiny echo server in the same trio run: what passes, what a cut
-and a freeze do to each side."""
+"""tests/helpers/tcp_proxy.py against a tiny echo server in the same trio run: what passes, what a
+cut and a freeze do to each side."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import trio
 
-from tests.tcp_proxy import WAIT_SECONDS, TcpProxy, open_tcp_proxy
+from tests.helpers.tcp_proxy import WAIT_SECONDS, TcpProxy, open_tcp_proxy
 
 
 class EchoServer:

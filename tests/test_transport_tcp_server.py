@@ -12,7 +12,7 @@ import trio
 import trio.testing
 from hypercorn.app_wrappers import ASGIWrapper
 
-from tests.conftest import MockSocket
+from tests.helpers.mock_socket import MockSocket
 from vpiska.transport import ServerConfig, install
 from vpiska.transport.tcp_server import VpiskaTCPServer
 from vpiska.transport.worker_context import VpiskaWorkerContext

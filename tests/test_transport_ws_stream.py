@@ -10,7 +10,7 @@ import trio
 import trio.testing
 from hypercorn.app_wrappers import ASGIWrapper
 
-from tests.conftest import MockSocket
+from tests.helpers.mock_socket import MockSocket
 from vpiska.sink import Sink, sink_of
 from vpiska.transport import ServerConfig, install
 from vpiska.transport.direct_sink import DirectSink

@@ -10,8 +10,8 @@ import jwt
 import pytest
 import trio
 
-from tests.conftest import Server
-from tests.fakes import FaultyStore
+from tests.helpers.fakes import FaultyStore
+from tests.helpers.server import Server
 from vpiska.accounts import Accounts
 from vpiska.auth import Passwords, Tokens
 from vpiska.config import Config

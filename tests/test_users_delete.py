@@ -10,9 +10,9 @@ from typing import Any
 
 import trio
 
-from tests.clients import Crowd, Member, host_event, socket_url, token_for
-from tests.conftest import EVERY_WEBSOCKET_PATH, Server
-from tests.raw_ws import RawSocket
+from tests.helpers.clients import Crowd, Member, host_event, socket_url, token_for
+from tests.helpers.raw_ws import RawSocket
+from tests.helpers.server import EVERY_WEBSOCKET_PATH, Server
 
 DELETE = "/api/v1/users/delete"
 PASSWORD = "secret1"

@@ -8,18 +8,10 @@ from typing import Any
 import pytest
 import trio
 
-from tests.clients import Crowd, host_event, socket_url, token_for, wait_for_sockets
-from tests.conftest import EVERY_WEBSOCKET_PATH, Server, stock_hypercorn_fails
-from tests.raw_ws import RawMember, RawSocket
+from tests.helpers.clients import Crowd, host_event, token_for, wait_for_sockets
+from tests.helpers.raw_ws import RawMember, RawSocket, resource
+from tests.helpers.server import EVERY_WEBSOCKET_PATH, Server, port_of, stock_hypercorn_fails
 from vpiska.domain import new_id
-
-
-def port_of(server: Server) -> int:
-    return int(server.url.rsplit(":", 1)[1])
-
-
-def resource(server: Server, token: str | None, event_id: str, **params: Any) -> str:
-    return socket_url(server, token, event_id, **params).split(server.ws_url, 1)[1]
 
 
 @EVERY_WEBSOCKET_PATH
@@ -62,7 +54,7 @@ async def test_upgrades_the_direct_path_leaves_to_hypercorn_are_served_alike(
     nursery.start_soon(member.collect)
     async with member.raw.stream:
         with trio.fail_after(30):
-            await member.wait_for(lambda m: m.counts == [1])
+            await member.wait_for(lambda m: m.counts() == [1])
             await member.say("either way")
             await member.wait_for(lambda m: m.chat() == ["either way"])
 

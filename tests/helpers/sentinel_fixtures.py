@@ -22,7 +22,7 @@ import coredis
 import pytest
 import trio
 
-from tests.cluster_fixtures import (
+from tests.helpers.cluster_fixtures import (
     START_SECONDS,
     WAIT_SECONDS,
     OutputLines,
@@ -30,7 +30,7 @@ from tests.cluster_fixtures import (
     _free_port,
     redis_server_executable,
 )
-from tests.executables import required
+from tests.helpers.executables import required
 
 SERVICE = "vpiska"
 DOWN_AFTER_MS = 1000
@@ -48,8 +48,8 @@ def redis_sentinel_executable() -> str:
 async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
     """Ask `check` until it is true, within WAIT_SECONDS (then fail saying `what`)."""
     with trio.move_on_after(WAIT_SECONDS):
-        while not await check():  # noqa: ASYNC110
-            await trio.sleep(_POLL_SECONDS)
+        while not await check():  # noqa: ASYNC110 (Redis and Sentinels: processes of their own)
+            await trio.sleep(_POLL_SECONDS)  # how often to ask, not a wait for anything
         return
     raise AssertionError(f"not within {WAIT_SECONDS} s: {what}")
 

@@ -12,7 +12,7 @@ module (`pytest_plugins`), so every test can ask for:
   own (empty when it starts: a node started later is a fresh machine), and the store in a
   MongoDB database of the test's own on the session's server (`mongodb_url`).
 - `tcp_proxy` → StartProxy: `await tcp_proxy(redis_server.port)`, a running TcpProxy
-  (tests/tcp_proxy.py) whose `url()` a node can take as its REDIS_URL.
+  (tests/helpers/tcp_proxy.py) whose `url()` a node can take as its REDIS_URL.
 
     async def test_x(cluster: StartCluster, redis_server: RedisServer,
                      tcp_proxy: StartProxy) -> None:
@@ -48,10 +48,10 @@ import pymongo
 import pytest
 import trio
 
-from tests.conftest import Server
-from tests.executables import required
-from tests.mongodb_fixtures import new_database_name
-from tests.tcp_proxy import TcpProxy
+from tests.helpers.executables import required
+from tests.helpers.mongodb_fixtures import new_database_name
+from tests.helpers.server import Server
+from tests.helpers.tcp_proxy import TcpProxy
 from vpiska.config import Config
 from vpiska.store import Store, open_store
 
@@ -509,10 +509,10 @@ class Cluster:
         return [started[name] for name in names]
 
     async def server(self, node: Node) -> Server:
-        """`node` as tests/conftest.py's Server (for tests/clients.py's Crowd, token_for, …):
-        an HTTP client of the node, its configuration as it read it, and the shared store,
-        opened here beside the nodes (sqlite in WAL mode takes more connections; MongoDB
-        any number of clients)."""
+        """`node` as a Server (tests/helpers/server.py), for tests/helpers/clients.py's Crowd,
+        token_for, …: an HTTP client of the node, its configuration as it read it, and the
+        shared store, opened here beside the nodes (sqlite in WAL mode takes more connections;
+        MongoDB any number of clients)."""
         config = Config.from_env(node.env)
         if self._store is None:
             self._store = await self._exit.enter_async_context(open_store(config))

@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import trio
 
-from tests.fakes import FakeRedis
+from tests.helpers.fakes import FakeRedis
 from vpiska.actors import CloseCode
 from vpiska.actors.geo import MapIndex
 from vpiska.cluster.cluster_channel import ClusterChannel
@@ -131,12 +131,24 @@ class FakeBus:
 
 
 class KnownUsers:
+    """A node's cache of accounts, as notices reach it. A node handles notices one at a time in
+    the order they were published, so an `account_deleted` published last, once forgotten
+    here, is the sentinel for every notice before it (`wait_forgotten`)."""
+
     def __init__(self) -> None:
         self.forgotten: list[str] = []
         self.cleared = 0
+        self._forgot = trio.Event()
 
     def forget(self, user_id: str) -> None:
         self.forgotten.append(user_id)
+        self._forgot.set()
+        self._forgot = trio.Event()
+
+    async def wait_forgotten(self, user_id: str) -> None:
+        with trio.fail_after(30):  # the notice comes back through Redis, a process of its own
+            while user_id not in self.forgotten:
+                await self._forgot.wait()
 
     def forget_all(self) -> None:
         self.cleared += 1

@@ -4,12 +4,20 @@ frames, or never answer a ping."""
 from __future__ import annotations
 
 import base64
-import json
 import os
 import struct
-from collections.abc import Callable
+from typing import Any
 
 import trio
+
+from tests.helpers.clients import socket_url
+from tests.helpers.member_client import MemberClient
+from tests.helpers.server import Server
+
+
+def resource(server: Server, token: str | None, event_id: str, **params: Any) -> str:
+    """The request target of the live room's URL (socket_url), as RawSocket.connect takes it."""
+    return socket_url(server, token, event_id, **params).split(server.ws_url, 1)[1]
 
 
 class RawSocket:
@@ -120,8 +128,8 @@ class RawSocket:
                 return texts, int(struct.unpack("!H", payload[:2])[0])
 
 
-class RawMember:
-    """A cheap reading member for crowd tests: frames, counts and pings, nothing else.
+class RawMember(MemberClient):
+    """A cheap member for crowd tests, over a RawSocket.
 
     trio-websocket costs ~20 ms of client CPU per connection, which made a 1,000-member test
     measure the test client; this one costs a fraction. It answers pings only when told to
@@ -130,57 +138,51 @@ class RawMember:
     """
 
     def __init__(self, raw: RawSocket, *, answer_pings: bool = False) -> None:
+        super().__init__()
         self.raw = raw
         self.answer_pings = answer_pings
-        self.frames: list[str] = []
-        self.counts: list[int] = []
         self.pings = 0
-        self.close_code: int | None = None
-        self.ended = False  # the connection is closed or gone
-        self.changed = trio.Event()
 
     async def collect(self) -> None:
+        close_code = None
         try:
             while True:
                 opcode, payload = await self.raw.next_frame()
                 if opcode == 0x8:
-                    self.close_code = int(struct.unpack("!H", payload[:2])[0])
+                    close_code = int(struct.unpack("!H", payload[:2])[0])
                     return
                 if opcode == 0x9:
                     self.pings += 1
                     if self.answer_pings:
                         await self.raw.send_frame(0xA, payload)
+                    self._changed_now()
                 elif opcode == 0x1:
-                    frame = payload.decode()
-                    self.frames.append(frame)
-                    if frame.startswith("eventUpdated/"):
-                        self.counts.append(json.loads(frame[13:])["usersCount"])
-                self.changed.set()
-                self.changed = trio.Event()
+                    self._received(payload.decode())
         except (EOFError, trio.ClosedResourceError, trio.BrokenResourceError):
             return
         finally:
-            self.ended = True
-            self.changed.set()
+            self._ended(close_code)
 
-    async def wait_for(self, done: Callable[[RawMember], bool]) -> None:
-        """Return once `done(self)` holds; fails at once if the connection ends first. Put a
-        deadline around it (`trio.fail_after`)."""
-        while not done(self):
-            if self.ended:
-                raise AssertionError(f"connection ended ({self.close_code}) before the "
-                                     f"condition; frames: {self.frames[-5:]}")
-            await self.changed.wait()
+    async def send(self, frame: str) -> None:
+        await self.raw.send_frame(0x1, frame.encode())
 
-    def chat(self) -> list[str]:
-        """Message texts of the chatMessage frames received, in order."""
-        return [json.loads(f.split("/", 1)[1])["message"] for f in self.frames
-                if f.startswith("chatMessage/")]
 
-    async def say(self, text: str) -> None:
-        await self.raw.send_frame(0x1, f"chatMessage/{text}".encode())
+def masked_frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
+    """A client frame with a zero mask (valid, and the payload stays readable)."""
+    first = (0x80 if fin else 0) | opcode
+    if len(payload) < 126:
+        header = struct.pack("!BB", first, 0x80 | len(payload))
+    elif len(payload) < 65536:
+        header = struct.pack("!BBH", first, 0x80 | 126, len(payload))
+    else:
+        header = struct.pack("!BBQ", first, 0x80 | 127, len(payload))
+    return header + b"\0\0\0\0" + payload
 
-    async def wait_for_count(self, count: int,
-                             timeout: float = 60) -> None:  # noqa: ASYNC109 (a test's deadline)
-        with trio.fail_after(timeout):
-            await self.wait_for(lambda m: m.counts[-1:] == [count])
+
+async def until_closed(raw: RawSocket) -> None:
+    """Read (and drop) frames until the server closes the TCP connection."""
+    try:
+        while True:
+            await raw.next_frame()
+    except (EOFError, trio.BrokenResourceError):
+        return

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -13,75 +11,37 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
 
-from tests.conftest import Server
+from tests.helpers.member_client import MemberClient
+from tests.helpers.server import Server
 from vpiska.auth import Tokens
 from vpiska.domain import User, new_id
 
 _phones = itertools.count(9100000000)
 
 
-class Member:
-    """One WebSocket, read continuously by a task of the test's nursery."""
+class Member(MemberClient):
+    """A member over trio-websocket: a well-behaved client (it answers pings, closes cleanly)."""
 
     def __init__(self, ws: WebSocketConnection) -> None:
+        super().__init__()
         self.ws = ws
-        self.frames: list[str] = []
-        self._counts: list[int] = []  # usersCount of each eventUpdated, parsed on arrival
-        self._chat: list[str] = []  # message of each chatMessage, parsed on arrival
-        self.close_code: int | None = None
-        self.closed = trio.Event()
-        self._changed = trio.Event()
 
     async def collect(self) -> None:
+        close_code = None
         try:
             while True:
                 frame = await self.ws.get_message()
                 assert isinstance(frame, str), frame  # the protocol is text
-                self.frames.append(frame)
-                if frame.startswith("eventUpdated/"):
-                    self._counts.append(json.loads(frame[13:])["usersCount"])
-                elif frame.startswith("chatMessage/"):
-                    self._chat.append(json.loads(frame[12:])["message"])
-                self._changed.set()
-                self._changed = trio.Event()
+                self._received(frame)
         except ConnectionClosed as closed:
             reason = closed.reason
             assert reason is not None  # trio-websocket has one once the connection closed
-            self.close_code = reason.code
+            close_code = reason.code
         finally:
-            self.closed.set()
-            self._changed.set()
+            self._ended(close_code)
 
-    async def wait_for(self, done: Callable[[Member], bool],
-                       timeout: float = 15) -> None:  # noqa: ASYNC109 (a test's deadline)
-        with trio.fail_after(timeout):
-            while not done(self):
-                if self.closed.is_set():
-                    raise AssertionError(f"closed ({self.close_code}) before the condition; "
-                                         f"frames: {self.frames[-5:]}")
-                await self._changed.wait()
-
-    async def next_change(self) -> None:
-        """Return at the next frame received or at the close."""
-        if not self.closed.is_set():
-            await self._changed.wait()
-
-    async def wait_closed(self, timeout: float = 15) -> int | None:  # noqa: ASYNC109 (as above)
-        with trio.fail_after(timeout):
-            await self.closed.wait()
-        return self.close_code
-
-    def chat(self) -> list[str]:
-        """Message texts of the chatMessage frames received, in order (kept as they arrive:
-        conditions waited for read it at every frame)."""
-        return self._chat
-
-    def counts(self) -> list[int]:
-        """usersCount of every eventUpdated frame received, in order."""
-        return self._counts
-
-    async def say(self, text: str) -> None:
-        await self.ws.send_message(f"chatMessage/{text}")
+    async def send(self, frame: str) -> None:
+        await self.ws.send_message(frame)
 
 
 def socket_url(server: Server, token: str | None, event_id: str, **params: Any) -> str:
@@ -182,5 +142,17 @@ async def wait_for_sockets(server: Server, count: int,
     count below what the rooms held once the leaving socket's join was seen, not for a count
     that may already hold."""
     with trio.fail_after(timeout):
-        while await connected_sockets(server) != count:  # noqa: ASYNC110 (another process's state)
-            await trio.sleep(0.01)
+        # The rooms' count, read over HTTP: no frame announces it, so it is asked again.
+        while await connected_sockets(server) != count:  # noqa: ASYNC110
+            await trio.sleep(0.01)  # how often to ask, not a wait for anything
+
+
+async def assert_still_serving(server: Server, crowd: Crowd) -> None:
+    """The server answers /healthz and serves a live room: what a fault must leave intact."""
+    health = await server.http.get("/healthz")
+    assert health.status_code == 200
+    _, event_id = await host_event(server)
+    _, guest = await token_for(server)
+    member = await crowd.join(guest, event_id)
+    await member.say("still serving")
+    await member.wait_for(lambda m: m.chat() == ["still serving"])

@@ -32,7 +32,7 @@ from typing import Any
 import pymongo
 import pytest
 
-from tests.executables import required
+from tests.helpers.executables import required
 
 MONGODB_URL = "VPISKA_TEST_MONGODB_URL"
 START_SECONDS = 60
