@@ -93,16 +93,21 @@ def _http(setup: str, rep: int, plan: Plan, seeds: Seeds, rows: list[Row],
         ports = [node.port for node in c.nodes]
         pin = "1" if len(ports) == 1 else None
         others = {"redis": c.redis_pid} | ({"mongodb": mongo.pid} if mongo else {})
+
+        def measure(endpoint: httpload.Endpoint) -> Row:
+            httpload.wrk_split(ports, endpoint, plan.cluster_warmup_seconds, HTTP_CONNECTIONS,
+                               c.pids, pin)
+            return settled | httpload.wrk_split(ports, endpoint, plan.cluster_http_seconds,
+                                                HTTP_CONNECTIONS, c.pids, pin, others)
+
         for endpoint in (rng, spread):
             key = {"scenario": "cluster-http", "server": setup, "endpoint": endpoint.name,
                    "rep": rep + 1}
             try:
-                rows.append(key | settled | httpload.wrk_split(
-                    ports, endpoint, plan.http_seconds, HTTP_CONNECTIONS, c.pids, pin, others))
+                rows.append(key | measure(endpoint))
             except Exception as error:  # noqa: BLE001 - recorded; the next one runs
                 rows.append(key | {"error": f"{type(error).__name__}: {error}"})
-        return settled | httpload.wrk_split(ports, get, plan.http_seconds, HTTP_CONNECTIONS,
-                                            c.pids, pin, others)
+        return measure(get)
 
 
 def _room_step(mode: str, setup: str, rep: int, plan: Plan, seeds: Seeds,
