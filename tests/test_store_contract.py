@@ -1273,6 +1273,8 @@ async def test_client_ids_are_those_of_the_lines_sent_with_one(store: Store) -> 
     await store.append_chat(event.id, 2, [a_sent_line(2, "x"), a_sent_line(3, "y")], epoch=1)
     assert await store.chat_client_ids(event.id) == {
         ("user-0", "x"): 0, ("user-2", "x"): 2, ("user-0", "y"): 3}
+    assert await store.chat_client_ids(event.id, 2) == {("user-2", "x"): 2, ("user-0", "y"): 3}
+    assert await store.chat_client_ids(event.id, 4) == {}
     assert await store.chat_client_ids(new_id()) == {}
 
 

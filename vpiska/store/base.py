@@ -211,8 +211,9 @@ class Store(Protocol):
     async def chat_slice(self, event_id: str, start: int, stop: int) -> list[ChatMessage]:
         """Lines `start` … `stop - 1` that exist, in order (a page of the history)."""
 
-    async def chat_client_ids(self, event_id: str) -> dict[tuple[str, str], int]:
-        """(user id, client id) → line number, for every line of the event sent with an id."""
+    async def chat_client_ids(self, event_id: str, start: int = 0) -> dict[tuple[str, str], int]:
+        """(user id, client id) → line number, for every line from `start` on sent with an
+        id (a room remembers the ids of its last lines only: vpiska/actors/lines.py)."""
 
     async def erase_chat(self, event_id: str, seq: int, *, epoch: int | None = None) -> bool:
         """Empty line `seq`'s text (its place and the rest stay); False if there is no such

@@ -579,11 +579,12 @@ class SqliteStore:
 
         return await self._run(select)
 
-    async def chat_client_ids(self, event_id: str) -> dict[tuple[str, str], int]:
+    async def chat_client_ids(self, event_id: str, start: int = 0) -> dict[tuple[str, str], int]:
         def select() -> dict[tuple[str, str], int]:
             rows = self._db.execute(
                 "SELECT user_id, client_id, seq FROM chat_messages"
-                " WHERE event_id = ? AND client_id IS NOT NULL", (event_id,)).fetchall()
+                " WHERE event_id = ? AND seq >= ? AND client_id IS NOT NULL",
+                (event_id, start)).fetchall()
             return {(user_id, client_id): seq for user_id, client_id, seq in rows}
 
         return await self._run(select)
