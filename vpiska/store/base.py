@@ -144,6 +144,9 @@ class Store(Protocol):
         """Up to `limit` media ids above `after`, in ascending order: every record, a page at a
         time (`media import` walks them)."""
 
+    async def media_found(self, media_ids: Sequence[str]) -> set[str]:
+        """Which of `media_ids` have a record (one query: the media sweep asks in batches)."""
+
     async def delete_media(self, media_id: str) -> bool:
         """Delete the record: True if there was one, False if not. MediaInUse, deleting nothing,
         while an event (open or closed) lists the media or a user's image is the media."""

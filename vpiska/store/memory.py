@@ -194,6 +194,10 @@ class MemoryStore:
         await self._enter()
         return sorted(media_id for media_id in self._media if media_id > after)[:limit]
 
+    async def media_found(self, media_ids: Sequence[str]) -> set[str]:
+        await self._enter()
+        return {media_id for media_id in media_ids if media_id in self._media}
+
     async def delete_media(self, media_id: str) -> bool:
         await self._enter()
         if media_id not in self._media:

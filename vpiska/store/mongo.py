@@ -328,6 +328,13 @@ class MongoStore:
 
         return await self._run(select)
 
+    async def media_found(self, media_ids: Sequence[str]) -> set[str]:
+        def select() -> set[str]:
+            found = self._media.find({"_id": {"$in": list(media_ids)}}, {"_id": 1})
+            return {str(document["_id"]) for document in found}
+
+        return await self._run(select) if media_ids else set()
+
     async def delete_media(self, media_id: str) -> bool:
         """Check, then delete: MongoDB has no transaction across collections without a replica
         set, which vpiska does not require. So unlike sqlite's, this MediaInUse check is not

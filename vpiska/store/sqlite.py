@@ -368,6 +368,15 @@ class SqliteStore:
 
         return await self._run(select)
 
+    async def media_found(self, media_ids: Sequence[str]) -> set[str]:
+        def select() -> set[str]:
+            marks = ", ".join("?" * len(media_ids))
+            rows = self._db.execute(f"SELECT id FROM media WHERE id IN ({marks})",
+                                    list(media_ids))
+            return {str(row[0]) for row in rows}
+
+        return await self._run(select) if media_ids else set()
+
     async def delete_media(self, media_id: str) -> bool:
         def delete() -> bool:
             # IMMEDIATE takes the write lock before the check: no other connection to the file
