@@ -17,6 +17,7 @@ from tests.helpers.fakes import RecordingOutbox
 from tests.helpers.rooms import Rooms, join, outbox, person, refusal, snapshot, start_rooms
 from vpiska.actors import Member, Room
 from vpiska.actors.commands import Chat, Join, Joined, RemoveChat
+from vpiska.actors.lines import REMEMBERED_LINES, SentIds
 from vpiska.errors import ErrorCode
 
 
@@ -25,8 +26,8 @@ async def rooms(nursery: trio.Nursery) -> Rooms:
     return await start_rooms(nursery)
 
 
-async def join_v2(room: Room, name: str = "ann") -> Member:
-    member = Member(person(name), RecordingOutbox(), version=2)
+async def join_v2(room: Room, name: str = "ann", capacity: int = 1000) -> Member:
+    member = Member(person(name), RecordingOutbox(capacity), version=2)
     joined = await room.ask(lambda reply: Join(member, reply))
     assert isinstance(joined, Joined)
     return member
@@ -136,3 +137,66 @@ async def test_the_host_erases_a_line_everywhere_the_room_shows_it(
     assert [text for text in outbox(new).frames if text.startswith("chatRemoved/")] == [
         "chatRemoved/2"]
     assert not [text for text in outbox(old).frames if text.startswith("chatRemoved/")]
+
+
+def test_a_flood_of_new_ids_keeps_at_most_the_windows_worth() -> None:
+    window = 100
+    ids = SentIds({}, window)
+    for index in range(10 * window):
+        ids.add(("flooder", f"id-{index}"), index)
+        assert len(ids) <= window
+    assert len(ids) == window
+    chat_length = 10 * window
+    assert ids.line(("flooder", f"id-{chat_length - window}"), chat_length) == (
+        chat_length - window)
+    assert ids.line(("flooder", f"id-{chat_length - window - 1}"), chat_length) is None
+
+
+def test_an_id_falls_out_of_the_window_as_the_chat_grows_without_ids() -> None:
+    ids = SentIds({("ann", "a"): 3}, 10)
+    assert ids.line(("ann", "a"), 13) == 3
+    assert ids.line(("ann", "a"), 14) is None  # ten lines without an id came after it
+
+
+def test_an_id_sent_again_after_its_window_is_its_new_lines() -> None:
+    ids = SentIds({}, 10)
+    ids.add(("ann", "a"), 0)
+    ids.add(("ann", "a"), 20)  # resent when forgotten: stored as line 20
+    ids.add(("bob", "b"), 25)  # line 0 falls out of the window, line 20 stays
+    assert (ids.line(("ann", "a"), 26), len(ids)) == (20, 2)
+
+
+async def test_a_resend_within_the_window_is_recognised_and_one_beyond_it_is_stored_again(
+    autojump_clock: MockClock, rooms: Rooms,
+) -> None:
+    """A client sending ever new ids: the room remembers the last REMEMBERED_LINES lines'
+    ids, so a resend among them gets its first ack, also from a new incarnation that reads
+    them from the store; an older one is a new line."""
+    event, room = await rooms.open()
+    ann = await join_v2(room, capacity=10 * REMEMBERED_LINES)  # not a slow consumer
+    for n in range(REMEMBERED_LINES + 1):
+        await send(room, ann, f"id-{n}", "flood")
+    await snapshot(room)
+    assert await rooms.memory.chat_length(event.id) == REMEMBERED_LINES + 1
+    outbox(ann).frames.clear()
+    await send(room, ann, "id-1", "resent, remembered")
+    await send(room, ann, "id-0", "resent, forgotten")
+    await snapshot(room)
+    assert frames(ann, "ack") == [{"id": "id-1", "seq": 2},
+                                  {"id": "id-0", "seq": REMEMBERED_LINES + 2}]
+
+    rooms.crash_on("poison")  # a new incarnation reads the ids from the store
+    await send(room, ann, "p", "poison")
+    await snapshot(room)
+    rooms.store.heal("append_chat")
+    outbox(ann).frames.clear()
+    # The chat has REMEMBERED_LINES + 2 lines: the first two fell out of the window.
+    await send(room, ann, "id-2", "resent to the new incarnation, remembered")
+    await send(room, ann, "id-1", "resent to the new incarnation, forgotten")
+    await snapshot(room)
+    assert frames(ann, "ack") == [{"id": "id-2", "seq": 3},
+                                  {"id": "id-1", "seq": REMEMBERED_LINES + 3}]
+    assert [args[1:] for name, args in rooms.store.calls if name == "chat_client_ids"] == [
+        (0,), (2,)]  # the second incarnation read the ids of the last lines only
+    chat_length = REMEMBERED_LINES + 3
+    assert await rooms.memory.chat_length(event.id) == chat_length

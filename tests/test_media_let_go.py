@@ -15,6 +15,8 @@ needs the MongoDB store itself), and MediaLibrary alone on both homes.
 from __future__ import annotations
 
 import io
+from collections.abc import AsyncGenerator
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -303,6 +305,12 @@ class BytesThatStay:
             self.failures -= 1
             raise OSError("injected failure of remove")
         await self._inner.remove(media_id)
+
+    def stored_before(self, moment: datetime) -> AsyncGenerator[list[str], None]:
+        return self._inner.stored_before(moment)
+
+    async def remove_dead_saves(self, moment: datetime) -> int:
+        return await self._inner.remove_dead_saves(moment)
 
 
 @pytest.mark.parametrize("kind", ["files", "gridfs"])

@@ -298,6 +298,17 @@ async def test_media_ids_page_through_every_record_in_order(store: Store) -> Non
     assert await store.media_ids(ids[0], 10) == [ids[1], ids[3], ids[4]]
 
 
+async def test_media_found_says_which_ids_have_a_record(store: Store) -> None:
+    recorded = [new_id() for _ in range(3)]
+    for media_id in recorded:
+        await store.add_media(Media(media_id, "a.png", "image/png", 1, T0))
+    unknown = new_id()
+    assert await store.media_found([recorded[0], unknown, recorded[2]]) == {
+        recorded[0], recorded[2]}
+    assert await store.media_found([unknown]) == set()
+    assert await store.media_found([]) == set()
+
+
 def some_media(content_type: str = "image/png") -> Media:
     return Media(id=new_id(), name="m", content_type=content_type, size=1, last_modified=T0)
 
@@ -1273,6 +1284,8 @@ async def test_client_ids_are_those_of_the_lines_sent_with_one(store: Store) -> 
     await store.append_chat(event.id, 2, [a_sent_line(2, "x"), a_sent_line(3, "y")], epoch=1)
     assert await store.chat_client_ids(event.id) == {
         ("user-0", "x"): 0, ("user-2", "x"): 2, ("user-0", "y"): 3}
+    assert await store.chat_client_ids(event.id, 2) == {("user-2", "x"): 2, ("user-0", "y"): 3}
+    assert await store.chat_client_ids(event.id, 4) == {}
     assert await store.chat_client_ids(new_id()) == {}
 
 

@@ -3,7 +3,8 @@ order.
 
 Upload writes the bytes durably first and the record second, removing the bytes if the record
 fails; delete removes the record first and the bytes second. Either way a crash leaves at worst
-orphan bytes, never a record the API would serve as broken. Whether media is still in use
+orphan bytes, never a record the API would serve as broken; the media sweep
+(vpiska/media_sweep.py) removes those once old. Whether media is still in use
 (an event lists it, a user's image is it) is the store's decision, taken with the delete.
 
 Media that its event or its user lets go of (`events/media/remove`, a replaced avatar) is

@@ -40,6 +40,7 @@ from vpiska.cluster.node import ClusterNode
 from vpiska.cluster.signin_counters import RedisCounters
 from vpiska.config import Config
 from vpiska.http import websocket
+from vpiska.media_sweep import serve_media_sweep
 from vpiska.signin_limits import LocalCounters, SigninCounters
 from vpiska.store import Store, open_store
 
@@ -129,6 +130,7 @@ async def _serve(
         # node's own tasks (Redis, leases) outlive both: the rooms hand over through them.
         async with trio.open_nursery() as watchdog, trio.open_nursery() as cluster:
             cluster.start_soon(opened.maintain)
+            cluster.start_soon(serve_media_sweep, opened, services.media.media_bytes)
             if node is not None:
                 await cluster.start(node.run)
             async with trio.open_nursery() as rooms_nursery:

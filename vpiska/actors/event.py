@@ -125,9 +125,9 @@ class EventActor:
         # lines (vpiska/actors/view.py). A new incarnation mirrors everything again.
         self._mirrored: tuple[Event, int, int] | None = None
         self._mirrored_lines = 0
-        # (user id, client id) -> line number of the lines sent with an id (`chat/`), read at
-        # the first such line (`_client_ids`).
-        self._ids: dict[tuple[str, str], int] | None = None
+        # The ids of the last lines sent with one (`chat/`), read at the first such line
+        # (`_client_ids`).
+        self._ids: chat_lines.SentIds | None = None
         # A new owner in a cluster learns the other nodes' sockets, and their versions, only as
         # their gateways tell it (a sync, bounded by the reply deadline on the gateway's side,
         # or their sockets rejoin). Until then each line is shown to both versions. Not for
@@ -336,8 +336,9 @@ class EventActor:
             # Once per id and sender: a resend is answered with the first line's number.
             ids = await self._client_ids()
             key = (command.sender.user_id, command.client_id)
-            if (index := ids.get(key)) is None:
-                index = ids[key] = self._chat_length + len(lines)
+            if (index := ids.line(key, self._chat_length + len(lines))) is None:
+                index = self._chat_length + len(lines)
+                ids.add(key, index)
                 lines.append(line)
             acks.append((command, index))
         if lines:
@@ -370,11 +371,13 @@ class EventActor:
         else:
             self._room.broadcast_lines(shown, first)
 
-    async def _client_ids(self) -> dict[tuple[str, str], int]:
-        """The lines sent with an id: read from the store at this incarnation's first, then
-        kept current here (this actor is the event's only writer)."""
+    async def _client_ids(self) -> chat_lines.SentIds:
+        """The last lines sent with an id: read from the store at this incarnation's first,
+        then kept current here (this actor is the event's only writer)."""
         if self._ids is None:
-            self._ids = await self._store.chat_client_ids(self._event.id)
+            start = chat_lines.SentIds.first_remembered(self._chat_length)
+            self._ids = chat_lines.SentIds(
+                await self._store.chat_client_ids(self._event.id, start))
         return self._ids
 
     async def _hand_over(self, stop: Stop) -> None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+from collections import deque
+from collections.abc import Mapping
 
 from vpiska import wire
 from vpiska.actors.frames import Audience, Frame, chat_message
@@ -23,6 +25,11 @@ NACK_PREFIX = "nack"
 # The client frame of an acknowledged line; on a v1 socket an unknown prefix, ignored.
 SEND_PREFIX = "chat"
 MAX_CLIENT_ID_CHARS = 64
+# How far back a resend is recognised: the ids of the chat's last this many lines. Ten times
+# what a failover takes at the busiest rate a room was measured at (BENCHMARKS.md: ~500
+# lines/s in one room, a hand-over after a SIGKILL in ~6 s), and at most ~3 MiB per room
+# (`SentIds`).
+REMEMBERED_LINES = 10_000
 
 
 class Refusal(enum.StrEnum):
@@ -102,3 +109,53 @@ def erased(payload: str) -> str:
     line = json.loads(payload)
     line["message"] = ""
     return wire.encode(line)
+
+
+SentKey = tuple[str, str]  # (user id, client id)
+
+
+class SentIds:
+    """The lines sent with an id (`chat/`) among the chat's last `window` lines: a resend of
+    one of them is answered with its line's number instead of being stored again.
+
+    Bounded, so that a client sending ever new ids cannot grow its room: at most `window`
+    ids are held, whatever was sent. The window counts lines of the chat, not time: a new
+    incarnation of the room (after a crash, a failover, a hand-over) reads the ids of the
+    same last lines from the store (`Store.chat_client_ids(event, start)`, `start` from
+    `first_remembered`) and recognises exactly what the last one did.
+    """
+
+    def __init__(self, known: Mapping[SentKey, int], window: int = REMEMBERED_LINES) -> None:
+        """`known`: (user id, client id) → line number (0-based), as the store has them."""
+        self._window = window
+        self._lines: dict[SentKey, int] = {}
+        self._order: deque[tuple[int, SentKey]] = deque()  # (line, key), oldest first
+        for key, index in sorted(known.items(), key=lambda item: item[1]):
+            self.add(key, index)
+
+    def __len__(self) -> int:
+        return len(self._lines)
+
+    @staticmethod
+    def first_remembered(chat_length: int, window: int = REMEMBERED_LINES) -> int:
+        """The number of the oldest line whose id is remembered in a chat of `chat_length`."""
+        return max(0, chat_length - window)
+
+    def line(self, key: SentKey, chat_length: int) -> int | None:
+        """The number of the line `key` was sent as, if within the last `window` lines of a
+        chat of `chat_length` lines."""
+        index = self._lines.get(key)
+        if index is None or index < self.first_remembered(chat_length, self._window):
+            return None
+        return index
+
+    def add(self, key: SentKey, index: int) -> None:
+        """`key` was sent as line `index`, the chat's newest; older lines' ids that fall out
+        of the window are forgotten."""
+        self._lines[key] = index
+        self._order.append((index, key))
+        oldest = self.first_remembered(index + 1, self._window)
+        while self._order[0][0] < oldest:
+            forgotten, old_key = self._order.popleft()
+            if self._lines.get(old_key) == forgotten:  # not sent again since
+                del self._lines[old_key]

@@ -200,6 +200,11 @@ class EventSupervisor:
         """Close every socket of `user_id` here with 4004: their account was deleted."""
         self.close_sockets_of(user_id, CloseCode.ACCOUNT_DELETED)
 
+    def local_users(self) -> set[str]:
+        """The users with a socket on this node to a room that runs here."""
+        return {member.identity.user_id for room in self._rooms.values()
+                for member in room.local}
+
     def close_sockets_of(self, user_id: str, code: CloseCode) -> None:
         """Close `user_id`'s sockets on this node with `code`; each leaves its room as a
         closed socket does (only the actor changes the member table)."""

@@ -9,6 +9,12 @@ count of events owned elsewhere (counted), the host's bans (banned: the node's g
 event refuses the user), deleted accounts (account_deleted: the node forgets the account and
 closes its sockets of it) and a node that left (its events go to the nodes designated without
 it at once, not after a TTL).
+
+A deleted account's notice must not be lost to a Redis outage, or the account's sockets on
+other nodes would stay open for as long as their clients keep them: the node that deleted it
+publishes the notice again until Redis takes it, and a node whose subscription was renewed
+(it may have missed notices) asks the store about the accounts of its sockets and closes
+those of deleted ones.
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ from vpiska.domain import Coordinates
 from vpiska.store import Store
 
 log = logging.getLogger(__name__)
+
+# Between two attempts to publish account_deleted notices Redis did not take.
+NOTICE_RETRY_SECONDS = 1.0
 
 
 class KnownUsers(Protocol):
@@ -74,6 +83,10 @@ class ClusterChannel:
         self._nursery = nursery
         self._unreachable = unreachable
         self.counts: dict[str, int] = {}  # usersCount of events owned elsewhere
+        # Accounts deleted here whose notice Redis has not taken yet, and whether a task of
+        # the node's is publishing them again.
+        self._undelivered: set[str] = set()
+        self._redelivering = False
 
     def cluster_message(self, data: bytes) -> None:
         message = decode(data)
@@ -111,11 +124,49 @@ class ClusterChannel:
         if self.known_users is not None:  # an account_deleted notice may have been missed
             self.known_users.forget_all()
         self._nursery.start_soon(contained, "reload the map", self._reload_index)
+        self._nursery.start_soon(contained, "close deleted accounts' sockets",
+                                 self._close_deleted_accounts)
 
     async def _reload_index(self) -> None:
         """Notices may have been missed: the store says which events are open."""
         events = await self._store.open_events()
         self._index.replace([(e.id, e.name, e.coordinates) for e in events])
+
+    async def _close_deleted_accounts(self) -> None:
+        """account_deleted notices may have been missed: the store says which of the accounts
+        with a socket here are gone, and their sockets close (one store lookup per user)."""
+        users = self._supervisor.local_users().union(
+            *(gateway.users() for gateway in self._routing.gateways.values()))
+        gone = [user_id for user_id in sorted(users)
+                if await self._store.user_by_id(user_id) is None]
+        for user_id in gone:
+            self.close_account_here(user_id)
+        if gone:
+            log.info("sockets of accounts deleted while notices could be missed closed",
+                     extra={"accounts": len(gone)})
+
+    async def account_deleted(self, user_id: str) -> None:
+        """Close the account's sockets here, then tell every node; if Redis does not take the
+        notice now, a task of the node's publishes it again every NOTICE_RETRY_SECONDS until
+        it does (for as long as this node runs)."""
+        self.close_account_here(user_id)
+        if not await self.notify(protocol.AccountDeleted(user_id), ""):
+            self._undelivered.add(user_id)
+            if not self._redelivering:
+                self._redelivering = True
+                self._nursery.start_soon(contained, "publish account_deleted notices again",
+                                         self._redeliver)
+
+    async def _redeliver(self) -> None:
+        try:
+            while self._undelivered:
+                await trio.sleep(NOTICE_RETRY_SECONDS)
+                for user_id in sorted(self._undelivered):
+                    if not await self.notify(protocol.AccountDeleted(user_id), ""):
+                        break
+                    self._undelivered.discard(user_id)
+        finally:
+            self._redelivering = False
 
     def close_account_here(self, user_id: str) -> None:
         if self.known_users is not None:
@@ -128,10 +179,12 @@ class ClusterChannel:
         """Tell every node, from a task of the node's (callers may not wait)."""
         self._nursery.start_soon(contained, f"notify {op.op}", self.notify, op, event_id)
 
-    async def notify(self, op: protocol.ClusterNoticeOp, event_id: str) -> None:
+    async def notify(self, op: protocol.ClusterNoticeOp, event_id: str) -> bool:
+        """Publish the notice; False (logged by the node's Trouble) if Redis did not take it."""
         try:
             await self._bus.publish(redis.CLUSTER_CHANNEL, encode(Notice(op, event_id)))
         except redis.REDIS_ERRORS as error:
             self._unreachable.failed(error, notice=op.op)
-        else:
-            self._unreachable.succeeded()
+            return False
+        self._unreachable.succeeded()
+        return True

@@ -175,6 +175,10 @@ class GatewayRoom:
     def sockets(self) -> int:
         return len(self._sockets)
 
+    def users(self) -> set[str]:
+        """The users with a socket to the event on this node."""
+        return {s.member.identity.user_id for s in self._sockets.values()}
+
     async def ask(self, make: Callable[[ReplyChannel], object]) -> object:
         reply, answer = trio.open_memory_channel[Any](1)
         answer.close()

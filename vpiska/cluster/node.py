@@ -198,11 +198,8 @@ class ClusterNode:
 
     async def close_account(self, user_id: str) -> None:
         """Close the account's sockets here at once, then tell every node (which forgets the
-        account and closes its own sockets of it). A node that misses the notice (its
-        subscription lost) clears its cache of known users when it subscribes again."""
-        channel = self._running.channel
-        channel.close_account_here(user_id)
-        await channel.notify(protocol.AccountDeleted(user_id), "")
+        account and closes its own sockets of it): ClusterChannel.account_deleted."""
+        await self._running.channel.account_deleted(user_id)
 
     def users_count(self, event_id: str) -> int:
         room = self._supervisor.room(event_id)

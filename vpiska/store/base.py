@@ -144,6 +144,9 @@ class Store(Protocol):
         """Up to `limit` media ids above `after`, in ascending order: every record, a page at a
         time (`media import` walks them)."""
 
+    async def media_found(self, media_ids: Sequence[str]) -> set[str]:
+        """Which of `media_ids` have a record (one query: the media sweep asks in batches)."""
+
     async def delete_media(self, media_id: str) -> bool:
         """Delete the record: True if there was one, False if not. MediaInUse, deleting nothing,
         while an event (open or closed) lists the media or a user's image is the media."""
@@ -211,8 +214,9 @@ class Store(Protocol):
     async def chat_slice(self, event_id: str, start: int, stop: int) -> list[ChatMessage]:
         """Lines `start` … `stop - 1` that exist, in order (a page of the history)."""
 
-    async def chat_client_ids(self, event_id: str) -> dict[tuple[str, str], int]:
-        """(user id, client id) → line number, for every line of the event sent with an id."""
+    async def chat_client_ids(self, event_id: str, start: int = 0) -> dict[tuple[str, str], int]:
+        """(user id, client id) → line number, for every line from `start` on sent with an
+        id (a room remembers the ids of its last lines only: vpiska/actors/lines.py)."""
 
     async def erase_chat(self, event_id: str, seq: int, *, epoch: int | None = None) -> bool:
         """Empty line `seq`'s text (its place and the rest stay); False if there is no such

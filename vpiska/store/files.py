@@ -5,6 +5,9 @@ and the directory is fsynced so the rename itself survives. Only after that does
 the metadata record, so a record always points at complete bytes; a crash in between leaves an
 orphan file with no record, which no endpoint can serve.
 
+A save killed before its rename leaves its `.{id}.partial` file; the media sweep removes it
+once old (`remove_dead_saves`), and the files no record names (`stored_before`).
+
 A download reads the file in CHUNK pieces, each in a worker thread, so a large file costs one
 chunk of memory however slowly its client reads.
 """
@@ -12,17 +15,19 @@ chunk of memory however slowly its client reads.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import shutil
 import zlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
 import trio
 
-from vpiska.store.media_bytes import BytesLost
+from vpiska.domain import is_id
+from vpiska.store.media_bytes import SWEEP_BATCH, BytesLost
 
 CHUNK = 256 * 1024
 
@@ -82,6 +87,54 @@ class MediaFiles:
 
     async def remove(self, media_id: str) -> None:
         await trio.to_thread.run_sync(self.path(media_id).unlink, True, limiter=self._limiter)
+
+    async def stored_before(self, moment: datetime) -> AsyncGenerator[list[str], None]:
+        """The media files last written before `moment`, read from the directory SWEEP_BATCH
+        entries per worker thread call."""
+        entries = await trio.to_thread.run_sync(os.scandir, self.root)
+        try:
+            while (batch := await trio.to_thread.run_sync(
+                    _media_files_before, entries, moment.timestamp())) is not None:
+                if batch:
+                    yield batch
+        finally:
+            entries.close()
+
+    async def remove_dead_saves(self, moment: datetime) -> int:
+        return await trio.to_thread.run_sync(self._remove_partials_before, moment.timestamp(),
+                                             limiter=self._limiter)
+
+    def _remove_partials_before(self, cutoff: float) -> int:
+        removed = 0
+        with os.scandir(self.root) as entries:
+            for entry in entries:
+                if (_partial_of(entry.name) is not None and _written_before(entry, cutoff)):
+                    os.unlink(entry.path)
+                    removed += 1
+        return removed
+
+
+def _partial_of(name: str) -> str | None:
+    """The media id of a save's temporary file name (`.{id}.partial`), if it is one."""
+    if name.startswith(".") and name.endswith(".partial") and is_id(name[1:-8]):
+        return name[1:-8]
+    return None
+
+
+def _written_before(entry: os.DirEntry[str], cutoff: float) -> bool:
+    try:
+        return entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff
+    except FileNotFoundError:  # removed meanwhile (a delete, a sweep of another node)
+        return False
+
+
+def _media_files_before(entries: Iterator[os.DirEntry[str]], cutoff: float) -> list[str] | None:
+    """The media files among the next SWEEP_BATCH entries written before `cutoff`; None once
+    there are no more entries."""
+    batch = list(itertools.islice(entries, SWEEP_BATCH))
+    if not batch:
+        return None
+    return [entry.name for entry in batch if is_id(entry.name) and _written_before(entry, cutoff)]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,8 @@ chunks at a time and a read fetches FETCH_CHUNKS, one worker thread call each.
 Crash safety is GridFS's own order: every chunk first, the `fs.files` document last. `open` and
 `exists` look only at `fs.files`, so a save that died halfway (a crash, a kill) is invisible:
 its chunks are orphans, which the next save of the same id deletes before it writes (media
-ids are fresh uuids, so only `media import` ever saves an id again: the resumed copy).
+ids are fresh uuids, so only `media import` ever saves an id again: the resumed copy). The
+media sweep removes the others once old (`remove_dead_saves`): a chunk's age is its ObjectId's.
 
 pymongo blocks, so every call runs in a worker thread under this module's own limiter.
 """
@@ -31,13 +32,15 @@ from typing import IO, Any, TypeVar
 
 import trio
 from bson.int64 import Int64
+from bson.objectid import ObjectId
 from gridfs import GridFSBucket
 from gridfs.errors import NoFile
 from pymongo import ASCENDING
 from pymongo.collection import Collection
 from pymongo.database import Database
 
-from vpiska.store.media_bytes import BytesLost
+from vpiska.domain import is_id
+from vpiska.store.media_bytes import SWEEP_BATCH, BytesLost
 
 _T = TypeVar("_T")
 Document = dict[str, Any]
@@ -142,6 +145,47 @@ class GridFSMedia:
                 self._chunks.delete_many({"files_id": media_id})  # delete() did, then raised
 
         await self._run(delete)
+
+    async def stored_before(self, moment: datetime) -> AsyncGenerator[list[str], None]:
+        """The `fs.files` documents uploaded before `moment`, a page of SWEEP_BATCH in `_id`
+        order per worker thread call."""
+        after = ""
+        while page := await self._run(partial(self._files_after, after)):
+            after = page[-1][0]
+            if batch := [media_id for media_id, uploaded in page
+                         if is_id(media_id) and _utc(uploaded) < moment]:
+                yield batch
+
+    def _files_after(self, after: str) -> list[tuple[str, datetime]]:
+        found = self._files.find({"_id": {"$gt": after, "$type": "string"}},
+                                 {"_id": 1, "uploadDate": 1})
+        return [(document["_id"], document["uploadDate"])
+                for document in found.sort("_id", ASCENDING).limit(SWEEP_BATCH)]
+
+    async def remove_dead_saves(self, moment: datetime) -> int:
+        """Chunks without their `fs.files` document, written before `moment`: found by each
+        media's first chunk (n = 0), a page at a time in the (files_id, n) index's order."""
+        removed, after = 0, ""
+        while page := await self._run(partial(self._first_chunks_after, after)):
+            after = page[-1][0]
+            old = [media_id for media_id, written in page
+                   if isinstance(written, ObjectId) and written.generation_time < moment]
+            removed += await self._run(partial(self._remove_chunks_without_file, old))
+        return removed
+
+    def _first_chunks_after(self, after: str) -> list[tuple[str, object]]:
+        found = self._chunks.find({"files_id": {"$gt": after, "$type": "string"}, "n": 0},
+                                  {"_id": 1, "files_id": 1})
+        return [(chunk["files_id"], chunk["_id"])
+                for chunk in found.sort("files_id", ASCENDING).limit(SWEEP_BATCH)]
+
+    def _remove_chunks_without_file(self, media_ids: list[str]) -> int:
+        whole = {document["_id"] for document in self._files.find(
+            {"_id": {"$in": media_ids}}, {"_id": 1})}
+        dead = [media_id for media_id in media_ids if media_id not in whole]
+        if dead:
+            self._chunks.delete_many({"files_id": {"$in": dead}})
+        return len(dead)
 
     async def fetch_chunks(self, media_id: str, first: int, end: int) -> list[tuple[int, bytes]]:
         """(n, data) of the chunks `first`..`end - 1` of `media_id` found, in order."""

@@ -11,6 +11,10 @@ Both keep two promises the media library builds on (vpiska/media.py):
 - A save is complete or absent: the bytes become visible (`exists`, `open`) only once all of
   them are durable. A save that died halfway (a crash, a kill) leaves nothing that `open`
   finds, and the next save of the same id starts clean.
+
+What a crash can leave is found again by the media sweep (vpiska/media_sweep.py): bytes whose
+record was never written or already deleted (`stored_before`), and what a save that died
+halfway wrote (`remove_dead_saves`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from collections.abc import AsyncGenerator
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Protocol
+
+# Media a sweep looks at in one call to the store or the bytes' home.
+SWEEP_BATCH = 500
 
 
 class BytesLost(Exception):
@@ -65,3 +72,12 @@ class MediaBytes(Protocol):
 
     async def remove(self, media_id: str) -> None:
         """Remove the bytes of `media_id`, if any (what a save that died left included)."""
+
+    def stored_before(self, moment: datetime) -> AsyncGenerator[list[str], None]:
+        """The ids (vpiska's own: uuid4) of the media whose bytes were complete before
+        `moment`, every one of them, SWEEP_BATCH at most at a time, in no set order. The
+        caller closes the generator (`contextlib.aclosing`)."""
+
+    async def remove_dead_saves(self, moment: datetime) -> int:
+        """Remove what saves that died before `moment` (a kill mid-save) left, nothing that a
+        save under way or complete holds; return of how many media."""

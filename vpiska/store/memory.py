@@ -194,6 +194,10 @@ class MemoryStore:
         await self._enter()
         return sorted(media_id for media_id in self._media if media_id > after)[:limit]
 
+    async def media_found(self, media_ids: Sequence[str]) -> set[str]:
+        await self._enter()
+        return {media_id for media_id in media_ids if media_id in self._media}
+
     async def delete_media(self, media_id: str) -> bool:
         await self._enter()
         if media_id not in self._media:
@@ -334,12 +338,12 @@ class MemoryStore:
         seqs = chat.seqs[bisect_left(chat.seqs, start):bisect_left(chat.seqs, stop)]
         return [chat.lines[seq] for seq in seqs]
 
-    async def chat_client_ids(self, event_id: str) -> dict[tuple[str, str], int]:
+    async def chat_client_ids(self, event_id: str, start: int = 0) -> dict[tuple[str, str], int]:
         await self._enter()
         chat = self._chats.get(event_id)
         lines = {} if chat is None else chat.lines
         return {(line.user_id, line.client_id): seq for seq, line in lines.items()
-                if line.client_id is not None}
+                if line.client_id is not None and seq >= start}
 
     async def erase_chat(self, event_id: str, seq: int, *, epoch: int | None = None) -> bool:
         await self._enter()

@@ -328,6 +328,13 @@ class MongoStore:
 
         return await self._run(select)
 
+    async def media_found(self, media_ids: Sequence[str]) -> set[str]:
+        def select() -> set[str]:
+            found = self._media.find({"_id": {"$in": list(media_ids)}}, {"_id": 1})
+            return {str(document["_id"]) for document in found}
+
+        return await self._run(select) if media_ids else set()
+
     async def delete_media(self, media_id: str) -> bool:
         """Check, then delete: MongoDB has no transaction across collections without a replica
         set, which vpiska does not require. So unlike sqlite's, this MediaInUse check is not
@@ -545,10 +552,11 @@ class MongoStore:
 
         return await self._run(select)
 
-    async def chat_client_ids(self, event_id: str) -> dict[tuple[str, str], int]:
+    async def chat_client_ids(self, event_id: str, start: int = 0) -> dict[tuple[str, str], int]:
         def select() -> dict[tuple[str, str], int]:
             self._chat_length(event_id)  # copies a committed batch its writer did not
-            cursor = self._chat.find({"event_id": event_id, "client_id": {"$type": "string"}},
+            cursor = self._chat.find({"event_id": event_id, "seq": {"$gte": start},
+                                      "client_id": {"$type": "string"}},
                                      {"_id": 0, "user_id": 1, "client_id": 1, "seq": 1})
             return {(line["user_id"], line["client_id"]): int(line["seq"]) for line in cursor}
 

@@ -368,6 +368,15 @@ class SqliteStore:
 
         return await self._run(select)
 
+    async def media_found(self, media_ids: Sequence[str]) -> set[str]:
+        def select() -> set[str]:
+            marks = ", ".join("?" * len(media_ids))
+            rows = self._db.execute(f"SELECT id FROM media WHERE id IN ({marks})",
+                                    list(media_ids))
+            return {str(row[0]) for row in rows}
+
+        return await self._run(select) if media_ids else set()
+
     async def delete_media(self, media_id: str) -> bool:
         def delete() -> bool:
             # IMMEDIATE takes the write lock before the check: no other connection to the file
@@ -579,11 +588,12 @@ class SqliteStore:
 
         return await self._run(select)
 
-    async def chat_client_ids(self, event_id: str) -> dict[tuple[str, str], int]:
+    async def chat_client_ids(self, event_id: str, start: int = 0) -> dict[tuple[str, str], int]:
         def select() -> dict[tuple[str, str], int]:
             rows = self._db.execute(
                 "SELECT user_id, client_id, seq FROM chat_messages"
-                " WHERE event_id = ? AND client_id IS NOT NULL", (event_id,)).fetchall()
+                " WHERE event_id = ? AND seq >= ? AND client_id IS NOT NULL",
+                (event_id, start)).fetchall()
             return {(user_id, client_id): seq for user_id, client_id, seq in rows}
 
         return await self._run(select)
