@@ -100,6 +100,10 @@ def storm(seeds: Seeds, scale: Scale, signal_name: str) -> Row:
         limit = 3 * CONNECT_BUDGET + SETTLE_BUDGET + scale.before + budget + AFTER + 90
         result = client.run("storm", [node_a.port, node_b.port], a_rooms, [node_b.pid],
                             options, limit)
+        if "error" in result:
+            raise RuntimeError(f"{result['error']}: {result.get('closed_before_signal')} "
+                               "sockets closed by the nodes before it (BENCH_CLUSTER_LOGS=<dir> "
+                               "keeps their logs)")
         node_a.proc.wait(30)
     probe_rate = (result.get("probe") or {}).get("handshakes_per_s")
     target = (BACK_FACTOR * result["storm_members"] / probe_rate

@@ -57,6 +57,18 @@ def _number(value: Any, digits: int = 0) -> str:
     return "–" if value is None else f"{value:,.{digits}f}"
 
 
+def _dropped(run: Row) -> list[str]:
+    """Sockets that should have stayed open and did not."""
+    notes = []
+    if run.get("closed_before_signal"):
+        notes.append(f"{run['closed_before_signal']} sockets closed before the signal")
+    if run.get("b_disconnected"):
+        notes.append(f"{run['b_disconnected']} of B's own members dropped")
+    if run.get("closed_at_end"):
+        notes.append(f"{run['closed_at_end']} members back but closed again at the end")
+    return notes
+
+
 def markdown(summary: list[Row], rows: list[Row]) -> list[str]:
     """The section: how the storm runs, then one row per signal."""
     runs = {r["server"]: r for r in _runs(summary)}
@@ -109,5 +121,5 @@ def markdown(summary: list[Row], rows: list[Row]) -> list[str]:
             f"{_number(raw.get('rss_peak', 0) / 2**20, 1)} | "
             f"{_number(100 * raw.get('server_cpu', 0))} % | "
             f"{' → '.join(map(str, raw.get('load_average', []))) or '–'} | "
-            f"{'; '.join(runs[name]['notes']) or '–'} |")
+            f"{'; '.join(runs[name]['notes'] + _dropped(raw)) or '–'} |")
     return lines

@@ -1061,6 +1061,12 @@ static int run_storm(void) {
     for (long i = a_members; i < a_members + b_members; i++)
         b_open_before += members[i].state == S_OPEN;
     long closed_before = closed_total;
+    if (!storm_members) {  /* nothing to storm with: say why instead of waiting the budget */
+        printf(", \"error\": \"no member of A was open at the signal\", "
+               "\"closed_before_signal\": %ld, \"b_members_open\": %ld}\n",
+               closed_before, b_open_before);
+        return 0;
+    }
     sample_t s0 = sample();
     storm_active = 1;
     storm_ns = now_ns();
