@@ -82,6 +82,8 @@ typedef struct member {
     int failures;        /* failed attempts since the last open socket: the backoff's doubling */
     int64_t due_ns;      /* when a pending reconnect is due */
     int back;            /* reopened on B after the signal */
+    int64_t opened_ns;   /* when its socket last opened */
+    long opened_since;   /* the since= of that socket's handshake; -1: none */
     int close_code;      /* of the server's close frame; 0: the socket just ended */
     double retry_after;  /* of a refused handshake's answer; -1: none */
 } member_t;
@@ -551,6 +553,8 @@ static void on_readable(member_t *m) {
             size_t rest = m->in_len - head;
             m->state = S_OPEN;
             m->close_code = 0;
+            m->opened_ns = now_ns();
+            m->opened_since = m->since;
             open_total++;
             if (storm_active && m->group == G_A) storm_back(m);
             rooms[m->room].members++;
@@ -861,6 +865,10 @@ typedef struct { int64_t sent, delay; } b_sample_t;
 static b_sample_t *b_samples; static size_t n_b_samples, cap_b_samples;
 static long peak_rss;
 static int chatting;
+/* The first gaps seen, to say where a missed line went missing. */
+#define GAPS_KEPT 20
+typedef struct { long member, after, got, since; int64_t at_ns, open_ns; } gap_t;
+static gap_t gaps_kept[GAPS_KEPT]; static int n_gaps_kept;
 static int64_t next_a_ns, next_b_ns, next_rss_ns;
 static long next_a_room, next_b_room;
 
@@ -923,6 +931,9 @@ static void storm_chat(member_t *m, const char *payload, size_t len) {
     if (m->last_seq == 0 || seq == m->last_seq + 1) {
         m->last_seq = seq;
     } else if (seq > m->last_seq + 1) {
+        if (n_gaps_kept < GAPS_KEPT)
+            gaps_kept[n_gaps_kept++] = (gap_t){m->index, m->last_seq, seq, m->opened_since,
+                                               now_ns(), m->opened_ns};
         m->gaps += seq - m->last_seq - 1;
         m->last_seq = seq;
     } else {
@@ -1126,7 +1137,16 @@ static int run_storm(void) {
            (s1.client - s0.client) / wall);
     print_latency("before", b_window_ns, storm_ns);
     print_latency("during", storm_ns, storm_end_ns);
-    printf("}\n");
+    printf(", \"first_gaps\": [");
+    for (int g = 0; g < n_gaps_kept; g++) {
+        gap_t *k = &gaps_kept[g];
+        printf("%s{\"member\": %ld, \"event_id\": \"%s\", \"after_seq\": %ld, "
+               "\"got_seq\": %ld, \"socket_since\": %ld, \"ms_after_signal\": %.1f, "
+               "\"ms_after_socket_opened\": %.1f}", g ? ", " : "", k->member,
+               event_ids[members[k->member].room], k->after, k->got, k->since,
+               storm_ns ? (k->at_ns - storm_ns) / 1e6 : -1.0, (k->at_ns - k->open_ns) / 1e6);
+    }
+    printf("]}\n");
     close_all();
     return 0;
 }
