@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,11 +84,11 @@ def storm(seeds: Seeds, scale: Scale, signal_name: str) -> Row:
         node_a, node_b = c.nodes
         settled = c.settle(len(seeds.storm_event_ids))
         a_rooms = list(seeds.storm_event_ids[:scale.rooms])
-        owners = {event_id: c.owner_of(event_id) for event_id in seeds.storm_event_ids}
+        owners = _owners_with_b(c, seeds.storm_event_ids, node_b)
         b_rooms = [e for e in seeds.storm_event_ids[STORM_ROOMS:]
                    if owners[e] is node_b][:scale.b_rooms]
         if not b_rooms:
-            raise RuntimeError("node B owns none of the pool's rooms")
+            raise RuntimeError(f"node B owns none of the pool's rooms ({settled})")
         probe_rooms = [e for e in a_rooms if owners[e] is node_b] or a_rooms
         options: dict[str, Any] = {
             "n": scale.members, "b_event_ids": ",".join(b_rooms),
@@ -119,6 +120,19 @@ def storm(seeds: Seeds, scale: Scale, signal_name: str) -> Row:
         "rooms_owned_by_a": sum(owners[e] is node_a for e in a_rooms),
         "rate_msgs_per_s": scale.rate, "b_rate_msgs_per_s": scale.b_rate,
         "handshakes_per_s": probe_rate, "back_target_s": target}
+
+
+def _owners_with_b(c: cluster.Cluster, event_ids: tuple[str, ...], node_b: cluster.Node,
+                   budget: float = 30.0) -> dict[str, cluster.Node | None]:
+    """Each event's owner, read again until B owns one of the pool's: on a loaded machine a
+    settled cluster may still be handing leases over (every pool room read on A once)."""
+    deadline = time.monotonic() + budget
+    while True:
+        owners = {event_id: c.owner_of(event_id) for event_id in event_ids}
+        if (any(owners[e] is node_b for e in event_ids[STORM_ROOMS:])
+                or time.monotonic() > deadline):
+            return owners
+        time.sleep(1.0)
 
 
 def main() -> None:
