@@ -85,6 +85,8 @@ def storm(seeds: Seeds, scale: Scale, signal_name: str) -> Row:
         settled = c.settle(len(seeds.storm_event_ids))
         a_rooms = list(seeds.storm_event_ids[:scale.rooms])
         owners = _owners_with_b(c, seeds.storm_event_ids, node_b)
+        settled = c.settle(len(seeds.storm_event_ids))  # B's take-overs done too
+        owners = {event_id: c.owner_of(event_id) for event_id in seeds.storm_event_ids}
         b_rooms = [e for e in seeds.storm_event_ids[STORM_ROOMS:]
                    if owners[e] is node_b][:scale.b_rooms]
         if not b_rooms:
@@ -123,9 +125,10 @@ def storm(seeds: Seeds, scale: Scale, signal_name: str) -> Row:
 
 
 def _owners_with_b(c: cluster.Cluster, event_ids: tuple[str, ...], node_b: cluster.Node,
-                   budget: float = 30.0) -> dict[str, cluster.Node | None]:
-    """Each event's owner, read again until B owns one of the pool's: on a loaded machine a
-    settled cluster may still be handing leases over (every pool room read on A once)."""
+                   budget: float = 90.0) -> dict[str, cluster.Node | None]:
+    """Each event's owner, read again until B owns one of the pool's: the first node up
+    takes every event, and on a loaded machine the second one's share came over only ~30 s
+    later, after the cluster had looked settled (no change for 2 s)."""
     deadline = time.monotonic() + budget
     while True:
         owners = {event_id: c.owner_of(event_id) for event_id in event_ids}
