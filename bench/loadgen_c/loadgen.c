@@ -137,7 +137,9 @@ static int64_t *delays; static size_t n_delays, cap_delays;
 static FILE *trace_file;
 static uint32_t rng = 2463534242u;
 static char pad[TEXT_BYTES];
-static int storm_active;         /* members of A that lose their socket reconnect to B */
+static int rejoining;             /* members of A that lose their socket reconnect: to A
+                                    before the signal (as clients would), to B after it */
+static int storm_active;         /* the signal has been sent */
 
 static void storm_lost(member_t *m);
 static void storm_refused(member_t *m);
@@ -288,7 +290,7 @@ static void close_member(member_t *m, int counted) {
         open_total--;
         rooms[m->room].members--;
         if (counted) closed_total++;
-        if (storm_active && m->group == G_A) storm_lost(m);
+        if (rejoining && m->group == G_A) storm_lost(m);
     }
 }
 
@@ -485,7 +487,7 @@ static void start_connect(member_t *m) {
         close_member(m, 0);
         m->state = S_CLOSED;
         connect_failures++;
-        if (storm_active && m->group == G_A) storm_refused(m);
+        if (rejoining && m->group == G_A) storm_refused(m);
     }
 }
 
@@ -509,7 +511,7 @@ static void send_handshake(member_t *m) {
 static void handshake_failed(member_t *m) {
     close_member(m, 0);
     m->state = S_CLOSED;
-    if (storm_active && m->group == G_A) { storm_refused(m); return; }
+    if (rejoining && m->group == G_A) { storm_refused(m); return; }
     connect_failures++;
     handshakes_done++;
 }
@@ -536,7 +538,7 @@ static void on_readable(member_t *m) {
             if (!end) continue;
             if (m->in_len < 12 || memcmp(m->in + 9, "101", 3)) {
                 m->retry_after = -1;
-                if (m->in_len >= 12 && storm_active) {
+                if (m->in_len >= 12 && rejoining) {
                     char head[1024];
                     size_t hl = (size_t)(end - m->in) < sizeof head - 1
                                 ? (size_t)(end - m->in) : sizeof head - 1;
@@ -556,7 +558,7 @@ static void on_readable(member_t *m) {
             m->opened_ns = now_ns();
             m->opened_since = m->since;
             open_total++;
-            if (storm_active && m->group == G_A) storm_back(m);
+            if (rejoining && m->group == G_A) storm_back(m);
             rooms[m->room].members++;
             opened_count++;
             handshakes_done++;
@@ -887,19 +889,25 @@ static void schedule(member_t *m, double wait_s) {
     pending[n_pending++] = m->index;
 }
 
+static long rejoins_before_signal;
+
 static void storm_lost(member_t *m) {
+    m->since = m->last_seq;
+    if (!storm_active) {
+        rejoins_before_signal++;
+        schedule(m, backoff(m));
+        return;
+    }
     int c = 0;  /* code 0: the socket ended without a close frame */
     while (c < n_codes && close_codes[c] != m->close_code) c++;
     if (c == n_codes && n_codes < MAX_CODES) close_codes[n_codes++] = m->close_code;
     if (c < MAX_CODES) close_counts[c]++;
     if (m->back) { closed_after_back++; open_on_b--; }
-    m->port = ports[1];
-    m->since = m->last_seq;
     schedule(m, backoff(m));
 }
 
 static void storm_refused(member_t *m) {
-    refusals++;
+    refusals += storm_active;
     m->failures++;
     double wait = backoff(m);
     if (m->retry_after > 0) wait += m->retry_after;
@@ -908,6 +916,7 @@ static void storm_refused(member_t *m) {
 }
 
 static void storm_status(int status) {
+    if (!storm_active) return;
     if (status == 503) refused_503++; else refused_other++;
 }
 
@@ -979,7 +988,8 @@ static void storm_tick(void) {
         member_t *m = &members[pending[i]];
         if (m->due_ns > now) { i++; continue; }
         pending[i] = pending[--n_pending];
-        reconnect_attempts++;
+        m->port = ports[storm_active ? 1 : 0];
+        reconnect_attempts += storm_active;
         start_connect(m);
     }
     if (now >= next_rss_ns) {
@@ -1003,6 +1013,11 @@ static void storm_loop(double deadline, int (*until)(void)) {
 
 /* Every member of A open on B at once (one that B closed again is not back). */
 static int all_back(void) { return all_back_ns != 0; }
+
+static int all_on_a(void) {
+    for (long i = 0; i < a_members; i++) if (members[i].state != S_OPEN) return 0;
+    return 1;
+}
 
 /* Every open member has the last line any member of its room saw. */
 static int caught_up(void) {
@@ -1058,8 +1073,12 @@ static int run_storm(void) {
     }
     fflush(stdout);
     chatting = 1;
+    rejoining = 1;
+    for (long i = 0; i < a_members; i++)  /* dropped while joining or settling */
+        if (members[i].state == S_CLOSED) storm_lost(&members[i]);
     next_a_ns = next_b_ns = now_ns();
     storm_loop(now_s() + warmup, NULL);
+    storm_loop(now_s() + settle_budget, all_on_a);  /* the members A dropped are back on A */
     b_window_ns = now_ns();
     storm_loop(now_s() + before_s, NULL);
     long rss_before = servers_rss();
@@ -1128,11 +1147,13 @@ static int run_storm(void) {
            "\"refused_other_status\": %ld, \"closed_after_back\": %ld, \"closed_at_end\": %ld, \"missed_lines\": %ld, "
            "\"missed_max_per_member\": %ld, \"duplicates\": %ld, \"b_members_open\": %ld, "
            "\"b_missed_lines\": %ld, \"b_duplicates\": %ld, \"b_disconnected\": %ld, "
-           "\"closed_before_signal\": %ld, \"lines_sent\": %ld, \"lines_unsent\": %ld, "
+           "\"closed_before_signal\": %ld, \"rejoins_before_signal\": %ld, "
+           "\"lines_sent\": %ld, \"lines_unsent\": %ld, "
            "\"rss_before\": %ld, \"rss_peak\": %ld, \"storm_seconds\": %.4f, "
            "\"server_cpu\": %.4f, \"client_cpu\": %.4f",
            reconnect_attempts, refusals, refused_503, refused_other, closed_after_back, not_open, missed, missed_max, dups,
-           b_open_before, b_missed, b_dups, b_disconnected, closed_before, sent_total,
+           b_open_before, b_missed, b_dups, b_disconnected, closed_before, rejoins_before_signal,
+           sent_total,
            unsent_lines, rss_before, peak_rss, wall, (s1.server - s0.server) / wall,
            (s1.client - s0.client) / wall);
     print_latency("before", b_window_ns, storm_ns);
