@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from bench import storm_report
 from bench.cluster_scenarios import MONGODB
 from bench.httpload import ONE_EVENT, SPREAD
 from bench.scenarios import HTTP_CONNECTIONS, IN_FLIGHT, LATENCY_LOAD, SENDERS, Plan, Row, window
@@ -200,7 +201,7 @@ def targets(summary: list[Row], plan: Plan) -> list[Row]:
     ttl = a.get("lease_ttl_s") if a else None
     add("failover: SIGKILL of the owner to the first line delivered again (s)", mine,
         "lease TTL", ttl, "≤ TTL + 2 s", lambda m, r, q: r is not None and m <= r + 2.0, [a])
-    return out
+    return out + storm_report.targets(summary)
 
 
 def rss_per_open_event(summary: list[Row]) -> float | None:
@@ -514,6 +515,7 @@ def _markdown(meta: Row, summary: list[Row], goals: list[Row], rows: list[Row]) 
                      f"{'; '.join(r['notes'])} |")
     lines += _media_markdown(summary)
     lines += _cluster_markdown(summary, plan, rows)
+    lines += storm_report.markdown(summary, rows)
     lines += ["", "![delivered msgs/s and p99 latency against N](bench/results.png)"]
     lines += soak_markdown(load_soak())
     return lines

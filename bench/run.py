@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 from tqdm import tqdm
 
-from bench import client, cluster_scenarios, media_scenarios, report
+from bench import client, cluster_scenarios, media_scenarios, report, storm
 from bench.scenarios import FULL, QUICK, Plan, Row, steps
 from bench.seed import make_seeds
 from bench.servers import BENCH, CLIENT_CORE, REPO
@@ -53,7 +53,7 @@ def main() -> None:
         client.binary()  # compiled now, not inside the first measurement
         bar.update()
     plan_steps = (steps(plan, seeds, rows) + media_scenarios.steps(plan, seeds)
-                  + cluster_scenarios.steps(plan, seeds, rows))
+                  + cluster_scenarios.steps(plan, seeds, rows) + storm.steps(plan, seeds))
     with tqdm(plan_steps, desc=f"bench ({plan.name})", unit="step") as bar:
         for step in bar:
             bar.set_postfix_str(step.label)

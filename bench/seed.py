@@ -31,6 +31,10 @@ LOGIN_PASSWORD = "bench-password"
 MAP_SIDE = 100  # the map of the HTTP scenario is a MAP_SIDE × MAP_SIDE grid of open events
 MEMBERS = 10_000  # users of the WebSocket stores: member i of a room is user i
 SOAK_ROOMS = 100  # open events of the soak store
+# The storm's store (bench/storm.py): its members' rooms, then a pool from which the rooms kept
+# on node B are those the cluster places there (about half).
+STORM_ROOMS = 100
+STORM_POOL = 40
 # The cluster's map: only the 11 × 11 events of events/range's window (the same answer as the
 # 10,000-event map). A cluster node started on 10,000 open events never settles (its leases
 # churn; bench/README.md "Cluster"), so the cluster section cannot be measured on that map.
@@ -50,6 +54,8 @@ class Seeds:
     member_ids: tuple[str, ...]  # MEMBERS users in room_db and soak_db
     cluster_db: Path  # CLUSTER_SIDE² open events around the map's centre
     cluster_event_id: str  # the middle one, for events/get
+    storm_db: Path  # STORM_ROOMS + STORM_POOL open events, and the MEMBERS users
+    storm_event_ids: tuple[str, ...]
 
 
 def make_seeds(cache: Path) -> Seeds:
@@ -61,7 +67,8 @@ def make_seeds(cache: Path) -> Seeds:
         return Seeds(Path(saved["room_db"]), saved["room_event_id"], Path(saved["map_db"]),
                      saved["map_event_id"], Path(saved["soak_db"]),
                      tuple(saved["soak_event_ids"]), tuple(saved["member_ids"]),
-                     Path(saved["cluster_db"]), saved["cluster_event_id"])
+                     Path(saved["cluster_db"]), saved["cluster_event_id"],
+                     Path(saved["storm_db"]), tuple(saved["storm_event_ids"]))
     for old in cache.glob("seeds-*"):  # older seeds are of older code
         shutil.rmtree(old, ignore_errors=True)
     directory.mkdir(parents=True)
@@ -92,8 +99,11 @@ async def _make_seeds(directory: Path) -> Seeds:
     soak_ids = await _seed(soak_db, SOAK_ROOMS, password_hash, member_ids)
     cluster_db = directory / "cluster.db"
     cluster_ids = await _seed(cluster_db, CLUSTER_SIDE ** 2, password_hash, (), CLUSTER_SIDE)
+    storm_db = directory / "storm.db"
+    storm_ids = await _seed(storm_db, STORM_ROOMS + STORM_POOL, password_hash, member_ids)
     return Seeds(room_db, room_ids[0], map_db, map_ids[len(map_ids) // 2], soak_db,
-                 tuple(soak_ids), member_ids, cluster_db, cluster_ids[len(cluster_ids) // 2])
+                 tuple(soak_ids), member_ids, cluster_db, cluster_ids[len(cluster_ids) // 2],
+                 storm_db, tuple(storm_ids))
 
 
 async def _seed(path: Path, events: int, password_hash: str,

@@ -21,6 +21,13 @@
  *   trace    latency's load; --trace-file gets "S sent_ns" for every line sent and
  *            "R sent_ns recv_ns" for every delivery to member 0 (failover: when did lines
  *            arrive again, which never did).
+ *   storm    a reconnect storm (bench/storm.py): N v2 members on node A (--ports A,B) over the
+ *            --event-ids rooms and --b-members on B in the --b-event-ids rooms, all chatting;
+ *            --probe-n handshakes to B time its handshake rate; then --signal goes to
+ *            --signal-pid (node A) and every member of A reconnects to B with since=<last seq
+ *            seen>, after a jittered backoff (Retry-After honoured); lines missed (seq gaps the
+ *            catch-up did not fill), time until all are back, B's rooms' latency before and
+ *            during, B's peak RSS.
  *
  * Members are spread round-robin over --ports (several nodes of a cluster) and over
  * --event-ids (rooms); tokens are read from --tokens (one JWT a line, forged by the harness).
@@ -67,7 +74,21 @@ typedef struct member {
     size_t out_len, out_cap;
     int want_out;
     int reading;         /* counted as reading (soak): open and had its first line */
+    /* storm */
+    int group;           /* G_A, G_B or G_PROBE */
+    long since;          /* since= of the next handshake; -1: none */
+    long last_seq;       /* the highest chat seq seen (v2 frames), 0 before the first */
+    long gaps, dups;     /* seqs skipped over / seen again */
+    int failures;        /* failed attempts since the last open socket: the backoff's doubling */
+    int64_t due_ns;      /* when a pending reconnect is due */
+    int back;            /* reopened on B after the signal */
+    int64_t opened_ns;   /* when its socket last opened */
+    long opened_since;   /* the since= of that socket's handshake; -1: none */
+    int close_code;      /* of the server's close frame; 0: the socket just ended */
+    double retry_after;  /* of a refused handshake's answer; -1: none */
 } member_t;
+
+enum group { G_A, G_B, G_PROBE };
 
 typedef struct room {
     long members;        /* members open in this room */
@@ -76,6 +97,7 @@ typedef struct room {
     int *senders;        /* member indexes */
     int n_senders;
     long next_sender;
+    long max_seq;        /* storm: the highest seq any of its members saw */
 } room_t;
 
 /* Options. */
@@ -93,6 +115,12 @@ static int in_flight = 50;
 static double warmup = 1.0, seconds = 5.0, idle_s = 2.0;
 static double connect_budget = 60.0, settle_budget = 30.0, sample_s = 60.0;
 static const char *trace_path;
+static int v2;                   /* handshakes ask for v=2 (chat frames carry their seq) */
+static long b_members, probe_n;
+static double b_rate = 20.0, before_s = 5.0, storm_budget = 60.0, after_s = 2.0;
+static int signal_pid, signal_number = 15;
+static char **b_event_ids; static int n_b_rooms;
+static char **probe_event_ids; static int n_probe_rooms;
 
 /* State. */
 static int ep;
@@ -109,6 +137,15 @@ static int64_t *delays; static size_t n_delays, cap_delays;
 static FILE *trace_file;
 static uint32_t rng = 2463534242u;
 static char pad[TEXT_BYTES];
+static int rejoining;             /* members of A that lose their socket reconnect: to A
+                                    before the signal (as clients would), to B after it */
+static int storm_active;         /* the signal has been sent */
+
+static void storm_lost(member_t *m);
+static void storm_refused(member_t *m);
+static void storm_back(member_t *m);
+static void storm_status(int status);
+static void storm_chat(member_t *m, const char *payload, size_t len);
 
 static int64_t now_ns(void) {
     struct timespec ts;
@@ -253,6 +290,7 @@ static void close_member(member_t *m, int counted) {
         open_total--;
         rooms[m->room].members--;
         if (counted) closed_total++;
+        if (rejoining && m->group == G_A) storm_lost(m);
     }
 }
 
@@ -347,6 +385,7 @@ static int is_latency_mode(void) {
 }
 
 static void on_chat(member_t *m, const char *payload, size_t len) {
+    if (v2) storm_chat(m, payload, len);
     received_total++;
     m->received++;
     if (!m->has_chat) { m->has_chat = 1; reached_total++; }
@@ -392,6 +431,7 @@ static long parse_frames(member_t *m, const char *buf, size_t n) {
         } else if (opcode == 8) {
             char code[2] = {0x03, (char)0xe8};  /* 1000, or echo the server's code */
             if (len >= 2) memcpy(code, payload, 2);
+            m->close_code = ((unsigned char)code[0] << 8) | (unsigned char)code[1];
             send_frame(m, 8, code, 2);
             close_member(m, 1);
             return -1;
@@ -426,6 +466,7 @@ static int take_bytes(member_t *m, const char *data, size_t n) {
 }
 
 static long opened_count, attempted, handshakes_done;
+static long next_to_connect, connect_first, connect_end;
 static double first_1000_s, connect_start_s;
 
 static void start_connect(member_t *m) {
@@ -446,17 +487,22 @@ static void start_connect(member_t *m) {
         close_member(m, 0);
         m->state = S_CLOSED;
         connect_failures++;
+        if (rejoining && m->group == G_A) storm_refused(m);
     }
 }
 
 static void send_handshake(member_t *m) {
-    char req[2048];
+    char req[2048], extra[48] = "";
+    if (v2) {
+        if (m->since >= 0) snprintf(extra, sizeof extra, "&v=2&since=%ld", m->since);
+        else snprintf(extra, sizeof extra, "&v=2");
+    }
     int n = snprintf(req, sizeof req,
-                     "GET /api/v1/websockets/event?accessToken=%s&eventId=%s HTTP/1.1\r\n"
+                     "GET /api/v1/websockets/event?accessToken=%s&eventId=%s%s HTTP/1.1\r\n"
                      "Host: 127.0.0.1:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                      "Sec-WebSocket-Version: 13\r\n\r\n",
-                     tokens[m->index % n_tokens], event_ids[m->room], m->port);
+                     tokens[m->index % n_tokens], event_ids[m->room], extra, m->port);
     m->state = S_HANDSHAKE;
     arm(m, 0);
     send_bytes(m, req, (size_t)n);
@@ -465,6 +511,7 @@ static void send_handshake(member_t *m) {
 static void handshake_failed(member_t *m) {
     close_member(m, 0);
     m->state = S_CLOSED;
+    if (rejoining && m->group == G_A) { storm_refused(m); return; }
     connect_failures++;
     handshakes_done++;
 }
@@ -489,15 +536,34 @@ static void on_readable(member_t *m) {
             m->in_len += (size_t)r;
             char *end = memmem(m->in, m->in_len, "\r\n\r\n", 4);
             if (!end) continue;
-            if (m->in_len < 12 || memcmp(m->in + 9, "101", 3)) { handshake_failed(m); return; }
+            if (m->in_len < 12 || memcmp(m->in + 9, "101", 3)) {
+                m->retry_after = -1;
+                if (m->in_len >= 12 && rejoining) {
+                    char head[1024];
+                    size_t hl = (size_t)(end - m->in) < sizeof head - 1
+                                ? (size_t)(end - m->in) : sizeof head - 1;
+                    memcpy(head, m->in, hl);
+                    head[hl] = 0;
+                    storm_status(atoi(head + 9));
+                    char *ra = strcasestr(head, "\r\nretry-after:");
+                    if (ra) m->retry_after = atof(ra + 15);
+                }
+                handshake_failed(m);
+                return;
+            }
             size_t head = (size_t)(end + 4 - m->in);
             size_t rest = m->in_len - head;
             m->state = S_OPEN;
+            m->close_code = 0;
+            m->opened_ns = now_ns();
+            m->opened_since = m->since;
             open_total++;
+            if (rejoining && m->group == G_A) storm_back(m);
             rooms[m->room].members++;
             opened_count++;
             handshakes_done++;
-            if (opened_count == 1000 || (opened_count == n_members && n_members < 1000))
+            if (opened_count == 1000
+                || (opened_count == connect_end - connect_first && opened_count < 1000))
                 first_1000_s = now_s() - connect_start_s;
             m->in_len = 0;
             if (rest && !take_bytes(m, end + 4, rest)) return;
@@ -540,17 +606,16 @@ static void loop_until(double deadline, int (*until)(void)) {
 
 /* Phases. */
 
-static long next_to_connect;
 static double connect_deadline;
 
 static int connect_done(void) {
-    while (next_to_connect < n_members && attempted - handshakes_done < in_flight
+    while (next_to_connect < connect_end && attempted - handshakes_done < in_flight
            && now_s() < connect_deadline) {
         start_connect(&members[next_to_connect++]);
         if (members[next_to_connect - 1].state == S_CLOSED) handshakes_done++;
     }
-    return handshakes_done >= n_members || (next_to_connect >= n_members
-                                            && attempted == handshakes_done);
+    return handshakes_done >= connect_end - connect_first
+           || (next_to_connect >= connect_end && attempted == handshakes_done);
 }
 
 static void print_connect(FILE *out, double secs) {
@@ -560,16 +625,23 @@ static void print_connect(FILE *out, double secs) {
             first_1000_s > 0 ? (opened_count < 1000 ? opened_count : 1000) / first_1000_s : 0.0);
 }
 
-static double connect_all(void) {
+/* Members [first, end) joined, --in-flight handshakes at a time; the seconds it took. */
+static double connect_range(long first, long end) {
+    opened_count = attempted = handshakes_done = connect_failures = 0;
+    first_1000_s = 0;
+    next_to_connect = connect_first = first;
+    connect_end = end;
     connect_start_s = now_s();
     connect_deadline = connect_start_s + connect_budget;
     loop_until(connect_deadline + 15.0, connect_done);  /* handshakes in flight may finish */
     /* Give up on the ones still pending past the budget. */
-    for (long i = 0; i < n_members; i++)
+    for (long i = first; i < end; i++)
         if (members[i].state == S_CONNECTING || members[i].state == S_HANDSHAKE)
             handshake_failed(&members[i]);
     return now_s() - connect_start_s;
 }
+
+static double connect_all(void) { return connect_range(0, n_members); }
 
 static void choose_senders(void) {
     for (int r = 0; r < n_rooms; r++) rooms[r].n_senders = 0;
@@ -779,6 +851,396 @@ static int run_soak(void) {
     return 0;
 }
 
+
+/* Storm (bench/storm.py): rooms of A are [0, a_rooms), of B [a_rooms, n_rooms); members of A
+   are [0, a_members), of B next, then the probe's. */
+
+static long a_members, a_rooms;
+static long storm_members, back_count, open_on_b, reconnect_attempts, refusals, refused_503,
+    refused_other, closed_after_back, unsent_lines;
+static int64_t storm_ns, first_back_ns, all_back_ns, b_window_ns = INT64_MAX;
+#define MAX_CODES 16
+static int close_codes[MAX_CODES]; static long close_counts[MAX_CODES]; static int n_codes;
+static int64_t *back_ns;
+static long *pending, n_pending;
+typedef struct { int64_t sent, delay; } b_sample_t;
+static b_sample_t *b_samples; static size_t n_b_samples, cap_b_samples;
+static long peak_rss;
+static int chatting;
+/* The first gaps seen, to say where a missed line went missing. */
+#define GAPS_KEPT 20
+typedef struct { long member, after, got, since; int64_t at_ns, open_ns; } gap_t;
+static gap_t gaps_kept[GAPS_KEPT]; static int n_gaps_kept;
+static int64_t next_a_ns, next_b_ns, next_rss_ns;
+static long next_a_room, next_b_room;
+
+static double jitter(void) { return xorshift() / 4294967296.0; }
+
+/* A random wait up to a cap that doubles from 0.5 s to 30 s with each failed attempt
+   (docs/protocol.md "Reconnecting"). */
+static double backoff(const member_t *m) {
+    double cap = 0.5;
+    for (int i = 0; i < m->failures && cap < 30; i++) cap *= 2;
+    return jitter() * (cap > 30 ? 30 : cap);
+}
+
+static void schedule(member_t *m, double wait_s) {
+    m->due_ns = now_ns() + (int64_t)(wait_s * 1e9);
+    pending[n_pending++] = m->index;
+}
+
+static long rejoins_before_signal;
+
+static void storm_lost(member_t *m) {
+    m->since = m->last_seq;
+    if (!storm_active) {
+        rejoins_before_signal++;
+        schedule(m, backoff(m));
+        return;
+    }
+    int c = 0;  /* code 0: the socket ended without a close frame */
+    while (c < n_codes && close_codes[c] != m->close_code) c++;
+    if (c == n_codes && n_codes < MAX_CODES) close_codes[n_codes++] = m->close_code;
+    if (c < MAX_CODES) close_counts[c]++;
+    if (m->back) { closed_after_back++; open_on_b--; }
+    schedule(m, backoff(m));
+}
+
+static void storm_refused(member_t *m) {
+    refusals += storm_active;
+    m->failures++;
+    double wait = backoff(m);
+    if (m->retry_after > 0) wait += m->retry_after;
+    m->retry_after = -1;
+    schedule(m, wait);
+}
+
+static void storm_status(int status) {
+    if (!storm_active) return;
+    if (status == 503) refused_503++; else refused_other++;
+}
+
+static void storm_back(member_t *m) {
+    m->failures = 0;
+    if (!m->reading) return;
+    if (!m->back) {
+        m->back = 1;
+        back_ns[back_count++] = now_ns() - storm_ns;
+        if (back_count == storm_members) first_back_ns = now_ns();
+    }
+    if (++open_on_b == storm_members && !all_back_ns) all_back_ns = now_ns();
+}
+
+/* A v2 line's seq: a gap is a line this member never got, a seq again a duplicate. */
+static void storm_chat(member_t *m, const char *payload, size_t len) {
+    const char *k = memmem(payload, len, "\"seq\":", 6);
+    if (!k) return;
+    long seq = 0;
+    for (k += 6; k < payload + len && *k >= '0' && *k <= '9'; k++) seq = seq * 10 + (*k - '0');
+    if (m->last_seq == 0 || seq == m->last_seq + 1) {
+        m->last_seq = seq;
+    } else if (seq > m->last_seq + 1) {
+        if (n_gaps_kept < GAPS_KEPT)
+            gaps_kept[n_gaps_kept++] = (gap_t){m->index, m->last_seq, seq, m->opened_since,
+                                               now_ns(), m->opened_ns};
+        m->gaps += seq - m->last_seq - 1;
+        m->last_seq = seq;
+    } else {
+        m->dups++;
+    }
+    if (seq > rooms[m->room].max_seq) rooms[m->room].max_seq = seq;
+    if (m->group == G_B) {
+        int64_t sent = stamp_of(payload, len);
+        if (sent >= b_window_ns) {
+            b_samples = grow(b_samples, &cap_b_samples, n_b_samples + 1, sizeof *b_samples);
+            b_samples[n_b_samples++] = (b_sample_t){sent, now_ns() - sent};
+        }
+    }
+}
+
+/* A line from the room's next open member (members reconnecting are skipped). */
+static void storm_send(int room) {
+    room_t *r = &rooms[room];
+    for (int tries = 0; tries < r->n_senders; tries++) {
+        member_t *m = &members[r->senders[r->next_sender++ % r->n_senders]];
+        if (m->state != S_OPEN) continue;
+        char text[12 + TEXT_BYTES];
+        memcpy(text, "chatMessage/", 12);
+        int stamp = snprintf(text + 12, TEXT_BYTES + 1, "~%lld~", (long long)now_ns());
+        memcpy(text + 12 + stamp, pad, (size_t)(TEXT_BYTES - stamp));
+        send_frame(m, 1, text, 12 + TEXT_BYTES);
+        sent_total++;
+        return;
+    }
+    unsent_lines++;
+}
+
+/* Lines due, reconnects due, B's RSS every 100 ms. */
+static void storm_tick(void) {
+    int64_t now = now_ns();
+    if (chatting) {
+        for (; next_a_ns <= now; next_a_ns += (int64_t)(1e9 / rate))
+            storm_send((int)(next_a_room++ % a_rooms));
+        for (; next_b_ns <= now; next_b_ns += (int64_t)(1e9 / b_rate))
+            storm_send((int)(a_rooms + next_b_room++ % n_b_rooms));
+    }
+    for (long i = 0; i < n_pending;) {
+        member_t *m = &members[pending[i]];
+        if (m->due_ns > now) { i++; continue; }
+        pending[i] = pending[--n_pending];
+        m->port = ports[storm_active ? 1 : 0];
+        reconnect_attempts += storm_active;
+        start_connect(m);
+    }
+    if (now >= next_rss_ns) {
+        long rss = servers_rss();
+        if (rss > peak_rss) peak_rss = rss;
+        next_rss_ns = now + 100000000;
+    }
+}
+
+static void storm_loop(double deadline, int (*until)(void)) {
+    struct epoll_event evs[MAX_EVENTS];
+    for (;;) {
+        storm_tick();
+        if (until && until()) return;
+        if (now_s() >= deadline) return;
+        int n = epoll_wait(ep, evs, MAX_EVENTS, 2);
+        if (n < 0 && errno != EINTR) die("epoll_wait");
+        for (int i = 0; i < n; i++) on_event(&evs[i]);
+    }
+}
+
+/* Every member of A open on B at once (one that B closed again is not back). */
+static int all_back(void) { return all_back_ns != 0; }
+
+static int all_on_a(void) {
+    for (long i = 0; i < a_members; i++) if (members[i].state != S_OPEN) return 0;
+    return 1;
+}
+
+/* Every open member has the last line any member of its room saw. */
+static int caught_up(void) {
+    for (long i = 0; i < a_members + b_members; i++) {
+        member_t *m = &members[i];
+        if (m->state == S_OPEN && m->last_seq < rooms[m->room].max_seq) return 0;
+    }
+    return 1;
+}
+
+static int cmp_delay(const void *a, const void *b) {
+    int64_t x = ((const b_sample_t *)a)->delay, y = ((const b_sample_t *)b)->delay;
+    return (x > y) - (x < y);
+}
+
+/* p50, p99 and max (ms) of the B rooms' lines sent in [from, to). */
+static void print_latency(const char *name, int64_t from, int64_t to) {
+    size_t n = 0;
+    b_sample_t *part = malloc((n_b_samples + 1) * sizeof *part);
+    for (size_t i = 0; i < n_b_samples; i++)
+        if (b_samples[i].sent >= from && b_samples[i].sent < to) part[n++] = b_samples[i];
+    qsort(part, n, sizeof *part, cmp_delay);
+    printf(", \"%s_samples\": %zu", name, n);
+    if (n) {
+        size_t i50 = n / 2, i99 = (size_t)(0.99 * n);
+        if (i99 >= n) i99 = n - 1;
+        printf(", \"%s_p50_ms\": %.4f, \"%s_p99_ms\": %.4f, \"%s_max_ms\": %.4f", name,
+               part[i50].delay / 1e6, name, part[i99].delay / 1e6, name,
+               part[n - 1].delay / 1e6);
+    }
+    free(part);
+}
+
+static int cmp_ns(const void *a, const void *b) { return cmp64(a, b); }
+
+static int run_storm(void) {
+    printf("{");
+    double secs = connect_range(0, a_members);
+    printf("\"a\": {");
+    print_connect(stdout, secs);
+    secs = connect_range(a_members, a_members + b_members);
+    printf("}, \"b\": {");
+    print_connect(stdout, secs);
+    printf("}, \"settled\": %s", settle() ? "true" : "false");
+    if (probe_n) {
+        loop_until(now_s() + 0.5, NULL);
+        secs = connect_range(a_members + b_members, n_members);
+        printf(", \"probe\": {");
+        print_connect(stdout, secs);
+        printf("}");
+        for (long i = a_members + b_members; i < n_members; i++) close_member(&members[i], 0);
+        loop_until(now_s() + 1.0, NULL);
+    }
+    fflush(stdout);
+    chatting = 1;
+    rejoining = 1;
+    for (long i = 0; i < a_members; i++)  /* dropped while joining or settling */
+        if (members[i].state == S_CLOSED) storm_lost(&members[i]);
+    next_a_ns = next_b_ns = now_ns();
+    storm_loop(now_s() + warmup, NULL);
+    storm_loop(now_s() + settle_budget, all_on_a);  /* the members A dropped are back on A */
+    b_window_ns = now_ns();
+    storm_loop(now_s() + before_s, NULL);
+    long rss_before = servers_rss();
+    peak_rss = rss_before;
+    for (long i = 0; i < a_members; i++) {
+        members[i].reading = members[i].state == S_OPEN;
+        storm_members += members[i].reading;
+    }
+    long b_open_before = 0;
+    for (long i = a_members; i < a_members + b_members; i++)
+        b_open_before += members[i].state == S_OPEN;
+    long closed_before = closed_total;
+    if (!storm_members) {  /* nothing to storm with: say why instead of waiting the budget */
+        printf(", \"error\": \"no member of A was open at the signal\", "
+               "\"closed_before_signal\": %ld, \"b_members_open\": %ld}\n",
+               closed_before, b_open_before);
+        return 0;
+    }
+    sample_t s0 = sample();
+    storm_active = 1;
+    storm_ns = now_ns();
+    if (signal_pid > 0 && kill(signal_pid, signal_number) < 0) die("kill");
+    fprintf(stderr, "signal\n");
+    fflush(stderr);
+    storm_loop(now_s() + storm_budget, all_back);
+    int64_t storm_end_ns = all_back_ns ? all_back_ns : now_ns();
+    sample_t s1 = sample();
+    storm_loop(now_s() + after_s, NULL);
+    chatting = 0;
+    storm_loop(now_s() + 10.0, caught_up);
+    storm_active = 0;
+
+    long missed = 0, missed_max = 0, dups = 0, not_back = 0, not_open = 0;
+    long b_missed = 0, b_dups = 0, b_disconnected = 0;
+    for (long i = 0; i < a_members + b_members; i++) {
+        member_t *m = &members[i];
+        long lost = m->gaps + (m->state == S_OPEN ? rooms[m->room].max_seq - m->last_seq : 0);
+        if (m->group == G_B) {
+            b_missed += lost;
+            b_dups += m->dups;
+            b_disconnected += m->state != S_OPEN;
+            continue;
+        }
+        if (!m->reading) continue;
+        if (!m->back) { not_back++; continue; }
+        if (m->state != S_OPEN) not_open++;
+        missed += lost;
+        if (lost > missed_max) missed_max = lost;
+        dups += m->dups;
+    }
+    qsort(back_ns, (size_t)back_count, sizeof *back_ns, cmp_ns);
+    double wall = s1.t - s0.t;
+    printf(", \"storm_members\": %ld, \"back\": %ld, \"not_back\": %ld, \"back_s\": ",
+           storm_members, back_count, not_back);
+    if (all_back_ns) printf("%.4f", (all_back_ns - storm_ns) / 1e9); else printf("null");
+    printf(", \"first_back_s\": ");
+    if (first_back_ns) printf("%.4f", (first_back_ns - storm_ns) / 1e9); else printf("null");
+    printf(", \"close_codes\": {");
+    for (int c = 0; c < n_codes; c++)
+        printf("%s\"%d\": %ld", c ? ", " : "", close_codes[c], close_counts[c]);
+    printf("}");
+    if (back_count)
+        printf(", \"back_p50_s\": %.4f, \"back_p99_s\": %.4f", back_ns[back_count / 2] / 1e9,
+               back_ns[(long)(0.99 * back_count)] / 1e9);
+    printf(", \"reconnect_attempts\": %ld, \"refused\": %ld, \"refused_503\": %ld, "
+           "\"refused_other_status\": %ld, \"closed_after_back\": %ld, \"closed_at_end\": %ld, \"missed_lines\": %ld, "
+           "\"missed_max_per_member\": %ld, \"duplicates\": %ld, \"b_members_open\": %ld, "
+           "\"b_missed_lines\": %ld, \"b_duplicates\": %ld, \"b_disconnected\": %ld, "
+           "\"closed_before_signal\": %ld, \"rejoins_before_signal\": %ld, "
+           "\"lines_sent\": %ld, \"lines_unsent\": %ld, "
+           "\"rss_before\": %ld, \"rss_peak\": %ld, \"storm_seconds\": %.4f, "
+           "\"server_cpu\": %.4f, \"client_cpu\": %.4f",
+           reconnect_attempts, refusals, refused_503, refused_other, closed_after_back, not_open, missed, missed_max, dups,
+           b_open_before, b_missed, b_dups, b_disconnected, closed_before, rejoins_before_signal,
+           sent_total,
+           unsent_lines, rss_before, peak_rss, wall, (s1.server - s0.server) / wall,
+           (s1.client - s0.client) / wall);
+    print_latency("before", b_window_ns, storm_ns);
+    print_latency("during", storm_ns, storm_end_ns);
+    printf(", \"first_gaps\": [");
+    for (int g = 0; g < n_gaps_kept; g++) {
+        gap_t *k = &gaps_kept[g];
+        printf("%s{\"member\": %ld, \"event_id\": \"%s\", \"after_seq\": %ld, "
+               "\"got_seq\": %ld, \"socket_since\": %ld, \"ms_after_signal\": %.1f, "
+               "\"ms_after_socket_opened\": %.1f}", g ? ", " : "", k->member,
+               event_ids[members[k->member].room], k->after, k->got, k->since,
+               storm_ns ? (k->at_ns - storm_ns) / 1e6 : -1.0, (k->at_ns - k->open_ns) / 1e6);
+    }
+    printf("]}\n");
+    close_all();
+    return 0;
+}
+
+/* Room indexes of --event-ids by id (the probe joins some of A's rooms on B). */
+static int room_of(const char *id) {
+    for (int r = 0; r < a_rooms; r++) if (!strcmp(event_ids[r], id)) return r;
+    fprintf(stderr, "loadgen: probe event %s is not one of --event-ids\n", id);
+    exit(2);
+}
+
+static char **split_ids(const char *s, int *n) {
+    char **out = NULL, *copy = strdup(s), *save = NULL;
+    size_t cap = 0;
+    for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        out = grow(out, &cap, (size_t)*n + 1, sizeof *out);
+        out[(*n)++] = t;
+    }
+    return out;
+}
+
+/* The storm's layout over the members and rooms main() made for A alone. */
+static void storm_layout(void) {
+    if (n_ports < 2 || !n_b_rooms || b_members < n_b_rooms) {
+        fprintf(stderr, "loadgen storm: --ports A,B, --b-event-ids and --b-members needed\n");
+        exit(2);
+    }
+    v2 = 1;
+    a_members = n_members;
+    a_rooms = n_rooms;
+    n_members = a_members + b_members + probe_n;
+    n_rooms = (int)a_rooms + n_b_rooms;
+    event_ids = realloc(event_ids, (size_t)n_rooms * sizeof *event_ids);
+    memcpy(event_ids + a_rooms, b_event_ids, (size_t)n_b_rooms * sizeof *event_ids);
+    for (int r = 0; r < a_rooms; r++) free(rooms[r].senders);
+    free(members);
+    free(rooms);
+    members = calloc((size_t)n_members, sizeof *members);
+    rooms = calloc((size_t)n_rooms, sizeof *rooms);
+    pending = calloc((size_t)a_members, sizeof *pending);
+    back_ns = calloc((size_t)a_members, sizeof *back_ns);
+    for (long i = 0; i < n_members; i++) {
+        member_t *m = &members[i];
+        m->index = (int)i;
+        m->fd = -1;
+        m->since = -1;
+        m->retry_after = -1;
+        if (i < a_members) {
+            m->group = G_A;
+            m->room = (int)(i % a_rooms);
+            m->port = ports[0];
+        } else if (i < a_members + b_members) {
+            m->group = G_B;
+            m->room = (int)(a_rooms + (i - a_members) % n_b_rooms);
+            m->port = ports[1];
+        } else {
+            m->group = G_PROBE;
+            m->room = room_of(probe_event_ids[(i - a_members - b_members) % n_probe_rooms]);
+            m->port = ports[1];
+        }
+    }
+    /* every member of A or B may send in its room: whoever is open when a line is due */
+    for (long i = 0; i < a_members + b_members; i++) rooms[members[i].room].expected++;
+    for (int r = 0; r < n_rooms; r++) {
+        rooms[r].senders = calloc((size_t)rooms[r].expected + 1, sizeof(int));
+        rooms[r].expected = 0;
+    }
+    for (long i = 0; i < a_members + b_members; i++) {
+        room_t *r = &rooms[members[i].room];
+        r->senders[r->n_senders++] = (int)i;
+    }
+}
+
 /* Options. */
 
 static void split_ints(const char *s, int *out, int *n, int max) {
@@ -807,7 +1269,7 @@ static void read_tokens(void) {
 }
 
 static void usage(void) {
-    fprintf(stderr, "usage: loadgen fanout|latency|connect|soak|trace --ports P[,P…] "
+    fprintf(stderr, "usage: loadgen fanout|latency|connect|soak|trace|storm --ports P[,P…] "
             "--event-ids ID[,ID…] --tokens FILE --server-pids PID[,PID…] --n N [options]\n");
     exit(2);
 }
@@ -837,10 +1299,23 @@ int main(int argc, char **argv) {
         else if (!strcmp(k, "--settle-budget")) settle_budget = atof(v);
         else if (!strcmp(k, "--sample")) sample_s = atof(v);
         else if (!strcmp(k, "--trace-file")) trace_path = v;
+        else if (!strcmp(k, "--b-event-ids")) b_event_ids = split_ids(v, &n_b_rooms);
+        else if (!strcmp(k, "--b-members")) b_members = atol(v);
+        else if (!strcmp(k, "--b-rate")) b_rate = atof(v);
+        else if (!strcmp(k, "--probe-event-ids"))
+            probe_event_ids = split_ids(v, &n_probe_rooms);
+        else if (!strcmp(k, "--probe-n")) probe_n = atol(v);
+        else if (!strcmp(k, "--before")) before_s = atof(v);
+        else if (!strcmp(k, "--storm-budget")) storm_budget = atof(v);
+        else if (!strcmp(k, "--after")) after_s = atof(v);
+        else if (!strcmp(k, "--signal-pid")) signal_pid = atoi(v);
+        else if (!strcmp(k, "--signal")) signal_number = atoi(v);
         else usage();
     }
     if (!n_ports || !events_arg || !tokens_path || n_members < 1) usage();
     if (rate <= 0) rate = 1;
+    if (b_rate <= 0) b_rate = 1;
+    if (probe_n && !n_probe_rooms) usage();
     {
         char *copy = strdup(events_arg), *save = NULL;
         size_t cap = 0;
@@ -873,6 +1348,7 @@ int main(int argc, char **argv) {
     int rc;
     if (!strcmp(mode, "connect")) rc = run_connect();
     else if (!strcmp(mode, "soak")) rc = run_soak();
+    else if (!strcmp(mode, "storm")) storm_layout(), rc = run_storm();
     else if (!strcmp(mode, "fanout") || is_latency_mode()) rc = run_room();
     else usage(), rc = 2;
     fflush(stdout);
