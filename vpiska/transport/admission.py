@@ -5,17 +5,18 @@ Why: when a crowd connects at once (a node restarted, a venue's Wi-Fi back), eve
 is accepted and its handshake becomes a task; trio runs every ready task once per turn, so each
 hop of a chat line in a running room waits behind all of them, and the handshakes queue behind
 one another until the clients time out and come back together. A node that answers the
-surplus at once with `503` and `Retry-After` keeps its rooms' latency and lets the crowd in at
-the pace it can take them, the clients spreading themselves out by their jittered retries.
+surplus at once with `503` and `Retry-After` keeps the rooms behind a bounded number of
+handshakes and lets the crowd in at the pace it can take them, the clients spreading
+themselves out by their jittered retries.
 
 What: a handshake is in progress from the moment its upgrade request is recognised until the
-app has accepted it and comes back for the socket's first frame (a member is in its room then),
-refused it, or the connection ended. The count grows only when handshakes arrive faster than
-the node finishes them, whatever holds them (the core, the store, a full room inbox), so it
-is the node's own word that it cannot take more now. Past `limit` a new handshake is answered
-with REFUSAL, written as it is, before anything of the request is looked at, and the connection
-closes. Only recognised upgrades are counted and refused: plain HTTP requests, `/readyz`,
-`/health` and `/metrics` are served as ever.
+app has accepted it and comes back for the socket's first frame (the member's join is in its
+room's queue then, or with `since` answered), refused it, or the connection ended. The count
+grows only when handshakes arrive faster than the node finishes them, whatever holds them (the
+core, the store, a full room inbox), so it is the node's own word that it cannot take more now.
+Past `limit` a new handshake is answered with REFUSAL, written as it is, before anything of the
+request is looked at, and the connection closes. Only recognised upgrades are counted and
+refused: plain HTTP requests, `/readyz`, `/health` and `/metrics` are served as ever.
 
 Logs: one warning when a worker starts refusing, one line when its handshakes in progress are
 down to half the bound again, with how many it refused in between: a storm is two lines, not
