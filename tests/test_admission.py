@@ -23,6 +23,7 @@ from tests.helpers.raw_http import connection, read_to_end, request
 from tests.helpers.raw_ws import RawMember, RawSocket, resource
 from tests.helpers.server import Server, port_of
 from vpiska import metrics
+from vpiska.config import Config, ConfigError
 from vpiska.store import Store
 from vpiska.transport.admission import REFUSAL, RETRY_AFTER_SECONDS, Admission
 
@@ -104,6 +105,18 @@ async def test_a_burst_of_refusals_is_two_log_lines(
     assert lines[0]["max_pending_handshakes"] == 4
     assert lines[1]["refused"] == 100
     assert lines[1]["seconds"] == 3
+
+
+@pytest.mark.parametrize(("value", "bound"), [("", 64), ("8", 8), ("0", 0)],
+                         ids=["default", "set", "no-bound"])
+def test_max_pending_handshakes_is_read_from_the_environment(value: str, bound: int) -> None:
+    assert Config.from_env({"MAX_PENDING_HANDSHAKES": value}).max_pending_handshakes == bound
+
+
+def test_a_negative_bound_names_its_variable() -> None:
+    with pytest.raises(ConfigError) as invalid:
+        Config.from_env({"MAX_PENDING_HANDSHAKES": "-1"})
+    assert invalid.value.variable == "MAX_PENDING_HANDSHAKES"
 
 
 # On a server: real sockets.
