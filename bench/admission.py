@@ -43,8 +43,9 @@ import httpx
 import psutil
 import trio
 
+from bench import servers
 from bench.seed import make_seeds
-from bench.servers import CACHE, CLIENT_CORE, running
+from bench.servers import CACHE, running
 from bench.tokens import forge_token
 
 PROBE_MEMBERS = 10
@@ -230,7 +231,7 @@ def _run(bound: int, storm: int, seeds: Any, tmp: Path, profile: Path | None = N
         tokens_file = tmp / "tokens.json"
         tokens_file.write_text(json.dumps({"probe": probe_tokens, "storm": storm_tokens}))
         own = [sys.executable, "-m", "bench.admission"]
-        probe = subprocess.Popen(["taskset", "-c", CLIENT_CORE, *own, "probe",
+        probe = subprocess.Popen(["taskset", "-c", servers.CLIENT_CORE, *own, "probe",
                                   str(server.port), seeds.room_event_id, str(tokens_file),
                                   str(lines)])
         try:
@@ -243,7 +244,7 @@ def _run(bound: int, storm: int, seeds: Any, tmp: Path, profile: Path | None = N
             cpu_before = sum(process.cpu_times()[:2])
             started = time.time()
             result = json.loads(subprocess.run(
-                ["taskset", "-c", CLIENT_CORE, *own, "storm", str(server.port), storm_event,
+                ["taskset", "-c", servers.CLIENT_CORE, *own, "storm", str(server.port), storm_event,
                  str(tokens_file)], check=True, capture_output=True, text=True).stdout)
             ended = time.time()
             server_cpu = (sum(process.cpu_times()[:2]) - cpu_before) / (ended - started)
@@ -273,6 +274,8 @@ def main() -> None:
     parser.add_argument("--bounds", default="64,0")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--profile", type=Path, help="py-spy's stacks of the storm, per bound")
+    parser.add_argument("--unpinned", action="store_true",
+                        help="server and clients on either core (other benches pin to core 0)")
     options = parser.parse_args()
     if options.command == "probe":
         port, event_id, tokens, out = options.args
@@ -284,6 +287,8 @@ def main() -> None:
         print(json.dumps(trio.run(_storm, int(port), event_id,
                                   json.loads(Path(tokens).read_text())["storm"])))
         return
+    if options.unpinned:
+        servers.SERVER_CORE = servers.CLIENT_CORE = "0,1"
     seeds = make_seeds(CACHE)
     bounds = [int(bound) for bound in options.bounds.split(",")]
     with tempfile.TemporaryDirectory(prefix="bench-admission-") as tmp:
