@@ -81,7 +81,9 @@ async def test_events_members_refuses_what_is_not_an_open_event(server: Server) 
         "EventNotFound"]
 
 
-@pytest.mark.parametrize("config_overrides", [{"ws_ping_seconds": 600}], ids=["no-pings"])
+# 100 handshakes in flight: the storm measures presence, not admission (test_admission.py).
+@pytest.mark.parametrize("config_overrides",
+                         [{"ws_ping_seconds": 600, "max_pending_handshakes": 0}], ids=["no-pings"])
 async def test_a_join_storm_costs_watchers_a_bounded_number_of_presence_frames(
     server: Server, nursery: trio.Nursery
 ) -> None:

@@ -7,7 +7,7 @@ import itertools
 import json
 import weakref
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 import trio
@@ -23,7 +23,15 @@ pytestmark = BOTH_WRITE_PATHS
 T = TypeVar("T")
 
 UNLIMITED_CHAT = {"chat_rate_per_second": 1e6, "chat_burst": 10**6}
+# The storms here, 100 handshakes in flight, measure the rooms, not admission
+# (tests/test_admission.py): no bound on the handshakes in progress.
+UNBOUNDED_HANDSHAKES = {"max_pending_handshakes": 0}
 LINE_DEADLINE = 15  # s: longest a line may take to reach a reader that keeps up
+
+
+@pytest.fixture
+def config_overrides() -> dict[str, Any]:
+    return UNBOUNDED_HANDSHAKES
 
 
 async def join_all(crowd: Crowd, tokens: list[str], event_id: str, in_flight: int = 100
@@ -109,7 +117,8 @@ async def test_fifty_rooms_of_ten_do_not_leak_into_each_other(
         assert sorted(chats[0]) == sorted(f"r{r}-m{i}-{k}" for i in range(10) for k in range(2))
 
 
-@pytest.mark.parametrize("config_overrides", [{"ws_ping_seconds": 600}], ids=["no-pings"])
+@pytest.mark.parametrize("config_overrides", [{"ws_ping_seconds": 600, **UNBOUNDED_HANDSHAKES}],
+                         ids=["no-pings"])
 async def test_join_storm_costs_a_bounded_number_of_count_frames(
     server: Server, nursery: trio.Nursery
 ) -> None:

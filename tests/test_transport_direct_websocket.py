@@ -69,12 +69,13 @@ async def pair() -> AsyncIterator[tuple[trio.socket.SocketType, trio.socket.Sock
         yield server, peer
 
 
-def websocket(server: trio.socket.SocketType, sent: bytes = b""
+def websocket(server: trio.socket.SocketType, sent: bytes = b"",
+              handshake_over: Callable[[], None] | None = None
               ) -> tuple[DirectWebSocket, Connection]:
     parsed = parse_upgrade(HEAD + sent, frozenset({PATH}), 16384)
     assert parsed is not None
     connection = Connection(server)
-    return DirectWebSocket(connection, server, *parsed), connection
+    return DirectWebSocket(connection, server, *parsed, handshake_over), connection
 
 
 def masked(opcode: int, payload: bytes) -> bytes:
@@ -145,6 +146,37 @@ async def test_an_app_that_returns_without_answering_gets_a_500_and_the_socket_c
     head, _ = await read_answer(peer)
     assert head.startswith(b"HTTP/1.1 500 ")
     assert connection.closes == [True]  # lingering for what the peer still sends
+
+
+async def test_the_handshake_is_over_once_the_app_asks_for_a_frame_after_its_accept(
+    pair: tuple[trio.socket.SocketType, trio.socket.SocketType]
+) -> None:
+    over: list[str] = []  # what the worker's admission hears (admission.py)
+    ws, _ = websocket(pair[0], masked(0x1, b"first"), lambda: over.append("over"))
+
+    async def app(scope: dict[str, Any], receive: Receive, send: Send, *_: object) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        assert over == []  # accepted, the member not yet in its room
+        await receive()
+        assert over == ["over"]
+
+    await ws.serve(app)
+    assert over == ["over"]  # once, also when the connection then ends
+
+
+async def test_the_handshake_is_over_once_the_app_has_refused_it(
+    pair: tuple[trio.socket.SocketType, trio.socket.SocketType]
+) -> None:
+    over: list[str] = []
+    ws, _ = websocket(pair[0], handshake_over=lambda: over.append("over"))
+
+    async def app(scope: dict[str, Any], receive: Receive, send: Send, *_: object) -> None:
+        await receive()
+        await send({"type": "websocket.close"})  # a 403
+
+    await ws.serve(app)
+    assert over == ["over"]
 
 
 async def test_a_frame_wsproto_cannot_parse_gets_its_close_code(

@@ -97,6 +97,10 @@ class Config:
     # With the adapter: serve ordinary event WebSocket handshakes off the socket, below
     # hypercorn (vpiska/transport/direct_websocket.py).
     direct_websockets: bool = True
+    # Event WebSocket handshakes in progress (upgrade read, member not yet in its room) past
+    # which a new one is answered 503 with Retry-After at once (vpiska/transport/admission.py);
+    # 0: no bound.
+    max_pending_handshakes: int = 64
     # The cluster (vpiska/cluster): with no Redis, one process serves alone.
     redis_url: str | None = None
     lease_ttl_seconds: float = 5.0
@@ -176,6 +180,9 @@ class Config:
             ),
             hypercorn_adapter=read.boolean("HYPERCORN_ADAPTER", cls.hypercorn_adapter),
             direct_websockets=read.boolean("DIRECT_WEBSOCKETS", cls.direct_websockets),
+            max_pending_handshakes=read.integer(
+                "MAX_PENDING_HANDSHAKES", cls.max_pending_handshakes, low=0
+            ),
             redis_url=_redis_url(env.get("REDIS_URL", "")),
             lease_ttl_seconds=read.number("LEASE_TTL_SECONDS", cls.lease_ttl_seconds, low=0.3),
             workers=_workers(read.integer("WORKERS", cls.workers, low=1, high=256), env),

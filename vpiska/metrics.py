@@ -60,6 +60,10 @@ SIGNIN_REFUSED = Counter(
     "Sign-ups and logins refused with TooManyRequests before any password hash: address (over "
     "SIGNIN_RATE_PER_MINUTE) or phone (too many wrong passwords lately).",
     ["limit"], registry=None)
+HANDSHAKES_REFUSED = Counter(
+    "vpiska_ws_handshakes_refused",
+    "WebSocket handshakes answered 503 with Retry-After at once, because MAX_PENDING_HANDSHAKES "
+    "were in progress on the worker (vpiska/transport/admission.py).", registry=None)
 CHAT_BATCH_LINES = Histogram(
     "vpiska_chat_batch_lines", "Chat lines written per store write (the actor's group commit).",
     registry=None, buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500))
@@ -70,7 +74,7 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 
 _PROCESS_WIDE: tuple[Collector, ...] = (
     HTTP_REQUESTS, HTTP_DURATION, FRAMES_SENT, WS_DISCONNECTS, STORE_CALL_DURATION,
-    CHAT_BATCH_LINES, PASSWORD_HASHES, SIGNIN_REFUSED,
+    CHAT_BATCH_LINES, PASSWORD_HASHES, SIGNIN_REFUSED, HANDSHAKES_REFUSED,
 )
 
 

@@ -326,6 +326,7 @@ def _hypercorn_config(config: Config) -> HypercornConfig:
     hc.websocket_max_message_size = config.ws_max_frame_bytes
     if config.direct_websockets:
         hc.direct_websocket_paths = frozenset({websocket.PATH.encode()})
+    hc.max_pending_handshakes = config.max_pending_handshakes or None
     hc.websocket_ping_interval = config.ws_ping_seconds
     # A live peer answers every ping, so something is read at least once per interval; a peer
     # silent for two intervals is gone (hypercorn sends pings but leaves timing out to us).

@@ -14,3 +14,6 @@ class ServerConfig(HypercornConfig):
     # WebSocket paths served off the socket, below hypercorn (direct_websocket.py); raw, as the
     # request line has them.
     direct_websocket_paths: frozenset[bytes] = frozenset()
+    # WebSocket handshakes a worker may have in progress on the direct path; past it a new one
+    # is answered 503 at once (admission.py). None: no bound.
+    max_pending_handshakes: int | None = None

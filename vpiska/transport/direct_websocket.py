@@ -100,8 +100,11 @@ class DirectWebSocket:
     """
 
     def __init__(self, server: DirectConnection, sock: trio.socket.SocketType, upgrade: Upgrade,
-                 rest: bytes) -> None:
+                 rest: bytes, handshake_over: Callable[[], None] | None = None) -> None:
         self._server = server
+        # Called once, when the app comes back for the first frame of the socket it accepted,
+        # or has refused it or ended: the worker's count of handshakes in progress (admission.py).
+        self._handshake_over = handshake_over
         self._sock = sock
         self._upgrade = upgrade
         self._rest = rest  # bytes after the head: the first frames, if the app accepts
@@ -139,7 +142,13 @@ class DirectWebSocket:
             await self._app_finished()
         finally:
             self._nursery = None
+            self._end_handshake()
             await self._server.close_now(linger=not self._broken)
+
+    def _end_handshake(self) -> None:
+        if self._handshake_over is not None:
+            handshake_over, self._handshake_over = self._handshake_over, None
+            handshake_over()
 
     async def _app_finished(self) -> None:
         # What hypercorn does for an app that returns: a handshake it never answered is a 500;
@@ -165,6 +174,8 @@ class DirectWebSocket:
         if self._state is WebSocketState.CONNECTING:
             self._state = WebSocketState.CONNECTING.advance(WebSocketState.HANDSHAKE)
             return {"type": "websocket.connect"}
+        if self._handshake_over is not None and self._state is _ACCEPTED:
+            self._end_handshake()  # the app is done with the handshake: it wants frames
         while True:
             if self._disconnect is not None:
                 return self._disconnect

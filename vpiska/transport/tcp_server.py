@@ -43,7 +43,8 @@ What it changes in hypercorn 0.18's `TCPServer`:
 - **WebSockets below hypercorn.** A connection whose first read holds a whole, ordinary upgrade
   request for one of `ServerConfig.direct_websocket_paths` (upgrade.py) is served by
   direct_websocket.py in the connection's own task; anything else goes to hypercorn with the
-  bytes already read.
+  bytes already read. Past `ServerConfig.max_pending_handshakes` such handshakes in progress,
+  a new one is answered 503 at once (admission.py).
 
 The connection's lifecycle is a `ConnectionState` (lifecycle.py).
 """
@@ -65,6 +66,7 @@ from hypercorn.trio.worker_context import TrioSingleTask
 from hypercorn.utils import parse_socket_addr
 
 from vpiska import metrics
+from vpiska.transport.admission import REFUSAL, Admission
 from vpiska.transport.config import ServerConfig
 from vpiska.transport.connection_guard import GuardedTCPServer
 from vpiska.transport.direct_sink import PlainSocket
@@ -116,8 +118,8 @@ class VpiskaTCPServer(GuardedTCPServer):
 
     async def serve(self) -> None:
         """A connection whose first read is an ordinary upgrade request to a direct WebSocket
-        path is served by direct_websocket.py; any other by hypercorn, from the bytes already
-        read."""
+        path is served by direct_websocket.py, or refused at once past the bound on handshakes
+        in progress (admission.py); any other by hypercorn, from the bytes already read."""
         paths = self.config.direct_websocket_paths if isinstance(self.config, ServerConfig) \
             else frozenset()
         if self._sock is None or not paths:
@@ -132,15 +134,32 @@ class VpiskaTCPServer(GuardedTCPServer):
             self._first = first
             await super().serve()
             return
+        admission = self._admission()
+        if admission is not None and not admission.admit():
+            await self.send_raw(REFUSAL)  # the surplus of a storm: answered before anything
+            await self.close_now(linger=True)
+            return
         sock = self._sock
         try:
             family = sock.family
             self.peer_address = parse_socket_addr(family, sock.getpeername())
             self.local_address = parse_socket_addr(family, sock.getsockname())
         except OSError:  # the peer is gone already (hypercorn's run passes these over too)
+            if admission is not None:
+                admission.finished()
             await self.close_now()
             return
-        await DirectWebSocket(self, sock, *upgrade).serve(self.app)
+        handshake_over = None if admission is None else admission.finished
+        await DirectWebSocket(self, sock, *upgrade, handshake_over).serve(self.app)
+
+    def _admission(self) -> Admission | None:
+        """The worker's bound on handshakes in progress, if one is set."""
+        limit = self.config.max_pending_handshakes if isinstance(self.config, ServerConfig) \
+            else None
+        context = self.context
+        if limit is None or not isinstance(context, VpiskaWorkerContext):
+            return None
+        return context.admission(limit)
 
     async def _first_read(self) -> bytes | None:
         """The connection's first bytes; None if none came within keep_alive_timeout (at once

@@ -1,4 +1,5 @@
-"""hypercorn's worker context, knowing its idle connections, its lingering closes and its pinger.
+"""hypercorn's worker context, knowing its idle connections, its lingering closes, its pinger
+and its handshakes in progress.
 
 A shutdown sets the worker's `terminated`. hypercorn's idle timers (a task per connection) saw
 it and closed their idle connections; here the keep-alive timer is a deadline on each
@@ -14,6 +15,7 @@ from typing import Protocol
 import trio
 from hypercorn.trio.worker_context import EventWrapper, WorkerContext
 
+from vpiska.transport.admission import Admission
 from vpiska.transport.pinger import Pinger
 
 
@@ -44,7 +46,7 @@ class _Terminated(EventWrapper):
 
 class VpiskaWorkerContext(WorkerContext):
     """hypercorn's worker context, knowing which connections are idle and which closes wait for
-    their peers, with the pinger of its WebSockets."""
+    their peers, with the pinger of its WebSockets and its bound on handshakes in progress."""
 
     def __init__(self, max_requests: int | None) -> None:
         super().__init__(max_requests)
@@ -52,8 +54,15 @@ class VpiskaWorkerContext(WorkerContext):
         self.lingering: set[trio.CancelScope] = set()  # closes waiting for their peers
         self.terminated = _Terminated(self.idle_connections, self.lingering)
         self._pinger: Pinger | None = None
+        self._admission: Admission | None = None
 
     def pinger(self, interval: float) -> Pinger:
         if self._pinger is None:
             self._pinger = Pinger(interval)
         return self._pinger
+
+    def admission(self, limit: int) -> Admission:
+        """The worker's bound on WebSocket handshakes in progress (admission.py)."""
+        if self._admission is None:
+            self._admission = Admission(limit)
+        return self._admission
