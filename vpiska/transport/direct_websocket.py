@@ -23,6 +23,11 @@ so a read that waits sets no deadline; without pings nobody is dropped for silen
 The handshake's lifecycle is a `WebSocketState` (lifecycle.py); an app that answers before it
 has received `websocket.connect` is not given it afterwards.
 
+Memory: an idle member's socket is mostly what it keeps for its life, so it keeps nothing of
+its handshake. The connection lets go of the ASGI scope (the request's head: headers, the
+query string with its token, ~2.5 KiB) once the handshake is answered, calls the ASGI app
+itself rather than through hypercorn's wrapper (a coroutine frame that held the scope).
+
 Resource handling: the connection's task runs the app; what the app starts beside it (its
 writers, a ping the socket did not take at once) runs in the nursery of the server's
 connections and ends with the socket, which is closed as soon as the app has returned.
@@ -103,9 +108,11 @@ class DirectWebSocket:
                  rest: bytes) -> None:
         self._server = server
         self._sock = sock
-        self._upgrade = upgrade
+        self._key = upgrade.key
         self._rest = rest  # bytes after the head: the first frames, if the app accepts
-        self.scope = _scope(server, upgrade)
+        # The app's scope, until the handshake is answered (see "Memory" above).
+        self.scope: dict[str, Any] | None = _scope(server, upgrade)
+        self._path = self.scope["path"]
         self._state = WebSocketState.CONNECTING
         # The app's own refusal while its body comes (RESPONDING): status, headers, body.
         self._refusal: tuple[int, list[tuple[bytes, bytes]], list[bytes]] | None = None
@@ -120,8 +127,8 @@ class DirectWebSocket:
         self._send_lock = server.send_lock
         self._started = time.time()
 
-    async def serve(self, app: Any) -> None:
-        """Run the app on this connection, then close it.
+    async def serve(self, app: Callable[..., Awaitable[None]]) -> None:
+        """Run the ASGI app on this connection, then close it.
 
         What the app starts beside itself (its writers, a ping the socket did not take at once)
         runs in the nursery of the server's connections, not one of this connection's own: a
@@ -132,10 +139,9 @@ class DirectWebSocket:
         self._nursery = trio.lowlevel.current_task().parent_nursery
         try:
             try:
-                await app(self.scope, self.receive, self.send, trio.to_thread.run_sync,
-                          trio.from_thread.run)
+                await app(self._typed_scope, self.receive, self.send)
             except Exception:
-                log.exception("websocket app failed", extra={"path": self.scope["path"]})
+                log.exception("websocket app failed", extra={"path": self._path})
             await self._app_finished()
         finally:
             self._nursery = None
@@ -152,6 +158,7 @@ class DirectWebSocket:
 
     @property
     def _typed_scope(self) -> WebsocketScope:
+        assert self.scope is not None, "the handshake has been answered"
         return cast("WebsocketScope", self.scope)
 
     @property
@@ -217,7 +224,7 @@ class DirectWebSocket:
 
     async def _accept(self, message: dict[str, Any]) -> None:
         self._state = self._state.advance(WebSocketState.ACCEPTED)
-        accept = b64encode(sha1(self._upgrade.key + _ACCEPT_GUID).digest())
+        accept = b64encode(sha1(self._key + _ACCEPT_GUID).digest())
         head = [b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n"
                 b"connection: Upgrade\r\nsec-websocket-accept: ", accept, b"\r\n"]
         subprotocol = message.get("subprotocol")
@@ -240,7 +247,9 @@ class DirectWebSocket:
             pinger = self._server.pinger(interval)
             if pinger is not None:
                 pinger.add(self)
+        assert self.scope is not None
         self.scope["extensions"][SINK] = self
+        self.scope = None  # the app has it: nothing of the handshake stays for the socket's life
 
     async def _refuse(self, status: int, headers: list[tuple[bytes, bytes]],
                       body: list[bytes]) -> None:
@@ -264,6 +273,7 @@ class DirectWebSocket:
         await self._server.config.log.access(self._typed_scope, {"status": status, "headers": []},
                                              time.time() - self._started)
         self._disconnect = {"type": "websocket.disconnect", "code": CloseReason.NORMAL_CLOSURE}
+        self.scope = None
 
     # Frames in.
 

@@ -57,6 +57,7 @@ from typing import Any
 
 import h11
 import trio
+from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.protocol.ws_stream import WSStream
@@ -128,7 +129,8 @@ class VpiskaTCPServer(GuardedTCPServer):
             await self.close_now()
             return
         upgrade = parse_upgrade(first, paths, self.config.h11_max_incomplete_size)
-        if upgrade is None:
+        app = self.app
+        if upgrade is None or not isinstance(app, ASGIWrapper):
             self._first = first
             await super().serve()
             return
@@ -140,7 +142,12 @@ class VpiskaTCPServer(GuardedTCPServer):
         except OSError:  # the peer is gone already (hypercorn's run passes these over too)
             await self.close_now()
             return
-        await DirectWebSocket(self, sock, *upgrade).serve(self.app)
+        websocket = DirectWebSocket(self, sock, *upgrade)
+        # The request's bytes and head are the WebSocket's now, to keep what it needs of them:
+        # this frame, waiting for the socket's whole life, keeps none.
+        del first, upgrade
+        # hypercorn's wrapper would be one more frame held for the socket's life.
+        await websocket.serve(app.app)
 
     async def _first_read(self) -> bytes | None:
         """The connection's first bytes; None if none came within keep_alive_timeout (at once
