@@ -279,43 +279,38 @@ class DirectWebSocket:
 
     async def _read(self) -> None:
         """Read what the peer sent into the frame decoder; at the end of the stream, a silence
-        of the read timeout or a broken connection, the peer has disconnected."""
+        of the read timeout or a broken connection, the peer has disconnected.
+
+        No deadline is set for a wait: the worker's pinger finds a peer silent for the read
+        timeout (`send_ping`) and ends its wait. A deadline per read cost a cancel scope and a
+        place in trio's deadline heap for every member waiting for its next frame. The wait is
+        in this coroutine, not one of its own: an idle member's frames are held all its life.
+        """
         data: bytes | None = b""
         if not self._broken and self._state is _ACCEPTED:
             data = read_ready(self._sock)
             if data is not None:  # a peer that always has more must not keep the others waiting
                 await trio.lowlevel.cancel_shielded_checkpoint()
             else:
-                data = await self._wait_and_read()
+                self._waiting_since = trio.current_time()
+                try:
+                    while data is None:
+                        try:
+                            await trio.lowlevel.wait_readable(self._sock)
+                        except trio.ClosedResourceError:  # found silent, or the end
+                            if self._silent:
+                                metrics.KEEP_ALIVE_DISCONNECTS.inc()
+                            data = b""
+                        else:
+                            data = read_ready(self._sock)
+                finally:
+                    self._waiting_since = None
         if data and self._connection is not None \
                 and self._connection.state is not ConnectionState.CLOSED:
             self._feed(data)
         else:
             self._disconnect = {"type": "websocket.disconnect",
                                 "code": CloseReason.ABNORMAL_CLOSURE}
-
-    async def _wait_and_read(self) -> bytes:
-        """The peer's next bytes, once the socket has some; b"" if the connection ended.
-
-        No deadline is set for the wait: the worker's pinger finds a peer silent for the read
-        timeout (`send_ping`) and ends its wait. A deadline per read cost a cancel scope and a
-        place in trio's deadline heap for every member waiting for its next frame.
-        """
-        assert self._sock is not None
-        self._waiting_since = trio.current_time()
-        try:
-            while True:
-                try:
-                    await trio.lowlevel.wait_readable(self._sock)
-                except trio.ClosedResourceError:  # found silent, or the connection is ending
-                    if self._silent:
-                        metrics.KEEP_ALIVE_DISCONNECTS.inc()
-                    return b""
-                data = read_ready(self._sock)
-                if data is not None:
-                    return data
-        finally:
-            self._waiting_since = None
 
     def _feed(self, data: bytes) -> None:
         assert self._connection is not None
