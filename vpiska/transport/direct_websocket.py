@@ -27,7 +27,8 @@ Memory: an idle member's socket is mostly what it keeps for its life, so it keep
 its handshake. The connection lets go of the ASGI scope (the request's head: headers, the
 query string with its token, ~2.5 KiB) once the handshake is answered, calls the ASGI app
 itself rather than through hypercorn's wrapper (a coroutine frame that held the scope), and
-holds the frames decoded from one read in a list (an empty deque weighs 760 bytes).
+holds the frames decoded from one read in a list (an empty deque weighs 760 bytes), as
+wsproto's Connection does its queue of events (`_NO_QUEUED_EVENTS`).
 
 Resource handling: the connection's task runs the app; what the app starts beside it (its
 writers, a ping the socket did not take at once) runs in the nursery of the server's
@@ -40,6 +41,7 @@ import http
 import logging
 import time
 from base64 import b64encode
+from collections import deque
 from hashlib import sha1
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -69,6 +71,10 @@ log = logging.getLogger(__name__)
 _ACCEPT_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
 _UNANSWERED = frozenset({WebSocketState.CONNECTING, WebSocketState.HANDSHAKE})
 _ACCEPTED = WebSocketState.ACCEPTED  # read on every read: a global, not an enum's attribute
+# What every wsproto Connection here has as its queue of events, which only
+# `receive_data(None)` (the transport lost) fills and this module never calls: wsproto's own
+# empty deque is 760 bytes of every socket. A deque of no length stays empty, shared.
+_NO_QUEUED_EVENTS: deque[Event] = deque(maxlen=0)
 
 
 class DirectConnection(Protocol):
@@ -234,6 +240,7 @@ class DirectWebSocket:
             head += [name, b": ", value, b"\r\n"]
         head.append(b"\r\n")
         self._connection = Connection(ConnectionType.SERVER)  # no permessage-deflate
+        self._connection._events = _NO_QUEUED_EVENTS
         config = self._server.config
         bound_messages(self._connection, config.websocket_max_message_size)
         await self._write(b"".join(head))
