@@ -121,6 +121,20 @@ async def test_an_accept_answers_101_and_frames_sent_with_the_handshake_come_fir
     assert ws.scope is None  # it keeps nothing of the handshake for the socket's life
 
 
+async def test_frames_of_one_read_are_received_in_the_order_sent(
+    pair: tuple[trio.socket.SocketType, trio.socket.SocketType]
+) -> None:
+    server, peer = pair
+    ws, _ = websocket(server)
+    await ws.receive()
+    await ws.send({"type": "websocket.accept"})
+    await read_answer(peer)
+    await peer.send(masked(0x1, b"one") + masked(0x1, b"two") + masked(0x1, b"three"))
+    with trio.fail_after(5):
+        texts = [(await ws.receive())["text"] for _ in range(3)]
+    assert texts == ["one", "two", "three"]
+
+
 async def test_a_refusal_sends_the_apps_response_and_drops_what_came_after(
     pair: tuple[trio.socket.SocketType, trio.socket.SocketType]
 ) -> None:
