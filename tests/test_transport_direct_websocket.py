@@ -97,10 +97,12 @@ async def test_the_scope_is_hypercorns_for_the_same_request(
     pair: tuple[trio.socket.SocketType, trio.socket.SocketType]
 ) -> None:
     ws, _ = websocket(pair[0])
-    assert ws.scope["path"] == "/ws"
-    assert ws.scope["query_string"] == b"room=1"
-    assert ws.scope["client"] == ("127.0.0.1", 50000)
-    assert (b"host", b"example") in ws.scope["headers"]
+    scope = ws.scope
+    assert scope is not None
+    assert scope["path"] == "/ws"
+    assert scope["query_string"] == b"room=1"
+    assert scope["client"] == ("127.0.0.1", 50000)
+    assert (b"host", b"example") in scope["headers"]
 
 
 async def test_an_accept_answers_101_and_frames_sent_with_the_handshake_come_first(
@@ -108,13 +110,30 @@ async def test_an_accept_answers_101_and_frames_sent_with_the_handshake_come_fir
 ) -> None:
     server, peer = pair
     ws, _ = websocket(server, masked(0x1, b"first"))
+    scope = ws.scope
+    assert scope is not None
     assert await ws.receive() == {"type": "websocket.connect"}
     await ws.send({"type": "websocket.accept"})
     head, _ = await read_answer(peer)
     assert head.startswith(b"HTTP/1.1 101 ")
     assert b"sec-websocket-accept: " + ACCEPT in head
     assert await ws.receive() == {"type": "websocket.receive", "text": "first", "bytes": None}
-    assert sink_of(ws.scope) is ws  # the connection is its own Sink
+    assert sink_of(scope) is ws  # the connection is its own Sink
+    assert ws.scope is None  # it keeps nothing of the handshake for the socket's life
+
+
+async def test_frames_of_one_read_are_received_in_the_order_sent(
+    pair: tuple[trio.socket.SocketType, trio.socket.SocketType]
+) -> None:
+    server, peer = pair
+    ws, _ = websocket(server)
+    await ws.receive()
+    await ws.send({"type": "websocket.accept"})
+    await read_answer(peer)
+    await peer.send(masked(0x1, b"one") + masked(0x1, b"two") + masked(0x1, b"three"))
+    with trio.fail_after(5):
+        texts = [(await ws.receive())["text"] for _ in range(3)]
+    assert texts == ["one", "two", "three"]
 
 
 async def test_a_refusal_sends_the_apps_response_and_drops_what_came_after(

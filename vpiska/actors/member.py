@@ -60,7 +60,9 @@ class Outbox(Protocol):
         """Take no more frames and drop the queued ones; close with `code` at once."""
 
 
-@dataclasses.dataclass(eq=False)  # members are told apart by identity: two devices of one user
+# eq=False: members are told apart by identity (two devices of one user). slots: one per open
+# socket, for as long as it is open.
+@dataclasses.dataclass(eq=False, slots=True)
 class Member:
     identity: Identity
     outbox: Outbox

@@ -86,9 +86,12 @@ class EventSocketEndpoint:
             await send({"type": "websocket.accept"})
             accepted = True
             room, identity, since, version = member
-            # After the accept: the adapter's Sink comes with it.
+            sink = sink_of(scope)  # after the accept: the adapter's Sink comes with it
+            # The request's head (its headers, the query string with its token) is not kept
+            # for the socket's life: the transport lets go of the scope too.
+            del scope, member
             await EventSession(self._config, self._store, room, identity, receive, send,
-                               sink_of(scope), since, version).run()
+                               sink, since, version).run()
         except Exception:
             log.exception("websocket session failed", extra={"path": PATH})
             if accepted:

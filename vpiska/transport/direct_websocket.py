@@ -23,6 +23,13 @@ so a read that waits sets no deadline; without pings nobody is dropped for silen
 The handshake's lifecycle is a `WebSocketState` (lifecycle.py); an app that answers before it
 has received `websocket.connect` is not given it afterwards.
 
+Memory: an idle member's socket is mostly what it keeps for its life, so it keeps nothing of
+its handshake. The connection lets go of the ASGI scope (the request's head: headers, the
+query string with its token, ~2.5 KiB) once the handshake is answered, calls the ASGI app
+itself rather than through hypercorn's wrapper (a coroutine frame that held the scope), and
+holds the frames decoded from one read in a list (an empty deque weighs 760 bytes), as
+wsproto's Connection does its queue of events (`_NO_QUEUED_EVENTS`).
+
 Resource handling: the connection's task runs the app; what the app starts beside it (its
 writers, a ping the socket did not take at once) runs in the nursery of the server's
 connections and ends with the socket, which is closed as soon as the app has returned.
@@ -64,6 +71,10 @@ log = logging.getLogger(__name__)
 _ACCEPT_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
 _UNANSWERED = frozenset({WebSocketState.CONNECTING, WebSocketState.HANDSHAKE})
 _ACCEPTED = WebSocketState.ACCEPTED  # read on every read: a global, not an enum's attribute
+# What every wsproto Connection here has as its queue of events, which only
+# `receive_data(None)` (the transport lost) fills and this module never calls: wsproto's own
+# empty deque is 760 bytes of every socket. A deque of no length stays empty, shared.
+_NO_QUEUED_EVENTS: deque[Event] = deque(maxlen=0)
 
 
 class DirectConnection(Protocol):
@@ -106,14 +117,16 @@ class DirectWebSocket:
         # or has refused it or ended: the worker's count of handshakes in progress (admission.py).
         self._handshake_over = handshake_over
         self._sock = sock
-        self._upgrade = upgrade
+        self._key = upgrade.key
         self._rest = rest  # bytes after the head: the first frames, if the app accepts
-        self.scope = _scope(server, upgrade)
+        # The app's scope, until the handshake is answered (see "Memory" above).
+        self.scope: dict[str, Any] | None = _scope(server, upgrade)
+        self._path = self.scope["path"]
         self._state = WebSocketState.CONNECTING
         # The app's own refusal while its body comes (RESPONDING): status, headers, body.
         self._refusal: tuple[int, list[tuple[bytes, bytes]], list[bytes]] | None = None
         self._connection: Connection | None = None
-        self._events: deque[Event] = deque()
+        self._events: list[Event] = []  # decoded and not yet received, the next one last
         self._parts: list[str | bytes] = []  # the message being received, if fragmented
         self._disconnect: dict[str, Any] | None = None  # what `receive` says from now on
         self._broken = False  # a write failed, or the peer fell silent: the peer is gone
@@ -123,8 +136,8 @@ class DirectWebSocket:
         self._send_lock = server.send_lock
         self._started = time.time()
 
-    async def serve(self, app: Any) -> None:
-        """Run the app on this connection, then close it.
+    async def serve(self, app: Callable[..., Awaitable[None]]) -> None:
+        """Run the ASGI app on this connection, then close it.
 
         What the app starts beside itself (its writers, a ping the socket did not take at once)
         runs in the nursery of the server's connections, not one of this connection's own: a
@@ -135,10 +148,9 @@ class DirectWebSocket:
         self._nursery = trio.lowlevel.current_task().parent_nursery
         try:
             try:
-                await app(self.scope, self.receive, self.send, trio.to_thread.run_sync,
-                          trio.from_thread.run)
+                await app(self._typed_scope, self.receive, self.send)
             except Exception:
-                log.exception("websocket app failed", extra={"path": self.scope["path"]})
+                log.exception("websocket app failed", extra={"path": self._path})
             await self._app_finished()
         finally:
             self._nursery = None
@@ -161,6 +173,7 @@ class DirectWebSocket:
 
     @property
     def _typed_scope(self) -> WebsocketScope:
+        assert self.scope is not None, "the handshake has been answered"
         return cast("WebsocketScope", self.scope)
 
     @property
@@ -182,7 +195,7 @@ class DirectWebSocket:
             if not self._events:
                 await self._read()
                 continue
-            event = self._events.popleft()
+            event = self._events.pop()
             if isinstance(event, Message):
                 self._parts.append(event.data)
                 if event.message_finished:
@@ -228,7 +241,7 @@ class DirectWebSocket:
 
     async def _accept(self, message: dict[str, Any]) -> None:
         self._state = self._state.advance(WebSocketState.ACCEPTED)
-        accept = b64encode(sha1(self._upgrade.key + _ACCEPT_GUID).digest())
+        accept = b64encode(sha1(self._key + _ACCEPT_GUID).digest())
         head = [b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n"
                 b"connection: Upgrade\r\nsec-websocket-accept: ", accept, b"\r\n"]
         subprotocol = message.get("subprotocol")
@@ -238,6 +251,7 @@ class DirectWebSocket:
             head += [name, b": ", value, b"\r\n"]
         head.append(b"\r\n")
         self._connection = Connection(ConnectionType.SERVER)  # no permessage-deflate
+        self._connection._events = _NO_QUEUED_EVENTS
         config = self._server.config
         bound_messages(self._connection, config.websocket_max_message_size)
         await self._write(b"".join(head))
@@ -251,7 +265,9 @@ class DirectWebSocket:
             pinger = self._server.pinger(interval)
             if pinger is not None:
                 pinger.add(self)
+        assert self.scope is not None
         self.scope["extensions"][SINK] = self
+        self.scope = None  # the app has it: nothing of the handshake stays for the socket's life
 
     async def _refuse(self, status: int, headers: list[tuple[bytes, bytes]],
                       body: list[bytes]) -> None:
@@ -275,19 +291,38 @@ class DirectWebSocket:
         await self._server.config.log.access(self._typed_scope, {"status": status, "headers": []},
                                              time.time() - self._started)
         self._disconnect = {"type": "websocket.disconnect", "code": CloseReason.NORMAL_CLOSURE}
+        self.scope = None
 
     # Frames in.
 
     async def _read(self) -> None:
         """Read what the peer sent into the frame decoder; at the end of the stream, a silence
-        of the read timeout or a broken connection, the peer has disconnected."""
+        of the read timeout or a broken connection, the peer has disconnected.
+
+        No deadline is set for a wait: the worker's pinger finds a peer silent for the read
+        timeout (`send_ping`) and ends its wait. A deadline per read cost a cancel scope and a
+        place in trio's deadline heap for every member waiting for its next frame. The wait is
+        in this coroutine, not one of its own: an idle member's frames are held all its life.
+        """
         data: bytes | None = b""
         if not self._broken and self._state is _ACCEPTED:
             data = read_ready(self._sock)
             if data is not None:  # a peer that always has more must not keep the others waiting
                 await trio.lowlevel.cancel_shielded_checkpoint()
             else:
-                data = await self._wait_and_read()
+                self._waiting_since = trio.current_time()
+                try:
+                    while data is None:
+                        try:
+                            await trio.lowlevel.wait_readable(self._sock)
+                        except trio.ClosedResourceError:  # found silent, or the end
+                            if self._silent:
+                                metrics.KEEP_ALIVE_DISCONNECTS.inc()
+                            data = b""
+                        else:
+                            data = read_ready(self._sock)
+                finally:
+                    self._waiting_since = None
         if data and self._connection is not None \
                 and self._connection.state is not ConnectionState.CLOSED:
             self._feed(data)
@@ -295,33 +330,13 @@ class DirectWebSocket:
             self._disconnect = {"type": "websocket.disconnect",
                                 "code": CloseReason.ABNORMAL_CLOSURE}
 
-    async def _wait_and_read(self) -> bytes:
-        """The peer's next bytes, once the socket has some; b"" if the connection ended.
-
-        No deadline is set for the wait: the worker's pinger finds a peer silent for the read
-        timeout (`send_ping`) and ends its wait. A deadline per read cost a cancel scope and a
-        place in trio's deadline heap for every member waiting for its next frame.
-        """
-        assert self._sock is not None
-        self._waiting_since = trio.current_time()
-        try:
-            while True:
-                try:
-                    await trio.lowlevel.wait_readable(self._sock)
-                except trio.ClosedResourceError:  # found silent, or the connection is ending
-                    if self._silent:
-                        metrics.KEEP_ALIVE_DISCONNECTS.inc()
-                    return b""
-                data = read_ready(self._sock)
-                if data is not None:
-                    return data
-        finally:
-            self._waiting_since = None
-
     def _feed(self, data: bytes) -> None:
         assert self._connection is not None
+        assert not self._events, "fed only once the events of the last read are received"
         self._connection.receive_data(data)
-        self._events.extend(self._connection.events())
+        events = list(self._connection.events())
+        events.reverse()  # taken from the end: popping the first of a list moves all the others
+        self._events = events
 
     async def _closed_by_peer(self, event: CloseConnection) -> None:
         """The peer closed, or sent what cannot be decoded (wsproto reports a CloseConnection

@@ -58,6 +58,7 @@ from typing import Any
 
 import h11
 import trio
+from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.protocol.ws_stream import WSStream
@@ -130,7 +131,8 @@ class VpiskaTCPServer(GuardedTCPServer):
             await self.close_now()
             return
         upgrade = parse_upgrade(first, paths, self.config.h11_max_incomplete_size)
-        if upgrade is None:
+        app = self.app
+        if upgrade is None or not isinstance(app, ASGIWrapper):
             self._first = first
             await super().serve()
             return
@@ -150,7 +152,12 @@ class VpiskaTCPServer(GuardedTCPServer):
             await self.close_now()
             return
         handshake_over = None if admission is None else admission.finished
-        await DirectWebSocket(self, sock, *upgrade, handshake_over).serve(self.app)
+        websocket = DirectWebSocket(self, sock, *upgrade, handshake_over)
+        # The request's bytes and head are the WebSocket's now, to keep what it needs of them:
+        # this frame, waiting for the socket's whole life, keeps none.
+        del first, upgrade
+        # hypercorn's wrapper would be one more frame held for the socket's life.
+        await websocket.serve(app.app)
 
     def _admission(self) -> Admission | None:
         """The worker's bound on handshakes in progress, if one is set."""
