@@ -46,7 +46,7 @@ warnings.filterwarnings("ignore", category=jwt.warnings.InsecureKeyLengthWarning
 
 
 class _HS256(HMACAlgorithm):
-    """PyJWT's HS256, checking a key once rather than once per token.
+    """PyJWT's HS256, checking a key once rather than once per token, and signing in C.
 
     PyJWT's `prepare_key` makes sure an HMAC secret is not an asymmetric key or a JWK (a PEM,
     SSH and DER probe and a JSON parse): ~18 µs of each ~70 µs token check, with the same
@@ -63,6 +63,11 @@ class _HS256(HMACAlgorithm):
         if prepared is None or prepared[0] != key:
             prepared = self._prepared = (key, super().prepare_key(key))
         return prepared[1]
+
+    def sign(self, msg: bytes, key: bytes) -> bytes:
+        # The one-shot HMAC in C: the same digest as PyJWT's hmac.new(...).digest() (a Python
+        # HMAC object), in a third of the time.
+        return hmac.digest(key, msg, "sha256")
 
     def check_key_length(self, key: bytes) -> str | None:
         # The default key is short, and said so once at start-up (above): PyJWT's check and
