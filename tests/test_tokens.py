@@ -7,6 +7,7 @@ token answered from the table rather than checked afresh.
 from __future__ import annotations
 
 import base64
+import hmac
 import itertools
 import random
 import time
@@ -173,3 +174,26 @@ def test_segments_are_read_exactly_as_pyjwt_reads_them() -> None:
         except jwt.DecodeError:
             got = None
         assert got == expected, segment
+
+
+@pytest.mark.parametrize("payload", [
+    pytest.param(b'{"ID":"%s","Name":"eve","ImageID":"\\udfff"}', id="lone-surrogate"),
+    pytest.param(b'\xef\xbb\xbf{"ID":"%s","Name":"eve","ImageID":""}', id="byte-order-mark"),
+    pytest.param(b'{"ID":"%s","Name":"eve","ImageID":"","n":NaN}', id="nan"),
+])
+def test_claims_only_the_json_module_reads_are_read_as_before(payload: bytes) -> None:
+    """The claims are read with msgspec; JSON it refuses and the json module takes is read as
+    PyJWT reads it, so such a token is valid as it was (its ImageID dropped if not text)."""
+    user_id = new_id()
+    claims = payload.replace(b"%s", user_id.encode())[:-1] + (
+        b',"iss":"%s","aud":"%s","exp":%d}' % (CONFIG.jwt_issuer.encode(),
+                                              CONFIG.jwt_audience.encode(),
+                                              int(time.time()) + 3600))
+    head = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"=")
+    body = base64.urlsafe_b64encode(claims).rstrip(b"=")
+    signature = base64.urlsafe_b64encode(
+        hmac.digest(CONFIG.jwt_key.encode(), head + b"." + body, "sha256")).rstrip(b"=")
+    identity = Tokens(CONFIG).read(b".".join((head, body, signature)).decode())
+    assert identity is not None
+    assert identity.user_id == user_id
+    assert identity.image_id == ""
