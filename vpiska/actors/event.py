@@ -108,6 +108,7 @@ class EventActor:
                  map_publisher: MapPublisher = UNSHARED_MAP) -> None:
         self._room = room
         self._event = event
+        self._event_updates = frames.EventUpdates()
         self._chat_length = chat_length
         self._store = store
         self._epoch = epoch
@@ -304,7 +305,7 @@ class EventActor:
         return self._room.present()
 
     def _event_updated(self) -> frames.Frame:
-        return frames.event_updated(self._event, self._room.users_count)
+        return self._event_updates.frame(self._event, self._room.users_count)
 
     # Changes: each is stored, then mirrored, then shown.
 

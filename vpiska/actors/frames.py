@@ -63,6 +63,26 @@ def event_updated(event: Event, users_count: int) -> Frame:
     return Frame("eventUpdated/" + wire.encode(wire.event_updated_json(event, users_count)))
 
 
+class EventUpdates:
+    """The `eventUpdated/` frames of one room, whose text is encoded once per version of the
+    event and put together around `usersCount`, the one field a join changes: the same text as
+    `event_updated`, without a JSON encoding per join."""
+
+    __slots__ = ("_event", "_head", "_tail")
+
+    def __init__(self) -> None:
+        self._event: Event | None = None
+        self._head = self._tail = ""
+
+    def frame(self, event: Event, users_count: int) -> Frame:
+        if event is not self._event:
+            # The last match is the field: a name's or an address's quotes are escaped.
+            head, count, tail = event_updated(event, 0).text.rpartition(',"usersCount":0,')
+            assert count, "eventUpdated/ has its usersCount before the coordinates"
+            self._event, self._head, self._tail = event, head + ',"usersCount":', "," + tail
+        return Frame(f"{self._head}{users_count}{self._tail}")
+
+
 def chat_message(message: ChatMessage) -> Frame:
     return Frame("chatMessage/" + wire.encode(wire.chat_json(message)))
 
