@@ -156,3 +156,98 @@ async def test_users_wait_at_most_one_hash_while_twenty_addresses_guess_at_full_
     assert len(waits) == 200
     assert max(waits) <= HASH_SECONDS
     assert guessed > 900  # the guessers had the slots the rest of the time
+
+
+async def test_suspects_wait_for_slots_of_their_own() -> None:
+    """A party with a slot held is a suspect: its next hashes take the suspects' slots, and a
+    user waits for everyone's slot alone, never behind the suspects' queue."""
+    slots = FairSlots(1, suspects_apart=True)
+    suspected: dict[str, bool] = {}
+    done = {name: trio.Event() for name in ("g1", "g2", "g3", "u")}
+
+    async def hold(party: str, name: str) -> None:
+        async with slots.slot(party) as slot:
+            suspected[name] = slot.suspect
+            await done[name].wait()
+
+    async with trio.open_nursery() as nursery:
+        for name in ("g1", "g2", "g3"):
+            nursery.start_soon(hold, "guesser", name)
+            await trio.testing.wait_all_tasks_blocked()
+        assert suspected == {"g1": False, "g2": True}  # g3 waits for g2's slot
+        nursery.start_soon(hold, "user", "u")
+        await trio.testing.wait_all_tasks_blocked()
+        done["g1"].set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert suspected == {"g1": False, "g2": True, "u": False}  # g3 still waits
+        for name in ("g2", "u", "g3"):
+            done[name].set()
+    assert suspected["g3"] is True
+
+
+async def test_a_guessers_first_attempt_goes_after_the_users_waiting_with_it() -> None:
+    """A guessing address's first attempt is no suspect, but queued with everyone it goes
+    after a user: the guesser's other attempts, on the suspects' slots, count against it."""
+    slots = FairSlots(1, suspects_apart=True)
+    order: list[str] = []
+    done = {name: trio.Event() for name in ("other", "g0", "g1", "g2", "u")}
+
+    async def hold(party: str, name: str) -> None:
+        async with slots.slot(party):
+            order.append(name)
+            await done[name].wait()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hold, "other", "other")  # holds everyone's slot
+        await trio.testing.wait_all_tasks_blocked()
+        for n in range(3):  # g0 waits for everyone's slot, g1 holds the suspects', g2 waits
+            nursery.start_soon(hold, "guesser", f"g{n}")
+            await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(hold, "user", "u")
+        await trio.testing.wait_all_tasks_blocked()
+        assert order == ["other", "g1"]
+        done["other"].set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert order == ["other", "g1", "u"]  # before g0, which queued first
+        for event in done.values():
+            event.set()
+
+
+async def test_a_guesser_stays_suspect_after_the_counts_start_again_but_not_for_ever(
+        autojump_clock: trio.abc.Clock) -> None:
+    slots = FairSlots(1, suspects_apart=True)
+
+    async def suspected(party: str) -> bool:
+        async with slots.slot(party) as slot:
+            return slot.suspect
+
+    assert not await suspected("guesser")  # a wrong guess: granted, not forgiven
+    await trio.sleep(RECENT_SECONDS + 1)
+    assert not await suspected("user")  # the counts start again here
+    assert await suspected("guesser")  # remembered from the previous counts
+    await trio.sleep(3 * RECENT_SECONDS)
+    assert not await suspected("guesser")
+
+
+async def test_a_forgiven_login_makes_no_suspect_even_across_a_new_count(
+        autojump_clock: trio.abc.Clock) -> None:
+    slots = FairSlots(1, suspects_apart=True)
+
+    async def log_in(party: str, seconds: float) -> bool:
+        async with slots.slot(party) as slot:
+            await trio.sleep(seconds)
+            slot.forgive()
+            return slot.suspect
+
+    async def suspected(party: str) -> bool:
+        async with slots.slot(party) as slot:
+            return slot.suspect
+
+    assert not await log_in("user", HASH_SECONDS)
+    assert not await log_in("user", HASH_SECONDS)  # the first was forgiven
+    await trio.sleep(RECENT_SECONDS - 1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(log_in, "user", 2.0)  # granted before the counts start again
+        await trio.sleep(1.5)
+        assert not await suspected("other")  # waits for the user's slot; counts start again
+    assert not await log_in("user", HASH_SECONDS)  # forgiven in the previous counts

@@ -15,8 +15,19 @@ sign-in rate (30 a minute), and counted alike they tied, so the user's login que
 every guessing address's hashes whenever the hashes were short of CPU. Forgiven, a user who
 logs in is never behind an address that has been guessing.
 
-Memory: one count per party granted a slot since the counts last started again from nothing
-(every RECENT_SECONDS), one entry per waiter.
+With `suspects_apart`, the parties that look like guessers wait for slots of their own
+(`slots` more), so that nobody else ever waits behind their hashes: a party is a *suspect*
+while it holds or waits for a slot, or was granted one not forgiven lately (in the current
+or the previous RECENT_SECONDS: when the counts start again, a guessing address must not be
+taken for a newcomer). A user logs in once at a time with the right password, so never is
+one; a guessing address sends its attempts concurrently and gets them wrong, so is one from
+its second attempt on. `Slot.suspect` tells the holder which slots it holds (vpiska/auth.py
+runs a suspect's hash at idle priority). Both kinds share the parties' counts: a guessing
+address's very first attempt is no suspect, but among the others' waiters it goes after
+every party with less in flight and fewer grants, however early it queued.
+
+Memory: one count per party granted a slot in the current or the previous RECENT_SECONDS,
+one entry per waiter.
 """
 
 from __future__ import annotations
@@ -40,10 +51,20 @@ class _Waiter:
         self.granted = trio.Event()
 
 
-class Slot:
-    """One slot held; `forgive` it to take it off its party's grants."""
+class _Kind:
+    """Slots of one kind (everyone's, or the suspects'): how many are free, who waits."""
 
-    def __init__(self) -> None:
+    def __init__(self, slots: int) -> None:
+        self.free = slots
+        self.waiting: list[_Waiter] = []
+
+
+class Slot:
+    """One slot held; `forgive` it to take it off its party's grants. `suspect`: it is one of
+    the suspects' slots (see the module's docstring)."""
+
+    def __init__(self, suspect: bool) -> None:
+        self.suspect = suspect
         self.forgiven = False
 
     def forgive(self) -> None:
@@ -51,71 +72,99 @@ class Slot:
 
 
 class FairSlots:
-    """`slots` concurrent holders at most; see the module's docstring for who goes next.
+    """`slots` concurrent holders at most (and `slots` suspects more with `suspects_apart`);
+    see the module's docstring for who goes next.
 
     Waiters are few (one per request waiting for a hash), so choosing scans them.
     """
 
-    def __init__(self, slots: int) -> None:
-        self._free = slots
+    def __init__(self, slots: int, *, suspects_apart: bool = False) -> None:
+        self._kinds = {False: _Kind(slots)}
+        if suspects_apart:
+            self._kinds[True] = _Kind(slots)
         self._held: collections.Counter[str] = collections.Counter()
         self._granted: collections.Counter[str] = collections.Counter()
+        self._granted_before: collections.Counter[str] = collections.Counter()  # previous counts
         self._granted_since = -math.inf
-        self._waiting: list[_Waiter] = []
+        self._counts_started = 0  # how many times the counts started again
         self._queued: collections.Counter[str] = collections.Counter()
         self._order = itertools.count()
 
     @asynccontextmanager
     async def slot(self, party: str) -> AsyncIterator[Slot]:
-        if self._free and not self._waiting:
-            self._free -= 1
+        suspect = True in self._kinds and self._is_suspect(party)
+        kind = self._kinds[suspect]
+        if kind.free and not kind.waiting:
+            kind.free -= 1
             self._grant(party)
         else:
             waiter = _Waiter(party, next(self._order))
-            self._waiting.append(waiter)
+            kind.waiting.append(waiter)
             self._queued[party] += 1
             try:
                 await waiter.granted.wait()
             except BaseException:
                 if waiter.granted.is_set():  # granted as it was cancelled: pass it on
-                    self._release(party)
+                    self._release(party, kind)
                 else:
-                    self._dequeue(waiter)
+                    self._dequeue(kind, waiter)
                 raise
-        granted_since = self._granted_since
-        held = Slot()
+        counts_started = self._counts_started
+        held = Slot(suspect)
         try:
             yield held
         finally:
-            if held.forgiven and self._granted_since == granted_since:
-                self._granted[party] -= 1  # not when the counts have started again since
-                if not self._granted[party]:
-                    del self._granted[party]
-            self._release(party)
+            if held.forgiven:
+                self._uncount(party, self._counts_started - counts_started)
+            self._release(party, kind)
 
-    def _release(self, party: str) -> None:
+    def _is_suspect(self, party: str) -> bool:
+        self._start_counts_if_due()
+        return bool(self._held[party] or self._queued[party] or self._granted[party]
+                    or self._granted_before[party])
+
+    def _uncount(self, party: str, restarts: int) -> None:
+        """Take a forgiven grant off its party's counts, the current ones or, once they have
+        started again since, the previous ones (no longer counted for the order, still for
+        suspicion)."""
+        counts = {0: self._granted, 1: self._granted_before}.get(restarts)
+        if counts is not None and counts[party]:
+            counts[party] -= 1
+            if not counts[party]:
+                del counts[party]
+
+    def _release(self, party: str, kind: _Kind) -> None:
         self._held[party] -= 1
         if not self._held[party]:
             del self._held[party]
-        if not self._waiting:
-            self._free += 1
+        if not kind.waiting:
+            kind.free += 1
             return
-        chosen = min(self._waiting, key=lambda w: (
+        chosen = min(kind.waiting, key=lambda w: (
             self._held[w.party], self._granted[w.party], self._queued[w.party], w.order))
-        self._dequeue(chosen)
+        self._dequeue(kind, chosen)
         self._grant(chosen.party)
         chosen.granted.set()
 
-    def _dequeue(self, waiter: _Waiter) -> None:
-        self._waiting.remove(waiter)
+    def _dequeue(self, kind: _Kind, waiter: _Waiter) -> None:
+        kind.waiting.remove(waiter)
         self._queued[waiter.party] -= 1
         if not self._queued[waiter.party]:
             del self._queued[waiter.party]
 
     def _grant(self, party: str) -> None:
-        now = trio.current_time()
-        if now - self._granted_since >= RECENT_SECONDS:
-            self._granted.clear()
-            self._granted_since = now
+        self._start_counts_if_due()
         self._held[party] += 1
         self._granted[party] += 1
+
+    def _start_counts_if_due(self) -> None:
+        """Every RECENT_SECONDS the grants count from nothing again; the previous counts are
+        kept one more period for suspicion, unless they are older than that."""
+        now = trio.current_time()
+        if now - self._granted_since < RECENT_SECONDS:
+            return
+        recent = now - self._granted_since < 2 * RECENT_SECONDS
+        self._granted_before = self._granted if recent else collections.Counter()
+        self._granted = collections.Counter()
+        self._granted_since = now
+        self._counts_started += 1
