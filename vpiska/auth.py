@@ -16,7 +16,9 @@ import hashlib
 import hmac
 import re
 import warnings
+from collections.abc import Callable
 from datetime import timedelta
+from typing import TypeVar, TypeVarTuple
 
 import jwt
 import trio
@@ -26,11 +28,14 @@ from passlib.context import CryptContext
 from vpiska import metrics
 from vpiska.config import Config
 from vpiska.domain import Identity, User, is_id, is_text, utc_now
-from vpiska.fair_slots import FairSlots
+from vpiska.fair_slots import FairSlots, Slot
+from vpiska.idle_threads import IdleThreads
 
 _HASHED = metrics.PASSWORD_HASHES.labels(work="hash")
 _VERIFIED = metrics.PASSWORD_HASHES.labels(work="verify")
 LEGACY_HASH = re.compile(r"^[0-9a-fA-F]{64}$")
+_T = TypeVar("_T")
+_Args = TypeVarTuple("_Args")
 
 # The default JWT_KEY (20 bytes) is shorter than PyJWT likes, but deployed tokens are signed with
 # it; PyJWT would warn on every token, so vpiska warns once at start-up instead (__main__).
@@ -112,9 +117,16 @@ class Passwords:
     fairly among parties (vpiska/fair_slots.py), so addresses guessing passwords at their
     full rate cannot make a user elsewhere wait behind all their hashes; a right password's
     verification is forgiven (not counted against its party).
+
+    With `idle_threads`, the hashes of suspected guessers (a party with a hash in flight or
+    queued, or not forgiven lately) wait for `password_hash_concurrency` slots of their own
+    and run on those threads at idle priority (vpiska/idle_threads.py): a storm's admitted
+    guesses then take only the CPU that the event loop and everyone else's hashes leave, and
+    no one else waits for their slots. Without (a tool hashing once), every hash takes its
+    turn on trio's worker threads.
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, idle_threads: IdleThreads | None = None) -> None:
         self._hash_key = config.hash_key
         self._context = CryptContext(
             schemes=["argon2"],
@@ -123,11 +135,13 @@ class Passwords:
             argon2__time_cost=3,
             argon2__parallelism=1,
         )
-        self._slots = FairSlots(config.password_hash_concurrency)
+        self._slots = FairSlots(config.password_hash_concurrency,
+                                suspects_apart=idle_threads is not None)
+        self._idle_threads = idle_threads
 
     async def hash(self, password: str, party: str = "") -> str:
-        async with self._slots.slot(party):
-            return await trio.to_thread.run_sync(self._hash, password)
+        async with self._slots.slot(party) as slot:
+            return await self._off_the_loop(slot, self._hash, password)
 
     def _hash(self, password: str) -> str:
         _HASHED.inc()
@@ -138,10 +152,17 @@ class Passwords:
         if LEGACY_HASH.match(stored):
             return hmac.compare_digest(self.legacy_hash(password), stored.lower()), True
         async with self._slots.slot(party) as slot:
-            ok, upgrade = await trio.to_thread.run_sync(self._verify_modern, password, stored)
+            ok, upgrade = await self._off_the_loop(slot, self._verify_modern, password, stored)
             if ok:  # a user logging in, not a guess: it does not delay the party's next turn
                 slot.forgive()
             return ok, upgrade
+
+    async def _off_the_loop(self, slot: Slot, work: Callable[[*_Args], _T],
+                            *args: *_Args) -> _T:
+        if slot.suspect:
+            assert self._idle_threads is not None  # suspects are apart only with idle threads
+            return await self._idle_threads.run_sync(work, *args)
+        return await trio.to_thread.run_sync(work, *args)
 
     def _verify_modern(self, password: str, stored: str) -> tuple[bool, bool]:
         _VERIFIED.inc()
