@@ -5,7 +5,7 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from vpiska.fair_slots import RECENT_SECONDS, FairSlots
+from vpiska.fair_slots import RECENT_SECONDS, SUSPECT_GRANTS, FairSlots
 
 
 async def test_a_party_holding_no_slot_goes_before_a_busy_partys_queue() -> None:
@@ -221,7 +221,9 @@ async def test_a_guesser_stays_suspect_after_the_counts_start_again_but_not_for_
         async with slots.slot(party) as slot:
             return slot.suspect
 
-    assert not await suspected("guesser")  # a wrong guess: granted, not forgiven
+    for _ in range(SUSPECT_GRANTS):  # wrong guesses: granted, not forgiven
+        assert not await suspected("guesser")
+    assert await suspected("guesser")
     await trio.sleep(RECENT_SECONDS + 1)
     assert not await suspected("user")  # the counts start again here
     assert await suspected("guesser")  # remembered from the previous counts
@@ -251,3 +253,16 @@ async def test_a_forgiven_login_makes_no_suspect_even_across_a_new_count(
         await trio.sleep(1.5)
         assert not await suspected("other")  # waits for the user's slot; counts start again
     assert not await log_in("user", HASH_SECONDS)  # forgiven in the previous counts
+
+
+async def test_a_user_who_mistypes_twice_is_no_suspect() -> None:
+    slots = FairSlots(1, suspects_apart=True)
+    suspected: list[bool] = []
+    for right in (False, False, True, False):  # the third wrong one is not yet known
+        async with slots.slot("user") as slot:
+            suspected.append(slot.suspect)
+            if right:
+                slot.forgive()
+    assert suspected == [False] * 4
+    async with slots.slot("user") as slot:
+        assert slot.suspect  # after a third wrong one

@@ -29,7 +29,7 @@ from vpiska.http.tracing import install_request_tracing
 from vpiska.http.upgrade_required import upgrade_required_routes
 from vpiska.http.users import signin_routes, users_routes
 from vpiska.http.websocket import EventSocketEndpoint
-from vpiska.idle_threads import IdleThreads
+from vpiska.low_priority_threads import LowPriorityThreads
 from vpiska.media import MediaLibrary
 from vpiska.metrics import registry_for
 from vpiska.signin_limits import LocalCounters, SigninCounters, SigninLimits
@@ -52,9 +52,9 @@ class Services:
     @classmethod
     def build(cls, config: Config, store: Store, events: Rooms,
               signin_counters: SigninCounters | None = None,
-              idle_threads: IdleThreads | None = None) -> Services:
+              low_priority: LowPriorityThreads | None = None) -> Services:
         """`signin_counters`: where the sign-in limits count (default: in this process);
-        `idle_threads`: where suspected guessers' password hashes run (vpiska/auth.py)."""
+        `low_priority`: where suspected guessers' password hashes run (vpiska/auth.py)."""
         tokens = Tokens(config)
         signin = SigninLimits(signin_counters or LocalCounters(), config.signin_rate_per_minute,
                               config.signin_refusal_pause_ms / 1000)
@@ -62,7 +62,7 @@ class Services:
             config=config,
             store=store,
             tokens=tokens,
-            accounts=Accounts(store, tokens, Passwords(config, idle_threads), signin),
+            accounts=Accounts(store, tokens, Passwords(config, low_priority), signin),
             media=MediaLibrary(store, media_bytes(config, store)),
             events=events,
             signin=signin,

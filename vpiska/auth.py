@@ -29,7 +29,7 @@ from vpiska import metrics
 from vpiska.config import Config
 from vpiska.domain import Identity, User, is_id, is_text, utc_now
 from vpiska.fair_slots import FairSlots, Slot
-from vpiska.idle_threads import IdleThreads
+from vpiska.low_priority_threads import LowPriorityThreads
 
 _HASHED = metrics.PASSWORD_HASHES.labels(work="hash")
 _VERIFIED = metrics.PASSWORD_HASHES.labels(work="verify")
@@ -118,15 +118,16 @@ class Passwords:
     full rate cannot make a user elsewhere wait behind all their hashes; a right password's
     verification is forgiven (not counted against its party).
 
-    With `idle_threads`, the hashes of suspected guessers (a party with a hash in flight or
-    queued, or not forgiven lately) wait for `password_hash_concurrency` slots of their own
-    and run on those threads at idle priority (vpiska/idle_threads.py): a storm's admitted
-    guesses then take only the CPU that the event loop and everyone else's hashes leave, and
-    no one else waits for their slots. Without (a tool hashing once), every hash takes its
-    turn on trio's worker threads.
+    With `low_priority` threads, the hashes of suspected guessers (a party with another hash
+    in flight or queued, or several wrong lately: vpiska/fair_slots.py) wait for
+    `password_hash_concurrency` slots of their own and run on those threads at the lowest
+    priority (vpiska/low_priority_threads.py): a storm's admitted guesses then take little
+    more than the CPU that the event loop and everyone else's hashes leave, and no one else
+    waits for their slots. Without (a tool hashing once), every hash takes its turn on
+    trio's worker threads.
     """
 
-    def __init__(self, config: Config, idle_threads: IdleThreads | None = None) -> None:
+    def __init__(self, config: Config, low_priority: LowPriorityThreads | None = None) -> None:
         self._hash_key = config.hash_key
         self._context = CryptContext(
             schemes=["argon2"],
@@ -136,8 +137,8 @@ class Passwords:
             argon2__parallelism=1,
         )
         self._slots = FairSlots(config.password_hash_concurrency,
-                                suspects_apart=idle_threads is not None)
-        self._idle_threads = idle_threads
+                                suspects_apart=low_priority is not None)
+        self._low_priority = low_priority
 
     async def hash(self, password: str, party: str = "") -> str:
         async with self._slots.slot(party) as slot:
@@ -160,8 +161,8 @@ class Passwords:
     async def _off_the_loop(self, slot: Slot, work: Callable[[*_Args], _T],
                             *args: *_Args) -> _T:
         if slot.suspect:
-            assert self._idle_threads is not None  # suspects are apart only with idle threads
-            return await self._idle_threads.run_sync(work, *args)
+            assert self._low_priority is not None  # suspects are apart only with these threads
+            return await self._low_priority.run_sync(work, *args)
         return await trio.to_thread.run_sync(work, *args)
 
     def _verify_modern(self, password: str, stored: str) -> tuple[bool, bool]:

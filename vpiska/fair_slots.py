@@ -17,14 +17,15 @@ logs in is never behind an address that has been guessing.
 
 With `suspects_apart`, the parties that look like guessers wait for slots of their own
 (`slots` more), so that nobody else ever waits behind their hashes: a party is a *suspect*
-while it holds or waits for a slot, or was granted one not forgiven lately (in the current
-or the previous RECENT_SECONDS: when the counts start again, a guessing address must not be
-taken for a newcomer). A user logs in once at a time with the right password, so never is
-one; a guessing address sends its attempts concurrently and gets them wrong, so is one from
-its second attempt on. `Slot.suspect` tells the holder which slots it holds (vpiska/auth.py
-runs a suspect's hash at idle priority). Both kinds share the parties' counts: a guessing
-address's very first attempt is no suspect, but among the others' waiters it goes after
-every party with less in flight and fewer grants, however early it queued.
+while it holds or waits for a slot, or after SUSPECT_GRANTS slots not forgiven lately (in
+the current or the previous RECENT_SECONDS: when the counts start again, a guessing address
+must not be taken for a newcomer). A user logs in once at a time with the right password,
+and one who mistypes it once or twice is no suspect either; a guessing address sends its
+attempts concurrently, or one after another and wrong. `Slot.suspect` tells the holder
+which slots it holds (vpiska/auth.py runs a suspect's hash at the lowest priority). Both
+kinds share the parties' counts: a guessing address's very first attempt is no suspect,
+but among the others' waiters it goes after every party with less in flight and fewer
+grants, however early it queued.
 
 Memory: one count per party granted a slot in the current or the previous RECENT_SECONDS,
 one entry per waiter.
@@ -42,6 +43,8 @@ import trio
 
 # How long what a party was granted counts against it.
 RECENT_SECONDS = 60.0
+# Slots granted and not forgiven lately (wrong passwords, sign-ups) that make a suspect.
+SUSPECT_GRANTS = 3
 
 
 class _Waiter:
@@ -120,8 +123,8 @@ class FairSlots:
 
     def _is_suspect(self, party: str) -> bool:
         self._start_counts_if_due()
-        return bool(self._held[party] or self._queued[party] or self._granted[party]
-                    or self._granted_before[party])
+        return bool(self._held[party] or self._queued[party]
+                    or self._granted[party] + self._granted_before[party] >= SUSPECT_GRANTS)
 
     def _uncount(self, party: str, restarts: int) -> None:
         """Take a forgiven grant off its party's counts, the current ones or, once they have

@@ -40,7 +40,7 @@ from vpiska.cluster.node import ClusterNode
 from vpiska.cluster.signin_counters import RedisCounters
 from vpiska.config import Config
 from vpiska.http import websocket
-from vpiska.idle_threads import open_idle_threads
+from vpiska.low_priority_threads import open_low_priority_threads
 from vpiska.signin_limits import LocalCounters, SigninCounters
 from vpiska.store import Store, open_store
 
@@ -112,9 +112,9 @@ async def _serve(
     async with (_store(config, store) as opened, _trigger(shutdown_trigger) as triggered,
                 _live_events(config, opened) as (supervisor, node),
                 _signin_counters(config) as signin_counters,
-                open_idle_threads(config.password_hash_concurrency) as idle_threads):
+                open_low_priority_threads(config.password_hash_concurrency) as low_priority):
         rooms: Rooms = supervisor if node is None else node
-        services = Services.build(config, opened, rooms, signin_counters, idle_threads)
+        services = Services.build(config, opened, rooms, signin_counters, low_priority)
         if node is not None:
             node.known_users = services.accounts
         await services.accounts.know_users()
