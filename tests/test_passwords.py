@@ -1,19 +1,26 @@
 """Where the password hashes run (vpiska/auth.py `Passwords`): a suspected guesser's on the
-low-priority threads, everyone else's on trio's worker threads. Real argon2 hashes; the
-low-priority threads are kept busy by the test, so nothing depends on how long a hash
-takes."""
+low-priority threads, everyone else's on trio's worker threads; and a login's turn for its
+hash, taken before its store read. Real argon2 hashes; the low-priority threads or the
+store are held by the test, so nothing depends on how long a hash takes."""
 
 from __future__ import annotations
 
 import threading
 
+import pytest
 import trio
 import trio.testing
 
-from vpiska.auth import Passwords
+from tests.helpers.fakes import FaultyStore
+from vpiska.accounts import Accounts
+from vpiska.auth import Passwords, Tokens
 from vpiska.config import Config
+from vpiska.domain import User, new_id
+from vpiska.errors import DomainError, ErrorCode
 from vpiska.fair_slots import SUSPECT_GRANTS
 from vpiska.low_priority_threads import open_low_priority_threads
+from vpiska.signin_limits import LocalCounters, SigninLimits
+from vpiska.store.memory import MemoryStore
 
 WAIT_SECONDS = 30
 
@@ -67,3 +74,45 @@ async def test_without_low_priority_threads_every_hash_runs_on_trios_threads() -
         for _ in range(2):
             nursery.start_soon(guess)
     assert verified == [(False, False)] * 2
+
+
+async def test_a_storms_logins_read_the_store_in_their_turn_and_a_users_at_once() -> None:
+    """Ten wrong logins at once from one address (at ten phones) read the store three at a
+    time, in one of everyone's 2 slots (its first) and the suspects' 2: the others wait for
+    their turn in the fair queue, not in the store's queue ahead of the users' reads
+    (sqlite's is one at a time). A user's login from elsewhere reads at once."""
+    config = Config.from_env({"PASSWORD_HASH_CONCURRENCY": "2"})
+    inner = MemoryStore()
+    stored = await Passwords(config).hash("secret1")
+    phones = [f"90040000{n:02d}" for n in range(11)]
+    for phone in phones:
+        await inner.add_user(User(id=new_id(), name=f"n{phone}", phone=phone,
+                                  password_hash=stored))
+    store = FaultyStore(inner)
+    logged_in = trio.Event()
+
+    async def guess(accounts: Accounts, phone: str) -> None:
+        with pytest.raises(DomainError) as refused:
+            await accounts.log_in(phone, "wrong1", "10.0.0.1")
+        assert refused.value.codes == (ErrorCode.INVALID_PASSWORD,)
+
+    async def log_in(accounts: Accounts) -> None:
+        await accounts.log_in(phones[-1], "secret1", "10.0.0.2")
+        logged_in.set()
+
+    async with open_low_priority_threads(2) as low:
+        accounts = Accounts(store, Tokens(config), Passwords(config, low),
+                            SigninLimits(LocalCounters(), 0))
+        released = store.hang("user_by_phone")
+        async with trio.open_nursery() as nursery:
+            for phone in phones[:10]:
+                nursery.start_soon(guess, accounts, phone)
+            await trio.testing.wait_all_tasks_blocked()
+            assert store.count("user_by_phone") == 3
+            nursery.start_soon(log_in, accounts)
+            await trio.testing.wait_all_tasks_blocked()
+            assert store.count("user_by_phone") == 4
+            released.set()
+            with trio.fail_after(WAIT_SECONDS):
+                await logged_in.wait()
+    assert store.count("user_by_phone") == 11
