@@ -5,7 +5,7 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from vpiska.fair_slots import RECENT_SECONDS, SUSPECT_GRANTS, FairSlots
+from vpiska.fair_slots import RECENT_SECONDS, SUSPECT_WRONG, FairSlots
 
 
 async def test_a_party_holding_no_slot_goes_before_a_busy_partys_queue() -> None:
@@ -158,12 +158,21 @@ async def test_users_wait_at_most_one_hash_while_twenty_addresses_guess_at_full_
     assert guessed > 900  # the guessers had the slots the rest of the time
 
 
+async def guess_wrong(slots: FairSlots, party: str) -> bool:
+    """One wrong password's slot; whether it was a suspect's."""
+    async with slots.slot(party) as slot:
+        slot.wrong()
+        return slot.suspect
+
+
 async def test_suspects_wait_for_slots_of_their_own() -> None:
-    """A party with a slot held is a suspect: its next hashes take the suspects' slots, and a
-    user waits for everyone's slot alone, never behind the suspects' queue."""
+    """After SUSPECT_WRONG wrong passwords a party's hashes take the suspects' slots, and a
+    user waits for everyone's slots alone, never behind the suspects' queue."""
     slots = FairSlots(1, suspects_apart=True)
+    for _ in range(SUSPECT_WRONG):
+        assert not await guess_wrong(slots, "guesser")
     suspected: dict[str, bool] = {}
-    done = {name: trio.Event() for name in ("g1", "g2", "g3", "u")}
+    done = {name: trio.Event() for name in ("g1", "g2", "u")}
 
     async def hold(party: str, name: str) -> None:
         async with slots.slot(party) as slot:
@@ -171,98 +180,81 @@ async def test_suspects_wait_for_slots_of_their_own() -> None:
             await done[name].wait()
 
     async with trio.open_nursery() as nursery:
-        for name in ("g1", "g2", "g3"):
+        for name in ("g1", "g2"):
             nursery.start_soon(hold, "guesser", name)
             await trio.testing.wait_all_tasks_blocked()
-        assert suspected == {"g1": False, "g2": True}  # g3 waits for g2's slot
         nursery.start_soon(hold, "user", "u")
         await trio.testing.wait_all_tasks_blocked()
-        done["g1"].set()
-        await trio.testing.wait_all_tasks_blocked()
-        assert suspected == {"g1": False, "g2": True, "u": False}  # g3 still waits
-        for name in ("g2", "u", "g3"):
-            done[name].set()
-    assert suspected["g3"] is True
-
-
-async def test_a_guessers_first_attempt_goes_after_the_users_waiting_with_it() -> None:
-    """A guessing address's first attempt is no suspect, but queued with everyone it goes
-    after a user: the guesser's other attempts, on the suspects' slots, count against it."""
-    slots = FairSlots(1, suspects_apart=True)
-    order: list[str] = []
-    done = {name: trio.Event() for name in ("other", "g0", "g1", "g2", "u")}
-
-    async def hold(party: str, name: str) -> None:
-        async with slots.slot(party):
-            order.append(name)
-            await done[name].wait()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(hold, "other", "other")  # holds everyone's slot
-        await trio.testing.wait_all_tasks_blocked()
-        for n in range(3):  # g0 waits for everyone's slot, g1 holds the suspects', g2 waits
-            nursery.start_soon(hold, "guesser", f"g{n}")
-            await trio.testing.wait_all_tasks_blocked()
-        nursery.start_soon(hold, "user", "u")
-        await trio.testing.wait_all_tasks_blocked()
-        assert order == ["other", "g1"]
-        done["other"].set()
-        await trio.testing.wait_all_tasks_blocked()
-        assert order == ["other", "g1", "u"]  # before g0, which queued first
+        assert suspected == {"g1": True, "u": False}  # g2 waits for g1's slot, u for nothing
         for event in done.values():
             event.set()
+    assert suspected["g2"] is True
+
+
+async def test_attempts_sent_at_once_move_to_the_suspects_slots_once_one_is_wrong_enough(
+        ) -> None:
+    """A guessing address sends its attempts before any is known wrong: they wait for
+    everyone's slot, and go to the suspects' as soon as the address is a suspect, leaving
+    everyone's slot to a user."""
+    slots = FairSlots(1, suspects_apart=True)
+    for _ in range(SUSPECT_WRONG - 1):
+        await guess_wrong(slots, "guesser")
+    suspected: dict[str, bool] = {}
+    done = {name: trio.Event() for name in ("g0", "g1", "g2", "u")}
+
+    async def hold(party: str, name: str, wrong: bool) -> None:
+        async with slots.slot(party) as slot:
+            suspected[name] = slot.suspect
+            await done[name].wait()
+            if wrong:
+                slot.wrong()
+
+    async with trio.open_nursery() as nursery:
+        for n in range(3):
+            nursery.start_soon(hold, "guesser", f"g{n}", True)
+            await trio.testing.wait_all_tasks_blocked()
+        assert suspected == {"g0": False}  # g1 and g2 wait for everyone's slot
+        done["g0"].set()  # the third wrong one
+        await trio.testing.wait_all_tasks_blocked()
+        assert suspected == {"g0": False, "g1": True}  # g2 waits for the suspects' slot
+        nursery.start_soon(hold, "user", "u", False)
+        await trio.testing.wait_all_tasks_blocked()
+        assert suspected["u"] is False  # everyone's slot was free for it
+        for event in done.values():
+            event.set()
+    assert suspected["g2"] is True
 
 
 async def test_a_guesser_stays_suspect_after_the_counts_start_again_but_not_for_ever(
         autojump_clock: trio.abc.Clock) -> None:
     slots = FairSlots(1, suspects_apart=True)
-
-    async def suspected(party: str) -> bool:
-        async with slots.slot(party) as slot:
-            return slot.suspect
-
-    for _ in range(SUSPECT_GRANTS):  # wrong guesses: granted, not forgiven
-        assert not await suspected("guesser")
-    assert await suspected("guesser")
+    for _ in range(SUSPECT_WRONG):
+        assert not await guess_wrong(slots, "guesser")
+    assert await guess_wrong(slots, "guesser")
     await trio.sleep(RECENT_SECONDS + 1)
-    assert not await suspected("user")  # the counts start again here
-    assert await suspected("guesser")  # remembered from the previous counts
+    assert await guess_wrong(slots, "guesser")  # remembered from the previous counts
     await trio.sleep(3 * RECENT_SECONDS)
-    assert not await suspected("guesser")
+    assert not await guess_wrong(slots, "guesser")
 
 
-async def test_a_forgiven_login_makes_no_suspect_even_across_a_new_count(
-        autojump_clock: trio.abc.Clock) -> None:
-    slots = FairSlots(1, suspects_apart=True)
-
-    async def log_in(party: str, seconds: float) -> bool:
-        async with slots.slot(party) as slot:
-            await trio.sleep(seconds)
-            slot.forgive()
-            return slot.suspect
-
-    async def suspected(party: str) -> bool:
-        async with slots.slot(party) as slot:
-            return slot.suspect
-
-    assert not await log_in("user", HASH_SECONDS)
-    assert not await log_in("user", HASH_SECONDS)  # the first was forgiven
-    await trio.sleep(RECENT_SECONDS - 1)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(log_in, "user", 2.0)  # granted before the counts start again
-        await trio.sleep(1.5)
-        assert not await suspected("other")  # waits for the user's slot; counts start again
-    assert not await log_in("user", HASH_SECONDS)  # forgiven in the previous counts
-
-
-async def test_a_user_who_mistypes_twice_is_no_suspect() -> None:
+async def test_right_passwords_sign_ups_and_two_mistakes_make_no_suspect() -> None:
+    """Many users behind one address (a carrier's NAT) logging in and signing up at once,
+    one of them mistyping twice: none of their hashes waits for the suspects' slots."""
     slots = FairSlots(1, suspects_apart=True)
     suspected: list[bool] = []
-    for right in (False, False, True, False):  # the third wrong one is not yet known
-        async with slots.slot("user") as slot:
+
+    async def hash_for(right: bool | None) -> None:
+        async with slots.slot("nat") as slot:
             suspected.append(slot.suspect)
+            await trio.testing.wait_all_tasks_blocked()
             if right:
                 slot.forgive()
-    assert suspected == [False] * 4
-    async with slots.slot("user") as slot:
-        assert slot.suspect  # after a third wrong one
+            elif right is False:
+                slot.wrong()
+
+    async with trio.open_nursery() as nursery:
+        for right in (True, None, False, True, None, False, True, None):
+            nursery.start_soon(hash_for, right)
+    assert suspected == [False] * 8
+    assert await guess_wrong(slots, "nat") is False  # the third wrong one
+    assert await guess_wrong(slots, "nat") is True

@@ -17,7 +17,7 @@ from vpiska.auth import Passwords, Tokens
 from vpiska.config import Config
 from vpiska.domain import User, new_id
 from vpiska.errors import DomainError, ErrorCode
-from vpiska.fair_slots import SUSPECT_GRANTS
+from vpiska.fair_slots import SUSPECT_WRONG
 from vpiska.low_priority_threads import open_low_priority_threads
 from vpiska.signin_limits import LocalCounters, SigninLimits
 from vpiska.store.memory import MemoryStore
@@ -42,7 +42,7 @@ async def test_a_guessers_hashes_wait_for_the_low_priority_threads_and_a_users_d
     async with open_low_priority_threads(config.password_hash_concurrency) as low:
         passwords = Passwords(config, low)
         stored = await passwords.hash("secret1", "10.0.0.9")
-        for _ in range(SUSPECT_GRANTS):  # one after another: a suspect after these
+        for _ in range(SUSPECT_WRONG):  # one after another: a suspect after these
             assert await passwords.verify("wrong1", stored, "10.0.0.1") == (False, False)
         async with trio.open_nursery() as nursery:
             try:
@@ -77,14 +77,14 @@ async def test_without_low_priority_threads_every_hash_runs_on_trios_threads() -
 
 
 async def test_a_storms_logins_read_the_store_in_their_turn_and_a_users_at_once() -> None:
-    """Ten wrong logins at once from one address (at ten phones) read the store three at a
-    time, in one of everyone's 2 slots (its first) and the suspects' 2: the others wait for
-    their turn in the fair queue, not in the store's queue ahead of the users' reads
-    (sqlite's is one at a time). A user's login from elsewhere reads at once."""
+    """Ten wrong logins at once from a guessing address (at ten phones) read the store two
+    at a time, in the suspects' 2 slots: the others wait for their turn in the fair queue,
+    not in the store's queue ahead of the users' reads (sqlite's is one at a time). A user's
+    login from elsewhere reads at once."""
     config = Config.from_env({"PASSWORD_HASH_CONCURRENCY": "2"})
     inner = MemoryStore()
     stored = await Passwords(config).hash("secret1")
-    phones = [f"90040000{n:02d}" for n in range(11)]
+    phones = [f"90040000{n:02d}" for n in range(11 + SUSPECT_WRONG)]
     for phone in phones:
         await inner.add_user(User(id=new_id(), name=f"n{phone}", phone=phone,
                                   password_hash=stored))
@@ -103,16 +103,18 @@ async def test_a_storms_logins_read_the_store_in_their_turn_and_a_users_at_once(
     async with open_low_priority_threads(2) as low:
         accounts = Accounts(store, Tokens(config), Passwords(config, low),
                             SigninLimits(LocalCounters(), 0))
+        for phone in phones[11:]:  # one after another: a suspect after these
+            await guess(accounts, phone)
         released = store.hang("user_by_phone")
         async with trio.open_nursery() as nursery:
             for phone in phones[:10]:
                 nursery.start_soon(guess, accounts, phone)
             await trio.testing.wait_all_tasks_blocked()
-            assert store.count("user_by_phone") == 3
+            assert store.count("user_by_phone") == SUSPECT_WRONG + 2
             nursery.start_soon(log_in, accounts)
             await trio.testing.wait_all_tasks_blocked()
-            assert store.count("user_by_phone") == 4
+            assert store.count("user_by_phone") == SUSPECT_WRONG + 3
             released.set()
             with trio.fail_after(WAIT_SECONDS):
                 await logged_in.wait()
-    assert store.count("user_by_phone") == 11
+    assert store.count("user_by_phone") == SUSPECT_WRONG + 11

@@ -119,8 +119,8 @@ class Passwords:
     full rate cannot make a user elsewhere wait behind all their hashes; a right password's
     verification is forgiven (not counted against its party).
 
-    With `low_priority` threads, the hashes of suspected guessers (a party with another hash
-    in flight or queued, or several wrong lately: vpiska/fair_slots.py) wait for
+    With `low_priority` threads, the hashes of suspected guessers (a party with several wrong
+    passwords lately: vpiska/fair_slots.py) wait for
     `password_hash_concurrency` slots of their own and run on those threads at the lowest
     priority (vpiska/low_priority_threads.py): a storm's admitted guesses then take little
     more than the CPU that the event loop and everyone else's hashes leave, and no one else
@@ -171,6 +171,8 @@ class Passwords:
         ok, upgrade = await self._off_the_loop(slot, self._verify_modern, password, stored)
         if ok:  # a user logging in, not a guess: it does not delay the party's next turn
             slot.forgive()
+        else:
+            slot.wrong()
         return ok, upgrade
 
     def _verify_legacy(self, password: str, stored: str) -> tuple[bool, bool]:
