@@ -5,7 +5,7 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from vpiska.fair_slots import RECENT_SECONDS, FairSlots
+from vpiska.fair_slots import RECENT_SECONDS, SUSPECT_WRONG, FairSlots
 
 
 async def test_a_party_holding_no_slot_goes_before_a_busy_partys_queue() -> None:
@@ -156,3 +156,105 @@ async def test_users_wait_at_most_one_hash_while_twenty_addresses_guess_at_full_
     assert len(waits) == 200
     assert max(waits) <= HASH_SECONDS
     assert guessed > 900  # the guessers had the slots the rest of the time
+
+
+async def guess_wrong(slots: FairSlots, party: str) -> bool:
+    """One wrong password's slot; whether it was a suspect's."""
+    async with slots.slot(party) as slot:
+        slot.wrong()
+        return slot.suspect
+
+
+async def test_suspects_wait_for_slots_of_their_own() -> None:
+    """After SUSPECT_WRONG wrong passwords a party's hashes take the suspects' slots, and a
+    user waits for everyone's slots alone, never behind the suspects' queue."""
+    slots = FairSlots(1, suspects_apart=True)
+    for _ in range(SUSPECT_WRONG):
+        assert not await guess_wrong(slots, "guesser")
+    suspected: dict[str, bool] = {}
+    done = {name: trio.Event() for name in ("g1", "g2", "u")}
+
+    async def hold(party: str, name: str) -> None:
+        async with slots.slot(party) as slot:
+            suspected[name] = slot.suspect
+            await done[name].wait()
+
+    async with trio.open_nursery() as nursery:
+        for name in ("g1", "g2"):
+            nursery.start_soon(hold, "guesser", name)
+            await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(hold, "user", "u")
+        await trio.testing.wait_all_tasks_blocked()
+        assert suspected == {"g1": True, "u": False}  # g2 waits for g1's slot, u for nothing
+        for event in done.values():
+            event.set()
+    assert suspected["g2"] is True
+
+
+async def test_attempts_sent_at_once_move_to_the_suspects_slots_once_one_is_wrong_enough(
+        ) -> None:
+    """A guessing address sends its attempts before any is known wrong: they wait for
+    everyone's slot, and go to the suspects' as soon as the address is a suspect, leaving
+    everyone's slot to a user."""
+    slots = FairSlots(1, suspects_apart=True)
+    for _ in range(SUSPECT_WRONG - 1):
+        await guess_wrong(slots, "guesser")
+    suspected: dict[str, bool] = {}
+    done = {name: trio.Event() for name in ("g0", "g1", "g2", "u")}
+
+    async def hold(party: str, name: str, wrong: bool) -> None:
+        async with slots.slot(party) as slot:
+            suspected[name] = slot.suspect
+            await done[name].wait()
+            if wrong:
+                slot.wrong()
+
+    async with trio.open_nursery() as nursery:
+        for n in range(3):
+            nursery.start_soon(hold, "guesser", f"g{n}", True)
+            await trio.testing.wait_all_tasks_blocked()
+        assert suspected == {"g0": False}  # g1 and g2 wait for everyone's slot
+        done["g0"].set()  # the third wrong one
+        await trio.testing.wait_all_tasks_blocked()
+        assert suspected == {"g0": False, "g1": True}  # g2 waits for the suspects' slot
+        nursery.start_soon(hold, "user", "u", False)
+        await trio.testing.wait_all_tasks_blocked()
+        assert suspected["u"] is False  # everyone's slot was free for it
+        for event in done.values():
+            event.set()
+    assert suspected["g2"] is True
+
+
+async def test_a_guesser_stays_suspect_after_the_counts_start_again_but_not_for_ever(
+        autojump_clock: trio.abc.Clock) -> None:
+    slots = FairSlots(1, suspects_apart=True)
+    for _ in range(SUSPECT_WRONG):
+        assert not await guess_wrong(slots, "guesser")
+    assert await guess_wrong(slots, "guesser")
+    await trio.sleep(RECENT_SECONDS + 1)
+    assert await guess_wrong(slots, "guesser")  # remembered from the previous counts
+    await trio.sleep(3 * RECENT_SECONDS)
+    assert not await guess_wrong(slots, "guesser")
+
+
+async def test_right_passwords_sign_ups_and_two_mistakes_make_no_suspect() -> None:
+    """Many users behind one address (a carrier's NAT) logging in and signing up at once,
+    one of them mistyping twice: none of their hashes waits for the suspects' slots."""
+    slots = FairSlots(1, suspects_apart=True)
+    suspected: list[bool] = []
+
+    async def hash_for(right: bool | None) -> None:
+        async with slots.slot("nat") as slot:
+            suspected.append(slot.suspect)
+            await trio.testing.wait_all_tasks_blocked()
+            if right:
+                slot.forgive()
+            elif right is False:
+                slot.wrong()
+
+    async with trio.open_nursery() as nursery:
+        for right in (True, None, False, True, None, False, True, None):
+            nursery.start_soon(hash_for, right)
+    assert suspected == [False] * 8
+    assert await guess_wrong(slots, "nat") is False  # the third wrong one
+    assert await guess_wrong(slots, "nat") is True

@@ -113,12 +113,14 @@ class Accounts:
 
     async def log_in(self, phone: str, password: str, address: str = "") -> Session:
         """TooManyRequests, before any hash, while the phone has had too many wrong passwords
-        (vpiska/signin_limits.py). `address`: as for `sign_up`."""
-        async with self._limits.guessing(phone) as guess:
+        (vpiska/signin_limits.py). `address`: as for `sign_up`; its turn for a hash is taken
+        before the store read (vpiska/auth.py `Passwords.turn`)."""
+        async with (self._limits.guessing(phone) as guess,
+                    self._passwords.turn(address) as turn):
             user = await self._store.user_by_phone(phone)
             if user is None:
                 raise DomainError(ErrorCode.USER_NOT_FOUND)
-            ok, upgrade = await self._passwords.verify(password, user.password_hash, address)
+            ok, upgrade = await turn.verify(password, user.password_hash)
             if not ok:
                 guess.wrong()
                 raise DomainError(ErrorCode.INVALID_PASSWORD)

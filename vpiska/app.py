@@ -29,6 +29,7 @@ from vpiska.http.tracing import install_request_tracing
 from vpiska.http.upgrade_required import upgrade_required_routes
 from vpiska.http.users import signin_routes, users_routes
 from vpiska.http.websocket import EventSocketEndpoint
+from vpiska.low_priority_threads import LowPriorityThreads
 from vpiska.media import MediaLibrary
 from vpiska.metrics import registry_for
 from vpiska.signin_limits import LocalCounters, SigninCounters, SigninLimits
@@ -50,8 +51,10 @@ class Services:
 
     @classmethod
     def build(cls, config: Config, store: Store, events: Rooms,
-              signin_counters: SigninCounters | None = None) -> Services:
-        """`signin_counters`: where the sign-in limits count (default: in this process)."""
+              signin_counters: SigninCounters | None = None,
+              low_priority: LowPriorityThreads | None = None) -> Services:
+        """`signin_counters`: where the sign-in limits count (default: in this process);
+        `low_priority`: where suspected guessers' password hashes run (vpiska/auth.py)."""
         tokens = Tokens(config)
         signin = SigninLimits(signin_counters or LocalCounters(), config.signin_rate_per_minute,
                               config.signin_refusal_pause_ms / 1000)
@@ -59,7 +62,7 @@ class Services:
             config=config,
             store=store,
             tokens=tokens,
-            accounts=Accounts(store, tokens, Passwords(config), signin),
+            accounts=Accounts(store, tokens, Passwords(config, low_priority), signin),
             media=MediaLibrary(store, media_bytes(config, store)),
             events=events,
             signin=signin,

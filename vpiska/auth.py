@@ -21,9 +21,10 @@ import hmac
 import re
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar, TypeVarTuple
 
 import jwt
 import msgspec
@@ -34,11 +35,14 @@ from passlib.context import CryptContext
 from vpiska import metrics
 from vpiska.config import Config
 from vpiska.domain import Identity, User, is_id, is_text, utc_now
-from vpiska.fair_slots import FairSlots
+from vpiska.fair_slots import FairSlots, Slot
+from vpiska.low_priority_threads import LowPriorityThreads
 
 _HASHED = metrics.PASSWORD_HASHES.labels(work="hash")
 _VERIFIED = metrics.PASSWORD_HASHES.labels(work="verify")
 LEGACY_HASH = re.compile(r"^[0-9a-fA-F]{64}$")
+_T = TypeVar("_T")
+_Args = TypeVarTuple("_Args")
 
 # The default JWT_KEY (20 bytes) is shorter than PyJWT likes, but deployed tokens are signed with
 # it; PyJWT would warn on every token, so vpiska warns once at start-up instead (__main__).
@@ -216,9 +220,17 @@ class Passwords:
     fairly among parties (vpiska/fair_slots.py), so addresses guessing passwords at their
     full rate cannot make a user elsewhere wait behind all their hashes; a right password's
     verification is forgiven (not counted against its party).
+
+    With `low_priority` threads, the hashes of suspected guessers (a party with several wrong
+    passwords lately: vpiska/fair_slots.py) wait for
+    `password_hash_concurrency` slots of their own and run on those threads at the lowest
+    priority (vpiska/low_priority_threads.py): a storm's admitted guesses then take little
+    more than the CPU that the event loop and everyone else's hashes leave, and no one else
+    waits for their slots. Without (a tool hashing once), every hash takes its turn on
+    trio's worker threads.
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, low_priority: LowPriorityThreads | None = None) -> None:
         self._hash_key = config.hash_key
         self._context = CryptContext(
             schemes=["argon2"],
@@ -227,11 +239,13 @@ class Passwords:
             argon2__time_cost=3,
             argon2__parallelism=1,
         )
-        self._slots = FairSlots(config.password_hash_concurrency)
+        self._slots = FairSlots(config.password_hash_concurrency,
+                                suspects_apart=low_priority is not None)
+        self._low_priority = low_priority
 
     async def hash(self, password: str, party: str = "") -> str:
-        async with self._slots.slot(party):
-            return await trio.to_thread.run_sync(self._hash, password)
+        async with self._slots.slot(party) as slot:
+            return await self._off_the_loop(slot, self._hash, password)
 
     def _hash(self, password: str) -> str:
         _HASHED.inc()
@@ -240,12 +254,38 @@ class Passwords:
     async def verify(self, password: str, stored: str, party: str = "") -> tuple[bool, bool]:
         """(password matches, stored hash should be replaced by a fresh one)."""
         if LEGACY_HASH.match(stored):
-            return hmac.compare_digest(self.legacy_hash(password), stored.lower()), True
+            return self._verify_legacy(password, stored)
+        async with self.turn(party) as turn:
+            return await turn.verify(password, stored)
+
+    @asynccontextmanager
+    async def turn(self, party: str = "") -> AsyncIterator[Turn]:
+        """`party`'s hash slot, taken before what leads to the verification: a login holds it
+        from before its store read. A storm's concurrent attempts then wait here, in the fair
+        order, and not in the store's queue ahead of the users' reads (sqlite reads one at a
+        time: 200 wrong logins arriving at once delayed the users' logins by ~200 ms)."""
         async with self._slots.slot(party) as slot:
-            ok, upgrade = await trio.to_thread.run_sync(self._verify_modern, password, stored)
-            if ok:  # a user logging in, not a guess: it does not delay the party's next turn
-                slot.forgive()
-            return ok, upgrade
+            yield Turn(self, slot)
+
+    async def _verify_in(self, slot: Slot, password: str, stored: str) -> tuple[bool, bool]:
+        if LEGACY_HASH.match(stored):
+            return self._verify_legacy(password, stored)
+        ok, upgrade = await self._off_the_loop(slot, self._verify_modern, password, stored)
+        if ok:  # a user logging in, not a guess: it does not delay the party's next turn
+            slot.forgive()
+        else:
+            slot.wrong()
+        return ok, upgrade
+
+    def _verify_legacy(self, password: str, stored: str) -> tuple[bool, bool]:
+        return hmac.compare_digest(self.legacy_hash(password), stored.lower()), True
+
+    async def _off_the_loop(self, slot: Slot, work: Callable[[*_Args], _T],
+                            *args: *_Args) -> _T:
+        if slot.suspect:
+            assert self._low_priority is not None  # suspects are apart only with these threads
+            return await self._low_priority.run_sync(work, *args)
+        return await trio.to_thread.run_sync(work, *args)
 
     def _verify_modern(self, password: str, stored: str) -> tuple[bool, bool]:
         _VERIFIED.inc()
@@ -257,3 +297,15 @@ class Passwords:
 
     def legacy_hash(self, password: str) -> str:
         return hmac.new(self._hash_key, password.encode(), hashlib.sha256).hexdigest()
+
+
+class Turn:
+    """A party's hash slot, held (`Passwords.turn`)."""
+
+    def __init__(self, passwords: Passwords, slot: Slot) -> None:
+        self._passwords = passwords
+        self._slot = slot
+
+    async def verify(self, password: str, stored: str) -> tuple[bool, bool]:
+        """As `Passwords.verify`, in this slot."""
+        return await self._passwords._verify_in(self._slot, password, stored)

@@ -40,6 +40,7 @@ from vpiska.cluster.node import ClusterNode
 from vpiska.cluster.signin_counters import RedisCounters
 from vpiska.config import Config
 from vpiska.http import websocket
+from vpiska.low_priority_threads import open_low_priority_threads
 from vpiska.media_sweep import serve_media_sweep
 from vpiska.signin_limits import LocalCounters, SigninCounters
 from vpiska.store import Store, open_store
@@ -111,9 +112,10 @@ async def _serve(
 ) -> None:
     async with (_store(config, store) as opened, _trigger(shutdown_trigger) as triggered,
                 _live_events(config, opened) as (supervisor, node),
-                _signin_counters(config) as signin_counters):
+                _signin_counters(config) as signin_counters,
+                open_low_priority_threads(config.password_hash_concurrency) as low_priority):
         rooms: Rooms = supervisor if node is None else node
-        services = Services.build(config, opened, rooms, signin_counters)
+        services = Services.build(config, opened, rooms, signin_counters, low_priority)
         if node is not None:
             node.known_users = services.accounts
         await services.accounts.know_users()
