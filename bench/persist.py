@@ -181,6 +181,9 @@ async def main(quick: bool) -> str:
         rate = statistics.median(r[0] for r in runs)
         batch = statistics.median(r[1] for r in runs)
         rows.append(f"| {senders} | {rate:,.0f} | {batch:.1f} |")
+    # A shared machine's other work shows in these figures (the store's thread and the event
+    # loop wait for a core at every hand-over): said next to them, so runs can be compared.
+    load = os.getloadavg()[0]
     accounts = [await accounts_per_second(seconds) for _ in range(rounds)]
     signups = statistics.median(a[0] for a in accounts)
     logins = statistics.median(a[1] for a in accounts)
@@ -191,7 +194,8 @@ async def main(quick: bool) -> str:
         f"`python -m bench.persist` ({'quick' if quick else 'full'}: medians of {rounds}, "
         f"{seconds:.0f} s each). Chat: senders in one event, each waiting for its own line to "
         "be broadcast (so stored) before sending the next, through the EventActor and a sqlite "
-        "file; one observer member receives the lines.",
+        "file; one observer member receives the lines. Load average (1 min) after them: "
+        f"{load:.1f}.",
         "",
         "| senders | lines persisted/s | lines per store write |",
         "|---|---|---|",
