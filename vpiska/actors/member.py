@@ -61,8 +61,8 @@ class Outbox(Protocol):
 
 
 # eq=False: members are told apart by identity (two devices of one user). slots: one per open
-# socket, for as long as it is open.
-@dataclasses.dataclass(eq=False, slots=True)
+# socket, for as long as it is open; weakref_slot: tests see a closed room's members freed.
+@dataclasses.dataclass(eq=False, slots=True, weakref_slot=True)
 class Member:
     identity: Identity
     outbox: Outbox
