@@ -8,6 +8,7 @@ from typing import Any, cast
 import trio
 import trio.testing
 
+from vpiska.cluster.loop_clock import LoopClock
 from vpiska.store import Store
 from vpiska.store.health import StoreHealth
 
@@ -116,3 +117,61 @@ async def test_a_slow_answer_within_the_deadline_changes_nothing(
         await trio.sleep(INTERVAL)
     assert changes == 0
     assert health.reachable
+
+
+class HeardLate(Pinged):
+    """A store whose answer, once given, takes the loop two more steps to reach the pinger (as
+    a worker thread's result does); `asked` is set at each ping."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = trio.Event()
+
+    async def ping(self) -> None:
+        self.asked.set()
+        self.asked = trio.Event()
+        await super().ping()
+        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint()
+
+
+async def test_a_ping_answered_in_time_but_heard_late_by_a_busy_loop_changes_nothing(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    store = HeardLate()
+    clock = LoopClock()
+    await nursery.start(clock.run)
+    health = StoreHealth(cast(Store, store), interval=INTERVAL, deadline=DEADLINE,
+                         clock=clock.now)
+    await nursery.start(health.run)
+    unreachable: list[str] = []
+
+    async def watch() -> None:
+        await health.wait_until(reachable=False)
+        unreachable.append(health.cause)
+
+    nursery.start_soon(watch)
+    for _ in range(10):
+        store.hang()
+        await store.asked.wait()
+        store.answer.set()  # answered at once; then the loop is busy elsewhere a long while
+        autojump_clock.jump(10 * DEADLINE)
+        await trio.sleep(INTERVAL)
+    assert unreachable == []
+    assert store.pings >= 10
+
+
+async def test_a_hung_store_is_unreachable_within_the_deadline_on_the_loops_own_time(
+    nursery: trio.Nursery, autojump_clock: Any
+) -> None:
+    store = Pinged()
+    clock = LoopClock()
+    await nursery.start(clock.run)
+    health = StoreHealth(cast(Store, store), interval=INTERVAL, deadline=DEADLINE,
+                         clock=clock.now)
+    await nursery.start(health.run)
+    await trio.sleep(5 * INTERVAL)
+    store.hang()
+    hung_at = trio.current_time()
+    await health.wait_until(reachable=False)
+    assert trio.current_time() - hung_at <= INTERVAL + DEADLINE

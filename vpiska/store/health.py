@@ -8,10 +8,15 @@ its leases. So the store is pinged every `interval`: a ping with no answer withi
 again. The ping runs in a worker thread that cannot be cancelled, so the deadline is kept by
 waiting for the ping, not by cancelling it, and one ping is in flight at a time: a hung
 database leaves one ping waiting, whose late answer is the first sign it is back.
+
+The deadline is kept on the clock the caller gives: a cluster node gives its loop's own time
+(vpiska/cluster/loop_clock.py), so that a ping answered in time, whose answer the node was too
+busy to hear before the deadline, does not make the store unreachable.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NoReturn
 
 import trio
@@ -62,10 +67,12 @@ class StoreHealth:
 
     Resource handling: `run` owns the ping tasks and returns only when cancelled."""
 
-    def __init__(self, store: Store, *, interval: float, deadline: float) -> None:
+    def __init__(self, store: Store, *, interval: float, deadline: float,
+                 clock: Callable[[], float] = trio.current_time) -> None:
         self._pings = StorePing(store)
         self._interval = interval
         self._deadline = deadline
+        self._clock = clock
         self.reachable = True
         self.cause = ""
         self._changed = trio.Event()
@@ -81,8 +88,7 @@ class StoreHealth:
             task_status.started()
             while True:
                 ping = self._pings.start(nursery)
-                with trio.move_on_after(self._deadline):
-                    await ping.done.wait()
+                await self._wait_in_time(ping)
                 if not ping.done.is_set():
                     self._set(False, f"no answer within {self._deadline:g} s")
                     await ping.done.wait()
@@ -91,6 +97,17 @@ class StoreHealth:
                 else:
                     self._set(True, "")
                 await trio.sleep(self._interval)
+
+    async def _wait_in_time(self, ping: Ping) -> None:
+        """Wait for `ping` until the deadline has passed on `clock` (trio's deadline may pass
+        first on a late loop: then it waits on for what is left on `clock`)."""
+        started = self._clock()
+        while not ping.done.is_set():
+            left = self._deadline - (self._clock() - started)
+            if left <= 0:
+                return
+            with trio.move_on_after(left):
+                await ping.done.wait()
 
     def _set(self, reachable: bool, cause: str) -> None:
         if reachable is self.reachable:
