@@ -21,7 +21,6 @@ from vpiska.actors import CloseCode
 from vpiska.actors.geo import MapIndex
 from vpiska.cluster.cluster_channel import ClusterChannel
 from vpiska.cluster.leases import Leases
-from vpiska.cluster.loop_clock import LoopClock
 from vpiska.cluster.membership import Membership
 from vpiska.cluster.ownership import Ownership
 from vpiska.cluster.protocol import Answer, Notice, NoticeOp, Request
@@ -171,7 +170,6 @@ class Parts:
     ownership: Ownership
     routing: Routing
     channel: ClusterChannel
-    clock: LoopClock
 
 
 def make_parts(nursery: trio.Nursery, node_id: str = "this-node", *,
@@ -187,15 +185,13 @@ def make_parts(nursery: trio.Nursery, node_id: str = "this-node", *,
     known_users = KnownUsers()
     client: Any = redis
     unreachable = Trouble(log, "Redis unreachable")
-    clock = LoopClock()
-    nursery.start_soon(clock.run)
     membership = Membership(client, node_id, TTL, stopping=lambda: supervisor.stopping,
                             gone=owner_link.drop_gateway)
     ownership = Ownership(
         node_id, client=client, leases=Leases(client, node_id, TTL), membership=membership,
         supervisor=cast(Any, supervisor), store=store, index=index,
         owner_link=cast(Any, owner_link), views=cast(Any, None), nursery=nursery, ttl=TTL,
-        unreachable=unreachable, clock=clock)
+        unreachable=unreachable)
     routing = Routing(
         node_id, supervisor=cast(Any, supervisor), ownership=ownership,
         owner_link=cast(Any, owner_link), rpc=cast(Any, rpc), bus=cast(Any, FakeBus(redis)),
@@ -206,7 +202,7 @@ def make_parts(nursery: trio.Nursery, node_id: str = "this-node", *,
         supervisor=cast(Any, supervisor), membership=membership, ownership=ownership,
         routing=routing, known_users=known_users, nursery=nursery, unreachable=unreachable)
     return Parts(node_id, redis, store, index, supervisor, owner_link, rpc, known_users,
-                 membership, ownership, routing, channel, clock)
+                 membership, ownership, routing, channel)
 
 
 async def open_event(store: MemoryStore, index: MapIndex | None = None) -> Event:

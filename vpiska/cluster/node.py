@@ -39,7 +39,6 @@ from vpiska.cluster.bus import Bus
 from vpiska.cluster.cluster_channel import ClusterChannel, KnownUsers
 from vpiska.cluster.gateway import GatewayRoom
 from vpiska.cluster.leases import Leases
-from vpiska.cluster.loop_clock import LoopClock
 from vpiska.cluster.map_notices import MapNotices
 from vpiska.cluster.membership import Membership
 from vpiska.cluster.nodes import designated, new_node_id
@@ -93,11 +92,8 @@ class ClusterNode:
                                       stopping=lambda: supervisor.stopping,
                                       gone=self.owner_link.drop_gateway)
         self._index = index
-        # The node's deadlines on its store and Redis are kept on its loop's own time.
-        self._clock = LoopClock()
         self._store_health = StoreHealth(store, interval=self._ttl / 3,
-                                         deadline=config.ready_timeout_seconds,
-                                         clock=self._clock.now)
+                                         deadline=config.ready_timeout_seconds)
         self._unreachable = Trouble(log, "Redis unreachable")
         self._parts: _Parts | None = None
         # The node's cache of known users (vpiska/accounts.py; set by the server).
@@ -106,7 +102,6 @@ class ClusterNode:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         async with trio.open_nursery() as nursery:
-            await nursery.start(self._clock.run)
             parts = self._parts = self._make_parts(nursery)
             await nursery.start(self._bus.run)
             await self._bus.subscribe(redis.node_channel(self.node_id),
@@ -131,7 +126,7 @@ class ClusterNode:
             self.node_id, client=self._client, leases=self._leases, membership=self._membership,
             supervisor=self._supervisor, store=self._store, index=self._index,
             owner_link=self.owner_link, views=self._views, nursery=nursery, ttl=self._ttl,
-            unreachable=self._unreachable, clock=self._clock)
+            unreachable=self._unreachable)
         routing = Routing(
             self.node_id, supervisor=self._supervisor, ownership=ownership,
             owner_link=self.owner_link, rpc=self._rpc, bus=self._bus, views=self._views,

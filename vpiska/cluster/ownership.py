@@ -5,7 +5,7 @@ Every third of the lease TTL (`keep_alive`) the node beats (membership.py), then
   room stops, its sockets are told to reconnect with 1012);
 - if it could not reach Redis for two thirds of the TTL, fences every room it owns before
   any lease could expire (self-fencing): another node may own them by the time it is back;
-  a call that timed out only because this node's own loop was late (loop_clock.py: less
+  a call that timed out only because this node's own loop was late (vpiska/loop_time.py: less
   than a command's timeout passed on the loop's time) is no outage: it is tried again at
   once, and the node stays ready. The fence still counts real time: the leases expire in
   Redis' time, however busy this node is;
@@ -34,7 +34,6 @@ from vpiska.actors.geo import MapIndex
 from vpiska.cluster import redis
 from vpiska.cluster.contained import contained
 from vpiska.cluster.leases import Lease, Leases
-from vpiska.cluster.loop_clock import LoopClock
 from vpiska.cluster.membership import Membership
 from vpiska.cluster.nodes import designated
 from vpiska.cluster.owner import OwnerLink
@@ -42,6 +41,7 @@ from vpiska.cluster.shared_answer import SharedAnswer
 from vpiska.cluster.trouble import Trouble
 from vpiska.cluster.views import ViewMirror
 from vpiska.errors import DomainError, ErrorCode
+from vpiska.loop_time import measured
 from vpiska.store import StaleEpoch, Store
 
 log = logging.getLogger(__name__)
@@ -60,8 +60,7 @@ class Ownership:
     def __init__(self, node_id: str, *, client: coredis.Redis[bytes], leases: Leases,
                  membership: Membership, supervisor: EventSupervisor, store: Store,
                  index: MapIndex, owner_link: OwnerLink, views: ViewMirror,
-                 nursery: trio.Nursery, ttl: float, unreachable: Trouble,
-                 clock: LoopClock) -> None:
+                 nursery: trio.Nursery, ttl: float, unreachable: Trouble) -> None:
         self.node_id = node_id
         self._client = client
         self._leases = leases
@@ -74,7 +73,6 @@ class Ownership:
         self._nursery = nursery
         self._ttl = ttl
         self._unreachable = unreachable
-        self._clock = clock
         self._heard_late = Trouble(log, "Redis' answers heard late: this node's event loop is "
                                         "behind; not taken for an outage")
         self.owned: dict[str, Lease] = {}  # the leases of this node's rooms
@@ -246,21 +244,20 @@ class Ownership:
             if not again:
                 await trio.sleep(self._ttl / 3)
                 beats += 1
-            started, started_here = trio.current_time(), self._clock.now()
             try:
-                changed = await self._membership.beat(leaving=self.aside)
-                lost = await self._leases.renew(list(self.owned.values()))
+                async with measured() as span:
+                    changed = await self._membership.beat(leaving=self.aside)
+                    lost = await self._leases.renew(list(self.owned.values()))
                 self._last_renewal = trio.current_time()
                 self._unreachable.succeeded()
                 if not again:  # on time at the first try: the late spell (if any) is over
                     self._heard_late.succeeded()
                 again = False
             except redis.REDIS_ERRORS as error:
-                again = (isinstance(error, TimeoutError) and self._clock.now() - started_here
-                         < redis.COMMAND_TIMEOUT_SECONDS)
+                again = (isinstance(error, TimeoutError)
+                         and span.elapsed() < redis.COMMAND_TIMEOUT_SECONDS)
                 if again:
-                    self._heard_late.failed(error, lag=round(
-                        self._clock.lag_since(started, started_here), 3))
+                    self._heard_late.failed(error, lag=round(span.lag(), 3))
                 else:
                     self._membership.healthy = False
                     self._unreachable.failed(error)

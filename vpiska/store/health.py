@@ -9,18 +9,18 @@ again. The ping runs in a worker thread that cannot be cancelled, so the deadlin
 waiting for the ping, not by cancelling it, and one ping is in flight at a time: a hung
 database leaves one ping waiting, whose late answer is the first sign it is back.
 
-The deadline is kept on the clock the caller gives: a cluster node gives its loop's own time
-(vpiska/cluster/loop_clock.py), so that a ping answered in time, whose answer the node was too
-busy to hear before the deadline, does not make the store unreachable.
+The deadline is kept on the loop's own time (vpiska/loop_time.py): a ping answered in time,
+whose answer a busy node (a reconnect storm) heard only after the deadline, does not make the
+store unreachable.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import NoReturn
 
 import trio
 
+from vpiska.loop_time import measured
 from vpiska.store.base import Store
 
 
@@ -67,12 +67,10 @@ class StoreHealth:
 
     Resource handling: `run` owns the ping tasks and returns only when cancelled."""
 
-    def __init__(self, store: Store, *, interval: float, deadline: float,
-                 clock: Callable[[], float] = trio.current_time) -> None:
+    def __init__(self, store: Store, *, interval: float, deadline: float) -> None:
         self._pings = StorePing(store)
         self._interval = interval
         self._deadline = deadline
-        self._clock = clock
         self.reachable = True
         self.cause = ""
         self._changed = trio.Event()
@@ -99,15 +97,15 @@ class StoreHealth:
                 await trio.sleep(self._interval)
 
     async def _wait_in_time(self, ping: Ping) -> None:
-        """Wait for `ping` until the deadline has passed on `clock` (trio's deadline may pass
-        first on a late loop: then it waits on for what is left on `clock`)."""
-        started = self._clock()
-        while not ping.done.is_set():
-            left = self._deadline - (self._clock() - started)
-            if left <= 0:
-                return
-            with trio.move_on_after(left):
-                await ping.done.wait()
+        """Wait for `ping` until the deadline has passed on the loop's own time (trio's
+        deadline may pass first on a late loop: then it waits on for what is left)."""
+        async with measured() as span:
+            while not ping.done.is_set():
+                left = self._deadline - span.elapsed()
+                if left <= 0:
+                    return
+                with trio.move_on_after(left):
+                    await ping.done.wait()
 
     def _set(self, reachable: bool, cause: str) -> None:
         if reachable is self.reachable:
