@@ -328,9 +328,11 @@ class GatewayRoom:
         except BaseException:
             self.leave(member)
             raise
-        if "closed" in answer:  # turned away by the owner: banned
-            self.banned.add(member.identity.user_id)
-            member.outbox.finish(CloseCode(answer["closed"]))
+        if "closed" in answer:  # turned away by the owner
+            code = CloseCode(answer["closed"])
+            if code is CloseCode.REMOVED:  # banned (not a room that ended with the join queued)
+                self.banned.add(member.identity.user_id)
+            member.outbox.finish(code)
             self.leave(member)
             raise DomainError(ErrorCode.EVENT_NOT_FOUND)
         epoch, seq = int(answer["epoch"]), int(answer["seq"])
