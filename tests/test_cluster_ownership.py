@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
@@ -195,3 +196,46 @@ async def test_the_lease_of_a_room_that_ended_is_released(
     await trio.testing.wait_all_tasks_blocked()
     assert parts.redis.value(redis.lease_key(event_id)) is None
     assert parts.ownership.owned == {}
+
+
+async def test_a_node_whose_loop_is_late_does_not_take_redis_for_unreachable(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    parts = make_parts(nursery)
+    event_id = await owning(parts)
+    nursery.start_soon(parts.ownership.keep_alive)
+    parts.redis.answer_delay = 0.1  # Redis answers each call in time
+
+    async def busy_loop() -> None:
+        """Once a beat, while a call waits for its answer, the loop is busy elsewhere for
+        longer than the call's timeout: the answer is heard after it."""
+        while True:
+            await parts.redis.answering.wait()
+            autojump_clock.jump(redis.COMMAND_TIMEOUT_SECONDS * 1.5)
+            await trio.sleep(TTL / 3)
+
+    nursery.start_soon(busy_loop)
+    await trio.sleep(20 * TTL)
+    assert parts.supervisor.fenced == []
+    assert list(parts.ownership.owned) == [event_id]
+    assert parts.redis.value(redis.lease_key(event_id)) is not None
+    assert parts.membership.healthy
+    assert "Redis unreachable" not in caplog.messages
+    assert caplog.messages.count("Redis' answers heard late: this node's event loop is behind;"
+                                 " not taken for an outage") == 1
+
+
+async def test_a_redis_that_times_out_on_a_loop_on_time_fences_the_rooms(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery,
+) -> None:
+    parts = make_parts(nursery)
+    event_id = await owning(parts)
+    nursery.start_soon(parts.ownership.keep_alive)
+    await trio.sleep(2.5)  # renewed at 1 and 2: the lease expires at 5
+    parts.redis.answer_delay = 60.0  # Redis takes every call and answers none
+    await trio.sleep(2 * TTL)
+    [(fenced, fenced_at)] = parts.supervisor.fenced
+    assert fenced == event_id
+    assert fenced_at <= 2 + TTL + redis.COMMAND_TIMEOUT_SECONDS
+    assert not parts.membership.healthy

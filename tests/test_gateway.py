@@ -8,20 +8,25 @@
   reach the socket from that point on; none is taken for lost.
 - A new owner's Hello: chat lines go to it from then on, even while the old owner still
   listens (paused past its lease, it would take them and drop them).
+- A join sent to an owner that is leaving and never answers goes to the next owner as soon as
+  the node knows it; one no owner answered in time is told to try again (1012), and the
+  burst is logged once.
 """
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trio.testing
 
 from tests.helpers.fake_owner import EVENT, Bus, JoiningOwner, Owner, gateway_for
 from tests.helpers.fakes import RecordingOutbox
-from vpiska.actors import EventView, Member
+from vpiska.actors import CloseCode, EventView, Member
 from vpiska.actors.commands import Chat, Join, Joined, Snapshot
 from vpiska.cluster import protocol
-from vpiska.cluster.gateway import READS_IN_FLIGHT, GatewayRoom
-from vpiska.cluster.protocol import Frames, Handover, Hello, Shown, encode
+from vpiska.cluster.gateway import READS_IN_FLIGHT, GatewayRoom, NoOwnerAnswered
+from vpiska.cluster.protocol import Answer, Frames, Handover, Hello, Shown, encode
+from vpiska.cluster.rpc import NoAnswer
 from vpiska.domain import Identity
 
 
@@ -178,3 +183,68 @@ async def test_between_a_handover_and_the_next_owners_hello_chat_lines_wait_for_
         assert sorted(owner.told) == [("new-owner", "chat"), ("new-owner", "sync"),
                                       ("old-owner", "chat")]
         nursery.cancel_scope.cancel()
+
+
+class LeavingOwner(MovingOwner):
+    """An old owner that takes requests and never answers (it is shutting down); the node
+    learns the next owner when the test says (its Left notice, or the next owner's Hello)."""
+
+    def __init__(self, epoch: int, seq: int) -> None:
+        super().__init__(epoch, seq)
+        self.asked_nodes: list[str] = []
+
+    def forget_owner(self, event_id: str) -> None:
+        pass  # the lookup finds the old owner's lease again until it is released
+
+    async def ask(self, node: str, op: protocol.RequestOp, event_id: str,
+                  timeout: float) -> Answer:  # noqa: ASYNC109 (Rpc's signature)
+        self.asked_nodes.append(node)
+        if node == "old-owner":
+            await trio.sleep(timeout)
+            raise NoAnswer(f"{node} did not answer")
+        return await super().ask(node, op, event_id, timeout)
+
+
+async def test_a_join_sent_to_an_owner_that_left_goes_to_the_next_owner_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    owner = LeavingOwner(epoch=7, seq=0)
+    outbox = RecordingOutbox()
+    async with trio.open_nursery() as nursery:
+        gateway = gateway_for(owner, nursery, Bus())
+        member = Member(Identity("u2", "guest", ""), outbox)
+
+        async def leave_soon() -> None:
+            await trio.sleep(3)
+            owner.cached = "this-node"  # the old owner left; this node owns the event now
+
+        nursery.start_soon(leave_soon)
+        joined = await gateway.ask(lambda reply: Join(member, reply))
+        assert isinstance(joined, Joined)
+        assert trio.current_time() < 3 + 1  # not the whole reply deadline
+        assert owner.asked_nodes == ["old-owner", "this-node"]
+        assert outbox.close_code is None
+        nursery.cancel_scope.cancel()
+
+
+async def test_joins_no_owner_answered_in_time_are_told_to_try_again_and_logged_once(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture,
+) -> None:
+    owner = LeavingOwner(epoch=7, seq=0)
+    outboxes = [RecordingOutbox() for _ in range(5)]
+    async with trio.open_nursery() as nursery:
+        gateway = gateway_for(owner, nursery, Bus())
+
+        async def join(outbox: RecordingOutbox) -> None:
+            member = Member(Identity("u2", "guest", ""), outbox)
+            with pytest.raises(NoOwnerAnswered):
+                await gateway.ask(lambda reply: Join(member, reply))
+
+        async with trio.open_nursery() as joining:
+            for outbox in outboxes:
+                joining.start_soon(join, outbox)
+        nursery.cancel_scope.cancel()
+    assert [outbox.close_code for outbox in outboxes] == [CloseCode.SERVICE_RESTART] * 5
+    warned = [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
+    assert [r.getMessage() for r in warned] == [
+        "event commands unanswered: no owner answered in time"]

@@ -22,7 +22,8 @@ PACKAGE = Path(vpiska.__file__).parent
 TESTS = Path(__file__).parent
 # What each package may import of vpiska besides itself.
 BELOW = {
-    "store": ("vpiska.domain", "vpiska.errors", "vpiska.config", "vpiska.metrics"),
+    "store": ("vpiska.domain", "vpiska.errors", "vpiska.config", "vpiska.metrics",
+              "vpiska.loop_time"),
     "actors": ("vpiska.domain", "vpiska.errors", "vpiska.config", "vpiska.metrics",
                "vpiska.store", "vpiska.wire"),
 }

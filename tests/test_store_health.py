@@ -116,3 +116,42 @@ async def test_a_slow_answer_within_the_deadline_changes_nothing(
         await trio.sleep(INTERVAL)
     assert changes == 0
     assert health.reachable
+
+
+class HeardLate(Pinged):
+    """A store whose answer, once given, takes the loop two more steps to reach the pinger (as
+    a worker thread's result does); `asked` is set at each ping."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = trio.Event()
+
+    async def ping(self) -> None:
+        self.asked.set()
+        self.asked = trio.Event()
+        await super().ping()
+        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint()
+
+
+async def test_a_ping_answered_in_time_but_heard_late_by_a_busy_loop_changes_nothing(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    store = HeardLate()
+    health = await watched(nursery, store)
+    unreachable: list[str] = []
+
+    async def watch() -> None:
+        await health.wait_until(reachable=False)
+        unreachable.append(health.cause)
+
+    nursery.start_soon(watch)
+    for _ in range(10):
+        store.hang()
+        await store.asked.wait()
+        store.answer.set()  # answered at once; then the loop is busy elsewhere a long while
+        autojump_clock.jump(10 * DEADLINE)
+        await trio.sleep(INTERVAL)
+    assert unreachable == []
+    assert store.pings >= 10
+

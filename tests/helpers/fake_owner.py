@@ -69,6 +69,9 @@ class Bus:
     async def subscribe(self, channel: str, on_message: Any, on_renewed: Any) -> None:
         self.publish = on_message
 
+    async def unsubscribe(self, channel: str) -> None:
+        self.publish = None
+
 
 class JoiningOwner(Owner):
     """Answers a join at the seq the test sets: where the owner's stream was then."""

@@ -131,8 +131,9 @@ class FakeRedis:
     script one step as in Redis, with expiries on the trio clock (`autojump_clock`).
 
     `cut()` makes every call fail as an unreachable Redis does, until `heal()`; what it holds
-    meanwhile expires as it would. `calls` counts the calls by command (a script by its
-    constant's name in redis.py)."""
+    meanwhile expires as it would. With `answer_delay` each call is answered that long after
+    it is made, within coredis' command timeout or TimeoutError (`answering` is set at each).
+    `calls` counts the calls by command (a script by its constant's name in redis.py)."""
 
     def __init__(self) -> None:
         self._values: dict[str, tuple[bytes, float]] = {}  # key: (value, expiry)
@@ -141,6 +142,8 @@ class FakeRedis:
         self.published: list[tuple[str, bytes]] = []
         self.calls: dict[str, int] = {}
         self.is_cut = False
+        self.answer_delay = 0.0
+        self.answering = trio.Event()
 
     def cut(self) -> None:
         self.is_cut = True
@@ -153,6 +156,14 @@ class FakeRedis:
         self.calls[name] = self.calls.get(name, 0) + 1
         if self.is_cut:
             raise RedisConnectionError("injected: Redis unreachable")
+        if self.answer_delay:
+            self.answering.set()
+            self.answering = trio.Event()
+            with trio.move_on_after(redis.COMMAND_TIMEOUT_SECONDS):  # as coredis bounds a command
+                await trio.sleep(self.answer_delay)
+                await trio.lowlevel.checkpoint()  # the answer is read: it may be too late
+                return
+            raise TimeoutError(f"{name} timed out after {redis.COMMAND_TIMEOUT_SECONDS} s")
 
     def value(self, key: str) -> bytes | None:
         """The key's value now, if it has one and it has not expired."""

@@ -26,6 +26,7 @@ answer: a node asked many times at once makes a round trip per answer, not one p
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -72,6 +73,7 @@ from vpiska.cluster.protocol import (
 )
 from vpiska.cluster.rpc import NoAnswer, Rpc, Unreachable
 from vpiska.cluster.shared_answer import SharedAnswer
+from vpiska.cluster.trouble import Trouble
 from vpiska.cluster.views import view_of
 from vpiska.domain import Identity
 from vpiska.errors import DomainError, ErrorCode
@@ -81,10 +83,19 @@ log = logging.getLogger(__name__)
 
 # Between tries to reach an owner that is not there yet (a failover, a handover).
 RETRY_SECONDS = 0.05
+# While a request waits for its owner, how often the gateway looks whether another node owns
+# the event now (the owner's lookup is cached: a dictionary read, until the owner changes).
+OWNER_CHECK_SECONDS = 0.25
 # Reads of one event on their way to its owner at once. With one, a request arriving just after
 # a read left waited for it and then for a whole round trip of its own: the node that does not
 # own an event answered its events/get at about half the rate of its owner.
 READS_IN_FLIGHT = 4
+
+
+class NoOwnerAnswered(DomainError):
+    """No node answered as the event's owner within the reply deadline (a handover or a
+    failover took longer): a socket joining is told to try again (1012), an HTTP request
+    gets InternalError."""
 
 
 class Owners(Protocol):
@@ -164,6 +175,8 @@ class GatewayRoom:
         # The read gathering callers; it leaves after the ones on their way.
         self._next_read: SharedAnswer[EventView] | None = None
         self._reading = trio.Semaphore(READS_IN_FLIGHT)  # held by reads on their way
+        # Requests no owner answered: one warning for a burst (a storm of joins), not one each.
+        self._unanswered = Trouble(log, "event commands unanswered: no owner answered in time")
 
     # The Room interface of vpiska/http.
 
@@ -308,12 +321,18 @@ class GatewayRoom:
             identity = member.identity
             answer = await self._request(protocol.Join(
                 identity.user_id, identity.name, identity.image_id, key, member.version))
+        except NoOwnerAnswered:
+            member.outbox.finish(CloseCode.SERVICE_RESTART)  # the next try may find one
+            self.leave(member)
+            raise
         except BaseException:
             self.leave(member)
             raise
-        if "closed" in answer:  # turned away by the owner: banned
-            self.banned.add(member.identity.user_id)
-            member.outbox.finish(CloseCode(answer["closed"]))
+        if "closed" in answer:  # turned away by the owner
+            code = CloseCode(answer["closed"])
+            if code is CloseCode.REMOVED:  # banned (not a room that ended with the join queued)
+                self.banned.add(member.identity.user_id)
+            member.outbox.finish(code)
             self.leave(member)
             raise DomainError(ErrorCode.EVENT_NOT_FOUND)
         epoch, seq = int(answer["epoch"]), int(answer["seq"])
@@ -615,23 +634,55 @@ class GatewayRoom:
     async def _ask_owner(self, op: protocol.RequestOp) -> Any:
         with trio.move_on_after(self._reply_timeout):
             while True:
-                owner = await self._owners.owner_of(self.event_id)
                 try:
-                    answer = await self._rpc.ask(owner, op, self.event_id, self._reply_timeout)
-                except Unreachable:
+                    owner = await self._owners.owner_of(self.event_id)
+                except DomainError as refusal:
+                    if ErrorCode.INTERNAL_ERROR not in refusal.codes:
+                        raise  # no such open event
+                    await trio.sleep(RETRY_SECONDS)  # Redis did not say: ask again
+                    continue
+                try:
+                    answer = await self._ask_while_owner(owner, op)
+                except (Unreachable, NoAnswer):
                     self._owners.forget_owner(self.event_id)
                     await trio.sleep(RETRY_SECONDS)
                     continue
-                except NoAnswer:
-                    break
-                if answer.status == "not_owner":
+                if answer is None or answer.status == "not_owner":
                     self._owners.forget_owner(self.event_id)
                     await trio.sleep(RETRY_SECONDS)
                     continue
+                self._unanswered.succeeded()
                 return _value_of(answer)
-        log.error("event command failed", extra={"event_id": self.event_id, "op": op.op,
-                                                 "cause": "no owner answered in time"})
-        raise DomainError(ErrorCode.INTERNAL_ERROR)
+        self._unanswered.failed(NoAnswer(f"no owner answered {op.op} in time"),
+                                event_id=self.event_id)
+        raise NoOwnerAnswered(ErrorCode.INTERNAL_ERROR)
+
+    async def _ask_while_owner(self, owner: str, op: protocol.RequestOp
+                               ) -> protocol.Answer | None:
+        """Ask `owner`, for as long as it is the owner: None once another node is (a leaving
+        owner may never answer, and this node, or a third, may own the event by then).
+
+        Error handling: Unreachable and NoAnswer escape, as Rpc.ask's."""
+        outcome: protocol.Answer | Unreachable | NoAnswer | None = None
+        async with trio.open_nursery() as nursery:
+
+            async def ask() -> None:
+                nonlocal outcome
+                try:
+                    outcome = await self._rpc.ask(owner, op, self.event_id, self._reply_timeout)
+                except (Unreachable, NoAnswer) as error:
+                    outcome = error
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(ask)
+            while True:
+                await trio.sleep(OWNER_CHECK_SECONDS)
+                with contextlib.suppress(DomainError):  # not known now: ask on
+                    if await self._owners.owner_of(self.event_id) != owner:
+                        nursery.cancel_scope.cancel()
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
 
 def _shown_to_v2(socket: _Socket, mine: list[tuple[tuple[int, int], Frame]]

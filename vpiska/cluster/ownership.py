@@ -5,6 +5,10 @@ Every third of the lease TTL (`keep_alive`) the node beats (membership.py), then
   room stops, its sockets are told to reconnect with 1012);
 - if it could not reach Redis for two thirds of the TTL, fences every room it owns before
   any lease could expire (self-fencing): another node may own them by the time it is back;
+  a call that timed out only because this node's own loop was late (vpiska/loop_time.py: less
+  than a command's timeout passed on the loop's time) is no outage: it is tried again at
+  once, and the node stays ready. The fence still counts real time: the leases expire in
+  Redis' time, however busy this node is;
 - takes over the orphans it is designated for (rendezvous hashing over the live nodes,
   nodes.py), on a change of the live nodes and every RECONCILE_EVERY_BEATS beats.
 
@@ -37,6 +41,7 @@ from vpiska.cluster.shared_answer import SharedAnswer
 from vpiska.cluster.trouble import Trouble
 from vpiska.cluster.views import ViewMirror
 from vpiska.errors import DomainError, ErrorCode
+from vpiska.loop_time import measured
 from vpiska.store import StaleEpoch, Store
 
 log = logging.getLogger(__name__)
@@ -68,6 +73,8 @@ class Ownership:
         self._nursery = nursery
         self._ttl = ttl
         self._unreachable = unreachable
+        self._heard_late = Trouble(log, "Redis' answers heard late: this node's event loop is "
+                                        "behind; not taken for an outage")
         self.owned: dict[str, Lease] = {}  # the leases of this node's rooms
         self._owners: dict[str, str] = {}  # cached owner node of events owned elsewhere
         self._activating: dict[str, trio.Event] = {}
@@ -232,19 +239,32 @@ class Ownership:
         joining beat (just answered) on."""
         beats = 0
         self._last_renewal = trio.current_time()
+        again = False  # the last beat was heard late: beat again at once
         while True:
-            await trio.sleep(self._ttl / 3)
-            beats += 1
+            if not again:
+                await trio.sleep(self._ttl / 3)
+                beats += 1
             try:
-                changed = await self._membership.beat(leaving=self.aside)
-                lost = await self._leases.renew(list(self.owned.values()))
+                async with measured() as span:
+                    changed = await self._membership.beat(leaving=self.aside)
+                    lost = await self._leases.renew(list(self.owned.values()))
                 self._last_renewal = trio.current_time()
                 self._unreachable.succeeded()
+                if not again:  # on time at the first try: the late spell (if any) is over
+                    self._heard_late.succeeded()
+                again = False
             except redis.REDIS_ERRORS as error:
-                self._membership.healthy = False
-                self._unreachable.failed(error)
-                if (self.owned
-                        and trio.current_time() - self._last_renewal > self._ttl * 2 / 3):
+                again = (isinstance(error, TimeoutError)
+                         and span.elapsed() < redis.COMMAND_TIMEOUT_SECONDS)
+                if again:
+                    self._heard_late.failed(error, lag=round(span.lag(), 3))
+                else:
+                    self._membership.healthy = False
+                    self._unreachable.failed(error)
+                # Heard late, it beats again at once: it fences only once its leases could
+                # really have expired (another node may take them from then on).
+                fence_after = self._ttl if again else self._ttl * 2 / 3
+                if self.owned and trio.current_time() - self._last_renewal > fence_after:
                     self.fence(list(self.owned), f"Redis unreachable: {error!r}")
                 continue
             self.fence([lease.event_id for lease in lost], "lease lost")

@@ -8,6 +8,10 @@ its leases. So the store is pinged every `interval`: a ping with no answer withi
 again. The ping runs in a worker thread that cannot be cancelled, so the deadline is kept by
 waiting for the ping, not by cancelling it, and one ping is in flight at a time: a hung
 database leaves one ping waiting, whose late answer is the first sign it is back.
+
+The deadline is kept on the loop's own time (vpiska/loop_time.py): a ping answered in time,
+whose answer a busy node (a reconnect storm) heard only after the deadline, does not make the
+store unreachable.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import NoReturn
 
 import trio
 
+from vpiska.loop_time import measured
 from vpiska.store.base import Store
 
 
@@ -81,8 +86,7 @@ class StoreHealth:
             task_status.started()
             while True:
                 ping = self._pings.start(nursery)
-                with trio.move_on_after(self._deadline):
-                    await ping.done.wait()
+                await self._wait_in_time(ping)
                 if not ping.done.is_set():
                     self._set(False, f"no answer within {self._deadline:g} s")
                     await ping.done.wait()
@@ -91,6 +95,17 @@ class StoreHealth:
                 else:
                     self._set(True, "")
                 await trio.sleep(self._interval)
+
+    async def _wait_in_time(self, ping: Ping) -> None:
+        """Wait for `ping` until the deadline has passed on the loop's own time (trio's
+        deadline may pass first on a late loop: then it waits on for what is left)."""
+        async with measured() as span:
+            while not ping.done.is_set():
+                left = self._deadline - span.elapsed()
+                if left <= 0:
+                    return
+                with trio.move_on_after(left):
+                    await ping.done.wait()
 
     def _set(self, reachable: bool, cause: str) -> None:
         if reachable is self.reachable:
