@@ -1,10 +1,12 @@
 """`python -m bench.cluster_http [--repetitions N] [--store sqlite|mongodb]`: the cluster's HTTP
 rows of `make bench` alone (bench/cluster_scenarios.py, the same steps, windows and warm-ups),
 with each repetition's ratio and the median of them, the figure BENCHMARKS.md reports.
+Default: the full plan's five repetitions.
 
 Why alone: the 2 ÷ 1 node ratio is the one figure of the cluster section whose noise is as
-large as its margin (target 1.7×, two nodes can have ~1.83 cores beside both wrks); more
-repetitions than the full run's three, taken when the machine is quiet, are what can carry it.
+large as its margin (target 1.7×, two nodes can have ~1.83 cores beside both wrks): it takes
+five repetitions (the rest of the full run has three) taken when the machine is quiet, and
+these alone take ~9 minutes per store, not the whole run's ~40.
 """
 
 from __future__ import annotations
@@ -22,15 +24,15 @@ from bench.servers import BENCH
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repetitions", type=int, default=5)
+    parser.add_argument("--repetitions", type=int, default=FULL.cluster_http_repetitions)
     parser.add_argument("--store", choices=("sqlite", "mongodb"), default="mongodb")
     args = parser.parse_args()
-    plan = dataclasses.replace(FULL, repetitions=args.repetitions)
+    plan = dataclasses.replace(FULL, cluster_http_repetitions=args.repetitions)
     seeds = make_seeds(BENCH / ".cache")
     setups = [setup for setup in cluster_scenarios.HTTP_SETUPS
               if setup.endswith(cluster_scenarios.MONGODB) == (args.store == "mongodb")]
     rows: list[Row] = []
-    for rep in range(plan.repetitions):
+    for rep in range(plan.cluster_http_repetitions):
         for setup in setups:
             step = cluster_scenarios._http_step(setup, rep, plan, seeds, rows)
             rows.append(step.key | step.run())

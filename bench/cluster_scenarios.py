@@ -56,7 +56,7 @@ KILL_AFTER = 2.0  # seconds into the window
 
 def steps(plan: Plan, seeds: Seeds, rows: list[Row]) -> list[Step]:
     out: list[Step] = []
-    for rep in range(plan.repetitions):
+    for rep in range(plan.cluster_http_repetitions):
         for setup in HTTP_SETUPS:
             out.append(_http_step(setup, rep, plan, seeds, rows))
     for mode in ("fanout", "latency"):

@@ -575,7 +575,8 @@ def _cluster_markdown(summary: list[Row], plan: Row, rows: list[Row]) -> list[st
         "MongoDB (SecantusDB, unpinned; its CPU is in the notes' machine figure) all they share. "
         "Each window follows a discarded warm-up of "
         f"{_f(plan.get('cluster_warmup_seconds'), 0)} s on the same connections' endpoint. "
-        "`÷ 1 node` is the median over repetitions of two nodes' figure ÷ one node's in the "
+        f"{plan.get('cluster_http_repetitions', 3)} repetitions; "
+        "`÷ 1 node` is the median over them of two nodes' figure ÷ one node's in the "
         "same repetition (measured one after the other), not a ratio of the medians shown.",
         "",
         "| nodes | endpoint | requests/s | ÷ 1 node | p50 ms | p99 ms | nodes CPU | wrk CPU "

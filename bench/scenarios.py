@@ -40,7 +40,8 @@ class Plan:
     settle_budget: float  # at most this long for all members to be in the room
     idle: float  # seconds the connections sit idle before RSS is read
     http_seconds: float
-    cluster_http_seconds: float  # the cluster's HTTP windows: its figures are ratios of two
+    cluster_http_repetitions: int  # the cluster's HTTP steps: its figures are ratios of two
+    cluster_http_seconds: float  # and each of their windows
     cluster_warmup_seconds: float  # discarded before each of them
     cluster_n: int  # members of the cluster section's room
     failover_runs: int  # SIGKILLs of an owner
@@ -49,12 +50,12 @@ class Plan:
 FULL = Plan("full", repetitions=3, room_sizes=(100, 1000, 5000),
             latency_sizes=(100, 1000, 5000), warmup=1.0, seconds=5.0, connect_n=5000,
             connect_budget=30.0, settle_budget=20.0, idle=2.0, http_seconds=5.0,
-            cluster_http_seconds=10.0, cluster_warmup_seconds=1.0, cluster_n=1000,
-            failover_runs=3)
+            cluster_http_repetitions=5, cluster_http_seconds=10.0, cluster_warmup_seconds=1.0,
+            cluster_n=1000, failover_runs=3)
 QUICK = Plan("quick", repetitions=1, room_sizes=(100, 1000), latency_sizes=(100,), warmup=0.5,
              seconds=2.0, connect_n=1000, connect_budget=12.0, settle_budget=8.0, idle=1.0,
-             http_seconds=2.0, cluster_http_seconds=2.0, cluster_warmup_seconds=0.5,
-             cluster_n=1000, failover_runs=1)
+             http_seconds=2.0, cluster_http_repetitions=1, cluster_http_seconds=2.0,
+             cluster_warmup_seconds=0.5, cluster_n=1000, failover_runs=1)
 
 
 def window(n: int) -> int:
