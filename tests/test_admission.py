@@ -107,7 +107,7 @@ async def test_a_burst_of_refusals_is_two_log_lines(
     assert lines[1]["seconds"] == 3
 
 
-@pytest.mark.parametrize(("value", "bound"), [("", 64), ("8", 8), ("0", 0)],
+@pytest.mark.parametrize(("value", "bound"), [("", 1024), ("8", 8), ("0", 0)],
                          ids=["default", "set", "no-bound"])
 def test_max_pending_handshakes_is_read_from_the_environment(value: str, bound: int) -> None:
     assert Config.from_env({"MAX_PENDING_HANDSHAKES": value}).max_pending_handshakes == bound

@@ -100,7 +100,7 @@ class Config:
     # Event WebSocket handshakes in progress (upgrade read, member not yet in its room) past
     # which a new one is answered 503 with Retry-After at once (vpiska/transport/admission.py);
     # 0: no bound.
-    max_pending_handshakes: int = 64
+    max_pending_handshakes: int = 1024
     # The cluster (vpiska/cluster): with no Redis, one process serves alone.
     redis_url: str | None = None
     lease_ttl_seconds: float = 5.0
