@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime, timedelta
@@ -29,6 +30,7 @@ import pymongo
 import pymongo.errors
 import pytest
 import trio
+import trio.testing
 from bson.int64 import Int64
 
 from tests.helpers.mongodb_fixtures import new_database_name
@@ -37,7 +39,7 @@ from vpiska.domain import ChatMessage, Coordinates, Event, EventMedia, Media, Us
 from vpiska.errors import DomainError, ErrorCode
 from vpiska.store import EpochTaken, MemoryStore, StaleEpoch, Store, open_store
 from vpiska.store import memory as memory_store
-from vpiska.store.mongo import MongoStore
+from vpiska.store.mongo import THREADS, MongoStore
 from vpiska.store.sqlite import SqliteStore
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123000, tzinfo=UTC)
@@ -1480,4 +1482,56 @@ async def test_an_sqlite_file_from_main_gets_bans(tmp_path: Path) -> None:
         assert found is not None
         assert found.banned == {"someone"}
     finally:
+        await store.aclose()
+
+
+async def test_sqlite_a_ping_is_answered_while_a_write_waits_for_the_files_lock(
+        tmp_path: Path) -> None:
+    """Another process holds the write lock: the store's write waits for it, the ping does
+    not wait behind the write (a backlog is not a lost store; vpiska/store/health.py)."""
+    path = tmp_path / "shared.sqlite"
+    store = await SqliteStore.open(path)
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        async with trio.open_nursery() as nursery:
+            written = trio.Event()
+
+            async def write() -> None:
+                await store.add_user(a_user())
+                written.set()
+
+            nursery.start_soon(write)
+            await trio.testing.wait_all_tasks_blocked()  # the write is in its thread, waiting
+            with trio.fail_after(2):
+                await store.ping()
+            assert not written.is_set()
+            other.execute("ROLLBACK")
+            with trio.fail_after(10):
+                await written.wait()
+    finally:
+        other.close()
+        await store.aclose()
+
+
+async def test_mongodb_a_ping_is_answered_while_every_call_thread_is_busy(
+        mongodb_url: str) -> None:
+    """Every one of the store's call threads is taken: the ping still answers at once."""
+    name = new_database_name()
+    store = await MongoStore.open(mongodb_url, name)
+    release = threading.Event()
+    try:
+        async with trio.open_nursery() as nursery:
+            for _ in range(THREADS + 1):
+                nursery.start_soon(store._run, partial(release.wait, 30))
+            await trio.testing.wait_all_tasks_blocked()
+            with trio.fail_after(10):
+                await store.ping()
+            assert not release.is_set()
+            release.set()
+    finally:
+        release.set()
+        client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(mongodb_url)
+        client.drop_database(name)
+        client.close()
         await store.aclose()

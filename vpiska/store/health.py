@@ -11,7 +11,8 @@ database leaves one ping waiting, whose late answer is the first sign it is back
 
 The deadline is kept on the loop's own time (vpiska/loop_time.py): a ping answered in time,
 whose answer a busy node (a reconnect storm) heard only after the deadline, does not make the
-store unreachable.
+store unreachable. Nor does the node's own backlog: each store pings on a thread slot (and, for
+sqlite, a connection) of its own, never queued behind the calls waiting for theirs.
 """
 
 from __future__ import annotations

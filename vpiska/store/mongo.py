@@ -143,6 +143,7 @@ class MongoStore:
         self._media = db["media"]
         self._chat = db["chat_messages"]
         self._limiter = trio.CapacityLimiter(threads)
+        self._ping_limiter = trio.CapacityLimiter(1)  # `ping` waits behind no call
 
     @classmethod
     async def open(cls, uri: str, db_name: str) -> MongoStore:
@@ -182,6 +183,10 @@ class MongoStore:
         await trio.sleep_forever()  # nothing to look after
 
     async def ping(self) -> None:
+        """The server's ping, on a thread slot of its own: it says whether MongoDB answers,
+        not how long this node's calls queue (a node busy with a reconnect storm would take
+        its own backlog for a lost store and step aside; vpiska/store/health.py). The client's
+        pool holds more connections than the calls' threads, so one is free for it."""
         def ping() -> None:
             # Bounded, unlike the other calls (pymongo's default has no socket timeout): a
             # ping sent on a connection the network then dropped without a word must fail in
@@ -189,7 +194,9 @@ class MongoStore:
             with pymongo.timeout(PING_TIMEOUT_SECONDS):
                 self._client.admin.command("ping")
 
-        await self._run(ping)
+        with _CALL_DURATION.time():
+            await trio.to_thread.run_sync(ping, limiter=self._ping_limiter,
+                                          abandon_on_cancel=True)
 
     # Users.
 
