@@ -167,14 +167,15 @@ class MongoStore:
         await store._run(partial(_create_indexes, client[db_name]))
         return store
 
-    async def _run(self, fn: Callable[[], _T]) -> _T:
+    async def _run(self, fn: Callable[[], _T],
+                   limiter: trio.CapacityLimiter | None = None) -> _T:
         # Abandoned when cancelled: a call on a connection the network froze would otherwise
         # hold its caller until the path heals, and a room fenced for want of its store
         # (vpiska/cluster/node.py) would never end. The thread goes on until the driver gives
         # up; what it writes meanwhile is fenced like any stale owner's write.
+        limiter = self._limiter if limiter is None else limiter
         with _CALL_DURATION.time():
-            return await trio.to_thread.run_sync(fn, limiter=self._limiter,
-                                                 abandon_on_cancel=True)
+            return await trio.to_thread.run_sync(fn, limiter=limiter, abandon_on_cancel=True)
 
     async def aclose(self) -> None:
         await self._run(self._client.close)
@@ -194,9 +195,7 @@ class MongoStore:
             with pymongo.timeout(PING_TIMEOUT_SECONDS):
                 self._client.admin.command("ping")
 
-        with _CALL_DURATION.time():
-            await trio.to_thread.run_sync(ping, limiter=self._ping_limiter,
-                                          abandon_on_cancel=True)
+        await self._run(ping, limiter=self._ping_limiter)
 
     # Users.
 

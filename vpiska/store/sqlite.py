@@ -185,9 +185,11 @@ class SqliteStore:
 
         return cls(await trio.to_thread.run_sync(connect), path)
 
-    async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
+    async def _run(self, fn: Callable[..., _T], *args: Any,
+                   limiter: trio.CapacityLimiter | None = None) -> _T:
+        limiter = self._limiter if limiter is None else limiter
         with _CALL_DURATION.time():
-            return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+            return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
 
     @contextmanager
     def _transaction(self, begin: str = "BEGIN") -> Iterator[None]:
@@ -204,7 +206,7 @@ class SqliteStore:
     async def aclose(self) -> None:
         await self._run(self._db.close)
         if self._ping_db is not None:
-            await trio.to_thread.run_sync(self._ping_db.close, limiter=self._ping_limiter)
+            await self._run(self._ping_db.close, limiter=self._ping_limiter)
 
     async def maintain(self, every: float = CHECKPOINT_SECONDS) -> None:
         """Copy the WAL back into the database file every `every` seconds, on a connection
@@ -239,7 +241,7 @@ class SqliteStore:
                                                 isolation_level=None)
             self._ping_db.execute("PRAGMA schema_version").fetchone()
 
-        await trio.to_thread.run_sync(ping, limiter=self._ping_limiter)
+        await self._run(ping, limiter=self._ping_limiter)
 
     # Users.
 
