@@ -147,10 +147,11 @@ def _node_id(node: Node) -> str:
 
 @contextlib.contextmanager
 def running(store_template: Path, cores: list[str],
-            mongo: mongodb.MongoServer | None = None) -> Iterator[Cluster]:
+            mongo: mongodb.MongoServer | None = None,
+            env: dict[str, str] | None = None) -> Iterator[Cluster]:
     """A Redis and one node per entry of `cores` (pinned there); all stopped on the way out.
     With `mongo`, the nodes share a database seeded from `store_template` on it and nothing
-    else; without, they share one copy of the sqlite file."""
+    else; without, they share one copy of the sqlite file. `env` goes on top of VPISKA_ENV."""
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
         data_dir = Path(tmp) / "data"
         store_env: dict[str, str] = {}
@@ -170,13 +171,13 @@ def running(store_template: Path, cores: list[str],
             for number, core in enumerate(cores):
                 port = free_port()
                 own_dir = data_dir if mongo is None else Path(tmp) / f"node-{number}-data"
-                env = dict(os.environ) | VPISKA_ENV | store_env | {
+                node_env = dict(os.environ) | VPISKA_ENV | (env or {}) | store_env | {
                     "SERVER_PORT": str(port), "DATA_DIR": str(own_dir),
                     "REDIS_URL": f"redis://127.0.0.1:{redis_port}", "LOG_LEVEL": "INFO"}
                 log_path = Path(tmp) / f"node-{number}.log"
                 with open(log_path, "wb") as log:
                     proc = subprocess.Popen(["taskset", "-c", core, sys.executable, "-m",
-                                             "vpiska"], env=env, cwd=REPO,
+                                             "vpiska"], env=node_env, cwd=REPO,
                                             stdin=subprocess.DEVNULL, stdout=log, stderr=log)
                 node = Node(port, proc, log_path, core)
                 cluster.nodes.append(node)
