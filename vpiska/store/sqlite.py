@@ -168,7 +168,6 @@ class SqliteStore:
         # The ping's own connection and thread slot (`ping`), opened by the first ping.
         self._ping_db: sqlite3.Connection | None = None
         self._ping_limiter = trio.CapacityLimiter(1)
- (sqlite store: one long-lived thread owns the connection, woken by a byte in a pipe, instead of trio.to_thread per call: a call's round trip ~150 µs instead of ~290 on one core (os.write lets go of the GIL, so the thread starts at once; a lock's release keeps it), and every chat batch pays it)
 
     @classmethod
     async def open(cls, path: str | Path) -> SqliteStore:
