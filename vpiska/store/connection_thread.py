@@ -1,16 +1,22 @@
 """The thread that owns the sqlite store's connection: every call of the store runs there, one at
 a time, in the order the calls were made.
 
-Why not `trio.to_thread.run_sync` per call, as the other stores do: a chat line waits for its
-store write, so the hand-over to a thread and back is part of every line's latency. Through
-trio's thread cache and a CapacityLimiter a round trip cost ~290 µs on one core of the bench
-machine; through this thread ~150 µs (a trivial call, 3,000 in a row, alternated). Two things make
-it cheaper. The thread lives as long as the store, so a call is a deque append and a wake-up:
-no limiter, no thread cache, no cancel machinery per call. And the wake-up is a byte written to
-a pipe: `os.write` lets go of the GIL, so the thread starts the call at once, where the release
-of a lock (trio's thread cache) keeps the GIL and the thread waits until the event loop next
-sleeps or the switch interval runs out. The result comes back as trio's own threads bring
-theirs: through the run's token, which wakes the loop.
+Why not `trio.to_thread.run_sync` per call, as the other stores do. First, throughput on a
+busy node: behind a CapacityLimiter(1), the next call could start only once the event loop
+had handed the last one's result back and woken the next caller, so a node whose loop was
+saturated (a reconnect storm: thousands of handshakes, each member's catch-up a read) made
+one store call per turn of its loop, 10-35 ms each; its rooms' chat writes waited seconds
+behind the catch-up reads, and joins waiting behind those writes timed out (1011). Here the
+thread runs the queued calls back to back, whatever the loop is doing. Second, latency: a
+chat line waits for its store write, so the hand-over to a thread and back is part of every
+line's latency. Through trio's thread cache and a CapacityLimiter a round trip cost ~290 µs on
+one core of the bench machine; through this thread ~150 µs (a trivial call, 3,000 in a row,
+alternated). The thread lives as long as the store, so a call is a deque append and a
+wake-up: no limiter, no thread cache, no cancel machinery per call. And the wake-up is a byte
+written to a pipe: `os.write` lets go of the GIL, so the thread starts the call at once, where
+the release of a lock (trio's thread cache) keeps the GIL and the thread waits until the
+event loop next sleeps or the switch interval runs out. The result comes back as trio's own
+threads bring theirs: through the run's token, which wakes the loop.
 
 Resource handling: `start` starts the thread; `aclose` lets the calls made before it finish,
 then ends the thread and closes the pipe. The thread is a daemon: a call that never returns
