@@ -1,8 +1,9 @@
 """The embedded store: one sqlite file in WAL mode, so `make run` needs no database server.
 
-sqlite serialises writers anyway, so one connection behind a one-slot CapacityLimiter is both
-the simplest correct use of its thread rules (the connection is only ever used by one thread at a
-time) and as fast as a pool for writes. `synchronous=NORMAL` in WAL mode survives a killed
+sqlite serialises writers anyway, so one connection, used by one thread of its own
+(vpiska/store/connection_thread.py), is both the simplest correct use of its thread rules and as
+fast as a pool for writes; that thread also hands a chat batch's write over and back cheaper
+than a worker thread per call. `synchronous=NORMAL` in WAL mode survives a killed
 process (the WAL is in the OS page cache); only a power cut can lose the last transactions.
 
 Fencing (vpiska/store/base.py): the claimed epoch is the column `events.epoch` (0: never
@@ -29,6 +30,7 @@ from vpiska import metrics
 from vpiska.domain import ChatMessage, Coordinates, Event, EventMedia, Media, User
 from vpiska.errors import DomainError, ErrorCode
 from vpiska.store.base import check_claim, check_epoch, clash_error
+from vpiska.store.connection_thread import ConnectionThread
 
 _T = TypeVar("_T")
 _CALL_DURATION = metrics.STORE_CALL_DURATION.labels(store="sqlite")
@@ -154,13 +156,15 @@ def _enter_wal(db: sqlite3.Connection) -> None:
 
 
 class SqliteStore:
-    """Store on one sqlite file. Resource handling: `open` creates the file and schema;
-    `aclose` closes the connection after the call in flight finishes."""
+    """Store on one sqlite file. Resource handling: `open` creates the file and schema and
+    starts the connection's thread; `aclose` closes the connection after the calls made before
+    it, and ends the thread."""
 
-    def __init__(self, connection: sqlite3.Connection, path: str | Path) -> None:
+    def __init__(self, connection: sqlite3.Connection, path: str | Path,
+                 thread: ConnectionThread) -> None:
         self._db = connection
         self._path = path
-        self._limiter = trio.CapacityLimiter(1)
+        self._thread = thread
         # The ping's own connection and thread slot (`ping`), opened by the first ping.
         self._ping_db: sqlite3.Connection | None = None
         self._ping_limiter = trio.CapacityLimiter(1)
@@ -183,12 +187,22 @@ class SqliteStore:
                 raise
             return db
 
-        return cls(await trio.to_thread.run_sync(connect), path)
+        thread = ConnectionThread("sqlite store")
+        thread.start()
+        try:
+            return cls(await thread.run(connect), path, thread)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await thread.aclose()
+            raise
 
     async def _run(self, fn: Callable[..., _T], *args: Any,
                    limiter: trio.CapacityLimiter | None = None) -> _T:
-        limiter = self._limiter if limiter is None else limiter
+        """`fn(*args)` on the connection's thread, or with `limiter` on one of trio's (the
+        ping, which must not wait behind the calls: `ping`)."""
         with _CALL_DURATION.time():
+            if limiter is None:
+                return await self._thread.run(fn, *args)
             return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
 
     @contextmanager
@@ -205,6 +219,7 @@ class SqliteStore:
 
     async def aclose(self) -> None:
         await self._run(self._db.close)
+        await self._thread.aclose()
         if self._ping_db is not None:
             await self._run(self._ping_db.close, limiter=self._ping_limiter)
 
