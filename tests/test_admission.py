@@ -25,9 +25,16 @@ from tests.helpers.server import Server, port_of
 from vpiska import metrics
 from vpiska.config import Config, ConfigError
 from vpiska.store import Store
-from vpiska.transport.admission import REFUSAL, RETRY_AFTER_SECONDS, Admission
+from vpiska.transport.admission import (
+    MAX_RETRY_AFTER_SECONDS,
+    PACE_MIN_HANDSHAKES,
+    RETRY_AFTER_SECONDS,
+    Admission,
+    refusal,
+)
 
 BOUND = 2
+REFUSAL = refusal(RETRY_AFTER_SECONDS)  # what a node with no pace to go by answers
 REFUSED = "vpiska_ws_handshakes_refused_total"
 UPGRADE = (b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n")
@@ -105,6 +112,74 @@ async def test_a_burst_of_refusals_is_two_log_lines(
     assert lines[0]["max_pending_handshakes"] == 4
     assert lines[1]["refused"] == 100
     assert lines[1]["seconds"] == 3
+
+
+def retry_after(answer: bytes) -> int:
+    head = answer.decode().lower()
+    assert head.startswith("http/1.1 503 service unavailable\r\n"), head
+    return int(head.split("retry-after: ", 1)[1].split("\r\n", 1)[0])
+
+
+async def fill(admission: Admission, pace: int) -> None:
+    """Finish `pace` handshakes over the last second (spread evenly) and leave the bound
+    full: the node's pace is `pace` a second, and it is refusing."""
+    for _ in range(pace):
+        assert admission.admit()
+        await trio.sleep(1 / pace)
+        admission.finished()
+    for _ in range(admission.limit):
+        assert admission.admit()
+
+
+async def test_with_no_pace_to_go_by_a_refused_client_is_told_the_soonest(
+    autojump_clock: trio.testing.MockClock
+) -> None:
+    admission = Admission(10)
+    await fill(admission, PACE_MIN_HANDSHAKES - 1)  # too few finished to tell a pace
+    answers = []
+    for _ in range(1000):
+        assert not admission.admit()
+        answers.append(admission.refusal())
+    assert answers == [REFUSAL] * 1000
+
+
+async def test_a_burst_of_refused_clients_is_lined_up_at_the_nodes_pace(
+    autojump_clock: trio.testing.MockClock
+) -> None:
+    admission = Admission(100)  # 100 in progress: half a second's worth at 200 a second
+    await fill(admission, 200)
+    told = []
+    for _ in range(2000):
+        assert not admission.admit()
+        told.append(retry_after(admission.refusal()))
+    assert told == sorted(told)  # first refused, first back
+    assert told[0] == 1  # behind the half second the 100 in progress take
+    assert told[-1] == 11  # half a second, then 2,000 at 200 a second
+    # No second is promised to more clients than the node finishes in one (give or take the
+    # rounding at its edges); the first is half taken by the 100 in progress.
+    assert all(told.count(second) <= 201 for second in range(1, 12))
+    assert told.count(1) <= 101
+
+
+async def test_turns_end_at_the_longest_wait_and_start_again_after_the_burst(
+    autojump_clock: trio.testing.MockClock
+) -> None:
+    admission = Admission(100)
+    await fill(admission, 100)  # 100 a second: 30 s of turns are 3,000 clients
+    told = []
+    for _ in range(4000):
+        assert not admission.admit()
+        told.append(retry_after(admission.refusal()))
+    assert max(told) == MAX_RETRY_AFTER_SECONDS
+    # 1 s for the 100 in progress, then 100 a second: the 2,800th is told 29 s, and those
+    # after it the longest wait.
+    assert abs(sum(1 for wait in told if wait < MAX_RETRY_AFTER_SECONDS) - 2800) <= 1
+    for _ in range(100):  # the burst is over, the node got through it
+        admission.finished()
+    await trio.sleep(60)
+    await fill(admission, 100)
+    assert not admission.admit()
+    assert retry_after(admission.refusal()) == 2  # behind the 100 in progress, not the burst
 
 
 @pytest.mark.parametrize(("value", "bound"), [("", 1024), ("8", 8), ("0", 0)],

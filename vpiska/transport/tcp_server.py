@@ -67,7 +67,7 @@ from hypercorn.trio.worker_context import TrioSingleTask
 from hypercorn.utils import parse_socket_addr
 
 from vpiska import metrics
-from vpiska.transport.admission import REFUSAL, Admission
+from vpiska.transport.admission import Admission
 from vpiska.transport.config import ServerConfig
 from vpiska.transport.connection_guard import GuardedTCPServer
 from vpiska.transport.direct_sink import PlainSocket
@@ -138,7 +138,8 @@ class VpiskaTCPServer(GuardedTCPServer):
             return
         admission = self._admission()
         if admission is not None and not admission.admit():
-            await self.send_raw(REFUSAL)  # the surplus of a storm: answered before anything
+            # The surplus of a storm: answered before anything.
+            await self.send_raw(admission.refusal())
             await self.close_now(linger=True)
             return
         sock = self._sock
