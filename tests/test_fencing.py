@@ -37,7 +37,7 @@ from vpiska.actors.event import EventActor
 from vpiska.actors.geo import MapIndex
 from vpiska.config import Config
 from vpiska.domain import Coordinates, Event, EventMedia, Identity, new_id, utc_now
-from vpiska.errors import DomainError, ErrorCode
+from vpiska.errors import DomainError, ErrorCode, RoomMoved
 from vpiska.store import MemoryStore, StaleEpoch, Store
 
 NODE_EPOCH = 1  # this node's lease on the event
@@ -162,9 +162,11 @@ async def test_an_update_after_a_newer_claim_ends_the_room_with_1012(
         await assert_fenced(node, caplog)
 
 
-async def test_commands_queued_behind_the_fenced_write_answer_internal_error(
+async def test_commands_queued_behind_the_fenced_write_are_refused_as_moved(
     node: Node, autojump_clock: MockClock,
 ) -> None:
+    """They were never handled, so their callers may ask the event's new owner (RoomMoved);
+    one that reaches a client anyway is the InternalError it was."""
     await node.memory.claim_event(node.event.id, NEWER_EPOCH, "node-b")
     answers: list[outcome.Outcome[object]] = []
 
@@ -178,7 +180,7 @@ async def test_commands_queued_behind_the_fenced_write_answer_internal_error(
     assert len(answers) == 3
     for answer in answers:
         assert isinstance(answer, outcome.Error)
-        assert isinstance(answer.error, DomainError)
+        assert isinstance(answer.error, RoomMoved)
         assert answer.error.codes == (ErrorCode.INTERNAL_ERROR,)
     assert node.supervisor.restarts == 0
 

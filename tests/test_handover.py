@@ -19,6 +19,7 @@ import trio.testing
 from tests.helpers.cluster_fixtures import RedisServer
 from vpiska.actors import EventSupervisor
 from vpiska.actors.commands import Update
+from vpiska.actors.rooms import ask_where_it_runs
 from vpiska.actors.geo import MapIndex
 from vpiska.cluster import protocol, redis
 from vpiska.cluster.bus import Bus
@@ -270,6 +271,93 @@ async def test_a_request_that_comes_while_the_room_hands_over_is_answered_by_the
     stored = await memory.event(event.id)
     assert stored is not None
     assert stored.address == "street 2"
+
+
+def tell_when_queued(room: Any, monkeypatch: pytest.MonkeyPatch) -> trio.Event:
+    """An event set once a command asked of `room` is in its inbox: Room.ask queues the
+    command it makes in the same step, without a checkpoint between."""
+    queued = trio.Event()
+    ask = room.ask
+
+    async def ask_and_tell(make: Callable[[Any], Any]) -> object:
+        def made(reply: Any) -> Any:
+            command = make(reply)
+            queued.set()
+            return command
+
+        return await ask(made)
+
+    monkeypatch.setattr(room, "ask", ask_and_tell)
+    return queued
+
+
+async def test_a_request_queued_behind_the_stop_is_answered_by_the_next_owner(
+    start_node: StartNode, memory: MemoryStore, nursery: trio.Nursery,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request from another node's gateway that reached the room before it took its Stop
+    is queued behind it, and refused as the room ends here: the leaving node tells the
+    gateway it is not the owner (it told InternalError, which the client saw), and the
+    gateway asks the next owner."""
+    owner = await start_node()
+    successor = await start_node()
+    event = await open_event(owner)
+    await leaving_while_writing(owner, event, "one", nursery)
+    room = owner.supervisor.room(event.id)
+    assert room is not None and not room.handing_over
+    queued = tell_when_queued(room, monkeypatch)
+    gateway = await successor.node.find(event.id)
+    assert isinstance(gateway, GatewayRoom)
+    updated = trio.Event()
+
+    async def update() -> None:
+        await gateway.ask(lambda reply: Update(event.owner_id, "street 2",
+                                               Coordinates(3.0, 4.0), reply))
+        updated.set()
+
+    nursery.start_soon(update)
+    with trio.fail_after(WAIT_SECONDS):
+        await queued.wait()  # behind the Stop
+    owner.store.open()
+    with trio.fail_after(WAIT_SECONDS):
+        await updated.wait()
+    stored = await memory.event(event.id)
+    assert stored is not None
+    assert stored.address == "street 2"
+    assert successor.supervisor.room(event.id) is not None
+
+
+async def test_a_request_to_the_leaving_node_itself_is_answered_by_the_next_owner(
+    start_node: StartNode, memory: MemoryStore, nursery: trio.Nursery,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An HTTP request on the leaving node, queued behind its room's Stop: the room refuses
+    it as moved, and the request is asked again where the event runs now."""
+    owner = await start_node()
+    successor = await start_node()
+    event = await open_event(owner)
+    await leaving_while_writing(owner, event, "one", nursery)
+    room = await owner.node.find(event.id)
+    assert room is owner.supervisor.room(event.id)
+    queued = tell_when_queued(room, monkeypatch)
+    updated = trio.Event()
+
+    async def update() -> None:
+        assert room is not None
+        await ask_where_it_runs(owner.node, room, lambda reply: Update(
+            event.owner_id, "street 2", Coordinates(3.0, 4.0), reply))
+        updated.set()
+
+    nursery.start_soon(update)
+    with trio.fail_after(WAIT_SECONDS):
+        await queued.wait()
+    owner.store.open()
+    with trio.fail_after(WAIT_SECONDS):
+        await updated.wait()
+    stored = await memory.event(event.id)
+    assert stored is not None
+    assert stored.address == "street 2"
+    assert successor.supervisor.room(event.id) is not None
 
 
 async def test_a_room_claimed_while_the_node_is_told_to_leave_is_not_started(

@@ -27,7 +27,7 @@ import logging
 
 from vpiska.accounts import Accounts
 from vpiska.actors.commands import Close, RereadChat
-from vpiska.actors.rooms import Rooms
+from vpiska.actors.rooms import Rooms, ask_where_it_runs
 from vpiska.domain import Identity
 from vpiska.errors import DomainError, ErrorCode
 from vpiska.media import MediaLibrary
@@ -66,13 +66,13 @@ class AccountDeletion:
         event_id = await self._store.open_event_of(user_id)
         if event_id is not None and (room := await self._rooms.find(event_id)) is not None:
             with contextlib.suppress(DomainError):  # EventNotFound: closed meanwhile
-                await room.ask(lambda reply: Close(user_id, reply))
+                await ask_where_it_runs(self._rooms, room, lambda reply: Close(user_id, reply))
         for touched in await self._store.anonymise_chat(user_id):
             room = await self._rooms.find(touched)
             if room is None:  # closed: nothing keeps its chat but the store
                 continue
             try:
-                await room.ask(RereadChat)
+                await ask_where_it_runs(self._rooms, room, RereadChat)
             except DomainError as refusal:
                 if ErrorCode.EVENT_NOT_FOUND not in refusal.codes:
                     raise

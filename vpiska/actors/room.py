@@ -42,7 +42,7 @@ from vpiska.actors.member import CloseCode, Member, OutboxClosed, OutboxFull
 from vpiska.actors.presence import LIST_PREFIX, Presence, present_users, users_text
 from vpiska.actors.view import Mirror
 from vpiska.domain import Identity
-from vpiska.errors import DomainError, ErrorCode
+from vpiska.errors import DomainError, ErrorCode, RoomMoved
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,9 @@ class Room:
         # The actor has taken a Stop(hand_over): it writes what was queued and ends, and takes
         # no chat line from another node any more (the node sends those on to the next owner).
         self.handing_over = False
+        # Another node serves the event now (handed over, or fenced): what the room refuses
+        # from then on, it never handled, and may be asked again where the event runs.
+        self.moved = False
         self.epoch = epoch  # the fencing epoch of this node's lease; None on a single node
         self.claimant = claimant  # who claimed `epoch` in the store: this node, this activation
         self.publisher = publisher
@@ -130,9 +133,10 @@ class Room:
     async def ask(self, make: Callable[[Reply], Command]) -> object:
         """Send the command `make(reply)` and return its answer, or raise its DomainError.
 
-        Error handling: EventNotFound once the event has closed; InternalError (logged with
-        the cause) when the room has failed, crashed while handling this command, or did
-        not answer within the reply deadline. It never waits longer than that deadline.
+        Error handling: EventNotFound once the event has closed; RoomMoved when another node
+        took the event before the room handled the command; InternalError (logged with the
+        cause) when the room has failed, crashed while handling this command, or did not
+        answer within the reply deadline. It never waits longer than that deadline.
         """
         reply, answer = trio.open_memory_channel[outcome.Outcome[object]](1)
         try:
@@ -169,7 +173,10 @@ class Room:
             self._internal("the event's room did not answer in time")
 
     def _ended(self) -> NoReturn:
-        """The room's inbox is closed: it failed (InternalError), or its event closed."""
+        """The room's inbox is closed: the event moved to another node (RoomMoved), the room
+        failed (InternalError), or its event closed."""
+        if self.moved:
+            raise RoomMoved from None
         if self.failed:
             self._internal("the event's room has failed")
         raise DomainError(ErrorCode.EVENT_NOT_FOUND) from None
@@ -421,24 +428,27 @@ class Room:
         self.shut(CloseCode.INTERNAL_ERROR)
 
     def shut_fenced(self) -> None:
-        """End the room as fenced (a newer owner has the event): its callers get
-        InternalError, this node's sockets 1012; the other nodes' stay, for the new owner."""
+        """End the room as fenced (a newer owner has the event): its callers get RoomMoved,
+        this node's sockets 1012; the other nodes' stay, for the new owner."""
         self.failed = True
+        self.moved = True
         self.publisher = None
         self.shut(CloseCode.SERVICE_RESTART)
 
-    @staticmethod
-    def refuse(command: Command, code: CloseCode) -> None:
+    def refuse(self, command: Command, code: CloseCode) -> None:
         """Answer `command` as a room that ends with `code` does: a joining socket is closed
-        with it, an asker told the event is closed (NORMAL) or the room is gone."""
+        with it, an asker told the event is closed (NORMAL), that it moved to another node
+        (SERVICE_RESTART, or any code once `moved`), or that the room is gone."""
+        moved = self.moved or code is CloseCode.SERVICE_RESTART
         if isinstance(command, Join):
-            command.member.outbox.finish(code)
+            command.member.outbox.finish(CloseCode.SERVICE_RESTART if moved else code)
         reply = getattr(command, "reply", None)
         if reply is not None:
             # An answer, not a closed channel (which the asker would take for a crash): a
             # closed event is what later asks get too; otherwise the room is gone.
-            refusal = DomainError(ErrorCode.EVENT_NOT_FOUND if code is CloseCode.NORMAL
-                                  else ErrorCode.INTERNAL_ERROR)
+            refusal = (RoomMoved() if moved else DomainError(
+                ErrorCode.EVENT_NOT_FOUND if code is CloseCode.NORMAL
+                else ErrorCode.INTERNAL_ERROR))
             with contextlib.suppress(trio.BrokenResourceError):  # the caller gave up
                 reply.send_nowait(outcome.Error(refusal))
             reply.close()
@@ -453,6 +463,7 @@ class Room:
     def hand_over(self, code: CloseCode) -> None:
         """Close this node's sockets with `code`; the other nodes keep theirs for the next
         owner."""
+        self.moved = True
         self._finish_local(code)
         if self.publisher is not None:
             self.publisher.handover(self, self._next_seq())

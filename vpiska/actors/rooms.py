@@ -14,7 +14,14 @@ from vpiska.actors.commands import Command, Reply
 from vpiska.actors.geo import Spot
 from vpiska.actors.member import Member
 from vpiska.domain import Coordinates, Event
+from vpiska.errors import DomainError, ErrorCode, RoomMoved
 from vpiska.metrics import LiveStats
+
+# How many times a command is asked in all when the room refuses it as moved
+# (`ask_where_it_runs`): the room that refused it may be the one `find` gives until it has ended
+# here, and the event's next node serves the third; a fourth would need a second move within
+# one request.
+MOVED_ASKS = 3
 
 
 class RoomHandle(Protocol):
@@ -66,3 +73,21 @@ class Rooms(Protocol):
 
     def live_stats(self) -> LiveStats:
         """This node's rooms and sockets, for GET /metrics."""
+
+
+async def ask_where_it_runs(rooms: Rooms, room: RoomHandle,
+                            make: Callable[[Reply], Command]) -> object:
+    """`room.ask(make)`, asked again of the room `rooms` finds now when the room refused the
+    command as moved to another node (RoomMoved: handed over, or fenced, before it handled the
+    command): a request that came during a deploy is served where the event went.
+
+    Error handling: as RoomHandle.ask; EventNotFound if the event closed meanwhile."""
+    for _ in range(MOVED_ASKS - 1):
+        try:
+            return await room.ask(make)
+        except RoomMoved:
+            found = await rooms.find(room.event_id)
+            if found is None:
+                raise DomainError(ErrorCode.EVENT_NOT_FOUND) from None
+            room = found
+    return await room.ask(make)

@@ -61,7 +61,7 @@ from vpiska.cluster.rpc import Rpc
 from vpiska.cluster.trouble import Trouble
 from vpiska.cluster.views import view_value
 from vpiska.domain import Coordinates, EventMedia, Identity, is_id, is_text
-from vpiska.errors import DomainError
+from vpiska.errors import DomainError, RoomMoved
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +216,8 @@ class OwnerLink:
             else:
                 try:
                     answer = Answer(request.id, "ok", await self._ask(room, request))
+                except RoomMoved:  # queued behind the hand-over, or the room was fenced
+                    answer = Answer(request.id, "not_owner", None)
                 except DomainError as refusal:
                     answer = Answer(request.id, "refused", [str(code) for code in refusal.codes])
                 except ValueError as error:

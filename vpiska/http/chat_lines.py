@@ -15,7 +15,7 @@ from quart import Blueprint
 from vpiska import wire
 from vpiska.accounts import Accounts
 from vpiska.actors.commands import RemoveChat
-from vpiska.actors.rooms import Rooms
+from vpiska.actors.rooms import Rooms, ask_where_it_runs
 from vpiska.config import Config
 from vpiska.errors import DomainError, ErrorCode
 from vpiska.http.auth import caller
@@ -46,7 +46,8 @@ def add_chat_routes(routes: Blueprint, config: Config, accounts: Accounts, rooms
         if room is None:
             raise DomainError(ErrorCode.EVENT_NOT_FOUND)
         assert isinstance(seq, int)
-        await room.ask(lambda reply: RemoveChat(identity.user_id, seq, reply))
+        await ask_where_it_runs(rooms, room,
+                                lambda reply: RemoveChat(identity.user_id, seq, reply))
         return success(None)
 
 

@@ -15,7 +15,7 @@ from vpiska.accounts import Accounts
 from vpiska.actors import EventView
 from vpiska.actors.commands import AddMedia, Close, Members, RemoveMedia, Snapshot, Update
 from vpiska.actors.presence import users_text
-from vpiska.actors.rooms import RoomHandle, Rooms
+from vpiska.actors.rooms import RoomHandle, Rooms, ask_where_it_runs
 from vpiska.config import Config
 from vpiska.domain import EventMedia
 from vpiska.errors import DomainError, ErrorCode
@@ -68,7 +68,7 @@ def events_routes(config: Config, accounts: Accounts, rooms: Rooms, store: Store
     async def members() -> Any:
         event_id = text(await body(), "eventId")
         require(id_codes(event_id))
-        present = await (await room_of(event_id)).ask(Members)
+        present = await ask_where_it_runs(rooms, await room_of(event_id), Members)
         assert isinstance(present, list)
         return success_text(users_text(present))
 
@@ -81,7 +81,8 @@ def events_routes(config: Config, accounts: Accounts, rooms: Rooms, store: Store
                 (where is None, ErrorCode.COORDINATES_IS_EMPTY))
         assert where is not None
         room = await room_of(event_id)
-        await room.ask(lambda reply: Update(identity.user_id, address, where, reply))
+        await ask_where_it_runs(
+            rooms, room, lambda reply: Update(identity.user_id, address, where, reply))
         return success(None)
 
     @routes.post("/close")
@@ -89,7 +90,8 @@ def events_routes(config: Config, accounts: Accounts, rooms: Rooms, store: Store
         identity = await caller(accounts)
         event_id = text(await body(), "eventId")
         require(id_codes(event_id))
-        await (await room_of(event_id)).ask(lambda reply: Close(identity.user_id, reply))
+        await ask_where_it_runs(rooms, await room_of(event_id),
+                                lambda reply: Close(identity.user_id, reply))
         return success(None)
 
     @routes.post("/media/add")
@@ -103,7 +105,8 @@ def events_routes(config: Config, accounts: Accounts, rooms: Rooms, store: Store
                 raise DomainError(ErrorCode.USER_IS_NOT_OWNER)
             stored = await media.add(form.file())
         attached = EventMedia(stored.id, stored.content_type)
-        await room.ask(lambda reply: AddMedia(identity.user_id, attached, reply))
+        await ask_where_it_runs(
+            rooms, room, lambda reply: AddMedia(identity.user_id, attached, reply))
         return success(None)
 
     @routes.post("/media/remove")
@@ -117,7 +120,8 @@ def events_routes(config: Config, accounts: Accounts, rooms: Rooms, store: Store
         # (MediaLibrary.discard). Shielded, both bounded by the room's reply deadline: once
         # asked, the room may detach it whether or not the client waits for the answer.
         with trio.CancelScope(shield=True):
-            await room.ask(lambda reply: RemoveMedia(identity.user_id, media_id, reply))
+            await ask_where_it_runs(
+                rooms, room, lambda reply: RemoveMedia(identity.user_id, media_id, reply))
             await media.discard(media_id)
         return success(None)
 
@@ -138,7 +142,7 @@ def event_getter(rooms: Rooms, store: Store) -> JsonHandler:
         room = await rooms.find(event_id)
         if room is None:
             raise DomainError(ErrorCode.EVENT_NOT_FOUND)
-        view = await room.ask(Snapshot)
+        view = await ask_where_it_runs(rooms, room, Snapshot)
         assert isinstance(view, EventView)
         if view.chat is not None:  # the actor holds the chat: no store call at all
             return success_text_body(event_text(view.event, view.users_count, view.chat))

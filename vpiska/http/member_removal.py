@@ -13,7 +13,7 @@ from quart import Blueprint
 
 from vpiska.accounts import Accounts
 from vpiska.actors.commands import RemoveMember
-from vpiska.actors.rooms import Rooms
+from vpiska.actors.rooms import Rooms, ask_where_it_runs
 from vpiska.config import Config
 from vpiska.errors import DomainError, ErrorCode
 from vpiska.http.auth import caller
@@ -36,7 +36,9 @@ def member_removal_routes(config: Config, accounts: Accounts, rooms: Rooms) -> B
         room = await rooms.find(event_id)
         if room is None:
             raise DomainError(ErrorCode.EVENT_NOT_FOUND)
-        await room.ask(lambda reply: RemoveMember(identity.user_id, user_id, ban is True, reply))
+        await ask_where_it_runs(
+            rooms, room,
+            lambda reply: RemoveMember(identity.user_id, user_id, ban is True, reply))
         return success(None)
 
     return routes
