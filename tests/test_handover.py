@@ -19,8 +19,8 @@ import trio.testing
 from tests.helpers.cluster_fixtures import RedisServer
 from vpiska.actors import EventSupervisor
 from vpiska.actors.commands import Update
-from vpiska.actors.rooms import ask_where_it_runs
 from vpiska.actors.geo import MapIndex
+from vpiska.actors.rooms import ask_where_it_runs
 from vpiska.cluster import protocol, redis
 from vpiska.cluster.bus import Bus
 from vpiska.cluster.gateway import GatewayRoom
@@ -304,7 +304,8 @@ async def test_a_request_queued_behind_the_stop_is_answered_by_the_next_owner(
     event = await open_event(owner)
     await leaving_while_writing(owner, event, "one", nursery)
     room = owner.supervisor.room(event.id)
-    assert room is not None and not room.handing_over
+    assert room is not None
+    assert not room.handing_over
     queued = tell_when_queued(room, monkeypatch)
     gateway = await successor.node.find(event.id)
     assert isinstance(gateway, GatewayRoom)
