@@ -6,7 +6,9 @@
   one transaction. Figure: lines persisted per second, and the mean lines per write. Beside
   them, the process's CPU time per line (event loop and store thread): the waits of the
   thread hand-overs and for a core are not in it, so on a shared machine it moves less than
-  lines per second with what else runs (cold caches after a switch still show in it).
+  lines per second with what else runs (cold caches after a switch still show in it). Each
+  figure twice, alternately: on the server core alone (as `make bench` runs every server) and
+  free to use both cores (docs/chat-lines.md, "One core or two").
 - Accounts: sign-ups and logins per second through HTTP against `python -m vpiska`, argon2id
   included, with 8 requests in flight (httpx).
 
@@ -16,6 +18,7 @@ Run: `make bench` (after the peer comparison) or `python -m bench.persist [--qui
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import socket
 import statistics
@@ -23,13 +26,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 import trio
 
+from bench.servers import SERVER_CORE
 from vpiska.actors.commands import Chat, Join
 from vpiska.actors.frames import Frame
 from vpiska.actors.member import CloseCode, Member
@@ -177,16 +181,38 @@ async def accounts_per_second(seconds: float) -> tuple[float, float]:
             await server.wait()
 
 
+@contextlib.contextmanager
+def on_cores(cores: set[int] | None) -> Iterator[None]:
+    """This thread, and the threads it starts meanwhile (the store's), on `cores` (all the
+    process may use if None); as before afterwards."""
+    before = os.sched_getaffinity(0)
+    if cores is not None:
+        os.sched_setaffinity(0, cores)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 async def main(quick: bool) -> str:
     seconds = 2.0 if quick else 5.0
     rounds = 1 if quick else 3
     rows = []
     for senders in (1, 10, 100):
-        runs = [await chat_lines_per_second(senders, seconds) for _ in range(rounds)]
-        rate = statistics.median(r[0] for r in runs)
-        batch = statistics.median(r[1] for r in runs)
-        cpu = statistics.median(r[2] for r in runs)
-        rows.append(f"| {senders} | {rate:,.0f} | {batch:.1f} | {cpu * 1e6:.1f} |")
+        # Alternately on the server core alone (as `make bench` runs every server) and free to
+        # use both cores, so that a shared machine's drift falls on both columns alike.
+        runs: dict[bool, list[tuple[float, float, float]]] = {True: [], False: []}
+        for _ in range(rounds):
+            for pinned in (True, False):
+                with on_cores({int(SERVER_CORE)} if pinned else None):
+                    runs[pinned].append(await chat_lines_per_second(senders, seconds))
+        one, both = runs[True], runs[False]
+        cells = [f"{statistics.median(r[0] for r in one):,.0f}",
+                 f"{statistics.median(r[0] for r in both):,.0f}",
+                 f"{statistics.median(r[1] for r in one + both):.1f}",
+                 f"{statistics.median(r[2] for r in one) * 1e6:.1f}",
+                 f"{statistics.median(r[2] for r in both) * 1e6:.1f}"]
+        rows.append(f"| {senders} | {' | '.join(cells)} |")
     # A shared machine's other work shows in these figures (the store's thread and the event
     # loop wait for a core at every hand-over): said next to them, so runs can be compared.
     load = os.getloadavg()[0]
@@ -200,11 +226,15 @@ async def main(quick: bool) -> str:
         f"`python -m bench.persist` ({'quick' if quick else 'full'}: medians of {rounds}, "
         f"{seconds:.0f} s each). Chat: senders in one event, each waiting for its own line to "
         "be broadcast (so stored) before sending the next, through the EventActor and a sqlite "
-        "file; one observer member receives the lines. Load average (1 min) after them: "
+        "file; one observer member receives the lines. Each figure twice, alternately: with "
+        f"the process on core {SERVER_CORE} alone, as every server in `make bench` runs, and "
+        "free to use both cores, where each hand-over to the store's thread and back may cross "
+        "cores (docs/chat-lines.md). Load average (1 min) after them: "
         f"{load:.1f}.",
         "",
-        "| senders | lines persisted/s | lines per store write | process CPU µs per line |",
-        "|---|---|---|---|",
+        "| senders | lines persisted/s, 1 core | lines persisted/s, 2 cores "
+        "| lines per store write | process CPU µs per line, 1 core | same, 2 cores |",
+        "|---|---|---|---|---|---|",
         *rows,
         "",
         "Accounts through HTTP, 8 requests in flight, argon2id (m=12 MiB, t=3, p=1) included: "
