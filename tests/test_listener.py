@@ -1,0 +1,117 @@
+"""The transport's listener takes what the kernel has ready in one turn of the loop
+(vpiska/transport/listener.py), on a real listening socket on 127.0.0.1."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+
+import pytest
+import trio
+import trio.testing
+
+from vpiska.transport.listener import ACCEPT_BATCH, BatchingListener
+
+WAIT_SECONDS = 10
+# struct tcp_info (linux/tcp.h): eight one-byte fields, then u32 rto, ato, snd_mss, rcv_mss,
+# unacked. For a listening socket `tcpi_unacked` is its accept queue's length.
+_TCP_INFO_UNACKED = 8 + 4 * 4
+
+
+def accept_queue(listening: socket.socket) -> int:
+    info = listening.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    return int(struct.unpack_from("I", info, _TCP_INFO_UNACKED)[0])
+
+
+@asynccontextmanager
+async def listening() -> AsyncIterator[tuple[BatchingListener, socket.socket]]:
+    """A BatchingListener on a fresh port, and the stdlib socket it listens on."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(256)
+    listener = BatchingListener(trio.socket.from_stdlib_socket(sock))
+    try:
+        yield listener, sock
+    finally:
+        await listener.aclose()
+
+
+@contextmanager
+def clients(listening: socket.socket, count: int) -> Iterator[list[socket.socket]]:
+    """`count` connections to `listening`, each complete in the kernel's accept queue."""
+    made = []
+    try:
+        for _ in range(count):
+            client = socket.create_connection(listening.getsockname())
+            made.append(client)
+        yield made
+    finally:
+        for client in made:
+            client.close()
+
+
+async def queued(listening: socket.socket, count: int) -> None:
+    """Until the kernel holds `count` connections for the listener to accept (a loopback
+    connect completes them before it returns; this makes sure, as the kernel has no event to
+    wait on)."""
+    with trio.fail_after(WAIT_SECONDS):
+        while accept_queue(listening) < count:  # noqa: ASYNC110
+            await trio.sleep(0.01)
+
+
+def peer_port(stream: trio.SocketStream) -> int:
+    return int(stream.socket.getpeername()[1])
+
+
+async def test_the_connections_ready_behind_the_first_are_handed_out_in_the_same_turn() -> None:
+    async with listening() as (listener, sock):
+        with clients(sock, 10) as made:
+            await queued(sock, 10)
+            streams = [await listener.accept()]
+            with trio.testing.assert_no_checkpoints():
+                streams += [await listener.accept() for _ in range(9)]
+            assert sorted(map(peer_port, streams)) == sorted(c.getsockname()[1] for c in made)
+            for stream in streams:
+                await stream.aclose()
+
+
+async def test_a_turn_takes_at_most_the_batch_then_the_next_accept_waits_its_turn() -> None:
+    async with listening() as (listener, sock):
+        with clients(sock, ACCEPT_BATCH + 3):
+            await queued(sock, ACCEPT_BATCH + 3)
+            streams = [await listener.accept()]
+            with trio.testing.assert_no_checkpoints():
+                streams += [await listener.accept() for _ in range(ACCEPT_BATCH)]
+            with trio.testing.assert_checkpoints():
+                streams.append(await listener.accept())  # a turn of its own, and the rest
+            with trio.testing.assert_no_checkpoints():
+                streams.append(await listener.accept())
+            assert len({peer_port(stream) for stream in streams}) == ACCEPT_BATCH + 3
+            for stream in streams:
+                await stream.aclose()
+
+
+async def test_closing_the_listener_closes_what_it_took_and_did_not_hand_out() -> None:
+    async with listening() as (listener, sock):
+        with clients(sock, 3) as made:
+            await queued(sock, 3)
+            handed = await listener.accept()
+            await listener.aclose()
+            taken = [c for c in made if c.getsockname()[1] != peer_port(handed)]
+            for client in taken:  # their end, not a wait for bytes that never come
+                client.settimeout(WAIT_SECONDS)
+                assert client.recv(1) == b""
+            kept = next(c for c in made if c.getsockname()[1] == peer_port(handed))
+            await handed.send_all(b"x")  # the one handed out is its holder's to close
+            kept.settimeout(WAIT_SECONDS)
+            assert kept.recv(1) == b"x"
+            await handed.aclose()
+
+
+async def test_an_accept_on_a_closed_listener_says_so() -> None:
+    async with listening() as (listener, _):
+        await listener.aclose()
+        with pytest.raises(trio.ClosedResourceError):
+            await listener.accept()
