@@ -7,8 +7,8 @@ forty-nine, and every turn paid the loop's own costs (an epoll wait, the run que
 single accept. This one, having waited for a connection as trio's does, takes up to
 ACCEPT_BATCH more that are already complete, without waiting, and hands them out at once: what
 libuv (Node) does, accepting until the kernel has none. Measured with `bench.compare`'s
-handshake step (5,000 WebSockets into one room, 50 in flight; docs/transport.md, "Accepting"):
-~1.45× the handshakes per second.
+handshake step (5,000 WebSockets into one room, 50 in flight): 1.21× the handshakes per second
+(docs/transport.md, "Costs it takes out").
 
 The batch is bounded so that one turn never starts an unbounded crowd: admission
 (admission.py) still refuses each connection past its limits, as it did one at a time.
