@@ -11,7 +11,9 @@ import trio
 from tests.helpers.clients import Crowd, host_event, token_for, wait_for_sockets
 from tests.helpers.raw_ws import RawMember, RawSocket, resource
 from tests.helpers.server import EVERY_WEBSOCKET_PATH, Server, port_of, stock_hypercorn_fails
+from vpiska.actors import Member, Room
 from vpiska.domain import new_id
+from vpiska.errors import RoomMoved
 
 
 @EVERY_WEBSOCKET_PATH
@@ -250,3 +252,25 @@ async def test_many_clients_failing_at_once_do_not_stop_the_server(server: Serve
     async with raw.stream:  # the server still serves, and the room counts only the newcomer
         state = await raw.next_text()
         assert json.loads(state.split("/", 1)[1])["usersCount"] == 1
+
+
+@EVERY_WEBSOCKET_PATH
+async def test_a_socket_whose_room_moved_before_it_joined_is_told_to_reconnect(
+    server: Server, crowd: Crowd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The room it found ended here as it joined (handed over, or fenced, in a cluster): the
+    event is served elsewhere, so the socket closes with 1012 (reconnect), not 1000 (as for a
+    closed event) nor 1011."""
+    _, event_id = await host_event(server)
+    _, token = await token_for(server)
+
+    async def moved(self: Room, member: Member) -> None:
+        raise RoomMoved
+
+    monkeypatch.setattr(Room, "enter", moved)
+    raw = await RawSocket.connect(port_of(server), resource(server, token, event_id))
+    async with raw.stream:
+        with trio.fail_after(10):
+            assert await raw.close_code() == 1012
+    monkeypatch.undo()
+    await crowd.join(token, event_id)  # the room itself goes on

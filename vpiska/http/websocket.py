@@ -33,7 +33,7 @@ from vpiska.actors.commands import Chat, Join, Joined
 from vpiska.actors.rooms import RoomHandle, Rooms
 from vpiska.config import Config
 from vpiska.domain import Identity
-from vpiska.errors import DomainError, ErrorCode
+from vpiska.errors import DomainError, ErrorCode, RoomMoved
 from vpiska.http.auth import bearer_token
 from vpiska.http.body import id_codes
 from vpiska.http.outbox import MAX_WRITE_BATCH, Item, OutboxState, SocketOutbox
@@ -210,9 +210,11 @@ class EventSession:
                     self._start()
                     await self._read()
                     nursery.cancel_scope.cancel()
-        except DomainError as refusal:  # closed, failed or stopped before the join
+        except DomainError as refusal:  # closed, failed, stopped or moved before the join
             if outbox.state is OutboxState.FINISHING:  # the room ended with its Join queued
                 self._close_code = outbox.close_code
+            elif isinstance(refusal, RoomMoved):  # served elsewhere now: reconnect
+                self._close_code = CloseCode.SERVICE_RESTART
             elif ErrorCode.INTERNAL_ERROR in refusal.codes:
                 self._close_code = CloseCode.INTERNAL_ERROR
             else:
