@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import socket
 import struct
+import types
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from typing import Any
 
 import pytest
 import trio
@@ -89,6 +91,31 @@ async def test_a_turn_takes_at_most_the_batch_then_the_next_accept_waits_its_tur
             with trio.testing.assert_no_checkpoints():
                 streams.append(await listener.accept())
             assert len({peer_port(stream) for stream in streams}) == ACCEPT_BATCH + 3
+            for stream in streams:
+                await stream.aclose()
+
+
+async def test_a_busy_loop_takes_fewer_a_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A turn is filled up to ACCEPT_BATCH tasks: with `busy` ready to run already, it takes
+    the connection waited for and ACCEPT_BATCH - busy more; with ACCEPT_BATCH ready, only the
+    one, as trio's listener does. (The loop's statistics are made up: which tasks are ready
+    at a given instant is the scheduler's to decide.)"""
+    busy = ACCEPT_BATCH - 4
+
+    def loaded() -> Any:
+        return types.SimpleNamespace(tasks_runnable=busy)
+
+    monkeypatch.setattr(trio.lowlevel, "current_statistics", loaded)
+    async with listening() as (listener, sock):
+        with clients(sock, 10):
+            await queued(sock, 10)
+            streams = [await listener.accept()]
+            with trio.testing.assert_no_checkpoints():
+                streams += [await listener.accept() for _ in range(4)]
+            busy = ACCEPT_BATCH
+            for _ in range(5):
+                with trio.testing.assert_checkpoints():
+                    streams.append(await listener.accept())
             for stream in streams:
                 await stream.aclose()
 

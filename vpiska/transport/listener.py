@@ -1,17 +1,17 @@
-"""A listener that takes every connection the kernel has ready in one turn of the loop.
+"""A listener that takes the connections the kernel has ready in one turn of a loop not busy.
 
 trio's SocketListener ends each `accept` with a checkpoint, so trio's accept loop
 (`serve_listeners`, which hypercorn's worker runs) takes one connection per turn of the event
 loop: with fifty handshakes in flight, each new connection waited for a whole turn of the other
 forty-nine, and every turn paid the loop's own costs (an epoll wait, the run queue) for a
-single accept. This one, having waited for a connection as trio's does, takes up to
-ACCEPT_BATCH more that are already complete, without waiting, and hands them out at once: what
-libuv (Node) does, accepting until the kernel has none. Measured with `bench.compare`'s
-handshake step (5,000 WebSockets into one room, 50 in flight): 1.21× the handshakes per second
-(docs/transport.md, "Costs it takes out").
-
-The batch is bounded so that one turn never starts an unbounded crowd: admission
-(admission.py) still refuses each connection past its limits, as it did one at a time.
+single accept. This one, having waited for a connection as trio's does, takes more that are
+already complete, without waiting, and hands them out at once, as libuv (Node) accepts until
+the kernel has none: as many as fill the turn up to ACCEPT_BATCH ready tasks. A loop that has
+that many ready already is busy (a storm's handshakes, a room's fan-out) and takes one
+connection a turn, as before: taking a crowd in faster than the loop finishes handshakes only
+made every turn longer, until a node sharing its core with clients answered Redis too late to
+keep its leases (a storm's join phase, measured). Measured with `bench.compare`'s handshake
+step (5,000 WebSockets into one room, 50 in flight; docs/transport.md, "Costs it takes out").
 """
 
 from __future__ import annotations
@@ -23,15 +23,14 @@ from typing import Any
 
 import trio
 
-# Connections taken in one turn beyond the one waited for: enough for a storm's arrivals to
-# be taken within a few turns, few enough that one turn's handshake starts stay short.
+# A turn takes connections until this many tasks are ready to run (the one waited for always).
 ACCEPT_BATCH = 64
 
 
 class BatchingListener(trio.abc.Listener[trio.SocketStream]):
-    """trio's SocketListener on `socket`, taking the connections ready behind each one it
-    waited for (`accept` returns those at once, without a checkpoint: the caller's loop goes
-    on in the same turn)."""
+    """trio's SocketListener on `socket`, taking connections ready behind each one it waited
+    for while the loop is not busy (`accept` returns those at once, without a checkpoint: the
+    caller's loop goes on in the same turn)."""
 
     def __init__(self, socket: trio.socket.SocketType) -> None:
         self._listener = trio.SocketListener(socket)
@@ -52,7 +51,10 @@ class BatchingListener(trio.abc.Listener[trio.SocketStream]):
     def _take_ready(self) -> None:
         if self._raw is None:
             return
-        while len(self._ready) < ACCEPT_BATCH:
+        # A turn is filled up to ACCEPT_BATCH tasks: a loop with that many ready already is
+        # busy, and takes one connection a turn, as trio's listener does, which paces a crowd.
+        room = ACCEPT_BATCH - trio.lowlevel.current_statistics().tasks_runnable
+        while len(self._ready) < room:
             try:
                 sock, _ = self._raw.accept()
             except OSError:
