@@ -1113,9 +1113,14 @@ static int run_storm(void) {
 
     long missed = 0, missed_max = 0, dups = 0, not_back = 0, not_open = 0;
     long b_missed = 0, b_dups = 0, b_disconnected = 0;
+    /* The first members whose socket is open but short of its room's last line: a loss at
+       the end, which no gap shows. */
+    long tails[GAPS_KEPT]; int n_tails = 0;
     for (long i = 0; i < a_members + b_members; i++) {
         member_t *m = &members[i];
-        long lost = m->gaps + (m->state == S_OPEN ? rooms[m->room].max_seq - m->last_seq : 0);
+        long tail = m->state == S_OPEN ? rooms[m->room].max_seq - m->last_seq : 0;
+        long lost = m->gaps + tail;
+        if (tail > 0 && n_tails < GAPS_KEPT) tails[n_tails++] = i;
         if (m->group == G_B) {
             b_missed += lost;
             b_dups += m->dups;
@@ -1166,6 +1171,16 @@ static int run_storm(void) {
                "\"ms_after_socket_opened\": %.1f}", g ? ", " : "", k->member,
                event_ids[members[k->member].room], k->after, k->got, k->since,
                storm_ns ? (k->at_ns - storm_ns) / 1e6 : -1.0, (k->at_ns - k->open_ns) / 1e6);
+    }
+    printf("], \"first_tails\": [");
+    int64_t end_ns = now_ns();
+    for (int t = 0; t < n_tails; t++) {
+        member_t *m = &members[tails[t]];
+        printf("%s{\"member\": %ld, \"group\": \"%s\", \"event_id\": \"%s\", "
+               "\"last_seq\": %ld, \"room_max_seq\": %ld, \"back\": %d, "
+               "\"ms_since_socket_opened\": %.1f}", t ? ", " : "", tails[t],
+               m->group == G_B ? "B" : "A", event_ids[m->room], m->last_seq,
+               rooms[m->room].max_seq, m->back, (end_ns - m->opened_ns) / 1e6);
     }
     printf("]}\n");
     close_all();
