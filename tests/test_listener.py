@@ -15,6 +15,7 @@ import trio
 import trio.testing
 
 from vpiska.transport.listener import ACCEPT_BATCH, BatchingListener
+from vpiska.transport.worker_context import VpiskaWorkerContext
 
 WAIT_SECONDS = 10
 # struct tcp_info (linux/tcp.h): eight one-byte fields, then u32 rto, ato, snd_mss, rcv_mss,
@@ -113,6 +114,28 @@ async def test_a_busy_loop_takes_fewer_a_turn(monkeypatch: pytest.MonkeyPatch) -
             with trio.testing.assert_no_checkpoints():
                 streams += [await listener.accept() for _ in range(4)]
             busy = ACCEPT_BATCH
+            for _ in range(5):
+                with trio.testing.assert_checkpoints():
+                    streams.append(await listener.accept())
+            for stream in streams:
+                await stream.aclose()
+
+
+async def test_a_worker_with_handshakes_in_progress_takes_fewer_a_turn() -> None:
+    """The same with handshakes in progress on the listener's worker (admission.py): a crowd
+    taken in faster than its handshakes finish is paced one connection a turn."""
+    worker = VpiskaWorkerContext(None)  # the worker of this task, as in hypercorn's worker
+    admission = worker.admission(1024)
+    for _ in range(ACCEPT_BATCH - 4):
+        assert admission.admit()
+    async with listening() as (listener, sock):
+        with clients(sock, 10):
+            await queued(sock, 10)
+            streams = [await listener.accept()]
+            with trio.testing.assert_no_checkpoints():
+                streams += [await listener.accept() for _ in range(4)]
+            for _ in range(4):
+                assert admission.admit()
             for _ in range(5):
                 with trio.testing.assert_checkpoints():
                     streams.append(await listener.accept())

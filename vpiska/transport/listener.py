@@ -6,12 +6,13 @@ loop: with fifty handshakes in flight, each new connection waited for a whole tu
 forty-nine, and every turn paid the loop's own costs (an epoll wait, the run queue) for a
 single accept. This one, having waited for a connection as trio's does, takes more that are
 already complete, without waiting, and hands them out at once, as libuv (Node) accepts until
-the kernel has none: as many as fill the turn up to ACCEPT_BATCH ready tasks. A loop that has
-that many ready already is busy (a storm's handshakes, a room's fan-out) and takes one
-connection a turn, as before: taking a crowd in faster than the loop finishes handshakes only
-made every turn longer, until a node sharing its core with clients answered Redis too late to
-keep its leases (a storm's join phase, measured). Measured with `bench.compare`'s handshake
-step (5,000 WebSockets into one room, 50 in flight; docs/transport.md, "Costs it takes out").
+the kernel has none: as many as fill the turn up to ACCEPT_BATCH tasks ready to run and
+handshakes in progress. A loop with that many of either is busy and takes one connection a
+turn, as before, which paced a crowd: with a fixed batch, node A of `bench.storm` (on the
+client's core) took 10,000 members in faster than its rooms took their joins, ran 1,024
+handshakes at once, answered Redis too late to keep its leases and lost half of its members
+before the storm began. Measured with `bench.compare`'s handshake step (5,000 WebSockets into
+one room, 50 in flight; docs/transport.md, "Costs it takes out").
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import types
 from typing import Any
 
 import trio
+
+from vpiska.transport.worker_context import current_worker
 
 # A turn takes connections until this many tasks are ready to run (the one waited for always).
 ACCEPT_BATCH = 64
@@ -40,6 +43,7 @@ class BatchingListener(trio.abc.Listener[trio.SocketStream]):
         raw = getattr(socket, "_sock", None)
         self._raw = raw if isinstance(raw, stdlib_socket.socket) else None
         self._ready: collections.deque[trio.SocketStream] = collections.deque()
+        self._worker = current_worker()  # whose handshakes it paces; None outside a worker
 
     async def accept(self) -> trio.SocketStream:
         if self._ready:
@@ -51,9 +55,13 @@ class BatchingListener(trio.abc.Listener[trio.SocketStream]):
     def _take_ready(self) -> None:
         if self._raw is None:
             return
-        # A turn is filled up to ACCEPT_BATCH tasks: a loop with that many ready already is
-        # busy, and takes one connection a turn, as trio's listener does, which paces a crowd.
-        room = ACCEPT_BATCH - trio.lowlevel.current_statistics().tasks_runnable
+        # A turn is filled up to ACCEPT_BATCH tasks ready and handshakes in progress: a loop
+        # with that many of either is busy, and takes one connection a turn, as trio's listener
+        # does, which paces a crowd.
+        busy = trio.lowlevel.current_statistics().tasks_runnable
+        if self._worker is not None:
+            busy = max(busy, self._worker.handshakes_in_progress)
+        room = ACCEPT_BATCH - busy
         while len(self._ready) < room:
             try:
                 sock, _ = self._raw.accept()
