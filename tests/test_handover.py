@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any, cast
 
 import pytest
@@ -229,6 +230,25 @@ async def test_a_line_that_comes_while_the_room_hands_over_is_stored_by_the_next
     assert [line.message for line in await memory.chat(event.id)] == ["one", "two", "three"]
 
 
+def start_update(nursery: trio.Nursery, ask: Callable[[Callable[[Any], Any]], Awaitable[object]],
+                 event: Event) -> trio.Event:
+    """Ask, through `ask`, for `event` to move to "street 2"; the event is set once answered."""
+    updated = trio.Event()
+
+    async def update() -> None:
+        await ask(lambda reply: Update(event.owner_id, "street 2", Coordinates(3.0, 4.0), reply))
+        updated.set()
+
+    nursery.start_soon(update)
+    return updated
+
+
+async def assert_moved(memory: MemoryStore, event: Event) -> None:
+    stored = await memory.event(event.id)
+    assert stored is not None
+    assert stored.address == "street 2"
+
+
 async def test_a_request_that_comes_while_the_room_hands_over_is_answered_by_the_next_owner(
     start_node: StartNode, memory: MemoryStore, nursery: trio.Nursery,
     monkeypatch: pytest.MonkeyPatch
@@ -255,22 +275,13 @@ async def test_a_request_that_comes_while_the_room_hands_over_is_answered_by_the
     monkeypatch.setattr(owner.node.owner_link, "answer", answer_and_tell)
     gateway = await successor.node.find(event.id)
     assert isinstance(gateway, GatewayRoom)
-    updated = trio.Event()
-
-    async def update() -> None:
-        await gateway.ask(lambda reply: Update(event.owner_id, "street 2",
-                                               Coordinates(3.0, 4.0), reply))
-        updated.set()
-
-    nursery.start_soon(update)
+    updated = start_update(nursery, gateway.ask, event)
     with trio.fail_after(WAIT_SECONDS):
         await asked.wait()  # it reached the leaving room
     owner.store.open()
     with trio.fail_after(WAIT_SECONDS):
         await updated.wait()
-    stored = await memory.event(event.id)
-    assert stored is not None
-    assert stored.address == "street 2"
+    await assert_moved(memory, event)
 
 
 def tell_when_queued(room: Any, monkeypatch: pytest.MonkeyPatch) -> trio.Event:
@@ -309,22 +320,13 @@ async def test_a_request_queued_behind_the_stop_is_answered_by_the_next_owner(
     queued = tell_when_queued(room, monkeypatch)
     gateway = await successor.node.find(event.id)
     assert isinstance(gateway, GatewayRoom)
-    updated = trio.Event()
-
-    async def update() -> None:
-        await gateway.ask(lambda reply: Update(event.owner_id, "street 2",
-                                               Coordinates(3.0, 4.0), reply))
-        updated.set()
-
-    nursery.start_soon(update)
+    updated = start_update(nursery, gateway.ask, event)
     with trio.fail_after(WAIT_SECONDS):
         await queued.wait()  # behind the Stop
     owner.store.open()
     with trio.fail_after(WAIT_SECONDS):
         await updated.wait()
-    stored = await memory.event(event.id)
-    assert stored is not None
-    assert stored.address == "street 2"
+    await assert_moved(memory, event)
     assert successor.supervisor.room(event.id) is not None
 
 
@@ -339,25 +341,16 @@ async def test_a_request_to_the_leaving_node_itself_is_answered_by_the_next_owne
     event = await open_event(owner)
     await leaving_while_writing(owner, event, "one", nursery)
     room = await owner.node.find(event.id)
+    assert room is not None
     assert room is owner.supervisor.room(event.id)
     queued = tell_when_queued(room, monkeypatch)
-    updated = trio.Event()
-
-    async def update() -> None:
-        assert room is not None
-        await ask_where_it_runs(owner.node, room, lambda reply: Update(
-            event.owner_id, "street 2", Coordinates(3.0, 4.0), reply))
-        updated.set()
-
-    nursery.start_soon(update)
+    updated = start_update(nursery, partial(ask_where_it_runs, owner.node, room), event)
     with trio.fail_after(WAIT_SECONDS):
         await queued.wait()
     owner.store.open()
     with trio.fail_after(WAIT_SECONDS):
         await updated.wait()
-    stored = await memory.event(event.id)
-    assert stored is not None
-    assert stored.address == "street 2"
+    await assert_moved(memory, event)
     assert successor.supervisor.room(event.id) is not None
 
 

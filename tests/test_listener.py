@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 import struct
 import types
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
@@ -96,6 +96,23 @@ async def test_a_turn_takes_at_most_the_batch_then_the_next_accept_waits_its_tur
                 await stream.aclose()
 
 
+async def four_more_then_one_a_turn(busier: Callable[[], None]) -> None:
+    """With the loop four short of busy, ten connections ready: the one waited for and four
+    more in one turn; once `busier` has made it busy, one a turn."""
+    async with listening() as (listener, sock):
+        with clients(sock, 10):
+            await queued(sock, 10)
+            streams = [await listener.accept()]
+            with trio.testing.assert_no_checkpoints():
+                streams += [await listener.accept() for _ in range(4)]
+            busier()
+            for _ in range(5):
+                with trio.testing.assert_checkpoints():
+                    streams.append(await listener.accept())
+            for stream in streams:
+                await stream.aclose()
+
+
 async def test_a_busy_loop_takes_fewer_a_turn(monkeypatch: pytest.MonkeyPatch) -> None:
     """A turn is filled up to ACCEPT_BATCH tasks: with `busy` ready to run already, it takes
     the connection waited for and ACCEPT_BATCH - busy more; with ACCEPT_BATCH ready, only the
@@ -107,18 +124,12 @@ async def test_a_busy_loop_takes_fewer_a_turn(monkeypatch: pytest.MonkeyPatch) -
         return types.SimpleNamespace(tasks_runnable=busy)
 
     monkeypatch.setattr(trio.lowlevel, "current_statistics", loaded)
-    async with listening() as (listener, sock):
-        with clients(sock, 10):
-            await queued(sock, 10)
-            streams = [await listener.accept()]
-            with trio.testing.assert_no_checkpoints():
-                streams += [await listener.accept() for _ in range(4)]
-            busy = ACCEPT_BATCH
-            for _ in range(5):
-                with trio.testing.assert_checkpoints():
-                    streams.append(await listener.accept())
-            for stream in streams:
-                await stream.aclose()
+
+    def busier() -> None:
+        nonlocal busy
+        busy = ACCEPT_BATCH
+
+    await four_more_then_one_a_turn(busier)
 
 
 async def test_a_worker_with_handshakes_in_progress_takes_fewer_a_turn() -> None:
@@ -128,19 +139,12 @@ async def test_a_worker_with_handshakes_in_progress_takes_fewer_a_turn() -> None
     admission = worker.admission(1024)
     for _ in range(ACCEPT_BATCH - 4):
         assert admission.admit()
-    async with listening() as (listener, sock):
-        with clients(sock, 10):
-            await queued(sock, 10)
-            streams = [await listener.accept()]
-            with trio.testing.assert_no_checkpoints():
-                streams += [await listener.accept() for _ in range(4)]
-            for _ in range(4):
-                assert admission.admit()
-            for _ in range(5):
-                with trio.testing.assert_checkpoints():
-                    streams.append(await listener.accept())
-            for stream in streams:
-                await stream.aclose()
+
+    def busier() -> None:
+        for _ in range(4):
+            assert admission.admit()
+
+    await four_more_then_one_a_turn(busier)
 
 
 async def test_closing_the_listener_closes_what_it_took_and_did_not_hand_out() -> None:
