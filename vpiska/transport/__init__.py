@@ -6,7 +6,6 @@ Laid out as hypercorn lays out `hypercorn/trio/`, one module per concern:
 - hypercorn_classes.py: `install`, the transport's classes where hypercorn looks for them
 - config.py: hypercorn's Config with the transport's settings
 - worker_context.py: the worker's idle connections, lingering closes and pinger
-- listener.py: every connection the kernel has ready, accepted in one turn
 - tcp_server.py: one connection's reader, writer and close
 - connection_guard.py: a fault ends its connection, never the server
 - task_group.py, app_inbox.py: an app's incoming messages without a task switch

@@ -2,8 +2,7 @@
 
 hypercorn's trio worker instantiates its classes through names its modules import (its trio
 TCPServer, task group and worker context, its HTTP/1.1 protocol and that protocol's HTTPStream,
-the WSStream of its HTTP/1.1 and HTTP/2 protocols, and the worker's `trio`, whose
-SocketListener it makes its listeners of). `install` swaps those names, and swaps them
+the WSStream of its HTTP/1.1 and HTTP/2 protocols). `install` swaps those names, and swaps them
 back when the transport is not used, so the choice can be made per server start. The transport
 overrides private methods of those classes, so it is used only with the hypercorn versions it
 was written against (`TESTED_HYPERCORN`) and only if wsproto's frame decoder is where
@@ -21,7 +20,6 @@ import hypercorn.protocol.h2
 import hypercorn.protocol.h11
 import hypercorn.trio.run
 import hypercorn.trio.tcp_server
-import trio
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.protocol.http_stream import HTTPStream
 from hypercorn.protocol.ws_stream import WSStream
@@ -31,7 +29,6 @@ from hypercorn.trio.worker_context import WorkerContext
 from vpiska.transport.connection_guard import GuardedTCPServer
 from vpiska.transport.frame_limits import fits_wsproto
 from vpiska.transport.h11_protocol import VpiskaH11Protocol, VpiskaHTTPStream
-from vpiska.transport.listener import WORKER_TRIO
 from vpiska.transport.task_group import VpiskaTaskGroup
 from vpiska.transport.tcp_server import VpiskaTCPServer
 from vpiska.transport.worker_context import VpiskaWorkerContext
@@ -67,8 +64,6 @@ def install(*, enabled: bool = True) -> bool:
         VpiskaWorkerContext if use else WorkerContext)
     hypercorn.trio.tcp_server.TaskGroup = (  # type: ignore[attr-defined]
         VpiskaTaskGroup if use else TaskGroup)
-    # The worker's `trio`: its listeners take what the kernel has ready in one turn.
-    hypercorn.trio.run.trio = WORKER_TRIO if use else trio  # type: ignore[attr-defined]
     if enabled and not use:
         log.warning("hypercorn adapter not used: written for hypercorn %s and wsproto's frame "
                     "decoder, found hypercorn %s", ", ".join(sorted(TESTED_HYPERCORN)), version)

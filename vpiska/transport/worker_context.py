@@ -10,7 +10,6 @@ that neither holds the shutdown.
 
 from __future__ import annotations
 
-import contextvars
 from typing import Protocol
 
 import trio
@@ -45,15 +44,6 @@ class _Terminated(EventWrapper):
             lingering.cancel()
 
 
-# The worker whose task is running: hypercorn makes a worker's listeners in the task that made
-# its context (listener.py reads its handshakes in progress).
-_CURRENT: contextvars.ContextVar[VpiskaWorkerContext] = contextvars.ContextVar("worker")
-
-
-def current_worker() -> VpiskaWorkerContext | None:
-    return _CURRENT.get(None)
-
-
 class VpiskaWorkerContext(WorkerContext):
     """hypercorn's worker context, knowing which connections are idle and which closes wait for
     their peers, with the pinger of its WebSockets and its bound on handshakes in progress."""
@@ -65,7 +55,6 @@ class VpiskaWorkerContext(WorkerContext):
         self.terminated = _Terminated(self.idle_connections, self.lingering)
         self._pinger: Pinger | None = None
         self._admission: Admission | None = None
-        _CURRENT.set(self)
 
     def pinger(self, interval: float) -> Pinger:
         if self._pinger is None:
@@ -77,7 +66,3 @@ class VpiskaWorkerContext(WorkerContext):
         if self._admission is None:
             self._admission = Admission(limit)
         return self._admission
-
-    @property
-    def handshakes_in_progress(self) -> int:
-        return 0 if self._admission is None else self._admission.pending
