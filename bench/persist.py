@@ -183,15 +183,20 @@ async def accounts_per_second(seconds: float) -> tuple[float, float]:
 
 @contextlib.contextmanager
 def on_cores(cores: set[int] | None) -> Iterator[None]:
-    """This thread, and the threads it starts meanwhile (the store's), on `cores` (all the
-    process may use if None); as before afterwards."""
-    before = os.sched_getaffinity(0)
+    """Every thread of this process, and those they start meanwhile, on `cores` (all the
+    process may use if None); as before afterwards. Every thread: the store's may be one of
+    trio's cached worker threads, started before."""
+    threads = [int(tid) for tid in os.listdir("/proc/self/task")]
+    before = {tid: os.sched_getaffinity(tid) for tid in threads}
     if cores is not None:
-        os.sched_setaffinity(0, cores)
+        for tid in threads:
+            os.sched_setaffinity(tid, cores)
     try:
         yield
     finally:
-        os.sched_setaffinity(0, before)
+        for tid, affinity in before.items():
+            with contextlib.suppress(ProcessLookupError):  # a thread that has ended since
+                os.sched_setaffinity(tid, affinity)
 
 
 async def main(quick: bool) -> str:
