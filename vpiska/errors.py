@@ -87,8 +87,9 @@ class TooManyRequests(DomainError):
 class RoomMoved(DomainError):
     """The room ended on this node before it handled the command, because another node serves
     the event now (it was handed over, or claimed past this node's lease). The command did
-    nothing, so asking again where the event runs is safe (`Rooms.ask_where_it_runs`); a
-    client that still sees this refusal sees InternalError, as before."""
+    nothing, so asking again where the event runs is safe (`ask_where_it_runs` in
+    vpiska/actors/rooms.py); a client that still sees this refusal sees InternalError, as
+    before."""
 
     def __init__(self) -> None:
         super().__init__(ErrorCode.INTERNAL_ERROR)

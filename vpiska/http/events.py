@@ -117,8 +117,9 @@ def events_routes(config: Config, accounts: Accounts, rooms: Rooms, store: Store
         require(id_codes(event_id), id_codes(media_id))
         room = await room_of(event_id)
         # The room detaches it (stored, then mediaRemoved/), then its record and bytes go
-        # (MediaLibrary.discard). Shielded, both bounded by the room's reply deadline: once
-        # asked, the room may detach it whether or not the client waits for the answer.
+        # (MediaLibrary.discard). Shielded, each ask bounded by the room's reply deadline (at
+        # most MOVED_ASKS of them, if the event moves meanwhile): once asked, the room may
+        # detach it whether or not the client waits for the answer.
         with trio.CancelScope(shield=True):
             await ask_where_it_runs(
                 rooms, room, lambda reply: RemoveMedia(identity.user_id, media_id, reply))
